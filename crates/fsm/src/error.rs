@@ -1,0 +1,66 @@
+//! [`Error`], the one error type of the state machine.
+
+use std::io;
+
+/// What can go wrong in the state machine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// redb failed.
+    #[error("state machine database: {0}")]
+    Redb(#[from] redb::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A stored value could not be decoded or encoded.
+    #[error("state machine codec: {0}")]
+    Codec(#[from] types::codec::CodecError),
+    /// A stored key record is malformed.
+    #[error("corrupt record for a key: {0}")]
+    CorruptRecord(&'static str),
+    /// A snapshot file is malformed, truncated, or fails its checksum. Nothing was applied.
+    #[error("snapshot refused: {0}")]
+    CorruptSnapshot(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("state machine task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io { source, context } => io::Error::new(source.kind(), format!("{context}: {source}")),
+            Error::CorruptSnapshot(_) => io::Error::new(io::ErrorKind::InvalidData, e),
+            other => io::Error::other(other),
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The raftkv state machine: the key-value data, persisted in redb.
+//!
+//! # Brief overview
+//! - [`StateMachine`] implements openraft's [`RaftStateMachine`]. It applies committed
+//!   [`Command`]s to the key-value table, keeping per key a `create_index`, a `modify_index`
+//!   (the Raft log index of the write) and a `version` (see [`KeyValue`]).
+//! - Each apply batch is **one** redb write transaction, and the last applied log id and the
+//!   last membership are written in that same transaction as the data. A restart therefore
+//!   resumes from exactly what was applied and never replays the whole log.
+//! - Snapshots ([`snapshot`]) are built from one read transaction (a consistent view, while
+//!   writes go on), written to a file with a header, a format version and a CRC32, and
+//!   installed by building a **fresh** database file and swapping it in with an atomic
+//!   rename. A corrupt snapshot is refused with [`Error::CorruptSnapshot`] and changes
+//!   nothing.
+//! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
+//!   readers wait for an index without polling.
+//!
+//! # Files, under the directory given to [`StateMachine::open`]
+//! - `state.redb`: the live database; `state.redb.installing` while a snapshot is installed.
+//! - `snapshots/snap-<index>-<n>.rkvs`: the current snapshot; `*.part` while one is written.
+//! - `incoming/`: snapshots being received from the leader.
+//!
+//! This crate must never depend on tonic, chitchat, gossip, raft-storage or the service
+//! layer: it is pure state, driven by openraft.
+
+mod error;
+pub mod snapshot;
+mod store;
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::watch;
+use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, codec};
+
+pub use error::Error;
+pub use snapshot::SnapshotFile;
+use snapshot::{SnapshotReader, SnapshotWriter};
+use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, Record};
+pub use types::Command;
+
+/// A snapshot as openraft sees it: metadata and the file.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+const DB_FILE: &str = "state.redb";
+const DB_INSTALLING: &str = "state.redb.installing";
+const SNAPSHOT_DIR: &str = "snapshots";
+const INCOMING_DIR: &str = "incoming";
+const SNAPSHOT_EXT: &str = "rkvs";
+const PART_EXT: &str = "part";
+
+/// While a snapshot is installed, records are committed in batches of about this many bytes,
+/// so the installer's memory stays bounded whatever the snapshot size.
+const INSTALL_BATCH_BYTES: usize = 16 << 20;
+
+/// A key with its value and indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Log index of the put that created the key (since it was last absent).
+    pub create_index: u64,
+    /// Log index of the put that last changed the key.
+    pub modify_index: u64,
+    /// Number of puts since the key was created: 1 after the first.
+    pub version: u64,
+}
+
+/// The key-value state machine. Cheap to clone: clones share one state, so the engine gives
+/// one to openraft and keeps another for reads.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// The live database. Swapped whole when a snapshot is installed; the lock is held only
+    /// to clone or replace the `Arc`, never across an await or a transaction.
+    db: RwLock<Arc<Database>>,
+    applied: watch::Sender<u64>,
+    current: Mutex<Option<CurrentSnapshot>>,
+    seq: AtomicU64,
+}
+
+#[derive(Clone)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine in `dir`, cleaning up what an interrupted
+    /// snapshot build, transfer or install left behind. If the newest snapshot is ahead of
+    /// the database (a crash between writing a received snapshot and swapping it in), the
+    /// database is rebuilt from that snapshot.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let snap_dir = dir.join(SNAPSHOT_DIR);
+        let incoming = dir.join(INCOMING_DIR);
+        for d in [dir, &snap_dir, &incoming] {
+            fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+        remove_if_exists(&dir.join(DB_INSTALLING))?;
+        for entry in read_dir(&incoming)? {
+            remove_if_exists(&entry)?;
+        }
+        let mut snapshots = Vec::new();
+        for path in read_dir(&snap_dir)? {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some(SNAPSHOT_EXT) => match snapshot::read_meta(&path) {
+                    Ok(meta) => snapshots.push(CurrentSnapshot { meta, path }),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "removing unreadable snapshot");
+                        remove_if_exists(&path)?;
+                    }
+                },
+                _ => remove_if_exists(&path)?,
+            }
+        }
+        snapshots.sort_by(|a, b| a.meta.last_log_id.cmp(&b.meta.last_log_id));
+        let current = snapshots.pop();
+        for old in snapshots {
+            remove_if_exists(&old.path)?;
+        }
+
+        let db = open_db(&dir.join(DB_FILE))?;
+        let sm = Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                db: RwLock::new(Arc::new(db)),
+                applied: watch::channel(0).0,
+                current: Mutex::new(current.clone()),
+                seq: AtomicU64::new(0),
+            }),
+        };
+        let (applied, _) = sm.read_applied_state()?;
+        if let Some(snap) = current {
+            if snap.meta.last_log_id > applied {
+                tracing::warn!(
+                    snapshot = ?snap.meta.last_log_id,
+                    applied = ?applied,
+                    "state is behind the newest snapshot; rebuilding it from the snapshot"
+                );
+                let file = SnapshotFile::open(&snap.path)?;
+                sm.rebuild_from(&file, &snap.meta)?;
+            }
+        }
+        let (applied, _) = sm.read_applied_state()?;
+        sm.inner.applied.send_replace(types::index_of(applied.as_ref()));
+        Ok(sm)
+    }
+
+    fn db(&self) -> Arc<Database> {
+        match self.inner.db.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads one key. Reads never wait for the writer (redb is MVCC).
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        match table.get(key)? {
+            Some(rec) => Ok(Some(Record::decode(key, rec.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The index of the last applied log entry (0 before any).
+    #[must_use]
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// A receiver that sees the applied index each time a batch is applied or a snapshot
+    /// installed. Waiting on it is how readers wait for an index: no polling.
+    #[must_use]
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Number of keys stored (a full count; for tests and status, not for hot paths).
+    pub fn len(&self) -> Result<u64, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        Ok(txn.open_table(KV)?.len()?)
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Starts receiving a snapshot from the leader into a temporary file of this state
+    /// machine. The file is removed if the transfer is dropped before [`IncomingSnapshot::finish`].
+    pub fn incoming_snapshot(&self) -> Result<IncomingSnapshot, Error> {
+        let path = self.inner.dir.join(INCOMING_DIR).join(self.unique_name("recv", PART_EXT));
+        let file = File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        Ok(IncomingSnapshot { out: Some(BufWriter::with_capacity(1 << 20, file)), path, written: 0 })
+    }
+
+    fn unique_name(&self, prefix: &str, ext: &str) -> String {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{nanos}-{seq}.{ext}")
+    }
+
+    fn read_applied_state(&self) -> Result<(Option<LogId>, StoredMembership), Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let applied = match meta.get(META_LAST_APPLIED)? {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        };
+        let membership = match meta.get(META_MEMBERSHIP)? {
+            Some(v) => codec::decode(v.value())?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Applies a batch of entries in one write transaction; returns one result per entry.
+    fn apply_batch(db: &Database, entries: &[types::Entry]) -> Result<Vec<CommandResult>, Error> {
+        let mut results = Vec::with_capacity(entries.len());
+        let Some(last) = entries.last() else { return Ok(results) };
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut membership = None;
+        {
+            let mut kv = txn.open_table(KV)?;
+            for entry in entries {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(cmd) => store::apply_command(&mut kv, entry.log_id.index, cmd)?,
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                        CommandResult::None
+                    }
+                };
+                results.push(result);
+            }
+        }
+        store::write_applied(&txn, &last.log_id, membership.as_ref())?;
+        txn.commit()?;
+        Ok(results)
+    }
+
+    /// Writes a snapshot of the current state to a new file and makes it current.
+    fn build_snapshot_file(&self) -> Result<CurrentSnapshot, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let meta_table = txn.open_table(META)?;
+        let last_log_id: Option<LogId> = match meta_table.get(META_LAST_APPLIED)? {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        };
+        let last_membership: StoredMembership = match meta_table.get(META_MEMBERSHIP)? {
+            Some(v) => codec::decode(v.value())?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let snap_dir = self.inner.dir.join(SNAPSHOT_DIR);
+        let index = types::index_of(meta.last_log_id.as_ref());
+        let part = snap_dir.join(self.unique_name(&format!("snap-{index:020}"), PART_EXT));
+        let result = (|| -> Result<CurrentSnapshot, Error> {
+            let file = File::create(&part).map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
+            let mut writer = SnapshotWriter::new(file, &meta)?;
+            let kv = txn.open_table(KV)?;
+            for item in kv.iter()? {
+                let (k, v) = item?;
+                writer.record(k.value(), v.value())?;
+            }
+            let out = writer.finish()?;
+            let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io("syncing snapshot", e))?;
+            let path = part.with_extension(SNAPSHOT_EXT);
+            fs::rename(&part, &path).map_err(|e| Error::io("renaming snapshot", e))?;
+            sync_dir(&snap_dir)?;
+            Ok(CurrentSnapshot { meta, path })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&part);
+        }
+        let snap = result?;
+        self.set_current(snap.clone())?;
+        Ok(snap)
+    }
+
+    /// Makes `snap` the current snapshot if it is newer, and removes every other file.
+    fn set_current(&self, snap: CurrentSnapshot) -> Result<(), Error> {
+        let mut current = match self.inner.current.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let keep = match current.as_ref() {
+            Some(cur) if cur.meta.last_log_id > snap.meta.last_log_id => cur.clone(),
+            _ => snap,
+        };
+        for path in read_dir(&self.inner.dir.join(SNAPSHOT_DIR))? {
+            if path != keep.path && path.extension().and_then(|e| e.to_str()) == Some(SNAPSHOT_EXT) {
+                remove_if_exists(&path)?;
+            }
+        }
+        *current = Some(keep);
+        Ok(())
+    }
+
+    /// Installs a snapshot: copies it in, rebuilds the database from it in a fresh file,
+    /// and swaps that file in. Any error leaves the live state untouched.
+    fn install(&self, meta: &SnapshotMeta, data: &SnapshotFile) -> Result<(), Error> {
+        let snap_dir = self.inner.dir.join(SNAPSHOT_DIR);
+        let index = types::index_of(meta.last_log_id.as_ref());
+        let part = snap_dir.join(self.unique_name(&format!("snap-{index:020}"), PART_EXT));
+        let result = (|| -> Result<CurrentSnapshot, Error> {
+            // Keep a copy as this node's current snapshot, so it can serve it later.
+            let mut out = BufWriter::with_capacity(1 << 20, File::create(&part).map_err(|e| Error::io("creating snapshot copy", e))?);
+            io::copy(&mut data.reader().map_err(|e| Error::io("reading snapshot", e))?, &mut out)
+                .map_err(|e| Error::io("copying snapshot", e))?;
+            let file = out.into_inner().map_err(|e| Error::io("flushing snapshot copy", e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io("syncing snapshot copy", e))?;
+            let copy = SnapshotFile::open(&part)?;
+            self.rebuild_from(&copy, meta)?;
+            let path = part.with_extension(SNAPSHOT_EXT);
+            fs::rename(&part, &path).map_err(|e| Error::io("renaming snapshot", e))?;
+            sync_dir(&snap_dir)?;
+            Ok(CurrentSnapshot { meta: meta.clone(), path })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&part);
+        }
+        self.set_current(result?)
+    }
+
+    /// Builds a fresh database from `data` and swaps it in for the live one.
+    fn rebuild_from(&self, data: &SnapshotFile, meta: &SnapshotMeta) -> Result<(), Error> {
+        let dir = &self.inner.dir;
+        let new_path = dir.join(DB_INSTALLING);
+        remove_if_exists(&new_path)?;
+        let result = (|| -> Result<(), Error> {
+            let mut reader = SnapshotReader::new(data.reader().map_err(|e| Error::io("reading snapshot", e))?)?;
+            if reader.meta != *meta {
+                return Err(Error::CorruptSnapshot(format!(
+                    "the file holds the snapshot at {:?}, not the one announced at {:?}",
+                    reader.meta.last_log_id, meta.last_log_id
+                )));
+            }
+            let db = open_db(&new_path)?;
+            let mut done = false;
+            while !done {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::None)?;
+                {
+                    let mut kv = txn.open_table(KV)?;
+                    let mut bytes = 0;
+                    while bytes < INSTALL_BATCH_BYTES {
+                        match reader.next_record()? {
+                            Some((k, rec)) => {
+                                Record::indexes(&rec)?;
+                                bytes += k.len() + rec.len();
+                                kv.insert(k.as_slice(), rec.as_slice())?;
+                            }
+                            None => {
+                                done = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                txn.commit()?;
+            }
+            // The whole file has been read and its checksum verified: make it durable.
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut m = txn.open_table(META)?;
+                if let Some(last) = &meta.last_log_id {
+                    m.insert(META_LAST_APPLIED, codec::encode(last)?.as_slice())?;
+                }
+                m.insert(META_MEMBERSHIP, codec::encode(&meta.last_membership)?.as_slice())?;
+            }
+            txn.commit()?;
+            drop(db);
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&new_path);
+            return Err(e);
+        }
+        // Swap: the rename is atomic, then the directory entry is made durable.
+        let mut slot = match self.inner.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let live = dir.join(DB_FILE);
+        fs::rename(&new_path, &live).map_err(|e| Error::io("swapping in the installed state", e))?;
+        sync_dir(dir)?;
+        *slot = Arc::new(open_db(&live)?);
+        drop(slot);
+        self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StateMachine) -> Result<T, Error> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this)).await?
+    }
+}
+
+/// A snapshot being received: chunks are written to a temporary file as they arrive, so
+/// memory stays bounded whatever the snapshot size.
+#[derive(Debug)]
+pub struct IncomingSnapshot {
+    out: Option<BufWriter<File>>,
+    path: PathBuf,
+    written: u64,
+}
+
+impl IncomingSnapshot {
+    /// Appends a chunk.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let out = self.out.as_mut().ok_or(Error::CorruptSnapshot("write after finish".into()))?;
+        out.write_all(chunk).map_err(|e| Error::io("writing received snapshot", e))?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    #[must_use]
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes the file and returns a handle on it. The file's name is removed at once; the
+    /// handle keeps the data readable until it is dropped.
+    pub fn finish(mut self) -> Result<SnapshotFile, Error> {
+        let out = self.out.take().ok_or(Error::CorruptSnapshot("finished twice".into()))?;
+        out.into_inner().map_err(|e| Error::io("flushing received snapshot", e.into_error()))?;
+        let file = SnapshotFile::open(&self.path)?;
+        remove_if_exists(&self.path)?;
+        Ok(file)
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, Error> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(KV)?;
+        txn.open_table(META)?;
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))? {
+        out.push(entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?.path());
+    }
+    Ok(out)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let snap = self.blocking(|sm| sm.build_snapshot_file()).await?;
+        tracing::info!(last_log_id = ?snap.meta.last_log_id, path = %snap.path.display(), "snapshot built");
+        Ok(Snapshot { snapshot: SnapshotFile::open(&snap.path)?, meta: snap.meta })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(self.read_applied_state()?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let Some(last) = batch.last().map(|e| e.log_id.index) else { return Ok(()) };
+        let results = self
+            .blocking(move |sm| {
+                let db = sm.db();
+                StateMachine::apply_batch(&db, &batch)
+            })
+            .await?;
+        self.inner.applied.send_replace(last);
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let meta = meta.clone();
+        self.blocking(move |sm| sm.install(&meta, &snapshot)).await?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let current = match self.inner.current.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        match current {
+            Some(c) => Ok(Some(Snapshot { snapshot: SnapshotFile::open(&c.path)?, meta: c.meta })),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

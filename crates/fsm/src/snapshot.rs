@@ -1,0 +1,365 @@
+//! The snapshot file format, and [`SnapshotFile`], the handle openraft passes around.
+//!
+//! ```text
+//! header   magic "RKVSNAP\0" (8 bytes) | format version u32 LE | meta length u32 LE | meta
+//! records  repeated: tag 1 u8 | key length u32 LE | key | record length u32 LE | record
+//! end      tag 0 u8 | record count u64 LE | CRC32 (IEEE) u32 LE of every byte before it
+//! ```
+//!
+//! `meta` is the [`codec`]-encoded openraft [`SnapshotMeta`]; a record is the stored form of
+//! a key's value and indexes (see `store.rs`). Records come in key order. Every length is
+//! bounded ([`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_RECORD_LEN`]), so a corrupt file can not
+//! make a reader allocate without limit; the reader never holds more than one record.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use types::{SnapshotMeta, codec};
+
+use crate::Error;
+
+/// The first bytes of every snapshot file.
+pub const MAGIC: &[u8; 8] = b"RKVSNAP\0";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest encoded metadata accepted.
+pub const MAX_META_LEN: u32 = 1 << 20;
+/// The largest key accepted in a snapshot (the API allows far less).
+pub const MAX_KEY_LEN: u32 = 64 << 10;
+/// The largest stored record accepted in a snapshot (the API allows far less).
+pub const MAX_RECORD_LEN: u32 = 64 << 20;
+
+const TAG_RECORD: u8 = 1;
+const TAG_END: u8 = 0;
+
+/// A snapshot on disk: the data openraft hands between the state machine and the network.
+///
+/// It wraps an open file and reads it with positioned reads, so clones of the handle never
+/// disturb each other, and a file removed while a handle is open stays readable.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    file: File,
+    len: u64,
+}
+
+impl SnapshotFile {
+    /// Opens the snapshot file at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let file = File::open(path).map_err(|e| Error::io(format!("opening snapshot {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))?
+            .len();
+        Ok(Self { file, len })
+    }
+
+    /// The file's size in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty (a valid snapshot never is).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at the end).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
+    /// A sequential reader from the start of the file.
+    pub fn reader(&self) -> io::Result<impl Read + '_> {
+        Ok(BufReader::with_capacity(256 << 10, PositionedReader { file: self, pos: 0 }))
+    }
+
+    /// Another handle on the same file.
+    pub fn try_clone(&self) -> Result<Self, Error> {
+        let file = self.file.try_clone().map_err(|e| Error::io("cloning a snapshot handle", e))?;
+        Ok(Self { file, len: self.len })
+    }
+}
+
+struct PositionedReader<'a> {
+    file: &'a SnapshotFile,
+    pos: u64,
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes a snapshot file record by record, computing the checksum as it goes.
+pub(crate) struct SnapshotWriter<W: Write> {
+    out: CrcWriter<W>,
+    count: u64,
+}
+
+impl SnapshotWriter<BufWriter<File>> {
+    /// Starts a snapshot in `file`, writing the header.
+    pub(crate) fn new(file: File, meta: &SnapshotMeta) -> Result<Self, Error> {
+        Self::start(BufWriter::with_capacity(256 << 10, file), meta)
+    }
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    pub(crate) fn start(inner: W, meta: &SnapshotMeta) -> Result<Self, Error> {
+        let meta = codec::encode(meta)?;
+        let meta_len = u32::try_from(meta.len())
+            .ok()
+            .filter(|l| *l <= MAX_META_LEN)
+            .ok_or(Error::CorruptSnapshot(format!("metadata is {} bytes", meta.len())))?;
+        let mut out = CrcWriter { inner, crc: crc32fast::Hasher::new() };
+        let w = |out: &mut CrcWriter<W>, b: &[u8]| out.write_all(b).map_err(|e| Error::io("writing snapshot", e));
+        w(&mut out, MAGIC)?;
+        w(&mut out, &FORMAT_VERSION.to_le_bytes())?;
+        w(&mut out, &meta_len.to_le_bytes())?;
+        w(&mut out, &meta)?;
+        Ok(Self { out, count: 0 })
+    }
+
+    /// Appends one key and its stored record.
+    pub(crate) fn record(&mut self, key: &[u8], record: &[u8]) -> Result<(), Error> {
+        let key_len = u32::try_from(key.len()).ok().filter(|l| *l <= MAX_KEY_LEN && *l > 0);
+        let rec_len = u32::try_from(record.len()).ok().filter(|l| *l <= MAX_RECORD_LEN);
+        let (Some(key_len), Some(rec_len)) = (key_len, rec_len) else {
+            return Err(Error::CorruptSnapshot(format!(
+                "key of {} bytes or record of {} bytes is out of bounds",
+                key.len(),
+                record.len()
+            )));
+        };
+        let out = &mut self.out;
+        (|| {
+            out.write_all(&[TAG_RECORD])?;
+            out.write_all(&key_len.to_le_bytes())?;
+            out.write_all(key)?;
+            out.write_all(&rec_len.to_le_bytes())?;
+            out.write_all(record)
+        })()
+        .map_err(|e| Error::io("writing snapshot", e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the end marker and the checksum; returns the inner writer, flushed.
+    pub(crate) fn finish(mut self) -> Result<W, Error> {
+        let io = |e| Error::io("writing snapshot", e);
+        self.out.write_all(&[TAG_END]).map_err(io)?;
+        self.out.write_all(&self.count.to_le_bytes()).map_err(io)?;
+        let crc = self.out.crc.clone().finalize();
+        let mut inner = self.out.inner;
+        inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+        inner.flush().map_err(io)?;
+        Ok(inner)
+    }
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads a snapshot file, checking every bound, the record count and the checksum.
+pub(crate) struct SnapshotReader<R: Read> {
+    input: R,
+    crc: crc32fast::Hasher,
+    count: u64,
+    done: bool,
+    /// The metadata from the header.
+    pub(crate) meta: SnapshotMeta,
+}
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::CorruptSnapshot(what.into())
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads and checks the header.
+    pub(crate) fn new(mut input: R) -> Result<Self, Error> {
+        let mut crc = crc32fast::Hasher::new();
+        let mut magic = [0u8; 8];
+        read_exact(&mut input, &mut crc, &mut magic, "magic")?;
+        if &magic != MAGIC {
+            return Err(corrupt("not a raftkv snapshot (bad magic bytes)"));
+        }
+        let version = read_u32(&mut input, &mut crc, "format version")?;
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let meta_len = read_u32(&mut input, &mut crc, "metadata length")?;
+        if meta_len > MAX_META_LEN {
+            return Err(corrupt(format!("metadata length {meta_len} exceeds {MAX_META_LEN}")));
+        }
+        let mut meta = vec![0u8; meta_len as usize];
+        read_exact(&mut input, &mut crc, &mut meta, "metadata")?;
+        let meta = codec::decode(&meta).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        Ok(Self { input, crc, count: 0, done: false, meta })
+    }
+
+    /// The next (key, record), or `None` after the end marker, whose count and checksum
+    /// have then been verified.
+    pub(crate) fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut tag = [0u8; 1];
+        read_exact(&mut self.input, &mut self.crc, &mut tag, "record tag")?;
+        match tag[0] {
+            TAG_RECORD => {
+                let key_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
+                if key_len == 0 || key_len > MAX_KEY_LEN {
+                    return Err(corrupt(format!("key length {key_len} is out of bounds")));
+                }
+                let mut key = vec![0u8; key_len as usize];
+                read_exact(&mut self.input, &mut self.crc, &mut key, "key")?;
+                let rec_len = read_u32(&mut self.input, &mut self.crc, "record length")?;
+                if rec_len > MAX_RECORD_LEN {
+                    return Err(corrupt(format!("record length {rec_len} exceeds {MAX_RECORD_LEN}")));
+                }
+                let mut rec = vec![0u8; rec_len as usize];
+                read_exact(&mut self.input, &mut self.crc, &mut rec, "record")?;
+                self.count += 1;
+                Ok(Some((key, rec)))
+            }
+            TAG_END => {
+                let mut count = [0u8; 8];
+                read_exact(&mut self.input, &mut self.crc, &mut count, "record count")?;
+                let count = u64::from_le_bytes(count);
+                if count != self.count {
+                    return Err(corrupt(format!("end marker counts {count} records, the file has {}", self.count)));
+                }
+                let expected = self.crc.clone().finalize();
+                let mut stored = [0u8; 4];
+                self.input
+                    .read_exact(&mut stored)
+                    .map_err(|_| corrupt("truncated: the checksum is missing"))?;
+                let stored = u32::from_le_bytes(stored);
+                if stored != expected {
+                    return Err(corrupt(format!(
+                        "checksum mismatch: stored {stored:#010x}, computed {expected:#010x}"
+                    )));
+                }
+                let mut extra = [0u8; 1];
+                match self.input.read(&mut extra) {
+                    Ok(0) => {}
+                    Ok(_) => return Err(corrupt("bytes after the checksum")),
+                    Err(e) => return Err(Error::io("reading snapshot", e)),
+                }
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(corrupt(format!("unknown record tag {other}"))),
+        }
+    }
+}
+
+fn read_exact<R: Read>(input: &mut R, crc: &mut crc32fast::Hasher, buf: &mut [u8], what: &str) -> Result<(), Error> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt(format!("truncated while reading the {what}")),
+        _ => Error::io("reading snapshot", e),
+    })?;
+    crc.update(buf);
+    Ok(())
+}
+
+fn read_u32<R: Read>(input: &mut R, crc: &mut crc32fast::Hasher, what: &str) -> Result<u32, Error> {
+    let mut b = [0u8; 4];
+    read_exact(input, crc, &mut b, what)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Reads the header of the snapshot file at `path` and returns its metadata.
+pub(crate) fn read_meta(path: &Path) -> Result<SnapshotMeta, Error> {
+    let file = File::open(path).map_err(|e| Error::io(format!("opening snapshot {}", path.display()), e))?;
+    Ok(SnapshotReader::new(BufReader::new(file))?.meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(records: &[(&[u8], &[u8])]) -> Result<Vec<u8>, Error> {
+        let mut w = SnapshotWriter::start(Vec::new(), &SnapshotMeta::default())?;
+        for (k, r) in records {
+            w.record(k, r)?;
+        }
+        w.finish()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut r = SnapshotReader::new(bytes)?;
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip() -> Result<(), Error> {
+        let bytes = sample(&[(b"a", b"1"), (b"\0\xff", b"")])?;
+        let recs = read_all(&bytes)?;
+        assert_eq!(recs, vec![(b"a".to_vec(), b"1".to_vec()), (b"\0\xff".to_vec(), vec![])]);
+        Ok(())
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() -> Result<(), Error> {
+        let bytes = sample(&[(b"key", b"value"), (b"k2", b"v2")])?;
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(read_all(&bad).is_err(), "flipping byte {i} was not detected");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn truncation_and_trailing_bytes_are_refused() -> Result<(), Error> {
+        let bytes = sample(&[(b"key", b"value")])?;
+        for len in 0..bytes.len() {
+            assert!(read_all(&bytes[..len]).is_err(), "truncation to {len} bytes was not detected");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(read_all(&longer), Err(Error::CorruptSnapshot(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn huge_lengths_are_refused_without_allocating() -> Result<(), Error> {
+        let mut bytes = sample(&[])?;
+        // Replace the end marker with a record claiming a 4 GiB key.
+        let end = bytes.len() - 13;
+        bytes.truncate(end);
+        bytes.push(TAG_RECORD);
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        match read_all(&bytes) {
+            Err(Error::CorruptSnapshot(msg)) => assert!(msg.contains("key length"), "{msg}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        Ok(())
+    }
+}

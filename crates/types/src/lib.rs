@@ -1,0 +1,114 @@
+//! The vocabulary every raftkv crate shares.
+//!
+//! # Brief overview
+//! - [`NodeId`]: the id a user gives a node (`nodeA`), a newtype over a string.
+//! - [`NodeInfo`]: the addresses stored for each member in the Raft membership, so the
+//!   leader's client address is always known without a resolver.
+//! - [`Command`] and [`CommandResult`]: what goes through the Raft log and what applying it
+//!   answers.
+//! - [`TypeConfig`]: the openraft type configuration binding these together, and aliases
+//!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
+//! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
+//!   the state machine's metadata and Raft messages on the wire.
+//!
+//! This crate depends on openraft and serde only. It must never depend on tonic, redb,
+//! chitchat or any other crate of ours: everything else depends on it.
+
+pub mod codec;
+mod ids;
+
+use serde::{Deserialize, Serialize};
+
+pub use ids::{InvalidNodeId, NodeId};
+
+/// The addresses of one member, stored in the Raft membership.
+///
+/// `raft_addr` carries Raft traffic between nodes; `grpc_addr` serves clients and admin
+/// requests. They may be equal (one server then carries both).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Where the node listens for Raft traffic (`--raft_addr`).
+    pub raft_addr: String,
+    /// Where the node serves clients (`--grpc_addr`).
+    pub grpc_addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "raft={} grpc={}", self.raft_addr, self.grpc_addr)
+    }
+}
+
+/// A state-machine command: what a client write becomes in the Raft log.
+///
+/// New variants are only ever added at the end, so entries written by an older build
+/// still decode (postcard encodes the variant by its position).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`.
+    Put {
+        /// The key; never empty.
+        key: Vec<u8>,
+        /// The new value; may be empty.
+        value: Vec<u8>,
+    },
+    /// Remove `key` if it exists.
+    Delete {
+        /// The key; never empty.
+        key: Vec<u8>,
+    },
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Put { key, value } => {
+                write!(f, "put key_len={} value_len={}", key.len(), value.len())
+            }
+            Command::Delete { key } => write!(f, "delete key_len={}", key.len()),
+        }
+    }
+}
+
+/// What applying a log entry answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// A blank or membership entry: nothing to report.
+    #[default]
+    None,
+    /// A put was applied.
+    Put,
+    /// A delete was applied; `deleted` is 0 when the key did not exist.
+    Delete {
+        /// Number of keys removed: 0 or 1.
+        deleted: u64,
+    },
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of raftkv.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = NodeInfo,
+);
+
+/// A Raft log id: a term (with its leader) and an index.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A Raft vote.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// A Raft log entry.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// Snapshot metadata: the last log id it covers and the membership at that point.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A membership configuration with the log id that introduced it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A membership configuration.
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
+
+/// The index part of an optional log id; 0 when there is none.
+#[must_use]
+pub fn index_of(log_id: Option<&LogId>) -> u64 {
+    log_id.map_or(0, |l| l.index)
+}
