@@ -1,21 +1,35 @@
 //! Project automation for raftkv, run as `cargo xtask <command>`.
 //!
 //! - `proto [--check]`: generate (or check) the Rust code of the `.proto` files.
+//! - `cluster [--smoke] [--release] [--data-dir DIR] [--ports-from-os]`: build the binaries
+//!   and run a local three-node cluster (with `--smoke`: start it, check it, stop it).
+//! - `test [-- ARGS]`: the project's one test command (binaries, nextest or cargo test,
+//!   doc tests).
+//! - `deps`: check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
 //!
 //! xtask keeps its dependencies few and never depends on the raftkv crates: it drives them
 //! through cargo and the built binaries, as a user would.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cluster;
+mod deps;
 mod proto;
+mod test;
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "raftkv project automation")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "raftkv project automation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -29,13 +43,72 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Build raftkv and raftkvctl, start a local three-node cluster and check it.
+    ///
+    /// Without --smoke the cluster runs until Ctrl-C.
+    Cluster {
+        /// Start the cluster, check it, stop it; the exit status says whether it all worked.
+        /// Implies --ports-from-os.
+        #[arg(long)]
+        smoke: bool,
+        /// Build and run the release binaries.
+        #[arg(long)]
+        release: bool,
+        /// Where the nodes keep their data and logs (wiped first).
+        /// Default: <workspace>/target/xtask-cluster.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Let the OS pick every port instead of grpc 40051-40053 / raft 50051-50053.
+        #[arg(long)]
+        ports_from_os: bool,
+    },
+    /// Build the binaries, then run every test: nextest (or cargo test), then doc tests.
+    Test {
+        /// Extra arguments for `cargo nextest run` (or `cargo test` without nextest).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
+    Deps,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}`: the whole context chain, without the backtrace that `RUST_BACKTRACE`
+            // would add to anyhow's `Debug` output.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let root = workspace_root()?;
     match cli.command {
         Cmd::Proto { check } => proto::run(&root, check),
+        Cmd::Cluster {
+            smoke,
+            release,
+            data_dir,
+            ports_from_os,
+        } => cluster::run(
+            &root,
+            &cluster::Options {
+                smoke,
+                release,
+                data_dir,
+                ports_from_os: ports_from_os || smoke,
+            },
+        ),
+        Cmd::Test { args } => test::run(&root, &args),
+        Cmd::Deps => deps::run(&root),
     }
 }
 
@@ -46,4 +119,57 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(PathBuf::from)
         .context("xtask has no parent directory")
+}
+
+/// A `cargo` command run from the workspace root, using the cargo that runs xtask.
+fn cargo(root: &Path) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                std::env::current_dir()
+                    .map(|cwd| cwd.join(&dir))
+                    .unwrap_or(dir)
+            }
+        }
+        _ => root.join("target"),
+    }
+}
+
+/// A command line as the user would type it, for logs and error messages.
+fn display_cmd(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program());
+    let mut line = if program.file_name().is_some_and(|name| name == "cargo") {
+        String::from("cargo")
+    } else {
+        program.to_string_lossy().into_owned()
+    };
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// Runs `cmd` with inherited stdio, echoing it first; fails unless it exits 0.
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let line = display_cmd(cmd);
+    eprintln!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
 }

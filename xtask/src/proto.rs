@@ -100,7 +100,8 @@ fn generate(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
         }
         generated.sort();
         let status = Command::new("rustfmt")
-            .args(["--edition", "2024"])
+            .args(["--edition", "2024", "--config-path"])
+            .arg(root.join("rustfmt.toml"))
             .args(&generated)
             .status()
             .context("running rustfmt")?;

@@ -50,6 +50,9 @@ pub use types::Command;
 /// A snapshot as openraft sees it: metadata and the file.
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
+/// The Raft node type of raftkv: openraft with this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 const DB_FILE: &str = "state.redb";
 const DB_INSTALLING: &str = "state.redb.installing";
 const SNAPSHOT_DIR: &str = "snapshots";

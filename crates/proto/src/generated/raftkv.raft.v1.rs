@@ -42,13 +42,7 @@ pub struct SnapshotTrailer {
 }
 /// Generated client implementations.
 pub mod raft_client {
-    #![allow(
-        unused_variables,
-        dead_code,
-        missing_docs,
-        clippy::wildcard_imports,
-        clippy::let_unit_value
-    )]
+    #![allow(unused_variables, dead_code, missing_docs, clippy::wildcard_imports, clippy::let_unit_value)]
     use tonic::codegen::http::Uri;
     use tonic::codegen::*;
     #[derive(Debug, Clone)]
@@ -87,9 +81,7 @@ pub mod raft_client {
             T::ResponseBody: Default,
             T: tonic::codegen::Service<
                     http::Request<tonic::body::Body>,
-                    Response = http::Response<
-                        <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
-                    >,
+                    Response = http::Response<<T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody>,
                 >,
             <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
                 Into<StdError> + std::marker::Send + std::marker::Sync,
@@ -131,56 +123,56 @@ pub mod raft_client {
             &mut self,
             request: impl tonic::IntoRequest<super::RaftMessage>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
-            self.inner.ready().await.map_err(|e| {
-                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
-            })?;
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/AppendEntries");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("raftkv.raft.v1.Raft", "AppendEntries"));
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "AppendEntries"));
             self.inner.unary(req, path, codec).await
         }
         pub async fn vote(
             &mut self,
             request: impl tonic::IntoRequest<super::RaftMessage>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
-            self.inner.ready().await.map_err(|e| {
-                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
-            })?;
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/Vote");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("raftkv.raft.v1.Raft", "Vote"));
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "Vote"));
             self.inner.unary(req, path, codec).await
         }
         pub async fn pre_vote(
             &mut self,
             request: impl tonic::IntoRequest<super::RaftMessage>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
-            self.inner.ready().await.map_err(|e| {
-                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
-            })?;
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/PreVote");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("raftkv.raft.v1.Raft", "PreVote"));
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "PreVote"));
             self.inner.unary(req, path, codec).await
         }
         pub async fn transfer_leader(
             &mut self,
             request: impl tonic::IntoRequest<super::RaftMessage>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
-            self.inner.ready().await.map_err(|e| {
-                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
-            })?;
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/TransferLeader");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("raftkv.raft.v1.Raft", "TransferLeader"));
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "TransferLeader"));
             self.inner.unary(req, path, codec).await
         }
         /// The first chunk carries `header`, the next ones `data`, the last one `trailer`.
@@ -188,27 +180,21 @@ pub mod raft_client {
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::SnapshotChunk>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
-            self.inner.ready().await.map_err(|e| {
-                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
-            })?;
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/InstallSnapshot");
             let mut req = request.into_streaming_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("raftkv.raft.v1.Raft", "InstallSnapshot"));
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "InstallSnapshot"));
             self.inner.client_streaming(req, path, codec).await
         }
     }
 }
 /// Generated server implementations.
 pub mod raft_server {
-    #![allow(
-        unused_variables,
-        dead_code,
-        missing_docs,
-        clippy::wildcard_imports,
-        clippy::let_unit_value
-    )]
+    #![allow(unused_variables, dead_code, missing_docs, clippy::wildcard_imports, clippy::let_unit_value)]
     use tonic::codegen::*;
     /// Generated trait containing gRPC methods that should be implemented for use with RaftServer.
     #[async_trait]
@@ -300,10 +286,7 @@ pub mod raft_server {
         type Response = http::Response<tonic::body::Body>;
         type Error = std::convert::Infallible;
         type Future = BoxFuture<Self::Response, Self::Error>;
-        fn poll_ready(
-            &mut self,
-            _cx: &mut Context<'_>,
-        ) -> Poll<std::result::Result<(), Self::Error>> {
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
         fn call(&mut self, req: http::Request<B>) -> Self::Future {
@@ -314,13 +297,9 @@ pub mod raft_server {
                     impl<T: Raft> tonic::server::UnaryService<super::RaftMessage> for AppendEntriesSvc<T> {
                         type Response = super::RaftMessage;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::RaftMessage>,
-                        ) -> Self::Future {
+                        fn call(&mut self, request: tonic::Request<super::RaftMessage>) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut =
-                                async move { <T as Raft>::append_entries(&inner, request).await };
+                            let fut = async move { <T as Raft>::append_entries(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -333,14 +312,8 @@ pub mod raft_server {
                         let method = AppendEntriesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
@@ -352,10 +325,7 @@ pub mod raft_server {
                     impl<T: Raft> tonic::server::UnaryService<super::RaftMessage> for VoteSvc<T> {
                         type Response = super::RaftMessage;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::RaftMessage>,
-                        ) -> Self::Future {
+                        fn call(&mut self, request: tonic::Request<super::RaftMessage>) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move { <T as Raft>::vote(&inner, request).await };
                             Box::pin(fut)
@@ -370,14 +340,8 @@ pub mod raft_server {
                         let method = VoteSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
@@ -389,10 +353,7 @@ pub mod raft_server {
                     impl<T: Raft> tonic::server::UnaryService<super::RaftMessage> for PreVoteSvc<T> {
                         type Response = super::RaftMessage;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::RaftMessage>,
-                        ) -> Self::Future {
+                        fn call(&mut self, request: tonic::Request<super::RaftMessage>) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move { <T as Raft>::pre_vote(&inner, request).await };
                             Box::pin(fut)
@@ -407,14 +368,8 @@ pub mod raft_server {
                         let method = PreVoteSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
@@ -426,13 +381,9 @@ pub mod raft_server {
                     impl<T: Raft> tonic::server::UnaryService<super::RaftMessage> for TransferLeaderSvc<T> {
                         type Response = super::RaftMessage;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::RaftMessage>,
-                        ) -> Self::Future {
+                        fn call(&mut self, request: tonic::Request<super::RaftMessage>) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut =
-                                async move { <T as Raft>::transfer_leader(&inner, request).await };
+                            let fut = async move { <T as Raft>::transfer_leader(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -445,14 +396,8 @@ pub mod raft_server {
                         let method = TransferLeaderSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
@@ -461,9 +406,7 @@ pub mod raft_server {
                 "/raftkv.raft.v1.Raft/InstallSnapshot" => {
                     #[allow(non_camel_case_types)]
                     struct InstallSnapshotSvc<T: Raft>(pub Arc<T>);
-                    impl<T: Raft> tonic::server::ClientStreamingService<super::SnapshotChunk>
-                        for InstallSnapshotSvc<T>
-                    {
+                    impl<T: Raft> tonic::server::ClientStreamingService<super::SnapshotChunk> for InstallSnapshotSvc<T> {
                         type Response = super::RaftMessage;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
@@ -471,8 +414,7 @@ pub mod raft_server {
                             request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut =
-                                async move { <T as Raft>::install_snapshot(&inner, request).await };
+                            let fut = async move { <T as Raft>::install_snapshot(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -485,14 +427,8 @@ pub mod raft_server {
                         let method = InstallSnapshotSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.client_streaming(method, req).await;
                         Ok(res)
                     };
@@ -501,14 +437,8 @@ pub mod raft_server {
                 _ => Box::pin(async move {
                     let mut response = http::Response::new(tonic::body::Body::default());
                     let headers = response.headers_mut();
-                    headers.insert(
-                        tonic::Status::GRPC_STATUS,
-                        (tonic::Code::Unimplemented as i32).into(),
-                    );
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        tonic::metadata::GRPC_CONTENT_TYPE,
-                    );
+                    headers.insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                    headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
                     Ok(response)
                 }),
             }

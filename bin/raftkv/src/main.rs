@@ -1,0 +1,177 @@
+//! `raftkv`: one node of a raftkv cluster.
+//!
+//! Parses flags (the Go seed's spellings, the kebab-case ones, or `RAFTKV_*` environment
+//! variables), sets up logging (`RUST_LOG`, to stderr), and runs the engine until SIGINT
+//! or SIGTERM, then shuts down gracefully.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use engine::NodeConfig;
+use tracing_subscriber::EnvFilter;
+use types::NodeId;
+
+/// A node of raftkv, a replicated, strongly consistent key-value store.
+///
+/// Start the first node with --raft_bootstrap; start the others without it and add them
+/// with `raftkvctl member add`. Data lives in <raft_data_dir>/<raft_id>/.
+#[derive(Parser, Debug)]
+#[command(name = "raftkv", version, about, long_about = None, after_help = EXAMPLES)]
+struct Args {
+    /// This node's id; stays the same for the node's whole life.
+    #[arg(long = "raft_id", alias = "raft-id", env = "RAFTKV_RAFT_ID", value_parser = parse_id)]
+    raft_id: NodeId,
+
+    /// Address for Raft traffic between nodes (host:port; port 0 picks a free port).
+    #[arg(long = "raft_addr", alias = "raft-addr", env = "RAFTKV_RAFT_ADDR", default_value = "localhost:50051")]
+    raft_addr: String,
+
+    /// Address clients and admin tools connect to (host:port; port 0 picks a free port).
+    #[arg(long = "grpc_addr", alias = "grpc-addr", env = "RAFTKV_GRPC_ADDR", default_value = "localhost:40051")]
+    grpc_addr: String,
+
+    /// Base data directory; this node's files go to <raft_data_dir>/<raft_id>/.
+    #[arg(long = "raft_data_dir", alias = "raft-data-dir", env = "RAFTKV_RAFT_DATA_DIR", default_value_os_t = std::env::temp_dir())]
+    raft_data_dir: PathBuf,
+
+    /// Start a new cluster with this node as its only voter, if it has no state yet.
+    /// Restarting with this flag on existing state is fine: it just starts.
+    #[arg(
+        long = "raft_bootstrap",
+        alias = "raft-bootstrap",
+        env = "RAFTKV_RAFT_BOOTSTRAP",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    raft_bootstrap: bool,
+
+    /// How often the leader sends heartbeats (e.g. 100ms, 1s).
+    #[arg(long = "heartbeat_interval", alias = "heartbeat-interval", env = "RAFTKV_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// A follower that hears from no leader for this long (randomized up to twice as long)
+    /// starts an election. At least 3 times the heartbeat interval.
+    #[arg(long = "election_timeout", alias = "election-timeout", env = "RAFTKV_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    election_timeout: Duration,
+
+    /// Take a snapshot after this many log entries since the last one.
+    #[arg(long = "snapshot_threshold", alias = "snapshot-threshold", env = "RAFTKV_SNAPSHOT_THRESHOLD", default_value_t = 8192)]
+    snapshot_threshold: u64,
+
+    /// Log entries kept behind a snapshot, for followers that lag a little.
+    #[arg(long = "trailing_logs", alias = "trailing-logs", env = "RAFTKV_TRAILING_LOGS", default_value_t = 10240)]
+    trailing_logs: u64,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+const EXAMPLES: &str = "\
+Examples (the seed's three-node walkthrough):
+  raftkv --raft_bootstrap --raft_id=nodeA --grpc_addr=localhost:40051 --raft_addr=localhost:50051 --raft_data_dir /tmp/raftkv
+  raftkv --raft_id=nodeB --grpc_addr=localhost:40052 --raft_addr=localhost:50052 --raft_data_dir /tmp/raftkv
+  raftkvctl --endpoints localhost:40051 member add nodeB --raft-addr localhost:50052 --grpc-addr localhost:40052";
+
+fn parse_id(s: &str) -> Result<NodeId, String> {
+    NodeId::new(s).map_err(|e| e.to_string())
+}
+
+/// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 250ms, 2s or 1m"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = NodeConfig::new(args.raft_id);
+    config.raft_addr = args.raft_addr;
+    config.grpc_addr = args.grpc_addr;
+    config.data_dir = args.raft_data_dir;
+    config.bootstrap = args.raft_bootstrap;
+    config.heartbeat_interval = args.heartbeat_interval;
+    config.election_timeout = args.election_timeout;
+    config.snapshot_threshold = args.snapshot_threshold;
+    config.trailing_logs = args.trailing_logs;
+    config.shutdown_grace = args.shutdown_grace;
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(engine::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn seed_flags_parse() {
+        let args = Args::try_parse_from([
+            "raftkv",
+            "--raft_bootstrap",
+            "--raft_id=nodeA",
+            "--grpc_addr=localhost:40051",
+            "--raft-addr",
+            "localhost:50051",
+            "--raft_data_dir",
+            "/tmp/test",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(args.raft_bootstrap);
+        assert_eq!(args.raft_id.as_str(), "nodeA");
+        assert_eq!(args.raft_addr, "localhost:50051");
+        let args = Args::try_parse_from(["raftkv", "--raft_id", "b", "--raft_bootstrap=false"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!args.raft_bootstrap);
+        assert!(Args::try_parse_from(["raftkv", "--raft_id", "a/b"]).is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! `raftkvctl`: the command-line client of raftkv, in the manner of etcdctl.
+//!
+//! Exit status: 0 on success, 1 when a key is not found, 2 on any error (grep's
+//! convention). Errors go to stderr whatever the output format.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use client::{Client, ClientError, ClientOptions, Member, RaftState, Suffrage};
+use serde_json::{Value, json};
+
+/// Command-line client of raftkv.
+#[derive(Parser, Debug)]
+#[command(name = "raftkvctl", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Comma-separated node addresses (HOST:PORT); any nodes of the cluster.
+    #[arg(long, env = "RAFTKV_ENDPOINTS", default_value = "127.0.0.1:40051", value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Simple, global = true)]
+    output: Output,
+
+    /// Deadline of each request (e.g. 5s, 500ms).
+    #[arg(long = "command-timeout", default_value = "10s", value_parser = parse_duration, global = true)]
+    command_timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  raftkvctl --endpoints 127.0.0.1:40051,127.0.0.1:40052 put greeting hello
+  raftkvctl get greeting
+  raftkvctl -o json get greeting
+  raftkvctl del greeting
+  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052
+  raftkvctl member list
+  raftkvctl status
+
+Exit status: 0 success, 1 key not found, 2 error.";
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    /// Human-readable.
+    Simple,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set a key to a value.
+    #[command(after_help = "Example:\n  raftkvctl put greeting hello")]
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print the value of a key (exit status 1 if it does not exist).
+    #[command(after_help = "Examples:\n  raftkvctl get greeting\n  raftkvctl -o json get greeting")]
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete a key; prints how many keys were deleted (0 or 1).
+    #[command(after_help = "Example:\n  raftkvctl del greeting")]
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Cluster membership.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Status of the first reachable node: Raft state, term, leader, indexes, members.
+    #[command(after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status")]
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Add a node as a voter: it joins as a learner, catches up, then is promoted.
+    #[command(after_help = "Example:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052")]
+    Add {
+        /// The new node's --raft_id.
+        id: String,
+        /// The new node's --raft_addr.
+        #[arg(long = "raft-addr")]
+        raft_addr: String,
+        /// The new node's --grpc_addr.
+        #[arg(long = "grpc-addr")]
+        grpc_addr: String,
+        /// How long to wait for the node to catch up and become a voter.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List the members as the answering node knows them.
+    #[command(after_help = "Examples:\n  raftkvctl member list\n  raftkvctl -o json member list")]
+    List,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 5s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+/// How a command ended, for the exit status.
+enum Outcome {
+    Ok,
+    NotFound(String),
+}
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id,
+        "suffrage": if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" },
+        "raft_addr": m.raft_addr,
+        "grpc_addr": m.grpc_addr,
+        "is_leader": m.is_leader,
+    })
+}
+
+fn state_name(state: i32) -> &'static str {
+    match RaftState::try_from(state) {
+        Ok(RaftState::Leader) => "leader",
+        Ok(RaftState::Follower) => "follower",
+        Ok(RaftState::Candidate) => "candidate",
+        Ok(RaftState::Learner) => "learner",
+        Ok(RaftState::Shutdown) => "shutdown",
+        _ => "unknown",
+    }
+}
+
+fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()> {
+    let rows: Vec<[String; 5]> = members
+        .iter()
+        .map(|m| {
+            [
+                m.id.clone(),
+                if m.suffrage == Suffrage::Voter as i32 { "voter".into() } else { "learner".into() },
+                m.raft_addr.clone(),
+                m.grpc_addr.clone(),
+                if m.is_leader { "true".into() } else { "false".into() },
+            ]
+        })
+        .collect();
+    let header = ["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header))?;
+    for row in &rows {
+        writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+    }
+    Ok(())
+}
+
+async fn execute(cli: &Cli) -> Result<Outcome> {
+    let options = ClientOptions { request_timeout: cli.command_timeout, ..ClientOptions::default() };
+    let client = Client::new(cli.endpoints.iter().cloned(), options)?;
+    let mut out = std::io::stdout().lock();
+    let json = cli.output == Output::Json;
+    match &cli.command {
+        Command::Put { key, value } => {
+            let resp = client.put(key.as_bytes(), value.as_bytes()).await?;
+            let index = resp.header.map(|h| h.index).unwrap_or(0);
+            if json {
+                writeln!(out, "{}", json!({ "index": index }))?;
+            } else {
+                writeln!(out, "OK")?;
+            }
+        }
+        Command::Get { key } => {
+            let resp = client.get(key.as_bytes()).await?;
+            let kv = match resp.kv {
+                Some(kv) if resp.found => kv,
+                _ => return Ok(Outcome::NotFound(format!("key {key:?} not found"))),
+            };
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "key": String::from_utf8_lossy(&kv.key),
+                        "value": String::from_utf8_lossy(&kv.value),
+                        "create_index": kv.create_index,
+                        "modify_index": kv.modify_index,
+                        "version": kv.version,
+                        "index": resp.header.map(|h| h.index).unwrap_or(0),
+                    })
+                )?;
+            } else {
+                out.write_all(&kv.value)?;
+                writeln!(out)?;
+            }
+        }
+        Command::Del { key } => {
+            let resp = client.delete(key.as_bytes()).await?;
+            if json {
+                writeln!(out, "{}", json!({ "deleted": resp.deleted, "index": resp.header.map(|h| h.index).unwrap_or(0) }))?;
+            } else {
+                writeln!(out, "{}", resp.deleted)?;
+            }
+        }
+        Command::Member { command: MemberCommand::Add { id, raft_addr, grpc_addr, timeout } } => {
+            let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
+            if json {
+                writeln!(out, "{}", json!({ "index": resp.index, "members": resp.members.iter().map(member_json).collect::<Vec<_>>() }))?;
+            } else {
+                writeln!(out, "Member {id} is a voter (membership index {})", resp.index)?;
+                print_members(&mut out, &resp.members)?;
+            }
+        }
+        Command::Member { command: MemberCommand::List } => {
+            let status = client.status().await?;
+            if json {
+                writeln!(out, "{}", json!({ "members": status.members.iter().map(member_json).collect::<Vec<_>>() }))?;
+            } else {
+                print_members(&mut out, &status.members)?;
+            }
+        }
+        Command::Status => {
+            let s = client.status().await?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "node_id": s.node_id,
+                        "state": state_name(s.state),
+                        "term": s.term,
+                        "leader_id": s.leader_id,
+                        "last_log_index": s.last_log_index,
+                        "committed_index": s.committed_index,
+                        "applied_index": s.applied_index,
+                        "snapshot_index": s.snapshot_index,
+                        "membership_index": s.membership_index,
+                        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                    })
+                )?;
+            } else {
+                writeln!(out, "node:        {}", s.node_id)?;
+                writeln!(out, "state:       {}", state_name(s.state))?;
+                writeln!(out, "term:        {}", s.term)?;
+                writeln!(out, "leader:      {}", if s.leader_id.is_empty() { "(none)" } else { &s.leader_id })?;
+                writeln!(out, "last index:  {}", s.last_log_index)?;
+                writeln!(out, "committed:   {}", s.committed_index)?;
+                writeln!(out, "applied:     {}", s.applied_index)?;
+                writeln!(out, "snapshot:    {}", s.snapshot_index)?;
+                writeln!(out)?;
+                print_members(&mut out, &s.members)?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RAFTKVCTL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftkvctl: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(execute(&cli)) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound(msg)) => {
+            eprintln!("raftkvctl: {msg}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            match e.downcast_ref::<ClientError>() {
+                Some(ce) => eprintln!("raftkvctl: {ce}"),
+                None => eprintln!("raftkvctl: {e:#}"),
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The Rust client of raftkv, used by `raftkvctl` and the cluster tests.
+//!
+//! # Brief overview
+//! [`Client`] holds a list of endpoints (any nodes of one cluster). Every call:
+//! - connects eagerly, with a timeout, and moves to the next endpoint when a connection
+//!   cannot be made: nothing was sent, so that is always safe;
+//! - sets a deadline on the request;
+//! - retries a failed request only when the server marked it safe (`x-raftkv-retryable:
+//!   true`: certainly not applied), or when it is a read; it follows the leader hint in
+//!   the error when there is one. A write whose outcome is unknown is never retried.
+//!
+//! Servers forward writes to the leader themselves, so a client may talk to any node.
+//!
+//! This crate must never depend on the server side (openraft, redb, the engine).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proto::admin::v1::admin_client::AdminClient;
+use proto::admin::v1::{AddVoterRequest, AddVoterResponse, StatusRequest, StatusResponse};
+use proto::kv::v1::kv_client::KvClient;
+use proto::kv::v1::{DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse};
+use tonic::transport::{Channel, Endpoint};
+
+pub use proto::admin::v1::{Member, RaftState, Suffrage};
+pub use proto::kv::v1::KeyValue;
+
+/// Metadata key the server sets to `true` when a failed request was certainly not applied.
+const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
+/// Metadata key with the leader's gRPC address on a not-leader answer.
+const LEADER_ADDR_HEADER: &str = "x-raftkv-leader-addr";
+/// The largest message the client decodes (the server's decode limit).
+const MAX_MESSAGE_BYTES: usize = 2 << 20;
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No endpoint was given.
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// An endpoint is not a valid `HOST:PORT`.
+    #[error("invalid endpoint {0:?}: expected HOST:PORT")]
+    InvalidEndpoint(String),
+    /// No endpoint could be reached.
+    #[error("no endpoint reachable ({endpoints}): {last}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last connection error.
+        last: String,
+    },
+    /// The server answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+}
+
+impl ClientError {
+    /// The gRPC status, when the server answered.
+    #[must_use]
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            ClientError::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long connecting to one endpoint may take.
+    pub connect_timeout: Duration,
+    /// The deadline of each request.
+    pub request_timeout: Duration,
+    /// How many times a retryable failure is retried.
+    pub max_retries: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(2), request_timeout: Duration::from_secs(10), max_retries: 8 }
+    }
+}
+
+/// A raftkv client over a list of endpoints.
+#[derive(Debug)]
+pub struct Client {
+    endpoints: Mutex<Vec<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    preferred: AtomicUsize,
+    options: ClientOptions,
+}
+
+/// Whether the call may be retried after a failure that is not marked retryable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A read: retrying cannot change anything.
+    Read,
+    /// A write: retried only when the server says it was not applied.
+    Write,
+}
+
+impl Client {
+    /// A client over `endpoints` (`HOST:PORT` each). Nothing is connected yet.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>, options: ClientOptions) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).filter(|e: &String| !e.trim().is_empty()).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        for e in &endpoints {
+            let ok = e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ClientError::InvalidEndpoint(e.clone()));
+            }
+        }
+        Ok(Self {
+            endpoints: Mutex::new(endpoints),
+            channels: Mutex::new(HashMap::new()),
+            preferred: AtomicUsize::new(0),
+            options,
+        })
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(ch) = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
+    }
+
+    /// Runs `call` against the endpoints until it succeeds or a failure must be returned.
+    async fn run<T, F, Fut>(&self, kind: Kind, timeout: Duration, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut endpoints = self.endpoints();
+        let start = self.preferred.load(Ordering::Relaxed) % endpoints.len();
+        let mut order: Vec<usize> = (0..endpoints.len()).map(|i| (start + i) % endpoints.len()).collect();
+        let mut retries = 0;
+        let mut backoff = Duration::from_millis(50);
+        let mut last_connect_error = String::new();
+        let mut cursor = 0;
+        loop {
+            if cursor >= order.len() {
+                if retries >= self.options.max_retries || last_connect_error.is_empty() {
+                    return Err(ClientError::Unreachable { endpoints: endpoints.join(","), last: last_connect_error });
+                }
+                // Every endpoint refused the connection: wait a little and go round again.
+                retries += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                cursor = 0;
+            }
+            let idx = order[cursor];
+            let addr = endpoints[idx].clone();
+            let channel = match self.connect(&addr).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::debug!(endpoint = %addr, error = %e, "cannot connect");
+                    last_connect_error = format!("{addr}: {e}");
+                    cursor += 1;
+                    continue;
+                }
+            };
+            match call(channel, timeout).await {
+                Ok(v) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(status) => {
+                    let marked = status.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()) == Some("true");
+                    let transport = status.metadata().get(RETRYABLE_HEADER).is_none() && status.code() == tonic::Code::Unavailable;
+                    if transport {
+                        self.forget(&addr);
+                    }
+                    let may_retry = marked || (kind == Kind::Read && transport);
+                    if !may_retry || retries >= self.options.max_retries {
+                        return Err(ClientError::Status(status));
+                    }
+                    retries += 1;
+                    tracing::debug!(endpoint = %addr, code = ?status.code(), message = status.message(), "retrying");
+                    // Follow the leader hint: try the leader next.
+                    let hint = status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+                    if let Some(hint) = hint {
+                        let pos = match endpoints.iter().position(|e| *e == hint) {
+                            Some(p) => p,
+                            None => {
+                                endpoints.push(hint.clone());
+                                self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(hint);
+                                endpoints.len() - 1
+                            }
+                        };
+                        order = std::iter::once(pos).chain((0..endpoints.len()).filter(|i| *i != pos)).collect();
+                        cursor = 0;
+                    } else {
+                        cursor += 1;
+                        if cursor >= order.len() {
+                            cursor = 0;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.set_timeout(timeout);
+        r
+    }
+
+    fn kv(ch: Channel) -> KvClient<Channel> {
+        KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES * 2)
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse, ClientError> {
+        let req = PutRequest { key: key.into().into(), value: value.into().into() };
+        self.run(Kind::Write, self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { Self::kv(ch).put(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Reads `key` (linearizable).
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<GetResponse, ClientError> {
+        let req = GetRequest { key: key.into().into() };
+        self.run(Kind::Read, self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { Self::kv(ch).get(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<DeleteResponse, ClientError> {
+        let req = DeleteRequest { key: key.into().into() };
+        self.run(Kind::Write, self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { Self::kv(ch).delete(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// The status of the first reachable endpoint.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.run(Kind::Read, self.options.request_timeout, |ch, t| async move {
+            AdminClient::new(ch).status(Self::request(StatusRequest {}, t)).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Adds a node as a voter: as a learner first, promoted once caught up. Succeeds at once
+    /// when it is already a voter with these addresses.
+    pub async fn add_voter(&self, id: &str, raft_addr: &str, grpc_addr: &str, timeout: Duration) -> Result<AddVoterResponse, ClientError> {
+        let req = AddVoterRequest { id: id.into(), raft_addr: raft_addr.into(), grpc_addr: grpc_addr.into() };
+        // Adding a voter is idempotent, so it may be retried like a read.
+        self.run(Kind::Read, timeout, |ch, t| {
+            let req = req.clone();
+            async move { AdminClient::new(ch).add_voter(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(matches!(Client::new(Vec::<String>::new(), ClientOptions::default()), Err(ClientError::NoEndpoints)));
+        assert!(matches!(Client::new(["localhost"], ClientOptions::default()), Err(ClientError::InvalidEndpoint(_))));
+        assert!(Client::new(["127.0.0.1:1", "localhost:2"], ClientOptions::default()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoints_are_reported() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let options = ClientOptions { max_retries: 1, ..ClientOptions::default() };
+        let client = Client::new(["127.0.0.1:1"], options).unwrap_or_else(|e| panic!("{e}"));
+        match client.get("k").await {
+            Err(ClientError::Unreachable { endpoints, .. }) => assert_eq!(endpoints, "127.0.0.1:1"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+}

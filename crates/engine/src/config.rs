@@ -1,0 +1,144 @@
+//! [`NodeConfig`]: everything a node is started with, validated before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use types::NodeId;
+
+use crate::EngineError;
+
+/// The settings of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (`--raft_id`).
+    pub id: NodeId,
+    /// Where Raft traffic is served and advertised (`--raft_addr`); port 0 picks a free one.
+    pub raft_addr: String,
+    /// Where clients are served and which address is advertised (`--grpc_addr`); port 0
+    /// picks a free one. Equal to `raft_addr`: one server carries both.
+    pub grpc_addr: String,
+    /// The base data directory (`--raft_data_dir`); this node's files are under `<dir>/<id>/`.
+    pub data_dir: PathBuf,
+    /// Start a new single-node cluster if this node has no state yet (`--raft_bootstrap`).
+    /// Ignored, with a log line, when state exists.
+    pub bootstrap: bool,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for this long (randomized up to twice as long)
+    /// starts an election.
+    pub election_timeout: Duration,
+    /// Take a snapshot after this many log entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Keep this many log entries behind a snapshot, so a briefly lagging follower catches
+    /// up from the log rather than a snapshot.
+    pub trailing_logs: u64,
+    /// How long graceful shutdown may wait for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for `id`: the seed's addresses, timing like etcd's (100 ms heartbeats,
+    /// elections after 1 to 2 s), and the seed's snapshot settings.
+    #[must_use]
+    pub fn new(id: NodeId) -> Self {
+        Self {
+            id,
+            raft_addr: "localhost:50051".into(),
+            grpc_addr: "localhost:40051".into(),
+            data_dir: std::env::temp_dir(),
+            bootstrap: false,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_threshold: 8192,
+            trailing_logs: 10240,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// This node's directory: `<data_dir>/<id>`.
+    #[must_use]
+    pub fn node_dir(&self) -> PathBuf {
+        self.data_dir.join(self.id.as_str())
+    }
+
+    /// Checks every rule, each failure saying which rule and which values.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |msg: String| Err(EngineError::Config(msg));
+        let hb = self.heartbeat_interval;
+        let el = self.election_timeout;
+        if hb < Duration::from_millis(5) {
+            return bad(format!("--heartbeat_interval is {hb:?}; it must be at least 5ms"));
+        }
+        if el < hb * 3 {
+            return bad(format!(
+                "--election_timeout ({el:?}) must be at least 3 times --heartbeat_interval ({hb:?}), \
+                 so that a few lost heartbeats do not start an election"
+            ));
+        }
+        if el > Duration::from_secs(60) {
+            return bad(format!("--election_timeout is {el:?}; it must be at most 60s"));
+        }
+        if self.snapshot_threshold == 0 {
+            return bad("--snapshot_threshold must be at least 1".into());
+        }
+        for (flag, addr) in [("--raft_addr", &self.raft_addr), ("--grpc_addr", &self.grpc_addr)] {
+            let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return bad(format!("{flag} {addr:?} is not HOST:PORT (use port 0 to pick a free port)"));
+            }
+        }
+        self.raft_config().map(|_| ())
+    }
+
+    /// The openraft configuration these settings make.
+    pub fn raft_config(&self) -> Result<openraft::Config, EngineError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: "raftkv".into(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout),
+            election_timeout_max: ms(self.election_timeout) * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
+            max_in_snapshot_log_to_keep: self.trailing_logs,
+            // A follower further behind than this is sent a snapshot instead of entries.
+            replication_lag_threshold: self.snapshot_threshold.max(self.trailing_logs),
+            purge_batch_size: 64,
+            install_snapshot_timeout: ms(self.election_timeout).max(1000),
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| EngineError::Config(format!("invalid Raft settings: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig::new(NodeId::from(1))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(cfg().validate().is_ok());
+    }
+
+    #[test]
+    fn election_must_exceed_heartbeats() {
+        let mut c = cfg();
+        c.heartbeat_interval = Duration::from_millis(1000);
+        c.election_timeout = Duration::from_millis(1500);
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("--election_timeout") && msg.contains("3 times --heartbeat_interval"), "{msg}");
+    }
+
+    #[test]
+    fn addresses_need_ports() {
+        let mut c = cfg();
+        c.grpc_addr = "localhost".into();
+        let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("--grpc_addr"), "{msg}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The composition root of a raftkv node.
+//!
+//! # Brief overview
+//! [`Node::start`] builds and starts everything, in this order:
+//! 1. validates the [`NodeConfig`] (every rule with a message naming the flag);
+//! 2. binds the client (`--grpc_addr`) and Raft (`--raft_addr`) listeners; one listener
+//!    carries both when the addresses are equal; port 0 picks a free port;
+//! 3. opens the log store (`raft-storage`) and the state machine (`fsm`) under
+//!    `<raft_data_dir>/<raft_id>/`, creating the directory if needed;
+//! 4. starts openraft with the gRPC transport ([`transport`]);
+//! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
+//!    restarting with `--raft_bootstrap` on existing state just starts);
+//! 6. keeps the resolver equal to the Raft membership;
+//! 7. serves KV, Admin, Raft, gRPC health and reflection, with TCP_NODELAY on;
+//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests.
+//!
+//! [`Node::shutdown`] stops in the reverse order: the servers drain in-flight requests
+//! (bounded by `shutdown_grace`), Raft stops, the stores close.
+//!
+//! The engine may depend on every crate; nothing depends on it but the binaries.
+
+mod config;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fsm::{Raft, StateMachine};
+use openraft::async_runtime::WatchReceiver;
+use raft_storage::{LOG_FILE, LogStore};
+use resolver::MembershipResolver;
+use serde::Serialize;
+use service::{AdminService, Forwarder, KvService, NodeContext};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use types::{NodeId, NodeInfo};
+
+pub use config::NodeConfig;
+use transport::client::NetworkFactory;
+use transport::server::RaftService;
+
+/// The name of the file, in the node's directory, that holds the bound addresses.
+pub const LISTEN_FILE: &str = "listen.json";
+
+/// What can stop a node from starting or stopping cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A setting is invalid; the message names the flag and the rule.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file or directory operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The log store failed to open.
+    #[error("opening the Raft log: {0}")]
+    Log(#[from] raft_storage::Error),
+    /// The state machine failed to open.
+    #[error("opening the state machine: {0}")]
+    StateMachine(#[from] fsm::Error),
+    /// openraft refused to start or stopped with an error.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A server failed.
+    #[error("server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// The addresses a node listens on, as written to `listen.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenAddrs {
+    /// The Raft address actually bound.
+    pub raft_addr: String,
+    /// The client address actually bound.
+    pub grpc_addr: String,
+    /// This process's id.
+    pub pid: u32,
+}
+
+/// A running node.
+pub struct Node {
+    config: NodeConfig,
+    raft: Raft,
+    sm: StateMachine,
+    listen: ListenAddrs,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    membership_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.config.id).field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+/// The address to advertise for a listener: the configured one, with the bound port when
+/// port 0 was asked for.
+fn advertised(configured: &str, bound: SocketAddr) -> String {
+    match configured.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:{}", bound.port()),
+        _ => configured.to_string(),
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, EngineError> {
+    TcpListener::bind(addr).await.map_err(|source| EngineError::Bind { addr: addr.to_string(), source })
+}
+
+impl Node {
+    /// Starts a node; see the crate documentation for the order.
+    pub async fn start(config: NodeConfig) -> Result<Node, EngineError> {
+        config.validate()?;
+        let dir = config.node_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| EngineError::Io { context: format!("creating {}", dir.display()), source })?;
+
+        let grpc_listener = bind(&config.grpc_addr).await?;
+        let grpc_bound = local_addr(&grpc_listener)?;
+        let raft_listener = if config.raft_addr == config.grpc_addr { None } else { Some(bind(&config.raft_addr).await?) };
+        let raft_bound = match &raft_listener {
+            Some(l) => local_addr(l)?,
+            None => grpc_bound,
+        };
+        let me = NodeInfo {
+            raft_addr: advertised(&config.raft_addr, raft_bound),
+            grpc_addr: advertised(&config.grpc_addr, grpc_bound),
+        };
+
+        let log = LogStore::open(&dir.join(LOG_FILE))?;
+        let sm = StateMachine::open(&dir.join("sm"))?;
+        let raft_config = Arc::new(config.raft_config()?);
+        let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(), log, sm.clone())
+            .await
+            .map_err(|e| EngineError::Raft(e.to_string()))?;
+
+        let resolver = Arc::new(MembershipResolver::new());
+        let membership_task = tokio::spawn(follow_membership(raft.clone(), resolver.clone()));
+
+        if config.bootstrap {
+            bootstrap(&raft, &config.id, me.clone()).await?;
+        }
+
+        let ctx = NodeContext {
+            id: config.id.clone(),
+            raft: raft.clone(),
+            sm: sm.clone(),
+            resolver: resolver.clone(),
+            forwarder: Forwarder::new(),
+        };
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
+
+        let raft_svc = RaftService::new(raft.clone(), sm.clone()).into_server();
+        let mut client_routes = RoutesBuilder::default();
+        client_routes
+            .add_service(KvService::new(ctx.clone()).into_server())
+            .add_service(AdminService::new(ctx).into_server())
+            .add_service(health)
+            .add_service(reflection);
+        let (stop, _) = watch::channel(false);
+        let mut servers = Vec::new();
+        match raft_listener {
+            None => {
+                client_routes.add_service(raft_svc);
+                servers.push(serve(client_routes, grpc_listener, stop.subscribe()));
+            }
+            Some(raft_listener) => {
+                servers.push(serve(client_routes, grpc_listener, stop.subscribe()));
+                let mut raft_routes = RoutesBuilder::default();
+                raft_routes.add_service(raft_svc);
+                servers.push(serve(raft_routes, raft_listener, stop.subscribe()));
+            }
+        }
+
+        let listen = ListenAddrs {
+            raft_addr: raft_bound.to_string(),
+            grpc_addr: grpc_bound.to_string(),
+            pid: std::process::id(),
+        };
+        write_listen_file(&dir.join(LISTEN_FILE), &listen)?;
+        tracing::info!(
+            node = %config.id,
+            grpc_addr = %listen.grpc_addr,
+            raft_addr = %listen.raft_addr,
+            dir = %dir.display(),
+            "node started"
+        );
+        Ok(Node { config, raft, sm, listen, stop, servers, membership_task })
+    }
+
+    /// The addresses actually bound.
+    #[must_use]
+    pub fn listen_addrs(&self) -> &ListenAddrs {
+        &self.listen
+    }
+
+    /// The Raft handle.
+    #[must_use]
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The state machine.
+    #[must_use]
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Stops the node: the servers drain (bounded by the shutdown grace), then Raft stops,
+    /// then the stores close.
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        let id = self.config.id.clone();
+        tracing::info!(node = %id, "shutting down: draining gRPC servers");
+        let _ = self.stop.send(true);
+        let grace = self.config.shutdown_grace;
+        for mut server in self.servers {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(node = %id, error = %e, "server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(node = %id, error = %e, "server task failed"),
+                Err(_) => {
+                    tracing::warn!(node = %id, grace = ?grace, "server did not drain in time; closing it");
+                    server.abort();
+                }
+            }
+        }
+        tracing::info!(node = %id, "stopping raft");
+        self.membership_task.abort();
+        let result = self.raft.shutdown().await.map_err(|e| EngineError::Raft(e.to_string()));
+        let _ = std::fs::remove_file(self.config.node_dir().join(LISTEN_FILE));
+        drop(self.raft);
+        drop(self.sm);
+        tracing::info!(node = %id, "stopped");
+        result
+    }
+}
+
+/// Runs a node until `signal` resolves, then shuts it down gracefully.
+pub async fn run(config: NodeConfig, signal: impl std::future::Future<Output = ()>) -> Result<(), EngineError> {
+    let node = Node::start(config).await?;
+    signal.await;
+    node.shutdown().await
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, EngineError> {
+    l.local_addr().map_err(|source| EngineError::Io { context: "reading a bound address".into(), source })
+}
+
+fn serve(
+    routes: RoutesBuilder,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_routes(routes.routes());
+    tokio::spawn(async move {
+        server
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// Starts a one-node cluster of this node, unless it already has state.
+async fn bootstrap(raft: &Raft, id: &NodeId, me: NodeInfo) -> Result<(), EngineError> {
+    let initialized = raft.is_initialized().await.map_err(|e| EngineError::Raft(e.to_string()))?;
+    if initialized {
+        tracing::info!(node = %id, "existing Raft state found; --raft_bootstrap has nothing to do");
+        return Ok(());
+    }
+    match raft.initialize(BTreeMap::from([(id.clone(), me)])).await {
+        Ok(()) => {
+            tracing::info!(node = %id, "bootstrapped a new one-node cluster");
+            Ok(())
+        }
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+            tracing::info!(node = %id, "already initialized; --raft_bootstrap has nothing to do");
+            Ok(())
+        }
+        Err(e) => Err(EngineError::Raft(format!("bootstrap failed: {e}"))),
+    }
+}
+
+/// Keeps `resolver` equal to the membership openraft reports.
+async fn follow_membership(raft: Raft, resolver: Arc<MembershipResolver>) {
+    let mut metrics = raft.metrics();
+    let mut last_log_id = None;
+    loop {
+        let membership = metrics.borrow_watched().membership_config.clone();
+        if last_log_id.as_ref() != Some(membership.log_id()) {
+            resolver.replace_all(membership.nodes().map(|(id, n)| (id.clone(), n.clone())));
+            last_log_id = Some(membership.log_id().clone());
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn write_listen_file(path: &std::path::Path, listen: &ListenAddrs) -> Result<(), EngineError> {
+    let io = |context: String| move |source| EngineError::Io { context, source };
+    let json = serde_json::to_vec(listen).map_err(|e| EngineError::Config(e.to_string()))?;
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(&tmp, json).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming {}", tmp.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_the_bound_port_only_for_port_zero() {
+        let bound: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4242));
+        assert_eq!(advertised("localhost:0", bound), "localhost:4242");
+        assert_eq!(advertised("localhost:40051", bound), "localhost:40051");
+    }
+}

@@ -1,0 +1,221 @@
+//! The client side of the Raft transport: what openraft calls to reach a peer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::network::RaftNetworkFactory;
+use openraft::network::v2::RaftNetworkV2;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use proto::raft::v1::raft_client::RaftClient;
+use proto::raft::v1::snapshot_chunk::Chunk;
+use proto::raft::v1::{RaftMessage, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use types::{NodeId, NodeInfo, TypeConfig, Vote, codec};
+
+use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT};
+use fsm::{Snapshot, SnapshotFile};
+
+/// Makes openraft's per-peer clients; peers at the same address share one connection.
+#[derive(Clone, Default)]
+pub struct NetworkFactory {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    /// A factory with no connections yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
+        let client = self.channel(&node.raft_addr).map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        });
+        Peer { target, addr: node.raft_addr.clone(), client: client.map_err(|e| e.to_string()) }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    /// The client, or why the peer's address is unusable.
+    client: Result<RaftClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+fn unreachable_or_network(status: &tonic::Status) -> RPCError<TypeConfig> {
+    let e = TransportError(format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl Peer {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {} at {}: {e}", self.target, self.addr)))))
+    }
+
+    /// Sends one unary Raft RPC: encode, call with a deadline, decode.
+    async fn unary<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftMessage { payload: payload.into() });
+        request.set_timeout(ttl);
+        let resp = call(self.client()?, request).await.map_err(|s| unreachable_or_network(&s))?;
+        codec::decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.append_entries(r).await }).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&req, option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let to_network = |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&TransportError(e.to_string())));
+        let header = SnapshotHeader {
+            vote: codec::encode(&vote).map_err(|e| to_network(&e))?.into(),
+            meta: codec::encode(&snapshot.meta).map_err(|e| to_network(&e))?.into(),
+            size: snapshot.snapshot.len(),
+        };
+        let mut client = self.client().map_err(|e| to_network(&e))?;
+        tracing::info!(target_node = %self.target, size = header.size, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
+        let chunks = snapshot_stream(header, Arc::new(snapshot.snapshot));
+        let mut request = tonic::Request::new(chunks);
+        request.set_timeout(SNAPSHOT_TRANSFER_TIMEOUT);
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = client.install_snapshot(request) => r,
+        };
+        let resp = resp.map_err(|s| match unreachable_or_network(&s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => to_network(&other),
+        })?;
+        codec::decode(&resp.into_inner().payload).map_err(|e| to_network(&e))
+    }
+}
+
+/// The chunks of one snapshot: the header, the data read lazily chunk by chunk (one chunk
+/// in memory at a time), then the trailer with the CRC32 of the data.
+fn snapshot_stream(header: SnapshotHeader, file: Arc<SnapshotFile>) -> impl futures::Stream<Item = SnapshotChunk> + Send {
+    enum Phase {
+        Header(SnapshotHeader),
+        Data { offset: u64, crc: crc32fast::Hasher },
+        Done,
+    }
+    let chunk = |c: Chunk| SnapshotChunk { chunk: Some(c) };
+    futures::stream::unfold((Phase::Header(header), file), move |(phase, file)| async move {
+        match phase {
+            Phase::Header(h) => Some((chunk(Chunk::Header(h)), (Phase::Data { offset: 0, crc: crc32fast::Hasher::new() }, file))),
+            Phase::Data { offset, mut crc } => {
+                let f = file.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        let n = f.read_at(&mut buf[filled..], offset + filled as u64)?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    buf.truncate(filled);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await;
+                match read {
+                    Ok(Ok(buf)) if !buf.is_empty() => {
+                        crc.update(&buf);
+                        let next = Phase::Data { offset: offset + buf.len() as u64, crc };
+                        Some((chunk(Chunk::Data(buf.into())), (next, file)))
+                    }
+                    Ok(Ok(_)) => Some((chunk(Chunk::Trailer(SnapshotTrailer { crc32: crc.finalize() })), (Phase::Done, file))),
+                    Ok(Err(e)) => {
+                        // Ending without a trailer makes the receiver refuse the snapshot.
+                        tracing::warn!(error = %e, "reading the snapshot to send failed");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the snapshot to send failed");
+                        None
+                    }
+                }
+            }
+            Phase::Done => None,
+        }
+    })
+    .boxed()
+}

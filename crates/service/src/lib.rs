@@ -1,0 +1,30 @@
+//! raftkv's gRPC services: the API boundary.
+//!
+//! # Brief overview
+//! - [`KvService`] (`raftkv.v1.KV`): Put, Get, Delete on bytes keys and values. Writes go
+//!   through Raft; reads are linearizable (ReadIndex on the leader).
+//! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status, and AddVoter (learner first,
+//!   promoted once caught up).
+//! - Forwarding ([`forward`]): a request that needs the leader is forwarded once to the
+//!   leader's gRPC address (from the Raft membership; the resolver is the fallback), with
+//!   the caller's deadline and a hop guard. A client may opt out; it then gets
+//!   `UNAVAILABLE` with the leader's id and address in the metadata.
+//! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
+//! - [`limits`]: the named input limits.
+//!
+//! Protobuf types stay in this crate: nothing below it sees them. This crate must never
+//! depend on redb, raft-storage or engine.
+
+mod admin;
+mod error;
+pub mod forward;
+mod kv;
+pub mod limits;
+mod node;
+
+pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, members_of};
+pub use error::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
+pub use forward::Forwarder;
+pub use kv::KvService;
+pub use limits::MAX_DECODE_BYTES;
+pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, NodeContext};

@@ -1,0 +1,218 @@
+//! `cargo xtask deps`: check the crate dependency rules of ARCHITECTURE.md.
+//!
+//! The rules live in one table, [`RULES`]. For each crate of the table that is a workspace
+//! member, `cargo tree -p CRATE -e normal --target all --prefix none --format {p}` lists its
+//! normal-dependency tree once (and once more with `--depth 1` when the rule has direct-only
+//! entries); any forbidden package found there is a violation. Dev- and build-dependencies
+//! are not checked. A crate of the table that is not (yet) in the workspace is reported as
+//! skipped, not as a failure.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, display_cmd};
+
+/// One row of the dependency rules: `krate` must never depend on any of `never` (anywhere
+/// in its normal-dependency tree) nor directly on any of `never_direct`.
+pub(crate) struct Rule {
+    pub(crate) krate: &'static str,
+    pub(crate) never: &'static [&'static str],
+    pub(crate) never_direct: &'static [&'static str],
+}
+
+/// Every library crate of the workspace (the packages that [`RULES`] may name as ours).
+pub(crate) const OUR_CRATES: &[&str] = &[
+    "proto",
+    "types",
+    "raft-storage",
+    "fsm",
+    "resolver",
+    "gossip",
+    "linearizable",
+    "blocking-query",
+    "service",
+    "engine",
+    "client",
+];
+
+/// The dependency rules of ARCHITECTURE.md: crate → what it must never depend on.
+#[rustfmt::skip]
+pub(crate) const RULES: &[Rule] = &[
+    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "service", "engine", "client"], never_direct: &[] },
+    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "service", "engine", "client"], never_direct: &[] },
+    Rule { krate: "raft-storage", never: &["tonic", "fsm", "service", "engine", "chitchat"], never_direct: &[] },
+    Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
+    Rule { krate: "resolver", never: &["openraft", "tonic"], never_direct: &[] },
+    Rule { krate: "gossip", never: &["openraft"], never_direct: &[] },
+    Rule { krate: "linearizable", never: &["tonic", "redb"], never_direct: &[] },
+    Rule { krate: "blocking-query", never: &["openraft", "tonic"], never_direct: &[] },
+    Rule { krate: "service", never: &["raft-storage", "engine"], never_direct: &["redb"] },
+    Rule { krate: "client", never: &["openraft", "redb", "engine", "service", "fsm", "raft-storage"], never_direct: &[] },
+];
+
+pub(crate) fn run(root: &Path) -> Result<()> {
+    let members = workspace_members(root)?;
+    // (crate, forbidden package, message)
+    let mut violations: Vec<(&str, &str, String)> = Vec::new();
+    let mut checked = 0;
+    for rule in RULES {
+        if !members.contains(rule.krate) {
+            println!("skipped: crate {} not in workspace", rule.krate);
+            continue;
+        }
+        checked += 1;
+        let before = violations.len();
+        if !rule.never.is_empty() {
+            let tree = tree_packages(root, rule.krate, None)?;
+            for &forbidden in rule.never {
+                if tree.contains(forbidden) {
+                    let message = format!("{} depends on {forbidden}", rule.krate);
+                    violations.push((rule.krate, forbidden, message));
+                }
+            }
+        }
+        if !rule.never_direct.is_empty() {
+            let direct = tree_packages(root, rule.krate, Some(1))?;
+            for &forbidden in rule.never_direct {
+                if direct.contains(forbidden) {
+                    let message = format!("{} depends directly on {forbidden}", rule.krate);
+                    violations.push((rule.krate, forbidden, message));
+                }
+            }
+        }
+        if violations.len() == before {
+            println!("ok: {}", rule.krate);
+        } else {
+            for (_, _, message) in &violations[before..] {
+                println!("VIOLATION: {message}");
+            }
+        }
+    }
+    if !violations.is_empty() {
+        // Show how each forbidden package gets in, to help whoever fixes it.
+        for (krate, forbidden, _) in &violations {
+            print_inverted_tree(root, krate, forbidden);
+        }
+        let messages: Vec<&str> = violations.iter().map(|(_, _, m)| m.as_str()).collect();
+        bail!(
+            "{} dependency rule violation(s):\n  {}",
+            violations.len(),
+            messages.join("\n  ")
+        );
+    }
+    println!(
+        "deps: {checked} of {} crates checked, no violations",
+        RULES.len()
+    );
+    Ok(())
+}
+
+/// The package names of the workspace members, from `cargo metadata --no-deps`.
+fn workspace_members(root: &Path) -> Result<BTreeSet<String>> {
+    let mut cmd = cargo(root);
+    cmd.args(["metadata", "--no-deps", "--format-version", "1"]);
+    let stdout = output(&mut cmd)?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&stdout).context("parsing `cargo metadata` output")?;
+    let packages = metadata["packages"]
+        .as_array()
+        .context("`cargo metadata` output has no packages")?;
+    Ok(packages
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The names of the packages in the normal-dependency tree of `krate` (down to `depth`
+/// levels if given), `krate` itself excluded. A package of ours counts only as the path
+/// package inside this workspace, so that a registry crate with the same name (a crate
+/// called `engine` on crates.io, say) is not mistaken for it.
+fn tree_packages(root: &Path, krate: &str, depth: Option<u32>) -> Result<BTreeSet<String>> {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "--prefix", "none",
+        "--format", "{p}",
+    ]);
+    if let Some(depth) = depth {
+        cmd.args(["--depth", &depth.to_string()]);
+    }
+    let stdout = output(&mut cmd)?;
+    Ok(parse_tree(&stdout, root))
+}
+
+/// Parses `cargo tree --prefix none --format {p}` output (see [`tree_packages`]).
+fn parse_tree(stdout: &str, root: &Path) -> BTreeSet<String> {
+    let root_marker = format!("({}", root.display());
+    let mut names = BTreeSet::new();
+    // The first line is the crate itself.
+    for line in stdout.lines().skip(1) {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let local = line.contains(&root_marker);
+        if OUR_CRATES.contains(&name) && !local {
+            continue;
+        }
+        names.insert(name.to_owned());
+    }
+    names
+}
+
+/// Prints `cargo tree -p KRATE -e normal -i FORBIDDEN`: the paths by which it gets in.
+fn print_inverted_tree(root: &Path, krate: &str, forbidden: &str) {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "-i", forbidden,
+    ]);
+    if let Ok(tree) = output(&mut cmd) {
+        println!("\nhow {krate} reaches {forbidden}:\n{tree}");
+    }
+}
+
+/// Runs `cmd` and returns its stdout; fails with its stderr unless it exits 0.
+fn output(cmd: &mut Command) -> Result<String> {
+    let line = display_cmd(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed invalid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tree_keeps_our_path_crates_and_registry_crates() {
+        let root = Path::new("/w");
+        let out = "fsm v0.1.0 (/w/crates/fsm)\n\
+                   openraft v0.10.0-alpha.37\n\
+                   types v0.1.0 (/w/crates/types)\n\
+                   engine v9.9.9\n\
+                   tonic v0.14.9 (*)\n";
+        let names = parse_tree(out, root);
+        let want: BTreeSet<String> = ["openraft", "types", "tonic"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn rules_name_known_crates_only() {
+        for rule in RULES {
+            assert!(OUR_CRATES.contains(&rule.krate), "{}", rule.krate);
+            assert!(!rule.never.contains(&rule.krate), "{}", rule.krate);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `cargo xtask test [-- ARGS]`: the project's one test command.
+//!
+//! 1. `cargo build --workspace --bins`, so the cluster tests in `tests/` find
+//!    `target/debug/raftkv` and `target/debug/raftkvctl` (their path is passed in
+//!    `RAFTKV_BIN_DIR`).
+//! 2. `cargo nextest run --workspace --no-fail-fast --no-tests=warn ARGS` when cargo-nextest is installed
+//!    (profile from `NEXTEST_PROFILE`, see `.config/nextest.toml`), otherwise
+//!    `cargo test --workspace --no-fail-fast ARGS`.
+//! 3. `cargo test --workspace --doc` (nextest does not run doc tests).
+//!
+//! Steps 2 and 3 both run even if one fails; the command fails if any step failed.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, run_checked, target_dir};
+
+pub(crate) fn run(root: &Path, extra: &[OsString]) -> Result<()> {
+    let started = Instant::now();
+    let bin_dir = target_dir(root).join("debug");
+
+    // Without the binaries no cluster test can run: stop at the first failure here.
+    run_checked(cargo(root).args(["build", "--workspace", "--bins"]))?;
+
+    let mut failed = Vec::new();
+
+    let mut tests = cargo(root);
+    if nextest_available(root) {
+        // `--no-tests=warn`: a filter that selects nothing is not a failure.
+        tests.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--no-tests=warn",
+        ]);
+    } else {
+        eprintln!("test: cargo-nextest not found, falling back to `cargo test`");
+        tests.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    tests.args(extra).env("RAFTKV_BIN_DIR", &bin_dir);
+    if let Err(err) = run_checked(&mut tests) {
+        eprintln!("test: {err:#}");
+        failed.push("tests");
+    }
+
+    let mut doc = cargo(root);
+    doc.args(["test", "--workspace", "--doc"])
+        .env("RAFTKV_BIN_DIR", &bin_dir);
+    if let Err(err) = run_checked(&mut doc) {
+        eprintln!("test: {err:#}");
+        failed.push("doc tests");
+    }
+
+    let elapsed = started.elapsed().as_secs_f64();
+    if !failed.is_empty() {
+        bail!("failed: {} (after {elapsed:.1}s)", failed.join(", "));
+    }
+    eprintln!("test: all passed in {elapsed:.1}s");
+    Ok(())
+}
+
+/// Whether `cargo nextest --version` works.
+fn nextest_available(root: &Path) -> bool {
+    cargo(root)
+        .args(["nextest", "--version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
