@@ -16,7 +16,7 @@ pub struct NodeConfig {
     /// Where Raft traffic is served and advertised (`--raft_addr`); port 0 picks a free one.
     pub raft_addr: String,
     /// Where clients are served and which address is advertised (`--grpc_addr`); port 0
-    /// picks a free one. Equal to `raft_addr`: one server carries both.
+    /// picks a free one. Equal to `raft_addr` (and not port 0): one server carries both.
     pub grpc_addr: String,
     /// The base data directory (`--raft_data_dir`); this node's files are under `<dir>/<id>/`.
     pub data_dir: PathBuf,

@@ -137,7 +137,10 @@ impl Node {
 
         let grpc_listener = bind(&config.grpc_addr).await?;
         let grpc_bound = local_addr(&grpc_listener)?;
-        let raft_listener = if config.raft_addr == config.grpc_addr { None } else { Some(bind(&config.raft_addr).await?) };
+        // Equal addresses share one server (the Jille layout); two port-0 addresses ask for two
+        // free ports, not one.
+        let shared = config.raft_addr == config.grpc_addr && !config.grpc_addr.ends_with(":0");
+        let raft_listener = if shared { None } else { Some(bind(&config.raft_addr).await?) };
         let raft_bound = match &raft_listener {
             Some(l) => local_addr(l)?,
             None => grpc_bound,

@@ -90,9 +90,12 @@ fn unreachable_or_network(status: &tonic::Status) -> RPCError<TypeConfig> {
 
 impl Peer {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
-        self.client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {} at {}: {e}", self.target, self.addr)))))
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&TransportError(format!(
+                "peer {} at {}: {e}",
+                self.target, self.addr
+            ))))
+        })
     }
 
     /// Sends one unary Raft RPC: encode, call with a deadline, decode.
@@ -122,11 +125,19 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.append_entries(r).await }).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
@@ -145,7 +156,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let to_network = |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&TransportError(e.to_string())));
+        let to_network =
+            |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&TransportError(e.to_string())));
         let header = SnapshotHeader {
             vote: codec::encode(&vote).map_err(|e| to_network(&e))?.into(),
             meta: codec::encode(&snapshot.meta).map_err(|e| to_network(&e))?.into(),
@@ -170,7 +182,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
 /// The chunks of one snapshot: the header, the data read lazily chunk by chunk (one chunk
 /// in memory at a time), then the trailer with the CRC32 of the data.
-fn snapshot_stream(header: SnapshotHeader, file: Arc<SnapshotFile>) -> impl futures::Stream<Item = SnapshotChunk> + Send {
+fn snapshot_stream(
+    header: SnapshotHeader,
+    file: Arc<SnapshotFile>,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send {
     enum Phase {
         Header(SnapshotHeader),
         Data { offset: u64, crc: crc32fast::Hasher },
@@ -179,7 +194,9 @@ fn snapshot_stream(header: SnapshotHeader, file: Arc<SnapshotFile>) -> impl futu
     let chunk = |c: Chunk| SnapshotChunk { chunk: Some(c) };
     futures::stream::unfold((Phase::Header(header), file), move |(phase, file)| async move {
         match phase {
-            Phase::Header(h) => Some((chunk(Chunk::Header(h)), (Phase::Data { offset: 0, crc: crc32fast::Hasher::new() }, file))),
+            Phase::Header(h) => {
+                Some((chunk(Chunk::Header(h)), (Phase::Data { offset: 0, crc: crc32fast::Hasher::new() }, file)))
+            }
             Phase::Data { offset, mut crc } => {
                 let f = file.clone();
                 let read = tokio::task::spawn_blocking(move || {
@@ -202,7 +219,9 @@ fn snapshot_stream(header: SnapshotHeader, file: Arc<SnapshotFile>) -> impl futu
                         let next = Phase::Data { offset: offset + buf.len() as u64, crc };
                         Some((chunk(Chunk::Data(buf.into())), (next, file)))
                     }
-                    Ok(Ok(_)) => Some((chunk(Chunk::Trailer(SnapshotTrailer { crc32: crc.finalize() })), (Phase::Done, file))),
+                    Ok(Ok(_)) => {
+                        Some((chunk(Chunk::Trailer(SnapshotTrailer { crc32: crc.finalize() })), (Phase::Done, file)))
+                    }
                     Ok(Err(e)) => {
                         // Ending without a trailer makes the receiver refuse the snapshot.
                         tracing::warn!(error = %e, "reading the snapshot to send failed");

@@ -72,7 +72,10 @@ impl RaftRpc for RaftService {
         encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
     }
 
-    async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let mut stream = request.into_inner();
         let Some(Chunk::Header(header)) = stream.message().await?.and_then(|c| c.chunk) else {
             return Err(Status::invalid_argument("a snapshot stream must start with its header"));

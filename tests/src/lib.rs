@@ -1,0 +1,327 @@
+//! The cluster test harness: real `raftkv` processes on 127.0.0.1.
+//!
+//! - Ports come from the OS: a node first starts with port 0 and writes the ports it bound
+//!   to `listen.json`; a restart reuses them, as a real restart keeps its addresses.
+//! - Every process started is stopped by its PID: gracefully with SIGTERM
+//!   ([`NodeProc::stop`]), abruptly with SIGKILL ([`NodeProc::kill`]), and always on drop.
+//! - Waits are on conditions (a node's status, a file appearing) with a deadline, never a
+//!   fixed sleep standing in for a condition.
+//! - The binaries are found in `RAFTKV_BIN_DIR` (set by `cargo xtask test`) or next to the
+//!   test executable (`target/<profile>/`); `cargo xtask test` builds them first.
+
+#![allow(clippy::print_stderr, clippy::missing_panics_doc)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientOptions, RaftState, Suffrage};
+
+/// A test result.
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The directory holding the `raftkv` and `raftkvctl` binaries.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RAFTKV_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/tests-<hash> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The path of one of our binaries; panics with a clear message when it was not built.
+#[must_use]
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo xtask test` (it builds the binaries), or `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Timing flags that make elections quick on loopback.
+pub const FAST_TIMING: [&str; 4] = ["--heartbeat_interval", "50ms", "--election_timeout", "500ms"];
+
+/// One `raftkv` process and what is needed to restart it.
+pub struct NodeProc {
+    /// The node id.
+    pub id: String,
+    /// The base data directory.
+    pub data_dir: PathBuf,
+    /// The client address, once known.
+    pub grpc_addr: String,
+    /// The Raft address, once known.
+    pub raft_addr: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts a node on OS-chosen ports and waits until it has bound them.
+    pub fn start(id: &str, data_dir: &Path, bootstrap: bool, extra: &[&str]) -> Result<Self, BoxError> {
+        let mut node = NodeProc {
+            id: id.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            grpc_addr: "127.0.0.1:0".into(),
+            raft_addr: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            child: None,
+            log: data_dir.join(format!("{id}.log")),
+        };
+        node.spawn(bootstrap)?;
+        Ok(node)
+    }
+
+    fn listen_file(&self) -> PathBuf {
+        self.data_dir.join(&self.id).join("listen.json")
+    }
+
+    fn spawn(&mut self, bootstrap: bool) -> Result<(), BoxError> {
+        let _ = std::fs::remove_file(self.listen_file());
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(binary("raftkv"));
+        cmd.arg("--raft_id")
+            .arg(&self.id)
+            .arg("--grpc_addr")
+            .arg(&self.grpc_addr)
+            .arg("--raft_addr")
+            .arg(&self.raft_addr)
+            .arg("--raft_data_dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if bootstrap {
+            cmd.arg("--raft_bootstrap");
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        self.child = Some(child);
+        // Wait for listen.json of this very process.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.listen_file()) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if v["pid"].as_u64() == Some(u64::from(pid)) {
+                        self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
+                        self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!("node {} exited with {status} before listening; log:\n{}", self.id, self.log_tail()).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("node {} did not start within 30s; log:\n{}", self.id, self.log_tail()).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id, while running.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM by PID, wait up to 15 s for a clean exit (then SIGKILL). Returns whether the
+    /// node exited successfully on its own.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Starts the node again on the same ports and directory.
+    pub fn restart(&mut self, bootstrap: bool) -> Result<(), BoxError> {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.spawn(bootstrap)
+    }
+
+    /// The last lines of the node's log.
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The node's whole log.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client talking to this node only.
+    pub fn client(&self) -> Result<Client, BoxError> {
+        Ok(Client::new([self.grpc_addr.clone()], test_options())?)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Client options for tests: patient retries across elections.
+#[must_use]
+pub fn test_options() -> ClientOptions {
+    ClientOptions { max_retries: 40, request_timeout: Duration::from_secs(10), ..ClientOptions::default() }
+}
+
+/// Waits until `cond` holds, checking every 20 ms, for at most `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cluster of nodes in one temporary directory.
+pub struct Cluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NodeProc>,
+    /// The base data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes named `n1..`: the first bootstraps, the others are added as voters.
+    /// Returns once all are voters and a leader is known on every node.
+    pub async fn start(n: usize, extra: &[&str]) -> Result<Self, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = vec![NodeProc::start("n1", dir.path(), true, extra)?];
+        let first = nodes[0].client()?;
+        wait_for("n1 to lead", Duration::from_secs(30), || async {
+            first.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+        })
+        .await?;
+        for i in 2..=n {
+            let node = NodeProc::start(&format!("n{i}"), dir.path(), false, extra)?;
+            first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
+            nodes.push(node);
+        }
+        let cluster = Cluster { nodes, dir };
+        cluster.wait_converged(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Every endpoint, comma separated.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc_addr.clone()).collect()
+    }
+
+    /// A client over every node.
+    pub fn client(&self) -> Result<Client, BoxError> {
+        Ok(Client::new(self.endpoints(), test_options())?)
+    }
+
+    /// The running node that its peers call leader, by index.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.pid().is_none() {
+                continue;
+            }
+            if let Ok(s) = node.client().ok()?.status().await {
+                if s.state == RaftState::Leader as i32 {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until every running node knows the same leader, sees every node as a voter,
+    /// and has applied as far as the leader has committed.
+    pub async fn wait_converged(&self, timeout: Duration) -> TestResult {
+        let total = self.nodes.len();
+        wait_for("the cluster to converge", timeout, || async {
+            let mut leaders = Vec::new();
+            let mut applied = Vec::new();
+            let mut committed = 0;
+            for node in self.nodes.iter().filter(|n| n.pid().is_some()) {
+                let Ok(c) = node.client() else { return false };
+                let Ok(s) = c.status().await else { return false };
+                let voters = s.members.iter().filter(|m| m.suffrage == Suffrage::Voter as i32).count();
+                if voters != total || s.leader_id.is_empty() {
+                    return false;
+                }
+                if s.state == RaftState::Leader as i32 {
+                    committed = s.committed_index;
+                }
+                leaders.push(s.leader_id);
+                applied.push(s.applied_index);
+            }
+            committed > 0 && leaders.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
+        })
+        .await
+    }
+
+    /// Stops every running node gracefully; panics if one fails to exit cleanly.
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            if node.pid().is_some() {
+                assert!(node.stop(), "node {} did not stop cleanly; log:\n{}", node.id, node.log_tail());
+            }
+        }
+    }
+
+    /// Opens node `i`'s state machine from its directory (the node must be stopped).
+    pub fn state_machine(&self, i: usize) -> Result<fsm::StateMachine, BoxError> {
+        let node = &self.nodes[i];
+        assert!(node.pid().is_none(), "open the state machine of a stopped node only");
+        Ok(fsm::StateMachine::open(&node.data_dir.join(&node.id).join("sm"))?)
+    }
+}
+
+/// Runs `raftkvctl` with `args` against `endpoints`; returns its output.
+pub fn raftkvctl(endpoints: &[String], args: &[&str]) -> Result<Output, BoxError> {
+    Ok(Command::new(binary("raftkvctl"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}

@@ -1,0 +1,285 @@
+//! Cluster tests: real `raftkv` processes on 127.0.0.1, killed and restarted for real.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::{Client, RaftState};
+use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, raftkvctl, test_options, wait_for};
+
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Writes `keys` through `client`, retrying each key until it is acknowledged or `stop`
+/// is set. Records every acknowledged write. Re-putting the same value after an error of
+/// unknown outcome is harmless: the key ends with that value either way.
+fn spawn_writer(client: Client, keys: Vec<String>, acked: Acked, stop: Arc<AtomicUsize>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut errors = 0;
+        for key in keys {
+            let value = format!("value-of-{key}");
+            loop {
+                if stop.load(Ordering::Relaxed) > 0 {
+                    return errors;
+                }
+                match client.put(key.clone(), value.clone()).await {
+                    Ok(_) => {
+                        acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), value.clone());
+                        break;
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        errors
+    })
+}
+
+fn acked_len(acked: &Acked) -> usize {
+    acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+}
+
+/// A client whose first endpoint is node `first`, so its writes enter through that node.
+fn client_via(cluster: &Cluster, first: usize) -> Result<Client, BoxError> {
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(first);
+    Ok(Client::new(endpoints, test_options())?)
+}
+
+async fn check_readable(client: &Client, acked: &BTreeMap<String, String>) -> TestResult {
+    for (key, value) in acked {
+        let resp = client.get(key.clone()).await?;
+        let got = resp.kv.filter(|_| resp.found).map(|kv| kv.value);
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "acknowledged key {key} lost or wrong");
+    }
+    Ok(())
+}
+
+fn check_state_machine(cluster: &Cluster, i: usize, acked: &BTreeMap<String, String>) -> TestResult {
+    let sm = cluster.state_machine(i)?;
+    for (key, value) in acked {
+        let got = sm.get(key.as_bytes())?.map(|kv| kv.value);
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "node {}'s state machine lacks {key}", cluster.nodes[i].id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_mid_writes_loses_no_acknowledged_write() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i:04}")).collect();
+    let mut writers = Vec::new();
+    for (w, chunk) in keys.chunks(250).enumerate() {
+        let client = client_via(&cluster, w % 3)?;
+        writers.push(spawn_writer(client, chunk.to_vec(), acked.clone(), stop.clone()));
+    }
+
+    wait_for("300 acknowledged writes", Duration::from_secs(120), || async { acked_len(&acked) >= 300 }).await?;
+    let old = cluster.leader().await.ok_or("no leader")?;
+    let old_id = cluster.nodes[old].id.clone();
+    cluster.nodes[old].kill();
+    let at_kill = acked_len(&acked);
+    eprintln!("killed leader {old_id} with SIGKILL after {at_kill} acknowledged writes");
+
+    let survivor = cluster.nodes[(old + 1) % 3].client()?;
+    wait_for("a new leader", Duration::from_secs(30), || async {
+        survivor.status().await.is_ok_and(|s| !s.leader_id.is_empty() && s.leader_id != old_id)
+    })
+    .await?;
+    let mut errors = 0;
+    for w in writers {
+        errors += w.await?;
+    }
+    let acked = acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert_eq!(acked.len(), 1000, "every write is eventually acknowledged");
+    eprintln!("1000 writes acknowledged ({errors} failed attempts retried around the failover)");
+    check_readable(&cluster.client()?, &acked).await?;
+
+    cluster.nodes[old].restart(false)?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    cluster.stop_all();
+    for i in 0..3 {
+        check_state_machine(&cluster, i, &acked)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_nodes_killed_and_restarted_keep_acknowledged_writes() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let keys: Vec<String> = (0..10_000).map(|i| format!("crash-{i:05}")).collect();
+    let mut writers = Vec::new();
+    for (w, chunk) in keys.chunks(5000).enumerate() {
+        writers.push(spawn_writer(client_via(&cluster, w)?, chunk.to_vec(), acked.clone(), stop.clone()));
+    }
+    wait_for("200 acknowledged writes", Duration::from_secs(120), || async { acked_len(&acked) >= 200 }).await?;
+    // Kill every node while writes are in flight.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    stop.store(1, Ordering::Relaxed);
+    for w in writers {
+        w.await?;
+    }
+    let acked = acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    eprintln!("killed all nodes after {} acknowledged writes", acked.len());
+
+    // n1 restarts with --raft_bootstrap still set: on existing state it must just start.
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        node.restart(i == 0)?;
+    }
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    check_readable(&cluster.client()?, &acked).await?;
+    assert!(
+        cluster.nodes[0].log().contains("--raft_bootstrap has nothing to do"),
+        "the restarted bootstrap node did not report its existing state"
+    );
+    cluster.stop_all();
+    for i in 0..3 {
+        check_state_machine(&cluster, i, &acked)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_behind_a_purged_log_catches_up_by_snapshot() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(["--snapshot_threshold", "50", "--trailing_logs", "10"]);
+    let mut cluster = Cluster::start(3, &extra).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let follower = (leader + 1) % 3;
+    let behind = cluster.nodes[follower].client()?.status().await?.applied_index;
+    cluster.nodes[follower].kill();
+
+    let client = cluster.nodes[leader].client()?;
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        let (key, value) = (format!("snap-{i:03}"), format!("v{i}"));
+        client.put(key.clone(), value.clone()).await?;
+        acked.insert(key, value);
+    }
+    wait_for("the leader to snapshot and purge past the follower", Duration::from_secs(60), || async {
+        client.status().await.is_ok_and(|s| s.snapshot_index > behind + 100)
+    })
+    .await?;
+
+    cluster.nodes[follower].restart(false)?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let log = cluster.nodes[follower].log();
+    assert!(log.contains("snapshot received"), "the follower did not receive a snapshot:\n{log}");
+    assert!(log.contains("snapshot installed"), "the follower did not install a snapshot:\n{log}");
+    check_readable(&cluster.client()?, &acked).await?;
+    cluster.stop_all();
+    check_state_machine(&cluster, follower, &acked)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raftkvctl_put_get_del_and_members() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let all = cluster.endpoints();
+    // Writes and reads enter through every node; followers forward to the leader.
+    for (i, endpoint) in all.iter().enumerate() {
+        let one = [endpoint.clone()];
+        let out = raftkvctl(&one, &["put", &format!("ctl-{i}"), &format!("hello {i}")])?;
+        assert!(out.status.success(), "put via {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+        for reader in &all {
+            let out = raftkvctl(&[reader.clone()], &["get", &format!("ctl-{i}")])?;
+            assert!(out.status.success(), "get via {reader}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello {i}\n"));
+        }
+    }
+    let out = raftkvctl(&all, &["-o", "json", "get", "ctl-1"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["value"], "hello 1");
+    assert_eq!(v["version"], 1);
+    assert!(v["modify_index"].as_u64().is_some_and(|i| i > 0));
+
+    let out = raftkvctl(&all, &["del", "ctl-0"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    let out = raftkvctl(&all, &["del", "ctl-0"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "deleting a missing key deletes 0, it is not an error");
+    let out = raftkvctl(&all, &["get", "ctl-0"])?;
+    assert_eq!(out.status.code(), Some(1), "a missing key exits with 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    assert!(out.stdout.is_empty());
+
+    let out = raftkvctl(&all, &["-o", "json", "member", "list"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let members = v["members"].as_array().ok_or("no members")?;
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["suffrage"] == "voter"));
+    assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1);
+
+    // A fourth node joins through raftkvctl, through a follower.
+    let n4 = NodeProc::start("n4", cluster.dir.path(), false, &FAST_TIMING)?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let follower = cluster.endpoints()[(leader + 1) % 3].clone();
+    let out = raftkvctl(&[follower], &["member", "add", "n4", "--raft-addr", &n4.raft_addr, "--grpc-addr", &n4.grpc_addr])?;
+    assert!(out.status.success(), "member add: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.nodes.push(n4);
+    cluster.wait_converged(Duration::from_secs(30)).await?;
+    let out = raftkvctl(&[cluster.nodes[3].grpc_addr.clone()], &["get", "ctl-2"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 2\n");
+
+    // Failures exit with 2 and say why on stderr.
+    let out = raftkvctl(&["127.0.0.1:1".to_string()], &["get", "x"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no endpoint reachable"));
+    cluster.stop_all();
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_timing_fails_at_start_with_a_clear_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(tests::binary("raftkv"))
+        .args(["--raft_id", "bad", "--grpc_addr", "127.0.0.1:0", "--raft_addr", "127.0.0.1:0", "--raft_data_dir"])
+        .arg(dir.path())
+        .args(["--heartbeat_interval", "1s", "--election_timeout", "1500ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut status = None;
+    wait_for("raftkv to refuse its settings", Duration::from_secs(20), || {
+        status = status.or(child.try_wait().ok().flatten());
+        std::future::ready(status.is_some())
+    })
+    .await
+    .inspect_err(|_| {
+        let _ = child.kill();
+        let _ = child.wait();
+    })?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().ok_or("no stderr")?, &mut stderr)?;
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(
+        stderr.contains("--election_timeout") && stderr.contains("3 times --heartbeat_interval"),
+        "unclear message: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_and_reads_to_the_leader() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let follower = &cluster.nodes[(leader + 1) % 3];
+    let client = follower.client()?;
+    let put = client.put("fwd", "x").await?;
+    let header = put.header.ok_or("no header")?;
+    assert_eq!(header.node_id, cluster.nodes[leader].id, "the leader served the forwarded write");
+    let got = client.get("fwd").await?;
+    assert!(got.found);
+    assert_eq!(got.header.ok_or("no header")?.node_id, cluster.nodes[leader].id);
+    let status = client.status().await?;
+    assert_eq!(status.state, RaftState::Follower as i32);
+    Ok(())
+}
