@@ -110,17 +110,21 @@ impl NodeProc {
         // Wait for listen.json of this very process.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(text) = std::fs::read_to_string(self.listen_file()) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    if v["pid"].as_u64() == Some(u64::from(pid)) {
-                        self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
-                        self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
-                        return Ok(());
-                    }
-                }
+            if let Ok(text) = std::fs::read_to_string(self.listen_file())
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && v["pid"].as_u64() == Some(u64::from(pid))
+            {
+                self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
+                self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!("node {} exited with {status} before listening; log:\n{}", self.id, self.log_tail()).into());
+                return Err(format!(
+                    "node {} exited with {status} before listening; log:\n{}",
+                    self.id,
+                    self.log_tail()
+                )
+                .into());
             }
             if Instant::now() > deadline {
                 return Err(format!("node {} did not start within 30s; log:\n{}", self.id, self.log_tail()).into());
@@ -264,10 +268,10 @@ impl Cluster {
             if node.pid().is_none() {
                 continue;
             }
-            if let Ok(s) = node.client().ok()?.status().await {
-                if s.state == RaftState::Leader as i32 {
-                    return Some(i);
-                }
+            if let Ok(s) = node.client().ok()?.status().await
+                && s.state == RaftState::Leader as i32
+            {
+                return Some(i);
             }
         }
         None

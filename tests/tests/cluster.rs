@@ -1,5 +1,7 @@
 //! Cluster tests: real `raftkv` processes on 127.0.0.1, killed and restarted for real.
 
+#![allow(clippy::print_stderr)] // tests report what they did on stderr
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,12 @@ type Acked = Arc<Mutex<BTreeMap<String, String>>>;
 /// Writes `keys` through `client`, retrying each key until it is acknowledged or `stop`
 /// is set. Records every acknowledged write. Re-putting the same value after an error of
 /// unknown outcome is harmless: the key ends with that value either way.
-fn spawn_writer(client: Client, keys: Vec<String>, acked: Acked, stop: Arc<AtomicUsize>) -> tokio::task::JoinHandle<usize> {
+fn spawn_writer(
+    client: Client,
+    keys: Vec<String>,
+    acked: Acked,
+    stop: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut errors = 0;
         for key in keys {
@@ -24,7 +31,10 @@ fn spawn_writer(client: Client, keys: Vec<String>, acked: Acked, stop: Arc<Atomi
                 }
                 match client.put(key.clone(), value.clone()).await {
                     Ok(_) => {
-                        acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), value.clone());
+                        acked
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(key.clone(), value.clone());
                         break;
                     }
                     Err(_) => {
@@ -192,7 +202,7 @@ async fn raftkvctl_put_get_del_and_members() -> TestResult {
         assert!(out.status.success(), "put via {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
         for reader in &all {
-            let out = raftkvctl(&[reader.clone()], &["get", &format!("ctl-{i}")])?;
+            let out = raftkvctl(std::slice::from_ref(reader), &["get", &format!("ctl-{i}")])?;
             assert!(out.status.success(), "get via {reader}: {}", String::from_utf8_lossy(&out.stderr));
             assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello {i}\n"));
         }
@@ -223,7 +233,8 @@ async fn raftkvctl_put_get_del_and_members() -> TestResult {
     let n4 = NodeProc::start("n4", cluster.dir.path(), false, &FAST_TIMING)?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let follower = cluster.endpoints()[(leader + 1) % 3].clone();
-    let out = raftkvctl(&[follower], &["member", "add", "n4", "--raft-addr", &n4.raft_addr, "--grpc-addr", &n4.grpc_addr])?;
+    let out =
+        raftkvctl(&[follower], &["member", "add", "n4", "--raft-addr", &n4.raft_addr, "--grpc-addr", &n4.grpc_addr])?;
     assert!(out.status.success(), "member add: {}", String::from_utf8_lossy(&out.stderr));
     cluster.nodes.push(n4);
     cluster.wait_converged(Duration::from_secs(30)).await?;

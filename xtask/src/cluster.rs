@@ -78,8 +78,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
 
     let profile = if opts.release { "release" } else { "debug" };
@@ -95,30 +94,17 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     built?;
     let bin_dir = target_dir(root).join(profile);
     let raftkv = bin_dir.join("raftkv");
-    let ctl = Ctl {
-        path: bin_dir.join("raftkvctl"),
-        interrupted: Arc::clone(&interrupted),
-    };
+    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(&interrupted) };
     for bin in [&raftkv, &ctl.path] {
         if !bin.is_file() {
             bail!("{} was not built", bin.display());
         }
     }
 
-    let data_dir = absolute(
-        &opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| target_dir(root).join("xtask-cluster")),
-    )?;
+    let data_dir = absolute(&opts.data_dir.clone().unwrap_or_else(|| target_dir(root).join("xtask-cluster")))?;
     prepare_data_dir(&data_dir)?;
 
-    let mut cluster = Cluster {
-        raftkv,
-        data_dir,
-        nodes: Vec::new(),
-        interrupted: Arc::clone(&interrupted),
-    };
+    let mut cluster = Cluster { raftkv, data_dir, nodes: Vec::new(), interrupted: Arc::clone(&interrupted) };
     let outcome = bring_up(&mut cluster, &ctl, opts);
     match outcome {
         Ok(()) => {
@@ -133,10 +119,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
             waited?;
             if !problems.is_empty() {
                 cluster.print_log_tails();
-                bail!(
-                    "the nodes did not stop cleanly:\n  {}",
-                    problems.join("\n  ")
-                );
+                bail!("the nodes did not stop cleanly:\n  {}", problems.join("\n  "));
             }
             println!("cluster: all nodes stopped cleanly");
             if opts.smoke {
@@ -165,55 +148,32 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     }
     let started = Instant::now();
     for (i, id) in NODE_IDS.iter().enumerate() {
-        let (grpc_port, raft_port) = if opts.ports_from_os {
-            (0, 0)
-        } else {
-            (SEED_GRPC_PORTS[i], SEED_RAFT_PORTS[i])
-        };
+        let (grpc_port, raft_port) = if opts.ports_from_os { (0, 0) } else { (SEED_GRPC_PORTS[i], SEED_RAFT_PORTS[i]) };
         cluster.spawn(id, raft_port, grpc_port, i == 0)?;
     }
     for i in 0..cluster.nodes.len() {
         cluster.wait_for_listen(i)?;
         let node = &cluster.nodes[i];
-        println!(
-            "cluster: {} is up: pid {}, grpc {}, raft {}",
-            node.id, node.pid, node.grpc_addr, node.raft_addr
-        );
+        println!("cluster: {} is up: pid {}, grpc {}, raft {}", node.id, node.pid, node.grpc_addr, node.raft_addr);
     }
     // Plain copies, so that the condition closures below do not borrow the cluster.
     let addrs: Vec<Addrs> = cluster
         .nodes
         .iter()
-        .map(|n| Addrs {
-            id: n.id,
-            grpc: n.grpc_addr.clone(),
-            raft: n.raft_addr.clone(),
-        })
+        .map(|n| Addrs { id: n.id, grpc: n.grpc_addr.clone(), raft: n.raft_addr.clone() })
         .collect();
     let first = &addrs[0];
 
-    cluster.wait_until(
-        &format!("{} to become leader", first.id),
-        LEADER_DEADLINE,
-        POLL_INTERVAL,
-        || {
-            let status = ctl.json(&first.grpc, &["status"])?;
-            let state = status["state"].as_str().unwrap_or("?");
-            if state == "leader" && status["node_id"].as_str() == Some(first.id) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "state {state}, term {}, leader {}",
-                    status["term"], status["leader_id"]
-                ))
-            }
-        },
-    )?;
-    println!(
-        "cluster: {} is leader after {:.1}s",
-        first.id,
-        started.elapsed().as_secs_f64()
-    );
+    cluster.wait_until(&format!("{} to become leader", first.id), LEADER_DEADLINE, POLL_INTERVAL, || {
+        let status = ctl.json(&first.grpc, &["status"])?;
+        let state = status["state"].as_str().unwrap_or("?");
+        if state == "leader" && status["node_id"].as_str() == Some(first.id) {
+            Ok(())
+        } else {
+            Err(format!("state {state}, term {}, leader {}", status["term"], status["leader_id"]))
+        }
+    })?;
+    println!("cluster: {} is leader after {:.1}s", first.id, started.elapsed().as_secs_f64());
 
     for node in &addrs[1..] {
         let added = cluster.wait_until(
@@ -221,24 +181,11 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
             MEMBER_ADD_DEADLINE,
             Duration::from_millis(500),
             || {
-                let args = [
-                    "member",
-                    "add",
-                    node.id,
-                    "--raft-addr",
-                    &node.raft,
-                    "--grpc-addr",
-                    &node.grpc,
-                ];
+                let args = ["member", "add", node.id, "--raft-addr", &node.raft, "--grpc-addr", &node.grpc];
                 ctl.ok(&first.grpc, &args)
             },
         )?;
-        println!(
-            "cluster: added {} as a voter through {}: {}",
-            node.id,
-            first.id,
-            added.trim()
-        );
+        println!("cluster: added {} as a voter through {}: {}", node.id, first.id, added.trim());
     }
 
     let expected: Vec<&str> = addrs.iter().map(|a| a.id).collect();
@@ -249,33 +196,18 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
             POLL_INTERVAL,
             || check_members(&ctl.json(&via.grpc, &["member", "list"])?, &expected),
         )?;
-        println!(
-            "cluster: member list via {}: 3 voters, leader {leader}",
-            via.id
-        );
+        println!("cluster: member list via {}: 3 voters, leader {leader}", via.id);
     }
     let serving = started.elapsed();
-    println!(
-        "cluster: serving with 3 voters {:.1}s after the first node started",
-        serving.as_secs_f64()
-    );
+    println!("cluster: serving with 3 voters {:.1}s after the first node started", serving.as_secs_f64());
 
     for node in &addrs {
         let key = format!("xtask/{}", node.id);
         let value = format!("hello-from-{}", node.id);
-        cluster.wait_until(
-            &format!("put {key} via {}", node.id),
-            DATA_DEADLINE,
-            POLL_INTERVAL,
-            || {
-                let out = ctl.ok(&node.grpc, &["put", &key, &value])?;
-                if out.trim() == "OK" {
-                    Ok(())
-                } else {
-                    Err(format!("put printed {:?}, expected \"OK\"", out.trim()))
-                }
-            },
-        )?;
+        cluster.wait_until(&format!("put {key} via {}", node.id), DATA_DEADLINE, POLL_INTERVAL, || {
+            let out = ctl.ok(&node.grpc, &["put", &key, &value])?;
+            if out.trim() == "OK" { Ok(()) } else { Err(format!("put printed {:?}, expected \"OK\"", out.trim())) }
+        })?;
         println!("cluster: put {key} = {value} via {}", node.id);
     }
     for via in &addrs {
@@ -288,20 +220,13 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
                 POLL_INTERVAL,
                 || {
                     let out = ctl.ok(&via.grpc, &["get", &key])?;
-                    if out.trim_end() == value {
-                        Ok(())
-                    } else {
-                        Err(format!("get printed {:?}", out.trim_end()))
-                    }
+                    if out.trim_end() == value { Ok(()) } else { Err(format!("get printed {:?}", out.trim_end())) }
                 },
             )?;
         }
         println!("cluster: read all 3 keys back via {}", via.id);
     }
-    println!(
-        "cluster: writes and reads checked {:.1}s after the first node started",
-        started.elapsed().as_secs_f64()
-    );
+    println!("cluster: writes and reads checked {:.1}s after the first node started", started.elapsed().as_secs_f64());
 
     for via in &addrs {
         if let Ok(status) = ctl.json(&via.grpc, &["status"]) {
@@ -325,27 +250,17 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
 /// Checks a `member list -o json` answer: exactly the expected ids, all voters, one leader.
 /// Returns the leader's id.
 fn check_members(list: &Value, expected: &[&str]) -> Result<String, String> {
-    let members = list["members"]
-        .as_array()
-        .ok_or_else(|| format!("no members array in {list}"))?;
+    let members = list["members"].as_array().ok_or_else(|| format!("no members array in {list}"))?;
     let mut ids: Vec<&str> = members.iter().filter_map(|m| m["id"].as_str()).collect();
     ids.sort_unstable();
     let mut want = expected.to_vec();
     want.sort_unstable();
-    let voters = members
-        .iter()
-        .filter(|m| m["suffrage"].as_str() == Some("voter"))
-        .count();
-    let leaders: Vec<&str> = members
-        .iter()
-        .filter(|m| m["is_leader"].as_bool() == Some(true))
-        .filter_map(|m| m["id"].as_str())
-        .collect();
+    let voters = members.iter().filter(|m| m["suffrage"].as_str() == Some("voter")).count();
+    let leaders: Vec<&str> =
+        members.iter().filter(|m| m["is_leader"].as_bool() == Some(true)).filter_map(|m| m["id"].as_str()).collect();
     match leaders.as_slice() {
         [leader] if ids == want && voters == expected.len() => Ok((*leader).to_owned()),
-        _ => Err(format!(
-            "members {ids:?}, {voters} voters, leaders {leaders:?}"
-        )),
+        _ => Err(format!("members {ids:?}, {voters} voters, leaders {leaders:?}")),
     }
 }
 
@@ -354,10 +269,7 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
     let endpoints = endpoints.join(",");
     let ctl = relative_to_cwd(ctl);
     println!();
-    println!(
-        "cluster: 3-node cluster serving in {:.1}s (from starting the nodes to 3 voters)",
-        serving.as_secs_f64()
-    );
+    println!("cluster: 3-node cluster serving in {:.1}s (from starting the nodes to 3 voters)", serving.as_secs_f64());
     for node in &cluster.nodes {
         println!(
             "  {}  grpc {}  raft {}  pid {}  log {}",
@@ -412,20 +324,13 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
         Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(
-        dir.join(MARKER_FILE),
-        "made by `cargo xtask cluster`, which wipes this directory on its next run\n",
-    )?;
+    fs::write(dir.join(MARKER_FILE), "made by `cargo xtask cluster`, which wipes this directory on its next run\n")?;
     println!("cluster: data directory {}", dir.display());
     Ok(())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        Ok(path.to_path_buf())
-    } else {
-        Ok(std::env::current_dir()?.join(path))
-    }
+    if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
 }
 
 /// `path` relative to the current directory when it is inside it, else `path` unchanged.
@@ -478,16 +383,9 @@ struct Cluster {
 
 impl Cluster {
     /// Starts one node. It is recorded before anything else can fail, so that it is stopped.
-    fn spawn(
-        &mut self,
-        id: &'static str,
-        raft_port: u16,
-        grpc_port: u16,
-        bootstrap: bool,
-    ) -> Result<()> {
+    fn spawn(&mut self, id: &'static str, raft_port: u16, grpc_port: u16, bootstrap: bool) -> Result<()> {
         let node_dir = self.data_dir.join(id);
-        fs::create_dir_all(&node_dir)
-            .with_context(|| format!("creating {}", node_dir.display()))?;
+        fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
         let listen_file = node_dir.join("listen.json");
         match fs::remove_file(&listen_file) {
             Ok(()) => {}
@@ -511,13 +409,9 @@ impl Cluster {
         if bootstrap {
             cmd.arg("--raft_bootstrap");
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
+        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         let line = display_cmd(&cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{line}`"))?;
+        let child = cmd.spawn().with_context(|| format!("cannot start `{line}`"))?;
         println!("cluster: started {id} (pid {}): {line}", child.id());
         self.nodes.push(Node {
             id,
@@ -544,8 +438,7 @@ impl Cluster {
             Duration::from_millis(50),
             || {
                 let text = fs::read_to_string(&file).map_err(|e| e.to_string())?;
-                let listen: Value =
-                    serde_json::from_str(&text).map_err(|e| format!("{e} in {text:?}"))?;
+                let listen: Value = serde_json::from_str(&text).map_err(|e| format!("{e} in {text:?}"))?;
                 if listen["pid"].as_u64() != Some(u64::from(pid)) {
                     return Err(format!("pid {} in {text:?}, not {pid}", listen["pid"]));
                 }
@@ -579,10 +472,7 @@ impl Cluster {
             };
             self.check_running()?;
             if start.elapsed() >= deadline {
-                bail!(
-                    "timed out after {}s waiting for {what}; last: {why}",
-                    deadline.as_secs()
-                );
+                bail!("timed out after {}s waiting for {what}; last: {why}", deadline.as_secs());
             }
             thread::sleep(interval);
         }
@@ -654,11 +544,7 @@ impl Cluster {
             // give them a moment before a second signal, which could cut that short.
             let deadline = Instant::now() + SELF_EXIT_GRACE;
             while Instant::now() < deadline
-                && self.nodes.iter_mut().any(|n| {
-                    n.child
-                        .as_mut()
-                        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-                })
+                && self.nodes.iter_mut().any(|n| n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
             {
                 thread::sleep(Duration::from_millis(20));
             }
@@ -677,10 +563,7 @@ impl Cluster {
                 if !sent.is_ok_and(|s| s.success()) {
                     // No `kill` command, or the node exited in between: `try_wait` below
                     // tells which, and SIGKILL handles the first case.
-                    eprintln!(
-                        "cluster: could not send SIGTERM to {} (pid {})",
-                        node.id, node.pid
-                    );
+                    eprintln!("cluster: could not send SIGTERM to {} (pid {})", node.id, node.pid);
                 }
             }
         }
@@ -767,9 +650,7 @@ impl Ctl {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let line = display_cmd(&cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start `{line}`: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start `{line}`: {e}"))?;
         let stdout = read_in_background(child.stdout.take());
         let stderr = read_in_background(child.stderr.take());
         let deadline = Instant::now() + CTL_TIMEOUT;
@@ -777,10 +658,7 @@ impl Ctl {
             match child.try_wait() {
                 Ok(Some(status)) => break Ok(status),
                 Ok(None) if Instant::now() >= deadline => {
-                    break Err(format!(
-                        "`{line}` did not finish within {}s",
-                        CTL_TIMEOUT.as_secs()
-                    ));
+                    break Err(format!("`{line}` did not finish within {}s", CTL_TIMEOUT.as_secs()));
                 }
                 Ok(None) if self.interrupted.load(Ordering::SeqCst) => {
                     break Err(String::from("interrupted"));

@@ -17,6 +17,11 @@ use crate::{cargo, display_cmd};
 
 /// One row of the dependency rules: `krate` must never depend on any of `never` (anywhere
 /// in its normal-dependency tree) nor directly on any of `never_direct`.
+///
+/// A direct-only rule is for a package that may come in through another crate of ours but
+/// must not be used by `krate` itself: `types` depends on openraft (it holds the openraft
+/// type configuration), so `resolver`, which needs `types::NodeId`, reaches openraft through
+/// it; what the rule forbids is `resolver` naming openraft in its own manifest.
 pub(crate) struct Rule {
     pub(crate) krate: &'static str,
     pub(crate) never: &'static [&'static str],
@@ -45,10 +50,10 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "service", "engine", "client"], never_direct: &[] },
     Rule { krate: "raft-storage", never: &["tonic", "fsm", "service", "engine", "chitchat"], never_direct: &[] },
     Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
-    Rule { krate: "resolver", never: &["openraft", "tonic"], never_direct: &[] },
-    Rule { krate: "gossip", never: &["openraft"], never_direct: &[] },
+    Rule { krate: "resolver", never: &["tonic"], never_direct: &["openraft"] },
+    Rule { krate: "gossip", never: &[], never_direct: &["openraft"] },
     Rule { krate: "linearizable", never: &["tonic", "redb"], never_direct: &[] },
-    Rule { krate: "blocking-query", never: &["openraft", "tonic"], never_direct: &[] },
+    Rule { krate: "blocking-query", never: &["tonic"], never_direct: &["openraft"] },
     Rule { krate: "service", never: &["raft-storage", "engine"], never_direct: &["redb"] },
     Rule { krate: "client", never: &["openraft", "redb", "engine", "service", "fsm", "raft-storage"], never_direct: &[] },
 ];
@@ -97,16 +102,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             print_inverted_tree(root, krate, forbidden);
         }
         let messages: Vec<&str> = violations.iter().map(|(_, _, m)| m.as_str()).collect();
-        bail!(
-            "{} dependency rule violation(s):\n  {}",
-            violations.len(),
-            messages.join("\n  ")
-        );
+        bail!("{} dependency rule violation(s):\n  {}", violations.len(), messages.join("\n  "));
     }
-    println!(
-        "deps: {checked} of {} crates checked, no violations",
-        RULES.len()
-    );
+    println!("deps: {checked} of {} crates checked, no violations", RULES.len());
     Ok(())
 }
 
@@ -115,15 +113,9 @@ fn workspace_members(root: &Path) -> Result<BTreeSet<String>> {
     let mut cmd = cargo(root);
     cmd.args(["metadata", "--no-deps", "--format-version", "1"]);
     let stdout = output(&mut cmd)?;
-    let metadata: serde_json::Value =
-        serde_json::from_str(&stdout).context("parsing `cargo metadata` output")?;
-    let packages = metadata["packages"]
-        .as_array()
-        .context("`cargo metadata` output has no packages")?;
-    Ok(packages
-        .iter()
-        .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .collect())
+    let metadata: serde_json::Value = serde_json::from_str(&stdout).context("parsing `cargo metadata` output")?;
+    let packages = metadata["packages"].as_array().context("`cargo metadata` output has no packages")?;
+    Ok(packages.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
 }
 
 /// The names of the packages in the normal-dependency tree of `krate` (down to `depth`
@@ -133,8 +125,7 @@ fn workspace_members(root: &Path) -> Result<BTreeSet<String>> {
 fn tree_packages(root: &Path, krate: &str, depth: Option<u32>) -> Result<BTreeSet<String>> {
     let mut cmd = cargo(root);
     cmd.args([
-        "tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "--prefix", "none",
-        "--format", "{p}",
+        "tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "--prefix", "none", "--format", "{p}",
     ]);
     if let Some(depth) = depth {
         cmd.args(["--depth", &depth.to_string()]);
@@ -164,9 +155,7 @@ fn parse_tree(stdout: &str, root: &Path) -> BTreeSet<String> {
 /// Prints `cargo tree -p KRATE -e normal -i FORBIDDEN`: the paths by which it gets in.
 fn print_inverted_tree(root: &Path, krate: &str, forbidden: &str) {
     let mut cmd = cargo(root);
-    cmd.args([
-        "tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "-i", forbidden,
-    ]);
+    cmd.args(["tree", "--quiet", "-p", krate, "-e", "normal", "--target", "all", "-i", forbidden]);
     if let Ok(tree) = output(&mut cmd) {
         println!("\nhow {krate} reaches {forbidden}:\n{tree}");
     }
@@ -175,15 +164,9 @@ fn print_inverted_tree(root: &Path, krate: &str, forbidden: &str) {
 /// Runs `cmd` and returns its stdout; fails with its stderr unless it exits 0.
 fn output(cmd: &mut Command) -> Result<String> {
     let line = display_cmd(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{line}`"))?;
+    let out = cmd.output().with_context(|| format!("cannot run `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("`{line}` failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed invalid UTF-8"))
 }
@@ -201,10 +184,7 @@ mod tests {
                    engine v9.9.9\n\
                    tonic v0.14.9 (*)\n";
         let names = parse_tree(out, root);
-        let want: BTreeSet<String> = ["openraft", "types", "tonic"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let want: BTreeSet<String> = ["openraft", "types", "tonic"].into_iter().map(String::from).collect();
         assert_eq!(names, want);
     }
 
@@ -213,6 +193,39 @@ mod tests {
         for rule in RULES {
             assert!(OUR_CRATES.contains(&rule.krate), "{}", rule.krate);
             assert!(!rule.never.contains(&rule.krate), "{}", rule.krate);
+            assert!(!rule.never_direct.contains(&rule.krate), "{}", rule.krate);
+        }
+    }
+
+    /// The row of `rule` in the dependency table of ARCHITECTURE.md.
+    fn markdown_row(rule: &Rule) -> String {
+        let cell = |names: &[&str]| {
+            if names.is_empty() {
+                String::from("—")
+            } else {
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            }
+        };
+        format!("| `{}` | {} | {} |", rule.krate, cell(rule.never), cell(rule.never_direct))
+    }
+
+    #[test]
+    fn architecture_md_shows_the_rules_as_they_are() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for rule in RULES {
+            let row = markdown_row(rule);
+            assert!(text.lines().any(|line| line.trim() == row), "ARCHITECTURE.md lacks the rule row\n{row}");
+        }
+    }
+
+    #[test]
+    fn proto_and_types_depend_on_none_of_ours() {
+        for krate in ["proto", "types"] {
+            let rule = RULES.iter().find(|r| r.krate == krate).unwrap_or_else(|| panic!("no rule for {krate}"));
+            for &ours in OUR_CRATES.iter().filter(|&&c| c != krate) {
+                assert!(rule.never.contains(&ours), "{krate} is not forbidden from depending on {ours}");
+            }
         }
     }
 }

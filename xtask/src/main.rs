@@ -25,11 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "raftkv project automation"
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "raftkv project automation")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -55,7 +51,7 @@ enum Cmd {
         #[arg(long)]
         release: bool,
         /// Where the nodes keep their data and logs (wiped first).
-        /// Default: <workspace>/target/xtask-cluster.
+        /// Default: xtask-cluster in cargo's target directory (target/xtask-cluster).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// Let the OS pick every port instead of grpc 40051-40053 / raft 50051-50053.
@@ -65,11 +61,7 @@ enum Cmd {
     /// Build the binaries, then run every test: nextest (or cargo test), then doc tests.
     Test {
         /// Extra arguments for `cargo nextest run` (or `cargo test` without nextest).
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
     /// Check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
@@ -93,20 +85,9 @@ fn run(cli: Cli) -> Result<()> {
     let root = workspace_root()?;
     match cli.command {
         Cmd::Proto { check } => proto::run(&root, check),
-        Cmd::Cluster {
-            smoke,
-            release,
-            data_dir,
-            ports_from_os,
-        } => cluster::run(
-            &root,
-            &cluster::Options {
-                smoke,
-                release,
-                data_dir,
-                ports_from_os: ports_from_os || smoke,
-            },
-        ),
+        Cmd::Cluster { smoke, release, data_dir, ports_from_os } => {
+            cluster::run(&root, &cluster::Options { smoke, release, data_dir, ports_from_os: ports_from_os || smoke })
+        }
         Cmd::Test { args } => test::run(&root, &args),
         Cmd::Deps => deps::run(&root),
     }
@@ -115,10 +96,7 @@ fn run(cli: Cli) -> Result<()> {
 /// The workspace root: the parent of this crate's manifest directory.
 fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(PathBuf::from)
-        .context("xtask has no parent directory")
+    manifest.parent().map(PathBuf::from).context("xtask has no parent directory")
 }
 
 /// A `cargo` command run from the workspace root, using the cargo that runs xtask.
@@ -134,13 +112,7 @@ fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                std::env::current_dir()
-                    .map(|cwd| cwd.join(&dir))
-                    .unwrap_or(dir)
-            }
+            if dir.is_absolute() { dir } else { std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or(dir) }
         }
         _ => root.join("target"),
     }
@@ -165,9 +137,7 @@ fn display_cmd(cmd: &Command) -> String {
 fn run_checked(cmd: &mut Command) -> Result<()> {
     let line = display_cmd(cmd);
     eprintln!("$ {line}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run `{line}`"))?;
+    let status = cmd.status().with_context(|| format!("cannot run `{line}`"))?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }

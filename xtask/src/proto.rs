@@ -70,10 +70,8 @@ fn generate(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     if files.is_empty() {
         bail!("no .proto files under {}", proto_root.display());
     }
-    let relative: Vec<PathBuf> = files
-        .iter()
-        .map(|f| f.strip_prefix(&proto_root).map(Path::to_path_buf))
-        .collect::<Result<_, _>>()?;
+    let relative: Vec<PathBuf> =
+        files.iter().map(|f| f.strip_prefix(&proto_root).map(Path::to_path_buf)).collect::<Result<_, _>>()?;
     let fds = protox::compile(&relative, [&proto_root]).context("parsing proto files")?;
 
     let scratch = std::env::temp_dir().join(format!("raftkv-proto-{}", std::process::id()));
@@ -109,10 +107,8 @@ fn generate(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
             bail!("rustfmt failed on the generated code");
         }
         for path in generated {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .context("generated file has no name")?;
+            let name =
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).context("generated file has no name")?;
             out.insert(name, fs::read(&path)?);
         }
         Ok(out)

@@ -3,10 +3,11 @@
 //! 1. `cargo build --workspace --bins`, so the cluster tests in `tests/` find
 //!    `target/debug/raftkv` and `target/debug/raftkvctl` (their path is passed in
 //!    `RAFTKV_BIN_DIR`).
-//! 2. `cargo nextest run --workspace --no-fail-fast --no-tests=warn ARGS` when cargo-nextest is installed
+//! 2. `cargo test --workspace --doc` (nextest does not run doc tests).
+//! 3. `cargo nextest run --workspace --no-fail-fast --no-tests=warn ARGS` when cargo-nextest is installed
 //!    (profile from `NEXTEST_PROFILE`, see `.config/nextest.toml`), otherwise
-//!    `cargo test --workspace --no-fail-fast ARGS`.
-//! 3. `cargo test --workspace --doc` (nextest does not run doc tests).
+//!    `cargo test --workspace --no-fail-fast ARGS`. It runs last, so the output closes on
+//!    its summary.
 //!
 //! Steps 2 and 3 both run even if one fails; the command fails if any step failed.
 
@@ -28,16 +29,18 @@ pub(crate) fn run(root: &Path, extra: &[OsString]) -> Result<()> {
 
     let mut failed = Vec::new();
 
+    // Doc tests first, so the run closes on the main test runner's summary.
+    let mut doc = cargo(root);
+    doc.args(["test", "--workspace", "--doc"]).env("RAFTKV_BIN_DIR", &bin_dir);
+    if let Err(err) = run_checked(&mut doc) {
+        eprintln!("test: {err:#}");
+        failed.push("doc tests");
+    }
+
     let mut tests = cargo(root);
     if nextest_available(root) {
         // `--no-tests=warn`: a filter that selects nothing is not a failure.
-        tests.args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--no-fail-fast",
-            "--no-tests=warn",
-        ]);
+        tests.args(["nextest", "run", "--workspace", "--no-fail-fast", "--no-tests=warn"]);
     } else {
         eprintln!("test: cargo-nextest not found, falling back to `cargo test`");
         tests.args(["test", "--workspace", "--no-fail-fast"]);
@@ -46,14 +49,6 @@ pub(crate) fn run(root: &Path, extra: &[OsString]) -> Result<()> {
     if let Err(err) = run_checked(&mut tests) {
         eprintln!("test: {err:#}");
         failed.push("tests");
-    }
-
-    let mut doc = cargo(root);
-    doc.args(["test", "--workspace", "--doc"])
-        .env("RAFTKV_BIN_DIR", &bin_dir);
-    if let Err(err) = run_checked(&mut doc) {
-        eprintln!("test: {err:#}");
-        failed.push("doc tests");
     }
 
     let elapsed = started.elapsed().as_secs_f64();

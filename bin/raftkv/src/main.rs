@@ -59,7 +59,12 @@ struct Args {
     election_timeout: Duration,
 
     /// Take a snapshot after this many log entries since the last one.
-    #[arg(long = "snapshot_threshold", alias = "snapshot-threshold", env = "RAFTKV_SNAPSHOT_THRESHOLD", default_value_t = 8192)]
+    #[arg(
+        long = "snapshot_threshold",
+        alias = "snapshot-threshold",
+        env = "RAFTKV_SNAPSHOT_THRESHOLD",
+        default_value_t = 8192
+    )]
     snapshot_threshold: u64,
 
     /// Log entries kept behind a snapshot, for followers that lag a little.
@@ -90,7 +95,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     match unit {
         "" | "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
         _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
     }
 }
@@ -118,12 +123,26 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
         .with_writer(std::io::stderr)
         .init();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that says what to fix; no backtrace for a configuration mistake.
+            #[allow(clippy::print_stderr)] // the one place the node reports a fatal error outside the log
+            {
+                eprintln!("raftkv: error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     let mut config = NodeConfig::new(args.raft_id);
     config.raft_addr = args.raft_addr;
     config.grpc_addr = args.grpc_addr;
@@ -151,6 +170,7 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
         assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("999999999999999999m").is_err());
         assert!(parse_duration("fast").is_err());
     }
 
@@ -170,7 +190,8 @@ mod tests {
         assert!(args.raft_bootstrap);
         assert_eq!(args.raft_id.as_str(), "nodeA");
         assert_eq!(args.raft_addr, "localhost:50051");
-        let args = Args::try_parse_from(["raftkv", "--raft_id", "b", "--raft_bootstrap=false"]).unwrap_or_else(|e| panic!("{e}"));
+        let args = Args::try_parse_from(["raftkv", "--raft_id", "b", "--raft_bootstrap=false"])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!args.raft_bootstrap);
         assert!(Args::try_parse_from(["raftkv", "--raft_id", "a/b"]).is_err());
     }

@@ -5,6 +5,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -81,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// Measure throughput and latency: puts of new keys, or linearizable gets.
+    #[command(
+        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16"
+    )]
+    Bench(bench::BenchArgs),
     /// Status of the first reachable node: Raft state, term, leader, indexes, members.
     #[command(after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status")]
     Status,
@@ -89,7 +96,9 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum MemberCommand {
     /// Add a node as a voter: it joins as a learner, catches up, then is promoted.
-    #[command(after_help = "Example:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052")]
+    #[command(
+        after_help = "Example:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052"
+    )]
     Add {
         /// The new node's --raft_id.
         id: String,
@@ -115,7 +124,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
         _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
     }
 }
@@ -179,7 +188,7 @@ fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()
 
 async fn execute(cli: &Cli) -> Result<Outcome> {
     let options = ClientOptions { request_timeout: cli.command_timeout, ..ClientOptions::default() };
-    let client = Client::new(cli.endpoints.iter().cloned(), options)?;
+    let client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
     let mut out = std::io::stdout().lock();
     let json = cli.output == Output::Json;
     match &cli.command {
@@ -219,7 +228,11 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
         Command::Del { key } => {
             let resp = client.delete(key.as_bytes()).await?;
             if json {
-                writeln!(out, "{}", json!({ "deleted": resp.deleted, "index": resp.header.map(|h| h.index).unwrap_or(0) }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "deleted": resp.deleted, "index": resp.header.map(|h| h.index).unwrap_or(0) })
+                )?;
             } else {
                 writeln!(out, "{}", resp.deleted)?;
             }
@@ -227,7 +240,11 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
         Command::Member { command: MemberCommand::Add { id, raft_addr, grpc_addr, timeout } } => {
             let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
             if json {
-                writeln!(out, "{}", json!({ "index": resp.index, "members": resp.members.iter().map(member_json).collect::<Vec<_>>() }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "index": resp.index, "members": resp.members.iter().map(member_json).collect::<Vec<_>>() })
+                )?;
             } else {
                 writeln!(out, "Member {id} is a voter (membership index {})", resp.index)?;
                 print_members(&mut out, &resp.members)?;
@@ -239,6 +256,14 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
                 writeln!(out, "{}", json!({ "members": status.members.iter().map(member_json).collect::<Vec<_>>() }))?;
             } else {
                 print_members(&mut out, &status.members)?;
+            }
+        }
+        Command::Bench(args) => {
+            let summary = bench::run(&cli.endpoints, &options, args).await?;
+            if json {
+                writeln!(out, "{}", summary.json())?;
+            } else {
+                writeln!(out, "{}", summary.text())?;
             }
         }
         Command::Status => {
@@ -283,7 +308,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RAFTKVCTL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Benchmarks drive many connections at once; every other command is one request.
+    let runtime = if matches!(cli.command, Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raftkvctl: cannot start the runtime: {e}");
@@ -296,6 +327,10 @@ fn main() -> ExitCode {
             eprintln!("raftkvctl: {msg}");
             ExitCode::from(1)
         }
+        // The reader of our output went away (`raftkvctl status | head -1`): not a failure.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             match e.downcast_ref::<ClientError>() {
                 Some(ce) => eprintln!("raftkvctl: {ce}"),
@@ -303,5 +338,19 @@ fn main() -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("999999999999999999m").is_err());
+        assert!(parse_duration("5h").is_err());
     }
 }

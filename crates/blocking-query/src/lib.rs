@@ -9,7 +9,8 @@
 //! the node has applied the read index fetched from the leader), blocking Get (`min_index`
 //! + `wait`, Consul style), Watch, and the "abandoned" wake-up on snapshot install.
 //!
-//! This crate must never depend on openraft or tonic.
+//! This crate must never depend on tonic, nor directly on openraft (it may reach openraft's
+//! types only through `types`); `cargo xtask deps` checks both.
 
 use std::time::Duration;
 
@@ -34,7 +35,11 @@ pub enum WaitError {
 
 /// Waits until the index published on `rx` is at least `min_index`, or `timeout` passes.
 /// Returns the index seen, which may be beyond `min_index`.
-pub async fn wait_for_index(rx: &mut watch::Receiver<u64>, min_index: u64, timeout: Duration) -> Result<u64, WaitError> {
+pub async fn wait_for_index(
+    rx: &mut watch::Receiver<u64>,
+    min_index: u64,
+    timeout: Duration,
+) -> Result<u64, WaitError> {
     let outcome = tokio::time::timeout(timeout, async { rx.wait_for(|i| *i >= min_index).await.map(|i| *i) }).await;
     match outcome {
         Ok(Ok(index)) => Ok(index),

@@ -105,8 +105,12 @@ enum Kind {
 
 impl Client {
     /// A client over `endpoints` (`HOST:PORT` each). Nothing is connected yet.
-    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>, options: ClientOptions) -> Result<Self, ClientError> {
-        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).filter(|e: &String| !e.trim().is_empty()).collect();
+    pub fn new(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> =
+            endpoints.into_iter().map(Into::into).filter(|e: &String| !e.trim().is_empty()).collect();
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
@@ -187,7 +191,8 @@ impl Client {
                 }
                 Err(status) => {
                     let marked = status.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()) == Some("true");
-                    let transport = status.metadata().get(RETRYABLE_HEADER).is_none() && status.code() == tonic::Code::Unavailable;
+                    let transport =
+                        status.metadata().get(RETRYABLE_HEADER).is_none() && status.code() == tonic::Code::Unavailable;
                     if transport {
                         self.forget(&addr);
                     }
@@ -198,7 +203,8 @@ impl Client {
                     retries += 1;
                     tracing::debug!(endpoint = %addr, code = ?status.code(), message = status.message(), "retrying");
                     // Follow the leader hint: try the leader next.
-                    let hint = status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+                    let hint =
+                        status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
                     if let Some(hint) = hint {
                         let pos = match endpoints.iter().position(|e| *e == hint) {
                             Some(p) => p,
@@ -273,7 +279,13 @@ impl Client {
 
     /// Adds a node as a voter: as a learner first, promoted once caught up. Succeeds at once
     /// when it is already a voter with these addresses.
-    pub async fn add_voter(&self, id: &str, raft_addr: &str, grpc_addr: &str, timeout: Duration) -> Result<AddVoterResponse, ClientError> {
+    pub async fn add_voter(
+        &self,
+        id: &str,
+        raft_addr: &str,
+        grpc_addr: &str,
+        timeout: Duration,
+    ) -> Result<AddVoterResponse, ClientError> {
         let req = AddVoterRequest { id: id.into(), raft_addr: raft_addr.into(), grpc_addr: grpc_addr.into() };
         // Adding a voter is idempotent, so it may be retried like a read.
         self.run(Kind::Read, timeout, |ch, t| {

@@ -153,16 +153,16 @@ impl StateMachine {
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
-        if let Some(snap) = current {
-            if snap.meta.last_log_id > applied {
-                tracing::warn!(
-                    snapshot = ?snap.meta.last_log_id,
-                    applied = ?applied,
-                    "state is behind the newest snapshot; rebuilding it from the snapshot"
-                );
-                let file = SnapshotFile::open(&snap.path)?;
-                sm.rebuild_from(&file, &snap.meta)?;
-            }
+        if let Some(snap) = current
+            && snap.meta.last_log_id > applied
+        {
+            tracing::warn!(
+                snapshot = ?snap.meta.last_log_id,
+                applied = ?applied,
+                "state is behind the newest snapshot; rebuilding it from the snapshot"
+            );
+            let file = SnapshotFile::open(&snap.path)?;
+            sm.rebuild_from(&file, &snap.meta)?;
         }
         let (applied, _) = sm.read_applied_state()?;
         sm.inner.applied.send_replace(types::index_of(applied.as_ref()));
@@ -335,7 +335,10 @@ impl StateMachine {
         let part = snap_dir.join(self.unique_name(&format!("snap-{index:020}"), PART_EXT));
         let result = (|| -> Result<CurrentSnapshot, Error> {
             // Keep a copy as this node's current snapshot, so it can serve it later.
-            let mut out = BufWriter::with_capacity(1 << 20, File::create(&part).map_err(|e| Error::io("creating snapshot copy", e))?);
+            let mut out = BufWriter::with_capacity(
+                1 << 20,
+                File::create(&part).map_err(|e| Error::io("creating snapshot copy", e))?,
+            );
             io::copy(&mut data.reader().map_err(|e| Error::io("reading snapshot", e))?, &mut out)
                 .map_err(|e| Error::io("copying snapshot", e))?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot copy", e.into_error()))?;
@@ -504,9 +507,7 @@ fn remove_if_exists(path: &Path) -> Result<(), Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {

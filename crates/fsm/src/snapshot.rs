@@ -48,10 +48,7 @@ impl SnapshotFile {
     /// Opens the snapshot file at `path`.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let file = File::open(path).map_err(|e| Error::io(format!("opening snapshot {}", path.display()), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))?.len();
         Ok(Self { file, len })
     }
 
@@ -179,6 +176,9 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
+/// One entry of a snapshot file: a key and its stored record (indexes and value).
+pub(crate) type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// Reads a snapshot file, checking every bound, the record count and the checksum.
 pub(crate) struct SnapshotReader<R: Read> {
     input: R,
@@ -204,9 +204,7 @@ impl<R: Read> SnapshotReader<R> {
         }
         let version = read_u32(&mut input, &mut crc, "format version")?;
         if version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {version}; this build reads version {FORMAT_VERSION}"
-            )));
+            return Err(corrupt(format!("format version {version}; this build reads version {FORMAT_VERSION}")));
         }
         let meta_len = read_u32(&mut input, &mut crc, "metadata length")?;
         if meta_len > MAX_META_LEN {
@@ -220,7 +218,7 @@ impl<R: Read> SnapshotReader<R> {
 
     /// The next (key, record), or `None` after the end marker, whose count and checksum
     /// have then been verified.
-    pub(crate) fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn next_record(&mut self) -> Result<Option<RawRecord>, Error> {
         if self.done {
             return Ok(None);
         }
@@ -252,9 +250,7 @@ impl<R: Read> SnapshotReader<R> {
                 }
                 let expected = self.crc.clone().finalize();
                 let mut stored = [0u8; 4];
-                self.input
-                    .read_exact(&mut stored)
-                    .map_err(|_| corrupt("truncated: the checksum is missing"))?;
+                self.input.read_exact(&mut stored).map_err(|_| corrupt("truncated: the checksum is missing"))?;
                 let stored = u32::from_le_bytes(stored);
                 if stored != expected {
                     return Err(corrupt(format!(
@@ -308,7 +304,7 @@ mod tests {
         w.finish()
     }
 
-    fn read_all(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    fn read_all(bytes: &[u8]) -> Result<Vec<RawRecord>, Error> {
         let mut r = SnapshotReader::new(bytes)?;
         let mut out = Vec::new();
         while let Some(rec) = r.next_record()? {

@@ -123,8 +123,10 @@ async fn reopen_rebuilds_state_behind_its_snapshot() -> TestResult {
     let snap = leader.get_snapshot_builder().await.build_snapshot().await?;
     // A node that crashed after keeping the snapshot file but before swapping its state in.
     drop(StateMachine::open(d2.path())?);
-    fs::copy(&leader.inner.current.lock().map_err(|_| "poisoned")?.as_ref().ok_or("none")?.path,
-        d2.path().join(SNAPSHOT_DIR).join(format!("snap-{:020}-0-0.{SNAPSHOT_EXT}", 2)))?;
+    fs::copy(
+        &leader.inner.current.lock().map_err(|_| "poisoned")?.as_ref().ok_or("none")?.path,
+        d2.path().join(SNAPSHOT_DIR).join(format!("snap-{:020}-0-0.{SNAPSHOT_EXT}", 2)),
+    )?;
     let follower = StateMachine::open(d2.path())?;
     assert_eq!(follower.applied_index(), 2);
     assert_eq!(follower.get(b"b")?.map(|kv| kv.value), Some(b"2".to_vec()));

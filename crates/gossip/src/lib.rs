@@ -8,7 +8,8 @@
 //!
 //! Gossip is advisory: it will never change the Raft membership by itself.
 //!
-//! This crate must never depend on openraft.
+//! This crate must never depend on openraft directly: it may reach openraft's types only
+//! through `types` (`cargo xtask deps` checks this).
 
 /// The gossip keys a node publishes about itself.
 pub mod keys {

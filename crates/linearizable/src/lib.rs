@@ -70,9 +70,9 @@ where
     C: RaftTypeConfig<NodeId = NodeId, Node = NodeInfo>,
 {
     match e {
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => BarrierError::NotLeader {
-            leader: f.leader_id.map(|id| (id, f.leader_node)),
-        },
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => {
+            BarrierError::NotLeader { leader: f.leader_id.map(|id| (id, f.leader_node)) }
+        }
         RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => BarrierError::NoQuorum(q.to_string()),
         RaftError::Fatal(f) => BarrierError::Stopped(f.to_string()),
     }

@@ -10,8 +10,9 @@
 //!   and commits it with `Durability::Immediate` (an fsync) before it reports the entries
 //!   flushed. openraft merges queued appends into one call, so concurrent client writes share
 //!   one fsync: that is group commit.
-//! - The vote and the committed log id are written with `Durability::Immediate` before the
-//!   call returns.
+//! - The vote is written with `Durability::Immediate` before the call returns. The committed
+//!   log id is written without an fsync of its own and becomes durable with the next durable
+//!   commit: after a crash it can only be behind, which is safe.
 //! - Truncation and purge are single transactions too; a crash leaves either the old or the
 //!   new log, never a hole.
 //!
@@ -128,9 +129,9 @@ impl LogStore {
         }
     }
 
-    fn write_meta(db: &Database, key: &'static str, bytes: Vec<u8>) -> Result<(), Error> {
+    fn write_meta(db: &Database, key: &'static str, bytes: Vec<u8>, durability: Durability) -> Result<(), Error> {
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(durability)?;
         {
             let mut table = txn.open_table(META)?;
             table.insert(key, bytes.as_slice())?;
@@ -200,12 +201,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = codec::encode(vote).map_err(Error::from)?;
-        Ok(self.blocking(move |db| Self::write_meta(db, KEY_VOTE, bytes)).await?)
+        Ok(self.blocking(move |db| Self::write_meta(db, KEY_VOTE, bytes, Durability::Immediate)).await?)
     }
 
+    /// Records the committed log id **without** an fsync of its own: it becomes durable with
+    /// the next durable commit (the next append or vote). After a crash the stored value can
+    /// only be behind the real one, never ahead, and a committed id that is behind is always
+    /// safe: openraft re-learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let bytes = codec::encode(&committed).map_err(Error::from)?;
-        Ok(self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, bytes)).await?)
+        Ok(self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, bytes, Durability::None)).await?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

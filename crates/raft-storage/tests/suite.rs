@@ -3,8 +3,8 @@
 
 use fsm::StateMachine;
 use openraft::StorageError;
-use openraft::type_config::TypeConfigExt;
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
 use raft_storage::{LOG_FILE, LogStore};
 use types::TypeConfig;
 

@@ -10,7 +10,8 @@
 //! - [`Chain`]: asks several resolvers in order and returns the first answer; later
 //!   sources (static peers, gossip) are appended behind the membership.
 //!
-//! This crate must never depend on openraft directly or on tonic: it maps ids to strings.
+//! This crate must never depend on openraft directly (it reaches openraft's types only
+//! through `types`) or on tonic: it maps ids to strings. `cargo xtask deps` checks both.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -8,9 +8,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
-use proto::admin::v1::{
-    AddVoterRequest, AddVoterResponse, Member, RaftState, StatusRequest, StatusResponse, Suffrage,
-};
+use proto::admin::v1::{AddVoterRequest, AddVoterResponse, Member, RaftState, StatusRequest, StatusResponse, Suffrage};
 use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
@@ -57,7 +55,9 @@ pub fn members_of(m: &RaftMetrics<TypeConfig>) -> Vec<Member> {
             is_leader: m.current_leader.as_ref() == Some(id),
         })
         .collect();
-    members.sort_by(|a, b| (b.suffrage == Suffrage::Voter as i32).cmp(&(a.suffrage == Suffrage::Voter as i32)).then(a.id.cmp(&b.id)));
+    members.sort_by(|a, b| {
+        (b.suffrage == Suffrage::Voter as i32).cmp(&(a.suffrage == Suffrage::Voter as i32)).then(a.id.cmp(&b.id))
+    });
     members
 }
 
@@ -73,9 +73,8 @@ fn state_of(s: ServerState) -> RaftState {
 
 /// Checks an address given for a node: `host:port`, port a number.
 fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
-    let ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    let ok =
+        addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if ok {
         Ok(())
     } else {
@@ -84,7 +83,12 @@ fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
 }
 
 impl AdminService {
-    async fn add_voter_here(&self, id: NodeId, info: NodeInfo, timeout: Duration) -> Result<AddVoterOutcome, ServiceError> {
+    async fn add_voter_here(
+        &self,
+        id: NodeId,
+        info: NodeInfo,
+        timeout: Duration,
+    ) -> Result<AddVoterOutcome, ServiceError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let raft = &self.ctx.raft;
         let mut backoff = Duration::from_millis(50);
@@ -122,7 +126,9 @@ impl AdminService {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false).await
             };
             match tokio::time::timeout(remaining, step).await {
-                Err(_) => return Err(ServiceError::DeadlineExceeded(format!("node {id} was not made a voter in time"))),
+                Err(_) => {
+                    return Err(ServiceError::DeadlineExceeded(format!("node {id} was not made a voter in time")));
+                }
                 Ok(Ok(resp)) => {
                     let m = raft.metrics().borrow_watched().clone();
                     return Ok(AddVoterOutcome::Done(resp.log_id.index, members_of(&m)));
@@ -138,7 +144,9 @@ impl AdminService {
                     return Err(ServiceError::FailedPrecondition(format!("cannot add {id}: {e}")));
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
-                    return Err(ServiceError::OutcomeUnknown(format!("leadership changed during the membership change ({f})")));
+                    return Err(ServiceError::OutcomeUnknown(format!(
+                        "leadership changed during the membership change ({f})"
+                    )));
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e)))) => {
                     return Err(ServiceError::FailedPrecondition(format!("cannot add {id}: {e}")));
@@ -192,7 +200,12 @@ impl Admin for AdminService {
                 if !forward {
                     return Err(ServiceError::NotLeader { id: leader, addr: Some(addr) }.into());
                 }
-                let ch = self.ctx.forwarder.channel(&addr).await.map_err(|e| forward_failed(&leader, &addr, false, true, &e))?;
+                let ch = self
+                    .ctx
+                    .forwarder
+                    .channel(&addr)
+                    .await
+                    .map_err(|e| forward_failed(&leader, &addr, false, true, &e))?;
                 AdminClient::new(ch).add_voter(forwarded_request(req, timeout)).await
             }
         }

@@ -38,9 +38,6 @@ pub enum ServiceError {
     /// applied. Never safe to retry blindly.
     #[error("write outcome unknown: {0}; read the key before retrying")]
     OutcomeUnknown(String),
-    /// Another membership change is in progress. Nothing changed.
-    #[error("{0}; retry when it has finished")]
-    MembershipBusy(String),
     /// The request conflicts with the cluster's state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -64,7 +61,6 @@ impl ServiceError {
             ServiceError::NotLeader { .. }
                 | ServiceError::NoLeader
                 | ServiceError::NoQuorum(_)
-                | ServiceError::MembershipBusy(_)
                 | ServiceError::ShuttingDown
         )
     }
@@ -75,7 +71,6 @@ impl ServiceError {
             ServiceError::NotLeader { .. }
             | ServiceError::NoLeader
             | ServiceError::NoQuorum(_)
-            | ServiceError::MembershipBusy(_)
             | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::OutcomeUnknown(_) => Code::Unknown,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,

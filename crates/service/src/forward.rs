@@ -45,10 +45,7 @@ impl Forwarder {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let ch = endpoint.connect().await?;
-        self.channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(addr.to_string(), ch.clone());
+        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 
@@ -78,10 +75,7 @@ pub fn forwarded_request<T>(message: T, timeout: Duration) -> tonic::Request<T> 
 /// The caller's deadline from the `grpc-timeout` header, capped at `max`.
 #[must_use]
 pub fn deadline(md: &MetadataMap, max: Duration) -> Duration {
-    md.get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map_or(max, |d| d.min(max))
+    md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).map_or(max, |d| d.min(max))
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H M S m u n`).
@@ -104,7 +98,13 @@ fn parse_grpc_timeout(s: &str) -> Option<Duration> {
 
 /// Maps a failure to reach the leader. A connect failure means nothing was sent; anything
 /// after that leaves a write's outcome unknown.
-pub(crate) fn forward_failed(leader: &types::NodeId, addr: &str, connected: bool, write: bool, e: &dyn std::fmt::Display) -> ServiceError {
+pub(crate) fn forward_failed(
+    leader: &types::NodeId,
+    addr: &str,
+    connected: bool,
+    write: bool,
+    e: &dyn std::fmt::Display,
+) -> ServiceError {
     if !connected || !write {
         tracing::debug!(leader = %leader, addr, error = %e, "forwarding to the leader failed");
         ServiceError::NotLeader { id: leader.clone(), addr: Some(addr.to_string()) }

@@ -38,21 +38,27 @@ impl KvService {
     }
 
     /// Connects to the leader; a failure here means nothing was sent.
-    async fn leader_client(&self, id: &types::NodeId, addr: &str, allowed: bool) -> Result<KvClient<tonic::transport::Channel>, ServiceError> {
+    async fn leader_client(
+        &self,
+        id: &types::NodeId,
+        addr: &str,
+        allowed: bool,
+    ) -> Result<KvClient<tonic::transport::Channel>, ServiceError> {
         if !allowed {
             return Err(ServiceError::NotLeader { id: id.clone(), addr: Some(addr.to_string()) });
         }
-        let ch = self
-            .ctx
-            .forwarder
-            .channel(addr)
-            .await
-            .map_err(|e| forward_failed(id, addr, false, true, &e))?;
+        let ch = self.ctx.forwarder.channel(addr).await.map_err(|e| forward_failed(id, addr, false, true, &e))?;
         Ok(KvClient::new(ch).max_decoding_message_size(MAX_DECODE_BYTES))
     }
 
     /// Returns the leader's answer, or maps a transport failure.
-    fn leader_answer<T>(&self, id: &types::NodeId, addr: &str, write: bool, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    fn leader_answer<T>(
+        &self,
+        id: &types::NodeId,
+        addr: &str,
+        write: bool,
+        r: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
         match r {
             Ok(resp) => Ok(resp),
             // An answer from the leader's service (it carries our retryable header) passes

@@ -13,7 +13,8 @@
 //! - [`limits`]: the named input limits.
 //!
 //! Protobuf types stay in this crate: nothing below it sees them. This crate must never
-//! depend on redb, raft-storage or engine.
+//! depend on raft-storage or engine, nor directly on redb (the state machine it reads through
+//! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
 mod error;

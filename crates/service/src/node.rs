@@ -78,11 +78,7 @@ impl NodeContext {
 
     /// Waits until some node is known as leader, for at most `timeout`.
     async fn wait_for_leader(&self, timeout: Duration) {
-        let _ = self
-            .raft
-            .wait(Some(timeout))
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await;
+        let _ = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
     }
 
     /// Classifies "not the leader": the leader elsewhere (forward there), or none usable
@@ -96,7 +92,11 @@ impl NodeContext {
     /// Proposes `cmd` through Raft; returns its log index and result once it is committed
     /// on a quorum, fsynced, and applied here. During an election it waits (within
     /// `timeout`) for a leader; if the leader is another node it routes there.
-    pub(crate) async fn write(&self, cmd: Command, timeout: Duration) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
+    pub(crate) async fn write(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -116,7 +116,9 @@ impl NodeContext {
             match result {
                 Ok(resp) => return Ok(Routed::Done((resp.log_id.index, resp.data))),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(Routed::Leader { id, addr }) = self.not_leader(f.leader_id.clone(), f.leader_node.as_ref()) {
+                    if let Some(Routed::Leader { id, addr }) =
+                        self.not_leader(f.leader_id.clone(), f.leader_node.as_ref())
+                    {
                         return Ok(Routed::Leader { id, addr });
                     }
                     if let Some(id) = f.leader_id.filter(|l| *l != self.id) {
@@ -129,7 +131,9 @@ impl NodeContext {
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                    return Err(ServiceError::OutcomeUnknown(format!("leadership changed after the write was appended ({f})")));
+                    return Err(ServiceError::OutcomeUnknown(format!(
+                        "leadership changed after the write was appended ({f})"
+                    )));
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     return Err(ServiceError::Internal(format!("unexpected membership error on a write: {e}")));
@@ -137,14 +141,24 @@ impl NodeContext {
                 Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
                     return Err(ServiceError::FailedPrecondition(e.to_string()));
                 }
-                Err(RaftError::Fatal(_)) => return Err(ServiceError::ShuttingDown),
+                // openraft answers Fatal when its core stopped before replying, which can be
+                // after the entry was appended and replicated: the write may still commit.
+                Err(RaftError::Fatal(f)) => {
+                    return Err(ServiceError::OutcomeUnknown(format!(
+                        "raft stopped while the write was in flight ({f})"
+                    )));
+                }
             }
         }
     }
 
     /// Passes the read barrier for `level` here, or says where the read must go. Returns
     /// the index the read reflects at least.
-    pub(crate) async fn read_barrier(&self, level: Consistency, timeout: Duration) -> Result<Routed<u64>, ServiceError> {
+    pub(crate) async fn read_barrier(
+        &self,
+        level: Consistency,
+        timeout: Duration,
+    ) -> Result<Routed<u64>, ServiceError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -64,8 +64,7 @@ mod tests {
             (id("a"), NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() }),
             (id("b"), NodeInfo::default()),
         ]);
-        let membership = Membership::new(vec![BTreeSet::from([id("a")])], nodes)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let membership = Membership::new(vec![BTreeSet::from([id("a")])], nodes).unwrap_or_else(|e| panic!("{e}"));
         let member_entry = Entry::new_membership(log_id.clone(), membership);
         let blank = Entry::new_blank(log_id);
         for e in [normal, member_entry, blank] {

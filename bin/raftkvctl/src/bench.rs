@@ -1,0 +1,141 @@
+//! `raftkvctl bench`: a load generator in the manner of etcd's benchmark tool.
+//!
+//! Each simulated client has its own connection and sends its requests one after another;
+//! latencies of every request are kept and summarized (p50, p90, p99, max) with the
+//! throughput. Keys are `bench/<client>/<n>` under a prefix; values are fixed-size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use client::{Client, ClientOptions};
+use serde_json::json;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Put a new key each time.
+    Put,
+    /// Get keys written beforehand (linearizable).
+    Get,
+}
+
+/// A bench run's settings.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// The operation to measure.
+    #[arg(value_enum)]
+    op: Op,
+    /// Total number of requests.
+    #[arg(long, default_value_t = 1000)]
+    total: usize,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Value size in bytes.
+    #[arg(long = "value-size", default_value_t = 64)]
+    value_size: usize,
+    /// Key prefix.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+}
+
+/// The summary of a run.
+pub(crate) struct Summary {
+    total: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Summary {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * (self.latencies.len() as f64)).ceil() as usize;
+        self.latencies[rank.clamp(1, self.latencies.len()) - 1]
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        json!({
+            "requests": self.total,
+            "seconds": self.elapsed.as_secs_f64(),
+            "requests_per_second": self.total as f64 / self.elapsed.as_secs_f64(),
+            "p50_ms": ms(self.percentile(50.0)),
+            "p90_ms": ms(self.percentile(90.0)),
+            "p99_ms": ms(self.percentile(99.0)),
+            "max_ms": ms(self.latencies.last().copied().unwrap_or_default()),
+        })
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1000.0);
+        format!(
+            "requests:  {}\nseconds:   {:.3}\nreq/s:     {:.1}\np50:       {}\np90:       {}\np99:       {}\nmax:       {}",
+            self.total,
+            self.elapsed.as_secs_f64(),
+            self.total as f64 / self.elapsed.as_secs_f64(),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(90.0)),
+            ms(self.percentile(99.0)),
+            ms(self.latencies.last().copied().unwrap_or_default()),
+        )
+    }
+}
+
+/// Runs the benchmark against `endpoints`.
+pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &BenchArgs) -> Result<Summary> {
+    if args.clients == 0 || args.total == 0 {
+        bail!("--clients and --total must be at least 1");
+    }
+    let value = Arc::new(vec![b'x'; args.value_size]);
+    let per_client = args.total.div_ceil(args.clients);
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        // Spread the clients over the endpoints, as etcd's benchmark does.
+        let mut eps = endpoints.to_vec();
+        let shift = i % eps.len();
+        eps.rotate_left(shift);
+        clients.push(Client::new(eps, options.clone())?);
+    }
+    if args.op == Op::Get {
+        // The keys read are written first, outside the measurement.
+        for (c, client) in clients.iter().enumerate() {
+            for n in 0..per_client.min(100) {
+                client.put(key(&args.prefix, c, n), value.as_slice()).await?;
+            }
+        }
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for (c, client) in clients.into_iter().enumerate() {
+        let count = per_client.min(args.total.saturating_sub(c * per_client));
+        let value = value.clone();
+        let prefix = args.prefix.clone();
+        let op = args.op;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(count);
+            for n in 0..count {
+                let t = Instant::now();
+                match op {
+                    Op::Put => client.put(key(&prefix, c, n), value.as_slice()).await.map(|_| ())?,
+                    Op::Get => client.get(key(&prefix, c, n % 100)).await.map(|_| ())?,
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, client::ClientError>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.total);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(Summary { total: latencies.len(), elapsed, latencies })
+}
+
+fn key(prefix: &str, client: usize, n: usize) -> String {
+    format!("{prefix}/{client}/{n}")
+}
