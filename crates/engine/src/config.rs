@@ -106,6 +106,9 @@ impl NodeConfig {
             purge_batch_size: 64,
             install_snapshot_timeout: ms(self.election_timeout).max(1000),
             enable_pre_vote: Some(true),
+            // Replicate entries as soon as they are written to the leader's log, in parallel
+            // with its fsync; commitment still waits for a quorum of fsyncs.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|e| EngineError::Config(format!("invalid Raft settings: {e}")))

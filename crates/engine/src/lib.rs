@@ -15,7 +15,8 @@
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests.
 //!
 //! [`Node::shutdown`] stops in the reverse order: the servers drain in-flight requests
-//! (bounded by `shutdown_grace`), Raft stops, the stores close.
+//! (bounded by `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the
+//! stores close.
 //!
 //! The engine may depend on every crate; nothing depends on it but the binaries.
 
@@ -256,6 +257,16 @@ impl Node {
         tracing::info!(node = %id, "stopping raft");
         self.membership_task.abort();
         let result = self.raft.shutdown().await.map_err(|e| EngineError::Raft(e.to_string()));
+        let sm = self.sm.clone();
+        match tokio::task::spawn_blocking(move || sm.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node = %id, error = %e, "flushing the state machine failed; a restart re-applies from the log")
+            }
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "flushing the state machine failed; a restart re-applies from the log")
+            }
+        }
         let _ = std::fs::remove_file(self.config.node_dir().join(LISTEN_FILE));
         drop(self.raft);
         drop(self.sm);

@@ -5,8 +5,18 @@
 //!   [`Command`]s to the key-value table, keeping per key a `create_index`, a `modify_index`
 //!   (the Raft log index of the write) and a `version` (see [`KeyValue`]).
 //! - Each apply batch is **one** redb write transaction, and the last applied log id and the
-//!   last membership are written in that same transaction as the data. A restart therefore
-//!   resumes from exactly what was applied and never replays the whole log.
+//!   last membership are written in that same transaction as the data, so the stored state
+//!   is always exactly "the log applied up to `last_applied`".
+//! - Apply commits are **not** fsynced one by one: a write is acknowledged once its log
+//!   entry is fsynced on a quorum, and the log, not the state machine, is what makes it
+//!   durable. A commit is made durable at least every [`DURABLE_APPLY_INTERVAL`] and
+//!   whenever the membership changes. After a crash the state machine comes back at its
+//!   last durable commit, a consistent point at most that interval behind, and openraft
+//!   re-applies the committed entries after it from the log (the persisted committed log
+//!   id says how far). Snapshot files are fsynced before they are used, and if the state
+//!   comes back behind the newest snapshot (whose log entries may be purged),
+//!   [`StateMachine::open`] rebuilds it from that snapshot first. So a restart never loses
+//!   an applied entry and never replays more than a short tail of the log.
 //! - Snapshots ([`snapshot`]) are built from one read transaction (a consistent view, while
 //!   writes go on), written to a file with a header, a format version and a CRC32, and
 //!   installed by building a **fresh** database file and swapping it in with an atomic
@@ -32,7 +42,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -59,6 +69,9 @@ const SNAPSHOT_DIR: &str = "snapshots";
 const INCOMING_DIR: &str = "incoming";
 const SNAPSHOT_EXT: &str = "rkvs";
 const PART_EXT: &str = "part";
+
+/// An apply commit is made durable (fsynced) at least this often; the ones between are not.
+pub const DURABLE_APPLY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// While a snapshot is installed, records are committed in batches of about this many bytes,
 /// so the installer's memory stays bounded whatever the snapshot size.
@@ -94,6 +107,8 @@ struct Inner {
     applied: watch::Sender<u64>,
     current: Mutex<Option<CurrentSnapshot>>,
     seq: AtomicU64,
+    /// When an apply commit was last made durable.
+    last_durable: Mutex<Instant>,
 }
 
 #[derive(Clone)]
@@ -150,6 +165,7 @@ impl StateMachine {
                 applied: watch::channel(0).0,
                 current: Mutex::new(current.clone()),
                 seq: AtomicU64::new(0),
+                last_durable: Mutex::new(Instant::now()),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -200,6 +216,17 @@ impl StateMachine {
         self.inner.applied.subscribe()
     }
 
+    /// Makes every applied commit durable now (one fsync). Called on a clean stop, so a
+    /// restart has nothing to re-apply.
+    pub fn flush(&self) -> Result<(), Error> {
+        let db = self.db();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        *self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        Ok(())
+    }
+
     /// Number of keys stored (a full count; for tests and status, not for hot paths).
     pub fn len(&self) -> Result<u64, Error> {
         let db = self.db();
@@ -242,11 +269,17 @@ impl StateMachine {
     }
 
     /// Applies a batch of entries in one write transaction; returns one result per entry.
-    fn apply_batch(db: &Database, entries: &[types::Entry]) -> Result<Vec<CommandResult>, Error> {
+    ///
+    /// The commit is durable (fsynced) only when the last durable one is older than
+    /// [`DURABLE_APPLY_INTERVAL`], or the batch changes the membership; see the crate docs
+    /// for why that is safe.
+    fn apply_batch(&self, db: &Database, entries: &[types::Entry]) -> Result<Vec<CommandResult>, Error> {
         let mut results = Vec::with_capacity(entries.len());
         let Some(last) = entries.last() else { return Ok(results) };
+        let has_membership = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        let durable = has_membership || self.durable_due();
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
         {
             let mut kv = txn.open_table(KV)?;
@@ -264,7 +297,16 @@ impl StateMachine {
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;
+        if durable {
+            *self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        }
         Ok(results)
+    }
+
+    /// Whether the next apply commit should be durable.
+    fn durable_due(&self) -> bool {
+        self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed()
+            >= DURABLE_APPLY_INTERVAL
     }
 
     /// Writes a snapshot of the current state to a new file and makes it current.
@@ -542,7 +584,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let results = self
             .blocking(move |sm| {
                 let db = sm.db();
-                StateMachine::apply_batch(&db, &batch)
+                sm.apply_batch(&db, &batch)
             })
             .await?;
         self.inner.applied.send_replace(last);

@@ -6,10 +6,13 @@
 //! (`tests/suite.rs`).
 //!
 //! # Durability contract
-//! - [`RaftLogStorage::append`] writes every entry of one call in **one** write transaction
-//!   and commits it with `Durability::Immediate` (an fsync) before it reports the entries
-//!   flushed. openraft merges queued appends into one call, so concurrent client writes share
-//!   one fsync: that is group commit.
+//! - [`RaftLogStorage::append`] writes every entry of one call in **one** write transaction,
+//!   committed without an fsync so the entries are readable as soon as the call returns
+//!   (openraft can start replicating them while the leader's own fsync runs). The entries
+//!   are reported flushed only after a flusher thread's `Durability::Immediate` commit,
+//!   which makes every earlier commit durable. openraft merges queued appends into one
+//!   call, and appends that arrive during an fsync share the next one: group commit. A
+//!   write is acknowledged only once a quorum reports it flushed.
 //! - The vote is written with `Durability::Immediate` before the call returns. The committed
 //!   log id is written without an fsync of its own and becomes durable with the next durable
 //!   commit: after a crash it can only be behind, which is safe.
@@ -55,6 +58,9 @@ pub enum Error {
     /// A stored value could not be decoded, or a value could not be encoded.
     #[error("log store codec: {0}")]
     Codec(#[from] codec::CodecError),
+    /// The flusher thread could not be started or has stopped.
+    #[error("log flusher: {0}")]
+    Flusher(String),
     /// A blocking task panicked or was cancelled.
     #[error("log store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -89,6 +95,25 @@ impl From<Error> for io::Error {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Appends waiting for their fsync go to the flusher thread.
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread and the way to feed it. Dropped with the last [`LogStore`] clone: it
+/// then closes the channel and waits for the thread, so the database is closed when the
+/// store is gone.
+struct Flusher {
+    tx: Option<std::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -107,7 +132,14 @@ impl LogStore {
             txn.open_table(META)?;
         }
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (tx, pending) = std::sync::mpsc::channel();
+        let flush_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_loop(&flush_db, &pending))
+            .map_err(|e| Error::Flusher(e.to_string()))?;
+        Ok(Self { db, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) })
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -150,6 +182,38 @@ impl LogStore {
                 Ok(Some(entry.log_id))
             }
             None => Ok(None),
+        }
+    }
+}
+
+/// The flusher thread: waits for appended batches, makes every one written so far durable
+/// with a single empty `Durability::Immediate` commit (which persists all earlier
+/// non-durable commits), then reports each of them flushed. Appends that arrive while it
+/// fsyncs share the next fsync: group commit across `append` calls. It ends when every
+/// [`LogStore`] clone is dropped.
+fn flush_loop(db: &Database, pending: &std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let result = (|| -> Result<(), Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                tracing::trace!(appends = batch.len(), "log appends durable");
+                for cb in batch {
+                    cb.io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log fsync failed");
+                for cb in batch {
+                    cb.io_completed(Err(io::Error::other(e.to_string())));
+                }
+            }
         }
     }
 }
@@ -233,7 +297,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = self
             .blocking(move |db| {
                 let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
+                // Readable at once; the flusher makes it durable before reporting it flushed.
+                txn.set_durability(Durability::None)?;
                 {
                     let mut table = txn.open_table(LOGS)?;
                     for (index, bytes) in &encoded {
@@ -246,8 +311,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await;
         match result {
             Ok(()) => {
-                tracing::trace!(entries = count, "log append durable");
-                callback.io_completed(Ok(()));
+                tracing::trace!(entries = count, "log append written; waiting for its fsync");
+                let sent = match &self.flusher.tx {
+                    Some(tx) => tx.send(callback),
+                    None => Err(std::sync::mpsc::SendError(callback)),
+                };
+                if let Err(std::sync::mpsc::SendError(callback)) = sent {
+                    let err = Error::Flusher("the flusher thread has stopped".into());
+                    callback.io_completed(Err(io::Error::other(err.to_string())));
+                    return Err(err.into());
+                }
                 Ok(())
             }
             Err(e) => {
