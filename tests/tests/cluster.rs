@@ -279,7 +279,7 @@ async fn invalid_timing_fails_at_start_with_a_clear_message() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_forwards_writes_and_reads_to_the_leader() -> TestResult {
+async fn a_follower_forwards_writes_and_serves_linearizable_reads_itself() -> TestResult {
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let follower = &cluster.nodes[(leader + 1) % 3];
@@ -289,7 +289,9 @@ async fn a_follower_forwards_writes_and_reads_to_the_leader() -> TestResult {
     assert_eq!(header.node_id, cluster.nodes[leader].id, "the leader served the forwarded write");
     let got = client.get("fwd").await?;
     assert!(got.found);
-    assert_eq!(got.header.ok_or("no header")?.node_id, cluster.nodes[leader].id);
+    let read = got.header.ok_or("no header")?;
+    assert_eq!(read.node_id, follower.id, "the follower served the linearizable read itself");
+    assert!(read.index >= header.index, "the read reflects the write acknowledged before it");
     let status = client.status().await?;
     assert_eq!(status.state, RaftState::Follower as i32);
     Ok(())

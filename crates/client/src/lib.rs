@@ -15,17 +15,21 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::{AddVoterRequest, AddVoterResponse, StatusRequest, StatusResponse};
 use proto::kv::v1::kv_client::KvClient;
-use proto::kv::v1::{DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse};
+use proto::kv::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
 use tonic::transport::{Channel, Endpoint};
 
 pub use proto::admin::v1::{Member, RaftState, Suffrage};
-pub use proto::kv::v1::KeyValue;
+pub use proto::kv::v1 as kv;
+pub use proto::kv::v1::{Consistency, KeyValue};
 
 /// Metadata key the server sets to `true` when a failed request was certainly not applied.
 const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
@@ -77,11 +81,19 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How many times a retryable failure is retried.
     pub max_retries: u32,
+    /// Give every write without a request id one, so it can be retried safely after a
+    /// failure whose outcome is unknown.
+    pub auto_request_ids: bool,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(2), request_timeout: Duration::from_secs(10), max_retries: 8 }
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_retries: 8,
+            auto_request_ids: true,
+        }
     }
 }
 
@@ -92,6 +104,9 @@ pub struct Client {
     channels: Mutex<HashMap<String, Channel>>,
     preferred: AtomicUsize,
     options: ClientOptions,
+    /// Prefix of the request ids this client assigns.
+    client_id: String,
+    next_request: AtomicU64,
 }
 
 /// Whether the call may be retried after a failure that is not marked retryable.
@@ -101,6 +116,8 @@ enum Kind {
     Read,
     /// A write: retried only when the server says it was not applied.
     Write,
+    /// A write with a request id: retrying it is safe, the server applies it at most once.
+    IdempotentWrite,
 }
 
 impl Client {
@@ -125,6 +142,8 @@ impl Client {
             channels: Mutex::new(HashMap::new()),
             preferred: AtomicUsize::new(0),
             options,
+            client_id: client_id(),
+            next_request: AtomicU64::new(1),
         })
     }
 
@@ -196,7 +215,11 @@ impl Client {
                     if transport {
                         self.forget(&addr);
                     }
-                    let may_retry = marked || (kind == Kind::Read && transport);
+                    // With a request id, an unknown outcome is safe to retry too.
+                    let unknown = matches!(status.code(), tonic::Code::Unknown | tonic::Code::DeadlineExceeded);
+                    let may_retry = marked
+                        || (kind == Kind::Read && transport)
+                        || (kind == Kind::IdempotentWrite && (transport || unknown));
                     if !may_retry || retries >= self.options.max_retries {
                         return Err(ClientError::Status(status));
                     }
@@ -239,10 +262,30 @@ impl Client {
         KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES * 2)
     }
 
+    /// A fresh request id for a write that has none: this client's id and a counter.
+    fn request_id(&self, given: String) -> String {
+        if !given.is_empty() || !self.options.auto_request_ids {
+            return given;
+        }
+        format!("{}-{}", self.client_id, self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// How a write may be retried: like a read when it carries a request id (the server
+    /// answers a retry with the first result), otherwise only when the server says so.
+    fn write_kind(request_id: &str) -> Kind {
+        if request_id.is_empty() { Kind::Write } else { Kind::IdempotentWrite }
+    }
+
     /// Sets `key` to `value`.
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse, ClientError> {
-        let req = PutRequest { key: key.into().into(), value: value.into().into() };
-        self.run(Kind::Write, self.options.request_timeout, |ch, t| {
+        self.put_request(PutRequest { key: key.into().into(), value: value.into().into(), ..Default::default() }).await
+    }
+
+    /// Sends a put with every option (compare-and-set, previous value, request id). Without
+    /// a request id one is assigned when [`ClientOptions::auto_request_ids`] is on.
+    pub async fn put_request(&self, mut req: PutRequest) -> Result<PutResponse, ClientError> {
+        req.request_id = self.request_id(req.request_id);
+        self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).put(Self::request(req, t)).await.map(tonic::Response::into_inner) }
         })
@@ -251,7 +294,11 @@ impl Client {
 
     /// Reads `key` (linearizable).
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<GetResponse, ClientError> {
-        let req = GetRequest { key: key.into().into() };
+        self.get_request(GetRequest { key: key.into().into(), ..Default::default() }).await
+    }
+
+    /// Reads one key at the consistency level the request names.
+    pub async fn get_request(&self, req: GetRequest) -> Result<GetResponse, ClientError> {
         self.run(Kind::Read, self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).get(Self::request(req, t)).await.map(tonic::Response::into_inner) }
@@ -261,10 +308,52 @@ impl Client {
 
     /// Deletes `key`.
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<DeleteResponse, ClientError> {
-        let req = DeleteRequest { key: key.into().into() };
-        self.run(Kind::Write, self.options.request_timeout, |ch, t| {
+        self.delete_request(DeleteRequest { key: key.into().into(), ..Default::default() }).await
+    }
+
+    /// Sends a delete with every option (range or prefix, compare-and-delete, previous
+    /// values, request id).
+    pub async fn delete_request(&self, mut req: DeleteRequest) -> Result<DeleteResponse, ClientError> {
+        req.request_id = self.request_id(req.request_id);
+        self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).delete(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Reads one page of a range.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ClientError> {
+        self.run(Kind::Read, self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { Self::kv(ch).range(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Reads a whole range, following the pages to the end. Each page is read at the
+    /// request's consistency level; pages are not one snapshot (like etcd's paginated get
+    /// without a revision).
+    pub async fn range_all(&self, mut req: RangeRequest) -> Result<Vec<KeyValue>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self.range(req.clone()).await?;
+            out.extend(page.kvs);
+            if !page.more {
+                return Ok(out);
+            }
+            req.key = page.next_key;
+            req.range_end = page.range_end;
+            req.prefix = false;
+        }
+    }
+
+    /// Sends a transaction.
+    pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse, ClientError> {
+        req.request_id = self.request_id(req.request_id);
+        self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { Self::kv(ch).txn(Self::request(req, t)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
@@ -294,6 +383,18 @@ impl Client {
         })
         .await
     }
+}
+
+/// A client id unlikely to repeat: the time and this process's id, hashed.
+fn client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    // RandomState is seeded from the OS per process, so two clients started at the same
+    // nanosecond still differ.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    format!("c{:016x}", h.finish())
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use openraft::async_runtime::WatchReceiver;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::MembershipResolver;
 use serde::Serialize;
-use service::{AdminService, Forwarder, KvService, NodeContext};
+use service::{AdminService, Forwarder, KvService, LeaderContact, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -165,12 +165,14 @@ impl Node {
             bootstrap(&raft, &config.id, me.clone()).await?;
         }
 
+        let leader_contact = Arc::new(LeaderContact::default());
         let ctx = NodeContext {
             id: config.id.clone(),
             raft: raft.clone(),
             sm: sm.clone(),
             resolver: resolver.clone(),
             forwarder: Forwarder::new(),
+            leader_contact: leader_contact.clone(),
         };
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>().await;
@@ -180,7 +182,7 @@ impl Node {
             .build_v1()
             .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
 
-        let raft_svc = RaftService::new(raft.clone(), sm.clone()).into_server();
+        let raft_svc = RaftService::new(raft.clone(), sm.clone(), leader_contact).into_server();
         let mut client_routes = RoutesBuilder::default();
         client_routes
             .add_service(KvService::new(ctx.clone()).into_server())

@@ -26,6 +26,9 @@ pub enum Error {
     /// A snapshot file is malformed, truncated, or fails its checksum. Nothing was applied.
     #[error("snapshot refused: {0}")]
     CorruptSnapshot(String),
+    /// A state the code never produces was met (a bug).
+    #[error("internal invariant broken: {0}")]
+    Invariant(String),
     /// A blocking task panicked or was cancelled.
     #[error("state machine task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

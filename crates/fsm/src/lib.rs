@@ -54,8 +54,9 @@ use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, co
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
-use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, Record};
-pub use types::Command;
+pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
+use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
+pub use types::{Command, KeyValue, RangeOp, RangeResult};
 
 /// A snapshot as openraft sees it: metadata and the file.
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -76,21 +77,6 @@ pub const DURABLE_APPLY_INTERVAL: Duration = Duration::from_millis(500);
 /// While a snapshot is installed, records are committed in batches of about this many bytes,
 /// so the installer's memory stays bounded whatever the snapshot size.
 const INSTALL_BATCH_BYTES: usize = 16 << 20;
-
-/// A key with its value and indexes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyValue {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The value.
-    pub value: Vec<u8>,
-    /// Log index of the put that created the key (since it was last absent).
-    pub create_index: u64,
-    /// Log index of the put that last changed the key.
-    pub modify_index: u64,
-    /// Number of puts since the key was created: 1 after the first.
-    pub version: u64,
-}
 
 /// The key-value state machine. Cheap to clone: clones share one state, so the engine gives
 /// one to openraft and keeps another for reads.
@@ -197,10 +183,17 @@ impl StateMachine {
         let db = self.db();
         let txn = db.begin_read()?;
         let table = txn.open_table(KV)?;
-        match table.get(key)? {
-            Some(rec) => Ok(Some(Record::decode(key, rec.value())?)),
-            None => Ok(None),
-        }
+        store::get(&table, key)
+    }
+
+    /// Reads a range of keys from one consistent view: at most `op.limit` keys (0: no
+    /// limit) and about `max_bytes` of keys and values (always at least one key), with the
+    /// number of keys in the whole range.
+    pub fn range(&self, op: &RangeOp, max_bytes: usize) -> Result<RangeResult, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        store::range(&table, op, max_bytes)
     }
 
     /// The index of the last applied log entry (0 before any).
@@ -281,19 +274,18 @@ impl StateMachine {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
-        {
-            let mut kv = txn.open_table(KV)?;
-            for entry in entries {
-                let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(cmd) => store::apply_command(&mut kv, entry.log_id.index, cmd)?,
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
-                        CommandResult::None
-                    }
-                };
-                results.push(result);
-            }
+        for entry in entries {
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(Command::Write(w)) => {
+                    CommandResult::Write(store::apply_write(&txn, entry.log_id.index, w)?)
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                    CommandResult::None
+                }
+            };
+            results.push(result);
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;
@@ -333,6 +325,11 @@ impl StateMachine {
             for item in kv.iter()? {
                 let (k, v) = item?;
                 writer.record(k.value(), v.value())?;
+            }
+            let requests = txn.open_table(REQUESTS)?;
+            for item in requests.iter()? {
+                let (id, outcome) = item?;
+                writer.request(id.value(), outcome.value())?;
             }
             let out = writer.finish()?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
@@ -418,13 +415,22 @@ impl StateMachine {
                 txn.set_durability(Durability::None)?;
                 {
                     let mut kv = txn.open_table(KV)?;
+                    let mut requests = txn.open_table(REQUESTS)?;
+                    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
                     let mut bytes = 0;
                     while bytes < INSTALL_BATCH_BYTES {
                         match reader.next_record()? {
-                            Some((k, rec)) => {
+                            Some(snapshot::Item::Kv(k, rec)) => {
                                 Record::indexes(&rec)?;
                                 bytes += k.len() + rec.len();
                                 kv.insert(k.as_slice(), rec.as_slice())?;
+                            }
+                            Some(snapshot::Item::Request(id, outcome)) => {
+                                let decoded: types::WriteOutcome = codec::decode(&outcome)
+                                    .map_err(|e| Error::CorruptSnapshot(format!("request {id:?}: {e}")))?;
+                                bytes += id.len() + outcome.len();
+                                requests.insert(id.as_str(), outcome.as_slice())?;
+                                by_index.insert(decoded.index, id.as_str())?;
                             }
                             None => {
                                 done = true;
@@ -527,6 +533,8 @@ fn open_db(path: &Path) -> Result<Database, Error> {
     {
         txn.open_table(KV)?;
         txn.open_table(META)?;
+        txn.open_table(REQUESTS)?;
+        txn.open_table(REQUESTS_BY_INDEX)?;
     }
     txn.commit()?;
     Ok(db)

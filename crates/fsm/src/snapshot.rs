@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! header   magic "RKVSNAP\0" (8 bytes) | format version u32 LE | meta length u32 LE | meta
-//! records  repeated: tag 1 u8 | key length u32 LE | key | record length u32 LE | record
+//! records  repeated: tag u8 | name length u32 LE | name | body length u32 LE | body
 //! end      tag 0 u8 | record count u64 LE | CRC32 (IEEE) u32 LE of every byte before it
 //! ```
 //!
-//! `meta` is the [`codec`]-encoded openraft [`SnapshotMeta`]; a record is the stored form of
-//! a key's value and indexes (see `store.rs`). Records come in key order. Every length is
+//! `meta` is the [`codec`]-encoded openraft [`SnapshotMeta`]. A record with tag 1 is a key
+//! (name) and its stored value and indexes (body, see `store.rs`), in key order; tag 2 is a
+//! remembered request id (name) and the encoded outcome of its write (body), so at-most-once
+//! writes survive a snapshot. Every length is
 //! bounded ([`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_RECORD_LEN`]), so a corrupt file can not
 //! make a reader allocate without limit; the reader never holds more than one record.
 
@@ -32,7 +34,17 @@ pub const MAX_KEY_LEN: u32 = 64 << 10;
 pub const MAX_RECORD_LEN: u32 = 64 << 20;
 
 const TAG_RECORD: u8 = 1;
+const TAG_REQUEST: u8 = 2;
 const TAG_END: u8 = 0;
+
+/// One record of a snapshot.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    /// A key and its stored record.
+    Kv(Vec<u8>, Vec<u8>),
+    /// A request id and the encoded outcome of its write.
+    Request(String, Vec<u8>),
+}
 
 /// A snapshot on disk: the data openraft hands between the state machine and the network.
 ///
@@ -125,22 +137,31 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Appends one key and its stored record.
     pub(crate) fn record(&mut self, key: &[u8], record: &[u8]) -> Result<(), Error> {
-        let key_len = u32::try_from(key.len()).ok().filter(|l| *l <= MAX_KEY_LEN && *l > 0);
-        let rec_len = u32::try_from(record.len()).ok().filter(|l| *l <= MAX_RECORD_LEN);
-        let (Some(key_len), Some(rec_len)) = (key_len, rec_len) else {
+        self.item(TAG_RECORD, key, record)
+    }
+
+    /// Appends one remembered request id and its encoded outcome.
+    pub(crate) fn request(&mut self, id: &str, outcome: &[u8]) -> Result<(), Error> {
+        self.item(TAG_REQUEST, id.as_bytes(), outcome)
+    }
+
+    fn item(&mut self, tag: u8, name: &[u8], body: &[u8]) -> Result<(), Error> {
+        let name_len = u32::try_from(name.len()).ok().filter(|l| *l <= MAX_KEY_LEN && *l > 0);
+        let body_len = u32::try_from(body.len()).ok().filter(|l| *l <= MAX_RECORD_LEN);
+        let (Some(name_len), Some(body_len)) = (name_len, body_len) else {
             return Err(Error::CorruptSnapshot(format!(
-                "key of {} bytes or record of {} bytes is out of bounds",
-                key.len(),
-                record.len()
+                "a name of {} bytes or a body of {} bytes is out of bounds",
+                name.len(),
+                body.len()
             )));
         };
         let out = &mut self.out;
         (|| {
-            out.write_all(&[TAG_RECORD])?;
-            out.write_all(&key_len.to_le_bytes())?;
-            out.write_all(key)?;
-            out.write_all(&rec_len.to_le_bytes())?;
-            out.write_all(record)
+            out.write_all(&[tag])?;
+            out.write_all(&name_len.to_le_bytes())?;
+            out.write_all(name)?;
+            out.write_all(&body_len.to_le_bytes())?;
+            out.write_all(body)
         })()
         .map_err(|e| Error::io("writing snapshot", e))?;
         self.count += 1;
@@ -175,9 +196,6 @@ impl<W: Write> Write for CrcWriter<W> {
         self.inner.flush()
     }
 }
-
-/// One entry of a snapshot file: a key and its stored record (indexes and value).
-pub(crate) type RawRecord = (Vec<u8>, Vec<u8>);
 
 /// Reads a snapshot file, checking every bound, the record count and the checksum.
 pub(crate) struct SnapshotReader<R: Read> {
@@ -216,30 +234,35 @@ impl<R: Read> SnapshotReader<R> {
         Ok(Self { input, crc, count: 0, done: false, meta })
     }
 
-    /// The next (key, record), or `None` after the end marker, whose count and checksum
-    /// have then been verified.
-    pub(crate) fn next_record(&mut self) -> Result<Option<RawRecord>, Error> {
+    /// The next record, or `None` after the end marker, whose count and checksum have then
+    /// been verified.
+    pub(crate) fn next_record(&mut self) -> Result<Option<Item>, Error> {
         if self.done {
             return Ok(None);
         }
         let mut tag = [0u8; 1];
         read_exact(&mut self.input, &mut self.crc, &mut tag, "record tag")?;
         match tag[0] {
-            TAG_RECORD => {
-                let key_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
-                if key_len == 0 || key_len > MAX_KEY_LEN {
-                    return Err(corrupt(format!("key length {key_len} is out of bounds")));
+            TAG_RECORD | TAG_REQUEST => {
+                let name_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
+                if name_len == 0 || name_len > MAX_KEY_LEN {
+                    return Err(corrupt(format!("key length {name_len} is out of bounds")));
                 }
-                let mut key = vec![0u8; key_len as usize];
-                read_exact(&mut self.input, &mut self.crc, &mut key, "key")?;
-                let rec_len = read_u32(&mut self.input, &mut self.crc, "record length")?;
-                if rec_len > MAX_RECORD_LEN {
-                    return Err(corrupt(format!("record length {rec_len} exceeds {MAX_RECORD_LEN}")));
+                let mut name = vec![0u8; name_len as usize];
+                read_exact(&mut self.input, &mut self.crc, &mut name, "key")?;
+                let body_len = read_u32(&mut self.input, &mut self.crc, "record length")?;
+                if body_len > MAX_RECORD_LEN {
+                    return Err(corrupt(format!("record length {body_len} exceeds {MAX_RECORD_LEN}")));
                 }
-                let mut rec = vec![0u8; rec_len as usize];
-                read_exact(&mut self.input, &mut self.crc, &mut rec, "record")?;
+                let mut body = vec![0u8; body_len as usize];
+                read_exact(&mut self.input, &mut self.crc, &mut body, "record")?;
                 self.count += 1;
-                Ok(Some((key, rec)))
+                if tag[0] == TAG_RECORD {
+                    Ok(Some(Item::Kv(name, body)))
+                } else {
+                    let id = String::from_utf8(name).map_err(|_| corrupt("a request id is not UTF-8"))?;
+                    Ok(Some(Item::Request(id, body)))
+                }
             }
             TAG_END => {
                 let mut count = [0u8; 8];
@@ -304,7 +327,7 @@ mod tests {
         w.finish()
     }
 
-    fn read_all(bytes: &[u8]) -> Result<Vec<RawRecord>, Error> {
+    fn read_all(bytes: &[u8]) -> Result<Vec<Item>, Error> {
         let mut r = SnapshotReader::new(bytes)?;
         let mut out = Vec::new();
         while let Some(rec) = r.next_record()? {
@@ -315,9 +338,20 @@ mod tests {
 
     #[test]
     fn round_trip() -> Result<(), Error> {
-        let bytes = sample(&[(b"a", b"1"), (b"\0\xff", b"")])?;
+        let mut w = SnapshotWriter::start(Vec::new(), &SnapshotMeta::default())?;
+        w.record(b"a", b"1")?;
+        w.record(b"\0\xff", b"")?;
+        w.request("req-1", b"outcome")?;
+        let bytes = w.finish()?;
         let recs = read_all(&bytes)?;
-        assert_eq!(recs, vec![(b"a".to_vec(), b"1".to_vec()), (b"\0\xff".to_vec(), vec![])]);
+        assert_eq!(
+            recs,
+            vec![
+                Item::Kv(b"a".to_vec(), b"1".to_vec()),
+                Item::Kv(b"\0\xff".to_vec(), vec![]),
+                Item::Request("req-1".into(), b"outcome".to_vec())
+            ]
+        );
         Ok(())
     }
 

@@ -1,19 +1,34 @@
-//! The state machine's redb tables and the pure logic of applying commands to them.
+//! The state machine's redb tables and the pure logic of applying writes to them.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
-use types::{Command, CommandResult, LogId, StoredMembership, codec};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use types::{
+    Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, LogId, PutOp, RangeOp, RangeResult,
+    StoredMembership, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult, codec,
+};
 
-use crate::{Error, KeyValue};
+use crate::Error;
 
 /// Key → stored record ([`Record`]).
 pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
 /// Named values: [`META_LAST_APPLIED`], [`META_MEMBERSHIP`].
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
+/// Request id → the encoded [`WriteOutcome`] of its first application.
+pub(crate) const REQUESTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("requests");
+/// Log index → request id, to evict the oldest ids first.
+pub(crate) const REQUESTS_BY_INDEX: TableDefinition<'_, u64, &str> = TableDefinition::new("requests_by_index");
 
 /// The log id of the last applied entry, written in the same transaction as its effects.
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
 /// The last membership applied, written in the same transaction as the entry carrying it.
 pub(crate) const META_MEMBERSHIP: &str = "membership";
+
+/// How many request ids are remembered for at-most-once writes. A retry must come before
+/// this many later writes with ids; older ids are forgotten, oldest first.
+pub const MAX_REQUEST_IDS: u64 = 65_536;
+
+/// The largest total of keys and values one transaction's reads return; each read gets what
+/// the earlier ones left, and always at least one key.
+pub const TXN_READ_BUDGET_BYTES: usize = 1 << 20;
 
 /// The stored form of one key: its indexes, then its value.
 ///
@@ -45,35 +60,204 @@ impl Record {
         Ok((word(0), word(1), word(2)))
     }
 
-    pub(crate) fn decode(key: &[u8], rec: &[u8]) -> Result<KeyValue, Error> {
+    pub(crate) fn decode(key: &[u8], rec: &[u8], with_value: bool) -> Result<KeyValue, Error> {
         let (create_index, modify_index, version) = Self::indexes(rec)?;
-        Ok(KeyValue { key: key.to_vec(), value: rec[HEADER..].to_vec(), create_index, modify_index, version })
+        let value = if with_value { rec[HEADER..].to_vec() } else { Vec::new() };
+        Ok(KeyValue { key: key.to_vec(), value, create_index, modify_index, version })
     }
 }
 
-/// Applies one command at log index `index` inside `kv`.
-pub(crate) fn apply_command(
-    kv: &mut Table<'_, &[u8], &[u8]>,
-    index: u64,
-    cmd: &Command,
-) -> Result<CommandResult, Error> {
-    match cmd {
-        Command::Put { key, value } => {
-            let (create, version) = match kv.get(key.as_slice())? {
-                Some(old) => {
-                    let (create, _, version) = Record::indexes(old.value())?;
-                    (create, version + 1)
-                }
-                None => (index, 1),
-            };
-            kv.insert(key.as_slice(), Record::encode(create, index, version, value).as_slice())?;
-            Ok(CommandResult::Put)
+/// Reads one key from any table of the `KV` shape.
+pub(crate) fn get<T: ReadableTable<&'static [u8], &'static [u8]>>(kv: &T, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+    match kv.get(key)? {
+        Some(rec) => Ok(Some(Record::decode(key, rec.value(), true)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a range: at most `limit` keys (0: no limit) and about `max_bytes` of keys and values
+/// (always at least one key), with the count of the whole range.
+pub(crate) fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    kv: &T,
+    op: &RangeOp,
+    max_bytes: usize,
+) -> Result<RangeResult, Error> {
+    let mut result = RangeResult::default();
+    let mut bytes = 0usize;
+    let mut push = |k: &[u8], rec: &[u8], result: &mut RangeResult| -> Result<(), Error> {
+        result.count += 1;
+        if op.count_only {
+            return Ok(());
         }
-        Command::Delete { key } => {
-            let deleted = u64::from(kv.remove(key.as_slice())?.is_some());
-            Ok(CommandResult::Delete { deleted })
+        let full = (op.limit > 0 && result.kvs.len() as u64 >= op.limit) || (!result.kvs.is_empty() && bytes >= max_bytes);
+        if full {
+            result.more = true;
+            return Ok(());
+        }
+        let kv = Record::decode(k, rec, !op.keys_only)?;
+        bytes += kv.key.len() + kv.value.len();
+        result.kvs.push(kv);
+        Ok(())
+    };
+    match &op.range {
+        KeyRange::Key(k) => {
+            if let Some(rec) = kv.get(k.as_slice())? {
+                push(k, rec.value(), &mut result)?;
+            }
+        }
+        KeyRange::Range { start, end } => {
+            let iter = match end {
+                Some(end) if end.as_slice() <= start.as_slice() => return Ok(result),
+                Some(end) => kv.range::<&[u8]>(start.as_slice()..end.as_slice())?,
+                None => kv.range::<&[u8]>(start.as_slice()..)?,
+            };
+            for item in iter {
+                let (k, rec) = item?;
+                push(k.value(), rec.value(), &mut result)?;
+            }
         }
     }
+    Ok(result)
+}
+
+fn precondition(current: Option<&KeyValue>, expect: Option<Expect>, key: &[u8]) -> Option<WriteResult> {
+    let expected = expect?;
+    let holds = match (expected, current) {
+        (Expect::Absent, None) => true,
+        (Expect::ModifyIndex(i), Some(kv)) => kv.modify_index == i,
+        _ => false,
+    };
+    (!holds).then(|| WriteResult::PreconditionFailed {
+        key: key.to_vec(),
+        expected,
+        current_modify_index: current.map_or(0, |kv| kv.modify_index),
+    })
+}
+
+fn put(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, op: &PutOp) -> Result<WriteResult, Error> {
+    let current = get(kv, &op.key)?;
+    if let Some(failed) = precondition(current.as_ref(), op.expect, &op.key) {
+        return Ok(failed);
+    }
+    let (create, version) = current.as_ref().map_or((index, 1), |kv| (kv.create_index, kv.version + 1));
+    kv.insert(op.key.as_slice(), Record::encode(create, index, version, &op.value).as_slice())?;
+    Ok(WriteResult::Put { prev: if op.prev_kv { current } else { None } })
+}
+
+fn delete(kv: &mut Table<'_, &[u8], &[u8]>, op: &DeleteOp) -> Result<WriteResult, Error> {
+    if let (KeyRange::Key(key), Some(_)) = (&op.range, op.expect) {
+        let current = get(kv, key)?;
+        if let Some(failed) = precondition(current.as_ref(), op.expect, key) {
+            return Ok(failed);
+        }
+    }
+    let found = range(kv, &RangeOp { range: op.range.clone(), limit: 0, keys_only: !op.prev_kv, count_only: false }, usize::MAX)?;
+    for k in &found.kvs {
+        kv.remove(k.key.as_slice())?;
+    }
+    let deleted = found.kvs.len() as u64;
+    Ok(WriteResult::Delete { deleted, prev: if op.prev_kv { found.kvs } else { Vec::new() } })
+}
+
+fn compare(kv: &Table<'_, &[u8], &[u8]>, c: &Compare) -> Result<bool, Error> {
+    let current = get(kv, &c.key)?;
+    let ord = |a: u64, b: u64| match c.op {
+        CompareOp::Equal => a == b,
+        CompareOp::NotEqual => a != b,
+        CompareOp::Greater => a > b,
+        CompareOp::Less => a < b,
+    };
+    Ok(match &c.target {
+        CompareTarget::Value(v) => match &current {
+            None => c.op == CompareOp::NotEqual,
+            Some(kv) => match c.op {
+                CompareOp::Equal => kv.value == *v,
+                CompareOp::NotEqual => kv.value != *v,
+                CompareOp::Greater => kv.value > *v,
+                CompareOp::Less => kv.value < *v,
+            },
+        },
+        CompareTarget::ModifyIndex(i) => ord(current.as_ref().map_or(0, |kv| kv.modify_index), *i),
+        CompareTarget::CreateIndex(i) => ord(current.as_ref().map_or(0, |kv| kv.create_index), *i),
+        CompareTarget::Version(v) => ord(current.as_ref().map_or(0, |kv| kv.version), *v),
+        CompareTarget::Exists(e) => match c.op {
+            CompareOp::Equal => current.is_some() == *e,
+            CompareOp::NotEqual => current.is_some() != *e,
+            // Refused by the service; never true here.
+            CompareOp::Greater | CompareOp::Less => false,
+        },
+    })
+}
+
+fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn) -> Result<WriteResult, Error> {
+    let mut succeeded = true;
+    for c in &t.compares {
+        if !compare(kv, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let branch = if succeeded { &t.success } else { &t.failure };
+    let mut results = Vec::with_capacity(branch.len());
+    let mut budget = TXN_READ_BUDGET_BYTES;
+    for op in branch {
+        let r = match op {
+            TxnOp::Put(p) => match put(kv, index, p)? {
+                WriteResult::Put { prev } => TxnOpResult::Put { prev },
+                other => return Err(Error::Invariant(format!("a put answered {other:?}"))),
+            },
+            TxnOp::Delete(d) => match delete(kv, d)? {
+                WriteResult::Delete { deleted, prev } => TxnOpResult::Delete { deleted, prev },
+                other => return Err(Error::Invariant(format!("a delete answered {other:?}"))),
+            },
+            TxnOp::Range(r) => {
+                let found = range(kv, r, budget)?;
+                let used: usize = found.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+                budget = budget.saturating_sub(used);
+                TxnOpResult::Range(found)
+            }
+        };
+        results.push(r);
+    }
+    Ok(WriteResult::Txn { succeeded, results })
+}
+
+/// Applies one client write at log index `index` in `txn`: at most once per request id.
+pub(crate) fn apply_write(txn: &WriteTransaction, index: u64, cmd: &WriteCommand) -> Result<WriteOutcome, Error> {
+    if let Some(id) = &cmd.request_id {
+        let requests = txn.open_table(REQUESTS)?;
+        if let Some(stored) = requests.get(id.as_str())? {
+            let mut outcome: WriteOutcome = codec::decode(stored.value())?;
+            outcome.duplicate = true;
+            return Ok(outcome);
+        }
+    }
+    let result = {
+        let mut kv = txn.open_table(KV)?;
+        match &cmd.op {
+            WriteOp::Put(p) => put(&mut kv, index, p)?,
+            WriteOp::Delete(d) => delete(&mut kv, d)?,
+            WriteOp::Txn(t) => self::txn(&mut kv, index, t)?,
+        }
+    };
+    let outcome = WriteOutcome { index, duplicate: false, result };
+    if let Some(id) = &cmd.request_id {
+        remember_request(txn, id, &outcome)?;
+    }
+    Ok(outcome)
+}
+
+/// Stores a request id's outcome, forgetting the oldest ids beyond [`MAX_REQUEST_IDS`].
+pub(crate) fn remember_request(txn: &WriteTransaction, id: &str, outcome: &WriteOutcome) -> Result<(), Error> {
+    let mut requests = txn.open_table(REQUESTS)?;
+    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
+    requests.insert(id, codec::encode(outcome)?.as_slice())?;
+    by_index.insert(outcome.index, id)?;
+    while by_index.len()? > MAX_REQUEST_IDS {
+        let Some((_, oldest)) = by_index.pop_first()? else { break };
+        requests.remove(oldest.value())?;
+    }
+    Ok(())
 }
 
 /// Records the last applied log id and, when given, the membership, in `txn`.

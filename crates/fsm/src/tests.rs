@@ -3,9 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::entry::RaftEntry;
-use types::{Entry, Membership, NodeId, NodeInfo};
+use types::{
+    Compare, CompareOp, CompareTarget, DeleteOp, Entry, Expect, KeyRange, Membership, NodeId, NodeInfo, PutOp, Txn,
+    TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+};
 
 use super::*;
+use redb::ReadableTableMetadata;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -13,12 +17,33 @@ fn log_id(index: u64) -> LogId {
     LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId::from(1) }, index)
 }
 
+fn write(index: u64, request_id: Option<&str>, op: WriteOp) -> Entry {
+    Entry::new_normal(log_id(index), Command::Write(WriteCommand { request_id: request_id.map(String::from), op }))
+}
+
+fn put_op(key: &[u8], value: &[u8]) -> PutOp {
+    PutOp { key: key.to_vec(), value: value.to_vec(), expect: None, prev_kv: false }
+}
+
 fn put(index: u64, key: &[u8], value: &[u8]) -> Entry {
-    Entry::new_normal(log_id(index), Command::Put { key: key.to_vec(), value: value.to_vec() })
+    write(index, None, WriteOp::Put(put_op(key, value)))
 }
 
 fn del(index: u64, key: &[u8]) -> Entry {
-    Entry::new_normal(log_id(index), Command::Delete { key: key.to_vec() })
+    write(index, None, WriteOp::Delete(DeleteOp { range: KeyRange::Key(key.to_vec()), expect: None, prev_kv: false }))
+}
+
+/// Applies entries in one batch and returns their write outcomes.
+fn apply_results(sm: &StateMachine, entries: &[Entry]) -> Result<Vec<WriteOutcome>, Box<dyn std::error::Error>> {
+    let db = sm.db();
+    let mut out = Vec::new();
+    for r in sm.apply_batch(&db, entries)? {
+        match r {
+            CommandResult::Write(o) => out.push(o),
+            other => return Err(format!("unexpected result {other:?}").into()),
+        }
+    }
+    Ok(out)
 }
 
 async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Result<(), io::Error> {
@@ -131,5 +156,178 @@ async fn reopen_rebuilds_state_behind_its_snapshot() -> TestResult {
     assert_eq!(follower.applied_index(), 2);
     assert_eq!(follower.get(b"b")?.map(|kv| kv.value), Some(b"2".to_vec()));
     drop(snap);
+    Ok(())
+}
+
+fn cas_put(key: &[u8], value: &[u8], expect: Option<Expect>) -> WriteOp {
+    WriteOp::Put(PutOp { key: key.to_vec(), value: value.to_vec(), expect, prev_kv: true })
+}
+
+#[test]
+fn compare_and_set_applies_only_when_the_precondition_holds() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    let r = apply_results(
+        &sm,
+        &[
+            write(1, None, cas_put(b"k", b"1", Some(Expect::Absent))),
+            write(2, None, cas_put(b"k", b"2", Some(Expect::Absent))),
+            write(3, None, cas_put(b"k", b"3", Some(Expect::ModifyIndex(1)))),
+            write(4, None, cas_put(b"k", b"4", Some(Expect::ModifyIndex(1)))),
+        ],
+    )?;
+    assert_eq!(r[0].result, WriteResult::Put { prev: None });
+    assert_eq!(
+        r[1].result,
+        WriteResult::PreconditionFailed { key: b"k".to_vec(), expected: Expect::Absent, current_modify_index: 1 }
+    );
+    assert!(matches!(&r[2].result, WriteResult::Put { prev: Some(kv) } if kv.value == b"1" && kv.modify_index == 1));
+    assert_eq!(
+        r[3].result,
+        WriteResult::PreconditionFailed { key: b"k".to_vec(), expected: Expect::ModifyIndex(1), current_modify_index: 3 }
+    );
+    let kv = sm.get(b"k")?.ok_or("k missing")?;
+    assert_eq!((kv.value.as_slice(), kv.modify_index, kv.version), (&b"3"[..], 3, 2));
+    Ok(())
+}
+
+#[test]
+fn delete_ranges_and_prefixes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    let keys: [&[u8]; 5] = [b"a", b"b/1", b"b/2", b"b\xff", b"c"];
+    let entries: Vec<Entry> = keys.iter().enumerate().map(|(i, k)| put(i as u64 + 1, k, b"v")).collect();
+    apply_results(&sm, &entries)?;
+    let prefix = DeleteOp { range: KeyRange::prefix(b"b/"), expect: None, prev_kv: true };
+    let r = apply_results(&sm, &[write(10, None, WriteOp::Delete(prefix))])?;
+    match &r[0].result {
+        WriteResult::Delete { deleted: 2, prev } => assert_eq!(prev.len(), 2),
+        other => panic!("unexpected {other:?}"),
+    }
+    let rest = DeleteOp { range: KeyRange::Range { start: b"b".to_vec(), end: None }, expect: None, prev_kv: false };
+    let r = apply_results(&sm, &[write(11, None, WriteOp::Delete(rest))])?;
+    assert_eq!(r[0].result, WriteResult::Delete { deleted: 2, prev: vec![] });
+    assert_eq!(sm.len()?, 1);
+    assert!(sm.get(b"a")?.is_some());
+    Ok(())
+}
+
+#[test]
+fn ranges_page_and_count() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    let entries: Vec<Entry> = (0..50u64).map(|i| put(i + 1, format!("k{i:02}").as_bytes(), b"value")).collect();
+    apply_results(&sm, &entries)?;
+    let op = |start: &[u8], limit| RangeOp {
+        range: KeyRange::Range { start: start.to_vec(), end: Some(b"k40".to_vec()) },
+        limit,
+        keys_only: false,
+        count_only: false,
+    };
+    let mut start = b"k".to_vec();
+    let mut seen = Vec::new();
+    loop {
+        let r = sm.range(&op(&start, 7), usize::MAX)?;
+        seen.extend(r.kvs.iter().map(|kv| kv.key.clone()));
+        if !r.more {
+            break;
+        }
+        start = r.kvs.last().ok_or("empty page with more")?.key.clone();
+        start.push(0);
+    }
+    assert_eq!(seen.len(), 40);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let counted = sm.range(&RangeOp { count_only: true, ..op(b"k", 0) }, usize::MAX)?;
+    assert_eq!((counted.count, counted.kvs.len()), (40, 0));
+    let by_bytes = sm.range(&op(b"k", 0), 12)?;
+    assert!(by_bytes.more && by_bytes.kvs.len() == 2, "{} keys", by_bytes.kvs.len());
+    let keys_only = sm.range(&RangeOp { keys_only: true, ..op(b"k", 1) }, usize::MAX)?;
+    assert!(keys_only.kvs[0].value.is_empty() && keys_only.kvs[0].version == 1);
+    Ok(())
+}
+
+#[test]
+fn transactions_pick_a_branch_atomically() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    apply_results(&sm, &[put(1, b"x", b"1")])?;
+    let txn = |value: &[u8]| {
+        WriteOp::Txn(Txn {
+            compares: vec![Compare { key: b"x".to_vec(), op: CompareOp::Equal, target: CompareTarget::Value(value.to_vec()) }],
+            success: vec![
+                TxnOp::Put(put_op(b"x", b"2")),
+                TxnOp::Put(put_op(b"y", b"2")),
+                TxnOp::Range(RangeOp { range: KeyRange::prefix(b""), limit: 0, keys_only: false, count_only: false }),
+            ],
+            failure: vec![TxnOp::Range(RangeOp { range: KeyRange::Key(b"x".to_vec()), limit: 0, keys_only: false, count_only: false })],
+        })
+    };
+    let r = apply_results(&sm, &[write(2, None, txn(b"1")), write(3, None, txn(b"1"))])?;
+    match &r[0].result {
+        WriteResult::Txn { succeeded: true, results } => match &results[2] {
+            TxnOpResult::Range(range) => assert_eq!(range.count, 2, "reads see the branch's earlier writes"),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    match &r[1].result {
+        WriteResult::Txn { succeeded: false, results } => {
+            assert!(matches!(&results[0], TxnOpResult::Range(range) if range.kvs[0].value == b"2"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let missing = WriteOp::Txn(Txn {
+        compares: vec![Compare { key: b"nope".to_vec(), op: CompareOp::Equal, target: CompareTarget::Exists(false) }],
+        success: vec![TxnOp::Put(put_op(b"created", b"1"))],
+        failure: vec![],
+    });
+    let r = apply_results(&sm, &[write(4, None, missing)])?;
+    assert!(matches!(r[0].result, WriteResult::Txn { succeeded: true, .. }));
+    assert!(sm.get(b"created")?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_id_is_applied_once_and_survives_snapshots() -> TestResult {
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut sm = StateMachine::open(d1.path())?;
+    let r = apply_results(
+        &sm,
+        &[
+            write(1, Some("req-1"), WriteOp::Put(put_op(b"k", b"first"))),
+            write(2, Some("req-1"), WriteOp::Put(put_op(b"k", b"second"))),
+        ],
+    )?;
+    assert_eq!((r[0].index, r[0].duplicate), (1, false));
+    assert_eq!((r[1].index, r[1].duplicate), (1, true));
+    assert_eq!(r[1].result, r[0].result);
+    let kv = sm.get(b"k")?.ok_or("k missing")?;
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"first"[..], 1));
+
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+    let mut other = StateMachine::open(d2.path())?;
+    other.install_snapshot(&snap.meta, snap.snapshot).await?;
+    let r = apply_results(&other, &[write(3, Some("req-1"), WriteOp::Put(put_op(b"k", b"third")))])?;
+    assert!(r[0].duplicate, "the id was forgotten by the snapshot");
+    assert_eq!(other.get(b"k")?.map(|kv| kv.value), Some(b"first".to_vec()));
+    Ok(())
+}
+
+#[test]
+fn request_ids_are_bounded() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    let db = sm.db();
+    let txn = db.begin_write()?;
+    for i in 0..(MAX_REQUEST_IDS + 10) {
+        let outcome = WriteOutcome { index: i + 1, duplicate: false, result: WriteResult::Put { prev: None } };
+        store::remember_request(&txn, &format!("id-{i}"), &outcome)?;
+    }
+    txn.commit()?;
+    let read = db.begin_read()?;
+    let requests = read.open_table(REQUESTS)?;
+    assert_eq!(requests.len()?, MAX_REQUEST_IDS);
+    assert!(requests.get("id-0")?.is_none(), "the oldest id is evicted first");
+    assert!(requests.get(format!("id-{}", MAX_REQUEST_IDS + 9).as_str())?.is_some());
     Ok(())
 }

@@ -8,6 +8,8 @@ use types::NodeId;
 pub const LEADER_ID_HEADER: &str = "x-raftkv-leader-id";
 /// Metadata key: the gRPC address of the leader, on `UNAVAILABLE` answers from a non-leader.
 pub const LEADER_ADDR_HEADER: &str = "x-raftkv-leader-addr";
+/// Metadata key: a key's current `modify_index`, on a failed precondition (0: absent).
+pub const CURRENT_INDEX_HEADER: &str = "x-raftkv-current-index";
 /// Metadata key: `true` when the request was certainly not applied and may be retried as
 /// is; `false` otherwise. Clients retry only on `true`.
 pub const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
@@ -41,6 +43,15 @@ pub enum ServiceError {
     /// The request conflicts with the cluster's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A write's precondition (compare-and-set) did not hold when it was applied: nothing
+    /// changed. `current_index` is the key's modify_index now (0 when absent).
+    #[error("{message}")]
+    PreconditionFailed {
+        /// What did not hold.
+        message: String,
+        /// The key's modify_index now.
+        current_index: u64,
+    },
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -73,7 +84,7 @@ impl ServiceError {
             | ServiceError::NoQuorum(_)
             | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::OutcomeUnknown(_) => Code::Unknown,
-            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServiceError::FailedPrecondition(_) | ServiceError::PreconditionFailed { .. } => Code::FailedPrecondition,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
         }
@@ -85,6 +96,11 @@ impl From<ServiceError> for Status {
         let mut status = Status::new(e.code(), e.to_string());
         let md = status.metadata_mut();
         md.insert(RETRYABLE_HEADER, MetadataValue::from_static(if e.retryable() { "true" } else { "false" }));
+        if let ServiceError::PreconditionFailed { current_index, .. } = &e
+            && let Ok(v) = current_index.to_string().parse()
+        {
+            md.insert(CURRENT_INDEX_HEADER, v);
+        }
         if let ServiceError::NotLeader { id, addr } = &e {
             if let Ok(v) = id.as_str().parse() {
                 md.insert(LEADER_ID_HEADER, v);

@@ -1,14 +1,21 @@
 //! The `raftkv.v1.KV` service.
 
+use std::time::Duration;
+
 use linearizable::Consistency;
+use openraft::async_runtime::WatchReceiver;
 use proto::kv::v1::kv_client::KvClient;
 use proto::kv::v1::kv_server::{Kv, KvServer};
 use proto::kv::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest, PutResponse, ResponseHeader,
+    self as pb, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
+use prost::Message;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use types::{Command, CommandResult};
+use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, WriteOp, WriteOutcome, WriteResult};
 
+use crate::convert;
 use crate::forward::{deadline, forward_failed, forwarded_request, may_forward};
 use crate::node::{DEFAULT_REQUEST_TIMEOUT, Routed};
 use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
@@ -17,6 +24,12 @@ use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 #[derive(Debug, Clone)]
 pub struct KvService {
     ctx: NodeContext,
+}
+
+/// What a write request brings besides its operation.
+struct WriteCall {
+    timeout: Duration,
+    forward: bool,
 }
 
 impl KvService {
@@ -34,31 +47,45 @@ impl KvService {
 
     fn header(&self, index: u64) -> ResponseHeader {
         let h = self.ctx.header_info();
-        ResponseHeader { index, node_id: h.node_id, leader_id: h.leader_id, term: h.term }
+        ResponseHeader { index, node_id: h.node_id, leader_id: h.leader_id, term: h.term, ..Default::default() }
+    }
+
+    /// The header of a read served at `level`: for STALE, how far behind it may be.
+    fn read_header(&self, level: Consistency) -> ResponseHeader {
+        let mut header = self.header(self.ctx.sm.applied_index());
+        if level == Consistency::Stale {
+            let m = self.ctx.raft.metrics().borrow_watched().clone();
+            header.stale = true;
+            header.known_committed_index = types::index_of(m.local_committed.as_ref());
+            header.millis_since_leader_contact = if m.state == openraft::ServerState::Leader {
+                0
+            } else {
+                self.ctx.leader_contact.millis_since().unwrap_or(u64::MAX)
+            };
+        }
+        header
+    }
+
+    /// Reads the common parts of a write request's metadata and checks its size.
+    fn write_call<T: Message>(request: &Request<T>) -> Result<WriteCall, ServiceError> {
+        limits::check_request_size(request.get_ref().encoded_len())?;
+        Ok(WriteCall {
+            timeout: deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT),
+            forward: may_forward(request.metadata()),
+        })
     }
 
     /// Connects to the leader; a failure here means nothing was sent.
-    async fn leader_client(
-        &self,
-        id: &types::NodeId,
-        addr: &str,
-        allowed: bool,
-    ) -> Result<KvClient<tonic::transport::Channel>, ServiceError> {
+    async fn leader_client(&self, id: &types::NodeId, addr: &str, allowed: bool) -> Result<KvClient<Channel>, ServiceError> {
         if !allowed {
             return Err(ServiceError::NotLeader { id: id.clone(), addr: Some(addr.to_string()) });
         }
         let ch = self.ctx.forwarder.channel(addr).await.map_err(|e| forward_failed(id, addr, false, true, &e))?;
-        Ok(KvClient::new(ch).max_decoding_message_size(MAX_DECODE_BYTES))
+        Ok(KvClient::new(ch).max_decoding_message_size(MAX_DECODE_BYTES).max_encoding_message_size(MAX_DECODE_BYTES))
     }
 
     /// Returns the leader's answer, or maps a transport failure.
-    fn leader_answer<T>(
-        &self,
-        id: &types::NodeId,
-        addr: &str,
-        write: bool,
-        r: Result<Response<T>, Status>,
-    ) -> Result<Response<T>, Status> {
+    fn leader_answer<T>(&self, id: &types::NodeId, addr: &str, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
         match r {
             Ok(resp) => Ok(resp),
             // An answer from the leader's service (it carries our retryable header) passes
@@ -69,83 +96,154 @@ impl KvService {
             {
                 Err(s)
             }
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
-                let outcome = if write { "; the write's outcome is unknown" } else { "" };
-                Err(ServiceError::DeadlineExceeded(format!("the leader {id} did not answer in time{outcome}")).into())
-            }
+            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => Err(
+                ServiceError::DeadlineExceeded(format!("the leader {id} did not answer in time; the write's outcome is unknown"))
+                    .into(),
+            ),
             Err(s) => {
                 self.ctx.forwarder.forget(addr);
-                Err(forward_failed(id, addr, true, write, &s).into())
+                Err(forward_failed(id, addr, true, true, &s).into())
             }
         }
     }
+
+    /// Proposes a write here; `None` when it must go to the leader (id, address).
+    async fn propose(&self, call: &WriteCall, cmd: WriteCommand) -> Result<Result<WriteOutcome, (types::NodeId, String)>, Status> {
+        match self.ctx.write(Command::Write(cmd), call.timeout).await? {
+            Routed::Done((_, CommandResult::Write(outcome))) => Ok(Ok(outcome)),
+            Routed::Done((index, other)) => {
+                Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}")).into())
+            }
+            Routed::Leader { id, addr } => Ok(Err((id, addr))),
+        }
+    }
+}
+
+/// A failed precondition, as the client sees it.
+fn precondition_failed(key: &[u8], expected: Expect, current: u64) -> ServiceError {
+    let key = String::from_utf8_lossy(key);
+    let message = match (expected, current) {
+        (Expect::Absent, cur) => format!("compare failed: key {key:?} exists (modify_index {cur}); expected it absent"),
+        (Expect::ModifyIndex(e), 0) => format!("compare failed: key {key:?} does not exist; expected modify_index {e}"),
+        (Expect::ModifyIndex(e), cur) => {
+            format!("compare failed: key {key:?} has modify_index {cur}; expected {e}")
+        }
+    };
+    ServiceError::PreconditionFailed { message, current_index: current }
+}
+
+fn consistency(value: i32) -> Result<Consistency, ServiceError> {
+    match pb::Consistency::try_from(value) {
+        Ok(pb::Consistency::Unspecified | pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(pb::Consistency::Lease) => Ok(Consistency::Lease),
+        Ok(pb::Consistency::Stale) => Ok(Consistency::Stale),
+        Err(_) => Err(ServiceError::InvalidArgument(format!(
+            "consistency {value} is not LINEARIZABLE (1), LEASE (2) or STALE (3)"
+        ))),
+    }
+}
+
+fn unexpected(result: &WriteResult) -> Status {
+    ServiceError::Internal(format!("unexpected write result {result:?}")).into()
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
-        let forward = may_forward(request.metadata());
+        let call = Self::write_call(&request)?;
         let req = request.into_inner();
-        limits::check_key(&req.key)?;
-        limits::check_value(&req.value)?;
-        let cmd = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
-        match self.ctx.write(cmd, timeout).await? {
-            Routed::Done((index, _)) => Ok(Response::new(PutResponse { header: Some(self.header(index)) })),
-            Routed::Leader { id, addr } => {
-                let mut client = self.leader_client(&id, &addr, forward).await?;
-                let r = client.put(forwarded_request(req, timeout)).await;
-                self.leader_answer(&id, &addr, true, r)
+        let op = convert::put_op(&req)?;
+        let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Put(op) };
+        match self.propose(&call, cmd).await? {
+            Ok(outcome) => match outcome.result {
+                WriteResult::Put { prev } => Ok(Response::new(PutResponse {
+                    header: Some(self.header(outcome.index)),
+                    prev_kv: prev.map(convert::kv),
+                })),
+                WriteResult::PreconditionFailed { key, expected, current_modify_index } => {
+                    Err(precondition_failed(&key, expected, current_modify_index).into())
+                }
+                other => Err(unexpected(&other)),
+            },
+            Err((id, addr)) => {
+                let mut client = self.leader_client(&id, &addr, call.forward).await?;
+                let r = client.put(forwarded_request(req, call.timeout)).await;
+                self.leader_answer(&id, &addr, r)
             }
         }
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
-        let forward = may_forward(request.metadata());
         let req = request.into_inner();
         limits::check_key(&req.key)?;
-        match self.ctx.read_barrier(Consistency::Linearizable, timeout).await? {
-            Routed::Done(_) => {
-                let index = self.ctx.sm.applied_index();
-                let kv = self.ctx.sm.get(&req.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
-                Ok(Response::new(GetResponse {
-                    header: Some(self.header(index)),
-                    found: kv.is_some(),
-                    kv: kv.map(|kv| KeyValue {
-                        key: kv.key.into(),
-                        value: kv.value.into(),
-                        create_index: kv.create_index,
-                        modify_index: kv.modify_index,
-                        version: kv.version,
-                    }),
-                }))
-            }
-            Routed::Leader { id, addr } => {
-                let mut client = self.leader_client(&id, &addr, forward).await?;
-                let r = client.get(forwarded_request(req, timeout)).await;
-                self.leader_answer(&id, &addr, false, r)
+        let level = consistency(req.consistency)?;
+        self.ctx.read_index(level, timeout).await?;
+        let header = self.read_header(level);
+        let kv = self.ctx.sm.get(&req.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(Response::new(GetResponse { header: Some(header), found: kv.is_some(), kv: kv.map(convert::kv) }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let call = Self::write_call(&request)?;
+        let req = request.into_inner();
+        let op = convert::delete_op(&req)?;
+        let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Delete(op) };
+        match self.propose(&call, cmd).await? {
+            Ok(outcome) => match outcome.result {
+                WriteResult::Delete { deleted, prev } => Ok(Response::new(DeleteResponse {
+                    header: Some(self.header(outcome.index)),
+                    deleted,
+                    prev_kvs: prev.into_iter().map(convert::kv).collect(),
+                })),
+                WriteResult::PreconditionFailed { key, expected, current_modify_index } => {
+                    Err(precondition_failed(&key, expected, current_modify_index).into())
+                }
+                other => Err(unexpected(&other)),
+            },
+            Err((id, addr)) => {
+                let mut client = self.leader_client(&id, &addr, call.forward).await?;
+                let r = client.delete(forwarded_request(req, call.timeout)).await;
+                self.leader_answer(&id, &addr, r)
             }
         }
     }
 
-    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
-        let forward = may_forward(request.metadata());
         let req = request.into_inner();
-        limits::check_key(&req.key)?;
-        match self.ctx.write(Command::Delete { key: req.key.to_vec() }, timeout).await? {
-            Routed::Done((index, result)) => {
-                let deleted = match result {
-                    CommandResult::Delete { deleted } => deleted,
-                    _ => 0,
-                };
-                Ok(Response::new(DeleteResponse { header: Some(self.header(index)), deleted }))
-            }
-            Routed::Leader { id, addr } => {
-                let mut client = self.leader_client(&id, &addr, forward).await?;
-                let r = client.delete(forwarded_request(req, timeout)).await;
-                self.leader_answer(&id, &addr, true, r)
+        let op: RangeOp = convert::range_op(&req)?;
+        let level = consistency(req.consistency)?;
+        self.ctx.read_index(level, timeout).await?;
+        let header = self.read_header(level);
+        let range: KeyRange = op.range.clone();
+        let found = self
+            .ctx
+            .sm
+            .range(&op, limits::MAX_RANGE_PAGE_BYTES)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(Response::new(convert::range_response(found, &range, Some(header))))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let call = Self::write_call(&request)?;
+        let req = request.into_inner();
+        let txn = convert::txn(&req)?;
+        let cmd =
+            WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Txn(txn.clone()) };
+        match self.propose(&call, cmd).await? {
+            Ok(outcome) => match outcome.result {
+                WriteResult::Txn { succeeded, results } => {
+                    let branch = if succeeded { &txn.success } else { &txn.failure };
+                    let responses = branch.iter().zip(results).map(|(op, r)| convert::txn_op_response(op, r)).collect();
+                    Ok(Response::new(TxnResponse { header: Some(self.header(outcome.index)), succeeded, responses }))
+                }
+                other => Err(unexpected(&other)),
+            },
+            Err((id, addr)) => {
+                let mut client = self.leader_client(&id, &addr, call.forward).await?;
+                let r = client.txn(forwarded_request(req, call.timeout)).await;
+                self.leader_answer(&id, &addr, r)
             }
         }
     }

@@ -1,11 +1,14 @@
 //! raftkv's gRPC services: the API boundary.
 //!
 //! # Brief overview
-//! - [`KvService`] (`raftkv.v1.KV`): Put, Get, Delete on bytes keys and values. Writes go
-//!   through Raft; reads are linearizable (ReadIndex on the leader).
+//! - [`KvService`] (`raftkv.v1.KV`): Put, Get, Delete, Range and Txn on bytes keys and
+//!   values, with compare-and-set and at-most-once request ids. Writes go through Raft.
+//!   Reads are linearizable by default, served by the node asked: the leader after a
+//!   ReadIndex round, a follower after fetching the read index from the leader and applying
+//!   that far; `LEASE` and `STALE` are opt-in.
 //! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status, and AddVoter (learner first,
 //!   promoted once caught up).
-//! - Forwarding ([`forward`]): a request that needs the leader is forwarded once to the
+//! - Forwarding ([`forward`]): a write that needs the leader is forwarded once to the
 //!   leader's gRPC address (from the Raft membership; the resolver is the fallback), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
 //!   `UNAVAILABLE` with the leader's id and address in the metadata.
@@ -17,6 +20,7 @@
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+mod convert;
 mod error;
 pub mod forward;
 mod kv;
@@ -24,8 +28,8 @@ pub mod limits;
 mod node;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, members_of};
-pub use error::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
+pub use error::{CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use limits::MAX_DECODE_BYTES;
-pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, NodeContext};
+pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, LeaderContact, NodeContext};

@@ -2,7 +2,8 @@
 //! they share.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fsm::{Raft, StateMachine};
 use linearizable::{BarrierError, Consistency};
@@ -10,6 +11,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
 use types::{Command, CommandResult, NodeId, NodeInfo};
+
+use linearizable::{ReadIndexRequest, ReadIndexResponse};
+use proto::raft::v1::RaftMessage;
+use proto::raft::v1::raft_client::RaftClient;
+use types::codec;
 
 use crate::{Forwarder, ServiceError};
 
@@ -28,8 +34,45 @@ pub struct NodeContext {
     pub sm: StateMachine,
     /// Node id → addresses, used when the leader's address is not in the error itself.
     pub resolver: Arc<dyn Resolver>,
-    /// Channels to other nodes, for forwarding.
+    /// Channels to other nodes, for forwarding and read indexes.
     pub forwarder: Forwarder,
+    /// When this node last heard from a leader (for stale reads' headers).
+    pub leader_contact: Arc<LeaderContact>,
+}
+
+/// When a node last heard from a leader: the Raft transport touches it on every
+/// AppendEntries (heartbeats included), stale reads report how long ago that was.
+#[derive(Debug)]
+pub struct LeaderContact {
+    epoch: Instant,
+    /// Milliseconds since `epoch` plus one; 0 for never.
+    last: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self { epoch: Instant::now(), last: AtomicU64::new(0) }
+    }
+}
+
+impl LeaderContact {
+    /// Records contact from a leader now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last contact, or `None` if there was none.
+    #[must_use]
+    pub fn millis_since(&self) -> Option<u64> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            last => {
+                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                Some(now.saturating_sub(last - 1))
+            }
+        }
+    }
 }
 
 /// Where a request must go.
@@ -152,36 +195,50 @@ impl NodeContext {
         }
     }
 
-    /// Passes the read barrier for `level` here, or says where the read must go. Returns
-    /// the index the read reflects at least.
-    pub(crate) async fn read_barrier(
-        &self,
-        level: Consistency,
-        timeout: Duration,
-    ) -> Result<Routed<u64>, ServiceError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Makes this node ready to serve a read at `level` and returns the index the read will
+    /// reflect at least. On the leader: a ReadIndex round (or the lease). On a follower: the
+    /// read index from the leader over the Raft port, then a wait until this node has
+    /// applied that far. STALE: no check. A node that cannot confirm the read index within
+    /// most of the caller's deadline answers UNAVAILABLE, never stale data.
+    pub(crate) async fn read_index(&self, level: Consistency, timeout: Duration) -> Result<u64, ServiceError> {
+        if level == Consistency::Stale {
+            return Ok(self.sm.applied_index());
+        }
+        // Keep a fifth of the caller's time to answer "unavailable" before its deadline.
+        let deadline = tokio::time::Instant::now() + timeout.mul_f32(0.8);
+        let unavailable = || ServiceError::NoQuorum("could not confirm the read index before the deadline".into());
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
-                return Err(ServiceError::NoLeader);
+                return Err(unavailable());
             }
-            let attempt = tokio::time::timeout(remaining, linearizable::read_barrier(&self.raft, level)).await;
-            let Ok(result) = attempt else {
-                return Err(ServiceError::DeadlineExceeded("the read barrier did not complete in time".into()));
-            };
-            match result {
-                Ok(index) => return Ok(Routed::Done(index)),
-                Err(BarrierError::NotLeader { leader }) => {
-                    let (id, node) = match leader {
-                        Some((id, node)) => (Some(id), node),
-                        None => (None, None),
-                    };
-                    if let Some(Routed::Leader { id, addr }) = self.not_leader(id.clone(), node.as_ref()) {
-                        return Ok(Routed::Leader { id, addr });
-                    }
-                    if let Some(id) = id.filter(|l| *l != self.id) {
+            let local = tokio::time::timeout(remaining, linearizable::read_barrier(&self.raft, level)).await;
+            let Ok(local) = local else { return Err(unavailable()) };
+            match local {
+                Ok(index) => return Ok(index),
+                Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
+                    let Some(raft_addr) = node.map(|n| n.raft_addr).or_else(|| self.resolver.resolve(&id).map(|n| n.raft_addr))
+                    else {
                         return Err(ServiceError::NotLeader { id, addr: None });
+                    };
+                    match self.follower_read_index(&id, &raft_addr, level, remaining).await {
+                        Ok(index) => {
+                            let mut applied = self.sm.subscribe_applied();
+                            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            return match blocking_query::wait_for_index(&mut applied, index, remaining).await {
+                                Ok(_) => Ok(index),
+                                Err(blocking_query::WaitError::Closed) => Err(ServiceError::ShuttingDown),
+                                Err(e) => Err(ServiceError::NoQuorum(format!("this node did not catch up in time: {e}"))),
+                            };
+                        }
+                        // The leader moved on: look again.
+                        Err(ReadIndexFailure::NotLeader) => {
+                            tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+                        }
+                        Err(ReadIndexFailure::Other(e)) => return Err(e),
                     }
+                }
+                Err(BarrierError::NotLeader { .. }) => {
                     self.wait_for_leader(remaining).await;
                     tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
                 }
@@ -191,4 +248,44 @@ impl NodeContext {
             }
         }
     }
+
+    /// Asks the leader at `raft_addr` for a read index.
+    async fn follower_read_index(
+        &self,
+        leader: &NodeId,
+        raft_addr: &str,
+        level: Consistency,
+        timeout: Duration,
+    ) -> Result<u64, ReadIndexFailure> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ReadIndexFailure::Other(ServiceError::NoQuorum(format!(
+                "cannot get a read index from the leader {leader} at {raft_addr}: {e}"
+            )))
+        };
+        let channel = self.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
+        let payload = codec::encode(&ReadIndexRequest { lease: level == Consistency::Lease })
+            .map_err(|e| ReadIndexFailure::Other(ServiceError::Internal(e.to_string())))?;
+        let mut request = tonic::Request::new(RaftMessage { payload: payload.into() });
+        request.set_timeout(timeout);
+        match RaftClient::new(channel).read_index(request).await {
+            Ok(resp) => codec::decode::<ReadIndexResponse>(&resp.into_inner().payload)
+                .map(|r| r.index)
+                .map_err(|e| ReadIndexFailure::Other(ServiceError::Internal(e.to_string()))),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(ReadIndexFailure::NotLeader),
+            Err(s) => {
+                if s.code() == tonic::Code::Unavailable {
+                    self.forwarder.forget(raft_addr);
+                }
+                Err(unreachable(&s.message()))
+            }
+        }
+    }
+}
+
+/// Why a follower got no read index.
+enum ReadIndexFailure {
+    /// The node asked is no longer the leader.
+    NotLeader,
+    /// Anything else, mapped.
+    Other(ServiceError),
 }

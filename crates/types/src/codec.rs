@@ -59,7 +59,11 @@ mod tests {
     #[test]
     fn entries_round_trip() -> Result<(), CodecError> {
         let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: id("a") }, 7);
-        let normal = Entry::new_normal(log_id.clone(), Command::Put { key: b"k\0\xff".to_vec(), value: vec![1, 2] });
+        let put = crate::PutOp { key: b"k\0\xff".to_vec(), value: vec![1, 2], expect: None, prev_kv: false };
+        let normal = Entry::new_normal(
+            log_id.clone(),
+            Command::Write(crate::WriteCommand { request_id: Some("r1".into()), op: crate::WriteOp::Put(put) }),
+        );
         let nodes = BTreeMap::from([
             (id("a"), NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() }),
             (id("b"), NodeInfo::default()),

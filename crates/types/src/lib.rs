@@ -5,7 +5,8 @@
 //! - [`NodeInfo`]: the addresses stored for each member in the Raft membership, so the
 //!   leader's client address is always known without a resolver.
 //! - [`Command`] and [`CommandResult`]: what goes through the Raft log and what applying it
-//!   answers.
+//!   answers; [`kv`] holds the key-value operations they carry (puts and deletes with
+//!   preconditions, ranges, transactions, request ids for at-most-once writes).
 //! - [`TypeConfig`]: the openraft type configuration binding these together, and aliases
 //!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
@@ -16,10 +17,15 @@
 
 pub mod codec;
 mod ids;
+pub mod kv;
 
 use serde::{Deserialize, Serialize};
 
 pub use ids::{InvalidNodeId, NodeId};
+pub use kv::{
+    Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, PutOp, RangeOp, RangeResult, Txn, TxnOp,
+    TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+};
 
 /// The addresses of one member, stored in the Raft membership.
 ///
@@ -45,27 +51,24 @@ impl std::fmt::Display for NodeInfo {
 /// still decode (postcard encodes the variant by its position).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Set `key` to `value`.
-    Put {
-        /// The key; never empty.
-        key: Vec<u8>,
-        /// The new value; may be empty.
-        value: Vec<u8>,
-    },
-    /// Remove `key` if it exists.
-    Delete {
-        /// The key; never empty.
-        key: Vec<u8>,
-    },
+    /// A client write: put, delete or transaction, with an optional request id.
+    Write(WriteCommand),
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Put { key, value } => {
-                write!(f, "put key_len={} value_len={}", key.len(), value.len())
+            Command::Write(w) => {
+                let op = match &w.op {
+                    WriteOp::Put(p) => format!("put key_len={} value_len={}", p.key.len(), p.value.len()),
+                    WriteOp::Delete(_) => "delete".to_string(),
+                    WriteOp::Txn(t) => format!("txn compares={} success={} failure={}", t.compares.len(), t.success.len(), t.failure.len()),
+                };
+                match &w.request_id {
+                    Some(id) => write!(f, "{op} request_id={id}"),
+                    None => f.write_str(&op),
+                }
             }
-            Command::Delete { key } => write!(f, "delete key_len={}", key.len()),
         }
     }
 }
@@ -76,13 +79,8 @@ pub enum CommandResult {
     /// A blank or membership entry: nothing to report.
     #[default]
     None,
-    /// A put was applied.
-    Put,
-    /// A delete was applied; `deleted` is 0 when the key did not exist.
-    Delete {
-        /// Number of keys removed: 0 or 1.
-        deleted: u64,
-    },
+    /// A client write.
+    Write(WriteOutcome),
 }
 
 openraft::declare_raft_types!(

@@ -1,6 +1,10 @@
 //! The server side of the Raft transport: each handler decodes, calls openraft, encodes.
 
+use std::sync::Arc;
+
 use fsm::{Raft, Snapshot, StateMachine};
+use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
+use service::LeaderContact;
 use proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{RaftMessage, SnapshotChunk};
@@ -16,14 +20,15 @@ use super::MAX_RAFT_MESSAGE_BYTES;
 pub struct RaftService {
     raft: Raft,
     sm: StateMachine,
+    leader_contact: Arc<LeaderContact>,
 }
 
 impl RaftService {
     /// The service over this node's Raft and state machine (snapshots are received into
     /// the state machine's directory).
     #[must_use]
-    pub fn new(raft: Raft, sm: StateMachine) -> Self {
-        Self { raft, sm }
+    pub fn new(raft: Raft, sm: StateMachine, leader_contact: Arc<LeaderContact>) -> Self {
+        Self { raft, sm, leader_contact }
     }
 
     /// The tonic server, with the Raft message size limit.
@@ -54,6 +59,7 @@ fn stopped(e: impl std::fmt::Display) -> Status {
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode("append-entries request", &request.into_inner().payload)?;
+        self.leader_contact.touch();
         encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
     }
 
@@ -70,6 +76,17 @@ impl RaftRpc for RaftService {
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode("transfer-leader request", &request.into_inner().payload)?;
         encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
+    }
+
+    async fn read_index(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: ReadIndexRequest = decode("read-index request", &request.into_inner().payload)?;
+        let level = if req.lease { Consistency::Lease } else { Consistency::Linearizable };
+        match linearizable::leader_read_index(&self.raft, level).await {
+            Ok(index) => encode(&ReadIndexResponse { index }),
+            Err(BarrierError::NotLeader { .. }) => Err(Status::failed_precondition("not the leader")),
+            Err(BarrierError::NoQuorum(e)) => Err(Status::unavailable(format!("no quorum: {e}"))),
+            Err(e) => Err(stopped(e)),
+        }
     }
 
     async fn install_snapshot(

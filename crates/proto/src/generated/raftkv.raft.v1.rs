@@ -190,6 +190,22 @@ pub mod raft_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "InstallSnapshot"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// A follower asks the leader for a read index (linearizable::ReadIndexRequest →
+        /// linearizable::ReadIndexResponse). Not the leader: FAILED_PRECONDITION.
+        pub async fn read_index(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RaftMessage>,
+        ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/ReadIndex");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "ReadIndex"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -219,6 +235,12 @@ pub mod raft_server {
         async fn install_snapshot(
             &self,
             request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
+        ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status>;
+        /// A follower asks the leader for a read index (linearizable::ReadIndexRequest →
+        /// linearizable::ReadIndexResponse). Not the leader: FAILED_PRECONDITION.
+        async fn read_index(
+            &self,
+            request: tonic::Request<super::RaftMessage>,
         ) -> std::result::Result<tonic::Response<super::RaftMessage>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -430,6 +452,34 @@ pub mod raft_server {
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
                             .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.raft.v1.Raft/ReadIndex" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReadIndexSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::UnaryService<super::RaftMessage> for ReadIndexSvc<T> {
+                        type Response = super::RaftMessage;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::RaftMessage>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Raft>::read_index(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReadIndexSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

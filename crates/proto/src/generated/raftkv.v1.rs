@@ -15,6 +15,16 @@ pub struct ResponseHeader {
     /// The Raft term of the serving node.
     #[prost(uint64, tag = "4")]
     pub term: u64,
+    /// For STALE reads: the commit index the serving node knows; `index` may be behind it.
+    #[prost(uint64, tag = "5")]
+    pub known_committed_index: u64,
+    /// For STALE reads on a follower: milliseconds since it last heard from a leader (the
+    /// data may miss writes made since then); 0 on the leader.
+    #[prost(uint64, tag = "6")]
+    pub millis_since_leader_contact: u64,
+    /// True when the read was served without any freshness check (STALE).
+    #[prost(bool, tag = "7")]
+    pub stale: bool,
 }
 /// A key, its value and its indexes.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -29,7 +39,7 @@ pub struct KeyValue {
     /// Log index of the write that last changed the key.
     #[prost(uint64, tag = "4")]
     pub modify_index: u64,
-    /// Number of writes to the key since it was created; 1 after the first put.
+    /// Number of writes to the key since it was created; 1 after the first.
     #[prost(uint64, tag = "5")]
     pub version: u64,
 }
@@ -41,16 +51,34 @@ pub struct PutRequest {
     /// At most 1 MiB; may be empty.
     #[prost(bytes = "bytes", tag = "2")]
     pub value: ::prost::bytes::Bytes,
+    /// Compare-and-set: apply only if the key exists with this modify_index.
+    #[prost(uint64, optional, tag = "3")]
+    pub expected_modify_index: ::core::option::Option<u64>,
+    /// Apply only if the key does not exist. Exclusive with expected_modify_index.
+    #[prost(bool, tag = "4")]
+    pub if_absent: bool,
+    /// Return the key's previous value and indexes.
+    #[prost(bool, tag = "5")]
+    pub prev_kv: bool,
+    /// At-most-once: a retry with the same id (1 to 128 bytes) is not applied again; the
+    /// first answer is returned. Ids are remembered for the last 65,536 writes that had one.
+    #[prost(string, tag = "6")]
+    pub request_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PutResponse {
     #[prost(message, optional, tag = "1")]
     pub header: ::core::option::Option<ResponseHeader>,
+    /// The previous key-value, when asked for and the key existed.
+    #[prost(message, optional, tag = "2")]
+    pub prev_kv: ::core::option::Option<KeyValue>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetRequest {
     #[prost(bytes = "bytes", tag = "1")]
     pub key: ::prost::bytes::Bytes,
+    #[prost(enumeration = "Consistency", tag = "2")]
+    pub consistency: i32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetResponse {
@@ -66,14 +94,236 @@ pub struct GetResponse {
 pub struct DeleteRequest {
     #[prost(bytes = "bytes", tag = "1")]
     pub key: ::prost::bytes::Bytes,
+    /// See the range convention at the top of this file.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub range_end: ::prost::bytes::Bytes,
+    #[prost(bool, tag = "3")]
+    pub prefix: bool,
+    /// Compare-and-delete (a single key only): delete only if its modify_index is this.
+    #[prost(uint64, optional, tag = "4")]
+    pub expected_modify_index: ::core::option::Option<u64>,
+    /// Return the deleted keys with their values.
+    #[prost(bool, tag = "5")]
+    pub prev_kv: bool,
+    /// At-most-once, as in PutRequest.
+    #[prost(string, tag = "6")]
+    pub request_id: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DeleteResponse {
     #[prost(message, optional, tag = "1")]
     pub header: ::core::option::Option<ResponseHeader>,
-    /// How many keys were deleted: 0 or 1.
+    /// How many keys were deleted.
     #[prost(uint64, tag = "2")]
     pub deleted: u64,
+    /// The deleted keys, when asked for.
+    #[prost(message, repeated, tag = "3")]
+    pub prev_kvs: ::prost::alloc::vec::Vec<KeyValue>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RangeRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
+    /// See the range convention at the top of this file.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub range_end: ::prost::bytes::Bytes,
+    #[prost(bool, tag = "3")]
+    pub prefix: bool,
+    /// At most this many keys; 0 means no limit. A page also ends at about 1 MiB.
+    #[prost(uint64, tag = "4")]
+    pub limit: u64,
+    /// Leave values out.
+    #[prost(bool, tag = "5")]
+    pub keys_only: bool,
+    /// Only count the keys.
+    #[prost(bool, tag = "6")]
+    pub count_only: bool,
+    #[prost(enumeration = "Consistency", tag = "7")]
+    pub consistency: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RangeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub kvs: ::prost::alloc::vec::Vec<KeyValue>,
+    /// How many keys the whole range holds.
+    #[prost(uint64, tag = "3")]
+    pub count: u64,
+    /// More keys remain: ask again with key = next_key and range_end as below.
+    #[prost(bool, tag = "4")]
+    pub more: bool,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub next_key: ::prost::bytes::Bytes,
+    /// The range's end as resolved (from `prefix`), to continue with.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub range_end: ::prost::bytes::Bytes,
+}
+/// A condition on one key's state.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Compare {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
+    #[prost(enumeration = "compare::Result", tag = "2")]
+    pub result: i32,
+    /// What the key's state is compared with. A missing key has modify_index, create_index
+    /// and version 0, and no value (only NOT_EQUAL holds). `exists` takes EQUAL or NOT_EQUAL.
+    #[prost(oneof = "compare::Target", tags = "3, 4, 5, 6, 7")]
+    pub target: ::core::option::Option<compare::Target>,
+}
+/// Nested message and enum types in `Compare`.
+pub mod compare {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Result {
+        Equal = 0,
+        NotEqual = 1,
+        Greater = 2,
+        Less = 3,
+    }
+    impl Result {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Equal => "EQUAL",
+                Self::NotEqual => "NOT_EQUAL",
+                Self::Greater => "GREATER",
+                Self::Less => "LESS",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "EQUAL" => Some(Self::Equal),
+                "NOT_EQUAL" => Some(Self::NotEqual),
+                "GREATER" => Some(Self::Greater),
+                "LESS" => Some(Self::Less),
+                _ => None,
+            }
+        }
+    }
+    /// What the key's state is compared with. A missing key has modify_index, create_index
+    /// and version 0, and no value (only NOT_EQUAL holds). `exists` takes EQUAL or NOT_EQUAL.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Target {
+        #[prost(bytes, tag = "3")]
+        Value(::prost::bytes::Bytes),
+        #[prost(uint64, tag = "4")]
+        ModifyIndex(u64),
+        #[prost(uint64, tag = "5")]
+        CreateIndex(u64),
+        #[prost(uint64, tag = "6")]
+        Version(u64),
+        #[prost(bool, tag = "7")]
+        Exists(bool),
+    }
+}
+/// One operation of a transaction branch. Puts and deletes may not carry their own
+/// preconditions or request ids (use compares and the TxnRequest's id); a range's
+/// consistency is ignored (the transaction is applied in log order).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestOp {
+    #[prost(oneof = "request_op::Request", tags = "1, 2, 3")]
+    pub request: ::core::option::Option<request_op::Request>,
+}
+/// Nested message and enum types in `RequestOp`.
+pub mod request_op {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Request {
+        #[prost(message, tag = "1")]
+        Put(super::PutRequest),
+        #[prost(message, tag = "2")]
+        Delete(super::DeleteRequest),
+        #[prost(message, tag = "3")]
+        Range(super::RangeRequest),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ResponseOp {
+    #[prost(oneof = "response_op::Response", tags = "1, 2, 3")]
+    pub response: ::core::option::Option<response_op::Response>,
+}
+/// Nested message and enum types in `ResponseOp`.
+pub mod response_op {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Response {
+        #[prost(message, tag = "1")]
+        Put(super::PutResponse),
+        #[prost(message, tag = "2")]
+        Delete(super::DeleteResponse),
+        #[prost(message, tag = "3")]
+        Range(super::RangeResponse),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TxnRequest {
+    /// All must hold for `success` to run; otherwise `failure` runs.
+    #[prost(message, repeated, tag = "1")]
+    pub compare: ::prost::alloc::vec::Vec<Compare>,
+    #[prost(message, repeated, tag = "2")]
+    pub success: ::prost::alloc::vec::Vec<RequestOp>,
+    #[prost(message, repeated, tag = "3")]
+    pub failure: ::prost::alloc::vec::Vec<RequestOp>,
+    /// At-most-once, as in PutRequest.
+    #[prost(string, tag = "4")]
+    pub request_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TxnResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<ResponseHeader>,
+    /// Whether the compares held.
+    #[prost(bool, tag = "2")]
+    pub succeeded: bool,
+    /// One response per operation of the branch that ran (their headers are unset).
+    #[prost(message, repeated, tag = "3")]
+    pub responses: ::prost::alloc::vec::Vec<ResponseOp>,
+}
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Consistency {
+    /// The default: linearizable.
+    Unspecified = 0,
+    /// Reflects every write acknowledged before the read began. The leader confirms its
+    /// leadership with a quorum (ReadIndex); a follower gets the read index from the leader
+    /// and serves the read itself once it has applied that far.
+    Linearizable = 1,
+    /// Like LINEARIZABLE, but the leader skips the quorum round while its lease holds (it
+    /// heard from a quorum within the election timeout). Assumes clocks advance at about the
+    /// same rate on every node (bounded drift); a leader paused or with a fast clock could
+    /// serve a stale value. Opt-in.
+    Lease = 2,
+    /// Whatever the answering node has applied, with no check; the header says how far
+    /// behind it may be.
+    Stale = 3,
+}
+impl Consistency {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CONSISTENCY_UNSPECIFIED",
+            Self::Linearizable => "CONSISTENCY_LINEARIZABLE",
+            Self::Lease => "CONSISTENCY_LEASE",
+            Self::Stale => "CONSISTENCY_STALE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CONSISTENCY_UNSPECIFIED" => Some(Self::Unspecified),
+            "CONSISTENCY_LINEARIZABLE" => Some(Self::Linearizable),
+            "CONSISTENCY_LEASE" => Some(Self::Lease),
+            "CONSISTENCY_STALE" => Some(Self::Stale),
+            _ => None,
+        }
+    }
 }
 /// Generated client implementations.
 pub mod kv_client {
@@ -157,7 +407,8 @@ pub mod kv_client {
             self
         }
         /// Put sets the value of a key. It returns after the write is committed on a quorum,
-        /// fsynced, and applied on the node that answers.
+        /// fsynced, and applied on the node that answers. A failed precondition answers
+        /// FAILED_PRECONDITION with the key's current modify_index.
         pub async fn put(
             &mut self,
             request: impl tonic::IntoRequest<super::PutRequest>,
@@ -172,7 +423,7 @@ pub mod kv_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Put"));
             self.inner.unary(req, path, codec).await
         }
-        /// Get reads one key. Linearizable: it reflects every write acknowledged before it.
+        /// Get reads one key, linearizable unless asked otherwise.
         pub async fn get(
             &mut self,
             request: impl tonic::IntoRequest<super::GetRequest>,
@@ -187,7 +438,7 @@ pub mod kv_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Get"));
             self.inner.unary(req, path, codec).await
         }
-        /// Delete removes a key. Deleting a missing key is not an error: `deleted` is 0.
+        /// Delete removes a key or a range. Deleting nothing is not an error: `deleted` is 0.
         pub async fn delete(
             &mut self,
             request: impl tonic::IntoRequest<super::DeleteRequest>,
@@ -202,6 +453,36 @@ pub mod kv_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Delete"));
             self.inner.unary(req, path, codec).await
         }
+        /// Range reads a range of keys, in key order, a page at a time.
+        pub async fn range(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RangeRequest>,
+        ) -> std::result::Result<tonic::Response<super::RangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.v1.KV/Range");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Range"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Txn applies one branch of operations atomically, chosen by comparing keys' state.
+        pub async fn txn(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TxnRequest>,
+        ) -> std::result::Result<tonic::Response<super::TxnResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.v1.KV/Txn");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Txn"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -212,21 +493,32 @@ pub mod kv_server {
     #[async_trait]
     pub trait Kv: std::marker::Send + std::marker::Sync + 'static {
         /// Put sets the value of a key. It returns after the write is committed on a quorum,
-        /// fsynced, and applied on the node that answers.
+        /// fsynced, and applied on the node that answers. A failed precondition answers
+        /// FAILED_PRECONDITION with the key's current modify_index.
         async fn put(
             &self,
             request: tonic::Request<super::PutRequest>,
         ) -> std::result::Result<tonic::Response<super::PutResponse>, tonic::Status>;
-        /// Get reads one key. Linearizable: it reflects every write acknowledged before it.
+        /// Get reads one key, linearizable unless asked otherwise.
         async fn get(
             &self,
             request: tonic::Request<super::GetRequest>,
         ) -> std::result::Result<tonic::Response<super::GetResponse>, tonic::Status>;
-        /// Delete removes a key. Deleting a missing key is not an error: `deleted` is 0.
+        /// Delete removes a key or a range. Deleting nothing is not an error: `deleted` is 0.
         async fn delete(
             &self,
             request: tonic::Request<super::DeleteRequest>,
         ) -> std::result::Result<tonic::Response<super::DeleteResponse>, tonic::Status>;
+        /// Range reads a range of keys, in key order, a page at a time.
+        async fn range(
+            &self,
+            request: tonic::Request<super::RangeRequest>,
+        ) -> std::result::Result<tonic::Response<super::RangeResponse>, tonic::Status>;
+        /// Txn applies one branch of operations atomically, chosen by comparing keys' state.
+        async fn txn(
+            &self,
+            request: tonic::Request<super::TxnRequest>,
+        ) -> std::result::Result<tonic::Response<super::TxnResponse>, tonic::Status>;
     }
     /// The key-value service. Any node serves it: writes, and reads that need the leader,
     /// are forwarded to the leader once.
@@ -375,6 +667,62 @@ pub mod kv_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.v1.KV/Range" => {
+                    #[allow(non_camel_case_types)]
+                    struct RangeSvc<T: Kv>(pub Arc<T>);
+                    impl<T: Kv> tonic::server::UnaryService<super::RangeRequest> for RangeSvc<T> {
+                        type Response = super::RangeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::RangeRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Kv>::range(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RangeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.v1.KV/Txn" => {
+                    #[allow(non_camel_case_types)]
+                    struct TxnSvc<T: Kv>(pub Arc<T>);
+                    impl<T: Kv> tonic::server::UnaryService<super::TxnRequest> for TxnSvc<T> {
+                        type Response = super::TxnResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::TxnRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Kv>::txn(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TxnSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
