@@ -147,6 +147,20 @@ impl NodeProc {
         }
     }
 
+    /// SIGSTOP by PID: the process stops answering (as if cut off) until [`NodeProc::resume`].
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg("-STOP").arg(pid.to_string()).status();
+        }
+    }
+
+    /// SIGCONT by PID.
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+        }
+    }
+
     /// SIGTERM by PID, wait up to 15 s for a clean exit (then SIGKILL). Returns whether the
     /// node exited successfully on its own.
     pub fn stop(&mut self) -> bool {
@@ -194,6 +208,8 @@ impl NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // A paused process dies from SIGKILL too; resume first anyway so nothing lingers.
+        self.resume();
         self.kill();
     }
 }

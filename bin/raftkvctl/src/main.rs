@@ -32,6 +32,11 @@ struct Cli {
     #[arg(long = "command-timeout", default_value = "10s", value_parser = parse_duration, global = true)]
     command_timeout: Duration,
 
+    /// Ask nodes not to forward to the leader: a follower answers with the leader's
+    /// address instead, and raftkvctl goes there itself.
+    #[arg(long = "no-forward", global = true)]
+    no_forward: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -187,7 +192,8 @@ fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()
 }
 
 async fn execute(cli: &Cli) -> Result<Outcome> {
-    let options = ClientOptions { request_timeout: cli.command_timeout, ..ClientOptions::default() };
+    let options =
+        ClientOptions { request_timeout: cli.command_timeout, no_forward: cli.no_forward, ..ClientOptions::default() };
     let client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
     let mut out = std::io::stdout().lock();
     let json = cli.output == Output::Json;

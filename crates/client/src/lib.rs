@@ -33,6 +33,8 @@ pub use proto::kv::v1::{Consistency, KeyValue};
 
 /// Metadata key the server sets to `true` when a failed request was certainly not applied.
 const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
+/// Metadata key asking a node not to forward to the leader.
+const NO_FORWARD_HEADER: &str = "x-raftkv-no-forward";
 /// Metadata key with the leader's gRPC address on a not-leader answer.
 const LEADER_ADDR_HEADER: &str = "x-raftkv-leader-addr";
 /// The largest message the client decodes (the server's decode limit).
@@ -84,6 +86,9 @@ pub struct ClientOptions {
     /// Give every write without a request id one, so it can be retried safely after a
     /// failure whose outcome is unknown.
     pub auto_request_ids: bool,
+    /// Ask nodes not to forward to the leader: a follower then answers with the leader's
+    /// address, and the client goes there itself.
+    pub no_forward: bool,
 }
 
 impl Default for ClientOptions {
@@ -93,6 +98,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             max_retries: 8,
             auto_request_ids: true,
+            no_forward: false,
         }
     }
 }
@@ -252,9 +258,12 @@ impl Client {
         }
     }
 
-    fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    fn request<T>(message: T, timeout: Duration, no_forward: bool) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         r.set_timeout(timeout);
+        if no_forward {
+            r.metadata_mut().insert(NO_FORWARD_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+        }
         r
     }
 
@@ -285,9 +294,10 @@ impl Client {
     /// a request id one is assigned when [`ClientOptions::auto_request_ids`] is on.
     pub async fn put_request(&self, mut req: PutRequest) -> Result<PutResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
+        let nf = self.options.no_forward;
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
-            async move { Self::kv(ch).put(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { Self::kv(ch).put(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
@@ -299,9 +309,10 @@ impl Client {
 
     /// Reads one key at the consistency level the request names.
     pub async fn get_request(&self, req: GetRequest) -> Result<GetResponse, ClientError> {
+        let nf = self.options.no_forward;
         self.run(Kind::Read, self.options.request_timeout, |ch, t| {
             let req = req.clone();
-            async move { Self::kv(ch).get(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { Self::kv(ch).get(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
@@ -315,18 +326,20 @@ impl Client {
     /// values, request id).
     pub async fn delete_request(&self, mut req: DeleteRequest) -> Result<DeleteResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
+        let nf = self.options.no_forward;
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
-            async move { Self::kv(ch).delete(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { Self::kv(ch).delete(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
 
     /// Reads one page of a range.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ClientError> {
+        let nf = self.options.no_forward;
         self.run(Kind::Read, self.options.request_timeout, |ch, t| {
             let req = req.clone();
-            async move { Self::kv(ch).range(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { Self::kv(ch).range(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
@@ -351,17 +364,19 @@ impl Client {
     /// Sends a transaction.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
+        let nf = self.options.no_forward;
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
-            async move { Self::kv(ch).txn(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { Self::kv(ch).txn(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }
 
     /// The status of the first reachable endpoint.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let nf = self.options.no_forward;
         self.run(Kind::Read, self.options.request_timeout, |ch, t| async move {
-            AdminClient::new(ch).status(Self::request(StatusRequest {}, t)).await.map(tonic::Response::into_inner)
+            AdminClient::new(ch).status(Self::request(StatusRequest {}, t, nf)).await.map(tonic::Response::into_inner)
         })
         .await
     }
@@ -377,9 +392,10 @@ impl Client {
     ) -> Result<AddVoterResponse, ClientError> {
         let req = AddVoterRequest { id: id.into(), raft_addr: raft_addr.into(), grpc_addr: grpc_addr.into() };
         // Adding a voter is idempotent, so it may be retried like a read.
+        let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
-            async move { AdminClient::new(ch).add_voter(Self::request(req, t)).await.map(tonic::Response::into_inner) }
+            async move { AdminClient::new(ch).add_voter(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }

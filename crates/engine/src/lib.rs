@@ -297,6 +297,7 @@ fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(tower::util::MapResponseLayer::new(reword_decode_limit))
         .add_routes(routes.routes());
     tokio::spawn(async move {
         server
@@ -305,6 +306,18 @@ fn serve(
             })
             .await
     })
+}
+
+/// Answers a message over the gRPC decode limit like every other limit: `INVALID_ARGUMENT`
+/// naming the limit (tonic says `OUT_OF_RANGE`). The error is in the headers of a
+/// trailers-only response, so rewriting them is enough.
+fn reword_decode_limit<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    if let Some(status) = tonic::Status::from_header_map(resp.headers())
+        && let Some((code, message)) = service::limits::decode_limit_status(status.code(), status.message())
+    {
+        let _ = tonic::Status::new(code, message).add_header(resp.headers_mut());
+    }
+    resp
 }
 
 /// Starts a one-node cluster of this node, unless it already has state.

@@ -54,8 +54,8 @@ use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, co
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
-pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
 use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
+pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
 pub use types::{Command, KeyValue, RangeOp, RangeResult};
 
 /// A snapshot as openraft sees it: metadata and the file.

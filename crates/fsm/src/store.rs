@@ -68,7 +68,10 @@ impl Record {
 }
 
 /// Reads one key from any table of the `KV` shape.
-pub(crate) fn get<T: ReadableTable<&'static [u8], &'static [u8]>>(kv: &T, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+pub(crate) fn get<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    kv: &T,
+    key: &[u8],
+) -> Result<Option<KeyValue>, Error> {
     match kv.get(key)? {
         Some(rec) => Ok(Some(Record::decode(key, rec.value(), true)?)),
         None => Ok(None),
@@ -89,7 +92,8 @@ pub(crate) fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
         if op.count_only {
             return Ok(());
         }
-        let full = (op.limit > 0 && result.kvs.len() as u64 >= op.limit) || (!result.kvs.is_empty() && bytes >= max_bytes);
+        let full =
+            (op.limit > 0 && result.kvs.len() as u64 >= op.limit) || (!result.kvs.is_empty() && bytes >= max_bytes);
         if full {
             result.more = true;
             return Ok(());
@@ -151,7 +155,11 @@ fn delete(kv: &mut Table<'_, &[u8], &[u8]>, op: &DeleteOp) -> Result<WriteResult
             return Ok(failed);
         }
     }
-    let found = range(kv, &RangeOp { range: op.range.clone(), limit: 0, keys_only: !op.prev_kv, count_only: false }, usize::MAX)?;
+    let found = range(
+        kv,
+        &RangeOp { range: op.range.clone(), limit: 0, keys_only: !op.prev_kv, count_only: false },
+        usize::MAX,
+    )?;
     for k in &found.kvs {
         kv.remove(k.key.as_slice())?;
     }

@@ -184,7 +184,11 @@ fn compare_and_set_applies_only_when_the_precondition_holds() -> TestResult {
     assert!(matches!(&r[2].result, WriteResult::Put { prev: Some(kv) } if kv.value == b"1" && kv.modify_index == 1));
     assert_eq!(
         r[3].result,
-        WriteResult::PreconditionFailed { key: b"k".to_vec(), expected: Expect::ModifyIndex(1), current_modify_index: 3 }
+        WriteResult::PreconditionFailed {
+            key: b"k".to_vec(),
+            expected: Expect::ModifyIndex(1),
+            current_modify_index: 3
+        }
     );
     let kv = sm.get(b"k")?.ok_or("k missing")?;
     assert_eq!((kv.value.as_slice(), kv.modify_index, kv.version), (&b"3"[..], 3, 2));
@@ -253,13 +257,22 @@ fn transactions_pick_a_branch_atomically() -> TestResult {
     apply_results(&sm, &[put(1, b"x", b"1")])?;
     let txn = |value: &[u8]| {
         WriteOp::Txn(Txn {
-            compares: vec![Compare { key: b"x".to_vec(), op: CompareOp::Equal, target: CompareTarget::Value(value.to_vec()) }],
+            compares: vec![Compare {
+                key: b"x".to_vec(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Value(value.to_vec()),
+            }],
             success: vec![
                 TxnOp::Put(put_op(b"x", b"2")),
                 TxnOp::Put(put_op(b"y", b"2")),
                 TxnOp::Range(RangeOp { range: KeyRange::prefix(b""), limit: 0, keys_only: false, count_only: false }),
             ],
-            failure: vec![TxnOp::Range(RangeOp { range: KeyRange::Key(b"x".to_vec()), limit: 0, keys_only: false, count_only: false })],
+            failure: vec![TxnOp::Range(RangeOp {
+                range: KeyRange::Key(b"x".to_vec()),
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            })],
         })
     };
     let r = apply_results(&sm, &[write(2, None, txn(b"1")), write(3, None, txn(b"1"))])?;

@@ -81,7 +81,10 @@ where
 /// On the leader: confirms leadership (a quorum round, or the lease for
 /// [`Consistency::Lease`]) and returns the read index, without waiting for this node to
 /// apply it. A follower serving a read waits for that index itself.
-pub async fn leader_read_index<SM>(raft: &openraft::Raft<TypeConfig, SM>, level: Consistency) -> Result<u64, BarrierError>
+pub async fn leader_read_index<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    level: Consistency,
+) -> Result<u64, BarrierError>
 where
     SM: RaftStateMachine<TypeConfig>,
 {

@@ -183,8 +183,10 @@ pub(crate) fn txn(req: &pb::TxnRequest) -> Result<Txn, ServiceError> {
         )));
     }
     let compares = req.compare.iter().map(compare).collect::<Result<Vec<_>, _>>()?;
-    let success = req.success.iter().enumerate().map(|(n, op)| txn_op(op, "success", n)).collect::<Result<Vec<_>, _>>()?;
-    let failure = req.failure.iter().enumerate().map(|(n, op)| txn_op(op, "failure", n)).collect::<Result<Vec<_>, _>>()?;
+    let success =
+        req.success.iter().enumerate().map(|(n, op)| txn_op(op, "success", n)).collect::<Result<Vec<_>, _>>()?;
+    let failure =
+        req.failure.iter().enumerate().map(|(n, op)| txn_op(op, "failure", n)).collect::<Result<Vec<_>, _>>()?;
     check_branch(&success, "success")?;
     check_branch(&failure, "failure")?;
     Ok(Txn { compares, success, failure })
@@ -202,7 +204,11 @@ pub(crate) fn kv(kv: KeyValue) -> pb::KeyValue {
 }
 
 /// A range result in protobuf, with where to continue.
-pub(crate) fn range_response(result: RangeResult, range: &KeyRange, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
+pub(crate) fn range_response(
+    result: RangeResult,
+    range: &KeyRange,
+    header: Option<pb::ResponseHeader>,
+) -> pb::RangeResponse {
     let next_key = if result.more {
         result.kvs.last().map(|kv| {
             let mut k = kv.key.clone();
@@ -286,7 +292,8 @@ mod tests {
         assert!(err(txn(&inside)).contains("same key more than once"));
         let big = pb::TxnRequest { success: (0..129).map(|i| put(&format!("k{i}"))).collect(), ..Default::default() };
         assert!(err(txn(&big)).contains("MAX_TXN_OPS"));
-        let at_limit = pb::TxnRequest { success: (0..128).map(|i| put(&format!("k{i}"))).collect(), ..Default::default() };
+        let at_limit =
+            pb::TxnRequest { success: (0..128).map(|i| put(&format!("k{i}"))).collect(), ..Default::default() };
         assert!(txn(&at_limit).is_ok());
         let mut cas = pb::PutRequest { key: b"k".to_vec().into(), if_absent: true, ..Default::default() };
         let with_cas = pb::TxnRequest {

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use linearizable::Consistency;
 use openraft::async_runtime::WatchReceiver;
+use prost::Message;
 use proto::kv::v1::kv_client::KvClient;
 use proto::kv::v1::kv_server::{Kv, KvServer};
 use proto::kv::v1::{
     self as pb, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
-use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, WriteOp, WriteOutcome, WriteResult};
@@ -76,7 +76,12 @@ impl KvService {
     }
 
     /// Connects to the leader; a failure here means nothing was sent.
-    async fn leader_client(&self, id: &types::NodeId, addr: &str, allowed: bool) -> Result<KvClient<Channel>, ServiceError> {
+    async fn leader_client(
+        &self,
+        id: &types::NodeId,
+        addr: &str,
+        allowed: bool,
+    ) -> Result<KvClient<Channel>, ServiceError> {
         if !allowed {
             return Err(ServiceError::NotLeader { id: id.clone(), addr: Some(addr.to_string()) });
         }
@@ -85,7 +90,12 @@ impl KvService {
     }
 
     /// Returns the leader's answer, or maps a transport failure.
-    fn leader_answer<T>(&self, id: &types::NodeId, addr: &str, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    fn leader_answer<T>(
+        &self,
+        id: &types::NodeId,
+        addr: &str,
+        r: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
         match r {
             Ok(resp) => Ok(resp),
             // An answer from the leader's service (it carries our retryable header) passes
@@ -96,10 +106,12 @@ impl KvService {
             {
                 Err(s)
             }
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => Err(
-                ServiceError::DeadlineExceeded(format!("the leader {id} did not answer in time; the write's outcome is unknown"))
-                    .into(),
-            ),
+            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+                Err(ServiceError::DeadlineExceeded(format!(
+                    "the leader {id} did not answer in time; the write's outcome is unknown"
+                ))
+                .into())
+            }
             Err(s) => {
                 self.ctx.forwarder.forget(addr);
                 Err(forward_failed(id, addr, true, true, &s).into())
@@ -108,7 +120,11 @@ impl KvService {
     }
 
     /// Proposes a write here; `None` when it must go to the leader (id, address).
-    async fn propose(&self, call: &WriteCall, cmd: WriteCommand) -> Result<Result<WriteOutcome, (types::NodeId, String)>, Status> {
+    async fn propose(
+        &self,
+        call: &WriteCall,
+        cmd: WriteCommand,
+    ) -> Result<Result<WriteOutcome, (types::NodeId, String)>, Status> {
         match self.ctx.write(Command::Write(cmd), call.timeout).await? {
             Routed::Done((_, CommandResult::Write(outcome))) => Ok(Ok(outcome)),
             Routed::Done((index, other)) => {
@@ -217,11 +233,8 @@ impl Kv for KvService {
         self.ctx.read_index(level, timeout).await?;
         let header = self.read_header(level);
         let range: KeyRange = op.range.clone();
-        let found = self
-            .ctx
-            .sm
-            .range(&op, limits::MAX_RANGE_PAGE_BYTES)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let found =
+            self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(convert::range_response(found, &range, Some(header))))
     }
 

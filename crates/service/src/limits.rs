@@ -105,7 +105,8 @@ mod tests {
     #[test]
     fn decode_limit_is_reworded() {
         let msg = "Error, decoded message length too large: found 2097200 bytes, the limit is: 2097152 bytes";
-        let (code, text) = decode_limit_status(tonic::Code::OutOfRange, msg).unwrap_or((tonic::Code::Ok, String::new()));
+        let (code, text) =
+            decode_limit_status(tonic::Code::OutOfRange, msg).unwrap_or((tonic::Code::Ok, String::new()));
         assert_eq!(code, tonic::Code::InvalidArgument);
         assert!(text.contains("2097200 bytes") && text.contains("MAX_DECODE_BYTES"), "{text}");
         assert!(decode_limit_status(tonic::Code::OutOfRange, "other").is_none());

@@ -217,7 +217,8 @@ impl NodeContext {
             match local {
                 Ok(index) => return Ok(index),
                 Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    let Some(raft_addr) = node.map(|n| n.raft_addr).or_else(|| self.resolver.resolve(&id).map(|n| n.raft_addr))
+                    let Some(raft_addr) =
+                        node.map(|n| n.raft_addr).or_else(|| self.resolver.resolve(&id).map(|n| n.raft_addr))
                     else {
                         return Err(ServiceError::NotLeader { id, addr: None });
                     };
@@ -228,7 +229,9 @@ impl NodeContext {
                             return match blocking_query::wait_for_index(&mut applied, index, remaining).await {
                                 Ok(_) => Ok(index),
                                 Err(blocking_query::WaitError::Closed) => Err(ServiceError::ShuttingDown),
-                                Err(e) => Err(ServiceError::NoQuorum(format!("this node did not catch up in time: {e}"))),
+                                Err(e) => {
+                                    Err(ServiceError::NoQuorum(format!("this node did not catch up in time: {e}")))
+                                }
                             };
                         }
                         // The leader moved on: look again.

@@ -45,7 +45,9 @@ impl KeyRange {
     pub fn contains(&self, key: &[u8]) -> bool {
         match self {
             KeyRange::Key(k) => k == key,
-            KeyRange::Range { start, end } => key >= start.as_slice() && end.as_ref().is_none_or(|e| key < e.as_slice()),
+            KeyRange::Range { start, end } => {
+                key >= start.as_slice() && end.as_ref().is_none_or(|e| key < e.as_slice())
+            }
         }
     }
 

@@ -62,7 +62,12 @@ impl std::fmt::Display for Command {
                 let op = match &w.op {
                     WriteOp::Put(p) => format!("put key_len={} value_len={}", p.key.len(), p.value.len()),
                     WriteOp::Delete(_) => "delete".to_string(),
-                    WriteOp::Txn(t) => format!("txn compares={} success={} failure={}", t.compares.len(), t.success.len(), t.failure.len()),
+                    WriteOp::Txn(t) => format!(
+                        "txn compares={} success={} failure={}",
+                        t.compares.len(),
+                        t.success.len(),
+                        t.failure.len()
+                    ),
                 };
                 match &w.request_id {
                     Some(id) => write!(f, "{op} request_id={id}"),

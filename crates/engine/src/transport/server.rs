@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use fsm::{Raft, Snapshot, StateMachine};
 use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
-use service::LeaderContact;
 use proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{RaftMessage, SnapshotChunk};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use service::LeaderContact;
 use tonic::{Request, Response, Status, Streaming};
 use types::{SnapshotMeta, Vote, codec};
 
