@@ -434,7 +434,7 @@ async fn followers_forward_and_without_forwarding_name_the_leader() -> TestResul
         assert_eq!(hint("x-raftkv-leader-addr"), Some(cluster.nodes[leader].grpc_addr.clone()));
         assert_eq!(hint("x-raftkv-retryable").as_deref(), Some("true"));
         // raftkvctl follows the hint.
-        let out = raftkvctl(&[follower.grpc_addr.clone()], &["--no-forward", "put", "nf", "followed"])?;
+        let out = raftkvctl(std::slice::from_ref(&follower.grpc_addr), &["--no-forward", "put", "nf", "followed"])?;
         assert!(out.status.success(), "raftkvctl --no-forward: {}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(cluster.client()?.get("nf").await?.kv.map(|kv| kv.value.to_vec()), Some(b"followed".to_vec()));
