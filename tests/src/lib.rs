@@ -345,3 +345,20 @@ pub fn raftkvctl(endpoints: &[String], args: &[&str]) -> Result<Output, BoxError
         .stdin(Stdio::null())
         .output()?)
 }
+
+/// Runs `raftkvctl` with `args` against `endpoints`, feeding `input` on stdin.
+pub fn raftkvctl_stdin(endpoints: &[String], args: &[&str], input: &[u8]) -> Result<Output, BoxError> {
+    use std::io::Write;
+    let mut child = Command::new(binary("raftkvctl"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    Ok(child.wait_with_output()?)
+}

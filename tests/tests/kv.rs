@@ -12,7 +12,7 @@ use client::kv::{
     request_op,
 };
 use client::{Client, ClientError, ClientOptions};
-use tests::{Cluster, FAST_TIMING, TestResult, raftkvctl, test_options, wait_for};
+use tests::{Cluster, FAST_TIMING, TestResult, raftkvctl, raftkvctl_stdin, test_options, wait_for};
 use tonic::Code;
 
 fn code(r: &Result<impl std::fmt::Debug, ClientError>) -> Option<Code> {
@@ -438,5 +438,72 @@ async fn followers_forward_and_without_forwarding_name_the_leader() -> TestResul
         assert!(out.status.success(), "raftkvctl --no-forward: {}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(cluster.client()?.get("nf").await?.kv.map(|kv| kv.value.to_vec()), Some(b"followed".to_vec()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raftkvctl_kv_commands_end_to_end() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let eps = cluster.endpoints();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let ok = |o: &std::process::Output, what: &str| {
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    // A binary value from stdin, byte for byte.
+    let blob: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let out = raftkvctl_stdin(&eps, &["put", "blob", "-"], &blob)?;
+    ok(&out, "put -");
+    let out = raftkvctl(&eps, &["get", "blob"])?;
+    assert_eq!(&out.stdout[..out.stdout.len() - 1], blob.as_slice(), "the value came back byte for byte");
+
+    for (k, v) in [("cfg/a", "1"), ("cfg/b", "2"), ("cfg/c", "3"), ("other", "x")] {
+        ok(&raftkvctl(&eps, &["put", k, v])?, "put");
+    }
+    let out = raftkvctl(&eps, &["get", "--prefix", "cfg/"])?;
+    assert_eq!(text(&out), "cfg/a\n1\ncfg/b\n2\ncfg/c\n3\n");
+    let out = raftkvctl(&eps, &["-o", "table", "get", "--prefix", "cfg/"])?;
+    assert!(text(&out).starts_with("KEY    VALUE  CREATE INDEX  MODIFY INDEX  VERSION\ncfg/a  1"), "{}", text(&out));
+    let out = raftkvctl(&eps, &["get", "--consistency", "stale", "cfg/b"])?;
+    assert_eq!(text(&out), "2\n");
+    let out = raftkvctl(&eps, &["-o", "json", "get", "--consistency", "stale", "cfg/b"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["header"]["stale"], true);
+    let out = raftkvctl(&eps, &["range", "cfg/b", "other"])?;
+    assert_eq!(text(&out), "cfg/b\n2\ncfg/c\n3\n");
+    let out = raftkvctl(&eps, &["range", "--count-only", "--prefix", "cfg/"])?;
+    assert_eq!(text(&out), "3\n");
+
+    // Compare-and-set through the CLI: a wrong index fails with status 2 and says why.
+    let out = raftkvctl(&eps, &["put", "--expect-index", "1", "cfg/a", "nope"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compare failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = raftkvctl(&eps, &["put", "--if-absent", "fresh", "1"])?;
+    ok(&out, "put --if-absent");
+
+    // A transaction in the readable syntax, then in JSON.
+    let txn = "value(\"cfg/a\") = \"1\"\n\nput cfg/a 10\ndel --prefix cfg/c\nget cfg/b\n\nput failed yes\n";
+    let out = raftkvctl_stdin(&eps, &["txn"], txn.as_bytes())?;
+    ok(&out, "txn");
+    assert_eq!(text(&out), "SUCCESS\n\nOK\n\n1\n\ncfg/b\n2\n");
+    let out = raftkvctl_stdin(&eps, &["txn"], txn.as_bytes())?;
+    assert_eq!(text(&out), "FAILURE\n\nOK\n", "the compare no longer holds");
+    let json_txn = r#"{"compare":[{"key":"cfg/a","target":"version","op":"=","value":2}],"success":[{"del":{"key":"cfg/","prefix":true}}]}"#;
+    let out = raftkvctl_stdin(&eps, &["-o", "json", "txn"], json_txn.as_bytes())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["succeeded"], true);
+    assert_eq!(v["responses"][0]["del"]["deleted"], 2);
+    let out = raftkvctl_stdin(&eps, &["txn"], b"bogus(k) = 1\n")?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = raftkvctl(&eps, &["del", "--prefix", "--prev-kv", "f"])?;
+    assert_eq!(text(&out), "2\nfailed\nyes\nfresh\n1\n");
+    let out = raftkvctl(&eps, &["-o", "json", "range", "--prefix", ""])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["count"], 2, "blob and other remain: {v}");
     Ok(())
 }

@@ -6,6 +6,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod kv_cmd;
+mod txn_syntax;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -54,35 +56,19 @@ Examples:
 Exit status: 0 success, 1 key not found, 2 error.";
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum Output {
+pub(crate) enum Output {
     /// Human-readable.
     Simple,
     /// One JSON object.
     Json,
+    /// Aligned columns (key listings and members; other commands print as simple).
+    Table,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Set a key to a value.
-    #[command(after_help = "Example:\n  raftkvctl put greeting hello")]
-    Put {
-        /// The key.
-        key: String,
-        /// The value.
-        value: String,
-    },
-    /// Print the value of a key (exit status 1 if it does not exist).
-    #[command(after_help = "Examples:\n  raftkvctl get greeting\n  raftkvctl -o json get greeting")]
-    Get {
-        /// The key.
-        key: String,
-    },
-    /// Delete a key; prints how many keys were deleted (0 or 1).
-    #[command(after_help = "Example:\n  raftkvctl del greeting")]
-    Del {
-        /// The key.
-        key: String,
-    },
+    #[command(flatten)]
+    Kv(kv_cmd::KvCommand),
     /// Cluster membership.
     Member {
         #[command(subcommand)]
@@ -135,7 +121,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// How a command ended, for the exit status.
-enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     NotFound(String),
 }
@@ -162,10 +148,10 @@ fn state_name(state: i32) -> &'static str {
 }
 
 fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()> {
-    let rows: Vec<[String; 5]> = members
+    let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
-            [
+            vec![
                 m.id.clone(),
                 if m.suffrage == Suffrage::Voter as i32 { "voter".into() } else { "learner".into() },
                 m.raft_addr.clone(),
@@ -174,19 +160,23 @@ fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()
             ]
         })
         .collect();
-    let header = ["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    print_table(out, &["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER"], &rows)
+}
+
+/// Prints rows under a header, in columns padded to the widest cell.
+pub(crate) fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 5]| {
-        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
     };
-    writeln!(out, "{}", line(header))?;
-    for row in &rows {
-        writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
 }
@@ -198,51 +188,7 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let json = cli.output == Output::Json;
     match &cli.command {
-        Command::Put { key, value } => {
-            let resp = client.put(key.as_bytes(), value.as_bytes()).await?;
-            let index = resp.header.map(|h| h.index).unwrap_or(0);
-            if json {
-                writeln!(out, "{}", json!({ "index": index }))?;
-            } else {
-                writeln!(out, "OK")?;
-            }
-        }
-        Command::Get { key } => {
-            let resp = client.get(key.as_bytes()).await?;
-            let kv = match resp.kv {
-                Some(kv) if resp.found => kv,
-                _ => return Ok(Outcome::NotFound(format!("key {key:?} not found"))),
-            };
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({
-                        "key": String::from_utf8_lossy(&kv.key),
-                        "value": String::from_utf8_lossy(&kv.value),
-                        "create_index": kv.create_index,
-                        "modify_index": kv.modify_index,
-                        "version": kv.version,
-                        "index": resp.header.map(|h| h.index).unwrap_or(0),
-                    })
-                )?;
-            } else {
-                out.write_all(&kv.value)?;
-                writeln!(out)?;
-            }
-        }
-        Command::Del { key } => {
-            let resp = client.delete(key.as_bytes()).await?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({ "deleted": resp.deleted, "index": resp.header.map(|h| h.index).unwrap_or(0) })
-                )?;
-            } else {
-                writeln!(out, "{}", resp.deleted)?;
-            }
-        }
+        Command::Kv(cmd) => return kv_cmd::run(cmd, &client, cli.output, &mut out).await,
         Command::Member { command: MemberCommand::Add { id, raft_addr, grpc_addr, timeout } } => {
             let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
             if json {
