@@ -11,7 +11,8 @@
 //! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //! 6. keeps the resolver equal to the Raft membership;
-//! 7. serves KV, Admin, Raft, gRPC health and reflection, with TCP_NODELAY on;
+//! 7. serves KV, Admin, Raft, `Example`, gRPC health (`quis.RaftLeader` SERVING only on the
+//!    leader: [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests.
 //!
 //! [`Node::shutdown`] stops in the reverse order: the servers drain in-flight requests
@@ -31,13 +32,17 @@ use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
 use openraft::async_runtime::WatchReceiver;
+use proto::compat::example::example_server::ExampleServer;
+use proto::kv::v1::kv_server::KvServer;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::MembershipResolver;
 use serde::Serialize;
+use service::compat::{ExampleService, LeaderHealth};
 use service::{AdminService, Forwarder, KvService, LeaderContact, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -107,6 +112,7 @@ pub struct Node {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     membership_task: JoinHandle<()>,
+    leader_health: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -175,10 +181,10 @@ impl Node {
             leader_contact: leader_contact.clone(),
         };
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
 
@@ -186,10 +192,14 @@ impl Node {
         let mut client_routes = RoutesBuilder::default();
         client_routes
             .add_service(KvService::new(ctx.clone()).into_server())
+            .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
             .add_service(AdminService::new(ctx).into_server())
             .add_service(health)
             .add_service(reflection);
         let (stop, _) = watch::channel(false);
+        let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
+        let leader_health =
+            LeaderHealth::new(health_reporter, served).start(raft.server_metrics(), stop.subscribe()).await;
         let mut servers = Vec::new();
         match raft_listener {
             None => {
@@ -217,7 +227,7 @@ impl Node {
             dir = %dir.display(),
             "node started"
         );
-        Ok(Node { config, raft, sm, listen, stop, servers, membership_task })
+        Ok(Node { config, raft, sm, listen, stop, servers, membership_task, leader_health })
     }
 
     /// The addresses actually bound.
@@ -258,6 +268,7 @@ impl Node {
         }
         tracing::info!(node = %id, "stopping raft");
         self.membership_task.abort();
+        self.leader_health.abort();
         let result = self.raft.shutdown().await.map_err(|e| EngineError::Raft(e.to_string()));
         let sm = self.sm.clone();
         match tokio::task::spawn_blocking(move || sm.flush()).await {

@@ -14,12 +14,14 @@
 //!   `UNAVAILABLE` with the leader's id and address in the metadata.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
+//! - [`compat`]: the Go seeds' services (`Example`) and leader-aware health (`quis.RaftLeader`).
 //!
 //! Protobuf types stay in this crate: nothing below it sees them. This crate must never
 //! depend on raft-storage or engine, nor directly on redb (the state machine it reads through
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+pub mod compat;
 mod convert;
 mod error;
 pub mod forward;

@@ -1,0 +1,16 @@
+//! The compatibility services: the gRPC APIs of the Go seeds, served over raftkv's own.
+//!
+//! Each is a thin adapter in its own module; the proto files are under `proto/compat/` and
+//! have no package, like the seeds', so the method paths are the seeds' own.
+//!
+//! - [`example`]: `Example` (xkeyideal/raft-example): `Add`, `Get` (linearizable or a local
+//!   stale read), `Stat`, over the native KV service.
+//! - [`leader_health`]: `grpc.health.v1.Health` reporting `quis.RaftLeader` SERVING only on
+//!   the leader (Jille/raft-grpc-leader-rpc), so `raftadmin --leader multi:///a,b,c` and
+//!   other health-checking clients find the leader.
+
+pub mod example;
+pub mod leader_health;
+
+pub use example::ExampleService;
+pub use leader_health::{LeaderHealth, RAFT_LEADER_SERVICE};
