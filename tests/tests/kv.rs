@@ -37,9 +37,19 @@ fn put_op(key: &[u8], value: &[u8]) -> RequestOp {
     }
 }
 
-/// A client of one node that does not retry: what it sees is what the node answered.
+/// A client of one node that does not retry: what it sees is what the node answered. Its
+/// deadline is generous: megabyte-sized writes on a loaded 2-core machine with a debug
+/// build can take seconds, and this client is for checking answers, not timing them.
 fn one_shot(endpoint: &str) -> Result<Client, ClientError> {
-    Client::new([endpoint.to_string()], ClientOptions { max_retries: 0, auto_request_ids: false, ..test_options() })
+    Client::new(
+        [endpoint.to_string()],
+        ClientOptions {
+            max_retries: 0,
+            auto_request_ids: false,
+            request_timeout: Duration::from_secs(60),
+            ..test_options()
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
