@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin_cmd;
 mod bench;
 
 use std::io::Write;
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use client::{Client, ClientError, ClientOptions, Member, RaftState, Suffrage};
-use serde_json::{Value, json};
+use client::{Client, ClientError, ClientOptions};
+use serde_json::json;
 
 /// Command-line client of raftkv.
 #[derive(Parser, Debug)]
@@ -44,7 +45,10 @@ Examples:
   raftkvctl del greeting
   raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052
   raftkvctl member list
-  raftkvctl status
+  raftkvctl member remove nodeC
+  raftkvctl leader transfer --to nodeB
+  raftkvctl status --cluster
+  raftkvctl snapshot save backup.rkvs
 
 Exit status: 0 success, 1 key not found, 2 error.";
 
@@ -54,6 +58,8 @@ enum Output {
     Simple,
     /// One JSON object.
     Json,
+    /// A table, where the answer has rows (`status`, `member list`); otherwise as simple.
+    Table,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,46 +84,16 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Cluster membership.
-    Member {
-        #[command(subcommand)]
-        command: MemberCommand,
-    },
     /// Measure throughput and latency: puts of new keys, or linearizable gets.
     #[command(
         after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16"
     )]
     Bench(bench::BenchArgs),
-    /// Status of the first reachable node: Raft state, term, leader, indexes, members.
-    #[command(after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status")]
-    Status,
+    #[command(flatten)]
+    Admin(admin_cmd::AdminCommand),
 }
 
-#[derive(Subcommand, Debug)]
-enum MemberCommand {
-    /// Add a node as a voter: it joins as a learner, catches up, then is promoted.
-    #[command(
-        after_help = "Example:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052"
-    )]
-    Add {
-        /// The new node's --raft_id.
-        id: String,
-        /// The new node's --raft_addr.
-        #[arg(long = "raft-addr")]
-        raft_addr: String,
-        /// The new node's --grpc_addr.
-        #[arg(long = "grpc-addr")]
-        grpc_addr: String,
-        /// How long to wait for the node to catch up and become a voter.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
-    /// List the members as the answering node knows them.
-    #[command(after_help = "Examples:\n  raftkvctl member list\n  raftkvctl -o json member list")]
-    List,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 5s"))?;
@@ -133,57 +109,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 enum Outcome {
     Ok,
     NotFound(String),
-}
-
-fn member_json(m: &Member) -> Value {
-    json!({
-        "id": m.id,
-        "suffrage": if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" },
-        "raft_addr": m.raft_addr,
-        "grpc_addr": m.grpc_addr,
-        "is_leader": m.is_leader,
-    })
-}
-
-fn state_name(state: i32) -> &'static str {
-    match RaftState::try_from(state) {
-        Ok(RaftState::Leader) => "leader",
-        Ok(RaftState::Follower) => "follower",
-        Ok(RaftState::Candidate) => "candidate",
-        Ok(RaftState::Learner) => "learner",
-        Ok(RaftState::Shutdown) => "shutdown",
-        _ => "unknown",
-    }
-}
-
-fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()> {
-    let rows: Vec<[String; 5]> = members
-        .iter()
-        .map(|m| {
-            [
-                m.id.clone(),
-                if m.suffrage == Suffrage::Voter as i32 { "voter".into() } else { "learner".into() },
-                m.raft_addr.clone(),
-                m.grpc_addr.clone(),
-                if m.is_leader { "true".into() } else { "false".into() },
-            ]
-        })
-        .collect();
-    let header = ["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
-    };
-    writeln!(out, "{}", line(header))?;
-    for row in &rows {
-        writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
-    }
-    Ok(())
 }
 
 async fn execute(cli: &Cli) -> Result<Outcome> {
@@ -237,27 +162,6 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
                 writeln!(out, "{}", resp.deleted)?;
             }
         }
-        Command::Member { command: MemberCommand::Add { id, raft_addr, grpc_addr, timeout } } => {
-            let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({ "index": resp.index, "members": resp.members.iter().map(member_json).collect::<Vec<_>>() })
-                )?;
-            } else {
-                writeln!(out, "Member {id} is a voter (membership index {})", resp.index)?;
-                print_members(&mut out, &resp.members)?;
-            }
-        }
-        Command::Member { command: MemberCommand::List } => {
-            let status = client.status().await?;
-            if json {
-                writeln!(out, "{}", json!({ "members": status.members.iter().map(member_json).collect::<Vec<_>>() }))?;
-            } else {
-                print_members(&mut out, &status.members)?;
-            }
-        }
         Command::Bench(args) => {
             let summary = bench::run(&cli.endpoints, &options, args).await?;
             if json {
@@ -266,38 +170,7 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
                 writeln!(out, "{}", summary.text())?;
             }
         }
-        Command::Status => {
-            let s = client.status().await?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({
-                        "node_id": s.node_id,
-                        "state": state_name(s.state),
-                        "term": s.term,
-                        "leader_id": s.leader_id,
-                        "last_log_index": s.last_log_index,
-                        "committed_index": s.committed_index,
-                        "applied_index": s.applied_index,
-                        "snapshot_index": s.snapshot_index,
-                        "membership_index": s.membership_index,
-                        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-                    })
-                )?;
-            } else {
-                writeln!(out, "node:        {}", s.node_id)?;
-                writeln!(out, "state:       {}", state_name(s.state))?;
-                writeln!(out, "term:        {}", s.term)?;
-                writeln!(out, "leader:      {}", if s.leader_id.is_empty() { "(none)" } else { &s.leader_id })?;
-                writeln!(out, "last index:  {}", s.last_log_index)?;
-                writeln!(out, "committed:   {}", s.committed_index)?;
-                writeln!(out, "applied:     {}", s.applied_index)?;
-                writeln!(out, "snapshot:    {}", s.snapshot_index)?;
-                writeln!(out)?;
-                print_members(&mut out, &s.members)?;
-            }
-        }
+        Command::Admin(cmd) => admin_cmd::execute(cmd, &client, cli.output, &mut out).await?,
     }
     Ok(Outcome::Ok)
 }

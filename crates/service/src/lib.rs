@@ -3,8 +3,11 @@
 //! # Brief overview
 //! - [`KvService`] (`raftkv.v1.KV`): Put, Get, Delete on bytes keys and values. Writes go
 //!   through Raft; reads are linearizable (ReadIndex on the leader).
-//! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status, and AddVoter (learner first,
-//!   promoted once caught up).
+//! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status (with each member's replication
+//!   progress on the leader), membership changes (AddVoter learner-first, AddLearner,
+//!   Promote, Demote, Remove), TransferLeader, Snapshot, Backup (a snapshot streamed with a
+//!   CRC32 trailer), Barrier and VerifyLeader. The operations themselves are in [`cluster`],
+//!   which the engine also uses to hand leadership over before a planned stop.
 //! - Forwarding ([`forward`]): a request that needs the leader is forwarded once to the
 //!   leader's gRPC address (from the Raft membership; the resolver is the fallback), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
@@ -17,13 +20,16 @@
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+mod backup;
+pub mod cluster;
 mod error;
 pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
 
-pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, members_of};
+pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, members_of};
+pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
 pub use forward::Forwarder;
 pub use kv::KvService;
