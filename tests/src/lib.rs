@@ -487,3 +487,45 @@ impl Cluster {
         .await
     }
 }
+
+/// Runs `raftkv` with `args` (plus a fresh data directory and port-0 addresses), expecting it
+/// to refuse to start; returns its stderr. Fails if it is still running after 20 s or exits 0.
+pub fn refused_start(args: &[&str]) -> Result<String, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(binary("raftkv"))
+        .args(["--grpc_addr", "127.0.0.1:0", "--raft_addr", "127.0.0.1:0", "--raft_data_dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("raftkv {args:?} did not exit within 20s").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr)?;
+    }
+    if status.success() {
+        return Err(format!("raftkv {args:?} started; stderr: {stderr}").into());
+    }
+    Ok(stderr)
+}
+
+impl NodeProc {
+    /// Starts a node on OS-chosen ports with extra arguments given as owned strings.
+    pub fn start_with(id: &str, data_dir: &Path, bootstrap: bool, extra: &[String]) -> Result<Self, BoxError> {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start(id, data_dir, bootstrap, &extra)
+    }
+}

@@ -254,3 +254,123 @@ async fn snapshot_barrier_and_status_of_every_member() -> TestResult {
     cluster.stop_all();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_under_load_fails_no_write_and_leaders_hand_over() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let load = Load::start(load_clients(&cluster, 3)?, "rolling", true);
+    load.progress(50, Duration::from_secs(60)).await?;
+    // Stop the followers first, then the leader, so the last restart is a leader's.
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let order = [(leader + 1) % 3, (leader + 2) % 3, leader];
+    for i in order {
+        let was_leader = cluster.leader().await == Some(i);
+        assert!(
+            cluster.nodes[i].stop(),
+            "{} did not stop cleanly:\n{}",
+            cluster.nodes[i].id,
+            cluster.nodes[i].log_tail()
+        );
+        if was_leader {
+            let log = cluster.nodes[i].log();
+            assert!(
+                log.contains("leadership handed over before stopping"),
+                "the stopping leader {} did not hand leadership over:\n{}",
+                cluster.nodes[i].id,
+                cluster.nodes[i].log_tail()
+            );
+        }
+        load.progress(20, Duration::from_secs(60)).await?;
+        cluster.nodes[i].restart(i == 0)?;
+        cluster.wait_converged(Duration::from_secs(60)).await?;
+        load.progress(20, Duration::from_secs(60)).await?;
+        eprintln!("restarted {} (was leader: {was_leader}); {} writes acknowledged", cluster.nodes[i].id, load.acked());
+    }
+    let (acked, report) = load.stop().await?;
+    eprintln!(
+        "load: {} acknowledged, {} retryable errors, other: {:?}",
+        acked.len(),
+        report.retryable_errors,
+        report.other_errors
+    );
+    assert_eq!(report.abandoned, 0, "every write was eventually acknowledged");
+    check_readable(&cluster.client()?, &acked).await?;
+    cluster.stop_all();
+    for i in 0..3 {
+        let sm = cluster.state_machine(i)?;
+        for (key, value) in &acked {
+            let got = sm.get(key.as_bytes())?.map(|kv| kv.value);
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "{} lacks {key}", cluster.nodes[i].id);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_nodes_join_by_themselves_and_a_restart_does_not_rejoin() -> TestResult {
+    let mut cluster = Cluster::start(1, &FAST_TIMING).await?;
+    let seed = cluster.nodes[0].grpc_addr.clone();
+    let mut extra: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
+    // The first address is dead: joining moves on to the next one.
+    extra.extend(["--join".to_string(), format!("127.0.0.1:1,{seed}")]);
+    for id in ["n2", "n3"] {
+        let node = NodeProc::start_with(id, cluster.dir.path(), false, &extra)?;
+        cluster.nodes.push(node);
+    }
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let client = cluster.client()?;
+    client.put("joined", "yes").await?;
+    for i in 1..3 {
+        assert!(cluster.nodes[i].log().contains("joined the cluster as a voter"), "{}", cluster.nodes[i].log_tail());
+    }
+    // Restarted with --join on existing state: it just starts.
+    assert!(cluster.nodes[2].stop());
+    cluster.nodes[2].restart(false)?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    assert!(cluster.nodes[2].log().contains("--join has nothing to do"), "{}", cluster.nodes[2].log_tail());
+    let got = cluster.nodes[2].client()?.get("joined").await?;
+    assert!(got.found);
+    cluster.stop_all();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_interval_takes_snapshots_without_reaching_the_threshold() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(["--snapshot_threshold", "100000", "--snapshot_interval", "200ms", "--max_append_entries", "64"]);
+    let mut cluster = Cluster::start(1, &extra).await?;
+    let client = cluster.client()?;
+    let first = client.status().await?.snapshot_index;
+    client.put("k", "v").await?;
+    let written = client.put("k2", "v").await?.header.map(|h| h.index).unwrap_or(0);
+    wait_for("a timed snapshot", Duration::from_secs(30), || async {
+        client.status().await.is_ok_and(|s| s.snapshot_index >= written && s.snapshot_index > first)
+    })
+    .await?;
+    assert!(cluster.nodes[0].log().contains("entries applied since the last snapshot; taking one"));
+    cluster.stop_all();
+    Ok(())
+}
+
+#[test]
+fn invalid_policy_flags_fail_at_start_with_clear_messages() -> TestResult {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--raft_id", "a", "--snapshot_interval", "5ms"],
+            "--snapshot_interval is 5ms; it must be 0 (off) or at least 100ms",
+        ),
+        (&["--raft_id", "a", "--max_append_entries", "0"], "--max_append_entries is 0; it must be from 1 to 1024"),
+        (&["--raft_id", "a", "--max_append_entries", "5000"], "--max_append_entries is 5000"),
+        (
+            &["--raft_id", "a", "--raft_bootstrap", "--join", "127.0.0.1:40051"],
+            "--join and --raft_bootstrap cannot be used together",
+        ),
+        (&["--raft_id", "a", "--join", "nohost"], "--join \"nohost\" is not HOST:PORT"),
+    ];
+    for (args, expected) in cases {
+        let stderr = tests::refused_start(args)?;
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(stderr.starts_with("raftkv: error: invalid configuration"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -12,14 +12,18 @@
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //! 6. keeps the resolver equal to the Raft membership;
 //! 7. serves KV, Admin, Raft, gRPC health and reflection, with TCP_NODELAY on;
-//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests.
+//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
+//! 9. starts the background work ([`background`]): the periodic snapshot check
+//!    (`--snapshot_interval`) and, with `--join` on a node without state, auto-join.
 //!
-//! [`Node::shutdown`] stops in the reverse order: the servers drain in-flight requests
-//! (bounded by `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the
-//! stores close.
+//! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
+//! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
+//! stops in the reverse order: the servers drain in-flight requests (bounded by
+//! `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the stores close.
 //!
 //! The engine may depend on every crate; nothing depends on it but the binaries.
 
+mod background;
 mod config;
 pub mod transport;
 
@@ -43,7 +47,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use types::{NodeId, NodeInfo};
 
-pub use config::NodeConfig;
+pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
 use transport::client::NetworkFactory;
 use transport::server::RaftService;
 
@@ -107,6 +111,8 @@ pub struct Node {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     membership_task: JoinHandle<()>,
+    ctx: NodeContext,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -184,7 +190,7 @@ impl Node {
         let mut client_routes = RoutesBuilder::default();
         client_routes
             .add_service(KvService::new(ctx.clone()).into_server())
-            .add_service(AdminService::new(ctx).into_server())
+            .add_service(AdminService::new(ctx.clone()).into_server())
             .add_service(health)
             .add_service(reflection);
         let (stop, _) = watch::channel(false);
@@ -215,7 +221,17 @@ impl Node {
             dir = %dir.display(),
             "node started"
         );
-        Ok(Node { config, raft, sm, listen, stop, servers, membership_task })
+        let mut background = Vec::new();
+        if !config.snapshot_interval.is_zero() {
+            let timer = background::snapshot_timer(raft.clone(), config.snapshot_interval, stop.subscribe());
+            background.push(tokio::spawn(timer));
+        }
+        if !config.join.is_empty() {
+            let join =
+                background::auto_join(raft.clone(), config.id.clone(), me, config.join.clone(), stop.subscribe());
+            background.push(tokio::spawn(join));
+        }
+        Ok(Node { config, raft, sm, listen, stop, servers, membership_task, ctx, background })
     }
 
     /// The addresses actually bound.
@@ -236,13 +252,18 @@ impl Node {
         &self.sm
     }
 
-    /// Stops the node: the servers drain (bounded by the shutdown grace), then Raft stops,
-    /// then the stores close.
+    /// Stops the node: a leader hands leadership over first (bounded by the shutdown grace),
+    /// then the servers drain (bounded by the shutdown grace), then Raft stops, then the
+    /// stores close.
     pub async fn shutdown(self) -> Result<(), EngineError> {
         let id = self.config.id.clone();
+        let grace = self.config.shutdown_grace;
+        background::hand_over_leadership(&self.ctx, grace).await;
         tracing::info!(node = %id, "shutting down: draining gRPC servers");
         let _ = self.stop.send(true);
-        let grace = self.config.shutdown_grace;
+        for task in &self.background {
+            task.abort();
+        }
         for mut server in self.servers {
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(Ok(Ok(()))) => {}

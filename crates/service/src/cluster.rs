@@ -111,6 +111,12 @@ async fn standing(ctx: &NodeContext, deadline: Instant) -> Result<Standing, Serv
             Some(l) if *l != ctx.id => return Ok(Standing::Elsewhere(l.clone())),
             _ => {}
         }
+        if m.membership_config.membership().voter_ids().next().is_none() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{} is not part of a cluster yet (it has no Raft state); send the request to a member",
+                ctx.id
+            )));
+        }
         let left = remaining(deadline);
         if left.is_zero() {
             return Err(ServiceError::NoLeader);
