@@ -362,3 +362,203 @@ pub fn raftkvctl_stdin(endpoints: &[String], args: &[&str], input: &[u8]) -> Res
     }
     Ok(child.wait_with_output()?)
 }
+
+/// Whether a client error says the request certainly had no effect: the server marked it
+/// retryable, or no endpoint could be reached (nothing was sent).
+#[must_use]
+pub fn is_retryable(e: &client::ClientError) -> bool {
+    match e {
+        client::ClientError::Unreachable { .. } => true,
+        client::ClientError::Status(s) => {
+            s.metadata().get("x-raftkv-retryable").and_then(|v| v.to_str().ok()) == Some("true")
+        }
+        _ => false,
+    }
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Writes acknowledged.
+    pub acked: usize,
+    /// Failed attempts the server marked retryable (retried).
+    pub retryable_errors: usize,
+    /// Failed attempts of unknown outcome or otherwise not retryable, as messages. With
+    /// `retry_all` they were retried too (a put of the same value is idempotent).
+    pub other_errors: Vec<String>,
+    /// Writes abandoned after an error that was not retryable (only without `retry_all`).
+    pub abandoned: usize,
+}
+
+/// A write load: `clients.len()` writers, each putting its own keys (`<prefix>-<w>-<n>`, value
+/// `value-of-<key>`) one after the other until stopped, retrying a failed put of the same key
+/// until it is acknowledged. Every acknowledged write is recorded.
+pub struct Load {
+    acked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<LoadReport>>,
+}
+
+impl Load {
+    /// Starts the writers. Without `retry_all`, a put that fails with an error not marked
+    /// retryable is abandoned (and reported); with it, it is retried too.
+    #[must_use]
+    pub fn start(clients: Vec<Client>, prefix: &str, retry_all: bool) -> Self {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers = clients
+            .into_iter()
+            .enumerate()
+            .map(|(w, client)| {
+                let (acked, stop, prefix) = (acked.clone(), stop.clone(), prefix.to_string());
+                tokio::spawn(async move {
+                    let mut report = LoadReport::default();
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let key = format!("{prefix}-{w}-{n:06}");
+                        let value = format!("value-of-{key}");
+                        loop {
+                            match client.put(key.clone(), value.clone()).await {
+                                Ok(_) => {
+                                    acked
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                        .insert(key.clone(), value.clone());
+                                    report.acked += 1;
+                                    break;
+                                }
+                                Err(e) if is_retryable(&e) => report.retryable_errors += 1,
+                                Err(e) => {
+                                    report.other_errors.push(format!("{key}: {e}"));
+                                    if !retry_all {
+                                        report.abandoned += 1;
+                                        break;
+                                    }
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        n += 1;
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load { acked, stop, writers }
+    }
+
+    /// How many writes are acknowledged so far.
+    #[must_use]
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// Waits until at least `n` more writes than now are acknowledged.
+    pub async fn progress(&self, n: usize, timeout: Duration) -> TestResult {
+        let target = self.acked() + n;
+        wait_for(&format!("{target} acknowledged writes"), timeout, || std::future::ready(self.acked() >= target)).await
+    }
+
+    /// Stops the writers after the write each has in flight completes (a writer never gives up
+    /// on a started write with `retry_all`); returns every acknowledged write and the report.
+    pub async fn stop(self) -> Result<(std::collections::BTreeMap<String, String>, LoadReport), BoxError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for w in self.writers {
+            let r = tokio::time::timeout(Duration::from_secs(120), w).await.map_err(|_| "a writer did not stop")??;
+            total.acked += r.acked;
+            total.retryable_errors += r.retryable_errors;
+            total.other_errors.extend(r.other_errors);
+            total.abandoned += r.abandoned;
+        }
+        let acked = self.acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Ok((acked, total))
+    }
+}
+
+/// Reads every key of `expected` through `client` and checks its value.
+pub async fn check_readable(client: &Client, expected: &std::collections::BTreeMap<String, String>) -> TestResult {
+    for (key, value) in expected {
+        let resp = client.get(key.clone()).await?;
+        let got = resp.kv.filter(|_| resp.found).map(|kv| kv.value);
+        if got.as_deref() != Some(value.as_bytes()) {
+            return Err(format!("acknowledged key {key} lost or wrong: {got:?}").into());
+        }
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Indexes into `nodes` of the running nodes.
+    #[must_use]
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].pid().is_some()).collect()
+    }
+
+    /// Waits until every running node knows the same leader and the same membership (by
+    /// index), and has applied as far as the leader has committed. Unlike
+    /// [`Cluster::wait_converged`], it does not expect every node to be a voter.
+    pub async fn wait_settled(&self, timeout: Duration) -> TestResult {
+        wait_for("the cluster to settle", timeout, || async {
+            let mut seen = Vec::new();
+            let mut committed = 0;
+            let mut applied = Vec::new();
+            for i in self.running() {
+                let Ok(c) = self.nodes[i].client() else { return false };
+                let Ok(s) = c.status().await else { return false };
+                if s.leader_id.is_empty() {
+                    return false;
+                }
+                if s.state == RaftState::Leader as i32 {
+                    committed = s.committed_index;
+                }
+                seen.push((s.leader_id, s.membership_index));
+                applied.push(s.applied_index);
+            }
+            committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
+        })
+        .await
+    }
+}
+
+/// Runs `raftkv` with `args` (plus a fresh data directory and port-0 addresses), expecting it
+/// to refuse to start; returns its stderr. Fails if it is still running after 20 s or exits 0.
+pub fn refused_start(args: &[&str]) -> Result<String, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(binary("raftkv"))
+        .args(["--grpc_addr", "127.0.0.1:0", "--raft_addr", "127.0.0.1:0", "--raft_data_dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("raftkv {args:?} did not exit within 20s").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr)?;
+    }
+    if status.success() {
+        return Err(format!("raftkv {args:?} started; stderr: {stderr}").into());
+    }
+    Ok(stderr)
+}
+
+impl NodeProc {
+    /// Starts a node on OS-chosen ports with extra arguments given as owned strings.
+    pub fn start_with(id: &str, data_dir: &Path, bootstrap: bool, extra: &[String]) -> Result<Self, BoxError> {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start(id, data_dir, bootstrap, &extra)
+    }
+}

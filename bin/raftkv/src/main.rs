@@ -71,16 +71,39 @@ struct Args {
     #[arg(long = "trailing_logs", alias = "trailing-logs", env = "RAFTKV_TRAILING_LOGS", default_value_t = 10240)]
     trailing_logs: u64,
 
-    /// How long shutdown waits for in-flight requests.
+    /// Also take a snapshot when this much time has passed and entries were applied since the
+    /// last one; 0 turns the check off.
+    #[arg(long = "snapshot_interval", alias = "snapshot-interval", env = "RAFTKV_SNAPSHOT_INTERVAL", default_value = "120s", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+
+    /// The most log entries sent to a follower in one message (1 to 1024).
+    #[arg(
+        long = "max_append_entries",
+        alias = "max-append-entries",
+        env = "RAFTKV_MAX_APPEND_ENTRIES",
+        default_value_t = 300
+    )]
+    max_append_entries: u64,
+
+    /// How long shutdown waits for in-flight requests (and, on the leader, for leadership
+    /// to pass to another voter first).
     #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+
+    /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
+    /// to add this node as a voter, retrying until it is one. Does nothing on a node that has
+    /// state. Not with --raft_bootstrap.
+    #[arg(long = "join", env = "RAFTKV_JOIN", value_delimiter = ',', value_name = "HOST:PORT")]
+    join: Vec<String>,
 }
 
 const EXAMPLES: &str = "\
 Examples (the seed's three-node walkthrough):
   raftkv --raft_bootstrap --raft_id=nodeA --grpc_addr=localhost:40051 --raft_addr=localhost:50051 --raft_data_dir /tmp/raftkv
   raftkv --raft_id=nodeB --grpc_addr=localhost:40052 --raft_addr=localhost:50052 --raft_data_dir /tmp/raftkv
-  raftkvctl --endpoints localhost:40051 member add nodeB --raft-addr localhost:50052 --grpc-addr localhost:40052";
+  raftkvctl --endpoints localhost:40051 member add nodeB --raft-addr localhost:50052 --grpc-addr localhost:40052
+Or let a new node join by itself:
+  raftkv --raft_id=nodeC --grpc_addr=localhost:40053 --raft_addr=localhost:50053 --raft_data_dir /tmp/raftkv --join localhost:40051";
 
 fn parse_id(s: &str) -> Result<NodeId, String> {
     NodeId::new(s).map_err(|e| e.to_string())
@@ -153,6 +176,9 @@ fn run(args: Args) -> Result<()> {
     config.snapshot_threshold = args.snapshot_threshold;
     config.trailing_logs = args.trailing_logs;
     config.shutdown_grace = args.shutdown_grace;
+    config.snapshot_interval = args.snapshot_interval;
+    config.max_append_entries = args.max_append_entries;
+    config.join = args.join;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;
@@ -194,5 +220,25 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!args.raft_bootstrap);
         assert!(Args::try_parse_from(["raftkv", "--raft_id", "a/b"]).is_err());
+    }
+
+    #[test]
+    fn log_and_snapshot_policy_flags_parse() {
+        let args = Args::try_parse_from([
+            "raftkv",
+            "--raft_id=n",
+            "--snapshot_interval=30s",
+            "--max_append_entries",
+            "64",
+            "--join",
+            "a:1,b:2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.snapshot_interval, Duration::from_secs(30));
+        assert_eq!(args.max_append_entries, 64);
+        assert_eq!(args.join, vec!["a:1".to_string(), "b:2".to_string()]);
+        let args = Args::try_parse_from(["raftkv", "--raft_id=n"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.snapshot_interval, Duration::from_secs(120));
+        assert!(args.join.is_empty());
     }
 }

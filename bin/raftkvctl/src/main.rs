@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin_cmd;
 mod bench;
 mod kv_cmd;
 mod txn_syntax;
@@ -15,8 +16,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use client::{Client, ClientError, ClientOptions, Member, RaftState, Suffrage};
-use serde_json::{Value, json};
+use client::{Client, ClientError, ClientOptions};
 
 /// Command-line client of raftkv.
 #[derive(Parser, Debug)]
@@ -51,7 +51,10 @@ Examples:
   raftkvctl del greeting
   raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052
   raftkvctl member list
-  raftkvctl status
+  raftkvctl member remove nodeC
+  raftkvctl leader transfer --to nodeB
+  raftkvctl status --cluster
+  raftkvctl snapshot save backup.rkvs
 
 Exit status: 0 success, 1 key not found, 2 error.";
 
@@ -61,7 +64,7 @@ pub(crate) enum Output {
     Simple,
     /// One JSON object.
     Json,
-    /// Aligned columns (key listings and members; other commands print as simple).
+    /// A table, where the answer has rows (keys, `status`, `member list`); otherwise as simple.
     Table,
 }
 
@@ -69,98 +72,13 @@ pub(crate) enum Output {
 enum Command {
     #[command(flatten)]
     Kv(kv_cmd::KvCommand),
-    /// Cluster membership.
-    Member {
-        #[command(subcommand)]
-        command: MemberCommand,
-    },
     /// Measure throughput and latency: puts of new keys, or linearizable gets.
     #[command(
         after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16"
     )]
     Bench(bench::BenchArgs),
-    /// Status of the first reachable node: Raft state, term, leader, indexes, members.
-    #[command(after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status")]
-    Status,
-}
-
-#[derive(Subcommand, Debug)]
-enum MemberCommand {
-    /// Add a node as a voter: it joins as a learner, catches up, then is promoted.
-    #[command(
-        after_help = "Example:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052"
-    )]
-    Add {
-        /// The new node's --raft_id.
-        id: String,
-        /// The new node's --raft_addr.
-        #[arg(long = "raft-addr")]
-        raft_addr: String,
-        /// The new node's --grpc_addr.
-        #[arg(long = "grpc-addr")]
-        grpc_addr: String,
-        /// How long to wait for the node to catch up and become a voter.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
-    /// List the members as the answering node knows them.
-    #[command(after_help = "Examples:\n  raftkvctl member list\n  raftkvctl -o json member list")]
-    List,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 5s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
-    }
-}
-
-/// How a command ended, for the exit status.
-pub(crate) enum Outcome {
-    Ok,
-    NotFound(String),
-}
-
-fn member_json(m: &Member) -> Value {
-    json!({
-        "id": m.id,
-        "suffrage": if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" },
-        "raft_addr": m.raft_addr,
-        "grpc_addr": m.grpc_addr,
-        "is_leader": m.is_leader,
-    })
-}
-
-fn state_name(state: i32) -> &'static str {
-    match RaftState::try_from(state) {
-        Ok(RaftState::Leader) => "leader",
-        Ok(RaftState::Follower) => "follower",
-        Ok(RaftState::Candidate) => "candidate",
-        Ok(RaftState::Learner) => "learner",
-        Ok(RaftState::Shutdown) => "shutdown",
-        _ => "unknown",
-    }
-}
-
-fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()> {
-    let rows: Vec<Vec<String>> = members
-        .iter()
-        .map(|m| {
-            vec![
-                m.id.clone(),
-                if m.suffrage == Suffrage::Voter as i32 { "voter".into() } else { "learner".into() },
-                m.raft_addr.clone(),
-                m.grpc_addr.clone(),
-                if m.is_leader { "true".into() } else { "false".into() },
-            ]
-        })
-        .collect();
-    print_table(out, &["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER"], &rows)
+    #[command(flatten)]
+    Admin(admin_cmd::AdminCommand),
 }
 
 /// Prints rows under a header, in columns padded to the widest cell.
@@ -181,6 +99,24 @@ pub(crate) fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<Str
     Ok(())
 }
 
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 5s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
+        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+/// How a command ended, for the exit status.
+pub(crate) enum Outcome {
+    Ok,
+    NotFound(String),
+}
+
 async fn execute(cli: &Cli) -> Result<Outcome> {
     let options =
         ClientOptions { request_timeout: cli.command_timeout, no_forward: cli.no_forward, ..ClientOptions::default() };
@@ -189,27 +125,6 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
     let json = cli.output == Output::Json;
     match &cli.command {
         Command::Kv(cmd) => return kv_cmd::run(cmd, &client, cli.output, &mut out).await,
-        Command::Member { command: MemberCommand::Add { id, raft_addr, grpc_addr, timeout } } => {
-            let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({ "index": resp.index, "members": resp.members.iter().map(member_json).collect::<Vec<_>>() })
-                )?;
-            } else {
-                writeln!(out, "Member {id} is a voter (membership index {})", resp.index)?;
-                print_members(&mut out, &resp.members)?;
-            }
-        }
-        Command::Member { command: MemberCommand::List } => {
-            let status = client.status().await?;
-            if json {
-                writeln!(out, "{}", json!({ "members": status.members.iter().map(member_json).collect::<Vec<_>>() }))?;
-            } else {
-                print_members(&mut out, &status.members)?;
-            }
-        }
         Command::Bench(args) => {
             let summary = bench::run(&cli.endpoints, &options, args).await?;
             if json {
@@ -218,38 +133,7 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
                 writeln!(out, "{}", summary.text())?;
             }
         }
-        Command::Status => {
-            let s = client.status().await?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({
-                        "node_id": s.node_id,
-                        "state": state_name(s.state),
-                        "term": s.term,
-                        "leader_id": s.leader_id,
-                        "last_log_index": s.last_log_index,
-                        "committed_index": s.committed_index,
-                        "applied_index": s.applied_index,
-                        "snapshot_index": s.snapshot_index,
-                        "membership_index": s.membership_index,
-                        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-                    })
-                )?;
-            } else {
-                writeln!(out, "node:        {}", s.node_id)?;
-                writeln!(out, "state:       {}", state_name(s.state))?;
-                writeln!(out, "term:        {}", s.term)?;
-                writeln!(out, "leader:      {}", if s.leader_id.is_empty() { "(none)" } else { &s.leader_id })?;
-                writeln!(out, "last index:  {}", s.last_log_index)?;
-                writeln!(out, "committed:   {}", s.committed_index)?;
-                writeln!(out, "applied:     {}", s.applied_index)?;
-                writeln!(out, "snapshot:    {}", s.snapshot_index)?;
-                writeln!(out)?;
-                print_members(&mut out, &s.members)?;
-            }
-        }
+        Command::Admin(cmd) => admin_cmd::execute(cmd, &client, cli.output, &mut out).await?,
     }
     Ok(Outcome::Ok)
 }

@@ -11,7 +11,11 @@
 //!
 //! Servers forward writes to the leader themselves, so a client may talk to any node.
 //!
+//! Admin calls (membership, leadership, snapshots, backups) are in [`admin`].
+//!
 //! This crate must never depend on the server side (openraft, redb, the engine).
+
+pub mod admin;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,7 +31,7 @@ use proto::kv::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-pub use proto::admin::v1::{Member, RaftState, Suffrage};
+pub use proto::admin::v1::{Member, MembershipChangeResponse, RaftState, Suffrage};
 pub use proto::kv::v1 as kv;
 pub use proto::kv::v1::{Consistency, KeyValue};
 
@@ -61,6 +65,17 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
+    /// A backup stream was malformed, short, or failed its checksum; nothing was saved.
+    #[error("backup refused: {0}")]
+    Backup(String),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -220,6 +235,14 @@ impl Client {
                         status.metadata().get(RETRYABLE_HEADER).is_none() && status.code() == tonic::Code::Unavailable;
                     if transport {
                         self.forget(&addr);
+                    }
+                    if transport && never_sent(&status) {
+                        // The connection could not be (re)made: nothing was sent, as for a
+                        // failed connect, so the next endpoint is always safe to try.
+                        tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
+                        last_connect_error = format!("{addr}: {}", status.message());
+                        cursor += 1;
+                        continue;
                     }
                     // With a request id, an unknown outcome is safe to retry too.
                     let unknown = matches!(status.code(), tonic::Code::Unknown | tonic::Code::DeadlineExceeded);
@@ -413,9 +436,37 @@ fn client_id() -> String {
     format!("c{:016x}", h.finish())
 }
 
+/// Whether a transport failure happened while connecting, before anything was sent: the
+/// connection was refused (found in the error's source chain), or hyper's connector failed.
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.message().starts_with("tcp connect error") {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_connections_were_never_sent() {
+        let mut refused = tonic::Status::unavailable("transport error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert!(never_sent(&refused));
+        assert!(never_sent(&tonic::Status::unavailable("tcp connect error")));
+        let mut reset = tonic::Status::unavailable("transport error");
+        reset.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(!never_sent(&reset));
+        assert!(!never_sent(&tonic::Status::unavailable("connection closed")));
+    }
 
     #[test]
     fn endpoints_are_checked() {

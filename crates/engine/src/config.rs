@@ -33,13 +33,30 @@ pub struct NodeConfig {
     /// Keep this many log entries behind a snapshot, so a briefly lagging follower catches
     /// up from the log rather than a snapshot.
     pub trailing_logs: u64,
-    /// How long graceful shutdown may wait for in-flight requests.
+    /// How long graceful shutdown may wait for in-flight requests, and, on a leader, for
+    /// leadership to pass to another voter first.
     pub shutdown_grace: Duration,
+    /// How often to check whether a snapshot is due: one is taken when any entry was applied
+    /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
+    /// `snapshot_threshold` policy applies either way.
+    pub snapshot_interval: Duration,
+    /// The most log entries sent to a follower in one AppendEntries message (the seed's
+    /// `MaxAppendEntries`; openraft's `max_payload_entries`).
+    pub max_append_entries: u64,
+    /// Members to ask, at their gRPC address, to add this node as a voter when it starts
+    /// with no Raft state (`--join`). Ignored, with a log line, on a node that has state.
+    pub join: Vec<String>,
 }
+
+/// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
+pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+/// The largest `max_append_entries` accepted (hashicorp/raft's limit).
+pub const MAX_APPEND_ENTRIES_LIMIT: u64 = 1024;
 
 impl NodeConfig {
     /// Defaults for `id`: the seed's addresses, timing like etcd's (100 ms heartbeats,
-    /// elections after 1 to 2 s), and the seed's snapshot settings.
+    /// elections after 1 to 2 s), the seed's snapshot settings (threshold 8192, 10240 trailing
+    /// entries, a check every 120 s), and openraft's 300 entries per AppendEntries message.
     #[must_use]
     pub fn new(id: NodeId) -> Self {
         Self {
@@ -53,6 +70,9 @@ impl NodeConfig {
             snapshot_threshold: 8192,
             trailing_logs: 10240,
             shutdown_grace: Duration::from_secs(5),
+            snapshot_interval: Duration::from_secs(120),
+            max_append_entries: 300,
+            join: Vec::new(),
         }
     }
 
@@ -82,6 +102,28 @@ impl NodeConfig {
         if self.snapshot_threshold == 0 {
             return bad("--snapshot_threshold must be at least 1".into());
         }
+        let si = self.snapshot_interval;
+        if !si.is_zero() && si < MIN_SNAPSHOT_INTERVAL {
+            return bad(format!(
+                "--snapshot_interval is {si:?}; it must be 0 (off) or at least {MIN_SNAPSHOT_INTERVAL:?}"
+            ));
+        }
+        let mae = self.max_append_entries;
+        if mae == 0 || mae > MAX_APPEND_ENTRIES_LIMIT {
+            return bad(format!("--max_append_entries is {mae}; it must be from 1 to {MAX_APPEND_ENTRIES_LIMIT}"));
+        }
+        if !self.join.is_empty() && self.bootstrap {
+            return bad("--join and --raft_bootstrap cannot be used together: --raft_bootstrap starts a new cluster, \
+                 --join asks an existing one to add this node; give only one"
+                .into());
+        }
+        for addr in &self.join {
+            let ok =
+                addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return bad(format!("--join {addr:?} is not HOST:PORT (a member's --grpc_addr)"));
+            }
+        }
         for (flag, addr) in [("--raft_addr", &self.raft_addr), ("--grpc_addr", &self.grpc_addr)] {
             let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
@@ -105,6 +147,7 @@ impl NodeConfig {
             replication_lag_threshold: self.snapshot_threshold.max(self.trailing_logs),
             purge_batch_size: 64,
             install_snapshot_timeout: ms(self.election_timeout).max(1000),
+            max_payload_entries: self.max_append_entries,
             enable_pre_vote: Some(true),
             // Replicate entries as soon as they are written to the leader's log, in parallel
             // with its fsync; commitment still waits for a quorum of fsyncs.
@@ -135,6 +178,57 @@ mod tests {
         c.election_timeout = Duration::from_millis(1500);
         let msg = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("--election_timeout") && msg.contains("3 times --heartbeat_interval"), "{msg}");
+    }
+
+    fn refused(c: &NodeConfig) -> String {
+        c.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_seeds_own_timing_is_refused_clearly() {
+        // raft-example set HeartbeatTimeout 1 s and LeaderLeaseTimeout 1.5 s, which hashicorp
+        // refuses at start; the same numbers as heartbeat and election timeout are refused here.
+        let mut c = cfg();
+        c.heartbeat_interval = Duration::from_millis(1000);
+        c.election_timeout = Duration::from_millis(1500);
+        let msg = refused(&c);
+        assert!(msg.contains("--election_timeout (1.5s)") && msg.contains("--heartbeat_interval (1s)"), "{msg}");
+    }
+
+    #[test]
+    fn snapshot_interval_is_off_or_long_enough() {
+        let mut c = cfg();
+        c.snapshot_interval = Duration::ZERO;
+        assert!(c.validate().is_ok());
+        c.snapshot_interval = Duration::from_millis(5);
+        let msg = refused(&c);
+        assert!(msg.contains("--snapshot_interval is 5ms") && msg.contains("0 (off) or at least 100ms"), "{msg}");
+    }
+
+    #[test]
+    fn max_append_entries_is_bounded() {
+        let mut c = cfg();
+        for bad in [0, 1025] {
+            c.max_append_entries = bad;
+            let msg = refused(&c);
+            assert!(msg.contains("--max_append_entries") && msg.contains("from 1 to 1024"), "{msg}");
+        }
+        c.max_append_entries = 64;
+        assert!(c.validate().is_ok());
+        assert_eq!(c.raft_config().map(|r| r.max_payload_entries).ok(), Some(64));
+    }
+
+    #[test]
+    fn join_and_bootstrap_conflict() {
+        let mut c = cfg();
+        c.join = vec!["127.0.0.1:40051".into()];
+        assert!(c.validate().is_ok());
+        c.bootstrap = true;
+        let msg = refused(&c);
+        assert!(msg.contains("--join and --raft_bootstrap cannot be used together"), "{msg}");
+        c.bootstrap = false;
+        c.join = vec!["nohost".into()];
+        assert!(refused(&c).contains("--join \"nohost\" is not HOST:PORT"));
     }
 
     #[test]

@@ -13,14 +13,18 @@
 //! 6. keeps the resolver equal to the Raft membership;
 //! 7. serves KV, Admin, Raft, `Example`, gRPC health (`quis.RaftLeader` SERVING only on the
 //!    leader: [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
-//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests.
+//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
+//! 9. starts the background work (the `background` module): the periodic snapshot check
+//!    (`--snapshot_interval`) and, with `--join` on a node without state, auto-join.
 //!
-//! [`Node::shutdown`] stops in the reverse order: the servers drain in-flight requests
-//! (bounded by `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the
-//! stores close.
+//! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
+//! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
+//! stops in the reverse order: the servers drain in-flight requests (bounded by
+//! `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the stores close.
 //!
 //! The engine may depend on every crate; nothing depends on it but the binaries.
 
+mod background;
 mod config;
 pub mod transport;
 
@@ -48,7 +52,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use types::{NodeId, NodeInfo};
 
-pub use config::NodeConfig;
+pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
 use transport::client::NetworkFactory;
 use transport::server::RaftService;
 
@@ -113,6 +117,8 @@ pub struct Node {
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     membership_task: JoinHandle<()>,
     leader_health: JoinHandle<()>,
+    ctx: NodeContext,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -193,7 +199,7 @@ impl Node {
         client_routes
             .add_service(KvService::new(ctx.clone()).into_server())
             .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
-            .add_service(AdminService::new(ctx).into_server())
+            .add_service(AdminService::new(ctx.clone()).into_server())
             .add_service(health)
             .add_service(reflection);
         let (stop, _) = watch::channel(false);
@@ -227,7 +233,17 @@ impl Node {
             dir = %dir.display(),
             "node started"
         );
-        Ok(Node { config, raft, sm, listen, stop, servers, membership_task, leader_health })
+        let mut background = Vec::new();
+        if !config.snapshot_interval.is_zero() {
+            let timer = background::snapshot_timer(raft.clone(), config.snapshot_interval, stop.subscribe());
+            background.push(tokio::spawn(timer));
+        }
+        if !config.join.is_empty() {
+            let join =
+                background::auto_join(raft.clone(), config.id.clone(), me, config.join.clone(), stop.subscribe());
+            background.push(tokio::spawn(join));
+        }
+        Ok(Node { config, raft, sm, listen, stop, servers, membership_task, leader_health, ctx, background })
     }
 
     /// The addresses actually bound.
@@ -248,13 +264,18 @@ impl Node {
         &self.sm
     }
 
-    /// Stops the node: the servers drain (bounded by the shutdown grace), then Raft stops,
-    /// then the stores close.
+    /// Stops the node: a leader hands leadership over first (bounded by the shutdown grace),
+    /// then the servers drain (bounded by the shutdown grace), then Raft stops, then the
+    /// stores close.
     pub async fn shutdown(self) -> Result<(), EngineError> {
         let id = self.config.id.clone();
+        let grace = self.config.shutdown_grace;
+        background::hand_over_leadership(&self.ctx, grace).await;
         tracing::info!(node = %id, "shutting down: draining gRPC servers");
         let _ = self.stop.send(true);
-        let grace = self.config.shutdown_grace;
+        for task in &self.background {
+            task.abort();
+        }
         for mut server in self.servers {
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(Ok(Ok(()))) => {}

@@ -1,17 +1,31 @@
-//! The `raftkv.admin.v1.Admin` service: status and membership.
+//! The `raftkv.admin.v1.Admin` service: status, membership, leadership, snapshots, backups.
+//!
+//! Each handler checks its input, bounds the call by the caller's deadline (capped), runs the
+//! operation from [`crate::cluster`], and forwards the request once to the leader when the
+//! operation says only the leader can do it. The hop guard and the no-forward opt-out are the
+//! KV service's ([`crate::forward`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use openraft::{RaftMetrics, ServerState};
 use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
-use proto::admin::v1::{AddVoterRequest, AddVoterResponse, Member, RaftState, StatusRequest, StatusResponse, Suffrage};
+use proto::admin::v1::{
+    AddLearnerRequest, AddVoterRequest, AddVoterResponse, BackupHeader, BackupRequest, BarrierRequest, BarrierResponse,
+    DemoteRequest, Member, MembershipChangeResponse, PromoteRequest, RaftState, RemoveRequest, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest, TransferLeaderResponse,
+    VerifyLeaderRequest, VerifyLeaderResponse,
+};
+use tokio::time::Instant;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
+use crate::backup::{BackupStream, stream_file};
+use crate::cluster::{self, MembershipChange, Outcome};
+use crate::error::RETRYABLE_HEADER;
 use crate::forward::{deadline, forward_failed, forwarded_request, may_forward};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::{NodeContext, ServiceError};
@@ -19,6 +33,9 @@ use crate::{NodeContext, ServiceError};
 /// How long adding a voter may take when the caller sets no deadline: catching up a new
 /// node can take a while on a large state.
 pub const DEFAULT_ADD_VOTER_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest any other admin call may take (membership changes, transfers, snapshots,
+/// backups before their first byte): the caller's deadline, capped at this.
+pub const MAX_ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The Admin service of one node.
 #[derive(Debug, Clone)]
@@ -40,19 +57,27 @@ impl AdminService {
     }
 }
 
-/// The members of the membership in `m`, voters first, each with its suffrage.
+/// The members of the membership in `m`, voters first, each with its suffrage; on the leader
+/// also with its replication progress (matched index and lag).
 #[must_use]
 pub fn members_of(m: &RaftMetrics<TypeConfig>) -> Vec<Member> {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let leader = m.state == ServerState::Leader;
+    let last = m.last_log_index.unwrap_or(0);
     let mut members: Vec<Member> = membership
         .nodes()
-        .map(|(id, info)| Member {
-            id: id.to_string(),
-            suffrage: if voters.contains(id) { Suffrage::Voter } else { Suffrage::Learner } as i32,
-            raft_addr: info.raft_addr.clone(),
-            grpc_addr: info.grpc_addr.clone(),
-            is_leader: m.current_leader.as_ref() == Some(id),
+        .map(|(id, info)| {
+            let matched = if leader { cluster::matched_index(m, id) } else { None };
+            Member {
+                id: id.to_string(),
+                suffrage: if voters.contains(id) { Suffrage::Voter } else { Suffrage::Learner } as i32,
+                raft_addr: info.raft_addr.clone(),
+                grpc_addr: info.grpc_addr.clone(),
+                is_leader: m.current_leader.as_ref() == Some(id),
+                matched_index: matched,
+                lag: matched.map(|i| last.saturating_sub(i)),
+            }
         })
         .collect();
     members.sort_by(|a, b| {
@@ -82,87 +107,109 @@ fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
     }
 }
 
+fn node_id(what: &str, id: &str) -> Result<NodeId, ServiceError> {
+    NodeId::new(id).map_err(|e| ServiceError::InvalidArgument(format!("{what}: {e}")))
+}
+
+fn node_info(raft_addr: &str, grpc_addr: &str) -> Result<NodeInfo, ServiceError> {
+    check_addr("raft_addr", raft_addr)?;
+    check_addr("grpc_addr", grpc_addr)?;
+    Ok(NodeInfo { raft_addr: raft_addr.to_string(), grpc_addr: grpc_addr.to_string() })
+}
+
+fn change_response(c: MembershipChange) -> MembershipChangeResponse {
+    MembershipChangeResponse { index: c.index, members: c.members, changed: c.changed }
+}
+
+/// The caller's deadline (capped at `max`) as an instant, and whether it allows forwarding.
+fn budget<T>(request: &Request<T>, max: Duration) -> (Instant, bool) {
+    (Instant::now() + deadline(request.metadata(), max), may_forward(request.metadata()))
+}
+
 impl AdminService {
-    async fn add_voter_here(
+    /// Forwards `req` to `leader` with what is left of the deadline. `write`: the request
+    /// changes the cluster, so a transport failure after sending leaves its outcome unknown.
+    async fn forward<Req, Resp, F, Fut>(
         &self,
-        id: NodeId,
-        info: NodeInfo,
-        timeout: Duration,
-    ) -> Result<AddVoterOutcome, ServiceError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let raft = &self.ctx.raft;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let m = raft.metrics().borrow_watched().clone();
-            if m.current_leader.as_ref() != Some(&self.ctx.id) || m.state != ServerState::Leader {
-                return match m.current_leader.filter(|l| *l != self.ctx.id) {
-                    Some(leader) => Ok(AddVoterOutcome::Forward(leader)),
-                    None => Err(ServiceError::NoLeader),
-                };
+        leader: NodeId,
+        allowed: bool,
+        write: bool,
+        until: Instant,
+        req: Req,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let addr = {
+            let m = self.ctx.raft.metrics().borrow_watched().clone();
+            m.membership_config.membership().get_node(&leader).map(|n| n.grpc_addr.clone())
+        }
+        .or_else(|| self.ctx.resolver.resolve(&leader).map(|n| n.grpc_addr))
+        .filter(|a| !a.is_empty());
+        let Some(addr) = addr else {
+            return Err(ServiceError::NotLeader { id: leader, addr: None }.into());
+        };
+        if !allowed {
+            return Err(ServiceError::NotLeader { id: leader, addr: Some(addr) }.into());
+        }
+        let ch =
+            self.ctx.forwarder.channel(&addr).await.map_err(|e| forward_failed(&leader, &addr, false, write, &e))?;
+        let timeout = until.saturating_duration_since(Instant::now());
+        match call(AdminClient::new(ch), forwarded_request(req, timeout)).await {
+            Ok(resp) => Ok(resp),
+            // An answer from the leader's service (it carries the retryable header, or is a
+            // decoding refusal) passes through unchanged; anything else came from the transport.
+            Err(s)
+                if s.metadata().get(RETRYABLE_HEADER).is_some()
+                    || matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange) =>
+            {
+                Err(s)
             }
-            let membership = m.membership_config.membership();
-            if let Some(existing) = membership.get_node(&id) {
-                if *existing != info {
-                    return Err(ServiceError::FailedPrecondition(format!(
-                        "node {id} is already a member with raft_addr {} and grpc_addr {}; remove it before adding it with other addresses",
-                        existing.raft_addr, existing.grpc_addr
-                    )));
-                }
-                if membership.voter_ids().any(|v| v == id) {
-                    let index = types::index_of(m.membership_config.log_id().as_ref());
-                    return Ok(AddVoterOutcome::Done(index, members_of(&m)));
-                }
+            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+                let outcome = if write { "; the change may still take effect" } else { "" };
+                Err(ServiceError::DeadlineExceeded(format!("the leader {leader} did not answer in time{outcome}"))
+                    .into())
             }
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                return Err(ServiceError::DeadlineExceeded(format!("node {id} was not made a voter in time")));
+            Err(s) => {
+                self.ctx.forwarder.forget(&addr);
+                Err(forward_failed(&leader, &addr, true, write, &s).into())
             }
-            let step = async {
-                if membership.get_node(&id).is_none() {
-                    tracing::info!(node = %id, raft_addr = %info.raft_addr, "adding learner");
-                    raft.add_learner(id.clone(), info.clone(), true).await?;
-                }
-                tracing::info!(node = %id, "promoting learner to voter");
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false).await
-            };
-            match tokio::time::timeout(remaining, step).await {
-                Err(_) => {
-                    return Err(ServiceError::DeadlineExceeded(format!("node {id} was not made a voter in time")));
-                }
-                Ok(Ok(resp)) => {
-                    let m = raft.metrics().borrow_watched().clone();
-                    return Ok(AddVoterOutcome::Done(resp.log_id.index, members_of(&m)));
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_id {
-                    Some(l) if l != self.ctx.id => return Ok(AddVoterOutcome::Forward(l)),
-                    _ => {}
-                },
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_) | ChangeMembershipError::UncommittedLeaderLog(_),
-                )))) => {}
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                    return Err(ServiceError::FailedPrecondition(format!("cannot add {id}: {e}")));
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
-                    return Err(ServiceError::OutcomeUnknown(format!(
-                        "leadership changed during the membership change ({f})"
-                    )));
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e)))) => {
-                    return Err(ServiceError::FailedPrecondition(format!("cannot add {id}: {e}")));
-                }
-                Ok(Err(RaftError::Fatal(_))) => return Err(ServiceError::ShuttingDown),
+        }
+    }
+
+    /// Waits here until `index` (the leader's barrier) is applied, and answers.
+    async fn barrier_here(&self, index: u64, until: Instant) -> Result<BarrierResponse, ServiceError> {
+        cluster::wait_applied(&self.ctx, index, until).await?;
+        Ok(BarrierResponse { node_id: self.ctx.id.to_string(), index })
+    }
+
+    /// The barrier index: from this node if it leads, else from the leader (forwarded once).
+    async fn barrier_index(&self, allowed: bool, until: Instant) -> Result<u64, Status> {
+        match cluster::barrier(&self.ctx, until).await? {
+            Outcome::Done(index) => Ok(index),
+            Outcome::Forward(leader) => {
+                let resp =
+                    self.forward(leader, allowed, false, until, BarrierRequest {}, |mut c, r| async move {
+                        c.barrier(r).await
+                    })
+                    .await?;
+                Ok(resp.into_inner().index)
             }
-            // Busy or not yet writable: wait a little and look again.
-            tokio::time::sleep(backoff.min(remaining)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 }
 
-enum AddVoterOutcome {
-    Done(u64, Vec<Member>),
-    Forward(NodeId),
+macro_rules! membership_call {
+    ($self:ident, $until:ident, $forward:ident, $req:ident, $outcome:expr, $method:ident) => {
+        match $outcome {
+            Outcome::Done(c) => Ok(Response::new(change_response(c))),
+            Outcome::Forward(leader) => {
+                $self.forward(leader, $forward, true, $until, $req, |mut c, r| async move { c.$method(r).await }).await
+            }
+        }
+    };
 }
 
 #[tonic::async_trait]
@@ -180,35 +227,138 @@ impl Admin for AdminService {
             snapshot_index: types::index_of(m.snapshot.as_ref()),
             membership_index: types::index_of(m.membership_config.log_id().as_ref()),
             members: members_of(&m),
+            purged_index: types::index_of(m.purged.as_ref()),
         }))
     }
 
     async fn add_voter(&self, request: Request<AddVoterRequest>) -> Result<Response<AddVoterResponse>, Status> {
-        let timeout = deadline(request.metadata(), DEFAULT_ADD_VOTER_TIMEOUT.max(DEFAULT_REQUEST_TIMEOUT));
-        let forward = may_forward(request.metadata());
+        let (until, forward) = budget(&request, DEFAULT_ADD_VOTER_TIMEOUT.max(DEFAULT_REQUEST_TIMEOUT));
         let req = request.into_inner();
-        let id = NodeId::new(&req.id).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-        check_addr("raft_addr", &req.raft_addr)?;
-        check_addr("grpc_addr", &req.grpc_addr)?;
-        let info = NodeInfo { raft_addr: req.raft_addr.clone(), grpc_addr: req.grpc_addr.clone() };
-        match self.add_voter_here(id, info, timeout).await? {
-            AddVoterOutcome::Done(index, members) => Ok(Response::new(AddVoterResponse { index, members })),
-            AddVoterOutcome::Forward(leader) => {
-                let Some(addr) = self.ctx.resolver.resolve(&leader).map(|n| n.grpc_addr) else {
-                    return Err(ServiceError::NotLeader { id: leader, addr: None }.into());
-                };
-                if !forward {
-                    return Err(ServiceError::NotLeader { id: leader, addr: Some(addr) }.into());
-                }
-                let ch = self
-                    .ctx
-                    .forwarder
-                    .channel(&addr)
-                    .await
-                    .map_err(|e| forward_failed(&leader, &addr, false, true, &e))?;
-                AdminClient::new(ch).add_voter(forwarded_request(req, timeout)).await
+        let id = node_id("id", &req.id)?;
+        let info = node_info(&req.raft_addr, &req.grpc_addr)?;
+        match cluster::add_voter(&self.ctx, &id, &info, until).await? {
+            Outcome::Done(c) => Ok(Response::new(AddVoterResponse { index: c.index, members: c.members })),
+            Outcome::Forward(leader) => {
+                self.forward(leader, forward, true, until, req, |mut c, r| async move { c.add_voter(r).await }).await
             }
         }
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipChangeResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let req = request.into_inner();
+        let id = node_id("id", &req.id)?;
+        let info = node_info(&req.raft_addr, &req.grpc_addr)?;
+        membership_call!(
+            self,
+            until,
+            forward,
+            req,
+            cluster::add_learner(&self.ctx, &id, &info, until).await?,
+            add_learner
+        )
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let req = request.into_inner();
+        let id = node_id("id", &req.id)?;
+        membership_call!(self, until, forward, req, cluster::promote(&self.ctx, &id, until).await?, promote)
+    }
+
+    async fn demote(&self, request: Request<DemoteRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let req = request.into_inner();
+        let id = node_id("id", &req.id)?;
+        membership_call!(self, until, forward, req, cluster::demote(&self.ctx, &id, until).await?, demote)
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let req = request.into_inner();
+        let id = node_id("id", &req.id)?;
+        membership_call!(self, until, forward, req, cluster::remove(&self.ctx, &id, until).await?, remove)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let req = request.into_inner();
+        let to = if req.to.is_empty() { None } else { Some(node_id("to", &req.to)?) };
+        match cluster::transfer_leadership(&self.ctx, to.as_ref(), until).await? {
+            Outcome::Done(t) => Ok(Response::new(TransferLeaderResponse {
+                previous_leader_id: t.previous.to_string(),
+                leader_id: t.leader.to_string(),
+                term: t.term,
+            })),
+            Outcome::Forward(leader) => {
+                self.forward(leader, forward, true, until, req, |mut c, r| async move { c.transfer_leader(r).await })
+                    .await
+            }
+        }
+    }
+
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+        let (until, _) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let (index, term) = cluster::snapshot(&self.ctx, until).await?;
+        Ok(Response::new(SnapshotResponse { node_id: self.ctx.id.to_string(), index, term }))
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        // Everything committed before the call is applied here, then snapshotted.
+        let index = self.barrier_index(forward, until).await?;
+        cluster::wait_applied(&self.ctx, index, until).await?;
+        cluster::snapshot(&self.ctx, until).await?;
+        let snapshot = self
+            .ctx
+            .raft
+            .get_snapshot()
+            .await
+            .map_err(|e| ServiceError::Internal(format!("reading the current snapshot: {e}")))?
+            .ok_or_else(|| ServiceError::Internal("no snapshot after building one".into()))?;
+        let last = snapshot.meta.last_log_id.clone();
+        let snap_index = types::index_of(last.as_ref());
+        if snap_index < index {
+            return Err(ServiceError::Internal(format!(
+                "the current snapshot ends at {snap_index}, before the barrier at {index}"
+            ))
+            .into());
+        }
+        let header = BackupHeader {
+            node_id: self.ctx.id.to_string(),
+            index: snap_index,
+            term: last.map(|l| l.leader_id.term).unwrap_or(0),
+            size: snapshot.snapshot.len(),
+        };
+        tracing::info!(index = snap_index, size = header.size, "streaming a backup");
+        Ok(Response::new(stream_file(header, snapshot.snapshot)))
+    }
+
+    async fn barrier(&self, request: Request<BarrierRequest>) -> Result<Response<BarrierResponse>, Status> {
+        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let index = self.barrier_index(forward, until).await?;
+        Ok(Response::new(self.barrier_here(index, until).await?))
+    }
+
+    async fn verify_leader(
+        &self,
+        request: Request<VerifyLeaderRequest>,
+    ) -> Result<Response<VerifyLeaderResponse>, Status> {
+        let (until, _) = budget(&request, DEFAULT_REQUEST_TIMEOUT);
+        let v = cluster::verify_leader(&self.ctx, until).await?;
+        Ok(Response::new(VerifyLeaderResponse {
+            leader_id: self.ctx.id.to_string(),
+            term: v.term,
+            read_index: v.read_index,
+        }))
     }
 }
 
@@ -225,5 +375,13 @@ mod tests {
             let err = check_addr("raft_addr", bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("HOST:PORT"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        let err = node_id("id", "a/b").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("id: ") && err.contains("'/'"), "{err}");
+        assert!(node_id("to", "").is_err());
+        assert!(node_id("id", "nodeA").is_ok());
     }
 }

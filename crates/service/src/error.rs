@@ -36,6 +36,10 @@ pub enum ServiceError {
     /// The leader could not reach a quorum. Nothing was written.
     #[error("the cluster has no quorum: {0}")]
     NoQuorum(String),
+    /// Another membership change was still in progress when the deadline passed; this one
+    /// was not proposed. Nothing was written.
+    #[error("another membership change is in progress: {0}; retry shortly")]
+    MembershipBusy(String),
     /// The write was appended to the log, then leadership changed: it may or may not be
     /// applied. Never safe to retry blindly.
     #[error("write outcome unknown: {0}; read the key before retrying")]
@@ -52,6 +56,10 @@ pub enum ServiceError {
         /// The key's modify_index now.
         current_index: u64,
     },
+    /// The request names something that does not exist (for example a node that is not a
+    /// member). Nothing was written.
+    #[error("{0}")]
+    NotFound(String),
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -72,6 +80,7 @@ impl ServiceError {
             ServiceError::NotLeader { .. }
                 | ServiceError::NoLeader
                 | ServiceError::NoQuorum(_)
+                | ServiceError::MembershipBusy(_)
                 | ServiceError::ShuttingDown
         )
     }
@@ -82,9 +91,11 @@ impl ServiceError {
             ServiceError::NotLeader { .. }
             | ServiceError::NoLeader
             | ServiceError::NoQuorum(_)
+            | ServiceError::MembershipBusy(_)
             | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::OutcomeUnknown(_) => Code::Unknown,
             ServiceError::FailedPrecondition(_) | ServiceError::PreconditionFailed { .. } => Code::FailedPrecondition,
+            ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
         }
@@ -125,6 +136,31 @@ mod tests {
         assert_eq!(s.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()), Some("127.0.0.1:4"));
         assert_eq!(s.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("true"));
         assert_eq!(s.message(), "not the leader; the leader is 2 at 127.0.0.1:4");
+    }
+
+    #[test]
+    fn every_code_and_retry_flag() {
+        let id = NodeId::from(1);
+        let cases = [
+            (ServiceError::InvalidArgument("x".into()), Code::InvalidArgument, false),
+            (ServiceError::NotLeader { id, addr: None }, Code::Unavailable, true),
+            (ServiceError::NoLeader, Code::Unavailable, true),
+            (ServiceError::NoQuorum("x".into()), Code::Unavailable, true),
+            (ServiceError::MembershipBusy("x".into()), Code::Unavailable, true),
+            (ServiceError::OutcomeUnknown("x".into()), Code::Unknown, false),
+            (ServiceError::FailedPrecondition("x".into()), Code::FailedPrecondition, false),
+            (ServiceError::NotFound("x".into()), Code::NotFound, false),
+            (ServiceError::DeadlineExceeded("x".into()), Code::DeadlineExceeded, false),
+            (ServiceError::ShuttingDown, Code::Unavailable, true),
+            (ServiceError::Internal("x".into()), Code::Internal, false),
+        ];
+        for (e, code, retryable) in cases {
+            let what = format!("{e:?}");
+            let s = Status::from(e);
+            assert_eq!(s.code(), code, "{what}");
+            let flag = s.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok());
+            assert_eq!(flag, Some(if retryable { "true" } else { "false" }), "{what}");
+        }
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!   Reads are linearizable by default, served by the node asked: the leader after a
 //!   ReadIndex round, a follower after fetching the read index from the leader and applying
 //!   that far; `LEASE` and `STALE` are opt-in.
-//! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status, and AddVoter (learner first,
-//!   promoted once caught up).
+//! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status (with each member's replication
+//!   progress on the leader), membership changes (AddVoter learner-first, AddLearner,
+//!   Promote, Demote, Remove), TransferLeader, Snapshot, Backup (a snapshot streamed with a
+//!   CRC32 trailer), Barrier and VerifyLeader. The operations themselves are in [`cluster`],
+//!   which the engine also uses to hand leadership over before a planned stop.
 //! - Forwarding ([`forward`]): a write that needs the leader is forwarded once to the
 //!   leader's gRPC address (from the Raft membership; the resolver is the fallback), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
@@ -21,6 +24,8 @@
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+mod backup;
+pub mod cluster;
 pub mod compat;
 mod convert;
 mod error;
@@ -29,7 +34,8 @@ mod kv;
 pub mod limits;
 mod node;
 
-pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, members_of};
+pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, members_of};
+pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
 pub use forward::Forwarder;
 pub use kv::KvService;

@@ -12,6 +12,12 @@ pub struct Member {
     /// True for the member the answering node knows as leader.
     #[prost(bool, tag = "5")]
     pub is_leader: bool,
+    /// Set only by the leader: the last log index known to be replicated to this member.
+    #[prost(uint64, optional, tag = "6")]
+    pub matched_index: ::core::option::Option<u64>,
+    /// Set only by the leader: how many entries this member is behind the leader's last index.
+    #[prost(uint64, optional, tag = "7")]
+    pub lag: ::core::option::Option<u64>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
@@ -32,6 +38,7 @@ pub struct StatusResponse {
     pub committed_index: u64,
     #[prost(uint64, tag = "7")]
     pub applied_index: u64,
+    /// Index of the last entry in this node's current snapshot; 0 when it has none.
     #[prost(uint64, tag = "8")]
     pub snapshot_index: u64,
     /// Log index of the membership configuration below.
@@ -39,6 +46,9 @@ pub struct StatusResponse {
     pub membership_index: u64,
     #[prost(message, repeated, tag = "10")]
     pub members: ::prost::alloc::vec::Vec<Member>,
+    /// Entries up to this index are purged from this node's log (they live in the snapshot).
+    #[prost(uint64, tag = "11")]
+    pub purged_index: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AddVoterRequest {
@@ -59,6 +69,147 @@ pub struct AddVoterResponse {
     pub index: u64,
     #[prost(message, repeated, tag = "2")]
     pub members: ::prost::alloc::vec::Vec<Member>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddLearnerRequest {
+    /// The new node's id, as given to it with --raft_id.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Where the new node listens for Raft traffic (its --raft_addr).
+    #[prost(string, tag = "2")]
+    pub raft_addr: ::prost::alloc::string::String,
+    /// Where the new node serves clients (its --grpc_addr).
+    #[prost(string, tag = "3")]
+    pub grpc_addr: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PromoteRequest {
+    /// The id of a learner.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DemoteRequest {
+    /// The id of a voter.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveRequest {
+    /// The id of a member.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+/// The answer to a membership change.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MembershipChangeResponse {
+    /// Log index of the membership configuration now in force.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// The members after the change.
+    #[prost(message, repeated, tag = "2")]
+    pub members: ::prost::alloc::vec::Vec<Member>,
+    /// False when the cluster was already as asked and nothing was written.
+    #[prost(bool, tag = "3")]
+    pub changed: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TransferLeaderRequest {
+    /// The voter to hand leadership to; empty: the most caught-up voter other than the leader.
+    #[prost(string, tag = "1")]
+    pub to: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TransferLeaderResponse {
+    /// The leader before the call.
+    #[prost(string, tag = "1")]
+    pub previous_leader_id: ::prost::alloc::string::String,
+    /// The leader now.
+    #[prost(string, tag = "2")]
+    pub leader_id: ::prost::alloc::string::String,
+    /// The term of the new leader, as the answering node knows it.
+    #[prost(uint64, tag = "3")]
+    pub term: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotResponse {
+    /// The node whose snapshot this is.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// Index of the last log entry the snapshot holds.
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    /// Term of that entry.
+    #[prost(uint64, tag = "3")]
+    pub term: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupRequest {}
+/// One message of a backup stream: a header first, then data chunks, then a trailer.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupChunk {
+    #[prost(oneof = "backup_chunk::Chunk", tags = "1, 2, 3")]
+    pub chunk: ::core::option::Option<backup_chunk::Chunk>,
+}
+/// Nested message and enum types in `BackupChunk`.
+pub mod backup_chunk {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Chunk {
+        #[prost(message, tag = "1")]
+        Header(super::BackupHeader),
+        #[prost(bytes, tag = "2")]
+        Data(::prost::bytes::Bytes),
+        #[prost(message, tag = "3")]
+        Trailer(super::BackupTrailer),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupHeader {
+    /// The node whose snapshot this is.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// Index of the last log entry the snapshot holds.
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    /// Term of that entry.
+    #[prost(uint64, tag = "3")]
+    pub term: u64,
+    /// Size of the snapshot file in bytes: the data chunks carry exactly this many.
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupTrailer {
+    /// CRC32 (IEEE) of all data bytes.
+    #[prost(uint32, tag = "1")]
+    pub crc32: u32,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BarrierRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BarrierResponse {
+    /// The node that answered.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// Every entry up to this index is applied on that node.
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyLeaderRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyLeaderResponse {
+    /// The leader, confirmed by a quorum.
+    #[prost(string, tag = "1")]
+    pub leader_id: ::prost::alloc::string::String,
+    /// Its term.
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    /// The commit index the leader confirmed (the ReadIndex).
+    #[prost(uint64, tag = "3")]
+    pub read_index: u64,
 }
 /// What a member may do in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -136,8 +287,7 @@ pub mod admin_client {
     #![allow(unused_variables, dead_code, missing_docs, clippy::wildcard_imports, clippy::let_unit_value)]
     use tonic::codegen::http::Uri;
     use tonic::codegen::*;
-    /// Cluster administration. Any node serves it; membership changes are forwarded to the
-    /// leader once.
+    /// Cluster administration.
     #[derive(Debug, Clone)]
     pub struct AdminClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -213,6 +363,7 @@ pub mod admin_client {
             self
         }
         /// Status of the node that answers: its Raft state, indexes, and the membership it knows.
+        /// On the leader each member also carries its replication progress.
         pub async fn status(
             &mut self,
             request: impl tonic::IntoRequest<super::StatusRequest>,
@@ -244,6 +395,153 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "AddVoter"));
             self.inner.unary(req, path, codec).await
         }
+        /// AddLearner adds a node as a learner (it receives the log but does not vote). It returns
+        /// once the membership change is committed. A learner with the same addresses: no change.
+        pub async fn add_learner(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AddLearnerRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/AddLearner");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "AddLearner"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Promote makes a learner a voter once it has caught up with the leader's log as it was
+        /// when the call arrived. A voter: no change. Not a member: NOT_FOUND.
+        pub async fn promote(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PromoteRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Promote");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Promote"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Demote makes a voter a learner. A learner: no change. The last voter cannot be demoted
+        /// (FAILED_PRECONDITION). Demoting the leader first hands leadership to another voter.
+        pub async fn demote(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DemoteRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Demote");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Demote"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Remove takes a node out of the cluster. Not a member: no change. The last voter cannot
+        /// be removed (FAILED_PRECONDITION). Removing the leader first hands leadership to another
+        /// voter.
+        pub async fn remove(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Remove");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Remove"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// TransferLeader hands leadership to a caught-up voter (the most caught-up one, or the one
+        /// named) and returns when the new leader is known, or fails when the deadline passes.
+        pub async fn transfer_leader(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TransferLeaderRequest>,
+        ) -> std::result::Result<tonic::Response<super::TransferLeaderResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/TransferLeader");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "TransferLeader"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Snapshot makes the answering node take a snapshot of everything it has applied, waits
+        /// for it, and returns its index. When the current snapshot already covers everything
+        /// applied, it is returned as is.
+        pub async fn snapshot(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SnapshotRequest>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Snapshot");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Snapshot"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Backup streams a snapshot of the answering node that holds every write committed before
+        /// the call: a header, the snapshot file in chunks, then a trailer with the CRC32 of the
+        /// file. The file is what `raftkv restore` takes.
+        pub async fn backup(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BackupRequest>,
+        ) -> std::result::Result<tonic::Response<tonic::codec::Streaming<super::BackupChunk>>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Backup");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Backup"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Barrier waits until every entry committed before the call is applied on the answering
+        /// node, and returns that index.
+        pub async fn barrier(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BarrierRequest>,
+        ) -> std::result::Result<tonic::Response<super::BarrierResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Barrier");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Barrier"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// VerifyLeader confirms with a quorum (a ReadIndex round) that the answering node is the
+        /// leader. A node that is not the leader answers UNAVAILABLE with the leader hint.
+        pub async fn verify_leader(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VerifyLeaderRequest>,
+        ) -> std::result::Result<tonic::Response<super::VerifyLeaderResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/VerifyLeader");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "VerifyLeader"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -254,6 +552,7 @@ pub mod admin_server {
     #[async_trait]
     pub trait Admin: std::marker::Send + std::marker::Sync + 'static {
         /// Status of the node that answers: its Raft state, indexes, and the membership it knows.
+        /// On the leader each member also carries its replication progress.
         async fn status(
             &self,
             request: tonic::Request<super::StatusRequest>,
@@ -265,9 +564,69 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::AddVoterRequest>,
         ) -> std::result::Result<tonic::Response<super::AddVoterResponse>, tonic::Status>;
+        /// AddLearner adds a node as a learner (it receives the log but does not vote). It returns
+        /// once the membership change is committed. A learner with the same addresses: no change.
+        async fn add_learner(
+            &self,
+            request: tonic::Request<super::AddLearnerRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status>;
+        /// Promote makes a learner a voter once it has caught up with the leader's log as it was
+        /// when the call arrived. A voter: no change. Not a member: NOT_FOUND.
+        async fn promote(
+            &self,
+            request: tonic::Request<super::PromoteRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status>;
+        /// Demote makes a voter a learner. A learner: no change. The last voter cannot be demoted
+        /// (FAILED_PRECONDITION). Demoting the leader first hands leadership to another voter.
+        async fn demote(
+            &self,
+            request: tonic::Request<super::DemoteRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status>;
+        /// Remove takes a node out of the cluster. Not a member: no change. The last voter cannot
+        /// be removed (FAILED_PRECONDITION). Removing the leader first hands leadership to another
+        /// voter.
+        async fn remove(
+            &self,
+            request: tonic::Request<super::RemoveRequest>,
+        ) -> std::result::Result<tonic::Response<super::MembershipChangeResponse>, tonic::Status>;
+        /// TransferLeader hands leadership to a caught-up voter (the most caught-up one, or the one
+        /// named) and returns when the new leader is known, or fails when the deadline passes.
+        async fn transfer_leader(
+            &self,
+            request: tonic::Request<super::TransferLeaderRequest>,
+        ) -> std::result::Result<tonic::Response<super::TransferLeaderResponse>, tonic::Status>;
+        /// Snapshot makes the answering node take a snapshot of everything it has applied, waits
+        /// for it, and returns its index. When the current snapshot already covers everything
+        /// applied, it is returned as is.
+        async fn snapshot(
+            &self,
+            request: tonic::Request<super::SnapshotRequest>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotResponse>, tonic::Status>;
+        /// Server streaming response type for the Backup method.
+        type BackupStream: tonic::codegen::tokio_stream::Stream<Item = std::result::Result<super::BackupChunk, tonic::Status>>
+            + std::marker::Send
+            + 'static;
+        /// Backup streams a snapshot of the answering node that holds every write committed before
+        /// the call: a header, the snapshot file in chunks, then a trailer with the CRC32 of the
+        /// file. The file is what `raftkv restore` takes.
+        async fn backup(
+            &self,
+            request: tonic::Request<super::BackupRequest>,
+        ) -> std::result::Result<tonic::Response<Self::BackupStream>, tonic::Status>;
+        /// Barrier waits until every entry committed before the call is applied on the answering
+        /// node, and returns that index.
+        async fn barrier(
+            &self,
+            request: tonic::Request<super::BarrierRequest>,
+        ) -> std::result::Result<tonic::Response<super::BarrierResponse>, tonic::Status>;
+        /// VerifyLeader confirms with a quorum (a ReadIndex round) that the answering node is the
+        /// leader. A node that is not the leader answers UNAVAILABLE with the leader hint.
+        async fn verify_leader(
+            &self,
+            request: tonic::Request<super::VerifyLeaderRequest>,
+        ) -> std::result::Result<tonic::Response<super::VerifyLeaderResponse>, tonic::Status>;
     }
-    /// Cluster administration. Any node serves it; membership changes are forwarded to the
-    /// leader once.
+    /// Cluster administration.
     #[derive(Debug)]
     pub struct AdminServer<T> {
         inner: Arc<T>,
@@ -385,6 +744,259 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AddVoterSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/AddLearner" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddLearnerSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::AddLearnerRequest> for AddLearnerSvc<T> {
+                        type Response = super::MembershipChangeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::AddLearnerRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::add_learner(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddLearnerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Promote" => {
+                    #[allow(non_camel_case_types)]
+                    struct PromoteSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::PromoteRequest> for PromoteSvc<T> {
+                        type Response = super::MembershipChangeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::PromoteRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::promote(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PromoteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Demote" => {
+                    #[allow(non_camel_case_types)]
+                    struct DemoteSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::DemoteRequest> for DemoteSvc<T> {
+                        type Response = super::MembershipChangeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::DemoteRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::demote(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DemoteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Remove" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RemoveRequest> for RemoveSvc<T> {
+                        type Response = super::MembershipChangeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::RemoveRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::remove(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/TransferLeader" => {
+                    #[allow(non_camel_case_types)]
+                    struct TransferLeaderSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TransferLeaderRequest> for TransferLeaderSvc<T> {
+                        type Response = super::TransferLeaderResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::TransferLeaderRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::transfer_leader(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TransferLeaderSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Snapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct SnapshotSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::SnapshotRequest> for SnapshotSvc<T> {
+                        type Response = super::SnapshotResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::SnapshotRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::snapshot(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Backup" => {
+                    #[allow(non_camel_case_types)]
+                    struct BackupSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::ServerStreamingService<super::BackupRequest> for BackupSvc<T> {
+                        type Response = super::BackupChunk;
+                        type ResponseStream = T::BackupStream;
+                        type Future = BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::BackupRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::backup(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BackupSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Barrier" => {
+                    #[allow(non_camel_case_types)]
+                    struct BarrierSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::BarrierRequest> for BarrierSvc<T> {
+                        type Response = super::BarrierResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::BarrierRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::barrier(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BarrierSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/VerifyLeader" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyLeaderSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::VerifyLeaderRequest> for VerifyLeaderSvc<T> {
+                        type Response = super::VerifyLeaderResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::VerifyLeaderRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::verify_leader(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyLeaderSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)

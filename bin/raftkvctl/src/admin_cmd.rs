@@ -1,0 +1,484 @@
+//! The admin commands of `raftkvctl`: `member`, `leader`, `status`, `snapshot`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use client::admin::StatusResponse;
+use client::{Client, Member, MembershipChangeResponse, RaftState, Suffrage};
+use serde_json::{Value, json};
+
+use crate::{Output, parse_duration};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminCommand {
+    /// Cluster membership: list, add, remove, promote, demote.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Leadership: transfer it to another voter.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+    /// Status of the first reachable node: Raft state, term, leader, indexes, members; with
+    /// --cluster, one row per member, each asked at its own address.
+    #[command(
+        after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status\n  raftkvctl status --cluster\n  raftkvctl -o json status --cluster"
+    )]
+    Status {
+        /// Ask every member (at its gRPC address) and print one row each.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Make the first reachable node take a snapshot and print its index; `snapshot save FILE`
+    /// saves a backup of the cluster's data to FILE.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  raftkvctl snapshot\n  raftkvctl snapshot save backup.rkvs\n  raftkvctl -o json snapshot save /var/backups/raftkv-$(date +%F).rkvs\n\nRestore a saved file into a new one-node cluster with `raftkv restore FILE ...`."
+    )]
+    Snapshot {
+        #[command(subcommand)]
+        command: Option<SnapshotCommand>,
+        /// How long to wait for the snapshot to be built.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum MemberCommand {
+    /// Add a node: as a voter (it joins as a learner, catches up, then is promoted), or with
+    /// --learner as a learner only.
+    #[command(
+        after_help = "Examples:\n  raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052\n  raftkvctl member add nodeD --raft-addr 127.0.0.1:50054 --grpc-addr 127.0.0.1:40054 --learner"
+    )]
+    Add {
+        /// The new node's --raft_id.
+        id: String,
+        /// The new node's --raft_addr.
+        #[arg(long = "raft-addr")]
+        raft_addr: String,
+        /// The new node's --grpc_addr.
+        #[arg(long = "grpc-addr")]
+        grpc_addr: String,
+        /// Add it as a learner (receives the log, does not vote); promote it later.
+        #[arg(long)]
+        learner: bool,
+        /// How long to wait for the node to catch up and join.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List the members: suffrage, addresses, leader, and (from the leader) how far each has
+    /// replicated the log.
+    #[command(
+        after_help = "Examples:\n  raftkvctl member list\n  raftkvctl -o json member list\n\nMATCHED is the last log index known to be on the member, LAG how many entries it is\nbehind the leader; both come from the leader (\"-\" when it cannot be reached)."
+    )]
+    List,
+    /// Remove a node from the cluster (never the last voter; removing the leader hands
+    /// leadership over first).
+    #[command(after_help = "Example:\n  raftkvctl member remove nodeC")]
+    Remove {
+        /// The member's id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Make a learner a voter, once it has caught up.
+    #[command(after_help = "Example:\n  raftkvctl member promote nodeD")]
+    Promote {
+        /// The learner's id.
+        id: String,
+        /// How long to wait for it to catch up.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Make a voter a learner (never the last voter; demoting the leader hands leadership
+    /// over first).
+    #[command(after_help = "Example:\n  raftkvctl member demote nodeC")]
+    Demote {
+        /// The voter's id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LeaderCommand {
+    /// Hand leadership to another voter: the most caught-up one, or the one given with --to.
+    /// Returns when the new leader is known.
+    #[command(after_help = "Examples:\n  raftkvctl leader transfer\n  raftkvctl leader transfer --to nodeB")]
+    Transfer {
+        /// The voter to hand leadership to.
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the new leader.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SnapshotCommand {
+    /// Save a backup: a snapshot holding every write committed before the call, streamed
+    /// from the first reachable node and checked (size and CRC32) before it is renamed to FILE.
+    #[command(after_help = "Example:\n  raftkvctl snapshot save backup.rkvs")]
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
+        /// How long the whole transfer may take.
+        #[arg(long, default_value = "600s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn suffrage(m: &Member) -> &'static str {
+    if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" }
+}
+
+pub(crate) fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id,
+        "suffrage": suffrage(m),
+        "raft_addr": m.raft_addr,
+        "grpc_addr": m.grpc_addr,
+        "is_leader": m.is_leader,
+        "matched_index": m.matched_index,
+        "lag": m.lag,
+    })
+}
+
+pub(crate) fn state_name(state: i32) -> &'static str {
+    match RaftState::try_from(state) {
+        Ok(RaftState::Leader) => "leader",
+        Ok(RaftState::Follower) => "follower",
+        Ok(RaftState::Candidate) => "candidate",
+        Ok(RaftState::Learner) => "learner",
+        Ok(RaftState::Shutdown) => "shutdown",
+        _ => "unknown",
+    }
+}
+
+/// Prints `rows` under `header`, columns padded to their widest cell.
+fn print_table<const N: usize>(out: &mut impl Write, header: [&str; N], rows: &[[String; N]]) -> std::io::Result<()> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+pub(crate) fn print_members(out: &mut impl Write, members: &[Member]) -> std::io::Result<()> {
+    let rows: Vec<[String; 7]> = members
+        .iter()
+        .map(|m| {
+            [
+                m.id.clone(),
+                suffrage(m).into(),
+                m.raft_addr.clone(),
+                m.grpc_addr.clone(),
+                m.is_leader.to_string(),
+                opt(m.matched_index),
+                opt(m.lag),
+            ]
+        })
+        .collect();
+    print_table(out, ["ID", "SUFFRAGE", "RAFT ADDRESS", "GRPC ADDRESS", "LEADER", "MATCHED", "LAG"], &rows)
+}
+
+fn print_change(
+    out: &mut impl Write,
+    output: Output,
+    resp: &MembershipChangeResponse,
+    done: &str,
+    unchanged: &str,
+) -> Result<()> {
+    if output == Output::Json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "index": resp.index,
+                "changed": resp.changed,
+                "members": resp.members.iter().map(member_json).collect::<Vec<_>>(),
+            })
+        )?;
+    } else {
+        let what = if resp.changed { done } else { unchanged };
+        writeln!(out, "{what} (membership index {})", resp.index)?;
+        print_members(out, &resp.members)?;
+    }
+    Ok(())
+}
+
+/// The members as the leader sees them (with replication progress) when the leader can be
+/// reached; otherwise as the first reachable node sees them.
+async fn members(client: &Client) -> Result<Vec<Member>> {
+    let status = client.status().await?;
+    if status.state == RaftState::Leader as i32 {
+        return Ok(status.members);
+    }
+    let leader = status.members.iter().find(|m| m.is_leader).map(|m| m.grpc_addr.clone());
+    if let Some(addr) = leader
+        && let Ok(s) = client.status_of(&addr).await
+        && s.state == RaftState::Leader as i32
+    {
+        return Ok(s.members);
+    }
+    Ok(status.members)
+}
+
+const STATUS_HEADER: [&str; 10] =
+    ["ID", "GRPC ADDRESS", "STATE", "TERM", "LEADER", "LAST INDEX", "COMMITTED", "APPLIED", "SNAPSHOT", "ERROR"];
+
+fn status_row(id: &str, addr: &str, s: Result<&StatusResponse, &str>) -> [String; 10] {
+    match s {
+        Ok(s) => [
+            id.into(),
+            addr.into(),
+            state_name(s.state).into(),
+            s.term.to_string(),
+            if s.leader_id.is_empty() { "-".into() } else { s.leader_id.clone() },
+            s.last_log_index.to_string(),
+            s.committed_index.to_string(),
+            s.applied_index.to_string(),
+            s.snapshot_index.to_string(),
+            String::new(),
+        ],
+        Err(e) => [
+            id.into(),
+            addr.into(),
+            "unreachable".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            e.into(),
+        ],
+    }
+}
+
+fn status_json(s: &StatusResponse) -> Value {
+    json!({
+        "node_id": s.node_id,
+        "state": state_name(s.state),
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "last_log_index": s.last_log_index,
+        "committed_index": s.committed_index,
+        "applied_index": s.applied_index,
+        "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
+        "membership_index": s.membership_index,
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl Write) -> Result<()> {
+    let s = client.status().await?;
+    if !cluster {
+        match output {
+            Output::Json => writeln!(out, "{}", status_json(&s))?,
+            Output::Table => print_table(out, STATUS_HEADER, &[status_row(&s.node_id, "", Ok(&s))])?,
+            Output::Simple => {
+                writeln!(out, "node:        {}", s.node_id)?;
+                writeln!(out, "state:       {}", state_name(s.state))?;
+                writeln!(out, "term:        {}", s.term)?;
+                writeln!(out, "leader:      {}", if s.leader_id.is_empty() { "(none)" } else { &s.leader_id })?;
+                writeln!(out, "last index:  {}", s.last_log_index)?;
+                writeln!(out, "committed:   {}", s.committed_index)?;
+                writeln!(out, "applied:     {}", s.applied_index)?;
+                writeln!(out, "snapshot:    {}", s.snapshot_index)?;
+                writeln!(out)?;
+                print_members(out, &s.members)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut objects = Vec::new();
+    let mut unreachable = 0;
+    for m in &s.members {
+        match client.status_of(&m.grpc_addr).await {
+            Ok(st) => {
+                rows.push(status_row(&m.id, &m.grpc_addr, Ok(&st)));
+                objects.push(json!({ "id": m.id, "grpc_addr": m.grpc_addr, "status": status_json(&st) }));
+            }
+            Err(e) => {
+                unreachable += 1;
+                let e = e.to_string();
+                rows.push(status_row(&m.id, &m.grpc_addr, Err(&e)));
+                objects.push(json!({ "id": m.id, "grpc_addr": m.grpc_addr, "error": e }));
+            }
+        }
+    }
+    if output == Output::Json {
+        writeln!(out, "{}", json!({ "members": objects }))?;
+    } else {
+        print_table(out, STATUS_HEADER, &rows)?;
+    }
+    if unreachable > 0 {
+        anyhow::bail!("{unreachable} of {} members could not be reached", s.members.len());
+    }
+    Ok(())
+}
+
+pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output, out: &mut impl Write) -> Result<()> {
+    let json = output == Output::Json;
+    match cmd {
+        AdminCommand::Member { command } => match command {
+            MemberCommand::Add { id, raft_addr, grpc_addr, learner: false, timeout } => {
+                let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;
+                let resp = MembershipChangeResponse { index: resp.index, members: resp.members, changed: true };
+                if json {
+                    print_change(out, output, &resp, "", "")?;
+                } else {
+                    writeln!(out, "Member {id} is a voter (membership index {})", resp.index)?;
+                    print_members(out, &resp.members)?;
+                }
+            }
+            MemberCommand::Add { id, raft_addr, grpc_addr, learner: true, timeout } => {
+                let resp = client.add_learner(id, raft_addr, grpc_addr, *timeout).await?;
+                let done = format!("Member {id} added as a learner");
+                print_change(out, output, &resp, &done, &format!("Member {id} is already a learner"))?;
+            }
+            MemberCommand::List => {
+                let members = members(client).await?;
+                if json {
+                    writeln!(out, "{}", json!({ "members": members.iter().map(member_json).collect::<Vec<_>>() }))?;
+                } else {
+                    print_members(out, &members)?;
+                }
+            }
+            MemberCommand::Remove { id, timeout } => {
+                let resp = client.remove(id, *timeout).await?;
+                let unchanged = format!("{id} is not a member; nothing changed");
+                print_change(out, output, &resp, &format!("Member {id} removed"), &unchanged)?;
+            }
+            MemberCommand::Promote { id, timeout } => {
+                let resp = client.promote(id, *timeout).await?;
+                let unchanged = format!("Member {id} is already a voter");
+                print_change(out, output, &resp, &format!("Member {id} promoted to voter"), &unchanged)?;
+            }
+            MemberCommand::Demote { id, timeout } => {
+                let resp = client.demote(id, *timeout).await?;
+                let unchanged = format!("Member {id} is already a learner");
+                print_change(out, output, &resp, &format!("Member {id} demoted to learner"), &unchanged)?;
+            }
+        },
+        AdminCommand::Leader { command: LeaderCommand::Transfer { to, timeout } } => {
+            let resp = client.transfer_leader(to.as_deref(), *timeout).await?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "previous_leader_id": resp.previous_leader_id, "leader_id": resp.leader_id, "term": resp.term })
+                )?;
+            } else if resp.previous_leader_id == resp.leader_id {
+                writeln!(out, "{} is already the leader (term {})", resp.leader_id, resp.term)?;
+            } else {
+                writeln!(
+                    out,
+                    "Leadership transferred from {} to {} (term {})",
+                    resp.previous_leader_id, resp.leader_id, resp.term
+                )?;
+            }
+        }
+        AdminCommand::Status { cluster } => status(client, output, *cluster, out).await?,
+        AdminCommand::Snapshot { command: None, timeout } => {
+            let resp = client.snapshot(*timeout).await?;
+            if json {
+                writeln!(out, "{}", json!({ "node_id": resp.node_id, "index": resp.index, "term": resp.term }))?;
+            } else {
+                writeln!(out, "{}", resp.index)?;
+            }
+        }
+        AdminCommand::Snapshot { command: Some(SnapshotCommand::Save { file, timeout }), .. } => {
+            let info = client.backup_to_file(file, *timeout).await?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "path": file.display().to_string(),
+                        "node_id": info.node_id,
+                        "index": info.index,
+                        "term": info.term,
+                        "size": info.size,
+                        "crc32": info.crc32,
+                    })
+                )?;
+            } else {
+                writeln!(out, "Snapshot saved at {}", file.display())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, voter: bool, matched: Option<u64>) -> Member {
+        Member {
+            id: id.into(),
+            suffrage: if voter { Suffrage::Voter } else { Suffrage::Learner } as i32,
+            raft_addr: format!("{id}:1"),
+            grpc_addr: format!("{id}:2"),
+            is_leader: id == "a",
+            matched_index: matched,
+            lag: matched.map(|m| 10 - m),
+        }
+    }
+
+    #[test]
+    fn member_table_has_progress_columns() -> std::io::Result<()> {
+        let mut out = Vec::new();
+        print_members(&mut out, &[member("a", true, Some(10)), member("bb", false, None)])?;
+        let text = String::from_utf8_lossy(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ID  SUFFRAGE  RAFT ADDRESS  GRPC ADDRESS  LEADER  MATCHED  LAG");
+        assert_eq!(lines[1], "a   voter     a:1           a:2           true    10       0");
+        assert_eq!(lines[2], "bb  learner   bb:1          bb:2          false   -        -");
+        Ok(())
+    }
+
+    #[test]
+    fn member_json_has_progress() {
+        let v = member_json(&member("a", true, Some(7)));
+        assert_eq!(v["matched_index"], 7);
+        assert_eq!(v["lag"], 3);
+        assert_eq!(v["suffrage"], "voter");
+        let v = member_json(&member("b", false, None));
+        assert!(v["matched_index"].is_null());
+    }
+
+    #[test]
+    fn unreachable_rows_say_why() {
+        let row = status_row("c", "c:2", Err("no endpoint reachable"));
+        assert_eq!(row[2], "unreachable");
+        assert_eq!(row[9], "no endpoint reachable");
+    }
+}

@@ -1,0 +1,144 @@
+//! The node's background work beside openraft: the periodic snapshot check, auto-join, and
+//! the leadership hand-over before a planned stop.
+
+use std::time::Duration;
+
+use fsm::Raft;
+use openraft::async_runtime::WatchReceiver;
+use proto::admin::v1::AddVoterRequest;
+use proto::admin::v1::admin_client::AdminClient;
+use service::NodeContext;
+use service::cluster::{Outcome, transfer_leadership};
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+use types::{NodeId, NodeInfo};
+
+/// Checks every `interval` whether entries were applied since the last snapshot, and if so
+/// asks openraft for one (openraft has only a log-count policy; this is the seed's
+/// `SnapshotInterval`). Ends when `stop` is set.
+pub(crate) async fn snapshot_timer(raft: Raft, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m = raft.metrics().borrow_watched().clone();
+        let applied = types::index_of(m.last_applied.as_ref());
+        let snapshot = types::index_of(m.snapshot.as_ref());
+        if applied > snapshot {
+            tracing::info!(applied, snapshot, interval = ?interval, "entries applied since the last snapshot; taking one");
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// How long one AddVoter call of auto-join may take (catching up a large state included).
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest pause between two rounds of auto-join.
+const JOIN_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Whether `me` is a voter in the membership this node knows.
+fn is_voter(raft: &Raft, me: &NodeId) -> bool {
+    raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == *me)
+}
+
+/// Asks the members at `seeds` (gRPC addresses), one after the other, to add this node as a
+/// voter, with a growing pause between rounds, until one succeeds or this node is a voter.
+/// Does nothing if the node already has Raft state. Ends when `stop` is set.
+pub(crate) async fn auto_join(
+    raft: Raft,
+    id: NodeId,
+    me: NodeInfo,
+    seeds: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    match raft.is_initialized().await {
+        Ok(true) => {
+            tracing::info!(node = %id, "existing Raft state found; --join has nothing to do");
+            return;
+        }
+        Ok(false) => {}
+        Err(_) => return,
+    }
+    let seeds: Vec<String> = seeds.into_iter().filter(|s| *s != me.grpc_addr).collect();
+    let mut backoff = Duration::from_millis(200);
+    let mut round = 0u32;
+    loop {
+        for seed in &seeds {
+            if is_voter(&raft, &id) {
+                tracing::info!(node = %id, "this node is a voter; auto-join done");
+                return;
+            }
+            let attempt = join_once(seed, &id, &me);
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match result {
+                Ok(index) => {
+                    tracing::info!(node = %id, via = %seed, membership_index = index, "joined the cluster as a voter");
+                    return;
+                }
+                Err(status) => {
+                    let fatal = matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument);
+                    if fatal {
+                        tracing::error!(node = %id, via = %seed, code = ?status.code(), error = %status.message(),
+                            "the cluster refused to add this node; fix the cause (it will keep asking)");
+                    } else {
+                        tracing::warn!(node = %id, via = %seed, code = ?status.code(), error = %status.message(),
+                            round, "asking to join failed; will retry");
+                    }
+                }
+            }
+        }
+        round += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(JOIN_MAX_BACKOFF);
+    }
+}
+
+/// One AddVoter call to `seed`; returns the membership index.
+async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo) -> Result<u64, tonic::Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{seed}"))
+        .map_err(|e| tonic::Status::invalid_argument(format!("--join {seed}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    let channel =
+        endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect to {seed}: {e}")))?;
+    let mut request = tonic::Request::new(AddVoterRequest {
+        id: id.to_string(),
+        raft_addr: me.raft_addr.clone(),
+        grpc_addr: me.grpc_addr.clone(),
+    });
+    request.set_timeout(JOIN_CALL_TIMEOUT);
+    tracing::info!(node = %id, via = %seed, raft_addr = %me.raft_addr, grpc_addr = %me.grpc_addr, "asking to join the cluster");
+    Ok(AdminClient::new(channel).add_voter(request).await?.into_inner().index)
+}
+
+/// Before a planned stop: if this node leads and another voter exists, hands leadership to
+/// the most caught-up voter, waiting at most `bound`, so the cluster does not wait an
+/// election timeout for a new leader.
+pub(crate) async fn hand_over_leadership(ctx: &NodeContext, bound: Duration) {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    let leads = m.current_leader.as_ref() == Some(&ctx.id) && m.state == openraft::ServerState::Leader;
+    let others = m.membership_config.membership().voter_ids().any(|v| v != ctx.id);
+    if !leads || !others {
+        return;
+    }
+    tracing::info!(node = %ctx.id, bound = ?bound, "stopping while leader: handing leadership over first");
+    match transfer_leadership(ctx, None, tokio::time::Instant::now() + bound).await {
+        Ok(Outcome::Done(t)) => {
+            tracing::info!(node = %ctx.id, new_leader = %t.leader, term = t.term, "leadership handed over before stopping");
+        }
+        Ok(Outcome::Forward(l)) => tracing::info!(node = %ctx.id, leader = %l, "no longer the leader"),
+        Err(e) => tracing::warn!(node = %ctx.id, error = %e, "leadership hand-over failed; stopping anyway"),
+    }
+}
