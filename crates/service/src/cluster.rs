@@ -64,9 +64,9 @@ type Metrics = RaftMetrics<TypeConfig>;
 type WriteResult = Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
 /// How long a transfer waits for the target to catch up before it is triggered anyway.
-const TRANSFER_CATCH_UP: Duration = Duration::from_secs(2);
+pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(2);
 /// How often a transfer that has not taken effect is triggered again.
-const TRANSFER_RETRIGGER: Duration = Duration::from_millis(500);
+pub const TRANSFER_RETRIGGER: Duration = Duration::from_millis(500);
 /// How often a snapshot that has not appeared is triggered again (a build already running
 /// when the first trigger arrived makes openraft drop it).
 const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(1);
