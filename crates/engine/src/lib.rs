@@ -25,6 +25,7 @@
 
 mod background;
 mod config;
+pub mod offline;
 pub mod transport;
 
 use std::collections::BTreeMap;
