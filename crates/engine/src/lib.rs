@@ -13,13 +13,16 @@
 //! 6. keeps the resolver equal to the Raft membership;
 //! 7. serves KV, Admin, Raft, gRPC health and reflection, with TCP_NODELAY on;
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
-//! 9. starts the background work ([`background`]): the periodic snapshot check
+//! 9. starts the background work (module `background`): the periodic snapshot check
 //!    (`--snapshot_interval`) and, with `--join` on a node without state, auto-join.
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
 //! stops in the reverse order: the servers drain in-flight requests (bounded by
 //! `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the stores close.
+//!
+//! [`offline`] works on a stopped node's directory: disaster recovery (`raftkv recover`) and
+//! seeding a new cluster from a backup (`raftkv restore`).
 //!
 //! The engine may depend on every crate; nothing depends on it but the binaries.
 
