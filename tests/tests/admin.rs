@@ -190,6 +190,18 @@ async fn leader_transfer_under_load_fails_no_write() -> TestResult {
         eprintln!("round {round}: leadership moved from {} to {}", v["previous_leader_id"], v["leader_id"]);
         load.progress(30, Duration::from_secs(60)).await?;
     }
+    // Demoting the leader hands leadership over first; then it is promoted back.
+    let old = cluster.leader().await.ok_or("no leader")?;
+    let old_id = cluster.nodes[old].id.clone();
+    let out = raftkvctl(&endpoints, &["member", "demote", &old_id])?;
+    assert!(out.status.success(), "demote the leader: {}", String::from_utf8_lossy(&out.stderr));
+    let s = cluster.client()?.status().await?;
+    assert_ne!(s.leader_id, old_id, "the demoted node still leads");
+    assert_eq!(suffrage_of(&s.members, &old_id), Some(Suffrage::Learner));
+    load.progress(30, Duration::from_secs(60)).await?;
+    let out = raftkvctl(&endpoints, &["member", "promote", &old_id])?;
+    assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    load.progress(30, Duration::from_secs(60)).await?;
     // Verified by a quorum, the leader is the one the last transfer named.
     let verified = cluster.client()?.verify_leader().await?;
     let s = cluster.client()?.status().await?;
