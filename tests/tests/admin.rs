@@ -429,10 +429,13 @@ async fn quorum_loss_is_recovered_on_the_survivor_and_new_nodes_join() -> TestRe
     assert!(lonely.put("no-quorum", "x").await.is_err(), "a write succeeded without a quorum");
 
     // Recover: stop it, force the membership, start it again (with --raft_bootstrap: on
-    // existing state that flag does nothing).
-    assert!(survivor.stop());
+    // existing state that flag does nothing). While it runs, recover refuses.
     let mut args = os(&["recover", "--raft_id", &survivor.id, "--raft_data_dir"]);
     args.push(survivor.data_dir.clone().into_os_string());
+    let out = run_raftkv(&args)?;
+    assert!(!out.status.success(), "recover ran on a running node");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Stop it first"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(survivor.stop());
     let out = run_raftkv(&args)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "recover failed: {}", String::from_utf8_lossy(&out.stderr));

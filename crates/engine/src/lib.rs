@@ -93,6 +93,10 @@ pub enum EngineError {
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// An offline operation ([`offline`]) refused to run; the message says why and what to do.
+    /// Nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The addresses a node listens on, as written to `listen.json`.

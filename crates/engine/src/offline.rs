@@ -75,7 +75,7 @@ fn node_dir(data_dir: &Path, id: &NodeId) -> PathBuf {
 /// another process has open.
 fn open_log(dir: &Path) -> Result<LogStore, EngineError> {
     LogStore::open(&dir.join(LOG_FILE)).map_err(|e| {
-        EngineError::Config(format!(
+        EngineError::Refused(format!(
             "cannot open the Raft log in {} ({e}); is the node still running? Stop it first",
             dir.display()
         ))
@@ -143,7 +143,7 @@ pub async fn recover(
 ) -> Result<Forced, EngineError> {
     let dir = node_dir(data_dir, id);
     if !dir.join(LOG_FILE).exists() {
-        return Err(EngineError::Config(format!(
+        return Err(EngineError::Refused(format!(
             "no Raft log in {}: nothing to recover (check --raft_data_dir and --raft_id)",
             dir.display()
         )));
@@ -153,7 +153,7 @@ pub async fn recover(
     let vote = log.read_vote().await.map_err(|e| raft_err("reading the vote", e))?;
     let state = log.get_log_state().await.map_err(|e| raft_err("reading the log state", e))?;
     let Some(last) = state.last_log_id.clone() else {
-        return Err(EngineError::Config(format!(
+        return Err(EngineError::Refused(format!(
             "{} has no Raft state (it never joined a cluster): nothing to recover; start a new cluster with --raft_bootstrap",
             dir.display()
         )));
@@ -162,7 +162,7 @@ pub async fn recover(
     let voters = match voters {
         Some(v) => {
             if !v.contains_key(id) {
-                return Err(EngineError::Config(format!(
+                return Err(EngineError::Refused(format!(
                     "--voters must include this node ({id}): it is the one that keeps the data"
                 )));
             }
@@ -171,7 +171,7 @@ pub async fn recover(
         None => match current.get_node(id) {
             Some(info) => BTreeMap::from([(id.clone(), info.clone())]),
             None => {
-                return Err(EngineError::Config(format!(
+                return Err(EngineError::Refused(format!(
                     "{id} is not in its own last membership, so its addresses are unknown; give them with --voters {id}=RAFT_ADDR@GRPC_ADDR"
                 )));
             }
@@ -199,21 +199,27 @@ pub async fn recover(
 /// machine's snapshot, and the membership is forced to this node alone. The node directory
 /// must not exist or be empty.
 pub async fn restore(file: &Path, data_dir: &Path, id: &NodeId, me: NodeInfo) -> Result<Forced, EngineError> {
+    if let Err(e) = std::fs::File::open(file) {
+        return Err(EngineError::Refused(format!("cannot read the backup {}: {e}", file.display())));
+    }
     let (meta, records) = fsm::snapshot::verify_file(file).map_err(|e| match e {
-        fsm::Error::CorruptSnapshot(why) => EngineError::Config(format!(
+        fsm::Error::CorruptSnapshot(why) => EngineError::Refused(format!(
             "{} is not an intact raftkv backup: {why}; nothing was written",
             file.display()
         )),
         other => EngineError::StateMachine(other),
     })?;
     let Some(last) = meta.last_log_id.clone() else {
-        return Err(EngineError::Config(format!("{} holds no log position; it cannot seed a cluster", file.display())));
+        return Err(EngineError::Refused(format!(
+            "{} holds no log position; it cannot seed a cluster",
+            file.display()
+        )));
     };
     let dir = node_dir(data_dir, id);
     if let Ok(mut entries) = std::fs::read_dir(&dir)
         && entries.next().is_some()
     {
-        return Err(EngineError::Config(format!(
+        return Err(EngineError::Refused(format!(
             "{} already has data; restore seeds a new node and needs an empty (or absent) directory",
             dir.display()
         )));
