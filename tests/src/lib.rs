@@ -562,3 +562,38 @@ impl NodeProc {
         Self::start(id, data_dir, bootstrap, &extra)
     }
 }
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, then released), for a node whose
+/// address must be known before it starts.
+pub fn free_port() -> Result<u16, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NodeProc {
+    /// Starts a node on the given addresses (rather than OS-chosen ports).
+    pub fn start_on(
+        id: &str,
+        data_dir: &Path,
+        grpc_addr: &str,
+        raft_addr: &str,
+        bootstrap: bool,
+        extra: &[String],
+    ) -> Result<Self, BoxError> {
+        let mut node = NodeProc {
+            id: id.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            grpc_addr: grpc_addr.to_string(),
+            raft_addr: raft_addr.to_string(),
+            extra: extra.to_vec(),
+            child: None,
+            log: data_dir.join(format!("{id}.log")),
+        };
+        node.spawn(bootstrap)?;
+        Ok(node)
+    }
+}
+
+/// Runs `raftkv` with `args` (an offline subcommand) to completion; returns its output.
+pub fn raftkv(args: &[&std::ffi::OsStr]) -> Result<Output, BoxError> {
+    Ok(Command::new(binary("raftkv")).args(args).stdin(Stdio::null()).output()?)
+}

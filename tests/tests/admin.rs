@@ -190,6 +190,18 @@ async fn leader_transfer_under_load_fails_no_write() -> TestResult {
         eprintln!("round {round}: leadership moved from {} to {}", v["previous_leader_id"], v["leader_id"]);
         load.progress(30, Duration::from_secs(60)).await?;
     }
+    // Demoting the leader hands leadership over first; then it is promoted back.
+    let old = cluster.leader().await.ok_or("no leader")?;
+    let old_id = cluster.nodes[old].id.clone();
+    let out = raftkvctl(&endpoints, &["member", "demote", &old_id])?;
+    assert!(out.status.success(), "demote the leader: {}", String::from_utf8_lossy(&out.stderr));
+    let s = cluster.client()?.status().await?;
+    assert_ne!(s.leader_id, old_id, "the demoted node still leads");
+    assert_eq!(suffrage_of(&s.members, &old_id), Some(Suffrage::Learner));
+    load.progress(30, Duration::from_secs(60)).await?;
+    let out = raftkvctl(&endpoints, &["member", "promote", &old_id])?;
+    assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    load.progress(30, Duration::from_secs(60)).await?;
     // Verified by a quorum, the leader is the one the last transfer named.
     let verified = cluster.client()?.verify_leader().await?;
     let s = cluster.client()?.status().await?;
@@ -321,7 +333,12 @@ async fn new_nodes_join_by_themselves_and_a_restart_does_not_rejoin() -> TestRes
     let client = cluster.client()?;
     client.put("joined", "yes").await?;
     for i in 1..3 {
-        assert!(cluster.nodes[i].log().contains("joined the cluster as a voter"), "{}", cluster.nodes[i].log_tail());
+        let node = &cluster.nodes[i];
+        // The AddVoter answer may arrive a moment after the cluster sees the new voter.
+        wait_for("the joiner to report it joined", Duration::from_secs(30), || {
+            std::future::ready(node.log().contains("joined the cluster as a voter"))
+        })
+        .await?;
     }
     // Restarted with --join on existing state: it just starts.
     assert!(cluster.nodes[2].stop());
@@ -371,6 +388,175 @@ fn invalid_policy_flags_fail_at_start_with_clear_messages() -> TestResult {
         let stderr = tests::refused_start(args)?;
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
         assert!(stderr.starts_with("raftkv: error: invalid configuration"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(std::ffi::OsString::from).collect()
+}
+
+fn run_raftkv(args: &[std::ffi::OsString]) -> Result<std::process::Output, tests::BoxError> {
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+    tests::raftkv(&refs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_loss_is_recovered_on_the_survivor_and_new_nodes_join() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let client = cluster.client()?;
+    let mut acked = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("dr-{i:03}"), format!("v{i}"));
+        client.put(key.clone(), value.clone()).await?;
+        acked.insert(key, value);
+    }
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+
+    // Two of three nodes are destroyed: the leader and one follower.
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let survivor = (leader + 1) % 3;
+    for i in [leader, (leader + 2) % 3] {
+        cluster.nodes[i].kill();
+        std::fs::remove_dir_all(cluster.nodes[i].data_dir.join(&cluster.nodes[i].id))?;
+    }
+    let mut survivor = cluster.nodes.remove(survivor);
+    cluster.nodes.clear();
+    let lonely = Client::new(
+        [survivor.grpc_addr.clone()],
+        client::ClientOptions { request_timeout: Duration::from_secs(2), max_retries: 0, ..test_options() },
+    )?;
+    assert!(lonely.put("no-quorum", "x").await.is_err(), "a write succeeded without a quorum");
+
+    // Recover: stop it, force the membership, start it again (with --raft_bootstrap: on
+    // existing state that flag does nothing). While it runs, recover refuses.
+    let mut args = os(&["recover", "--raft_id", &survivor.id, "--raft_data_dir"]);
+    args.push(survivor.data_dir.clone().into_os_string());
+    let out = run_raftkv(&args)?;
+    assert!(!out.status.success(), "recover ran on a running node");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Stop it first"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(survivor.stop());
+    let out = run_raftkv(&args)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "recover failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("Recovered {}", survivor.id)) && stdout.contains("voter"), "{stdout}");
+    survivor.restart(true)?;
+    let survivor_client = survivor.client()?;
+    wait_for("the survivor to lead", Duration::from_secs(30), || async {
+        survivor_client.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32 && s.members.len() == 1)
+    })
+    .await?;
+    assert!(survivor.log().contains("--raft_bootstrap has nothing to do"));
+    check_readable(&survivor_client, &acked).await?;
+    survivor_client.put("after-recovery", "yes").await?;
+    acked.insert("after-recovery".into(), "yes".into());
+
+    // New, empty nodes join the recovered cluster.
+    let seed = survivor.grpc_addr.clone();
+    cluster.nodes.push(survivor);
+    let mut extra: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
+    extra.extend(["--join".to_string(), seed]);
+    for id in ["n4", "n5"] {
+        cluster.nodes.push(NodeProc::start_with(id, cluster.dir.path(), false, &extra)?);
+    }
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    for node in &cluster.nodes {
+        check_readable(&node.client()?, &acked).await?;
+    }
+    cluster.stop_all();
+    for i in 0..3 {
+        let sm = cluster.state_machine(i)?;
+        for (key, value) in &acked {
+            assert_eq!(sm.get(key.as_bytes())?.map(|kv| kv.value).as_deref(), Some(value.as_bytes()));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_restores_into_a_fresh_cluster_key_by_key() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    // Small snapshots thresholds: the source has older snapshots and purged logs too.
+    extra.extend(["--snapshot_threshold", "100", "--trailing_logs", "20"]);
+    let mut source = Cluster::start(3, &extra).await?;
+    let client = source.client()?;
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        let key = format!("b-{i:03}");
+        client.put(key.clone(), format!("first-{i}")).await?;
+        keys.push(key);
+    }
+    for i in (0..300).step_by(3) {
+        client.put(format!("b-{i:03}"), format!("second-{i}")).await?;
+    }
+    for i in (0..300).step_by(7) {
+        client.delete(format!("b-{i:03}")).await?;
+    }
+    client.put("binary", vec![0u8, 255, 10]).await?;
+    keys.push("binary".into());
+
+    let backup = source.dir.path().join("backup.rkvs");
+    let endpoints = source.endpoints();
+    let out = raftkvctl(&endpoints, &["snapshot", "save", &backup.display().to_string()])?;
+    assert!(out.status.success(), "snapshot save: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("Snapshot saved at {}\n", backup.display()));
+    // Written after the backup: must not be in the restored cluster.
+    for i in 0..10 {
+        client.put(format!("later-{i}"), "x").await?;
+    }
+
+    // A damaged copy is refused before anything is written.
+    let damaged = source.dir.path().join("damaged.rkvs");
+    let mut bytes = std::fs::read(&backup)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&damaged, &bytes)?;
+    let target = tempfile::tempdir()?;
+    let (grpc, raft) = (format!("127.0.0.1:{}", tests::free_port()?), format!("127.0.0.1:{}", tests::free_port()?));
+    let restore_args = |file: &std::path::Path| {
+        let mut a = os(&["restore"]);
+        a.push(file.as_os_str().to_owned());
+        a.extend(os(&["--raft_id", "r1", "--raft_addr", &raft, "--grpc_addr", &grpc, "--raft_data_dir"]));
+        a.push(target.path().as_os_str().to_owned());
+        a
+    };
+    let out = run_raftkv(&restore_args(&damaged))?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not an intact raftkv backup"), "{stderr}");
+    assert!(!target.path().join("r1").exists(), "a refused restore left data behind");
+
+    let out = run_raftkv(&restore_args(&backup))?;
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("as a new one-node cluster of r1"));
+    // Restoring again into the same place is refused.
+    let out = run_raftkv(&restore_args(&backup))?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has data"));
+
+    let extra_owned: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
+    let r1 = NodeProc::start_on("r1", target.path(), &grpc, &raft, false, &extra_owned)?;
+    let mut join = extra_owned.clone();
+    join.extend(["--join".to_string(), grpc.clone()]);
+    let mut restored = Cluster { nodes: vec![r1], dir: target };
+    for id in ["r2", "r3"] {
+        restored.nodes.push(NodeProc::start_with(id, restored.dir.path(), false, &join)?);
+    }
+    restored.wait_converged(Duration::from_secs(60)).await?;
+    restored.client()?.put("new-cluster", "works").await?;
+
+    source.stop_all();
+    restored.stop_all();
+    let src = source.state_machine(0)?;
+    for i in 0..3 {
+        let dst = restored.state_machine(i)?;
+        for key in &keys {
+            let (a, b) = (src.get(key.as_bytes())?, dst.get(key.as_bytes())?);
+            assert_eq!(a, b, "{key} differs on {}", restored.nodes[i].id);
+        }
+        for i in 0..10 {
+            assert!(dst.get(format!("later-{i}").as_bytes())?.is_none(), "a write after the backup was restored");
+        }
+        assert_eq!(dst.len()?, src.len()? - 10 + 1, "the restored cluster has other keys");
     }
     Ok(())
 }

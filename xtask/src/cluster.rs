@@ -286,7 +286,9 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
     println!("  {ctl} --endpoints {endpoints} put hello world");
     println!("  {ctl} --endpoints {endpoints} get hello");
     println!("  {ctl} --endpoints {endpoints} member list");
-    println!("  {ctl} --endpoints {endpoints} status");
+    println!("  {ctl} --endpoints {endpoints} status --cluster");
+    println!("  {ctl} --endpoints {endpoints} leader transfer");
+    println!("  {ctl} --endpoints {endpoints} snapshot save backup.rkvs");
     println!("  {ctl} --endpoints {endpoints} -o json status");
     println!("or: export RAFTKV_ENDPOINTS={endpoints}; {ctl} get hello");
 }

@@ -2,7 +2,10 @@
 //!
 //! Parses flags (the Go seed's spellings, the kebab-case ones, or `RAFTKV_*` environment
 //! variables), sets up logging (`RUST_LOG`, to stderr), and runs the engine until SIGINT
-//! or SIGTERM, then shuts down gracefully.
+//! or SIGTERM, then shuts down gracefully. `raftkv recover` and `raftkv restore` work on a
+//! stopped node's data ([`offline`]).
+
+mod offline;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,11 +21,23 @@ use types::NodeId;
 /// Start the first node with --raft_bootstrap; start the others without it and add them
 /// with `raftkvctl member add`. Data lives in <raft_data_dir>/<raft_id>/.
 #[derive(Parser, Debug)]
-#[command(name = "raftkv", version, about, long_about = None, after_help = EXAMPLES)]
+#[command(
+    name = "raftkv",
+    version,
+    about,
+    long_about = None,
+    after_help = EXAMPLES,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Offline operations on a stopped node's data (without one: run a node).
+    #[command(subcommand)]
+    command: Option<offline::Offline>,
+
     /// This node's id; stays the same for the node's whole life.
-    #[arg(long = "raft_id", alias = "raft-id", env = "RAFTKV_RAFT_ID", value_parser = parse_id)]
-    raft_id: NodeId,
+    #[arg(long = "raft_id", alias = "raft-id", env = "RAFTKV_RAFT_ID", value_parser = parse_id, required = true)]
+    raft_id: Option<NodeId>,
 
     /// Address for Raft traffic between nodes (host:port; port 0 picks a free port).
     #[arg(long = "raft_addr", alias = "raft-addr", env = "RAFTKV_RAFT_ADDR", default_value = "localhost:50051")]
@@ -166,7 +181,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut config = NodeConfig::new(args.raft_id);
+    if let Some(cmd) = args.command {
+        return offline::run(cmd);
+    }
+    let id = args.raft_id.context("--raft_id is required")?;
+    let mut config = NodeConfig::new(id);
     config.raft_addr = args.raft_addr;
     config.grpc_addr = args.grpc_addr;
     config.data_dir = args.raft_data_dir;
@@ -214,12 +233,34 @@ mod tests {
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(args.raft_bootstrap);
-        assert_eq!(args.raft_id.as_str(), "nodeA");
+        assert_eq!(args.raft_id.as_ref().map(NodeId::as_str), Some("nodeA"));
         assert_eq!(args.raft_addr, "localhost:50051");
         let args = Args::try_parse_from(["raftkv", "--raft_id", "b", "--raft_bootstrap=false"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!args.raft_bootstrap);
         assert!(Args::try_parse_from(["raftkv", "--raft_id", "a/b"]).is_err());
+        assert!(Args::try_parse_from(["raftkv"]).is_err(), "--raft_id is required to run a node");
+    }
+
+    #[test]
+    fn offline_subcommands_parse() {
+        let args = Args::try_parse_from(["raftkv", "recover", "--raft_id", "a", "--raft_data_dir", "/d"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(args.command, Some(offline::Offline::Recover(_))));
+        let args = Args::try_parse_from([
+            "raftkv",
+            "restore",
+            "f.rkvs",
+            "--raft_id",
+            "b",
+            "--raft_addr",
+            "h:1",
+            "--grpc_addr",
+            "h:2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(args.command, Some(offline::Offline::Restore(_))));
+        assert!(Args::try_parse_from(["raftkv", "--raft_id", "a", "recover", "--raft_id", "a"]).is_err());
     }
 
     #[test]

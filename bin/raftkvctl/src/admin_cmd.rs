@@ -300,7 +300,10 @@ async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl W
     if !cluster {
         match output {
             Output::Json => writeln!(out, "{}", status_json(&s))?,
-            Output::Table => print_table(out, STATUS_HEADER, &[status_row(&s.node_id, "", Ok(&s))])?,
+            Output::Table => {
+                let addr = s.members.iter().find(|m| m.id == s.node_id).map(|m| m.grpc_addr.as_str()).unwrap_or("");
+                print_table(out, STATUS_HEADER, &[status_row(&s.node_id, addr, Ok(&s))])?;
+            }
             Output::Simple => {
                 writeln!(out, "node:        {}", s.node_id)?;
                 writeln!(out, "state:       {}", state_name(s.state))?;

@@ -236,7 +236,9 @@ impl Client {
                     if transport {
                         self.forget(&addr);
                     }
-                    if transport && never_sent(&status) {
+                    let unmarked = status.metadata().get(RETRYABLE_HEADER).is_none();
+                    if unmarked && never_sent(&status) {
+                        self.forget(&addr);
                         // The connection could not be (re)made: nothing was sent, as for a
                         // failed connect, so the next endpoint is always safe to try.
                         tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
@@ -436,20 +438,32 @@ fn client_id() -> String {
     format!("c{:016x}", h.finish())
 }
 
-/// Whether a transport failure happened while connecting, before anything was sent: the
-/// connection was refused (found in the error's source chain), or hyper's connector failed.
+/// Whether a transport failure happened before the request was sent: the connection could
+/// not be made (refused, found in the error's source chain, or hyper's connector failed), or
+/// hyper dropped the request from its queue because the connection closed first (its
+/// "operation was canceled", which hyper produces only for requests it never sent).
 fn never_sent(status: &tonic::Status) -> bool {
-    if status.message().starts_with("tcp connect error") {
-        return true;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
-            return true;
+    const HYPER_CANCELED: &str = "operation was canceled";
+    let refused = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    match status.code() {
+        tonic::Code::Unavailable => {
+            if status.message().starts_with("tcp connect error") {
+                return true;
+            }
+            let mut source = std::error::Error::source(status);
+            while let Some(e) = source {
+                if refused(e) {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
         }
-        source = e.source();
+        tonic::Code::Cancelled => status.message().starts_with(HYPER_CANCELED),
+        _ => false,
     }
-    false
 }
 
 #[cfg(test)]
@@ -466,6 +480,9 @@ mod tests {
         reset.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
         assert!(!never_sent(&reset));
         assert!(!never_sent(&tonic::Status::unavailable("connection closed")));
+        assert!(never_sent(&tonic::Status::cancelled("operation was canceled: connection closed")));
+        assert!(!never_sent(&tonic::Status::cancelled("the server cancelled the call")));
+        assert!(!never_sent(&tonic::Status::unknown("operation was canceled")));
     }
 
     #[test]

@@ -22,10 +22,14 @@
 //! stops in the reverse order: the servers drain in-flight requests (bounded by
 //! `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the stores close.
 //!
+//! [`offline`] works on a stopped node's directory: disaster recovery (`raftkv recover`) and
+//! seeding a new cluster from a backup (`raftkv restore`).
+//!
 //! The engine may depend on every crate; nothing depends on it but the binaries.
 
 mod background;
 mod config;
+pub mod offline;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -94,6 +98,10 @@ pub enum EngineError {
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// An offline operation ([`offline`]) refused to run; the message says why and what to do.
+    /// Nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The addresses a node listens on, as written to `listen.json`.

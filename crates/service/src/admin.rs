@@ -26,7 +26,7 @@ use types::{NodeId, NodeInfo, TypeConfig};
 use crate::backup::{BackupStream, stream_file};
 use crate::cluster::{self, MembershipChange, Outcome};
 use crate::error::RETRYABLE_HEADER;
-use crate::forward::{deadline, forward_failed, forwarded_request, may_forward};
+use crate::forward::{deadline, forward_failed, forwarded_request, may_forward, never_sent};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::{NodeContext, ServiceError};
 
@@ -174,7 +174,8 @@ impl AdminService {
             }
             Err(s) => {
                 self.ctx.forwarder.forget(&addr);
-                Err(forward_failed(&leader, &addr, true, write, &s).into())
+                let sent = !never_sent(&s);
+                Err(forward_failed(&leader, &addr, sent, write, &s).into())
             }
         }
     }

@@ -438,9 +438,9 @@ fn transfer_target(m: &Metrics, me: &NodeId, to: Option<&NodeId>) -> Result<Node
 /// Hands leadership to `to` (or the most caught-up other voter) and waits until a new leader
 /// is known. On a node that is not the leader it answers [`Outcome::Forward`].
 ///
-/// The target is given up to [`TRANSFER_CATCH_UP`] to match the leader's last log index
+/// The target is given up to 2 s (`TRANSFER_CATCH_UP`) to match the leader's last log index
 /// first (openraft's target ignores a transfer while its log is behind), and the transfer is
-/// triggered again every [`TRANSFER_RETRIGGER`] until it takes effect or `deadline` passes.
+/// triggered again every 500 ms (`TRANSFER_RETRIGGER`) until it takes effect or `deadline` passes.
 pub async fn transfer_leadership(
     ctx: &NodeContext,
     to: Option<&NodeId>,

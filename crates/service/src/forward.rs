@@ -113,6 +113,32 @@ pub(crate) fn forward_failed(
     }
 }
 
+/// Whether a failed call to another node was certainly never sent: the connection could not
+/// be (re)made (refused, or hyper's connector failed), or hyper dropped the request from its
+/// queue because the connection closed first (its "operation was canceled", produced only for
+/// requests it never sent). Such a failure is as safe to retry as a failed connect.
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => {
+            if status.message().starts_with("tcp connect error") {
+                return true;
+            }
+            let mut source = std::error::Error::source(status);
+            while let Some(e) = source {
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
+        }
+        tonic::Code::Cancelled => status.message().starts_with("operation was canceled"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +161,17 @@ mod tests {
         assert!(!may_forward(&md));
         let req = forwarded_request((), Duration::from_secs(1));
         assert!(!may_forward(req.metadata()));
+    }
+
+    #[test]
+    fn only_unsent_calls_count_as_never_sent() {
+        assert!(never_sent(&tonic::Status::unavailable("tcp connect error")));
+        assert!(never_sent(&tonic::Status::cancelled("operation was canceled: connection closed")));
+        let mut refused = tonic::Status::unavailable("transport error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert!(never_sent(&refused));
+        assert!(!never_sent(&tonic::Status::unavailable("connection reset")));
+        assert!(!never_sent(&tonic::Status::unknown("operation was canceled")));
     }
 
     #[test]
