@@ -114,7 +114,10 @@ impl KvService {
             }
             Err(s) => {
                 self.ctx.forwarder.forget(addr);
-                Err(forward_failed(id, addr, true, true, &s).into())
+                // A request hyper never sent (the connection to the leader was gone) had no
+                // effect: retryable, like a failed connect. Anything later is unknown.
+                let sent = !crate::forward::never_sent(&s);
+                Err(forward_failed(id, addr, sent, true, &s).into())
             }
         }
     }
