@@ -442,7 +442,7 @@ fn client_id() -> String {
 /// not be made (refused, found in the error's source chain, or hyper's connector failed), or
 /// hyper dropped the request from its queue because the connection closed first (its
 /// "operation was canceled", which hyper produces only for requests it never sent).
-fn never_sent(status: &tonic::Status) -> bool {
+pub fn never_sent(status: &tonic::Status) -> bool {
     const HYPER_CANCELED: &str = "operation was canceled";
     let refused = |e: &(dyn std::error::Error + 'static)| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)

@@ -130,6 +130,23 @@ async fn standing(ctx: &NodeContext, deadline: Instant) -> Result<Standing, Serv
 /// Proposes through `propose` until it is committed, the leader is elsewhere, or the deadline
 /// passes. Retries (with a backoff) while another membership change is in progress or this
 /// leader is not yet writable.
+/// Proposes a membership change with [`propose`] and answers the membership it made.
+async fn propose_membership<F, Fut>(
+    ctx: &NodeContext,
+    deadline: Instant,
+    what: &str,
+    change: F,
+) -> Result<Outcome<MembershipChange>, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = WriteResult>,
+{
+    Ok(match propose(ctx, deadline, what, change).await? {
+        Outcome::Forward(l) => Outcome::Forward(l),
+        Outcome::Done(index) => Outcome::Done(membership_change(&metrics(ctx), true, Some(index))),
+    })
+}
+
 async fn propose<F, Fut>(
     ctx: &NodeContext,
     deadline: Instant,
@@ -274,10 +291,7 @@ pub async fn add_learner(
     }
     tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
     let what = format!("adding {id} as a learner");
-    match propose(ctx, deadline, &what, || ctx.raft.add_learner(id.clone(), info.clone(), false)).await? {
-        Outcome::Forward(l) => Ok(Outcome::Forward(l)),
-        Outcome::Done(index) => Ok(Outcome::Done(membership_change(&metrics(ctx), true, Some(index)))),
-    }
+    propose_membership(ctx, deadline, &what, || ctx.raft.add_learner(id.clone(), info.clone(), false)).await
 }
 
 /// Promotes the learner `id` to voter once it has caught up with the leader's log as it was
@@ -322,10 +336,7 @@ pub async fn promote(
     tracing::info!(node = %id, "promoting learner to voter");
     let what = format!("promoting {id} to voter");
     let change = || ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false);
-    match propose(ctx, deadline, &what, change).await? {
-        Outcome::Forward(l) => Ok(Outcome::Forward(l)),
-        Outcome::Done(index) => Ok(Outcome::Done(membership_change(&metrics(ctx), true, Some(index)))),
-    }
+    propose_membership(ctx, deadline, &what, change).await
 }
 
 fn refuse_last_voter(m: &Metrics, id: &NodeId, verb: &str) -> Result<(), ServiceError> {
@@ -375,10 +386,7 @@ pub async fn demote(
     tracing::info!(node = %id, "demoting voter to learner");
     let what = format!("demoting {id} to learner");
     let change = || ctx.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()])), true);
-    match propose(ctx, deadline, &what, change).await? {
-        Outcome::Forward(l) => Ok(Outcome::Forward(l)),
-        Outcome::Done(index) => Ok(Outcome::Done(membership_change(&metrics(ctx), true, Some(index)))),
-    }
+    propose_membership(ctx, deadline, &what, change).await
 }
 
 /// Takes `id` out of the cluster. Refuses the last voter.
@@ -407,10 +415,7 @@ pub async fn remove(
             if voter { ChangeMembers::RemoveVoters(ids.clone()) } else { ChangeMembers::RemoveNodes(ids.clone()) };
         ctx.raft.change_membership(changes, false)
     };
-    match propose(ctx, deadline, &what, change).await? {
-        Outcome::Forward(l) => Ok(Outcome::Forward(l)),
-        Outcome::Done(index) => Ok(Outcome::Done(membership_change(&metrics(ctx), true, Some(index)))),
-    }
+    propose_membership(ctx, deadline, &what, change).await
 }
 
 /// Chooses whom to hand leadership to: `to` if given (it must be another voter), else the

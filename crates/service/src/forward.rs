@@ -113,31 +113,9 @@ pub(crate) fn forward_failed(
     }
 }
 
-/// Whether a failed call to another node was certainly never sent: the connection could not
-/// be (re)made (refused, or hyper's connector failed), or hyper dropped the request from its
-/// queue because the connection closed first (its "operation was canceled", produced only for
-/// requests it never sent). Such a failure is as safe to retry as a failed connect.
-pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    match status.code() {
-        tonic::Code::Unavailable => {
-            if status.message().starts_with("tcp connect error") {
-                return true;
-            }
-            let mut source = std::error::Error::source(status);
-            while let Some(e) = source {
-                if e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-                {
-                    return true;
-                }
-                source = e.source();
-            }
-            false
-        }
-        tonic::Code::Cancelled => status.message().starts_with("operation was canceled"),
-        _ => false,
-    }
-}
+/// Whether a failed call to another node was certainly never sent; the one heuristic, shared
+/// with the client library (it reads hyper's error text, so it lives in one place).
+pub(crate) use client::never_sent;
 
 #[cfg(test)]
 mod tests {
