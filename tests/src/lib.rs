@@ -180,6 +180,24 @@ impl NodeProc {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own (it was asked to stop by
+    /// other means than a signal from here), and reaps it. Returns whether it exited
+    /// successfully; `None` if it is still running (it keeps running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status.success());
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
+    }
+
     /// Starts the node again on the same ports and directory.
     pub fn restart(&mut self, bootstrap: bool) -> Result<(), BoxError> {
         assert!(self.child.is_none(), "restart of a running node");

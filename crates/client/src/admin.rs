@@ -55,7 +55,12 @@ impl Client {
         grpc_addr: &str,
         timeout: Duration,
     ) -> Result<MembershipChangeResponse, ClientError> {
-        let req = AddLearnerRequest { id: id.into(), raft_addr: raft_addr.into(), grpc_addr: grpc_addr.into() };
+        let req = AddLearnerRequest {
+            id: id.into(),
+            raft_addr: raft_addr.into(),
+            grpc_addr: grpc_addr.into(),
+            if_membership_index: None,
+        };
         let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
@@ -66,7 +71,7 @@ impl Client {
 
     /// Makes a learner a voter once it has caught up.
     pub async fn promote(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
-        let req = PromoteRequest { id: id.into() };
+        let req = PromoteRequest { id: id.into(), if_membership_index: None };
         let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
@@ -77,7 +82,7 @@ impl Client {
 
     /// Makes a voter a learner (never the last voter).
     pub async fn demote(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
-        let req = DemoteRequest { id: id.into() };
+        let req = DemoteRequest { id: id.into(), if_membership_index: None };
         let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
@@ -88,7 +93,7 @@ impl Client {
 
     /// Takes a node out of the cluster (never the last voter).
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
-        let req = RemoveRequest { id: id.into() };
+        let req = RemoveRequest { id: id.into(), if_membership_index: None };
         let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();

@@ -415,7 +415,12 @@ impl Client {
         grpc_addr: &str,
         timeout: Duration,
     ) -> Result<AddVoterResponse, ClientError> {
-        let req = AddVoterRequest { id: id.into(), raft_addr: raft_addr.into(), grpc_addr: grpc_addr.into() };
+        let req = AddVoterRequest {
+            id: id.into(),
+            raft_addr: raft_addr.into(),
+            grpc_addr: grpc_addr.into(),
+            if_membership_index: None,
+        };
         // Adding a voter is idempotent, so it may be retried like a read.
         let nf = self.options.no_forward;
         self.run(Kind::Read, timeout, |ch, t| {

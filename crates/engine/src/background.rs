@@ -117,6 +117,7 @@ async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo) -> Result<u64, tonic:
         id: id.to_string(),
         raft_addr: me.raft_addr.clone(),
         grpc_addr: me.grpc_addr.clone(),
+        if_membership_index: None,
     });
     request.set_timeout(JOIN_CALL_TIMEOUT);
     tracing::info!(node = %id, via = %seed, raft_addr = %me.raft_addr, grpc_addr = %me.grpc_addr, "asking to join the cluster");

@@ -11,8 +11,9 @@
 //! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //! 6. keeps the resolver equal to the Raft membership;
-//! 7. serves KV, Admin, Raft, `Example`, gRPC health (`quis.RaftLeader` SERVING only on the
-//!    leader: [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
+//! 7. serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and `RaftManager`
+//!    ([`service::compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
+//!    [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 9. starts the background work (the `background` module): the periodic snapshot check
 //!    (`--snapshot_interval`) and, with `--join` on a node without state, auto-join.
@@ -45,7 +46,9 @@ use proto::kv::v1::kv_server::KvServer;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::MembershipResolver;
 use serde::Serialize;
-use service::compat::{ExampleService, LeaderHealth};
+use service::compat::{
+    ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
+};
 use service::{AdminService, Forwarder, KvService, LeaderContact, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -127,6 +130,7 @@ pub struct Node {
     leader_health: JoinHandle<()>,
     ctx: NodeContext,
     background: Vec<JoinHandle<()>>,
+    stop_request: StopRequest,
 }
 
 impl std::fmt::Debug for Node {
@@ -199,15 +203,23 @@ impl Node {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
+            // RaftAdmin and RaftManager define the same package-less message names; each
+            // service resolves to its own complete file, and a bare message name to the last.
+            .register_encoded_file_descriptor_set(proto::compat::raftmanager::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
 
-        let raft_svc = RaftService::new(raft.clone(), sm.clone(), leader_contact).into_server();
+        let raft_svc = RaftService::new(raft.clone(), sm.clone(), leader_contact, &config.id, &me).into_server();
+        let stop_request = StopRequest::default();
+        let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
         let mut client_routes = RoutesBuilder::default();
         client_routes
             .add_service(KvService::new(ctx.clone()).into_server())
             .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
             .add_service(AdminService::new(ctx.clone()).into_server())
+            .add_service(RaftAdminService::new(hashicorp.clone()).into_server())
+            .add_service(RaftManagerService::new(hashicorp).into_server())
             .add_service(health)
             .add_service(reflection);
         let (stop, _) = watch::channel(false);
@@ -251,7 +263,25 @@ impl Node {
                 background::auto_join(raft.clone(), config.id.clone(), me, config.join.clone(), stop.subscribe());
             background.push(tokio::spawn(join));
         }
-        Ok(Node { config, raft, sm, listen, stop, servers, membership_task, leader_health, ctx, background })
+        Ok(Node {
+            config,
+            raft,
+            sm,
+            listen,
+            stop,
+            servers,
+            membership_task,
+            leader_health,
+            ctx,
+            background,
+            stop_request,
+        })
+    }
+
+    /// Resolves when a stop was asked through the API (`RaftAdmin`/`RaftManager`
+    /// `Shutdown`); the caller then runs [`Node::shutdown`], as on SIGTERM.
+    pub async fn stop_requested(&self) {
+        self.stop_request.requested().await;
     }
 
     /// The addresses actually bound.
@@ -317,10 +347,14 @@ impl Node {
     }
 }
 
-/// Runs a node until `signal` resolves, then shuts it down gracefully.
+/// Runs a node until `signal` resolves or a stop is asked through the API (`Shutdown` of
+/// `RaftAdmin`/`RaftManager`), then shuts it down gracefully.
 pub async fn run(config: NodeConfig, signal: impl std::future::Future<Output = ()>) -> Result<(), EngineError> {
     let node = Node::start(config).await?;
-    signal.await;
+    tokio::select! {
+        () = signal => {}
+        () = node.stop_requested() => tracing::info!(node = %node.config.id, "stopping: asked through the admin API"),
+    }
     node.shutdown().await
 }
 

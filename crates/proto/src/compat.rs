@@ -13,3 +13,21 @@ pub mod example {
     /// The encoded `FileDescriptorSet` of `compat/example.proto`, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/compat/example_descriptor.bin");
 }
+
+/// `RaftAdmin` (Jille/raftadmin's `proto/raftadmin.proto`): the 20 admin RPCs over
+/// hashicorp/raft, with `Await`/`Forget` operation tokens.
+pub mod raftadmin {
+    include!("generated/compat/raftadmin.rs");
+
+    /// The encoded `FileDescriptorSet` of `compat/raftadmin.proto`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/compat/raftadmin_descriptor.bin");
+}
+
+/// `RaftManager` (xkeyideal/raft-manager's `proto/manager.proto`): raftadmin's RPCs with
+/// richer GetConfiguration, LastContact, Leader and State answers.
+pub mod raftmanager {
+    include!("generated/compat/raftmanager.rs");
+
+    /// The encoded `FileDescriptorSet` of `compat/raftmanager.proto`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/compat/raftmanager_descriptor.bin");
+}

@@ -10,7 +10,8 @@
 //! - [`kv::v1`] (`raftkv.v1`): the client key-value API.
 //! - [`admin::v1`] (`raftkv.admin.v1`): status and membership administration.
 //! - [`raft::v1`] (`raftkv.raft.v1`): Raft traffic between nodes.
-//! - [`compat`]: the Go seeds' package-less services (`Example`), one module each.
+//! - [`compat`]: the Go seeds' package-less services (`Example`, `RaftAdmin`, `RaftManager`), one
+//!   module each.
 //!
 //! This crate must never depend on any other crate of ours.
 

@@ -97,7 +97,7 @@ fn state_of(s: ServerState) -> RaftState {
 }
 
 /// Checks an address given for a node: `host:port`, port a number.
-fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
+pub(crate) fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
     let ok =
         addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if ok {
@@ -107,7 +107,7 @@ fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
     }
 }
 
-fn node_id(what: &str, id: &str) -> Result<NodeId, ServiceError> {
+pub(crate) fn node_id(what: &str, id: &str) -> Result<NodeId, ServiceError> {
     NodeId::new(id).map_err(|e| ServiceError::InvalidArgument(format!("{what}: {e}")))
 }
 
@@ -237,7 +237,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         let info = node_info(&req.raft_addr, &req.grpc_addr)?;
-        match cluster::add_voter(&self.ctx, &id, &info, until).await? {
+        match cluster::add_voter(&self.ctx, &id, &info, req.if_membership_index, until).await? {
             Outcome::Done(c) => Ok(Response::new(AddVoterResponse { index: c.index, members: c.members })),
             Outcome::Forward(leader) => {
                 self.forward(leader, forward, true, until, req, |mut c, r| async move { c.add_voter(r).await }).await
@@ -258,7 +258,7 @@ impl Admin for AdminService {
             until,
             forward,
             req,
-            cluster::add_learner(&self.ctx, &id, &info, until).await?,
+            cluster::add_learner(&self.ctx, &id, &info, req.if_membership_index, until).await?,
             add_learner
         )
     }
@@ -267,21 +267,42 @@ impl Admin for AdminService {
         let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
-        membership_call!(self, until, forward, req, cluster::promote(&self.ctx, &id, until).await?, promote)
+        membership_call!(
+            self,
+            until,
+            forward,
+            req,
+            cluster::promote(&self.ctx, &id, req.if_membership_index, until).await?,
+            promote
+        )
     }
 
     async fn demote(&self, request: Request<DemoteRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
         let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
-        membership_call!(self, until, forward, req, cluster::demote(&self.ctx, &id, until).await?, demote)
+        membership_call!(
+            self,
+            until,
+            forward,
+            req,
+            cluster::demote(&self.ctx, &id, req.if_membership_index, until).await?,
+            demote
+        )
     }
 
     async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
         let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
-        membership_call!(self, until, forward, req, cluster::remove(&self.ctx, &id, until).await?, remove)
+        membership_call!(
+            self,
+            until,
+            forward,
+            req,
+            cluster::remove(&self.ctx, &id, req.if_membership_index, until).await?,
+            remove
+        )
     }
 
     async fn transfer_leader(

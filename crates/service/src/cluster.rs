@@ -14,13 +14,13 @@
 //! refused because another is in progress until the deadline is `MembershipBusy`; one
 //! proposed and then cut short by a leader change or a stop is `OutcomeUnknown`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
-use openraft::raft::ClientWriteResponse;
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, PreconditionFailed, RaftError};
+use openraft::raft::{ClientWriteResponse, Precondition};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use proto::admin::v1::Member;
 use tokio::time::Instant;
@@ -196,6 +196,11 @@ where
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
                 return Err(ServiceError::OutcomeUnknown(format!("leadership changed during {what} ({f})")));
             }
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(
+                PreconditionFailed::LastMembershipLogIdMismatch { expected, actual },
+            ))) => {
+                return Err(membership_moved(types::index_of(expected.as_ref()), types::index_of(actual.as_ref())));
+            }
             Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
                 return Err(ServiceError::FailedPrecondition(format!("{what} refused: {e}")));
             }
@@ -231,42 +236,75 @@ fn check_same_addresses(id: &NodeId, existing: &NodeInfo, info: &NodeInfo) -> Re
     )))
 }
 
-/// Adds `id` as a voter: as a learner first, promoted once it has caught up.
+/// The preconditions of a change asked "only if the membership is the one at `expected`"
+/// (`if_membership_index`; hashicorp/raft's previous index): none for `None` or 0; else the
+/// latest membership must be at that index now, and still be when openraft proposes.
+fn membership_precondition(m: &Metrics, expected: Option<u64>) -> Result<Vec<Precondition<TypeConfig>>, ServiceError> {
+    let Some(expected) = expected.filter(|i| *i != 0) else {
+        return Ok(Vec::new());
+    };
+    let log_id = m.membership_config.log_id().clone();
+    let latest = types::index_of(log_id.as_ref());
+    if latest != expected {
+        return Err(membership_moved(expected, latest));
+    }
+    Ok(vec![Precondition::LastMembershipLogId { last_membership_log_id: log_id }])
+}
+
+/// The refusal of a change based on a membership that another change has replaced.
+fn membership_moved(expected: u64, latest: u64) -> ServiceError {
+    if latest == 0 {
+        return ServiceError::FailedPrecondition(format!(
+            "the change was asked for the membership configuration at index {expected}, but the latest one is the \
+             initial configuration (index 0); nothing was changed: retry with index 0"
+        ));
+    }
+    ServiceError::FailedPrecondition(format!(
+        "the change was asked for the membership configuration at index {expected}, but the latest one is at index {latest}; \
+         nothing was changed: look at the membership again (`raftkvctl member list`) and retry with index {latest}, or with 0 for no check"
+    ))
+}
+
+/// Adds `id` (with its addresses) as a learner, if the preconditions hold.
+fn add_learner_if(
+    ctx: &NodeContext,
+    id: &NodeId,
+    info: &NodeInfo,
+    pre: &[Precondition<TypeConfig>],
+) -> impl Future<Output = WriteResult> {
+    let nodes = BTreeMap::from([(id.clone(), info.clone())]);
+    ctx.raft.change_membership_if(ChangeMembers::AddNodes(nodes), true, pre.to_vec())
+}
+
+/// Adds `id` as a voter: as a learner first, promoted once it has caught up. `expected`
+/// applies to the first change made.
 pub async fn add_voter(
     ctx: &NodeContext,
     id: &NodeId,
     info: &NodeInfo,
+    expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let mut changed = false;
-    loop {
-        let m = match standing(ctx, deadline).await? {
-            Standing::Leader(m) => m,
-            Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
-        };
-        let membership = m.membership_config.membership();
-        if let Some(existing) = membership.get_node(id) {
-            check_same_addresses(id, existing, info)?;
-            if is_voter(&m, id) {
-                return Ok(Outcome::Done(membership_change(&m, changed, None)));
-            }
-        } else {
-            tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
-            let what = format!("adding {id} as a learner");
-            match propose(ctx, deadline, &what, || ctx.raft.add_learner(id.clone(), info.clone(), true)).await? {
-                Outcome::Forward(l) => return Ok(Outcome::Forward(l)),
-                Outcome::Done(_) => changed = true,
-            }
-            continue;
+    let m = match standing(ctx, deadline).await? {
+        Standing::Leader(m) => m,
+        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    };
+    let mut pre = membership_precondition(&m, expected)?;
+    if let Some(existing) = m.membership_config.membership().get_node(id) {
+        check_same_addresses(id, existing, info)?;
+        if is_voter(&m, id) {
+            return Ok(Outcome::Done(membership_change(&m, false, None)));
         }
-        tracing::info!(node = %id, "promoting learner to voter");
-        let what = format!("promoting {id} to voter");
-        let change = || ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false);
-        match propose(ctx, deadline, &what, change).await? {
-            Outcome::Forward(l) => return Ok(Outcome::Forward(l)),
-            Outcome::Done(index) => return Ok(Outcome::Done(membership_change(&metrics(ctx), true, Some(index)))),
+    } else {
+        tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
+        let what = format!("adding {id} as a learner");
+        if let Outcome::Forward(l) = propose(ctx, deadline, &what, || add_learner_if(ctx, id, info, &pre)).await? {
+            return Ok(Outcome::Forward(l));
         }
+        // The next change builds on the one just made.
+        pre.clear();
     }
+    promote_caught_up(ctx, id, &pre, deadline).await
 }
 
 /// Adds `id` as a learner; returns once the change is committed.
@@ -274,12 +312,14 @@ pub async fn add_learner(
     ctx: &NodeContext,
     id: &NodeId,
     info: &NodeInfo,
+    expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
     let m = match standing(ctx, deadline).await? {
         Standing::Leader(m) => m,
         Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
     };
+    let pre = membership_precondition(&m, expected)?;
     if let Some(existing) = m.membership_config.membership().get_node(id) {
         check_same_addresses(id, existing, info)?;
         if is_voter(&m, id) {
@@ -291,7 +331,7 @@ pub async fn add_learner(
     }
     tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
     let what = format!("adding {id} as a learner");
-    propose_membership(ctx, deadline, &what, || ctx.raft.add_learner(id.clone(), info.clone(), false)).await
+    propose_membership(ctx, deadline, &what, || add_learner_if(ctx, id, info, &pre)).await
 }
 
 /// Promotes the learner `id` to voter once it has caught up with the leader's log as it was
@@ -299,19 +339,31 @@ pub async fn add_learner(
 pub async fn promote(
     ctx: &NodeContext,
     id: &NodeId,
+    expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
     let m = match standing(ctx, deadline).await? {
         Standing::Leader(m) => m,
         Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
     };
+    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
     if is_voter(&m, id) {
         return Ok(Outcome::Done(membership_change(&m, false, None)));
     }
-    let target = m.last_log_index.unwrap_or(0);
+    promote_caught_up(ctx, id, &pre, deadline).await
+}
+
+/// Waits until the learner `id` has the leader's log as it is now, then makes it a voter.
+async fn promote_caught_up(
+    ctx: &NodeContext,
+    id: &NodeId,
+    pre: &[Precondition<TypeConfig>],
+    deadline: Instant,
+) -> Result<Outcome<MembershipChange>, ServiceError> {
+    let target = metrics(ctx).last_log_index.unwrap_or(0);
     let caught_up = ctx
         .raft
         .wait(Some(remaining(deadline)))
@@ -324,7 +376,7 @@ pub async fn promote(
     if caught_up.is_err() {
         let matched = matched_index(&m, id).unwrap_or(0);
         return Err(ServiceError::DeadlineExceeded(format!(
-            "learner {id} did not catch up in time (it has index {matched}, the leader had {target}); nothing was changed"
+            "learner {id} did not catch up in time (it has index {matched}, the leader had {target}); it is still a learner, not a voter"
         )));
     }
     if m.state != ServerState::Leader {
@@ -335,7 +387,10 @@ pub async fn promote(
     }
     tracing::info!(node = %id, "promoting learner to voter");
     let what = format!("promoting {id} to voter");
-    let change = || ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false);
+    let change = || {
+        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()]));
+        ctx.raft.change_membership_if(voters, false, pre.to_vec())
+    };
     propose_membership(ctx, deadline, &what, change).await
 }
 
@@ -367,12 +422,14 @@ async fn step_aside(
 pub async fn demote(
     ctx: &NodeContext,
     id: &NodeId,
+    expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
     let m = match standing(ctx, deadline).await? {
         Standing::Leader(m) => m,
         Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
     };
+    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
@@ -385,7 +442,10 @@ pub async fn demote(
     }
     tracing::info!(node = %id, "demoting voter to learner");
     let what = format!("demoting {id} to learner");
-    let change = || ctx.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()])), true);
+    let change = || {
+        let voters = ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()]));
+        ctx.raft.change_membership_if(voters, true, pre.clone())
+    };
     propose_membership(ctx, deadline, &what, change).await
 }
 
@@ -393,12 +453,14 @@ pub async fn demote(
 pub async fn remove(
     ctx: &NodeContext,
     id: &NodeId,
+    expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
     let m = match standing(ctx, deadline).await? {
         Standing::Leader(m) => m,
         Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
     };
+    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Ok(Outcome::Done(membership_change(&m, false, None)));
     }
@@ -413,7 +475,7 @@ pub async fn remove(
     let change = || {
         let changes =
             if voter { ChangeMembers::RemoveVoters(ids.clone()) } else { ChangeMembers::RemoveNodes(ids.clone()) };
-        ctx.raft.change_membership(changes, false)
+        ctx.raft.change_membership_if(changes, false, pre.clone())
     };
     propose_membership(ctx, deadline, &what, change).await
 }

@@ -60,6 +60,10 @@ pub enum ServiceError {
     /// member). Nothing was written.
     #[error("{0}")]
     NotFound(String),
+    /// A bounded resource is full (for example the table of operation tokens). Nothing was
+    /// done; the message says what to free.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -97,6 +101,7 @@ impl ServiceError {
             ServiceError::FailedPrecondition(_) | ServiceError::PreconditionFailed { .. } => Code::FailedPrecondition,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
             ServiceError::Internal(_) => Code::Internal,
         }
     }
@@ -151,6 +156,7 @@ mod tests {
             (ServiceError::FailedPrecondition("x".into()), Code::FailedPrecondition, false),
             (ServiceError::NotFound("x".into()), Code::NotFound, false),
             (ServiceError::DeadlineExceeded("x".into()), Code::DeadlineExceeded, false),
+            (ServiceError::ResourceExhausted("x".into()), Code::ResourceExhausted, false),
             (ServiceError::ShuttingDown, Code::Unavailable, true),
             (ServiceError::Internal("x".into()), Code::Internal, false),
         ];

@@ -6,12 +6,12 @@ use fsm::{Raft, Snapshot, StateMachine};
 use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
 use proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::v1::snapshot_chunk::Chunk;
-use proto::raft::v1::{RaftMessage, SnapshotChunk};
+use proto::raft::v1::{IdentifyRequest, IdentifyResponse, RaftMessage, SnapshotChunk};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use service::LeaderContact;
 use tonic::{Request, Response, Status, Streaming};
-use types::{SnapshotMeta, Vote, codec};
+use types::{NodeId, NodeInfo, SnapshotMeta, Vote, codec};
 
 use super::MAX_RAFT_MESSAGE_BYTES;
 
@@ -21,14 +21,20 @@ pub struct RaftService {
     raft: Raft,
     sm: StateMachine,
     leader_contact: Arc<LeaderContact>,
+    me: IdentifyResponse,
 }
 
 impl RaftService {
     /// The service over this node's Raft and state machine (snapshots are received into
-    /// the state machine's directory).
+    /// the state machine's directory); `id` and `me` are what `Identify` answers.
     #[must_use]
-    pub fn new(raft: Raft, sm: StateMachine, leader_contact: Arc<LeaderContact>) -> Self {
-        Self { raft, sm, leader_contact }
+    pub fn new(raft: Raft, sm: StateMachine, leader_contact: Arc<LeaderContact>, id: &NodeId, me: &NodeInfo) -> Self {
+        let me = IdentifyResponse {
+            node_id: id.to_string(),
+            raft_addr: me.raft_addr.clone(),
+            grpc_addr: me.grpc_addr.clone(),
+        };
+        Self { raft, sm, leader_contact, me }
     }
 
     /// The tonic server, with the Raft message size limit.
@@ -57,6 +63,10 @@ fn stopped(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    async fn identify(&self, _request: Request<IdentifyRequest>) -> Result<Response<IdentifyResponse>, Status> {
+        Ok(Response::new(self.me.clone()))
+    }
+
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode("append-entries request", &request.into_inner().payload)?;
         self.leader_contact.touch();

@@ -61,6 +61,12 @@ pub struct AddVoterRequest {
     /// Where the new node serves clients (its --grpc_addr).
     #[prost(string, tag = "3")]
     pub grpc_addr: ::prost::alloc::string::String,
+    /// Make the change only if the latest membership configuration is the one at this log index
+    /// (StatusResponse.membership_index): a compare-and-set that refuses, with
+    /// FAILED_PRECONDITION naming the index now in force, a change based on a membership that
+    /// another change has replaced since. Unset or 0: no check (hashicorp/raft's previous index).
+    #[prost(uint64, optional, tag = "4")]
+    pub if_membership_index: ::core::option::Option<u64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AddVoterResponse {
@@ -81,24 +87,48 @@ pub struct AddLearnerRequest {
     /// Where the new node serves clients (its --grpc_addr).
     #[prost(string, tag = "3")]
     pub grpc_addr: ::prost::alloc::string::String,
+    /// Make the change only if the latest membership configuration is the one at this log index
+    /// (StatusResponse.membership_index): a compare-and-set that refuses, with
+    /// FAILED_PRECONDITION naming the index now in force, a change based on a membership that
+    /// another change has replaced since. Unset or 0: no check (hashicorp/raft's previous index).
+    #[prost(uint64, optional, tag = "4")]
+    pub if_membership_index: ::core::option::Option<u64>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PromoteRequest {
     /// The id of a learner.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+    /// Make the change only if the latest membership configuration is the one at this log index
+    /// (StatusResponse.membership_index): a compare-and-set that refuses, with
+    /// FAILED_PRECONDITION naming the index now in force, a change based on a membership that
+    /// another change has replaced since. Unset or 0: no check (hashicorp/raft's previous index).
+    #[prost(uint64, optional, tag = "2")]
+    pub if_membership_index: ::core::option::Option<u64>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DemoteRequest {
     /// The id of a voter.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+    /// Make the change only if the latest membership configuration is the one at this log index
+    /// (StatusResponse.membership_index): a compare-and-set that refuses, with
+    /// FAILED_PRECONDITION naming the index now in force, a change based on a membership that
+    /// another change has replaced since. Unset or 0: no check (hashicorp/raft's previous index).
+    #[prost(uint64, optional, tag = "2")]
+    pub if_membership_index: ::core::option::Option<u64>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveRequest {
     /// The id of a member.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+    /// Make the change only if the latest membership configuration is the one at this log index
+    /// (StatusResponse.membership_index): a compare-and-set that refuses, with
+    /// FAILED_PRECONDITION naming the index now in force, a change based on a membership that
+    /// another change has replaced since. Unset or 0: no check (hashicorp/raft's previous index).
+    #[prost(uint64, optional, tag = "2")]
+    pub if_membership_index: ::core::option::Option<u64>,
 }
 /// The answer to a membership change.
 #[derive(Clone, PartialEq, ::prost::Message)]
