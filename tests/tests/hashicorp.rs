@@ -273,6 +273,14 @@ async fn raftadmin_manages_a_cluster_the_way_its_cli_does() -> TestResult {
     assert_eq!(stat(&mut a1, "num_peers").await?, "1");
     assert!(a1.applied_index(req(ra::AppliedIndexRequest {})).await?.get_ref().index >= write_index);
     assert!(a1.last_index(req(ra::LastIndexRequest {})).await?.get_ref().index >= write_index);
+
+    // n3 was removed but still runs: Shutdown stops it even when its token is never
+    // forgotten (after SHUTDOWN_UNFORGOTTEN, 10 s).
+    let mut n3 = n3;
+    let f = a3.shutdown(req(ra::ShutdownRequest {})).await?;
+    assert_eq!(a3.r#await(req(f.into_inner())).await?.into_inner().index, 0);
+    let exited = n3.wait_exit(Duration::from_secs(30));
+    assert_eq!(exited, Some(true), "n3 did not exit after an unforgotten Shutdown; log:\n{}", n3.log_tail());
     Ok(())
 }
 
@@ -356,10 +364,10 @@ async fn raftmanager_runs_the_seed_readme_flow_and_shutdown() -> TestResult {
     assert!(age < Duration::from_secs(5).as_nanos(), "last contact {age} ns ago");
     assert!(contact.time_format.ends_with(" +0000 UTC"), "{}", contact.time_format);
 
-    // Shutdown through the API stops the node gracefully: the process exits with success.
+    // Shutdown through the API, then Await and Forget as the CLI does: the node stops
+    // gracefully once the token is forgotten, and the process exits with success.
     let f = mb.shutdown(req(rm::ShutdownRequest {})).await?;
-    let outcome = mb.r#await(req(f.into_inner())).await?.into_inner();
-    assert!(outcome.error.is_empty());
+    assert_eq!(await_manager(&mut mb, f.into_inner()).await?, 0);
     let exited = b.wait_exit(Duration::from_secs(30));
     assert_eq!(exited, Some(true), "nodeB did not exit cleanly after Shutdown; log:\n{}", b.log_tail());
     assert!(b.log().contains("asked through the admin API"), "{}", b.log_tail());

@@ -14,7 +14,7 @@
 //! | `Snapshot{}` | the native `Snapshot` of this node: index is the snapshot's. |
 //! | `VerifyLeader{}` | the native `VerifyLeader` (fails on a follower): index is the confirmed read index. |
 //! | `ApplyLog{data, extensions}` | `data` is the seed xkeyideal/raft-example's log command ([`seed_command`]); a native `KV.Put`. Index: the write's. |
-//! | `Shutdown{}` | begins this node's graceful shutdown (the same as SIGTERM): the operation ends when it has begun, and the process exits once it is done. |
+//! | `Shutdown{}` | this node's graceful shutdown (the same as SIGTERM), begun when the token is forgotten (the Go CLIs `Await`, then `Forget`) or [`SHUTDOWN_UNFORGOTTEN`] after the call; the process then exits. |
 //! | `AppliedIndex`, `LastIndex`, `GetConfiguration`, `Leader`, `State`, `Stats`, `LastContact` | this node's view, from openraft's metrics; addresses are Raft addresses, as in hashicorp/raft. |
 //! | `Await{token}`, `Forget{token}` | [`Operations`]: the outcome, or a gRPC status when the operation failed. |
 //!
@@ -51,6 +51,9 @@ use crate::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, KvService, MAX_ADMIN_TIMEOU
 
 /// How long asking a node who it is may take.
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long after `Shutdown` the node stops when its token is not forgotten sooner.
+pub const SHUTDOWN_UNFORGOTTEN: Duration = Duration::from_secs(10);
 
 /// The longest `Await` waits when the caller sets no deadline; longer than any operation.
 const MAX_AWAIT: Duration = Duration::from_secs(600);
@@ -134,6 +137,8 @@ pub struct HashicorpAdmin {
     kv: KvService,
     ops: Operations,
     stop: StopRequest,
+    /// The token of a `Shutdown` call: forgetting it stops the node.
+    shutdown_token: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The seed xkeyideal/raft-example's log command: `{"type": 1, "payload": <bytes>}`, bytes
@@ -254,7 +259,14 @@ impl HashicorpAdmin {
     /// The adapter over `ctx`'s native services; `stop` is what `Shutdown` sets.
     #[must_use]
     pub fn new(ctx: NodeContext, ops: Operations, stop: StopRequest) -> Self {
-        Self { admin: AdminService::new(ctx.clone()), kv: KvService::new(ctx.clone()), ctx, ops, stop }
+        Self {
+            admin: AdminService::new(ctx.clone()),
+            kv: KvService::new(ctx.clone()),
+            ctx,
+            ops,
+            stop,
+            shutdown_token: Arc::default(),
+        }
     }
 
     fn metrics(&self) -> RaftMetrics<TypeConfig> {
@@ -408,17 +420,25 @@ impl HashicorpAdmin {
         })?)
     }
 
-    /// `Shutdown`: begins this node's graceful shutdown.
+    /// `Shutdown`: this node stops gracefully (as on SIGTERM) once the returned token is
+    /// forgotten, which is what the Go CLIs do right after `Await`, or
+    /// [`SHUTDOWN_UNFORGOTTEN`] after the call, whichever comes first. Stopping at once would
+    /// refuse the `Await` and `Forget` that follow on the same connection.
     ///
     /// # Errors
     /// As [`Self::barrier`].
     pub fn shutdown(&self) -> Result<String, Status> {
-        let stop = self.stop.clone();
         tracing::info!(node = %self.ctx.id, "shutdown requested through the RaftAdmin/RaftManager API");
-        Ok(self.ops.start(async move {
+        let token = self.ops.start(async { Ok(0) })?;
+        if let Ok(mut pending) = self.shutdown_token.lock() {
+            *pending = Some(token.clone());
+        }
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SHUTDOWN_UNFORGOTTEN).await;
             stop.request();
-            Ok(0)
-        })?)
+        });
+        Ok(token)
     }
 
     /// `Await`: the outcome of the operation of `token`, waiting at most the caller's
@@ -430,9 +450,13 @@ impl HashicorpAdmin {
         self.ops.wait(token, Instant::now() + deadline(md, MAX_AWAIT)).await
     }
 
-    /// `Forget`.
+    /// `Forget`; forgetting the token of `Shutdown` stops the node.
     pub fn forget(&self, token: &str) {
         self.ops.forget(token);
+        let shutdown = self.shutdown_token.lock().is_ok_and(|pending| pending.as_deref() == Some(token));
+        if shutdown {
+            self.stop.request();
+        }
     }
 
     /// `AppliedIndex`: the last index applied to this node's state machine.
