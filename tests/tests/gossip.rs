@@ -5,6 +5,8 @@
 //! Gossip runs with a 100 ms interval and phi threshold 8, so the failure detector reports a
 //! node dead about (8 + 1) × 100 ms = 0.9 s after its last heartbeat on an idle machine.
 
+#![allow(clippy::print_stderr)] // tests report what they did on stderr
+
 use std::time::{Duration, Instant};
 
 use client::admin::{GossipLiveness, StatusResponse};
@@ -186,11 +188,7 @@ async fn a_node_restarted_on_new_ports_is_reached_through_gossip() -> TestResult
     let n2_client = n2.client()?;
     wait_for("n2 to apply a write made after it moved", Duration::from_secs(20), || async {
         n2_client
-            .get_request(client::kv::GetRequest {
-                key: "after".into(),
-                consistency: client::Consistency::Stale as i32,
-                ..Default::default()
-            })
+            .get_request(client::kv::GetRequest { key: "after".into(), consistency: client::Consistency::Stale as i32 })
             .await
             .is_ok_and(|r| r.found)
     })

@@ -1,6 +1,8 @@
 //! Unit tests: configuration, [`compare`], and gossip among in-process nodes on chitchat's
 //! `ChannelTransport` (convergence, partition and healing, graceful leave, cluster ids).
 
+#![allow(clippy::print_stderr)] // tests report what they measured on stderr
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
