@@ -59,6 +59,8 @@ pub struct NodeProc {
     pub grpc_addr: String,
     /// The Raft address, once known.
     pub raft_addr: String,
+    /// The gossip (UDP) address from `listen.json`, when the node runs gossip.
+    pub gossip_addr: Option<String>,
     extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -72,6 +74,7 @@ impl NodeProc {
             data_dir: data_dir.to_path_buf(),
             grpc_addr: "127.0.0.1:0".into(),
             raft_addr: "127.0.0.1:0".into(),
+            gossip_addr: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
             child: None,
             log: data_dir.join(format!("{id}.log")),
@@ -116,6 +119,7 @@ impl NodeProc {
             {
                 self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
                 self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
+                self.gossip_addr = v["gossip_addr"].as_str().map(str::to_string);
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -202,6 +206,16 @@ impl NodeProc {
     pub fn restart(&mut self, bootstrap: bool) -> Result<(), BoxError> {
         assert!(self.child.is_none(), "restart of a running node");
         self.spawn(bootstrap)
+    }
+
+    /// Starts the node again on the same directory but on new OS-chosen client and Raft
+    /// ports (as a node moved to another port would), with `extra` as its extra arguments.
+    pub fn restart_on_new_ports(&mut self, extra: &[String]) -> Result<(), BoxError> {
+        assert!(self.child.is_none(), "restart of a running node");
+        self.grpc_addr = "127.0.0.1:0".into();
+        self.raft_addr = "127.0.0.1:0".into();
+        self.extra = extra.to_vec();
+        self.spawn(false)
     }
 
     /// The last lines of the node's log.
@@ -602,6 +616,7 @@ impl NodeProc {
             data_dir: data_dir.to_path_buf(),
             grpc_addr: grpc_addr.to_string(),
             raft_addr: raft_addr.to_string(),
+            gossip_addr: None,
             extra: extra.to_vec(),
             child: None,
             log: data_dir.join(format!("{id}.log")),

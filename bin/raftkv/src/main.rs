@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use engine::NodeConfig;
+use gossip::GossipConfig;
 use tracing_subscriber::EnvFilter;
 use types::NodeId;
 
@@ -106,10 +107,66 @@ struct Args {
     shutdown_grace: Duration,
 
     /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
-    /// to add this node as a voter, retrying until it is one. Does nothing on a node that has
-    /// state. Not with --raft_bootstrap.
-    #[arg(long = "join", env = "RAFTKV_JOIN", value_delimiter = ',', value_name = "HOST:PORT")]
-    join: Vec<String>,
+    /// to add this node as a voter, retrying until it is one. With gossip on, the members
+    /// gossip finds are asked too, and a bare `--join` (no addresses) finds the cluster
+    /// through --gossip_seeds alone. Does nothing on a node that has state. Not with
+    /// --raft_bootstrap.
+    #[arg(long = "join", env = "RAFTKV_JOIN", value_delimiter = ',', value_name = "HOST:PORT", num_args = 0..)]
+    join: Option<Vec<String>>,
+
+    /// UDP address to gossip on (host:port; port 0 picks a free port); empty turns gossip
+    /// off. Gossip finds nodes and their addresses and watches their liveness; it never
+    /// changes the Raft membership.
+    #[arg(long = "gossip_addr", alias = "gossip-addr", env = "RAFTKV_GOSSIP_ADDR", default_value = "")]
+    gossip_addr: String,
+
+    /// Gossip addresses of nodes to contact first (comma-separated host:port).
+    #[arg(
+        long = "gossip_seeds",
+        alias = "gossip-seeds",
+        env = "RAFTKV_GOSSIP_SEEDS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    gossip_seeds: Vec<String>,
+
+    /// The gossip address other nodes reach this one at (default: --gossip_addr with the
+    /// bound port). Needed when --gossip_addr is 0.0.0.0 or behind NAT.
+    #[arg(long = "gossip_advertise_addr", alias = "gossip-advertise-addr", env = "RAFTKV_GOSSIP_ADVERTISE_ADDR")]
+    gossip_advertise_addr: Option<String>,
+
+    /// Nodes gossip only with nodes of the same cluster id, so two clusters on one network
+    /// never mix.
+    #[arg(long = "cluster_id", alias = "cluster-id", env = "RAFTKV_CLUSTER_ID", default_value = gossip::DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+
+    /// How often a node gossips.
+    #[arg(long = "gossip_interval", alias = "gossip-interval", env = "RAFTKV_GOSSIP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    gossip_interval: Duration,
+
+    /// The failure detector's phi threshold: a node is reported dead after about this many
+    /// gossip intervals without a heartbeat (1 to 100).
+    #[arg(
+        long = "gossip_phi_threshold",
+        alias = "gossip-phi-threshold",
+        env = "RAFTKV_GOSSIP_PHI_THRESHOLD",
+        default_value_t = 8.0
+    )]
+    gossip_phi_threshold: f64,
+
+    /// How long a dead node stays listed in gossip before it is forgotten.
+    #[arg(long = "gossip_dead_grace", alias = "gossip-dead-grace", env = "RAFTKV_GOSSIP_DEAD_GRACE", default_value = "60m", value_parser = parse_duration)]
+    gossip_dead_grace: Duration,
+
+    /// Static peers: other nodes' addresses by id, ID=RAFT_ADDR@GRPC_ADDR, comma-separated.
+    /// Asked after gossip and before the Raft membership when a node's address is needed.
+    #[arg(long = "peers", env = "RAFTKV_PEERS", default_value = "", value_name = "ID=RAFT@GRPC,...")]
+    peers: String,
+
+    /// A file of static peers: ID=RAFT_ADDR@GRPC_ADDR entries separated by commas or
+    /// newlines; `#` starts a comment.
+    #[arg(long = "peers_file", alias = "peers-file", env = "RAFTKV_PEERS_FILE")]
+    peers_file: Option<PathBuf>,
 }
 
 const EXAMPLES: &str = "\
@@ -118,7 +175,10 @@ Examples (the seed's three-node walkthrough):
   raftkv --raft_id=nodeB --grpc_addr=localhost:40052 --raft_addr=localhost:50052 --raft_data_dir /tmp/raftkv
   raftkvctl --endpoints localhost:40051 member add nodeB --raft-addr localhost:50052 --grpc-addr localhost:40052
 Or let a new node join by itself:
-  raftkv --raft_id=nodeC --grpc_addr=localhost:40053 --raft_addr=localhost:50053 --raft_data_dir /tmp/raftkv --join localhost:40051";
+  raftkv --raft_id=nodeC --grpc_addr=localhost:40053 --raft_addr=localhost:50053 --raft_data_dir /tmp/raftkv --join localhost:40051
+With gossip (every node gets --gossip_addr; a new node finds the cluster through the seeds):
+  raftkv --raft_bootstrap --raft_id=nodeA ... --gossip_addr=localhost:7946
+  raftkv --raft_id=nodeB ... --gossip_addr=localhost:7947 --gossip_seeds=localhost:7946 --join";
 
 fn parse_id(s: &str) -> Result<NodeId, String> {
     NodeId::new(s).map_err(|e| e.to_string())
@@ -197,7 +257,22 @@ fn run(args: Args) -> Result<()> {
     config.shutdown_grace = args.shutdown_grace;
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;
-    config.join = args.join;
+    config.join_via_gossip = args.join.as_ref().is_some_and(Vec::is_empty);
+    config.join = args.join.unwrap_or_default();
+    if !args.gossip_addr.is_empty() {
+        let mut g = GossipConfig::new(args.gossip_addr);
+        g.seeds = args.gossip_seeds;
+        g.advertise_addr = args.gossip_advertise_addr;
+        g.cluster_id = args.cluster_id;
+        g.interval = args.gossip_interval;
+        g.phi_threshold = args.gossip_phi_threshold;
+        g.dead_grace = args.gossip_dead_grace;
+        config.gossip = Some(g);
+    } else if !args.gossip_seeds.is_empty() || args.gossip_advertise_addr.is_some() {
+        anyhow::bail!("--gossip_seeds and --gossip_advertise_addr need --gossip_addr (empty: gossip is off)");
+    }
+    config.peers = args.peers;
+    config.peers_file = args.peers_file;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;
@@ -277,9 +352,37 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.snapshot_interval, Duration::from_secs(30));
         assert_eq!(args.max_append_entries, 64);
-        assert_eq!(args.join, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(args.join, Some(vec!["a:1".to_string(), "b:2".to_string()]));
         let args = Args::try_parse_from(["raftkv", "--raft_id=n"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.snapshot_interval, Duration::from_secs(120));
-        assert!(args.join.is_empty());
+        assert!(args.join.is_none());
+        let args = Args::try_parse_from(["raftkv", "--raft_id=n", "--join"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.join, Some(vec![]));
+    }
+
+    #[test]
+    fn gossip_flags_parse() {
+        let args = Args::try_parse_from([
+            "raftkv",
+            "--raft_id=n",
+            "--gossip_addr=127.0.0.1:0",
+            "--gossip-seeds",
+            "127.0.0.1:7946,127.0.0.1:7947",
+            "--cluster_id=blue",
+            "--gossip_interval=100ms",
+            "--gossip_phi_threshold=6",
+            "--peers=a=h:1@h:2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.gossip_addr, "127.0.0.1:0");
+        assert_eq!(args.gossip_seeds.len(), 2);
+        assert_eq!(args.cluster_id, "blue");
+        assert_eq!(args.gossip_interval, Duration::from_millis(100));
+        assert!((args.gossip_phi_threshold - 6.0).abs() < f64::EPSILON);
+        assert_eq!(args.peers, "a=h:1@h:2");
+        // The seed's spelling with an empty value: gossip off.
+        let args = Args::try_parse_from(["raftkv", "--raft_id=n", "--gossip_addr="]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(args.gossip_addr.is_empty());
+        assert_eq!(args.cluster_id, "raftkv");
     }
 }

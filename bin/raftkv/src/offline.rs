@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use resolver::{parse_addr, parse_peer as parse_voter};
 use types::{NodeId, NodeInfo};
 
 #[derive(Subcommand, Debug)]
@@ -73,21 +74,6 @@ pub(crate) struct RestoreArgs {
     /// The address the node will serve clients on (recorded in the membership).
     #[arg(long = "grpc_addr", alias = "grpc-addr", default_value = "localhost:40051", value_parser = parse_addr)]
     grpc_addr: String,
-}
-
-/// `HOST:PORT` with a port from 1 to 65535: an address others can reach.
-fn parse_addr(s: &str) -> Result<String, String> {
-    let ok = s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-    if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not HOST:PORT with a port from 1 to 65535")) }
-}
-
-/// `ID=RAFT_ADDR@GRPC_ADDR`.
-fn parse_voter(s: &str) -> Result<(NodeId, NodeInfo), String> {
-    let bad = || format!("{s:?} is not ID=RAFT_ADDR@GRPC_ADDR (e.g. nodeA=localhost:50051@localhost:40051)");
-    let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
-    let (raft, grpc) = addrs.split_once('@').ok_or_else(bad)?;
-    let id = crate::parse_id(id)?;
-    Ok((id, NodeInfo { raft_addr: parse_addr(raft)?, grpc_addr: parse_addr(grpc)? }))
 }
 
 pub(crate) fn run(cmd: Offline) -> Result<()> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use client::admin::StatusResponse;
+use client::admin::{GossipLiveness, StatusResponse};
 use client::{Client, Member, MembershipChangeResponse, RaftState, Suffrage};
 use serde_json::{Value, json};
 
@@ -230,21 +230,93 @@ fn print_change(
     Ok(())
 }
 
-/// The members as the leader sees them (with replication progress) when the leader can be
-/// reached; otherwise as the first reachable node sees them.
-async fn members(client: &Client) -> Result<Vec<Member>> {
+/// The status of the leader (its members carry replication progress) when the leader can be
+/// reached; otherwise of the first reachable node.
+async fn members(client: &Client) -> Result<StatusResponse> {
     let status = client.status().await?;
     if status.state == RaftState::Leader as i32 {
-        return Ok(status.members);
+        return Ok(status);
     }
     let leader = status.members.iter().find(|m| m.is_leader).map(|m| m.grpc_addr.clone());
     if let Some(addr) = leader
         && let Ok(s) = client.status_of(&addr).await
         && s.state == RaftState::Leader as i32
     {
-        return Ok(s.members);
+        return Ok(s);
     }
-    Ok(status.members)
+    Ok(status)
+}
+
+fn liveness_name(l: i32) -> &'static str {
+    match GossipLiveness::try_from(l) {
+        Ok(GossipLiveness::Live) => "live",
+        Ok(GossipLiveness::Left) => "left",
+        Ok(GossipLiveness::Dead) => "dead",
+        _ => "unknown",
+    }
+}
+
+/// Gossip's view beside the membership, as JSON (`enabled`, `nodes`, `disagreements`).
+pub(crate) fn gossip_json(s: &StatusResponse) -> Value {
+    let nodes: Vec<Value> = s
+        .gossip_nodes
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id,
+                "liveness": liveness_name(g.liveness),
+                "member": s.members.iter().any(|m| m.id == g.id),
+                "role": g.role,
+                "leader_id": g.leader_id,
+                "applied_index": g.applied_index,
+                "raft_addr": g.raft_addr,
+                "grpc_addr": g.grpc_addr,
+                "gossip_addr": g.gossip_addr,
+                "version": g.version,
+            })
+        })
+        .collect();
+    json!({ "enabled": s.gossip_enabled, "nodes": nodes, "disagreements": s.disagreements })
+}
+
+/// Gossip's view (as the node that answered sees it), then each disagreement with the
+/// membership on a line starting with `!`. Nothing when that node runs without gossip.
+pub(crate) fn print_gossip(out: &mut impl Write, s: &StatusResponse) -> std::io::Result<()> {
+    if !s.gossip_enabled {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(out, "Gossip, as {} sees it:", s.node_id)?;
+    let rows: Vec<[String; 8]> = s
+        .gossip_nodes
+        .iter()
+        .map(|g| {
+            let member = s.members.iter().any(|m| m.id == g.id);
+            [
+                g.id.clone(),
+                liveness_name(g.liveness).into(),
+                if member { "yes" } else { "no" }.into(),
+                if g.role.is_empty() { "-".into() } else { g.role.clone() },
+                if g.leader_id.is_empty() { "-".into() } else { g.leader_id.clone() },
+                g.applied_index.to_string(),
+                g.grpc_addr.clone(),
+                g.gossip_addr.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        out,
+        ["ID", "GOSSIP", "MEMBER", "ROLE", "SEES LEADER", "APPLIED", "GRPC ADDRESS", "GOSSIP ADDRESS"],
+        &rows,
+    )?;
+    if s.disagreements.is_empty() {
+        writeln!(out, "Gossip agrees with the membership.")?;
+    } else {
+        for d in &s.disagreements {
+            writeln!(out, "! {d}")?;
+        }
+    }
+    Ok(())
 }
 
 const STATUS_HEADER: [&str; 10] =
@@ -292,6 +364,7 @@ fn status_json(s: &StatusResponse) -> Value {
         "purged_index": s.purged_index,
         "membership_index": s.membership_index,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+        "gossip": gossip_json(s),
     })
 }
 
@@ -315,6 +388,7 @@ async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl W
                 writeln!(out, "snapshot:    {}", s.snapshot_index)?;
                 writeln!(out)?;
                 print_members(out, &s.members)?;
+                print_gossip(out, &s)?;
             }
         }
         return Ok(());
@@ -367,11 +441,13 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
                 print_change(out, output, &resp, &done, &format!("Member {id} is already a learner"))?;
             }
             MemberCommand::List => {
-                let members = members(client).await?;
+                let status = members(client).await?;
                 if json {
-                    writeln!(out, "{}", json!({ "members": members.iter().map(member_json).collect::<Vec<_>>() }))?;
+                    let members: Vec<Value> = status.members.iter().map(member_json).collect();
+                    writeln!(out, "{}", json!({ "members": members, "gossip": gossip_json(&status) }))?;
                 } else {
-                    print_members(out, &members)?;
+                    print_members(out, &status.members)?;
+                    print_gossip(out, &status)?;
                 }
             }
             MemberCommand::Remove { id, timeout } => {

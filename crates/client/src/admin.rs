@@ -15,8 +15,8 @@ use proto::admin::v1::{
     SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest,
 };
 pub use proto::admin::v1::{
-    BarrierResponse, MembershipChangeResponse, SnapshotResponse, StatusResponse, TransferLeaderResponse,
-    VerifyLeaderResponse,
+    BarrierResponse, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse, StatusResponse,
+    TransferLeaderResponse, VerifyLeaderResponse,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;

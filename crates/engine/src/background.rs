@@ -1,9 +1,10 @@
-//! The node's background work beside openraft: the periodic snapshot check, auto-join, and
-//! the leadership hand-over before a planned stop.
+//! The node's background work beside openraft: the periodic snapshot check, publishing this
+//! node's state over gossip, auto-join, and the leadership hand-over before a planned stop.
 
 use std::time::Duration;
 
 use fsm::Raft;
+use gossip::{Gossip, Liveness};
 use openraft::async_runtime::WatchReceiver;
 use proto::admin::v1::AddVoterRequest;
 use proto::admin::v1::admin_client::AdminClient;
@@ -47,16 +48,65 @@ fn is_voter(raft: &Raft, me: &NodeId) -> bool {
     raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == *me)
 }
 
-/// Asks the members at `seeds` (gRPC addresses), one after the other, to add this node as a
-/// voter, with a growing pause between rounds, until one succeeds or this node is a voter.
+/// Publishes this node's role, the leader it sees and its applied index over gossip when
+/// they change, at most once per gossip interval. Ends when `stop` is set.
+pub(crate) async fn publish_to_gossip(raft: Raft, gossip: Gossip, mut stop: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    let interval = gossip.config().interval;
+    loop {
+        let m = metrics.borrow_watched().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        gossip.publish_state(role, m.current_leader.as_ref(), types::index_of(m.last_applied.as_ref())).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Whom auto-join asks: the members named with `--join`, and with gossip on the live nodes
+/// gossip finds (leaders first, then nodes that see a leader).
+pub(crate) struct JoinSeeds {
+    /// `--join` addresses (gRPC).
+    pub(crate) named: Vec<String>,
+    /// Gossip, when on.
+    pub(crate) gossip: Option<Gossip>,
+}
+
+impl JoinSeeds {
+    /// The gRPC addresses to ask this round, without `me` and without repeats.
+    async fn round(&self, id: &NodeId, me: &NodeInfo) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Some(g) = &self.gossip {
+            let mut live: Vec<_> =
+                g.view().await.into_values().filter(|p| p.liveness == Liveness::Live && p.meta.id != *id).collect();
+            live.sort_by_key(|p| (p.meta.role != "leader", p.meta.leader.is_none()));
+            found.extend(live.into_iter().map(|p| p.meta.addrs.grpc_addr));
+        }
+        let mut seeds: Vec<String> = Vec::new();
+        for s in found.into_iter().chain(self.named.iter().cloned()) {
+            if s != me.grpc_addr && !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
+        seeds
+    }
+}
+
+/// Asks the members `seeds` names (gRPC addresses), one after the other, to add this node as
+/// a voter, with a growing pause between rounds, until one succeeds or this node is a voter.
 /// Does nothing if the node already has Raft state. Ends when `stop` is set.
-pub(crate) async fn auto_join(
-    raft: Raft,
-    id: NodeId,
-    me: NodeInfo,
-    seeds: Vec<String>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinSeeds, mut stop: watch::Receiver<bool>) {
     match raft.is_initialized().await {
         Ok(true) => {
             tracing::info!(node = %id, "existing Raft state found; --join has nothing to do");
@@ -65,11 +115,14 @@ pub(crate) async fn auto_join(
         Ok(false) => {}
         Err(_) => return,
     }
-    let seeds: Vec<String> = seeds.into_iter().filter(|s| *s != me.grpc_addr).collect();
     let mut backoff = Duration::from_millis(200);
     let mut round = 0u32;
     loop {
-        for seed in &seeds {
+        let this_round = seeds.round(&id, &me).await;
+        if this_round.is_empty() {
+            tracing::info!(node = %id, round, "no member to ask yet (gossip has found none); will retry");
+        }
+        for seed in &this_round {
             if is_voter(&raft, &id) {
                 tracing::info!(node = %id, "this node is a voter; auto-join done");
                 return;

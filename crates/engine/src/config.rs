@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gossip::GossipConfig;
 use openraft::SnapshotPolicy;
+use resolver::{AddressMap, StaticPeers};
 use types::NodeId;
 
 use crate::EngineError;
@@ -46,6 +48,15 @@ pub struct NodeConfig {
     /// Members to ask, at their gRPC address, to add this node as a voter when it starts
     /// with no Raft state (`--join`). Ignored, with a log line, on a node that has state.
     pub join: Vec<String>,
+    /// With gossip on: also ask the members gossip finds (bare `--join`: only those), so a
+    /// new node finds the cluster through its gossip seeds alone.
+    pub join_via_gossip: bool,
+    /// Gossip settings (`--gossip_addr` and friends); `None` turns gossip off.
+    pub gossip: Option<GossipConfig>,
+    /// Static peers, `ID=RAFT_ADDR@GRPC_ADDR,...` (`--peers`; may be empty).
+    pub peers: String,
+    /// A file of static peers, one or more per line (`--peers_file`).
+    pub peers_file: Option<PathBuf>,
 }
 
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
@@ -73,6 +84,10 @@ impl NodeConfig {
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),
+            join_via_gossip: false,
+            gossip: None,
+            peers: String::new(),
+            peers_file: None,
         }
     }
 
@@ -112,7 +127,17 @@ impl NodeConfig {
         if mae == 0 || mae > MAX_APPEND_ENTRIES_LIMIT {
             return bad(format!("--max_append_entries is {mae}; it must be from 1 to {MAX_APPEND_ENTRIES_LIMIT}"));
         }
-        if !self.join.is_empty() && self.bootstrap {
+        let joins = !self.join.is_empty() || self.join_via_gossip;
+        if self.join_via_gossip && self.gossip.is_none() {
+            return bad("--join without addresses finds the cluster through gossip; give --gossip_addr and \
+                 --gossip_seeds too, or name members: --join HOST:PORT"
+                .into());
+        }
+        if let Some(g) = &self.gossip {
+            g.validate().map_err(|e| EngineError::Config(e.to_string()))?;
+        }
+        self.static_peers()?;
+        if joins && self.bootstrap {
             return bad("--join and --raft_bootstrap cannot be used together: --raft_bootstrap starts a new cluster, \
                  --join asks an existing one to add this node; give only one"
                 .into());
@@ -131,6 +156,11 @@ impl NodeConfig {
             }
         }
         self.raft_config().map(|_| ())
+    }
+
+    /// The static resolver from `--peers` and `--peers_file`.
+    pub fn static_peers(&self) -> Result<AddressMap, EngineError> {
+        StaticPeers::build(&self.peers, self.peers_file.as_deref()).map_err(|e| EngineError::Config(e.to_string()))
     }
 
     /// The openraft configuration these settings make.
@@ -229,6 +259,23 @@ mod tests {
         c.bootstrap = false;
         c.join = vec!["nohost".into()];
         assert!(refused(&c).contains("--join \"nohost\" is not HOST:PORT"));
+    }
+
+    #[test]
+    fn gossip_and_peers_are_checked() {
+        let mut c = cfg();
+        c.join_via_gossip = true;
+        assert!(refused(&c).contains("--join without addresses finds the cluster through gossip"));
+        c.gossip = Some(GossipConfig::new("127.0.0.1:0"));
+        assert!(c.validate().is_ok());
+        c.gossip = Some(GossipConfig::new("nohost"));
+        assert!(refused(&c).contains("--gossip_addr \"nohost\""));
+        c.gossip = None;
+        c.join_via_gossip = false;
+        c.peers = "nodeA=a:1".into();
+        assert!(refused(&c).contains("--peers: \"nodeA=a:1\" is not ID=RAFT_ADDR@GRPC_ADDR"));
+        c.peers = "nodeA=a:1@a:2".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -10,18 +10,27 @@
 //! 4. starts openraft with the gRPC transport ([`transport`]);
 //! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
-//! 6. keeps the resolver equal to the Raft membership;
+//!    With `--gossip_addr`, gossip starts here too (chitchat on UDP; port 0 picks a free
+//!    port), publishing this node's metadata;
+//! 6. builds the resolver chain (gossip's live nodes, then static `--peers`, then the Raft
+//!    membership, which a task keeps current); the Raft network and leader forwarding
+//!    resolve every peer by node id through it;
 //! 7. serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and `RaftManager`
 //!    ([`service::compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
 //!    [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 9. starts the background work (the `background` module): the periodic snapshot check
-//!    (`--snapshot_interval`) and, with `--join` on a node without state, auto-join.
+//!    (`--snapshot_interval`), with gossip the task publishing this node's role, leader and
+//!    applied index, and, with `--join` on a node without state, auto-join (asking the
+//!    members named, and with gossip on also those gossip finds).
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
 //! stops in the reverse order: the servers drain in-flight requests (bounded by
-//! `shutdown_grace`), Raft stops, the state machine is flushed (one fsync), the stores close.
+//! `shutdown_grace`), gossip announces the leave and stops, Raft stops, the state machine is
+//! flushed (one fsync), the stores close.
+//!
+//! Gossip is advisory: nothing here changes the Raft membership because of what gossip says.
 //!
 //! [`offline`] works on a stopped node's directory: disaster recovery (`raftkv recover`) and
 //! seeding a new cluster from a backup (`raftkv restore`).
@@ -40,11 +49,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
+use gossip::{Gossip, NodeMeta, UdpTransport};
 use openraft::async_runtime::WatchReceiver;
 use proto::compat::example::example_server::ExampleServer;
 use proto::kv::v1::kv_server::KvServer;
 use raft_storage::{LOG_FILE, LogStore};
-use resolver::MembershipResolver;
+use resolver::{AddressMap, Chain, Resolver};
 use serde::Serialize;
 use service::compat::{
     ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
@@ -114,6 +124,9 @@ pub struct ListenAddrs {
     pub raft_addr: String,
     /// The client address actually bound.
     pub grpc_addr: String,
+    /// The gossip (UDP) address advertised, with the port actually bound; `None` without
+    /// gossip.
+    pub gossip_addr: Option<String>,
     /// This process's id.
     pub pid: u32,
 }
@@ -131,6 +144,7 @@ pub struct Node {
     ctx: NodeContext,
     background: Vec<JoinHandle<()>>,
     stop_request: StopRequest,
+    gossip: Option<Gossip>,
 }
 
 impl std::fmt::Debug for Node {
@@ -175,15 +189,28 @@ impl Node {
             grpc_addr: advertised(&config.grpc_addr, grpc_bound),
         };
 
+        let gossip = match &config.gossip {
+            Some(g) => {
+                let meta = NodeMeta::new(config.id.clone(), me.clone(), env!("CARGO_PKG_VERSION"));
+                Some(
+                    Gossip::start(g.clone(), meta, &UdpTransport)
+                        .await
+                        .map_err(|e| EngineError::Config(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let membership = Arc::new(AddressMap::membership());
+        let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
+
         let log = LogStore::open(&dir.join(LOG_FILE))?;
         let sm = StateMachine::open(&dir.join("sm"))?;
         let raft_config = Arc::new(config.raft_config()?);
-        let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(), log, sm.clone())
+        let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver.clone()), log, sm.clone())
             .await
             .map_err(|e| EngineError::Raft(e.to_string()))?;
 
-        let resolver = Arc::new(MembershipResolver::new());
-        let membership_task = tokio::spawn(follow_membership(raft.clone(), resolver.clone()));
+        let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
 
         if config.bootstrap {
             bootstrap(&raft, &config.id, me.clone()).await?;
@@ -194,7 +221,8 @@ impl Node {
             id: config.id.clone(),
             raft: raft.clone(),
             sm: sm.clone(),
-            resolver: resolver.clone(),
+            resolver,
+            gossip: gossip.clone(),
             forwarder: Forwarder::new(),
             leader_contact: leader_contact.clone(),
         };
@@ -243,6 +271,7 @@ impl Node {
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),
             grpc_addr: grpc_bound.to_string(),
+            gossip_addr: gossip.as_ref().map(|g| g.advertise_addr().to_string()),
             pid: std::process::id(),
         };
         write_listen_file(&dir.join(LISTEN_FILE), &listen)?;
@@ -250,6 +279,7 @@ impl Node {
             node = %config.id,
             grpc_addr = %listen.grpc_addr,
             raft_addr = %listen.raft_addr,
+            gossip_addr = listen.gossip_addr.as_deref().unwrap_or("off"),
             dir = %dir.display(),
             "node started"
         );
@@ -258,9 +288,12 @@ impl Node {
             let timer = background::snapshot_timer(raft.clone(), config.snapshot_interval, stop.subscribe());
             background.push(tokio::spawn(timer));
         }
-        if !config.join.is_empty() {
-            let join =
-                background::auto_join(raft.clone(), config.id.clone(), me, config.join.clone(), stop.subscribe());
+        if let Some(g) = &gossip {
+            background.push(tokio::spawn(background::publish_to_gossip(raft.clone(), g.clone(), stop.subscribe())));
+        }
+        if !config.join.is_empty() || config.join_via_gossip {
+            let seeds = background::JoinSeeds { named: config.join.clone(), gossip: gossip.clone() };
+            let join = background::auto_join(raft.clone(), config.id.clone(), me, seeds, stop.subscribe());
             background.push(tokio::spawn(join));
         }
         Ok(Node {
@@ -275,6 +308,7 @@ impl Node {
             ctx,
             background,
             stop_request,
+            gossip,
         })
     }
 
@@ -303,8 +337,8 @@ impl Node {
     }
 
     /// Stops the node: a leader hands leadership over first (bounded by the shutdown grace),
-    /// then the servers drain (bounded by the shutdown grace), then Raft stops, then the
-    /// stores close.
+    /// then the servers drain (bounded by the shutdown grace), then gossip leaves, then Raft
+    /// stops, then the stores close.
     pub async fn shutdown(self) -> Result<(), EngineError> {
         let id = self.config.id.clone();
         let grace = self.config.shutdown_grace;
@@ -324,6 +358,10 @@ impl Node {
                     server.abort();
                 }
             }
+        }
+        if let Some(g) = &self.gossip {
+            tracing::info!(node = %id, "leaving gossip");
+            g.leave(g.config().interval * 2).await;
         }
         tracing::info!(node = %id, "stopping raft");
         self.membership_task.abort();
@@ -414,8 +452,23 @@ async fn bootstrap(raft: &Raft, id: &NodeId, me: NodeInfo) -> Result<(), EngineE
     }
 }
 
+/// The resolver chain: gossip's live nodes (what a node says about itself now), then the
+/// static peers (what the operator wrote), then the membership (what a node said when it
+/// joined). Empty sources are left out.
+fn resolver_chain(gossip: Option<&Gossip>, peers: AddressMap, membership: Arc<AddressMap>) -> Arc<dyn Resolver> {
+    let mut sources: Vec<Arc<dyn Resolver>> = Vec::new();
+    if let Some(g) = gossip {
+        sources.push(g.resolver());
+    }
+    if !peers.all().is_empty() {
+        sources.push(Arc::new(peers));
+    }
+    sources.push(membership);
+    Arc::new(Chain::new(sources))
+}
+
 /// Keeps `resolver` equal to the membership openraft reports.
-async fn follow_membership(raft: Raft, resolver: Arc<MembershipResolver>) {
+async fn follow_membership(raft: Raft, resolver: Arc<AddressMap>) {
     let mut metrics = raft.metrics();
     let mut last_log_id = None;
     loop {

@@ -14,9 +14,9 @@ use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
 use proto::admin::v1::{
     AddLearnerRequest, AddVoterRequest, AddVoterResponse, BackupHeader, BackupRequest, BarrierRequest, BarrierResponse,
-    DemoteRequest, Member, MembershipChangeResponse, PromoteRequest, RaftState, RemoveRequest, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest, TransferLeaderResponse,
-    VerifyLeaderRequest, VerifyLeaderResponse,
+    DemoteRequest, GossipLiveness, GossipNode, Member, MembershipChangeResponse, PromoteRequest, RaftState,
+    RemoveRequest, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest,
+    TransferLeaderResponse, VerifyLeaderRequest, VerifyLeaderResponse,
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -86,6 +86,31 @@ pub fn members_of(m: &RaftMetrics<TypeConfig>) -> Vec<Member> {
     members
 }
 
+/// Gossip's view as `GossipNode`s, and where it disagrees with the membership in `m`.
+fn gossip_status(view: &gossip::View, m: &RaftMetrics<TypeConfig>) -> (Vec<GossipNode>, Vec<String>) {
+    let members = m.membership_config.membership().nodes().map(|(id, n)| (id.clone(), n.clone())).collect();
+    let disagreements = gossip::compare(view, &members).iter().map(ToString::to_string).collect();
+    let nodes = view
+        .values()
+        .map(|p| GossipNode {
+            id: p.meta.id.to_string(),
+            liveness: match p.liveness {
+                gossip::Liveness::Live => GossipLiveness::Live,
+                gossip::Liveness::Left => GossipLiveness::Left,
+                gossip::Liveness::Dead => GossipLiveness::Dead,
+            } as i32,
+            raft_addr: p.meta.addrs.raft_addr.clone(),
+            grpc_addr: p.meta.addrs.grpc_addr.clone(),
+            gossip_addr: p.gossip_addr.to_string(),
+            role: p.meta.role.clone(),
+            leader_id: p.meta.leader.as_ref().map(ToString::to_string).unwrap_or_default(),
+            applied_index: p.meta.applied_index,
+            version: p.meta.version.clone(),
+        })
+        .collect();
+    (nodes, disagreements)
+}
+
 fn state_of(s: ServerState) -> RaftState {
     match s {
         ServerState::Learner => RaftState::Learner,
@@ -142,12 +167,11 @@ impl AdminService {
         F: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        let addr = {
+        let known = {
             let m = self.ctx.raft.metrics().borrow_watched().clone();
-            m.membership_config.membership().get_node(&leader).map(|n| n.grpc_addr.clone())
-        }
-        .or_else(|| self.ctx.resolver.resolve(&leader).map(|n| n.grpc_addr))
-        .filter(|a| !a.is_empty());
+            m.membership_config.membership().get_node(&leader).cloned()
+        };
+        let addr = self.ctx.resolver.resolve_or(&leader, known).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
         let Some(addr) = addr else {
             return Err(ServiceError::NotLeader { id: leader, addr: None }.into());
         };
@@ -217,6 +241,10 @@ macro_rules! membership_call {
 impl Admin for AdminService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
+        let (gossip_nodes, disagreements) = match &self.ctx.gossip {
+            Some(g) => gossip_status(&g.view().await, &m),
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(Response::new(StatusResponse {
             node_id: self.ctx.id.to_string(),
             state: state_of(m.state) as i32,
@@ -229,6 +257,9 @@ impl Admin for AdminService {
             membership_index: types::index_of(m.membership_config.log_id().as_ref()),
             members: members_of(&m),
             purged_index: types::index_of(m.purged.as_ref()),
+            gossip_enabled: self.ctx.gossip.is_some(),
+            gossip_nodes,
+            disagreements,
         }))
     }
 

@@ -7,12 +7,14 @@
 //!   ReadIndex round, a follower after fetching the read index from the leader and applying
 //!   that far; `LEASE` and `STALE` are opt-in.
 //! - [`AdminService`] (`raftkv.admin.v1.Admin`): Status (with each member's replication
-//!   progress on the leader), membership changes (AddVoter learner-first, AddLearner,
+//!   progress on the leader; with gossip, gossip's view and its disagreements with the
+//!   membership), membership changes (AddVoter learner-first, AddLearner,
 //!   Promote, Demote, Remove), TransferLeader, Snapshot, Backup (a snapshot streamed with a
 //!   CRC32 trailer), Barrier and VerifyLeader. The operations themselves are in [`cluster`],
 //!   which the engine also uses to hand leadership over before a planned stop.
 //! - Forwarding ([`forward`]): a write that needs the leader is forwarded once to the
-//!   leader's gRPC address (from the Raft membership; the resolver is the fallback), with
+//!   leader's gRPC address, looked up by the leader's id through the resolver chain
+//!   (gossip, static peers, the Raft membership; the error's own address last), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
 //!   `UNAVAILABLE` with the leader's id and address in the metadata.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.

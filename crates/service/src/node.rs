@@ -32,8 +32,11 @@ pub struct NodeContext {
     pub raft: Raft,
     /// The state machine, for local reads.
     pub sm: StateMachine,
-    /// Node id → addresses, used when the leader's address is not in the error itself.
+    /// Node id → addresses (gossip, static peers, then the membership); asked first, before
+    /// the addresses a Raft error carries, which are the membership's and may be stale.
     pub resolver: Arc<dyn Resolver>,
+    /// Gossip, when on: its view of the cluster for `Status`.
+    pub gossip: Option<gossip::Gossip>,
     /// Channels to other nodes, for forwarding and read indexes.
     pub forwarder: Forwarder,
     /// When this node last heard from a leader (for stale reads' headers).
@@ -112,11 +115,10 @@ impl NodeContext {
         }
     }
 
-    /// The leader's gRPC address, from the error itself or the resolver.
+    /// The leader's gRPC address: from the resolver (gossip, static peers, membership, in
+    /// that order), else the one in the error itself.
     fn leader_addr(&self, id: &NodeId, node: Option<&NodeInfo>) -> Option<String> {
-        node.map(|n| n.grpc_addr.clone())
-            .filter(|a| !a.is_empty())
-            .or_else(|| self.resolver.resolve(id).map(|n| n.grpc_addr))
+        self.resolver.resolve_or(id, node.cloned()).map(|n| n.grpc_addr).filter(|a| !a.is_empty())
     }
 
     /// Waits until some node is known as leader, for at most `timeout`.
@@ -217,9 +219,7 @@ impl NodeContext {
             match local {
                 Ok(index) => return Ok(index),
                 Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    let Some(raft_addr) =
-                        node.map(|n| n.raft_addr).or_else(|| self.resolver.resolve(&id).map(|n| n.raft_addr))
-                    else {
+                    let Some(raft_addr) = self.resolver.resolve_or(&id, node).map(|n| n.raft_addr) else {
                         return Err(ServiceError::NotLeader { id, addr: None });
                     };
                     match self.follower_read_index(&id, &raft_addr, level, remaining).await {

@@ -17,6 +17,7 @@ use openraft::raft::{
 use proto::raft::v1::raft_client::RaftClient;
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{RaftMessage, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
+use resolver::Resolver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -26,16 +27,21 @@ use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPS
 use fsm::{Snapshot, SnapshotFile};
 
 /// Makes openraft's per-peer clients; peers at the same address share one connection.
-#[derive(Clone, Default)]
+///
+/// A peer's address is looked up through the resolver on every RPC (by node id), and the
+/// address openraft passes in (the membership's) is only the fallback: a peer restarted on
+/// another port is reached at its new address as soon as the resolver knows it (gossip).
+#[derive(Clone)]
 pub struct NetworkFactory {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    resolver: Arc<dyn Resolver>,
 }
 
 impl NetworkFactory {
-    /// A factory with no connections yet.
+    /// A factory with no connections yet, resolving peers through `resolver`.
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(resolver: Arc<dyn Resolver>) -> Self {
+        Self { channels: Arc::default(), resolver }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -59,21 +65,18 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        let client = self.channel(&node.raft_addr).map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        });
-        Peer { target, addr: node.raft_addr.clone(), client: client.map_err(|e| e.to_string()) }
+        Peer { target, known: node.clone(), factory: self.clone(), last_addr: Mutex::new(String::new()) }
     }
 }
 
 /// openraft's handle on one peer.
 pub struct Peer {
     target: NodeId,
-    addr: String,
-    /// The client, or why the peer's address is unusable.
-    client: Result<RaftClient<Channel>, String>,
+    /// The peer's addresses as openraft knows them (the membership's), the fallback.
+    known: NodeInfo,
+    factory: NetworkFactory,
+    /// The address last used, to log a change once.
+    last_addr: Mutex<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +92,28 @@ fn unreachable_or_network(status: &tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
+    /// A client for the peer's current Raft address (resolved now, by node id).
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
-        self.client.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&TransportError(format!(
-                "peer {} at {}: {e}",
-                self.target, self.addr
-            ))))
-        })
+        let addr = self
+            .factory
+            .resolver
+            .resolve_or(&self.target, Some(self.known.clone()))
+            .map_or_else(|| self.known.raft_addr.clone(), |n| n.raft_addr);
+        {
+            let mut last = self.last_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last != addr {
+                if !last.is_empty() {
+                    tracing::info!(peer = %self.target, old = %last, new = %addr, "peer's Raft address changed");
+                }
+                last.clone_from(&addr);
+            }
+        }
+        let channel = self.factory.channel(&addr).map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {} at {addr}: {e}", self.target))))
+        })?;
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
     }
 
     /// Sends one unary Raft RPC: encode, call with a deadline, decode.

@@ -49,6 +49,45 @@ pub struct StatusResponse {
     /// Entries up to this index are purged from this node's log (they live in the snapshot).
     #[prost(uint64, tag = "11")]
     pub purged_index: u64,
+    /// False when the answering node runs without gossip (no --gossip_addr); the two fields
+    /// below are then empty.
+    #[prost(bool, tag = "12")]
+    pub gossip_enabled: bool,
+    /// Every node the answering node's gossip knows, one per node id, sorted by id. Gossip is
+    /// advisory: it never changes the membership above.
+    #[prost(message, repeated, tag = "13")]
+    pub gossip_nodes: ::prost::alloc::vec::Vec<GossipNode>,
+    /// Where gossip and the Raft membership disagree, one sentence each: a member gossip does
+    /// not see live, a live node that is not a member, a member at other addresses than the
+    /// membership records (restarted on other ports).
+    #[prost(string, repeated, tag = "14")]
+    pub disagreements: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// One node as the answering node's gossip sees it: what the node last published.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GossipNode {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(enumeration = "GossipLiveness", tag = "2")]
+    pub liveness: i32,
+    #[prost(string, tag = "3")]
+    pub raft_addr: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub grpc_addr: ::prost::alloc::string::String,
+    /// Where it gossips.
+    #[prost(string, tag = "5")]
+    pub gossip_addr: ::prost::alloc::string::String,
+    /// Its Raft role: leader, follower, candidate, learner, shutdown, or starting.
+    #[prost(string, tag = "6")]
+    pub role: ::prost::alloc::string::String,
+    /// The leader it sees; empty when none.
+    #[prost(string, tag = "7")]
+    pub leader_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "8")]
+    pub applied_index: u64,
+    /// The raftkv version it runs.
+    #[prost(string, tag = "9")]
+    pub version: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AddVoterRequest {
@@ -308,6 +347,42 @@ impl RaftState {
             "RAFT_STATE_CANDIDATE" => Some(Self::Candidate),
             "RAFT_STATE_LEADER" => Some(Self::Leader),
             "RAFT_STATE_SHUTDOWN" => Some(Self::Shutdown),
+            _ => None,
+        }
+    }
+}
+/// What gossip says about a node's liveness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum GossipLiveness {
+    Unspecified = 0,
+    /// Its heartbeats arrive.
+    Live = 1,
+    /// It announced a graceful leave.
+    Left = 2,
+    /// The failure detector declared it dead.
+    Dead = 3,
+}
+impl GossipLiveness {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "GOSSIP_LIVENESS_UNSPECIFIED",
+            Self::Live => "GOSSIP_LIVENESS_LIVE",
+            Self::Left => "GOSSIP_LIVENESS_LEFT",
+            Self::Dead => "GOSSIP_LIVENESS_DEAD",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "GOSSIP_LIVENESS_UNSPECIFIED" => Some(Self::Unspecified),
+            "GOSSIP_LIVENESS_LIVE" => Some(Self::Live),
+            "GOSSIP_LIVENESS_LEFT" => Some(Self::Left),
+            "GOSSIP_LIVENESS_DEAD" => Some(Self::Dead),
             _ => None,
         }
     }

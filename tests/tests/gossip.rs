@@ -1,0 +1,252 @@
+//! Gossip tests on real processes: loopback UDP on OS-chosen ports (`--gossip_addr
+//! 127.0.0.1:0`; the bound port is read from `listen.json`), waits on conditions with stated
+//! bounds.
+//!
+//! Gossip runs with a 100 ms interval and phi threshold 8, so the failure detector reports a
+//! node dead about (8 + 1) × 100 ms = 0.9 s after its last heartbeat on an idle machine.
+
+#![allow(clippy::print_stderr)] // tests report what they did on stderr
+
+use std::time::{Duration, Instant};
+
+use client::admin::{GossipLiveness, StatusResponse};
+use client::{Client, ClientOptions};
+use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, raftkvctl, refused_start, test_options, wait_for};
+
+const GOSSIP_INTERVAL_MS: u64 = 100;
+const PHI_THRESHOLD: f64 = 8.0;
+/// Three nodes on loopback must all see each other live within this long after the last
+/// one started (a few gossip rounds; generous for a loaded 2-core machine).
+const CONVERGE_BOUND: Duration = Duration::from_secs(5);
+
+/// The failure detector's bound: (phi + 1) gossip intervals after the last heartbeat
+/// (`gossip::GossipConfig::detection_bound`).
+fn detection_bound() -> Duration {
+    Duration::from_millis(GOSSIP_INTERVAL_MS).mul_f64(PHI_THRESHOLD + 1.0)
+}
+
+/// The bound the dead-node test asserts: the detector's bound three times over (heartbeats
+/// arrive late on a loaded machine, which raises the mean interval the detector learns),
+/// plus a second for the Status round trips.
+fn dead_bound() -> Duration {
+    detection_bound() * 3 + Duration::from_secs(1)
+}
+
+fn gossip_args(cluster: &str, seeds: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = FAST_TIMING.iter().map(|s| (*s).to_string()).collect();
+    a.extend(
+        [
+            "--gossip_addr",
+            "127.0.0.1:0",
+            "--gossip_interval",
+            &format!("{GOSSIP_INTERVAL_MS}ms"),
+            "--gossip_phi_threshold",
+            &PHI_THRESHOLD.to_string(),
+            "--cluster_id",
+            cluster,
+        ]
+        .map(String::from),
+    );
+    if !seeds.is_empty() {
+        a.push("--gossip_seeds".into());
+        a.push(seeds.join(","));
+    }
+    a
+}
+
+fn gossip_addr(n: &NodeProc) -> Result<String, BoxError> {
+    n.gossip_addr.clone().ok_or_else(|| format!("{} wrote no gossip_addr to listen.json", n.id).into())
+}
+
+async fn status(n: &NodeProc) -> Option<StatusResponse> {
+    n.client().ok()?.status().await.ok()
+}
+
+/// The ids gossip on `n` reports with `liveness`, sorted.
+async fn gossip_ids(n: &NodeProc, liveness: GossipLiveness) -> Option<Vec<String>> {
+    let s = status(n).await?;
+    Some(s.gossip_nodes.iter().filter(|g| g.liveness == liveness as i32).map(|g| g.id.clone()).collect())
+}
+
+/// Starts n1 (bootstrap) and n2, n3 that find the cluster through n1's gossip address alone
+/// (a bare `--join`, no member addresses, no static peers). Returns the nodes and how long
+/// after n3 started every node saw all three live.
+async fn three_node_gossip_cluster(
+    dir: &std::path::Path,
+    cluster: &str,
+) -> Result<(Vec<NodeProc>, Duration), BoxError> {
+    let n1 = NodeProc::start_with("n1", dir, true, &gossip_args(cluster, &[]))?;
+    let seed = gossip_addr(&n1)?;
+    let mut join = gossip_args(cluster, &[&seed]);
+    join.push("--join".into());
+    let n2 = NodeProc::start_with("n2", dir, false, &join)?;
+    let n3 = NodeProc::start_with("n3", dir, false, &join)?;
+    let started = Instant::now();
+    let nodes = vec![n1, n2, n3];
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    wait_for("every node to see three live nodes over gossip", CONVERGE_BOUND, || async {
+        for n in &nodes {
+            if gossip_ids(n, GossipLiveness::Live).await.as_ref() != Some(&all) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    let converged = started.elapsed();
+    eprintln!("gossip: three nodes converged {converged:?} after the last one started (bound {CONVERGE_BOUND:?})");
+    // Raft: both joined as voters through the addresses gossip found.
+    wait_for("n2 and n3 to join as voters through gossip", Duration::from_secs(60), || async {
+        status(&nodes[0])
+            .await
+            .is_some_and(|s| s.members.iter().filter(|m| m.suffrage == client::Suffrage::Voter as i32).count() == 3)
+    })
+    .await?;
+    Ok((nodes, converged))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_converge_join_through_gossip_and_a_killed_node_is_reported_dead() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut nodes, _) = three_node_gossip_cluster(dir.path(), "conv").await?;
+    // Once the metadata settles, gossip and the membership agree.
+    wait_for("gossip to agree with the membership", Duration::from_secs(10), || async {
+        status(&nodes[0]).await.is_some_and(|s| s.gossip_enabled && s.disagreements.is_empty())
+    })
+    .await?;
+    let s = status(&nodes[1]).await.ok_or("no status from n2")?;
+    let leader = s.leader_id.clone();
+    let n1 = s.gossip_nodes.iter().find(|g| g.id == "n1").ok_or("n2's gossip does not list n1")?;
+    assert_eq!(n1.grpc_addr, nodes[0].grpc_addr);
+    assert_eq!(n1.raft_addr, nodes[0].raft_addr);
+    assert_eq!(n1.gossip_addr, gossip_addr(&nodes[0])?);
+    assert!(!n1.version.is_empty());
+    wait_for("n2's gossip to show the leader's role and every node's leader", Duration::from_secs(10), || async {
+        status(&nodes[1]).await.is_some_and(|s| {
+            s.gossip_nodes.iter().all(|g| g.leader_id == leader)
+                && s.gossip_nodes.iter().any(|g| g.id == leader && g.role == "leader")
+        })
+    })
+    .await?;
+
+    nodes[2].kill();
+    let killed = Instant::now();
+    let bound = dead_bound();
+    wait_for("n1 and n2 to report n3 dead", bound, || async {
+        let mut ok = true;
+        for n in &nodes[..2] {
+            ok &= gossip_ids(n, GossipLiveness::Dead).await == Some(vec!["n3".to_string()]);
+        }
+        ok
+    })
+    .await?;
+    eprintln!(
+        "gossip: killed n3 reported dead after {:?} (detector bound {:?}, asserted {bound:?})",
+        killed.elapsed(),
+        detection_bound()
+    );
+    let s = status(&nodes[0]).await.ok_or("no status from n1")?;
+    assert!(s.disagreements.iter().any(|d| d == "member n3 is dead in gossip"), "{:?}", s.disagreements);
+    let out = raftkvctl(&[nodes[0].grpc_addr.clone()], &["member", "list"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Gossip, as") && text.contains("! member n3 is dead in gossip"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("n3 ") && l.contains("dead")).unwrap_or_default();
+    assert!(row.contains("yes"), "n3 is a member reported dead:\n{text}");
+
+    // A graceful stop is reported as a leave, not a death.
+    assert!(nodes[1].stop(), "n2 did not stop cleanly; log:\n{}", nodes[1].log_tail());
+    wait_for("n1 to report n2 left", Duration::from_secs(5), || async {
+        gossip_ids(&nodes[0], GossipLiveness::Left).await == Some(vec!["n2".to_string()])
+    })
+    .await?;
+    let log = nodes[1].log();
+    let (drain, leave, raft) = (log.find("draining gRPC"), log.find("leaving gossip"), log.find("stopping raft"));
+    assert!(drain < leave && leave < raft && drain.is_some(), "shutdown order: drain, gossip leave, raft\n{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_on_new_ports_is_reached_through_gossip() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (mut nodes, _) = three_node_gossip_cluster(dir.path(), "moves").await?;
+    let seed = gossip_addr(&nodes[0])?;
+    let cluster = nodes[0].client()?;
+    cluster.put("before", "1").await?;
+
+    // n2 moves: new client and Raft ports. The membership still records the old ones; only
+    // gossip knows the new ones (no static peers anywhere).
+    let (old_grpc, old_raft) = (nodes[1].grpc_addr.clone(), nodes[1].raft_addr.clone());
+    assert!(nodes[1].stop(), "n2 did not stop cleanly");
+    nodes[1].restart_on_new_ports(&gossip_args("moves", &[&seed]))?;
+    assert_ne!(nodes[1].grpc_addr, old_grpc);
+    let n2 = &nodes[1];
+    eprintln!("n2 moved from {old_grpc} / {old_raft} to {} / {}", n2.grpc_addr, n2.raft_addr);
+
+    // The leader replicates to n2 at its new Raft address.
+    cluster.put("after", "2").await?;
+    let n2_client = n2.client()?;
+    wait_for("n2 to apply a write made after it moved", Duration::from_secs(20), || async {
+        n2_client
+            .get_request(client::kv::GetRequest { key: "after".into(), consistency: client::Consistency::Stale as i32 })
+            .await
+            .is_ok_and(|r| r.found)
+    })
+    .await?;
+    let s = status(&nodes[0]).await.ok_or("no status from n1")?;
+    let moved = format!("member n2 is at raft {} / grpc {} in gossip", n2.raft_addr, n2.grpc_addr);
+    assert!(s.disagreements.iter().any(|d| d.starts_with(&moved)), "{:?}", s.disagreements);
+
+    // n2 leads; n3 forwards a write to n2's new client address, which only gossip has.
+    let transferred = cluster.transfer_leader(Some("n2"), Duration::from_secs(30)).await?;
+    assert_eq!(transferred.leader_id, "n2");
+    let via_n3 = Client::new([nodes[2].grpc_addr.clone()], ClientOptions { max_retries: 20, ..test_options() })?;
+    let put = via_n3.put("forwarded", "3").await?;
+    assert_eq!(put.header.map(|h| h.node_id).as_deref(), Some("n2"), "served by the leader n2 after forwarding");
+    let got = n2_client.get("forwarded").await?;
+    assert!(got.found);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_with_other_cluster_ids_never_see_each_other() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let a1 = NodeProc::start_with("a1", dir.path(), true, &gossip_args("blue", &[]))?;
+    let a1_gossip = gossip_addr(&a1)?;
+    // b1 seeds itself with blue's address on purpose.
+    let b1 = NodeProc::start_with("b1", dir.path(), true, &gossip_args("green", &[&a1_gossip]))?;
+    let b1_gossip = gossip_addr(&b1)?;
+    let seeds = [a1_gossip.as_str(), b1_gossip.as_str()];
+    let a2 = NodeProc::start_with("a2", dir.path(), false, &gossip_args("blue", &seeds))?;
+    let b2 = NodeProc::start_with("b2", dir.path(), false, &gossip_args("green", &seeds))?;
+    let blue = vec!["a1".to_string(), "a2".into()];
+    let green = vec!["b1".to_string(), "b2".into()];
+    wait_for("each cluster to form", CONVERGE_BOUND, || async {
+        gossip_ids(&a1, GossipLiveness::Live).await.as_ref() == Some(&blue)
+            && gossip_ids(&b1, GossipLiveness::Live).await.as_ref() == Some(&green)
+    })
+    .await?;
+    // Twenty more gossip rounds: still apart, on every node, in every state.
+    tokio::time::sleep(Duration::from_millis(GOSSIP_INTERVAL_MS * 20)).await;
+    for (n, want) in [(&a1, &blue), (&a2, &blue), (&b1, &green), (&b2, &green)] {
+        let s = status(n).await.ok_or("no status")?;
+        let ids: Vec<String> = s.gossip_nodes.iter().map(|g| g.id.clone()).collect();
+        assert_eq!(&ids, want, "{} sees {ids:?}", n.id);
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_gossip_flags_are_refused_naming_the_flag() -> TestResult {
+    let e = refused_start(&["--raft_id", "x", "--gossip_addr", "127.0.0.1"])?;
+    assert!(e.contains("--gossip_addr \"127.0.0.1\" is not HOST:PORT"), "{e}");
+    let e = refused_start(&["--raft_id", "x", "--gossip_seeds", "127.0.0.1:7946"])?;
+    assert!(e.contains("--gossip_seeds and --gossip_advertise_addr need --gossip_addr"), "{e}");
+    let e = refused_start(&["--raft_id", "x", "--join"])?;
+    assert!(e.contains("--join without addresses finds the cluster through gossip"), "{e}");
+    let e = refused_start(&["--raft_id", "x", "--gossip_addr", "0.0.0.0:0"])?;
+    assert!(e.contains("--gossip_advertise_addr"), "{e}");
+    let e = refused_start(&["--raft_id", "x", "--peers", "n1=127.0.0.1:1"])?;
+    assert!(e.contains("--peers: \"n1=127.0.0.1:1\" is not ID=RAFT_ADDR@GRPC_ADDR"), "{e}");
+    Ok(())
+}
