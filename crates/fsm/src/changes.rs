@@ -108,6 +108,10 @@ impl Default for HistoryLimits {
 /// A watcher's mailbox.
 pub type WatchMailbox = Mailbox<Changes>;
 
+/// What one publish hands one watcher: its mailbox, what it watches (to unregister it on
+/// overflow), and its events.
+type Delivery = (Arc<WatchMailbox>, KeyRange, Vec<Arc<Event>>);
+
 /// The history ring.
 #[derive(Debug)]
 struct History {
@@ -310,7 +314,7 @@ impl Hub {
             let end = events[i..].iter().position(|e| e.index() != index).map_or(events.len(), |n| i + n);
             let group = &events[i..end];
             // Each interested watcher gets this index's changes to its keys, in one item.
-            let mut per_watcher: HashMap<u64, (Arc<WatchMailbox>, KeyRange, Vec<Arc<Event>>)> = HashMap::new();
+            let mut per_watcher: HashMap<u64, Delivery> = HashMap::new();
             for e in group {
                 if let Some(watchers) = s.keys.get(&e.kv.key) {
                     for (id, mb) in watchers {
