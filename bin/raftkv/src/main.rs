@@ -110,6 +110,25 @@ struct Args {
     /// state. Not with --raft_bootstrap.
     #[arg(long = "join", env = "RAFTKV_JOIN", value_delimiter = ',', value_name = "HOST:PORT")]
     join: Vec<String>,
+
+    /// The most recent changes kept in memory for watches that start from a past index
+    /// (at least 1). A watch from an older index is refused as compacted.
+    #[arg(
+        long = "watch_history_events",
+        alias = "watch-history-events",
+        env = "RAFTKV_WATCH_HISTORY_EVENTS",
+        default_value_t = engine::DEFAULT_HISTORY_EVENTS
+    )]
+    watch_history_events: usize,
+
+    /// The most bytes of recent changes (keys and values) kept for watches (at least 1).
+    #[arg(
+        long = "watch_history_bytes",
+        alias = "watch-history-bytes",
+        env = "RAFTKV_WATCH_HISTORY_BYTES",
+        default_value_t = engine::DEFAULT_HISTORY_BYTES
+    )]
+    watch_history_bytes: usize,
 }
 
 const EXAMPLES: &str = "\
@@ -198,6 +217,8 @@ fn run(args: Args) -> Result<()> {
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;
     config.join = args.join;
+    config.watch_history =
+        engine::HistoryLimits { max_events: args.watch_history_events, max_bytes: args.watch_history_bytes };
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;
@@ -281,5 +302,15 @@ mod tests {
         let args = Args::try_parse_from(["raftkv", "--raft_id=n"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.snapshot_interval, Duration::from_secs(120));
         assert!(args.join.is_empty());
+        assert_eq!(args.watch_history_events, engine::DEFAULT_HISTORY_EVENTS);
+        let args = Args::try_parse_from([
+            "raftkv",
+            "--raft_id=n",
+            "--watch_history_events=10",
+            "--watch-history-bytes",
+            "4096",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((args.watch_history_events, args.watch_history_bytes), (10, 4096));
     }
 }

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// Members to ask, at their gRPC address, to add this node as a voter when it starts
     /// with no Raft state (`--join`). Ignored, with a log line, on a node that has state.
     pub join: Vec<String>,
+    /// The bounds of the in-memory history of changes that watches replay from
+    /// (`--watch_history_events`, `--watch_history_bytes`).
+    pub watch_history: fsm::HistoryLimits,
 }
 
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
@@ -73,6 +76,7 @@ impl NodeConfig {
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),
+            watch_history: fsm::HistoryLimits::default(),
         }
     }
 
@@ -116,6 +120,13 @@ impl NodeConfig {
             return bad("--join and --raft_bootstrap cannot be used together: --raft_bootstrap starts a new cluster, \
                  --join asks an existing one to add this node; give only one"
                 .into());
+        }
+        let wh = self.watch_history;
+        if wh.max_events == 0 || wh.max_bytes == 0 {
+            return bad(format!(
+                "--watch_history_events ({}) and --watch_history_bytes ({}) must be at least 1",
+                wh.max_events, wh.max_bytes
+            ));
         }
         for addr in &self.join {
             let ok =
@@ -229,6 +240,15 @@ mod tests {
         c.bootstrap = false;
         c.join = vec!["nohost".into()];
         assert!(refused(&c).contains("--join \"nohost\" is not HOST:PORT"));
+    }
+
+    #[test]
+    fn watch_history_is_at_least_one() {
+        let mut c = cfg();
+        c.watch_history = fsm::HistoryLimits { max_events: 1, max_bytes: 1 };
+        assert!(c.validate().is_ok(), "at the limit");
+        c.watch_history.max_events = 0;
+        assert!(refused(&c).contains("--watch_history_events (0)"));
     }
 
     #[test]
