@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use client::kv::event::EventType;
 use client::kv::kv_client::KvClient;
 use client::kv::watch_response::Kind;
-use client::kv::{GetRequest, WatchRequest, WatchResponse};
+use client::kv::{GetRequest, GetResponse, WatchRequest, WatchResponse};
 use client::{Client, RaftState};
 use proto::compat::example::example_client::ExampleClient;
 use proto::compat::example::{StatRequest, WatchRequest as SeedWatchRequest};
@@ -55,6 +55,23 @@ fn key_watch(key: &str) -> WatchRequest {
 
 fn prefix_watch(prefix: &str) -> WatchRequest {
     WatchRequest { key: prefix.as_bytes().to_vec().into(), prefix: true, ..Default::default() }
+}
+
+/// A blocking read of `key` on `node` (min_index, wait_ms), with a deadline of the wait plus
+/// 30 s, in a task of its own.
+fn blocking_get(
+    node: &NodeProc,
+    key: &str,
+    min_index: u64,
+    wait_ms: u64,
+) -> Result<tokio::task::JoinHandle<Result<GetResponse, tonic::Status>>, BoxError> {
+    let mut kv = kv(node)?;
+    let key = key.as_bytes().to_vec();
+    Ok(tokio::spawn(async move {
+        let mut req = Request::new(GetRequest { key: key.into(), min_index, wait_ms, ..Default::default() });
+        req.set_timeout(Duration::from_millis(wait_ms) + Duration::from_secs(30));
+        kv.get(req).await.map(tonic::Response::into_inner)
+    }))
 }
 
 /// A running follower's index in `cluster.nodes`.
@@ -136,29 +153,10 @@ async fn a_follower_watch_sees_every_update_in_order_and_blocking_reads_wake() -
 
     // A blocking read on the follower waits for the next change of its key.
     let current = node.client()?.get("single").await?.kv.ok_or("no value")?.modify_index;
-    let blocking = {
-        let mut kv = kv(node)?;
-        tokio::spawn(async move {
-            let mut req = Request::new(GetRequest {
-                key: b"single".to_vec().into(),
-                min_index: current,
-                wait_ms: 60_000,
-                ..Default::default()
-            });
-            req.set_timeout(Duration::from_secs(90));
-            kv.get(req).await.map(tonic::Response::into_inner)
-        })
-    };
+    let blocking = blocking_get(node, "single", current, 60_000)?;
     // With nothing to wake it, a blocking read answers after its wait with the value then.
     let started = Instant::now();
-    let mut req = Request::new(GetRequest {
-        key: b"quiet".to_vec().into(),
-        min_index: current,
-        wait_ms: 300,
-        ..Default::default()
-    });
-    req.set_timeout(Duration::from_secs(10));
-    let quiet = kv(node)?.get(req).await?.into_inner();
+    let quiet = blocking_get(node, "quiet", current, 300)?.await??;
     assert!(!quiet.found && started.elapsed() >= Duration::from_millis(300), "{quiet:?} after {:?}", started.elapsed());
 
     // 500 updates of one key and 500 updates over 50 keys, interleaved, through any node.
@@ -313,19 +311,7 @@ async fn a_snapshot_install_abandons_watchers_then_delivers_the_restored_value()
         .into_inner();
     let first = tokio::time::timeout(MESSAGE_TIMEOUT, seed.message()).await??.ok_or("the seed watch ended")?;
     assert_eq!(first.value, "before");
-    let blocking = {
-        let mut kv = kv(node)?;
-        tokio::spawn(async move {
-            let mut req = Request::new(GetRequest {
-                key: b"snap/key".to_vec().into(),
-                min_index: u64::MAX - 1,
-                wait_ms: 120_000,
-                ..Default::default()
-            });
-            req.set_timeout(Duration::from_secs(150));
-            kv.get(req).await.map(tonic::Response::into_inner)
-        })
-    };
+    let blocking = blocking_get(node, "snap/key", u64::MAX - 1, 120_000)?;
 
     // The follower is cut off while the leader writes, snapshots and purges its log.
     node.pause();
@@ -580,19 +566,7 @@ async fn shutdown_ends_watch_streams_with_unavailable_and_does_not_wait_for_them
         .await?
         .into_inner();
     tokio::time::timeout(MESSAGE_TIMEOUT, seed.message()).await??.ok_or("the seed watch ended")?;
-    let blocking = {
-        let mut kv = kv(node)?;
-        tokio::spawn(async move {
-            let mut req = Request::new(GetRequest {
-                key: b"bye".to_vec().into(),
-                min_index: index,
-                wait_ms: 600_000,
-                ..Default::default()
-            });
-            req.set_timeout(Duration::from_secs(700));
-            kv.get(req).await
-        })
-    };
+    let blocking = blocking_get(node, "bye", index, 600_000)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
@@ -630,10 +604,7 @@ async fn watch_requests_past_the_limits_are_refused() -> TestResult {
     }
     // At the limits: accepted.
     created(node, WatchRequest { progress_interval_ms: 100, timeout_seconds: 86_400, ..key_watch("k") }).await?;
-    let mut req =
-        Request::new(GetRequest { key: b"k".to_vec().into(), min_index: 1, wait_ms: 600_001, ..Default::default() });
-    req.set_timeout(Duration::from_secs(10));
-    let status = kv(node)?.get(req).await.err().ok_or("accepted")?;
+    let status = blocking_get(node, "k", 1, 600_001)?.await?.err().ok_or("accepted")?;
     assert!(status.code() == Code::InvalidArgument && status.message().contains("MAX_BLOCKING_WAIT"), "{status:?}");
     // A progress message comes at the interval asked for, with the applied index.
     let (mut stream, _) = created(node, WatchRequest { progress_interval_ms: 200, ..key_watch("quiet") }).await?;
