@@ -150,27 +150,30 @@ struct HubState {
     next_id: u64,
     keys: HashMap<Vec<u8>, HashMap<u64, Arc<WatchMailbox>>>,
     ranges: HashMap<u64, (KeyRange, Arc<WatchMailbox>)>,
+    /// How many watchers `keys` and `ranges` hold.
+    count: usize,
     closed: bool,
 }
 
 impl HubState {
     fn watchers(&self) -> usize {
-        self.ranges.len() + self.keys.values().map(HashMap::len).sum::<usize>()
+        self.count
     }
 
     fn remove(&mut self, id: u64, range: &KeyRange) {
-        match range {
+        let removed = match range {
             KeyRange::Key(k) => {
-                if let Some(m) = self.keys.get_mut(k) {
-                    m.remove(&id);
-                    if m.is_empty() {
-                        self.keys.remove(k);
-                    }
+                let Some(m) = self.keys.get_mut(k) else { return };
+                let removed = m.remove(&id).is_some();
+                if m.is_empty() {
+                    self.keys.remove(k);
                 }
+                removed
             }
-            KeyRange::Range { .. } => {
-                self.ranges.remove(&id);
-            }
+            KeyRange::Range { .. } => self.ranges.remove(&id).is_some(),
+        };
+        if removed {
+            self.count -= 1;
         }
     }
 }
@@ -249,6 +252,7 @@ impl Hub {
                 next_id: 0,
                 keys: HashMap::new(),
                 ranges: HashMap::new(),
+                count: 0,
                 closed: false,
             }),
             published: AtomicU64::new(applied),
@@ -299,6 +303,7 @@ impl Hub {
                 s.ranges.insert(id, (range.clone(), mailbox.clone()));
             }
         }
+        s.count += 1;
         drop(s);
         Ok((Watcher { id, range, hub: self.clone(), mailbox }, WatchStart { after, backlog }))
     }
@@ -380,6 +385,7 @@ impl Hub {
         }
         s.keys.clear();
         s.ranges.clear();
+        s.count = 0;
     }
 
     pub(crate) fn stats(&self) -> WatchStats {
@@ -518,6 +524,20 @@ mod tests {
         hub.close();
         assert_eq!(w.mailbox().try_recv(), Some(Signal::Closed));
         assert!(matches!(hub.watch(key("a"), 0), Err(Error::Closed)));
+        Ok(())
+    }
+
+    #[test]
+    fn watchers_are_bounded_at_and_past_the_limit() -> Result<(), Error> {
+        let hub = hub(HistoryLimits::default());
+        let mut watchers = Vec::with_capacity(MAX_WATCHERS);
+        for i in 0..MAX_WATCHERS {
+            watchers.push(hub.watch(key(&format!("k{}", i % 100)), 0)?.0);
+        }
+        assert_eq!(hub.stats().watchers, MAX_WATCHERS, "at the limit");
+        assert!(matches!(hub.watch(key("k"), 0), Err(Error::TooManyWatchers { limit: MAX_WATCHERS })));
+        watchers.pop();
+        assert!(hub.watch(KeyRange::prefix(b"k"), 0).is_ok(), "room again after one left");
         Ok(())
     }
 
