@@ -47,6 +47,10 @@ pub(crate) struct BenchArgs {
     /// Key prefix.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// `bench watch` only: a pause between writes (e.g. 20ms), so that each write's commit
+    /// reaches the follower on its own rather than with the next write.
+    #[arg(long, value_parser = crate::parse_duration, default_value = "0ms")]
+    interval: Duration,
 }
 
 /// The summary of a run.
@@ -191,6 +195,9 @@ async fn watch(endpoints: &[String], options: &ClientOptions, args: &BenchArgs) 
     for n in 0..args.total {
         let resp = writer.put(format!("{prefix}{n}"), value.as_slice()).await?;
         acks.push((resp.header.map_or(0, |h| h.index), Instant::now()));
+        if !args.interval.is_zero() {
+            tokio::time::sleep(args.interval).await;
+        }
     }
     let mut seen: HashMap<u64, Instant> = HashMap::with_capacity(args.total);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

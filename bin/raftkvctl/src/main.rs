@@ -77,7 +77,7 @@ enum Command {
     /// Measure throughput and latency: puts of new keys, linearizable gets, or the time from
     /// a write's acknowledgement to its event on a watcher of another node.
     #[command(
-        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16\n  raftkvctl --endpoints LEADER,FOLLOWER bench watch --total 1000"
+        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16\n  raftkvctl --endpoints LEADER,FOLLOWER bench watch --total 1000 --interval 20ms"
     )]
     Bench(bench::BenchArgs),
     #[command(flatten)]
