@@ -1,14 +1,14 @@
-//! The change feed: what each applied write changed, kept for a while ([`History`]) and
+//! The change feed: what each applied write changed, kept for a while (the history) and
 //! delivered to the watchers of the keys it touched.
 //!
 //! - `store` records one [`Event`] per key a write changes, in the apply transaction; the
-//!   state machine publishes them **after** that transaction commits ([`Hub::publish`]), so
+//!   state machine publishes them **after** that transaction commits (`Hub::publish`), so
 //!   a watcher never hears of a change a read could not see yet.
 //! - The history is an **in-memory** ring bounded by a count of events and a number of bytes
 //!   ([`HistoryLimits`]); the oldest index's events go first. It starts empty when the node
 //!   starts (only changes applied since are remembered), and it is cleared when a snapshot
 //!   is installed. A watch from an index older than what the history holds gets
-//!   [`Error::Compacted`](crate::Error::Compacted) with the oldest index still available.
+//!   [`Error::Compacted`] with the oldest index still available.
 //! - Watchers register for one key or a range. A key's watchers are found by a hash lookup,
 //!   a range's by a scan of the range watchers, so a write wakes only the watchers of the
 //!   keys it changed. Each watcher has a bounded [`Mailbox`]; one that does not keep up
