@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use client::RaftState;
 use proto::compat::example::example_client::ExampleClient;
-use proto::compat::example::{AddRequest, GetRequest, GetResponse, StatRequest};
+use proto::compat::example::{AddRequest, GetRequest, GetResponse, StatRequest, WatchRequest, WatchResponse};
 use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -183,14 +183,32 @@ async fn example_service_refuses_bad_input_with_clear_statuses() -> TestResult {
         assert!(status.message().contains("not valid UTF-8"), "{status:?}");
     }
 
-    // Watch is not served: UNIMPLEMENTED, which the seed's client takes as "skip".
-    let mut grpc = tonic::client::Grpc::new(channel(&node.grpc_addr)?);
-    grpc.ready().await?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/Example/Watch");
-    let codec = tonic_prost::ProstCodec::<StatRequest, StatRequest>::default();
-    let err = grpc.unary(request(StatRequest {}), path, codec).await.err().ok_or("Watch answered")?;
-    assert_eq!(err.code(), Code::Unimplemented);
+    // Watch: the current value at once (min_index 0), then each change to the key, and the
+    // current value again after timeout_seconds without one (the seed's heartbeat).
+    let first = add(node, "compat-watch", "one").await?;
+    let req = WatchRequest { key: "compat-watch".into(), min_index: 0, timeout_seconds: 1 };
+    let mut watch = example(node)?.watch(Request::new(req)).await?.into_inner();
+    let m = next(&mut watch).await??.ok_or("the watch ended")?;
+    assert!(m.value == "one" && m.current_index >= first && !m.abandoned, "{m:?}");
+    let second = add(node, "compat-watch", "two").await?;
+    let m = next(&mut watch).await??.ok_or("the watch ended")?;
+    assert!(m.value == "two" && m.current_index >= second, "{m:?}");
+    let started = Instant::now();
+    let m = next(&mut watch).await??.ok_or("the watch ended")?;
+    assert!(m.value == "two" && started.elapsed() >= Duration::from_millis(500), "heartbeat {m:?}");
+    // Resuming after the last index seen waits for the next change only.
+    let req = WatchRequest { key: "compat-watch".into(), min_index: m.current_index + 1, timeout_seconds: 60 };
+    let mut resumed = example(node)?.watch(Request::new(req)).await?.into_inner();
+    let third = add(node, "compat-watch", "three").await?;
+    let m = next(&mut resumed).await??.ok_or("the watch ended")?;
+    assert!(m.value == "three" && m.current_index >= third, "{m:?}");
     Ok(())
+}
+
+async fn next(
+    w: &mut tonic::Streaming<WatchResponse>,
+) -> Result<Result<Option<WatchResponse>, tonic::Status>, BoxError> {
+    Ok(tokio::time::timeout(CALL_TIMEOUT, w.message()).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

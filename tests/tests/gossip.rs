@@ -188,7 +188,11 @@ async fn a_node_restarted_on_new_ports_is_reached_through_gossip() -> TestResult
     let n2_client = n2.client()?;
     wait_for("n2 to apply a write made after it moved", Duration::from_secs(20), || async {
         n2_client
-            .get_request(client::kv::GetRequest { key: "after".into(), consistency: client::Consistency::Stale as i32 })
+            .get_request(client::kv::GetRequest {
+                key: "after".into(),
+                consistency: client::Consistency::Stale as i32,
+                ..Default::default()
+            })
             .await
             .is_ok_and(|r| r.found)
     })

@@ -24,7 +24,7 @@ fn message(r: &Result<impl std::fmt::Debug, ClientError>) -> String {
 }
 
 fn get(key: &[u8], consistency: Consistency) -> GetRequest {
-    GetRequest { key: key.to_vec().into(), consistency: consistency as i32 }
+    GetRequest { key: key.to_vec().into(), consistency: consistency as i32, ..Default::default() }
 }
 
 fn put_op(key: &[u8], value: &[u8]) -> RequestOp {

@@ -167,6 +167,25 @@ struct Args {
     /// newlines; `#` starts a comment.
     #[arg(long = "peers_file", alias = "peers-file", env = "RAFTKV_PEERS_FILE")]
     peers_file: Option<PathBuf>,
+
+    /// The most recent changes kept in memory for watches that start from a past index
+    /// (at least 1). A watch from an older index is refused as compacted.
+    #[arg(
+        long = "watch_history_events",
+        alias = "watch-history-events",
+        env = "RAFTKV_WATCH_HISTORY_EVENTS",
+        default_value_t = engine::DEFAULT_HISTORY_EVENTS
+    )]
+    watch_history_events: usize,
+
+    /// The most bytes of recent changes (keys and values) kept for watches (at least 1).
+    #[arg(
+        long = "watch_history_bytes",
+        alias = "watch-history-bytes",
+        env = "RAFTKV_WATCH_HISTORY_BYTES",
+        default_value_t = engine::DEFAULT_HISTORY_BYTES
+    )]
+    watch_history_bytes: usize,
 }
 
 const EXAMPLES: &str = "\
@@ -273,6 +292,8 @@ fn run(args: Args) -> Result<()> {
     }
     config.peers = args.peers;
     config.peers_file = args.peers_file;
+    config.watch_history =
+        engine::HistoryLimits { max_events: args.watch_history_events, max_bytes: args.watch_history_bytes };
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;
@@ -358,6 +379,16 @@ mod tests {
         assert!(args.join.is_none());
         let args = Args::try_parse_from(["raftkv", "--raft_id=n", "--join"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.join, Some(vec![]));
+        assert_eq!(args.watch_history_events, engine::DEFAULT_HISTORY_EVENTS);
+        let args = Args::try_parse_from([
+            "raftkv",
+            "--raft_id=n",
+            "--watch_history_events=10",
+            "--watch-history-bytes",
+            "4096",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((args.watch_history_events, args.watch_history_bytes), (10, 4096));
     }
 
     #[test]

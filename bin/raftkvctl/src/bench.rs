@@ -3,6 +3,12 @@
 //! Each simulated client has its own connection and sends its requests one after another;
 //! latencies of every request are kept and summarized (p50, p90, p99, max) with the
 //! throughput. Keys are `bench/<client>/<n>` under a prefix; values are fixed-size.
+//!
+//! `bench watch` measures how long a change takes to reach a watcher on another node: a
+//! watcher on the last endpoint (a follower, typically) follows the prefix while one writer
+//! puts keys one after the other through the first endpoint (the leader, typically); the
+//! latency of each write is from its acknowledgement to the watcher receiving its event (0
+//! when the event came first).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +24,9 @@ pub(crate) enum Op {
     Put,
     /// Get keys written beforehand (linearizable).
     Get,
+    /// Put through the first endpoint; time from each put's acknowledgement to its event on
+    /// a watcher of the last endpoint.
+    Watch,
 }
 
 /// A bench run's settings.
@@ -38,6 +47,10 @@ pub(crate) struct BenchArgs {
     /// Key prefix.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// `bench watch` only: a pause between writes (e.g. 20ms), so that each write's commit
+    /// reaches the follower on its own rather than with the next write.
+    #[arg(long, value_parser = crate::parse_duration, default_value = "0ms")]
+    interval: Duration,
 }
 
 /// The summary of a run.
@@ -89,6 +102,9 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
     if args.clients == 0 || args.total == 0 {
         bail!("--clients and --total must be at least 1");
     }
+    if args.op == Op::Watch {
+        return watch(endpoints, options, args).await;
+    }
     let value = Arc::new(vec![b'x'; args.value_size]);
     let per_client = args.total.div_ceil(args.clients);
     let mut clients = Vec::with_capacity(args.clients);
@@ -120,7 +136,8 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
                 let t = Instant::now();
                 match op {
                     Op::Put => client.put(key(&prefix, c, n), value.as_slice()).await.map(|_| ())?,
-                    Op::Get => client.get(key(&prefix, c, n % 100)).await.map(|_| ())?,
+                    // Measured apart, by `watch` above.
+                    Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100)).await.map(|_| ())?,
                 }
                 lat.push(t.elapsed());
             }
@@ -132,6 +149,71 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         latencies.extend(t.await??);
     }
     let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(Summary { total: latencies.len(), elapsed, latencies })
+}
+
+/// `bench watch`; see the module docs.
+async fn watch(endpoints: &[String], options: &ClientOptions, args: &BenchArgs) -> Result<Summary> {
+    use std::collections::HashMap;
+
+    use client::WatchOptions;
+    use client::kv::watch_response::Kind;
+
+    let (Some(writer_ep), Some(watcher_ep)) = (endpoints.first(), endpoints.last()) else {
+        bail!("bench watch needs --endpoints (the writer's first, the watcher's last)");
+    };
+    let writer = Client::new([writer_ep.clone()], options.clone())?;
+    let watcher = Client::new([watcher_ep.clone()], options.clone())?;
+    let prefix = format!("{}-watch/", args.prefix);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watch_prefix = prefix.clone();
+    let reader = tokio::spawn(async move {
+        let mut stream = watcher.watch(watch_prefix, WatchOptions { prefix: true, ..WatchOptions::default() });
+        let mut ready = Some(ready_tx);
+        loop {
+            let msg = stream.next().await?;
+            let now = Instant::now();
+            match Kind::try_from(msg.kind) {
+                Ok(Kind::Created) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Kind::Events) if tx.send((msg.index, now)).is_err() => {
+                    return Ok::<_, client::ClientError>(());
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.map_err(|_| anyhow::anyhow!("the watch did not start"))?;
+    let value = vec![b'x'; args.value_size];
+    let mut acks = Vec::with_capacity(args.total);
+    let start = Instant::now();
+    for n in 0..args.total {
+        let resp = writer.put(format!("{prefix}{n}"), value.as_slice()).await?;
+        acks.push((resp.header.map_or(0, |h| h.index), Instant::now()));
+        if !args.interval.is_zero() {
+            tokio::time::sleep(args.interval).await;
+        }
+    }
+    let mut seen: HashMap<u64, Instant> = HashMap::with_capacity(args.total);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acks.iter().any(|(i, _)| !seen.contains_key(i)) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((index, at))) => {
+                seen.entry(index).or_insert(at);
+            }
+            Ok(None) => bail!("the watch stream ended early: {:?}", reader.await),
+            Err(_) => bail!("the watcher did not see every write within 60s"),
+        }
+    }
+    reader.abort();
+    let elapsed = start.elapsed();
+    let mut latencies: Vec<Duration> =
+        acks.iter().filter_map(|(i, ack)| seen.get(i).map(|at| at.saturating_duration_since(*ack))).collect();
     latencies.sort_unstable();
     Ok(Summary { total: latencies.len(), elapsed, latencies })
 }

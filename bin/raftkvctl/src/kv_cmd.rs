@@ -70,7 +70,8 @@ Examples:
   raftkvctl get --prefix config/               # key and value lines, for every key
   raftkvctl get --consistency stale greeting   # answered by this node, no check
   raftkvctl -o json get greeting
-  raftkvctl -o table get --prefix config/")]
+  raftkvctl -o table get --prefix config/
+  raftkvctl get --min-index 42 --wait 30s --command-timeout 40s greeting   # blocks until greeting changes after 42")]
     Get {
         /// The key (or the prefix, with --prefix).
         key: String,
@@ -83,6 +84,14 @@ Examples:
         /// Print keys only (with --prefix).
         #[arg(long = "keys-only")]
         keys_only: bool,
+        /// Blocking read: wait until the key changes at an index above this one (or --wait
+        /// passes), then print its value. The wait also ends a little before
+        /// --command-timeout.
+        #[arg(long = "min-index", conflicts_with = "prefix")]
+        min_index: Option<u64>,
+        /// How long a blocking read may wait (default 5m, at most 10m).
+        #[arg(long, value_parser = crate::parse_duration, requires = "min_index")]
+        wait: Option<std::time::Duration>,
     },
     /// Delete a key, a range or a prefix; prints how many keys were deleted.
     #[command(after_help = "\
@@ -279,7 +288,7 @@ pub(crate) async fn run(cmd: &KvCommand, client: &Client, output: Output, out: &
                 }
             }
         }
-        KvCommand::Get { key, prefix, consistency, keys_only } => {
+        KvCommand::Get { key, prefix, consistency, keys_only, min_index, wait } => {
             if *prefix {
                 let kvs = client
                     .range_all(RangeRequest {
@@ -302,7 +311,12 @@ pub(crate) async fn run(cmd: &KvCommand, client: &Client, output: Output, out: &
                 return Ok(Outcome::Ok);
             }
             let resp = client
-                .get_request(GetRequest { key: key.as_bytes().to_vec().into(), consistency: consistency.proto() })
+                .get_request(GetRequest {
+                    key: key.as_bytes().to_vec().into(),
+                    consistency: consistency.proto(),
+                    min_index: min_index.unwrap_or(0),
+                    wait_ms: wait.map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                })
                 .await?;
             let kv = match resp.kv {
                 Some(kv) if resp.found => kv,

@@ -9,6 +9,7 @@ mod admin_cmd;
 mod bench;
 mod kv_cmd;
 mod txn_syntax;
+mod watch_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ Examples:
   raftkvctl get greeting
   raftkvctl -o json get greeting
   raftkvctl del greeting
+  raftkvctl watch --prefix config/
   raftkvctl member add nodeB --raft-addr 127.0.0.1:50052 --grpc-addr 127.0.0.1:40052
   raftkvctl member list
   raftkvctl member remove nodeC
@@ -72,13 +74,27 @@ pub(crate) enum Output {
 enum Command {
     #[command(flatten)]
     Kv(kv_cmd::KvCommand),
-    /// Measure throughput and latency: puts of new keys, or linearizable gets.
+    /// Measure throughput and latency: puts of new keys, linearizable gets, or the time from
+    /// a write's acknowledgement to its event on a watcher of another node.
     #[command(
-        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16"
+        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16\n  raftkvctl --endpoints LEADER,FOLLOWER bench watch --total 1000 --interval 20ms"
     )]
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Admin(admin_cmd::AdminCommand),
+    /// Print the changes to a key or a prefix as they come (until interrupted). After a
+    /// disconnect it resumes on another endpoint without losing or repeating a change.
+    #[command(after_help = "\
+Prints one line per change: INDEX PUT KEY VALUE, or INDEX DELETE KEY. When the serving node
+installs a snapshot: INDEX ABANDONED, then INDEX STATE KEY VALUE for each key as restored.
+With -o json: one JSON object per line.
+
+Examples:
+  raftkvctl watch greeting
+  raftkvctl watch --prefix config/ --from 120    # replay from index 120, then follow
+  raftkvctl -o json watch --prefix jobs/ --keys-only
+  raftkvctl --endpoints 127.0.0.1:40052,127.0.0.1:40053 watch greeting --max-events 1")]
+    Watch(watch_cmd::WatchArgs),
 }
 
 /// Prints rows under a header, in columns padded to the widest cell.
@@ -134,6 +150,12 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
             }
         }
         Command::Admin(cmd) => admin_cmd::execute(cmd, &client, cli.output, &mut out).await?,
+        Command::Watch(args) => {
+            // A watch outlives any one request: keep trying endpoints for a while.
+            let options = ClientOptions { max_retries: options.max_retries.max(30), ..options };
+            let client = Client::new(cli.endpoints.iter().cloned(), options)?;
+            watch_cmd::run(args, &client, cli.output, &mut out).await?;
+        }
     }
     Ok(Outcome::Ok)
 }

@@ -11,11 +11,13 @@
 //!
 //! Servers forward writes to the leader themselves, so a client may talk to any node.
 //!
-//! Admin calls (membership, leadership, snapshots, backups) are in [`admin`].
+//! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
+//! resume on another endpoint after a disconnect with no gap and no repeat, are in [`watch`].
 //!
 //! This crate must never depend on the server side (openraft, redb, the engine).
 
 pub mod admin;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,6 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use proto::admin::v1::{Member, MembershipChangeResponse, RaftState, Suffrage};
 pub use proto::kv::v1 as kv;
 pub use proto::kv::v1::{Consistency, KeyValue};
+pub use watch::{WatchOptions, WatchStream};
 
 /// Metadata key the server sets to `true` when a failed request was certainly not applied.
 const RETRYABLE_HEADER: &str = "x-raftkv-retryable";

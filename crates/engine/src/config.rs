@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub peers: String,
     /// A file of static peers, one or more per line (`--peers_file`).
     pub peers_file: Option<PathBuf>,
+    /// The bounds of the in-memory history of changes that watches replay from
+    /// (`--watch_history_events`, `--watch_history_bytes`).
+    pub watch_history: fsm::HistoryLimits,
 }
 
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
@@ -88,6 +91,7 @@ impl NodeConfig {
             gossip: None,
             peers: String::new(),
             peers_file: None,
+            watch_history: fsm::HistoryLimits::default(),
         }
     }
 
@@ -141,6 +145,13 @@ impl NodeConfig {
             return bad("--join and --raft_bootstrap cannot be used together: --raft_bootstrap starts a new cluster, \
                  --join asks an existing one to add this node; give only one"
                 .into());
+        }
+        let wh = self.watch_history;
+        if wh.max_events == 0 || wh.max_bytes == 0 {
+            return bad(format!(
+                "--watch_history_events ({}) and --watch_history_bytes ({}) must be at least 1",
+                wh.max_events, wh.max_bytes
+            ));
         }
         for addr in &self.join {
             let ok =
@@ -276,6 +287,15 @@ mod tests {
         assert!(refused(&c).contains("--peers: \"nodeA=a:1\" is not ID=RAFT_ADDR@GRPC_ADDR"));
         c.peers = "nodeA=a:1@a:2".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn watch_history_is_at_least_one() {
+        let mut c = cfg();
+        c.watch_history = fsm::HistoryLimits { max_events: 1, max_bytes: 1 };
+        assert!(c.validate().is_ok(), "at the limit");
+        c.watch_history.max_events = 0;
+        assert!(refused(&c).contains("--watch_history_events (0)"));
     }
 
     #[test]

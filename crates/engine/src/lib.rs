@@ -26,9 +26,10 @@
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
-//! stops in the reverse order: the servers drain in-flight requests (bounded by
-//! `shutdown_grace`), gossip announces the leave and stops, Raft stops, the state machine is
-//! flushed (one fsync), the stores close.
+//! stops in the reverse order: watch streams and blocking reads are ended (`UNAVAILABLE`,
+//! resume elsewhere), the servers drain in-flight requests (bounded by `shutdown_grace`),
+//! gossip announces the leave and stops, Raft stops, the state machine is flushed (one
+//! fsync), the stores close.
 //!
 //! Gossip is advisory: nothing here changes the Raft membership because of what gossip says.
 //!
@@ -70,6 +71,8 @@ use tonic::transport::server::TcpIncoming;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
+/// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
+pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
 use transport::client::NetworkFactory;
 use transport::server::RaftService;
 
@@ -204,7 +207,7 @@ impl Node {
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
 
         let log = LogStore::open(&dir.join(LOG_FILE))?;
-        let sm = StateMachine::open(&dir.join("sm"))?;
+        let sm = StateMachine::open_with(&dir.join("sm"), config.watch_history)?;
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver.clone()), log, sm.clone())
             .await
@@ -344,6 +347,9 @@ impl Node {
         let grace = self.config.shutdown_grace;
         background::hand_over_leadership(&self.ctx, grace).await;
         tracing::info!(node = %id, "shutting down: draining gRPC servers");
+        // Watch streams and blocking reads never end on their own: end them now, each with
+        // UNAVAILABLE and its resume index, so the drain below does not wait for them.
+        self.sm.close_watches();
         let _ = self.stop.send(true);
         for task in &self.background {
             task.abort();

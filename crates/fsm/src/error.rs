@@ -29,6 +29,26 @@ pub enum Error {
     /// A state the code never produces was met (a bug).
     #[error("internal invariant broken: {0}")]
     Invariant(String),
+    /// A watch asked for changes from an index the history no longer holds (older than its
+    /// window, or from before this node started or installed a snapshot).
+    #[error(
+        "compacted: index {requested} is no longer in the watch history; the oldest index still available is {oldest}"
+    )]
+    Compacted {
+        /// The index asked for.
+        requested: u64,
+        /// The oldest index a watch can start from now.
+        oldest: u64,
+    },
+    /// The node already serves as many watchers as it may.
+    #[error("too many watchers: this node serves at most {limit} (MAX_WATCHERS)")]
+    TooManyWatchers {
+        /// The limit.
+        limit: usize,
+    },
+    /// The change feed is closed: the node is shutting down.
+    #[error("the change feed is closed (the node is shutting down)")]
+    Closed,
     /// A blocking task panicked or was cancelled.
     #[error("state machine task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

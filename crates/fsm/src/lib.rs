@@ -24,6 +24,11 @@
 //!   nothing.
 //! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
 //!   readers wait for an index without polling.
+//! - The change feed ([`changes`]): each apply records what it changed to which key, keeps
+//!   it in a bounded in-memory history, and hands it to the watchers of those keys after the
+//!   transaction commits ([`StateMachine::watch`]). Installing a snapshot clears the
+//!   history and tells every watcher its state was **abandoned**; [`StateMachine::close_watches`]
+//!   ends them all at shutdown.
 //!
 //! # Files, under the directory given to [`StateMachine::open`]
 //! - `state.redb`: the live database; `state.redb.installing` while a snapshot is installed.
@@ -33,6 +38,7 @@
 //! This crate must never depend on tonic, chitchat, gossip, raft-storage or the service
 //! layer: it is pure state, driven by openraft.
 
+pub mod changes;
 mod error;
 pub mod snapshot;
 mod store;
@@ -51,6 +57,11 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use tokio::sync::watch;
 use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, codec};
 
+use changes::Hub;
+pub use changes::{
+    Changes, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, Event, EventKind, HistoryLimits, MAX_WATCHERS,
+    WATCHER_BUFFER_BYTES, WATCHER_BUFFER_MESSAGES, WatchStart, WatchStats, Watcher,
+};
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
@@ -95,6 +106,8 @@ struct Inner {
     seq: AtomicU64,
     /// When an apply commit was last made durable.
     last_durable: Mutex<Instant>,
+    /// The change feed: history and watchers.
+    hub: Arc<Hub>,
 }
 
 #[derive(Clone)]
@@ -115,6 +128,11 @@ impl StateMachine {
     /// the database (a crash between writing a received snapshot and swapping it in), the
     /// database is rebuilt from that snapshot.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, HistoryLimits::default())
+    }
+
+    /// [`StateMachine::open`] with the change history bounded by `history`.
+    pub fn open_with(dir: &Path, history: HistoryLimits) -> Result<Self, Error> {
         let snap_dir = dir.join(SNAPSHOT_DIR);
         let incoming = dir.join(INCOMING_DIR);
         for d in [dir, &snap_dir, &incoming] {
@@ -152,6 +170,7 @@ impl StateMachine {
                 current: Mutex::new(current.clone()),
                 seq: AtomicU64::new(0),
                 last_durable: Mutex::new(Instant::now()),
+                hub: Arc::new(Hub::new(0, history)),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -167,7 +186,10 @@ impl StateMachine {
             sm.rebuild_from(&file, &snap.meta)?;
         }
         let (applied, _) = sm.read_applied_state()?;
-        sm.inner.applied.send_replace(types::index_of(applied.as_ref()));
+        let applied = types::index_of(applied.as_ref());
+        // The history starts empty: only changes applied from now on can be replayed.
+        sm.inner.hub.abandon(applied);
+        sm.inner.applied.send_replace(applied);
         Ok(sm)
     }
 
@@ -194,6 +216,45 @@ impl StateMachine {
         let txn = db.begin_read()?;
         let table = txn.open_table(KV)?;
         store::range(&table, op, max_bytes)
+    }
+
+    /// Reads a range (see [`StateMachine::range`]) together with the applied index it
+    /// reflects, both from one read transaction.
+    pub fn range_at(&self, op: &RangeOp, max_bytes: usize) -> Result<(RangeResult, u64), Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        let found = store::range(&table, op, max_bytes)?;
+        let meta = txn.open_table(META)?;
+        let applied: Option<LogId> = match meta.get(META_LAST_APPLIED)? {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        };
+        Ok((found, types::index_of(applied.as_ref())))
+    }
+
+    /// Registers a watcher of `range` for every change at or after `start_index` (0: the
+    /// changes after the last one published). Changes still in the history come in
+    /// [`WatchStart::backlog`], later ones through the watcher's mailbox, with no gap and no
+    /// repeat between them.
+    ///
+    /// Fails with [`Error::Compacted`] when `start_index` is older than the history holds,
+    /// [`Error::TooManyWatchers`] past [`MAX_WATCHERS`], and [`Error::Closed`] after
+    /// [`StateMachine::close_watches`].
+    pub fn watch(&self, range: types::KeyRange, start_index: u64) -> Result<(Watcher, WatchStart), Error> {
+        self.inner.hub.watch(range, start_index)
+    }
+
+    /// Ends every watcher (each is told [`blocking_query::Signal::Closed`]) and refuses new
+    /// ones: the node is shutting down.
+    pub fn close_watches(&self) {
+        self.inner.hub.close();
+    }
+
+    /// Figures about the watchers and the history.
+    #[must_use]
+    pub fn watch_stats(&self) -> WatchStats {
+        self.inner.hub.stats()
     }
 
     /// The index of the last applied log entry (0 before any).
@@ -268,6 +329,7 @@ impl StateMachine {
     /// for why that is safe.
     fn apply_batch(&self, db: &Database, entries: &[types::Entry]) -> Result<Vec<CommandResult>, Error> {
         let mut results = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
         let Some(last) = entries.last() else { return Ok(results) };
         let has_membership = entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
         let durable = has_membership || self.durable_due();
@@ -278,7 +340,7 @@ impl StateMachine {
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(Command::Write(w)) => {
-                    CommandResult::Write(store::apply_write(&txn, entry.log_id.index, w)?)
+                    CommandResult::Write(store::apply_write(&txn, entry.log_id.index, w, &mut events)?)
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
@@ -289,6 +351,8 @@ impl StateMachine {
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;
+        // Watchers hear of the changes only once a read can see them.
+        self.inner.hub.publish(last.log_id.index, events);
         if durable {
             *self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         }
@@ -384,6 +448,9 @@ impl StateMachine {
             file.sync_all().map_err(|e| Error::io("syncing snapshot copy", e))?;
             let copy = SnapshotFile::open(&part)?;
             self.rebuild_from(&copy, meta)?;
+            // Every blocking read and watch learns its state was replaced, before any later
+            // apply can publish a change.
+            self.inner.hub.abandon(index);
             let path = part.with_extension(SNAPSHOT_EXT);
             fs::rename(&part, &path).map_err(|e| Error::io("renaming snapshot", e))?;
             sync_dir(&snap_dir)?;

@@ -7,6 +7,7 @@ use types::{
 };
 
 use crate::Error;
+use crate::changes::{Event, EventKind};
 
 /// Key → stored record ([`Record`]).
 pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
@@ -138,17 +139,37 @@ fn precondition(current: Option<&KeyValue>, expect: Option<Expect>, key: &[u8]) 
     })
 }
 
-fn put(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, op: &PutOp) -> Result<WriteResult, Error> {
+fn put(
+    kv: &mut Table<'_, &[u8], &[u8]>,
+    index: u64,
+    op: &PutOp,
+    events: &mut Vec<Event>,
+) -> Result<WriteResult, Error> {
     let current = get(kv, &op.key)?;
     if let Some(failed) = precondition(current.as_ref(), op.expect, &op.key) {
         return Ok(failed);
     }
     let (create, version) = current.as_ref().map_or((index, 1), |kv| (kv.create_index, kv.version + 1));
     kv.insert(op.key.as_slice(), Record::encode(create, index, version, &op.value).as_slice())?;
+    events.push(Event {
+        kind: EventKind::Put,
+        kv: KeyValue {
+            key: op.key.clone(),
+            value: op.value.clone(),
+            create_index: create,
+            modify_index: index,
+            version,
+        },
+    });
     Ok(WriteResult::Put { prev: if op.prev_kv { current } else { None } })
 }
 
-fn delete(kv: &mut Table<'_, &[u8], &[u8]>, op: &DeleteOp) -> Result<WriteResult, Error> {
+fn delete(
+    kv: &mut Table<'_, &[u8], &[u8]>,
+    index: u64,
+    op: &DeleteOp,
+    events: &mut Vec<Event>,
+) -> Result<WriteResult, Error> {
     if let (KeyRange::Key(key), Some(_)) = (&op.range, op.expect) {
         let current = get(kv, key)?;
         if let Some(failed) = precondition(current.as_ref(), op.expect, key) {
@@ -162,6 +183,10 @@ fn delete(kv: &mut Table<'_, &[u8], &[u8]>, op: &DeleteOp) -> Result<WriteResult
     )?;
     for k in &found.kvs {
         kv.remove(k.key.as_slice())?;
+        events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue { key: k.key.clone(), value: Vec::new(), create_index: 0, modify_index: index, version: 0 },
+        });
     }
     let deleted = found.kvs.len() as u64;
     Ok(WriteResult::Delete { deleted, prev: if op.prev_kv { found.kvs } else { Vec::new() } })
@@ -197,7 +222,7 @@ fn compare(kv: &Table<'_, &[u8], &[u8]>, c: &Compare) -> Result<bool, Error> {
     })
 }
 
-fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn) -> Result<WriteResult, Error> {
+fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn, events: &mut Vec<Event>) -> Result<WriteResult, Error> {
     let mut succeeded = true;
     for c in &t.compares {
         if !compare(kv, c)? {
@@ -210,11 +235,11 @@ fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn) -> Result<WriteRes
     let mut budget = TXN_READ_BUDGET_BYTES;
     for op in branch {
         let r = match op {
-            TxnOp::Put(p) => match put(kv, index, p)? {
+            TxnOp::Put(p) => match put(kv, index, p, events)? {
                 WriteResult::Put { prev } => TxnOpResult::Put { prev },
                 other => return Err(Error::Invariant(format!("a put answered {other:?}"))),
             },
-            TxnOp::Delete(d) => match delete(kv, d)? {
+            TxnOp::Delete(d) => match delete(kv, index, d, events)? {
                 WriteResult::Delete { deleted, prev } => TxnOpResult::Delete { deleted, prev },
                 other => return Err(Error::Invariant(format!("a delete answered {other:?}"))),
             },
@@ -231,7 +256,13 @@ fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn) -> Result<WriteRes
 }
 
 /// Applies one client write at log index `index` in `txn`: at most once per request id.
-pub(crate) fn apply_write(txn: &WriteTransaction, index: u64, cmd: &WriteCommand) -> Result<WriteOutcome, Error> {
+/// Every key it changes is recorded in `events`, in order.
+pub(crate) fn apply_write(
+    txn: &WriteTransaction,
+    index: u64,
+    cmd: &WriteCommand,
+    events: &mut Vec<Event>,
+) -> Result<WriteOutcome, Error> {
     if let Some(id) = &cmd.request_id {
         let requests = txn.open_table(REQUESTS)?;
         if let Some(stored) = requests.get(id.as_str())? {
@@ -243,9 +274,9 @@ pub(crate) fn apply_write(txn: &WriteTransaction, index: u64, cmd: &WriteCommand
     let result = {
         let mut kv = txn.open_table(KV)?;
         match &cmd.op {
-            WriteOp::Put(p) => put(&mut kv, index, p)?,
-            WriteOp::Delete(d) => delete(&mut kv, d)?,
-            WriteOp::Txn(t) => self::txn(&mut kv, index, t)?,
+            WriteOp::Put(p) => put(&mut kv, index, p, events)?,
+            WriteOp::Delete(d) => delete(&mut kv, index, d, events)?,
+            WriteOp::Txn(t) => self::txn(&mut kv, index, t, events)?,
         }
     };
     let outcome = WriteOutcome { index, duplicate: false, result };

@@ -344,3 +344,66 @@ fn request_ids_are_bounded() -> TestResult {
     assert!(requests.get(format!("id-{}", MAX_REQUEST_IDS + 9).as_str())?.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn applied_changes_reach_watchers_after_commit() -> TestResult {
+    use blocking_query::Signal;
+    let dir = tempfile::tempdir()?;
+    let mut sm = StateMachine::open(dir.path())?;
+    let (w, start) = sm.watch(KeyRange::prefix(b"k"), 0)?;
+    assert_eq!((start.after, start.backlog.len()), (0, 0));
+    let range_del = WriteOp::Delete(DeleteOp { range: KeyRange::prefix(b"k"), expect: None, prev_kv: false });
+    let failed = cas_put(b"k1", b"x", Some(Expect::Absent));
+    apply(&mut sm, vec![put(1, b"k1", b"a"), put(2, b"other", b"b"), put(3, b"k2", b"c")]).await?;
+    apply(&mut sm, vec![write(4, None, failed), write(5, None, range_del)]).await?;
+    let mut seen = Vec::new();
+    while let Some(Signal::Item(c)) = w.mailbox().try_recv() {
+        for e in &c.events {
+            seen.push((c.index, e.kind, e.kv.key.clone(), e.kv.value.clone(), e.kv.version));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, EventKind::Put, b"k1".to_vec(), b"a".to_vec(), 1),
+            (3, EventKind::Put, b"k2".to_vec(), b"c".to_vec(), 1),
+            (5, EventKind::Delete, b"k1".to_vec(), Vec::new(), 0),
+            (5, EventKind::Delete, b"k2".to_vec(), Vec::new(), 0),
+        ],
+        "a failed precondition changes nothing and says nothing"
+    );
+    // The same changes are in the history, and the state read with its index agrees.
+    let (_, start) = sm.watch(KeyRange::Key(b"k1".to_vec()), 1)?;
+    assert_eq!(start.backlog.iter().map(|c| c.index).collect::<Vec<_>>(), [1, 5]);
+    let (found, at) = sm.range_at(
+        &RangeOp { range: KeyRange::prefix(b""), limit: 0, keys_only: false, count_only: false },
+        usize::MAX,
+    )?;
+    assert_eq!((found.kvs.len(), at), (1, 5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn installing_a_snapshot_abandons_watchers_and_the_history() -> TestResult {
+    use blocking_query::Signal;
+    let dir = tempfile::tempdir()?;
+    let mut leader = StateMachine::open(&dir.path().join("leader"))?;
+    apply(&mut leader, vec![put(1, b"k", b"1"), put(2, b"k", b"2"), put(3, b"k", b"restored")]).await?;
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await?;
+    let mut follower = StateMachine::open(&dir.path().join("follower"))?;
+    apply(&mut follower, vec![put(1, b"k", b"1")]).await?;
+    let (w, _) = follower.watch(KeyRange::Key(b"k".to_vec()), 0)?;
+    follower.install_snapshot(&snap.meta, snap.snapshot).await?;
+    assert_eq!(w.mailbox().try_recv(), Some(Signal::Abandoned(3)));
+    assert!(matches!(follower.watch(KeyRange::Key(b"k".to_vec()), 1), Err(Error::Compacted { oldest: 4, .. })));
+    apply(&mut follower, vec![put(4, b"k", b"after")]).await?;
+    assert!(matches!(w.mailbox().try_recv(), Some(Signal::Item(c)) if c.index == 4));
+    // A restart remembers nothing before it: the history starts at the applied index.
+    drop(w);
+    drop(follower);
+    let reopened = StateMachine::open(&dir.path().join("follower"))?;
+    assert_eq!(reopened.watch_stats().oldest_index, 5);
+    reopened.close_watches();
+    assert!(matches!(reopened.watch(KeyRange::Key(b"k".to_vec()), 0), Err(Error::Closed)));
+    Ok(())
+}

@@ -13,6 +13,11 @@ pub const CURRENT_INDEX_HEADER: &str = "x-raftkv-current-index";
 /// Metadata key: `true` when the request was certainly not applied and may be retried as
 /// is; `false` otherwise. Clients retry only on `true`.
 pub const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
+/// Metadata key: the oldest index a watch can start from, on a "compacted" answer.
+pub const OLDEST_INDEX_HEADER: &str = "x-raftkv-oldest-index";
+/// Metadata key: the index a watch stream that ended should resume from (every change
+/// before it was sent).
+pub const RESUME_INDEX_HEADER: &str = "x-raftkv-resume-index";
 
 /// Everything a service call can fail with. [`Status::from`] is the only mapping to gRPC.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,33 @@ pub enum ServiceError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A watch asked for changes older than the node's history holds. Nothing was sent.
+    #[error(
+        "compacted: index {requested} is older than this node's watch history; the oldest index still available is {oldest}; read the key, then watch from the read's index + 1"
+    )]
+    Compacted {
+        /// The index asked for.
+        requested: u64,
+        /// The oldest index a watch can start from.
+        oldest: u64,
+    },
+    /// A watcher did not read fast enough: its bounded buffer filled up and the stream was
+    /// cancelled. Every change before `resume_index` was sent.
+    #[error("the watcher fell behind and its buffer filled up; resume the watch from index {resume_index}")]
+    WatchOverflow {
+        /// The index to resume from.
+        resume_index: u64,
+    },
+    /// The node is shutting down and ends a watch stream. Every change before
+    /// `resume_index` was sent.
+    #[error("the node is shutting down; resume the watch on another node from index {resume_index}")]
+    WatchClosed {
+        /// The index to resume from.
+        resume_index: u64,
+    },
+    /// The node serves as many watchers as it may; nothing was started.
+    #[error("too many watchers on this node (the limit, MAX_WATCHERS, is {0}); retry later or on another node")]
+    TooManyWatchers(usize),
     /// A storage or internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +118,7 @@ impl ServiceError {
                 | ServiceError::NoQuorum(_)
                 | ServiceError::MembershipBusy(_)
                 | ServiceError::ShuttingDown
+                | ServiceError::TooManyWatchers(_)
         )
     }
 
@@ -96,7 +129,10 @@ impl ServiceError {
             | ServiceError::NoLeader
             | ServiceError::NoQuorum(_)
             | ServiceError::MembershipBusy(_)
-            | ServiceError::ShuttingDown => Code::Unavailable,
+            | ServiceError::ShuttingDown
+            | ServiceError::WatchClosed { .. } => Code::Unavailable,
+            ServiceError::Compacted { .. } => Code::OutOfRange,
+            ServiceError::WatchOverflow { .. } | ServiceError::TooManyWatchers(_) => Code::ResourceExhausted,
             ServiceError::OutcomeUnknown(_) => Code::Unknown,
             ServiceError::FailedPrecondition(_) | ServiceError::PreconditionFailed { .. } => Code::FailedPrecondition,
             ServiceError::NotFound(_) => Code::NotFound,
@@ -116,6 +152,18 @@ impl From<ServiceError> for Status {
             && let Ok(v) = current_index.to_string().parse()
         {
             md.insert(CURRENT_INDEX_HEADER, v);
+        }
+        let index_header = match &e {
+            ServiceError::Compacted { oldest, .. } => Some((OLDEST_INDEX_HEADER, *oldest)),
+            ServiceError::WatchOverflow { resume_index } | ServiceError::WatchClosed { resume_index } => {
+                Some((RESUME_INDEX_HEADER, *resume_index))
+            }
+            _ => None,
+        };
+        if let Some((name, index)) = index_header
+            && let Ok(v) = index.to_string().parse()
+        {
+            md.insert(name, v);
         }
         if let ServiceError::NotLeader { id, addr } = &e {
             if let Ok(v) = id.as_str().parse() {
@@ -159,6 +207,10 @@ mod tests {
             (ServiceError::ResourceExhausted("x".into()), Code::ResourceExhausted, false),
             (ServiceError::ShuttingDown, Code::Unavailable, true),
             (ServiceError::Internal("x".into()), Code::Internal, false),
+            (ServiceError::Compacted { requested: 1, oldest: 2 }, Code::OutOfRange, false),
+            (ServiceError::WatchOverflow { resume_index: 1 }, Code::ResourceExhausted, false),
+            (ServiceError::WatchClosed { resume_index: 1 }, Code::Unavailable, false),
+            (ServiceError::TooManyWatchers(1), Code::ResourceExhausted, true),
         ];
         for (e, code, retryable) in cases {
             let what = format!("{e:?}");
@@ -174,5 +226,33 @@ mod tests {
         let s = Status::from(ServiceError::OutcomeUnknown("leader changed".into()));
         assert_eq!(s.code(), Code::Unknown);
         assert_eq!(s.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("false"));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    fn header(s: &Status, name: &str) -> Option<String> {
+        s.metadata().get(name).and_then(|v| v.to_str().ok()).map(String::from)
+    }
+
+    #[test]
+    fn compacted_names_the_oldest_index() {
+        let s = Status::from(ServiceError::Compacted { requested: 3, oldest: 120 });
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert!(s.message().starts_with("compacted") && s.message().contains("120"), "{}", s.message());
+        assert_eq!(header(&s, OLDEST_INDEX_HEADER).as_deref(), Some("120"));
+    }
+
+    #[test]
+    fn ended_watches_say_where_to_resume() {
+        let s = Status::from(ServiceError::WatchOverflow { resume_index: 77 });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(header(&s, RESUME_INDEX_HEADER).as_deref(), Some("77"));
+        let s = Status::from(ServiceError::WatchClosed { resume_index: 78 });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("another node"), "{}", s.message());
+        assert_eq!(header(&s, RESUME_INDEX_HEADER).as_deref(), Some("78"));
     }
 }

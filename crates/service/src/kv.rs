@@ -9,7 +9,7 @@ use proto::kv::v1::kv_client::KvClient;
 use proto::kv::v1::kv_server::{Kv, KvServer};
 use proto::kv::v1::{
     self as pb, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -18,6 +18,7 @@ use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, Wri
 use crate::convert;
 use crate::forward::{deadline, forward_failed, forwarded_request, may_forward};
 use crate::node::{DEFAULT_REQUEST_TIMEOUT, Routed};
+use crate::watch::{self, ResponseStream, WatchParams};
 use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 
 /// The KV service of one node.
@@ -193,14 +194,56 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = tokio::time::Instant::now();
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
+        // A blocking read may outlast the default request timeout, but never the caller's
+        // deadline: it answers with the current value a little before it.
+        let caller = deadline(request.metadata(), limits::MAX_BLOCKING_WAIT * 2);
         let req = request.into_inner();
         limits::check_key(&req.key)?;
         let level = consistency(req.consistency)?;
+        let wait = limits::check_blocking_wait(req.wait_ms)?.min(caller.mul_f32(0.9));
         self.ctx.read_index(level, timeout).await?;
-        let header = self.read_header(level);
+        let mut header = self.read_header(level);
+        if req.min_index > 0 {
+            let wait = wait.saturating_sub(started.elapsed());
+            let read = watch::blocking_get(&self.ctx.sm, &req.key, req.min_index, wait).await?;
+            header.index = read.index;
+            return Ok(Response::new(GetResponse {
+                header: Some(header),
+                found: read.kv.is_some(),
+                kv: read.kv.map(convert::kv),
+                abandoned: read.abandoned,
+            }));
+        }
         let kv = self.ctx.sm.get(&req.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(Response::new(GetResponse { header: Some(header), found: kv.is_some(), kv: kv.map(convert::kv) }))
+        Ok(Response::new(GetResponse {
+            header: Some(header),
+            found: kv.is_some(),
+            kv: kv.map(convert::kv),
+            abandoned: false,
+        }))
+    }
+
+    type WatchStream = ResponseStream<WatchResponse>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let range = if req.prefix {
+            convert::key_range(&req.key, &[], true)?
+        } else {
+            limits::check_key(&req.key)?;
+            KeyRange::Key(req.key.to_vec())
+        };
+        let params = WatchParams {
+            range,
+            start_index: req.start_index,
+            keys_only: req.keys_only,
+            progress: limits::check_progress_interval(req.progress_interval_ms)?,
+            timeout: limits::check_watch_timeout(req.timeout_seconds)?,
+            node_id: self.ctx.id.to_string(),
+        };
+        Ok(Response::new(watch::native_stream(self.ctx.sm.clone(), params)?))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {

@@ -17,6 +17,11 @@
 //!   (gossip, static peers, the Raft membership; the error's own address last), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
 //!   `UNAVAILABLE` with the leader's id and address in the metadata.
+//! - Watch and blocking reads (the `watch` module): `KV.Watch` streams and `Get` with
+//!   `min_index`, and the seed's `/Example/Watch`, all served by the node asked from its own
+//!   state machine's change feed, woken by notification (never polling), bounded per
+//!   watcher, told when a snapshot install abandons their state, and ended with
+//!   `UNAVAILABLE` at shutdown.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
 //! - [`compat`]: the Go seeds' services (`Example`) and leader-aware health (`quis.RaftLeader`).
@@ -35,10 +40,14 @@ pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
+mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, members_of};
 pub use backup::BACKUP_CHUNK_BYTES;
-pub use error::{CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, RETRYABLE_HEADER, ServiceError};
+pub use error::{
+    CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,
+    RETRYABLE_HEADER, ServiceError,
+};
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use limits::MAX_DECODE_BYTES;

@@ -79,6 +79,16 @@ pub struct GetRequest {
     pub key: ::prost::bytes::Bytes,
     #[prost(enumeration = "Consistency", tag = "2")]
     pub consistency: i32,
+    /// Blocking read (Consul's `?index=`): with min_index > 0 the answer waits until the key
+    /// changes at an index above min_index (its modify_index passes it, or it is deleted
+    /// after it), or until `wait_ms` passes, and then returns the current value. Any node
+    /// serves it, after the read's consistency check. 0: answer at once.
+    #[prost(uint64, tag = "3")]
+    pub min_index: u64,
+    /// How long a blocking read may wait, in milliseconds: 0 means 5 minutes; at most 10
+    /// minutes. It also ends a little before the caller's deadline.
+    #[prost(uint64, tag = "4")]
+    pub wait_ms: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetResponse {
@@ -89,6 +99,10 @@ pub struct GetResponse {
     pub found: bool,
     #[prost(message, optional, tag = "3")]
     pub kv: ::core::option::Option<KeyValue>,
+    /// A blocking read was woken because the node installed a snapshot: the value is the
+    /// restored state's, and changes between min_index and it may not have been seen.
+    #[prost(bool, tag = "4")]
+    pub abandoned: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteRequest {
@@ -281,6 +295,149 @@ pub struct TxnResponse {
     /// One response per operation of the branch that ran (their headers are unset).
     #[prost(message, repeated, tag = "3")]
     pub responses: ::prost::alloc::vec::Vec<ResponseOp>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchRequest {
+    /// The key watched, or with `prefix` every key starting with it (an empty prefix: every
+    /// key).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
+    #[prost(bool, tag = "2")]
+    pub prefix: bool,
+    /// Deliver every change at or after this index, replayed from the node's history of
+    /// recent changes. 0: only changes after the node's latest applied write. An index older
+    /// than the history holds is refused with OUT_OF_RANGE ("compacted", with the oldest
+    /// index still available in `x-raftkv-oldest-index`): read the key, then watch from the
+    /// read's index + 1.
+    #[prost(uint64, tag = "3")]
+    pub start_index: u64,
+    /// Leave values out of events.
+    #[prost(bool, tag = "4")]
+    pub keys_only: bool,
+    /// How often a PROGRESS message is sent, in milliseconds: 0 means 10 s; 100 ms to 1 hour.
+    #[prost(uint64, tag = "5")]
+    pub progress_interval_ms: u64,
+    /// The seed's heartbeat: when no change was sent for this many seconds, a TIMEOUT message
+    /// carries the key's current value. 0: none. At most one day.
+    #[prost(int64, tag = "6")]
+    pub timeout_seconds: i64,
+}
+/// One change to one key.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Event {
+    #[prost(enumeration = "event::EventType", tag = "1")]
+    pub r#type: i32,
+    /// PUT: the key after the write (value unless keys_only, create_index, modify_index,
+    /// version). DELETE: the key, with modify_index the index of the delete and the other
+    /// fields empty.
+    #[prost(message, optional, tag = "2")]
+    pub kv: ::core::option::Option<KeyValue>,
+}
+/// Nested message and enum types in `Event`.
+pub mod event {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+    #[repr(i32)]
+    pub enum EventType {
+        Put = 0,
+        Delete = 1,
+    }
+    impl EventType {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Put => "PUT",
+                Self::Delete => "DELETE",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "PUT" => Some(Self::Put),
+                "DELETE" => Some(Self::Delete),
+                _ => None,
+            }
+        }
+    }
+}
+/// A message of a Watch stream. A client resumes after a disconnect, on any node, with
+/// start_index = the `index` + 1 of the last CREATED, PROGRESS, ABANDONED (with more = false)
+/// or EVENTS (with more = false) message it received: it then gets every change after that,
+/// once.
+///
+/// A stream ends only with an error status:
+///
+/// * UNAVAILABLE: the node is shutting down (or unreachable); resume on another node.
+/// * RESOURCE_EXHAUSTED: the watcher did not read fast enough and its buffer filled up; the
+///   index to resume from is in `x-raftkv-resume-index`.
+/// * OUT_OF_RANGE: start_index is compacted (see WatchRequest).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchResponse {
+    #[prost(enumeration = "watch_response::Kind", tag = "1")]
+    pub kind: i32,
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub events: ::prost::alloc::vec::Vec<Event>,
+    /// More events of the same index (EVENTS), or more restored keys (ABANDONED), follow in
+    /// the next message.
+    #[prost(bool, tag = "4")]
+    pub more: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub kvs: ::prost::alloc::vec::Vec<KeyValue>,
+    /// The node serving the stream.
+    #[prost(string, tag = "6")]
+    pub node_id: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `WatchResponse`.
+pub mod watch_response {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Kind {
+        /// `events` are every change at `index` to the keys watched (continued in the next
+        /// message when `more`).
+        Events = 0,
+        /// The first message: every change after `index` follows on this stream.
+        Created = 1,
+        /// Every change up to `index` (the node's applied index) has been sent: a quiet key, not
+        /// a dead stream.
+        Progress = 2,
+        /// The node installed a snapshot at `index`: changes before it may never be sent. `kvs`
+        /// are the watched keys as restored (continued in the next message when `more`); changes
+        /// after `index` follow.
+        Abandoned = 3,
+        /// `timeout_seconds` passed with no change: `kvs` holds the key's current value (empty
+        /// when it does not exist, or for a prefix) as of `index`.
+        Timeout = 4,
+    }
+    impl Kind {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Events => "EVENTS",
+                Self::Created => "CREATED",
+                Self::Progress => "PROGRESS",
+                Self::Abandoned => "ABANDONED",
+                Self::Timeout => "TIMEOUT",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "EVENTS" => Some(Self::Events),
+                "CREATED" => Some(Self::Created),
+                "PROGRESS" => Some(Self::Progress),
+                "ABANDONED" => Some(Self::Abandoned),
+                "TIMEOUT" => Some(Self::Timeout),
+                _ => None,
+            }
+        }
+    }
 }
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -483,6 +640,24 @@ pub mod kv_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Txn"));
             self.inner.unary(req, path, codec).await
         }
+        /// Watch streams the changes to one key or a prefix, in index order, with no duplicate
+        /// and no gap, from any node: the node asked serves it from its own state machine. See
+        /// WatchResponse for what each message means and how to resume after a disconnect.
+        pub async fn watch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchRequest>,
+        ) -> std::result::Result<tonic::Response<tonic::codec::Streaming<super::WatchResponse>>, tonic::Status>
+        {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.v1.KV/Watch");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.v1.KV", "Watch"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -519,6 +694,17 @@ pub mod kv_server {
             &self,
             request: tonic::Request<super::TxnRequest>,
         ) -> std::result::Result<tonic::Response<super::TxnResponse>, tonic::Status>;
+        /// Server streaming response type for the Watch method.
+        type WatchStream: tonic::codegen::tokio_stream::Stream<Item = std::result::Result<super::WatchResponse, tonic::Status>>
+            + std::marker::Send
+            + 'static;
+        /// Watch streams the changes to one key or a prefix, in index order, with no duplicate
+        /// and no gap, from any node: the node asked serves it from its own state machine. See
+        /// WatchResponse for what each message means and how to resume after a disconnect.
+        async fn watch(
+            &self,
+            request: tonic::Request<super::WatchRequest>,
+        ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     /// The key-value service. Any node serves it: writes, and reads that need the leader,
     /// are forwarded to the leader once.
@@ -728,6 +914,35 @@ pub mod kv_server {
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
                             .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.v1.KV/Watch" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchSvc<T: Kv>(pub Arc<T>);
+                    impl<T: Kv> tonic::server::ServerStreamingService<super::WatchRequest> for WatchSvc<T> {
+                        type Response = super::WatchResponse;
+                        type ResponseStream = T::WatchStream;
+                        type Future = BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::WatchRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Kv>::watch(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -18,20 +18,39 @@
 //!   in the seed's `string` field: `Get` answers `FAILED_PRECONDITION` rather than altering it.
 //! - Errors are raftkv's ([`ServiceError`]: `UNAVAILABLE` with a leader hint, `UNKNOWN` for an
 //!   unknown write outcome, ...), not the seed's plain `UNKNOWN` strings.
-//! - `Watch` is not served: tonic answers `UNIMPLEMENTED` for it.
+//! - **`Watch` wakes only for changes to its key** (the seed's used the node's global applied
+//!   index, so any write woke every watcher and sent an unchanged value again) and is
+//!   notified, never polling. `current_index` is the applied index the value was read at;
+//!   a client that resumes with `min_index = current_index + 1` misses no change. After
+//!   `timeout_seconds` without a change (<= 0: 5 minutes, as in the seed; more than a day is
+//!   taken as a day) the current value is sent again, the seed's heartbeat. On a snapshot
+//!   install it sends `{value: "", current_index: 0, abandoned: true}`, then the restored
+//!   value, as the seed meant to. A watcher that does not read is cancelled with
+//!   `RESOURCE_EXHAUSTED`; at shutdown the stream ends with `UNAVAILABLE` (resume on
+//!   another node); in the seed it was cut after about 35 s by a keepalive setting.
+
+use std::time::Duration;
 
 use fsm::StateMachine;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use proto::compat::example::example_server::{Example, ExampleServer};
-use proto::compat::example::{AddRequest, AddResponse, GetRequest, GetResponse, StatRequest, StatResponse};
+use proto::compat::example::{
+    AddRequest, AddResponse, GetRequest, GetResponse, StatRequest, StatResponse, WatchRequest, WatchResponse,
+};
 use proto::kv::v1 as native;
 use proto::kv::v1::kv_server::Kv;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
+use crate::watch::{ResponseStream, read_state, watch_key_since};
 use crate::{KvService, MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
+
+/// The seed's Watch timeout when the request gives none (`timeout_seconds <= 0`).
+pub const SEED_WATCH_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// The longest Watch timeout taken; a longer one is taken as this (the seed had no cap).
+pub const SEED_WATCH_MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// The `Example` service of one node.
 #[derive(Debug, Clone)]
@@ -103,13 +122,16 @@ fn state_name(state: ServerState) -> &'static str {
 /// raft { state, term, commit_index, applied_index, last_log_index, last_snapshot_index,
 ///        latest_configuration_index, num_peers, voter }
 /// fsm { fsm_index, key_count }
+/// watch { watchers, notifications, history_oldest_index, history_events, history_bytes }
 /// ```
 ///
 /// Every `addr` is a Raft address (`--raft_addr`), as in the seed. `leader` has empty strings
 /// when no leader is known, as hashicorp/raft's `LeaderWithID` gives. `raft.state` is the
 /// seed's spelling (`Leader`, `Follower`, `Candidate`, `Shutdown`); `num_peers` counts the
 /// other voters, and is 0 when this node is not a voter, as in hashicorp/raft. `key_count` is
-/// not a seed key: it is the number of keys stored.
+/// not a seed key: it is the number of keys stored. `watch` is not a seed key either: the
+/// watchers registered now (watch streams and blocking reads), how many times in all a
+/// watcher was handed a change, and the bounds of the history of changes.
 ///
 /// Omitted, because raftkv does not have the data:
 /// - `db_applied_index`: the seed counts the index of the last write made through this
@@ -131,6 +153,7 @@ pub fn stats(
     m: &RaftMetrics<TypeConfig>,
     fsm_index: u64,
     key_count: u64,
+    watch: &fsm::WatchStats,
 ) -> serde_json::Value {
     let membership = m.membership_config.membership();
     let is_voter = |n: &NodeId| membership.voter_ids().any(|v| v == *n);
@@ -170,6 +193,13 @@ pub fn stats(
             "voter": voter,
         },
         "fsm": { "fsm_index": fsm_index, "key_count": key_count },
+        "watch": {
+            "watchers": watch.watchers,
+            "notifications": watch.notifications,
+            "history_oldest_index": watch.oldest_index,
+            "history_events": watch.history_events,
+            "history_bytes": watch.history_bytes,
+        },
     })
 }
 
@@ -201,9 +231,100 @@ impl Example for ExampleService {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let fsm_index = self.ctx.sm.applied_index();
         let key_count = self.ctx.sm.len().map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let value = stats(&self.ctx.id, &self.me, &m, fsm_index, key_count);
+        let value = stats(&self.ctx.id, &self.me, &m, fsm_index, key_count, &self.ctx.sm.watch_stats());
         let stats = serde_json::to_string_pretty(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(StatResponse { stats }))
+    }
+
+    type WatchStream = ResponseStream<WatchResponse>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        limits::check_key(req.key.as_bytes())?;
+        let timeout = match u64::try_from(req.timeout_seconds) {
+            Ok(0) | Err(_) => SEED_WATCH_DEFAULT_TIMEOUT,
+            Ok(s) => Duration::from_secs(s).min(SEED_WATCH_MAX_TIMEOUT),
+        };
+        let key = req.key.into_bytes();
+        let (watcher, changed) = watch_key_since(&self.ctx.sm, &key, req.min_index.saturating_sub(1))?;
+        let range = types::KeyRange::Key(key);
+        // The seed sends at once when min_index is 0 or already reached (registered first,
+        // so a change after this check is in the watcher's mailbox).
+        let reached = changed
+            || read_state(&self.ctx.sm, &range, true)?.0.first().is_some_and(|kv| kv.modify_index >= req.min_index);
+        let state = SeedWatch {
+            sm: self.ctx.sm.clone(),
+            range,
+            watcher,
+            send_now: req.min_index == 0 || reached,
+            min_index: req.min_index,
+            timeout,
+            last_sent: tokio::time::Instant::now(),
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move { s.next().await.map(|item| (item, s)) });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One `/Example/Watch` stream: the seed's value-based protocol over a watcher of one key.
+struct SeedWatch {
+    sm: StateMachine,
+    range: types::KeyRange,
+    watcher: fsm::Watcher,
+    /// Send the current value at the next turn.
+    send_now: bool,
+    /// Send when the key changes at or after this index.
+    min_index: u64,
+    timeout: Duration,
+    last_sent: tokio::time::Instant,
+    done: bool,
+}
+
+impl SeedWatch {
+    async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+        use blocking_query::Signal;
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.send_now {
+                self.send_now = false;
+                let sent = self.current().map_err(Status::from);
+                self.done = sent.is_err();
+                return Some(sent);
+            }
+            let signal = tokio::time::timeout_at(self.last_sent + self.timeout, self.watcher.mailbox().recv()).await;
+            match signal {
+                // The seed's heartbeat: the current value again.
+                Err(_) => self.send_now = true,
+                Ok(Signal::Item(c)) => self.send_now = c.index >= self.min_index,
+                Ok(Signal::Abandoned(_)) => {
+                    self.min_index = 0;
+                    self.send_now = true;
+                    self.last_sent = tokio::time::Instant::now();
+                    return Some(Ok(WatchResponse { value: String::new(), current_index: 0, abandoned: true }));
+                }
+                Ok(Signal::Overflowed) => {
+                    self.done = true;
+                    return Some(Err(ServiceError::WatchOverflow { resume_index: self.min_index }.into()));
+                }
+                Ok(Signal::Closed) => {
+                    self.done = true;
+                    return Some(Err(ServiceError::WatchClosed { resume_index: self.min_index }.into()));
+                }
+            }
+        }
+    }
+
+    /// The key's value now, with the applied index it reflects; later changes up to that
+    /// index are already in it.
+    fn current(&mut self) -> Result<WatchResponse, ServiceError> {
+        let (mut kvs, index) = read_state(&self.sm, &self.range, false)?;
+        let value = value_string(kvs.pop().map(|kv| kv.value))?;
+        self.min_index = index + 1;
+        self.last_sent = tokio::time::Instant::now();
+        Ok(WatchResponse { value, current_index: index, abandoned: false })
     }
 }
 
@@ -244,7 +365,9 @@ mod tests {
 
     #[test]
     fn stat_has_the_seed_keys_and_real_values() -> Result<(), Box<dyn std::error::Error>> {
-        let v = stats(&NodeId::from(1), &info(1), &metrics(1, ServerState::Follower)?, 40, 5);
+        let watch =
+            fsm::WatchStats { watchers: 2, notifications: 9, oldest_index: 3, history_events: 4, history_bytes: 5 };
+        let v = stats(&NodeId::from(1), &info(1), &metrics(1, ServerState::Follower)?, 40, 5, &watch);
         assert_eq!(v["node_id"], "1");
         assert_eq!(v["addr"], "127.0.0.1:50051");
         assert_eq!(v["last_applied_index"], 40);
@@ -266,7 +389,13 @@ mod tests {
         );
         assert_eq!(v["fsm"], json!({ "fsm_index": 40, "key_count": 5 }));
         let keys: Vec<&String> = v.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-        assert_eq!(keys, ["addr", "fsm", "last_applied_index", "leader", "node_id", "nodes", "raft"]);
+        assert_eq!(keys, ["addr", "fsm", "last_applied_index", "leader", "node_id", "nodes", "raft", "watch"]);
+        assert_eq!(
+            v["watch"],
+            json!({
+                "watchers": 2, "notifications": 9, "history_oldest_index": 3, "history_events": 4, "history_bytes": 5,
+            })
+        );
         Ok(())
     }
 
@@ -274,7 +403,7 @@ mod tests {
     fn stat_of_a_learner_without_a_known_leader() -> Result<(), Box<dyn std::error::Error>> {
         let mut m = metrics(2, ServerState::Learner)?;
         m.current_leader = None;
-        let v = stats(&NodeId::from(2), &info(2), &m, 0, 0);
+        let v = stats(&NodeId::from(2), &info(2), &m, 0, 0, &fsm::WatchStats::default());
         assert_eq!(v["leader"], json!({ "node_id": "", "addr": "" }));
         assert_eq!(v["raft"]["state"], "Follower");
         assert_eq!(v["raft"]["voter"], false);

@@ -35,6 +35,27 @@ pub struct StatResponse {
     #[prost(string, tag = "1")]
     pub stats: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchRequest {
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub min_index: u64,
+    #[prost(int64, tag = "3")]
+    pub timeout_seconds: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchResponse {
+    /// The key's value; "" for a missing key.
+    #[prost(string, tag = "1")]
+    pub value: ::prost::alloc::string::String,
+    /// The index the value reflects: resume with min_index = current_index + 1.
+    #[prost(uint64, tag = "2")]
+    pub current_index: u64,
+    /// The node installed a snapshot; the next message carries the restored value.
+    #[prost(bool, tag = "3")]
+    pub abandoned: bool,
+}
 /// Generated client implementations.
 pub mod example_client {
     #![allow(unused_variables, dead_code, missing_docs, clippy::wildcard_imports, clippy::let_unit_value)]
@@ -161,6 +182,25 @@ pub mod example_client {
             req.extensions_mut().insert(GrpcMethod::new("Example", "Stat"));
             self.inner.unary(req, path, codec).await
         }
+        /// Watch streams a key's value: at once when min_index is 0 or the key changed at or
+        /// after min_index, then each time it changes; after timeout_seconds without a change
+        /// (\<= 0: 5 minutes) the current value again. When the node installs a snapshot it sends
+        /// {abandoned: true} and then the restored value.
+        pub async fn watch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchRequest>,
+        ) -> std::result::Result<tonic::Response<tonic::codec::Streaming<super::WatchResponse>>, tonic::Status>
+        {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/Example/Watch");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("Example", "Watch"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -187,6 +227,18 @@ pub mod example_server {
             &self,
             request: tonic::Request<super::StatRequest>,
         ) -> std::result::Result<tonic::Response<super::StatResponse>, tonic::Status>;
+        /// Server streaming response type for the Watch method.
+        type WatchStream: tonic::codegen::tokio_stream::Stream<Item = std::result::Result<super::WatchResponse, tonic::Status>>
+            + std::marker::Send
+            + 'static;
+        /// Watch streams a key's value: at once when min_index is 0 or the key changed at or
+        /// after min_index, then each time it changes; after timeout_seconds without a change
+        /// (\<= 0: 5 minutes) the current value again. When the node installs a snapshot it sends
+        /// {abandoned: true} and then the restored value.
+        async fn watch(
+            &self,
+            request: tonic::Request<super::WatchRequest>,
+        ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ExampleServer<T> {
@@ -338,6 +390,35 @@ pub mod example_server {
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
                             .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/Example/Watch" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchSvc<T: Example>(pub Arc<T>);
+                    impl<T: Example> tonic::server::ServerStreamingService<super::WatchRequest> for WatchSvc<T> {
+                        type Response = super::WatchResponse;
+                        type ResponseStream = T::WatchStream;
+                        type Future = BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::WatchRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Example>::watch(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
