@@ -186,6 +186,12 @@ async fn example_service_refuses_bad_input_with_clear_statuses() -> TestResult {
     // Watch: the current value at once (min_index 0), then each change to the key, and the
     // current value again after timeout_seconds without one (the seed's heartbeat).
     let first = add(node, "compat-watch", "one").await?;
+    // The write was acknowledged by the leader; this node (a follower) answers from its own
+    // state, so let it apply the write first.
+    wait_for_value("the follower to apply the write", Duration::from_secs(10), || async {
+        get(node, "compat-watch", false).await.ok().filter(|g| g.value == "one")
+    })
+    .await?;
     let req = WatchRequest { key: "compat-watch".into(), min_index: 0, timeout_seconds: 1 };
     let mut watch = example(node)?.watch(Request::new(req)).await?.into_inner();
     let m = next(&mut watch).await??.ok_or("the watch ended")?;

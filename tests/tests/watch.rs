@@ -312,6 +312,13 @@ async fn a_snapshot_install_abandons_watchers_then_delivers_the_restored_value()
     let first = tokio::time::timeout(MESSAGE_TIMEOUT, seed.message()).await??.ok_or("the seed watch ended")?;
     assert_eq!(first.value, "before");
     let blocking = blocking_get(node, "snap/key", u64::MAX - 1, 120_000)?;
+    // The blocking read is sent from a task: make sure the node holds it (three watchers:
+    // native, seed, blocking read) before the node is paused, or it could arrive after the
+    // snapshot install and simply wait.
+    wait_for("the blocking read to be registered", Duration::from_secs(10), || async {
+        watch_stats(node).await.is_ok_and(|w| w["watchers"] == 3)
+    })
+    .await?;
 
     // The follower is cut off while the leader writes, snapshots and purges its log.
     node.pause();
