@@ -10,8 +10,7 @@
 use std::time::{Duration, Instant};
 
 use client::admin::{GossipLiveness, StatusResponse};
-use client::{Client, ClientOptions};
-use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, raftkvctl, refused_start, test_options, wait_for};
+use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, raftkvctl, refused_start, wait_for};
 
 const GOSSIP_INTERVAL_MS: u64 = 100;
 const PHI_THRESHOLD: f64 = 8.0;
@@ -204,8 +203,16 @@ async fn a_node_restarted_on_new_ports_is_reached_through_gossip() -> TestResult
     // n2 leads; n3 forwards a write to n2's new client address, which only gossip has.
     let transferred = cluster.transfer_leader(Some("n2"), Duration::from_secs(30)).await?;
     assert_eq!(transferred.leader_id, "n2");
-    let via_n3 = Client::new([nodes[2].grpc_addr.clone()], ClientOptions { max_retries: 20, ..test_options() })?;
-    let put = via_n3.put("forwarded", "3").await?;
+    // A bare gRPC client (no leader hints followed, no retries): only n3's own forwarding
+    // can make this succeed.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", nodes[2].grpc_addr))?.connect().await?;
+    let mut req = tonic::Request::new(client::kv::PutRequest {
+        key: "forwarded".into(),
+        value: "3".into(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(20));
+    let put = client::kv::kv_client::KvClient::new(channel).put(req).await?.into_inner();
     assert_eq!(put.header.map(|h| h.node_id).as_deref(), Some("n2"), "served by the leader n2 after forwarding");
     let got = n2_client.get("forwarded").await?;
     assert!(got.found);
