@@ -11,6 +11,8 @@
 
 #![allow(clippy::print_stderr, clippy::missing_panics_doc)]
 
+pub mod checker;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
