@@ -662,10 +662,7 @@ mod tests {
 
     #[test]
     fn index_going_back_is_caught() {
-        let h = [
-            op(0, 0, 10, Input::Put(1), ok(Output::Put, 9)),
-            op(0, 20, 30, Input::Get, read(Some((1, 9)), 7)),
-        ];
+        let h = [op(0, 0, 10, Input::Put(1), ok(Output::Put, 9)), op(0, 20, 30, Input::Get, read(Some((1, 9)), 7))];
         let r = check(&h, BUDGET);
         assert!(r.violations.iter().any(|v| matches!(v, Violation::IndexWentBack { .. })), "{:?}", r.violations);
     }
@@ -731,7 +728,10 @@ mod tests {
         }
         let ops: Vec<Operation> = ops
             .iter()
-            .filter(|o| matches!(o.outcome, Outcome::Ok { .. }) || (matches!(o.outcome, Outcome::Unknown(_)) && o.input.is_write()))
+            .filter(|o| {
+                matches!(o.outcome, Outcome::Ok { .. })
+                    || (matches!(o.outcome, Outcome::Unknown(_)) && o.input.is_write())
+            })
             .cloned()
             .collect();
         go(&ops, &mut vec![false; ops.len()], None)
@@ -764,7 +764,11 @@ mod tests {
                         let expected = 1 + rng.below(next_value as u64) as ValueId;
                         (
                             Input::Cas { expected, new: next_value - 1 },
-                            if rng.below(4) == 0 { unknown() } else { ok(Output::Cas { succeeded: rng.below(2) == 0 }, 0) },
+                            if rng.below(4) == 0 {
+                                unknown()
+                            } else {
+                                ok(Output::Cas { succeeded: rng.below(2) == 0 }, 0)
+                            },
                         )
                     }
                 };

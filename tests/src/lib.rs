@@ -11,7 +11,9 @@
 
 #![allow(clippy::print_stderr, clippy::missing_panics_doc)]
 
+pub mod chaos;
 pub mod checker;
+pub mod proxy;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub struct NodeProc {
     /// The gossip (UDP) address from `listen.json`, when the node runs gossip.
     pub gossip_addr: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
+    bin_dir: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -78,6 +82,8 @@ impl NodeProc {
             raft_addr: "127.0.0.1:0".into(),
             gossip_addr: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            env: Vec::new(),
+            bin_dir: None,
             child: None,
             log: data_dir.join(format!("{id}.log")),
         };
@@ -92,7 +98,11 @@ impl NodeProc {
     fn spawn(&mut self, bootstrap: bool) -> Result<(), BoxError> {
         let _ = std::fs::remove_file(self.listen_file());
         let log = File::options().create(true).append(true).open(&self.log)?;
-        let mut cmd = Command::new(binary("raftkv"));
+        let program = match &self.bin_dir {
+            Some(dir) => dir.join("raftkv"),
+            None => binary("raftkv"),
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--raft_id")
             .arg(&self.id)
             .arg("--grpc_addr")
@@ -102,6 +112,7 @@ impl NodeProc {
             .arg("--raft_data_dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -613,6 +624,23 @@ impl NodeProc {
         bootstrap: bool,
         extra: &[String],
     ) -> Result<Self, BoxError> {
+        Self::start_full(id, data_dir, grpc_addr, raft_addr, bootstrap, extra, &[], None)
+    }
+
+    /// Starts a node on the given addresses (port 0: from the OS) with extra arguments, extra
+    /// environment variables, and the `raftkv` binary of `bin_dir` (default [`bin_dir`]).
+    /// Restarts keep all of them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_full(
+        id: &str,
+        data_dir: &Path,
+        grpc_addr: &str,
+        raft_addr: &str,
+        bootstrap: bool,
+        extra: &[String],
+        env: &[(String, String)],
+        bin_dir: Option<&Path>,
+    ) -> Result<Self, BoxError> {
         let mut node = NodeProc {
             id: id.to_string(),
             data_dir: data_dir.to_path_buf(),
@@ -620,6 +648,8 @@ impl NodeProc {
             raft_addr: raft_addr.to_string(),
             gossip_addr: None,
             extra: extra.to_vec(),
+            env: env.to_vec(),
+            bin_dir: bin_dir.map(Path::to_path_buf),
             child: None,
             log: data_dir.join(format!("{id}.log")),
         };
