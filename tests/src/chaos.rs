@@ -5,7 +5,7 @@
 //! - **Nodes** bind distinct loopback addresses (`127.0.0.11`, `127.0.0.12`, ...), ports
 //!   from the OS.
 //! - **Links**: for every ordered pair of nodes (i, j) the harness runs two
-//!   [`proxy::Link`]s, one for i's Raft calls to j and one for i's forwarded client calls to
+//!   [`crate::proxy::Link`]s, one for i's Raft calls to j and one for i's forwarded client calls to
 //!   j, and starts node i with static `--peers j=RAFT_LINK@GRPC_LINK`. The engine's resolver
 //!   asks static peers before the membership (gossip is off), so all of i's traffic to j
 //!   goes through links the harness controls, and a link's port names its source and
@@ -150,11 +150,18 @@ impl Plan {
     /// third of that), each lasting 1 to 4 s, so consecutive faults overlap.
     #[must_use]
     pub fn draw(seed: u64, duration: Duration, count: usize) -> Self {
+        Self::draw_from(seed, duration, count, &FaultKind::ALL)
+    }
+
+    /// As [`Plan::draw`], from the given kinds only.
+    #[must_use]
+    pub fn draw_from(seed: u64, duration: Duration, count: usize, kinds: &[FaultKind]) -> Self {
+        let kinds = if kinds.is_empty() { &FaultKind::ALL[..] } else { kinds };
         let mut rng = Rng::new(seed ^ 0xfa17);
         let slot = duration / u32::try_from(count.max(1)).unwrap_or(1);
         let mut faults = Vec::new();
         for k in 0..count {
-            let kind = FaultKind::ALL[usize::try_from(rng.below(FaultKind::ALL.len() as u64)).unwrap_or(0)];
+            let kind = kinds[usize::try_from(rng.below(kinds.len() as u64)).unwrap_or(0)];
             let base = slot * u32::try_from(k).unwrap_or(0);
             let at = base + rng.between(Duration::ZERO, slot * 2 / 3);
             let hold = match kind {
@@ -186,6 +193,8 @@ pub struct ChaosConfig {
     pub keys: usize,
     /// Faults planned.
     pub faults: usize,
+    /// The kinds drawn from (empty: all).
+    pub kinds: Vec<FaultKind>,
     /// Extra arguments for every node (e.g. nothing, or what a canary needs).
     pub node_args: Vec<String>,
     /// Extra environment for every node (crash points, planted bugs).
@@ -206,6 +215,7 @@ impl ChaosConfig {
             clients: 8,
             keys: 6,
             faults: 7,
+            kinds: Vec::new(),
             node_args: Vec::new(),
             node_env: Vec::new(),
             bin_dir: None,
@@ -556,31 +566,61 @@ async fn session(
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let plan = Plan::draw(cfg.seed, cfg.duration, cfg.faults);
+    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
 
-    let history = Arc::new(History::new());
-    let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("chaos-{}-k{k}", cfg.seed)).collect());
-    let values = Arc::new(AtomicU32::new(1));
-    let stop = Arc::new(AtomicBool::new(false));
-    let endpoints = net.endpoints();
-    let sessions: Vec<_> = (0..cfg.clients)
-        .map(|c| {
-            // Each session starts at another node.
-            let mut eps = endpoints.clone();
-            let len = eps.len();
-            eps.rotate_left(c % len);
-            let client = Client::new(eps, session_options());
-            let (h, k, v, s) = (history.clone(), keys.clone(), values.clone(), stop.clone());
-            let seed = cfg.seed;
-            tokio::spawn(async move {
-                if let Ok(client) = client {
-                    session(c, client, h, k, v, s, seed).await;
-                }
-            })
-        })
-        .collect();
-
+    let workload = Workload::start(&net, cfg);
     run_faults(&mut net, &plan, cfg, &mut report).await;
+    finish(net, workload, report).await
+}
+
+/// The recording sessions of one run.
+struct Workload {
+    history: Arc<History>,
+    keys: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    sessions: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(net: &Net, cfg: &ChaosConfig) -> Self {
+        let history = Arc::new(History::new());
+        let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("chaos-{}-k{k}", cfg.seed)).collect());
+        let values = Arc::new(AtomicU32::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoints = net.endpoints();
+        let sessions = (0..cfg.clients)
+            .map(|c| {
+                // Each session starts at another node.
+                let mut eps = endpoints.clone();
+                let len = eps.len();
+                eps.rotate_left(c % len);
+                let client = Client::new(eps, session_options());
+                let (h, k, v, s) = (history.clone(), keys.clone(), values.clone(), stop.clone());
+                let seed = cfg.seed;
+                tokio::spawn(async move {
+                    if let Ok(client) = client {
+                        session(c, client, h, k, v, s, seed).await;
+                    }
+                })
+            })
+            .collect();
+        Self { history, keys, stop, sessions }
+    }
+
+    /// Waits until `n` more operations than now have completed.
+    async fn progress(&self, n: usize, timeout: Duration) -> Result<(), BoxError> {
+        let target = self.history.operations().len() + n;
+        wait_for(&format!("{target} operations"), timeout, || {
+            std::future::ready(self.history.operations().len() >= target)
+        })
+        .await
+    }
+}
+
+/// Stops the sessions, heals, resolves unknown writes, reads every key, checks the history,
+/// compares the replicas and stops every node.
+async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
+    let Workload { history, keys, stop, sessions } = workload;
     stop.store(true, Ordering::Relaxed);
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
@@ -610,6 +650,77 @@ pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError>
         }
     }
     Ok(report)
+}
+
+/// Where a crash point is reached and what makes it happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashTrigger {
+    /// Client writes (append, apply, purge with a small snapshot threshold).
+    Load,
+    /// An election: the leader is killed, so the follower saves a vote.
+    Election,
+    /// The follower is down while the leader snapshots and purges past it; on its restart
+    /// the leader sends it a snapshot.
+    SnapshotTransfer,
+}
+
+/// Arms crash point `point` (see `bin/raftkv/src/crash.rs`) in one follower, run with the
+/// testing binary of `cfg.bin_dir`, under the usual sessions; checks that the follower
+/// aborted there, restarts it without the crash point, and runs every check.
+pub async fn run_crash_point(
+    cfg: &ChaosConfig,
+    point: &str,
+    trigger: CrashTrigger,
+) -> Result<ScheduleReport, BoxError> {
+    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let mut net = Net::start(cfg).await?;
+    let workload = Workload::start(&net, cfg);
+    workload.progress(100, Duration::from_secs(60)).await?;
+    let leader = net.leader(&[]).await.ok_or("no leader")?;
+    let target = (leader + 1) % net.nodes.len();
+    let leader_addr = net.nodes[leader].grpc_addr.clone();
+    let status = || {
+        let addr = leader_addr.clone();
+        async move { Client::new([addr], quick_options())?.status().await.map_err(BoxError::from) }
+    };
+    net.nodes[target].kill();
+    if trigger == CrashTrigger::SnapshotTransfer {
+        let behind = status().await?.last_log_index;
+        wait_for("the leader to purge past the stopped follower", Duration::from_secs(120), || async {
+            status().await.is_ok_and(|s| s.purged_index > behind)
+        })
+        .await?;
+    }
+    let mut env = cfg.node_env.clone();
+    env.push(("RAFTKV_CRASH_AT".into(), point.into()));
+    net.nodes[target].set_env(env);
+    // A crash point of the apply path may be reached while the node re-applies its log on
+    // start, before it listens: that is a crash at the point too.
+    let crashed_on_start = net.nodes[target].restart(false).is_err();
+    report.faults.push(format!("crash point {point} armed in {}", net.nodes[target].id));
+    if trigger == CrashTrigger::Election && !crashed_on_start {
+        net.nodes[leader].kill();
+        report.faults.push(format!("KillLeader {}", net.nodes[leader].id));
+    }
+    let exit = if crashed_on_start { Some(false) } else { net.nodes[target].wait_exit(Duration::from_secs(90)) };
+    match exit {
+        Some(false) if net.nodes[target].log().contains("crash point reached") => {
+            report.faults.push(format!("{} aborted at {point}", net.nodes[target].id));
+        }
+        other => report.violations.push(format!(
+            "{} did not abort at {point} (exit: {other:?}); log:\n{}",
+            net.nodes[target].id,
+            net.nodes[target].log_tail()
+        )),
+    }
+    net.nodes[target].kill();
+    net.nodes[target].set_env(cfg.node_env.clone());
+    net.nodes[target].restart(false)?;
+    if net.nodes[leader].pid().is_none() {
+        net.nodes[leader].restart(false)?;
+    }
+    workload.progress(100, Duration::from_secs(60)).await?;
+    finish(net, workload, report).await
 }
 
 /// Runs the plan: starts and ends faults at their times.

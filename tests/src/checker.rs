@@ -184,7 +184,7 @@ pub enum Violation {
     /// A read returned a value no operation of that key writes.
     PhantomValue {
         /// The read.
-        op: Operation,
+        op: Box<Operation>,
     },
     /// A value was seen at two different indexes, or at another index than its write's
     /// acknowledgement: the write was applied more than once.
@@ -203,7 +203,7 @@ pub enum Violation {
         /// The higher index it saw first.
         before: u64,
         /// The operation answered with a lower one.
-        op: Operation,
+        op: Box<Operation>,
     },
 }
 
@@ -290,7 +290,7 @@ fn check_values(ops: &[Operation], violations: &mut Vec<Violation>) {
         if let Outcome::Ok { output: Output::Get(Some((v, modify_index))), .. } = op.outcome {
             match writes.get(&v) {
                 Some((key, _, _)) if *key == op.key => seen.entry(v).or_default().push(modify_index),
-                _ => violations.push(Violation::PhantomValue { op: op.clone() }),
+                _ => violations.push(Violation::PhantomValue { op: Box::new(op.clone()) }),
             }
         }
     }
@@ -305,21 +305,35 @@ fn check_values(ops: &[Operation], violations: &mut Vec<Violation>) {
     }
 }
 
-/// Per client, answers' indexes never decrease.
+/// Per client, an answer's index is at least that of every answer the client had before it
+/// sent the request. (A client's operations are sequential, except a write of unknown outcome
+/// that the harness resolved by sending it again at the end: it completes only then.)
 fn check_indexes(ops: &[Operation], violations: &mut Vec<Violation>) {
     let mut by_client: BTreeMap<usize, Vec<&Operation>> = BTreeMap::new();
     for op in ops {
         by_client.entry(op.client).or_default().push(op);
     }
-    for (client, mut client_ops) in by_client {
-        client_ops.sort_by_key(|o| o.invoke);
-        let mut highest = 0;
-        for op in client_ops {
-            if let Outcome::Ok { index, .. } = op.outcome {
-                if index < highest {
-                    violations.push(Violation::IndexWentBack { client, before: highest, op: op.clone() });
-                }
-                highest = highest.max(index);
+    for (client, client_ops) in by_client {
+        let mut by_invoke = client_ops.clone();
+        by_invoke.sort_by_key(|o| o.invoke);
+        let mut by_complete: Vec<(u64, u64)> = client_ops
+            .iter()
+            .filter_map(|o| match o.outcome {
+                Outcome::Ok { index, .. } => Some((o.complete, index)),
+                _ => None,
+            })
+            .collect();
+        by_complete.sort_unstable();
+        let (mut done, mut highest) = (0, 0);
+        for op in by_invoke {
+            while done < by_complete.len() && by_complete[done].0 < op.invoke {
+                highest = highest.max(by_complete[done].1);
+                done += 1;
+            }
+            if let Outcome::Ok { index, .. } = op.outcome
+                && index < highest
+            {
+                violations.push(Violation::IndexWentBack { client, before: highest, op: Box::new(op.clone()) });
             }
         }
     }

@@ -50,6 +50,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The directory of the testing build of `raftkv` (features `failpoints` and
+/// `planted-bugs`): `RAFTKV_TESTING_BIN_DIR`, or `raftkv-testing/` in [`bin_dir`], where
+/// `cargo xtask test` puts it. Panics with a clear message when it was not built.
+#[must_use]
+pub fn testing_bin_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("RAFTKV_TESTING_BIN_DIR").map_or_else(|| bin_dir().join("raftkv-testing"), PathBuf::from);
+    assert!(
+        dir.join("raftkv").exists(),
+        "{} not found: run the tests with `cargo xtask test`, which builds raftkv with features failpoints and planted-bugs there",
+        dir.join("raftkv").display()
+    );
+    dir
+}
+
 /// Timing flags that make elections quick on loopback.
 pub const FAST_TIMING: [&str; 4] = ["--heartbeat_interval", "50ms", "--election_timeout", "500ms"];
 
@@ -213,6 +228,11 @@ impl NodeProc {
                 _ => return None,
             }
         }
+    }
+
+    /// Replaces the extra environment variables, for the next start.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// Starts the node again on the same ports and directory.

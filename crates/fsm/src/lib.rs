@@ -51,6 +51,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use tokio::sync::watch;
 use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, codec};
 
+/// A crash point: with feature `failpoints`, `fail::fail_point!(name)` (the `raftkv` binary
+/// arms one with an `abort()` callback); without it, nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
@@ -383,6 +392,7 @@ impl StateMachine {
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot copy", e.into_error()))?;
             file.sync_all().map_err(|e| Error::io("syncing snapshot copy", e))?;
             let copy = SnapshotFile::open(&part)?;
+            crash_point!("fsm::install-snapshot");
             self.rebuild_from(&copy, meta)?;
             let path = part.with_extension(SNAPSHOT_EXT);
             fs::rename(&part, &path).map_err(|e| Error::io("renaming snapshot", e))?;
@@ -589,12 +599,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responders.push(responder);
         }
         let Some(last) = batch.last().map(|e| e.log_id.index) else { return Ok(()) };
+        crash_point!("fsm::apply");
         let results = self
             .blocking(move |sm| {
                 let db = sm.db();
                 sm.apply_batch(&db, &batch)
             })
             .await?;
+        crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
