@@ -932,25 +932,8 @@ async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError
 }
 
 async fn wait_settled(net: &Net) -> Result<(), BoxError> {
-    wait_for("the cluster to settle", Duration::from_secs(60), || async {
-        let mut seen = Vec::new();
-        let mut committed = 0;
-        let mut applied = Vec::new();
-        for node in &net.nodes {
-            let Ok(c) = node.client() else { return false };
-            let Ok(s) = c.status().await else { return false };
-            if s.leader_id.is_empty() {
-                return false;
-            }
-            if s.state == RaftState::Leader as i32 {
-                committed = s.committed_index;
-            }
-            seen.push(s.leader_id);
-            applied.push(s.applied_index);
-        }
-        committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
-    })
-    .await
+    let nodes: Vec<&NodeProc> = net.nodes.iter().collect();
+    crate::wait_nodes_settled(&nodes, Duration::from_secs(60)).await
 }
 
 /// Sends every write of unknown outcome again with its request id; returns the records to

@@ -564,26 +564,33 @@ impl Cluster {
     /// index), and has applied as far as the leader has committed. Unlike
     /// [`Cluster::wait_converged`], it does not expect every node to be a voter.
     pub async fn wait_settled(&self, timeout: Duration) -> TestResult {
-        wait_for("the cluster to settle", timeout, || async {
-            let mut seen = Vec::new();
-            let mut committed = 0;
-            let mut applied = Vec::new();
-            for i in self.running() {
-                let Ok(c) = self.nodes[i].client() else { return false };
-                let Ok(s) = c.status().await else { return false };
-                if s.leader_id.is_empty() {
-                    return false;
-                }
-                if s.state == RaftState::Leader as i32 {
-                    committed = s.committed_index;
-                }
-                seen.push((s.leader_id, s.membership_index));
-                applied.push(s.applied_index);
-            }
-            committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
-        })
-        .await
+        let running: Vec<&NodeProc> = self.running().into_iter().map(|i| &self.nodes[i]).collect();
+        wait_nodes_settled(&running, timeout).await
     }
+}
+
+/// Waits until every node of `nodes` knows the same leader and the same membership (by
+/// index), and has applied as far as the leader has committed.
+pub async fn wait_nodes_settled(nodes: &[&NodeProc], timeout: Duration) -> TestResult {
+    wait_for("the cluster to settle", timeout, || async {
+        let mut seen = Vec::new();
+        let mut committed = 0;
+        let mut applied = Vec::new();
+        for node in nodes {
+            let Ok(c) = node.client() else { return false };
+            let Ok(s) = c.status().await else { return false };
+            if s.leader_id.is_empty() {
+                return false;
+            }
+            if s.state == RaftState::Leader as i32 {
+                committed = s.committed_index;
+            }
+            seen.push((s.leader_id, s.membership_index));
+            applied.push(s.applied_index);
+        }
+        committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
+    })
+    .await
 }
 
 /// Runs `raftkv` with `args` (plus a fresh data directory and port-0 addresses), expecting it
