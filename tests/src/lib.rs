@@ -11,6 +11,10 @@
 
 #![allow(clippy::print_stderr, clippy::missing_panics_doc)]
 
+pub mod chaos;
+pub mod checker;
+pub mod proxy;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -46,6 +50,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The directory of the testing build of `raftkv` (features `failpoints` and
+/// `planted-bugs`): `RAFTKV_TESTING_BIN_DIR`, or `raftkv-testing/` in [`bin_dir`], where
+/// `cargo xtask test` puts it. Panics with a clear message when it was not built.
+#[must_use]
+pub fn testing_bin_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("RAFTKV_TESTING_BIN_DIR").map_or_else(|| bin_dir().join("raftkv-testing"), PathBuf::from);
+    assert!(
+        dir.join("raftkv").exists(),
+        "{} not found: run the tests with `cargo xtask test`, which builds raftkv with features failpoints and planted-bugs there",
+        dir.join("raftkv").display()
+    );
+    dir
+}
+
 /// Timing flags that make elections quick on loopback.
 pub const FAST_TIMING: [&str; 4] = ["--heartbeat_interval", "50ms", "--election_timeout", "500ms"];
 
@@ -62,6 +81,8 @@ pub struct NodeProc {
     /// The gossip (UDP) address from `listen.json`, when the node runs gossip.
     pub gossip_addr: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
+    bin_dir: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -76,6 +97,8 @@ impl NodeProc {
             raft_addr: "127.0.0.1:0".into(),
             gossip_addr: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            env: Vec::new(),
+            bin_dir: None,
             child: None,
             log: data_dir.join(format!("{id}.log")),
         };
@@ -90,7 +113,11 @@ impl NodeProc {
     fn spawn(&mut self, bootstrap: bool) -> Result<(), BoxError> {
         let _ = std::fs::remove_file(self.listen_file());
         let log = File::options().create(true).append(true).open(&self.log)?;
-        let mut cmd = Command::new(binary("raftkv"));
+        let program = match &self.bin_dir {
+            Some(dir) => dir.join("raftkv"),
+            None => binary("raftkv"),
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--raft_id")
             .arg(&self.id)
             .arg("--grpc_addr")
@@ -100,6 +127,7 @@ impl NodeProc {
             .arg("--raft_data_dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -200,6 +228,11 @@ impl NodeProc {
                 _ => return None,
             }
         }
+    }
+
+    /// Replaces the extra environment variables, for the next start.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// Starts the node again on the same ports and directory.
@@ -531,26 +564,33 @@ impl Cluster {
     /// index), and has applied as far as the leader has committed. Unlike
     /// [`Cluster::wait_converged`], it does not expect every node to be a voter.
     pub async fn wait_settled(&self, timeout: Duration) -> TestResult {
-        wait_for("the cluster to settle", timeout, || async {
-            let mut seen = Vec::new();
-            let mut committed = 0;
-            let mut applied = Vec::new();
-            for i in self.running() {
-                let Ok(c) = self.nodes[i].client() else { return false };
-                let Ok(s) = c.status().await else { return false };
-                if s.leader_id.is_empty() {
-                    return false;
-                }
-                if s.state == RaftState::Leader as i32 {
-                    committed = s.committed_index;
-                }
-                seen.push((s.leader_id, s.membership_index));
-                applied.push(s.applied_index);
-            }
-            committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
-        })
-        .await
+        let running: Vec<&NodeProc> = self.running().into_iter().map(|i| &self.nodes[i]).collect();
+        wait_nodes_settled(&running, timeout).await
     }
+}
+
+/// Waits until every node of `nodes` knows the same leader and the same membership (by
+/// index), and has applied as far as the leader has committed.
+pub async fn wait_nodes_settled(nodes: &[&NodeProc], timeout: Duration) -> TestResult {
+    wait_for("the cluster to settle", timeout, || async {
+        let mut seen = Vec::new();
+        let mut committed = 0;
+        let mut applied = Vec::new();
+        for node in nodes {
+            let Ok(c) = node.client() else { return false };
+            let Ok(s) = c.status().await else { return false };
+            if s.leader_id.is_empty() {
+                return false;
+            }
+            if s.state == RaftState::Leader as i32 {
+                committed = s.committed_index;
+            }
+            seen.push((s.leader_id, s.membership_index));
+            applied.push(s.applied_index);
+        }
+        committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
+    })
+    .await
 }
 
 /// Runs `raftkv` with `args` (plus a fresh data directory and port-0 addresses), expecting it
@@ -611,6 +651,23 @@ impl NodeProc {
         bootstrap: bool,
         extra: &[String],
     ) -> Result<Self, BoxError> {
+        Self::start_full(id, data_dir, grpc_addr, raft_addr, bootstrap, extra, &[], None)
+    }
+
+    /// Starts a node on the given addresses (port 0: from the OS) with extra arguments, extra
+    /// environment variables, and the `raftkv` binary of `bin_dir` (default [`bin_dir`]).
+    /// Restarts keep all of them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_full(
+        id: &str,
+        data_dir: &Path,
+        grpc_addr: &str,
+        raft_addr: &str,
+        bootstrap: bool,
+        extra: &[String],
+        env: &[(String, String)],
+        bin_dir: Option<&Path>,
+    ) -> Result<Self, BoxError> {
         let mut node = NodeProc {
             id: id.to_string(),
             data_dir: data_dir.to_path_buf(),
@@ -618,6 +675,8 @@ impl NodeProc {
             raft_addr: raft_addr.to_string(),
             gossip_addr: None,
             extra: extra.to_vec(),
+            env: env.to_vec(),
+            bin_dir: bin_dir.map(Path::to_path_buf),
             child: None,
             log: data_dir.join(format!("{id}.log")),
         };

@@ -1,8 +1,10 @@
 //! `cargo xtask test [-- ARGS]`: the project's one test command.
 //!
-//! 1. `cargo build --workspace --bins`, so the cluster tests in `tests/` find
-//!    `target/debug/raftkv` and `target/debug/raftkvctl` (their path is passed in
-//!    `RAFTKV_BIN_DIR`).
+//! 1. The testing build of `raftkv` (features `failpoints` and `planted-bugs`), copied to
+//!    `target/debug/raftkv-testing/raftkv` for the crash-point and planted-bug tests (see
+//!    [`build_testing_binary`]); then `cargo build --workspace --bins`, so the cluster tests
+//!    in `tests/` find `target/debug/raftkv` and `target/debug/raftkvctl` (their path is
+//!    passed in `RAFTKV_BIN_DIR`).
 //! 2. `cargo test --workspace --doc` (nextest does not run doc tests).
 //! 3. `cargo nextest run --workspace --no-fail-fast --no-tests=warn ARGS` when cargo-nextest is installed
 //!    (profile from `NEXTEST_PROFILE`, see `.config/nextest.toml`), otherwise
@@ -25,6 +27,7 @@ pub(crate) fn run(root: &Path, extra: &[OsString]) -> Result<()> {
     let bin_dir = target_dir(root).join("debug");
 
     // Without the binaries no cluster test can run: stop at the first failure here.
+    build_testing_binary(root, "debug")?;
     run_checked(cargo(root).args(["build", "--workspace", "--bins"]))?;
 
     let mut failed = Vec::new();
@@ -68,4 +71,26 @@ fn nextest_available(root: &Path) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// Builds `raftkv` with the test-only features `failpoints` and `planted-bugs` and copies it
+/// to `target/<profile>/raftkv-testing/raftkv` (found by the tests there). Both are inert
+/// unless armed by environment variables, and this binary is never the one `cargo build`
+/// leaves in `target/<profile>/raftkv`: the normal build runs after it. Cargo keeps each
+/// feature set's artifacts apart, so switching between the two builds recompiles nothing.
+pub(crate) fn build_testing_binary(root: &Path, profile: &str) -> Result<()> {
+    let mut build = cargo(root);
+    build.args(["build", "-p", "raftkv", "--features", "failpoints,planted-bugs"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    run_checked(&mut build)?;
+    let dir = target_dir(root).join(profile);
+    let testing = dir.join("raftkv-testing");
+    std::fs::create_dir_all(&testing)?;
+    // Copy (not hard-link): the next normal build replaces target/<profile>/raftkv.
+    let tmp = testing.join("raftkv.tmp");
+    std::fs::copy(dir.join("raftkv"), &tmp)?;
+    std::fs::rename(&tmp, testing.join("raftkv"))?;
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! or SIGTERM, then shuts down gracefully. `raftkv recover` and `raftkv restore` work on a
 //! stopped node's data ([`offline`]).
 
+#[cfg(feature = "failpoints")]
+mod crash;
 mod offline;
 
 use std::path::PathBuf;
@@ -263,6 +265,8 @@ fn run(args: Args) -> Result<()> {
     if let Some(cmd) = args.command {
         return offline::run(cmd);
     }
+    #[cfg(feature = "failpoints")]
+    crash::arm_from_env()?;
     let id = args.raft_id.context("--raft_id is required")?;
     let mut config = NodeConfig::new(id);
     config.raft_addr = args.raft_addr;

@@ -193,6 +193,14 @@ impl NodeConfig {
             // Replicate entries as soon as they are written to the leader's log, in parallel
             // with its fsync; commitment still waits for a quorum of fsyncs.
             broadcast_submitted_on_append: Some(true),
+            // A node that led before a restart starts as a follower and is elected again,
+            // committing a fresh blank entry in a new term. openraft's default restores it
+            // as leader of its old term at once; its committed index then comes from storage,
+            // which may be behind (saved without an fsync), and a ReadIndex read it serves
+            // before the next commit can miss acknowledged writes. The fault suite found
+            // this (`tests/chaos.rs`, seeds 4 and 5: stale reads right after a restart of all
+            // nodes).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|e| EngineError::Config(format!("invalid Raft settings: {e}")))

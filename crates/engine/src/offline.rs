@@ -12,8 +12,8 @@
 //! 3. the committed log id is set to that entry (and made durable).
 //!
 //! On the next start openraft applies every entry up to the new committed one, the new
-//! membership included, and (having a committed vote for itself) resumes as leader of term
-//! `T + 1`. Nothing is rewritten or deleted: the entries before the new one stay where they
+//! membership included; it starts as a follower (the engine never restores leadership on
+//! restart) and, as the only voter, elects itself in a term after `T + 1`. Nothing is rewritten or deleted: the entries before the new one stay where they
 //! are, and the history is one a real election could have produced, so openraft's invariants
 //! (log ids grow; the vote is at least the last log's leader) hold. The data (the state
 //! machine and its snapshot) is untouched, except that `restore` installs the backup first.

@@ -62,6 +62,16 @@ pub use changes::{
     Changes, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, Event, EventKind, HistoryLimits, MAX_WATCHERS,
     WATCHER_BUFFER_BYTES, WATCHER_BUFFER_MESSAGES, WatchStart, WatchStats, Watcher,
 };
+
+/// A crash point: with feature `failpoints`, `fail::fail_point!(name)` (the `raftkv` binary
+/// arms one with an `abort()` callback); without it, nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
@@ -447,6 +457,7 @@ impl StateMachine {
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot copy", e.into_error()))?;
             file.sync_all().map_err(|e| Error::io("syncing snapshot copy", e))?;
             let copy = SnapshotFile::open(&part)?;
+            crash_point!("fsm::install-snapshot");
             self.rebuild_from(&copy, meta)?;
             // Every blocking read and watch learns its state was replaced, before any later
             // apply can publish a change.
@@ -656,12 +667,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responders.push(responder);
         }
         let Some(last) = batch.last().map(|e| e.log_id.index) else { return Ok(()) };
+        crash_point!("fsm::apply");
         let results = self
             .blocking(move |sm| {
                 let db = sm.db();
                 sm.apply_batch(&db, &batch)
             })
             .await?;
+        crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {

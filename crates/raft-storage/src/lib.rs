@@ -36,6 +36,24 @@ use openraft::{OptionalSend, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use types::{Entry, LogId, TypeConfig, Vote, codec};
 
+/// A crash point: with feature `failpoints`, `fail::fail_point!(name)` (the `raftkv` binary
+/// arms one with an `abort()` callback); without it, nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
+/// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
+/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): appends are reported flushed as soon as they are
+/// written, before the flusher's fsync. A test-only bug the fault suite must catch.
+#[cfg(feature = "planted-bugs")]
+fn ack_before_fsync() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "ack-before-fsync"))
+}
+
 /// Log entries by index; the value is a [`codec`]-encoded [`Entry`].
 const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_logs");
 /// Small named values: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`].
@@ -265,7 +283,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = codec::encode(vote).map_err(Error::from)?;
-        Ok(self.blocking(move |db| Self::write_meta(db, KEY_VOTE, bytes, Durability::Immediate)).await?)
+        crash_point!("raft-storage::save-vote");
+        self.blocking(move |db| Self::write_meta(db, KEY_VOTE, bytes, Durability::Immediate)).await?;
+        crash_point!("raft-storage::save-vote-done");
+        Ok(())
     }
 
     /// Records the committed log id **without** an fsync of its own: it becomes durable with
@@ -294,6 +315,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<_, _>>()
             .map_err(Error::from)?;
         let count = encoded.len();
+        crash_point!("raft-storage::append");
         let result = self
             .blocking(move |db| {
                 let mut txn = db.begin_write()?;
@@ -312,6 +334,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match result {
             Ok(()) => {
                 tracing::trace!(entries = count, "log append written; waiting for its fsync");
+                crash_point!("raft-storage::append-written");
+                #[cfg(feature = "planted-bugs")]
+                let callback = {
+                    if ack_before_fsync() {
+                        callback.io_completed(Ok(()));
+                        return Ok(());
+                    }
+                    callback
+                };
                 let sent = match &self.flusher.tx {
                     Some(tx) => tx.send(callback),
                     None => Err(std::sync::mpsc::SendError(callback)),
@@ -352,6 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        crash_point!("raft-storage::purge");
         let upto = log_id.index;
         let bytes = codec::encode(&log_id).map_err(Error::from)?;
         self.blocking(move |db| {

@@ -218,6 +218,11 @@ impl NodeContext {
             let Ok(local) = local else { return Err(unavailable()) };
             match local {
                 Ok(index) => return Ok(index),
+                // The planted bug "stale read": a follower answers from its own state.
+                #[cfg(feature = "planted-bugs")]
+                Err(BarrierError::NotLeader { leader: Some((id, _)) }) if id != self.id && planted_stale_read() => {
+                    return Ok(self.sm.applied_index());
+                }
                 Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
                     let Some(raft_addr) = self.resolver.resolve_or(&id, node).map(|n| n.raft_addr) else {
                         return Err(ServiceError::NotLeader { id, addr: None });
@@ -291,4 +296,13 @@ enum ReadIndexFailure {
     NotLeader,
     /// Anything else, mapped.
     Other(ServiceError),
+}
+
+/// Whether the planted bug "stale read" is armed (feature `planted-bugs` and
+/// `RAFTKV_PLANTED_BUG=stale-read`): a follower serves linearizable reads from its own
+/// state without the leader's read index. A test-only bug the fault suite must catch.
+#[cfg(feature = "planted-bugs")]
+fn planted_stale_read() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "stale-read"))
 }

@@ -1,0 +1,1023 @@
+//! The fault harness: a cluster of real `raftkv` processes behind controllable links,
+//! concurrent clients recording a history, a seeded schedule of overlapping faults, then
+//! every check.
+//!
+//! - **Nodes** bind distinct loopback addresses (`127.0.0.11`, `127.0.0.12`, ...), ports
+//!   from the OS.
+//! - **Links**: for every ordered pair of nodes (i, j) the harness runs two
+//!   [`crate::proxy::Link`]s, one for i's Raft calls to j and one for i's forwarded client calls to
+//!   j, and starts node i with static `--peers j=RAFT_LINK@GRPC_LINK`. The engine's resolver
+//!   asks static peers before the membership (gossip is off), so all of i's traffic to j
+//!   goes through links the harness controls, and a link's port names its source and
+//!   destination. No product change is needed. Clients talk to the nodes directly.
+//! - **Faults** ([`FaultKind`]): symmetric isolation of the leader or a follower, one-way
+//!   partitions, link delay (75 ± 50 ms), connection resets, SIGKILL of the leader or a
+//!   follower (restarted when the fault ends), SIGSTOP/SIGCONT of the leader or a follower
+//!   for longer than the election timeout, restart of all nodes, leader transfer, and a
+//!   membership change (a follower demoted to learner, promoted back when the fault ends).
+//!   A [`Plan`] draws them from the seed: at least `faults` of them, overlapping, spread
+//!   over the traffic phase.
+//! - **Clients**: `clients` sessions, each a `client::Client` over every node, running get,
+//!   put, delete and compare-and-set (a `Txn` comparing the value) on a few keys; every
+//!   write has a request id of the harness's own and writes a value nobody else writes.
+//!   Each operation is recorded ([`checker::History`]).
+//! - **After the schedule**: every fault is healed, killed nodes restart, demoted nodes are
+//!   promoted; writes of unknown outcome are sent again with the same request id (the node
+//!   answers the first outcome if it was applied, or applies it now), a final read of every
+//!   key closes the history; [`checker::check`] runs; every replica's full scan (`STALE`
+//!   range at the same applied index) must be identical; every node must stop cleanly.
+//!
+//! Everything random comes from the seed, so a failing schedule is replayed by its seed
+//! (process timing still varies from run to run).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use client::kv::{
+    Compare, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    request_op,
+};
+use client::{Client, ClientError, ClientOptions, RaftState, Suffrage};
+
+use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, Violation};
+use crate::proxy::{Link, Mode};
+use crate::{BoxError, NodeProc, wait_for};
+
+/// A small deterministic generator (xorshift64*, seeded through splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed` (any value, 0 included).
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A duration in `lo..=hi`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = u64::try_from((hi.saturating_sub(lo)).as_millis()).unwrap_or(0);
+        lo + Duration::from_millis(self.below(span + 1))
+    }
+}
+
+/// The faults a schedule draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// Cut the leader off from every peer, both ways.
+    IsolateLeader,
+    /// Cut a follower off from every peer, both ways.
+    IsolateFollower,
+    /// Drop everything from one node to another (the other way still works).
+    OneWay,
+    /// Delay every link of one node by 75 ± 50 ms.
+    Delay,
+    /// Close every open connection between nodes.
+    ResetLinks,
+    /// SIGKILL the leader; restart it when the fault ends.
+    KillLeader,
+    /// SIGKILL a follower; restart it when the fault ends.
+    KillFollower,
+    /// SIGSTOP the leader past the election timeout; SIGCONT when the fault ends.
+    PauseLeader,
+    /// SIGSTOP a follower; SIGCONT when the fault ends.
+    PauseFollower,
+    /// SIGKILL every running node, then start them all again.
+    RestartAll,
+    /// Ask the leader to hand leadership to another voter.
+    TransferLeader,
+    /// Demote a follower to learner; promote it back when the fault ends.
+    Membership,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 12] = [
+        FaultKind::IsolateLeader,
+        FaultKind::IsolateFollower,
+        FaultKind::OneWay,
+        FaultKind::Delay,
+        FaultKind::ResetLinks,
+        FaultKind::KillLeader,
+        FaultKind::KillFollower,
+        FaultKind::PauseLeader,
+        FaultKind::PauseFollower,
+        FaultKind::RestartAll,
+        FaultKind::TransferLeader,
+        FaultKind::Membership,
+    ];
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedFault {
+    /// What.
+    pub kind: FaultKind,
+    /// When, from the start of traffic.
+    pub at: Duration,
+    /// How long it lasts (0 for the instantaneous kinds).
+    pub hold: Duration,
+}
+
+/// The faults of one schedule.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// By start time.
+    pub faults: Vec<PlannedFault>,
+}
+
+impl Plan {
+    /// Draws `count` faults over `duration` from `seed`: one every `duration / count` (± a
+    /// third of that), each lasting 1 to 4 s, so consecutive faults overlap.
+    #[must_use]
+    pub fn draw(seed: u64, duration: Duration, count: usize) -> Self {
+        Self::draw_from(seed, duration, count, &FaultKind::ALL)
+    }
+
+    /// As [`Plan::draw`], from the given kinds only.
+    #[must_use]
+    pub fn draw_from(seed: u64, duration: Duration, count: usize, kinds: &[FaultKind]) -> Self {
+        let kinds = if kinds.is_empty() { &FaultKind::ALL[..] } else { kinds };
+        let mut rng = Rng::new(seed ^ 0xfa17);
+        let slot = duration / u32::try_from(count.max(1)).unwrap_or(1);
+        let mut faults = Vec::new();
+        for k in 0..count {
+            let kind = kinds[usize::try_from(rng.below(kinds.len() as u64)).unwrap_or(0)];
+            let base = slot * u32::try_from(k).unwrap_or(0);
+            let at = base + rng.between(Duration::ZERO, slot * 2 / 3);
+            let hold = match kind {
+                FaultKind::ResetLinks | FaultKind::RestartAll | FaultKind::TransferLeader => Duration::ZERO,
+                FaultKind::PauseLeader | FaultKind::PauseFollower => {
+                    rng.between(Duration::from_millis(1000), Duration::from_millis(2500))
+                }
+                _ => rng.between(Duration::from_secs(1), Duration::from_secs(4)),
+            };
+            faults.push(PlannedFault { kind, at, hold });
+        }
+        faults.sort_by_key(|f| f.at);
+        Plan { faults }
+    }
+}
+
+/// What a schedule runs.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// Everything random comes from it.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// The traffic phase, during which faults happen.
+    pub duration: Duration,
+    /// Concurrent client sessions.
+    pub clients: usize,
+    /// Keys they share.
+    pub keys: usize,
+    /// Faults planned.
+    pub faults: usize,
+    /// The kinds drawn from (empty: all).
+    pub kinds: Vec<FaultKind>,
+    /// Extra arguments for every node (e.g. nothing, or what a canary needs).
+    pub node_args: Vec<String>,
+    /// Extra environment for every node (crash points, planted bugs).
+    pub node_env: Vec<(String, String)>,
+    /// The directory of the `raftkv` binary to run; `None`: [`crate::bin_dir`].
+    pub bin_dir: Option<std::path::PathBuf>,
+}
+
+impl ChaosConfig {
+    /// The quick tier's schedule for `seed`: 3 nodes, 20 s of traffic, 8 clients on 6 keys,
+    /// 7 overlapping faults.
+    #[must_use]
+    pub fn quick(seed: u64) -> Self {
+        Self {
+            seed,
+            nodes: 3,
+            duration: Duration::from_secs(20),
+            clients: 8,
+            keys: 6,
+            faults: 7,
+            kinds: Vec::new(),
+            node_args: Vec::new(),
+            node_env: Vec::new(),
+            bin_dir: None,
+        }
+    }
+}
+
+/// What one schedule did and found.
+#[derive(Debug, Default)]
+pub struct ScheduleReport {
+    /// The seed, to replay it.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Faults injected, in order, as `t+SECONDS kind target`.
+    pub faults: Vec<String>,
+    /// Fault kinds injected (planned faults that found no target are not counted).
+    pub kinds: Vec<FaultKind>,
+    /// The checker's figures.
+    pub operations: usize,
+    /// Operations answered.
+    pub ok: usize,
+    /// Writes of unknown outcome after resolution.
+    pub unknown: usize,
+    /// Writes of unknown outcome that the resend resolved.
+    pub resolved: usize,
+    /// Every violation: the checker's, and divergence or unclean stops as text.
+    pub violations: Vec<String>,
+}
+
+impl ScheduleReport {
+    /// Whether every check passed.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl fmt::Display for ScheduleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "schedule seed={} nodes={}: {} operations ({} ok, {} unknown, {} resolved by resending), {} faults, {}",
+            self.seed,
+            self.nodes,
+            self.operations,
+            self.ok,
+            self.unknown,
+            self.resolved,
+            self.faults.len(),
+            if self.passed() { "PASSED".to_string() } else { format!("{} VIOLATIONS", self.violations.len()) },
+        )?;
+        for fault in &self.faults {
+            writeln!(f, "    {fault}")?;
+        }
+        for v in &self.violations {
+            writeln!(f, "  VIOLATION: {v}")?;
+        }
+        if !self.passed() {
+            writeln!(f, "  replay: cargo xtask chaos --schedules 1 --seed {}", self.seed)?;
+        }
+        Ok(())
+    }
+}
+
+/// The nodes and the links between them.
+struct Net {
+    nodes: Vec<NodeProc>,
+    /// `raft[i][j]`: i's Raft calls to j (`None` on the diagonal).
+    raft: Vec<Vec<Option<Link>>>,
+    /// `grpc[i][j]`: i's forwarded client calls to j.
+    grpc: Vec<Vec<Option<Link>>>,
+    /// Network faults in force, by id.
+    active: BTreeMap<u64, NetFault>,
+    /// Nodes demoted by a membership fault.
+    demoted: Vec<usize>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NetFault {
+    Isolate(usize),
+    OneWay { from: usize, to: usize },
+    Delay(usize),
+}
+
+impl Net {
+    async fn start(cfg: &ChaosConfig) -> Result<Self, BoxError> {
+        let n = cfg.nodes;
+        let dir = tempfile::tempdir()?;
+        let mut raft = Vec::new();
+        let mut grpc = Vec::new();
+        for i in 0..n {
+            let (mut r, mut g) = (Vec::new(), Vec::new());
+            for j in 0..n {
+                if i == j {
+                    r.push(None);
+                    g.push(None);
+                } else {
+                    let s = cfg.seed ^ ((i as u64) << 32) ^ ((j as u64) << 16);
+                    r.push(Some(Link::start(s).await?));
+                    g.push(Some(Link::start(s ^ 1).await?));
+                }
+            }
+            raft.push(r);
+            grpc.push(g);
+        }
+        let mut net = Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), _dir: dir };
+        for i in 0..n {
+            let peers: Vec<String> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    format!("{}={}@{}", node_id(j), net.link(&net.raft, i, j).addr(), net.link(&net.grpc, i, j).addr())
+                })
+                .collect();
+            let mut args: Vec<String> = crate::FAST_TIMING
+                .iter()
+                .map(|s| (*s).to_string())
+                .chain(["--peers".into(), peers.join(",")])
+                .collect();
+            args.extend(cfg.node_args.iter().cloned());
+            let host = format!("127.0.0.{}:0", 11 + i);
+            let node = NodeProc::start_full(
+                &node_id(i),
+                net._dir.path(),
+                &host,
+                &host,
+                i == 0,
+                &args,
+                &cfg.node_env,
+                cfg.bin_dir.as_deref(),
+            )?;
+            for j in 0..n {
+                if j != i {
+                    net.link(&net.raft, j, i).set_target(node.raft_addr.parse()?);
+                    net.link(&net.grpc, j, i).set_target(node.grpc_addr.parse()?);
+                }
+            }
+            net.nodes.push(node);
+        }
+        let first = net.nodes[0].client()?;
+        wait_for("n1 to lead", Duration::from_secs(30), || async {
+            first.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+        })
+        .await?;
+        for node in &net.nodes[1..] {
+            first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
+        }
+        Ok(net)
+    }
+
+    fn link<'a>(&self, links: &'a [Vec<Option<Link>>], i: usize, j: usize) -> &'a Link {
+        links[i][j].as_ref().unwrap_or_else(|| unreachable!("no link from a node to itself"))
+    }
+
+    fn links(&self) -> impl Iterator<Item = (usize, usize, &Link)> {
+        self.raft.iter().chain(self.grpc.iter()).enumerate().flat_map(|(row, links)| {
+            let i = row % self.nodes.len();
+            links.iter().enumerate().filter_map(move |(j, l)| l.as_ref().map(|l| (i, j, l)))
+        })
+    }
+
+    /// Sets every link from the network faults in force: a blackhole wins over a delay.
+    fn apply_links(&self) {
+        let delay = Mode::Delay { base: Duration::from_millis(75), jitter: Duration::from_millis(50) };
+        for (i, j, link) in self.links() {
+            // forward: bytes from i to j; backward: bytes from j to i.
+            let (mut fwd, mut bwd) = (Mode::Pass, Mode::Pass);
+            for fault in self.active.values() {
+                match *fault {
+                    NetFault::Isolate(x) if x == i || x == j => (fwd, bwd) = (Mode::Blackhole, Mode::Blackhole),
+                    NetFault::OneWay { from, to } if from == i && to == j => fwd = Mode::Blackhole,
+                    NetFault::OneWay { from, to } if from == j && to == i => bwd = Mode::Blackhole,
+                    NetFault::Delay(x) if x == i || x == j => {
+                        if fwd == Mode::Pass {
+                            fwd = delay;
+                        }
+                        if bwd == Mode::Pass {
+                            bwd = delay;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if link.state().forward != fwd || link.state().backward != bwd {
+                link.set(fwd, bwd);
+            }
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc_addr.clone()).collect()
+    }
+
+    /// The running, unpaused node that says it leads, by index.
+    async fn leader(&self, paused: &[usize]) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.pid().is_none() || paused.contains(&i) {
+                continue;
+            }
+            let c = Client::new([node.grpc_addr.clone()], quick_options()).ok()?;
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), c.status()).await
+                && s.state == RaftState::Leader as i32
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+fn node_id(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn quick_options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        max_retries: 3,
+        ..ClientOptions::default()
+    }
+}
+
+/// Client options of the recording sessions: short deadlines, a few retries (request ids
+/// make retried writes safe), so faults show up as unknown outcomes rather than long stalls.
+fn session_options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        max_retries: 4,
+        auto_request_ids: true,
+        no_forward: false,
+    }
+}
+
+fn value_bytes(v: ValueId) -> Vec<u8> {
+    format!("v{v}").into_bytes()
+}
+
+fn parse_value(bytes: &[u8]) -> ValueId {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.strip_prefix('v'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ValueId::MAX)
+}
+
+fn put_op(key: &str, v: ValueId) -> PutRequest {
+    PutRequest { key: key.as_bytes().to_vec().into(), value: value_bytes(v).into(), ..Default::default() }
+}
+
+/// Sends one operation; the outcome as the history records it.
+async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> Outcome {
+    let key_bytes: bytes::Bytes = key.as_bytes().to_vec().into();
+    let result: Result<(Output, u64), ClientError> = match input {
+        Input::Get => client
+            .get_request(GetRequest {
+                key: key_bytes,
+                consistency: Consistency::Linearizable as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                let read = r.kv.filter(|_| r.found).map(|kv| (parse_value(&kv.value), kv.modify_index));
+                (Output::Get(read), r.header.map_or(0, |h| h.index))
+            }),
+        Input::Put(v) => client
+            .put_request(PutRequest { request_id: request_id.into(), ..put_op(key, v) })
+            .await
+            .map(|r| (Output::Put, r.header.map_or(0, |h| h.index))),
+        Input::Delete => client
+            .delete_request(DeleteRequest { key: key_bytes, request_id: request_id.into(), ..Default::default() })
+            .await
+            .map(|r| (Output::Delete { deleted: r.deleted > 0 }, r.header.map_or(0, |h| h.index))),
+        Input::Cas { expected, new } => client
+            .txn(TxnRequest {
+                compare: vec![Compare {
+                    key: key_bytes,
+                    result: compare::Result::Equal as i32,
+                    target: Some(compare::Target::Value(value_bytes(expected).into())),
+                }],
+                success: vec![RequestOp { request: Some(request_op::Request::Put(put_op(key, new))) }],
+                failure: vec![],
+                request_id: request_id.into(),
+            })
+            .await
+            .map(|r| (Output::Cas { succeeded: r.succeeded }, r.header.map_or(0, |h| h.index))),
+    };
+    match result {
+        Ok((output, index)) => Outcome::Ok { output, index },
+        // A read that failed tells nothing; a refused request was certainly not applied.
+        Err(e) if !input.is_write() => Outcome::Fail(e.to_string()),
+        Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::InvalidArgument) => Outcome::Fail(e.to_string()),
+        // Anything else about a write: the client may have retried after an unknown
+        // outcome, so even an error marked retryable does not prove it was not applied.
+        Err(e) => Outcome::Unknown(e.to_string()),
+    }
+}
+
+/// One recording session until `stop`.
+async fn session(
+    c: usize,
+    client: Client,
+    history: Arc<History>,
+    keys: Arc<Vec<String>>,
+    values: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed ^ (c as u64).wrapping_mul(0x1234_5678_9abc));
+    let mut known: BTreeMap<String, ValueId> = BTreeMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = keys[usize::try_from(rng.below(keys.len() as u64)).unwrap_or(0)].clone();
+        let fresh = || values.fetch_add(1, Ordering::Relaxed);
+        let input = match rng.below(20) {
+            0..=9 => Input::Get,
+            10..=14 => Input::Put(fresh()),
+            15..=16 => Input::Delete,
+            _ => match known.get(&key) {
+                Some(&expected) => Input::Cas { expected, new: fresh() },
+                None => Input::Put(fresh()),
+            },
+        };
+        n += 1;
+        let request_id = if input.is_write() { format!("s{seed}-c{c}-{n}") } else { String::new() };
+        let invoke = history.now();
+        let outcome = execute(&client, &key, input, &request_id).await;
+        let complete = history.now();
+        match (&outcome, input) {
+            (Outcome::Ok { output: Output::Get(Some((v, _))), .. }, _) => {
+                known.insert(key.clone(), *v);
+            }
+            (Outcome::Ok { .. }, Input::Put(v)) => {
+                known.insert(key.clone(), v);
+            }
+            _ => {}
+        }
+        let failed = !matches!(outcome, Outcome::Ok { .. });
+        history.record(Operation { client: c, key, input, request_id, invoke, complete, outcome });
+        if failed {
+            // Nothing to do but try again; a short pause keeps a dead cluster from being
+            // hammered (the schedule, not this pause, decides when faults end).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs one schedule and every check. `Err` only when the harness itself could not run
+/// (a node would not start); a broken property is a violation in the report.
+pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
+    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let mut net = Net::start(cfg).await?;
+    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
+
+    let workload = Workload::start(&net, cfg);
+    run_faults(&mut net, &plan, cfg, &mut report).await;
+    finish(net, workload, report).await
+}
+
+/// The recording sessions of one run.
+struct Workload {
+    history: Arc<History>,
+    keys: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    sessions: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(net: &Net, cfg: &ChaosConfig) -> Self {
+        let history = Arc::new(History::new());
+        let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("chaos-{}-k{k}", cfg.seed)).collect());
+        let values = Arc::new(AtomicU32::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoints = net.endpoints();
+        let sessions = (0..cfg.clients)
+            .map(|c| {
+                // Each session starts at another node.
+                let mut eps = endpoints.clone();
+                let len = eps.len();
+                eps.rotate_left(c % len);
+                let client = Client::new(eps, session_options());
+                let (h, k, v, s) = (history.clone(), keys.clone(), values.clone(), stop.clone());
+                let seed = cfg.seed;
+                tokio::spawn(async move {
+                    if let Ok(client) = client {
+                        session(c, client, h, k, v, s, seed).await;
+                    }
+                })
+            })
+            .collect();
+        Self { history, keys, stop, sessions }
+    }
+
+    /// Waits until `n` more operations than now have completed.
+    async fn progress(&self, n: usize, timeout: Duration) -> Result<(), BoxError> {
+        let target = self.history.operations().len() + n;
+        wait_for(&format!("{target} operations"), timeout, || {
+            std::future::ready(self.history.operations().len() >= target)
+        })
+        .await
+    }
+}
+
+/// Stops the sessions, heals, resolves unknown writes, reads every key, checks the history,
+/// compares the replicas and stops every node.
+async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
+    let Workload { history, keys, stop, sessions } = workload;
+    stop.store(true, Ordering::Relaxed);
+    for s in sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
+    }
+
+    heal(&mut net, &mut report).await?;
+    let resolved = resolve_unknown(&net, &history, &mut report).await;
+    final_reads(&net, &history, &keys).await?;
+
+    let mut ops = history.operations();
+    // Writes resolved by resending replace their unknown records.
+    for (i, op) in resolved {
+        ops[i] = op;
+    }
+    let checked = checker::check(&ops, Duration::from_secs(60));
+    report.operations = checked.operations;
+    report.ok = checked.ok;
+    report.unknown = checked.unknown;
+    report.violations.extend(checked.violations.iter().map(Violation::to_string));
+
+    if let Err(e) = converged(&net, &keys).await {
+        report.violations.push(e.to_string());
+    }
+    for node in &mut net.nodes {
+        if node.pid().is_some() && !node.stop() {
+            report.violations.push(format!("node {} did not stop cleanly; log:\n{}", node.id, node.log_tail()));
+        }
+    }
+    Ok(report)
+}
+
+/// Where a crash point is reached and what makes it happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashTrigger {
+    /// Client writes (append, apply, purge with a small snapshot threshold).
+    Load,
+    /// An election: the leader is killed, so the follower saves a vote.
+    Election,
+    /// The follower is down while the leader snapshots and purges past it; on its restart
+    /// the leader sends it a snapshot.
+    SnapshotTransfer,
+}
+
+/// Arms crash point `point` (see `bin/raftkv/src/crash.rs`) in one follower, run with the
+/// testing binary of `cfg.bin_dir`, under the usual sessions; checks that the follower
+/// aborted there, restarts it without the crash point, and runs every check.
+pub async fn run_crash_point(
+    cfg: &ChaosConfig,
+    point: &str,
+    trigger: CrashTrigger,
+) -> Result<ScheduleReport, BoxError> {
+    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let mut net = Net::start(cfg).await?;
+    let workload = Workload::start(&net, cfg);
+    workload.progress(100, Duration::from_secs(60)).await?;
+    let leader = net.leader(&[]).await.ok_or("no leader")?;
+    let target = (leader + 1) % net.nodes.len();
+    let leader_addr = net.nodes[leader].grpc_addr.clone();
+    let status = || {
+        let addr = leader_addr.clone();
+        async move { Client::new([addr], quick_options())?.status().await.map_err(BoxError::from) }
+    };
+    net.nodes[target].kill();
+    if trigger == CrashTrigger::SnapshotTransfer {
+        let behind = status().await?.last_log_index;
+        wait_for("the leader to purge past the stopped follower", Duration::from_secs(120), || async {
+            status().await.is_ok_and(|s| s.purged_index > behind)
+        })
+        .await?;
+    }
+    let mut env = cfg.node_env.clone();
+    env.push(("RAFTKV_CRASH_AT".into(), point.into()));
+    net.nodes[target].set_env(env);
+    // A crash point of the apply path may be reached while the node re-applies its log on
+    // start, before it listens: that is a crash at the point too.
+    let crashed_on_start = net.nodes[target].restart(false).is_err();
+    report.faults.push(format!("crash point {point} armed in {}", net.nodes[target].id));
+    if trigger == CrashTrigger::Election && !crashed_on_start {
+        net.nodes[leader].kill();
+        report.faults.push(format!("KillLeader {}", net.nodes[leader].id));
+    }
+    let exit = if crashed_on_start { Some(false) } else { net.nodes[target].wait_exit(Duration::from_secs(90)) };
+    match exit {
+        Some(false) if net.nodes[target].log().contains("crash point reached") => {
+            report.faults.push(format!("{} aborted at {point}", net.nodes[target].id));
+        }
+        other => report.violations.push(format!(
+            "{} did not abort at {point} (exit: {other:?}); log:\n{}",
+            net.nodes[target].id,
+            net.nodes[target].log_tail()
+        )),
+    }
+    net.nodes[target].kill();
+    net.nodes[target].set_env(cfg.node_env.clone());
+    net.nodes[target].restart(false)?;
+    if net.nodes[leader].pid().is_none() {
+        net.nodes[leader].restart(false)?;
+    }
+    workload.progress(100, Duration::from_secs(60)).await?;
+    finish(net, workload, report).await
+}
+
+/// Runs the plan: starts and ends faults at their times.
+async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut ScheduleReport) {
+    #[derive(Debug)]
+    enum Ending {
+        Net(u64),
+        Restart(usize),
+        Resume(usize),
+        Promote(usize),
+    }
+    let start = tokio::time::Instant::now();
+    let mut rng = Rng::new(cfg.seed ^ 0x7a29);
+    let mut endings: Vec<(Duration, Ending)> = Vec::new();
+    let mut paused: Vec<usize> = Vec::new();
+    let mut next_id = 0u64;
+    let mut faults = plan.faults.iter().peekable();
+    let end = start + cfg.duration;
+    loop {
+        endings.sort_by_key(|(t, _)| *t);
+        let next_start = faults.peek().map(|f| start + f.at);
+        let next_end = endings.first().map(|(t, _)| start + *t);
+        let Some(when) = [next_start, next_end].into_iter().flatten().min() else { break };
+        tokio::time::sleep_until(when).await;
+        if next_end == Some(when) {
+            let (_, ending) = endings.remove(0);
+            match ending {
+                Ending::Net(id) => {
+                    net.active.remove(&id);
+                    net.apply_links();
+                }
+                Ending::Restart(i) => {
+                    if net.nodes[i].pid().is_none()
+                        && let Err(e) = net.nodes[i].restart(false)
+                    {
+                        report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                    }
+                }
+                Ending::Resume(i) => {
+                    net.nodes[i].resume();
+                    paused.retain(|p| *p != i);
+                }
+                Ending::Promote(i) => {
+                    let c = Client::new(net.endpoints(), quick_options());
+                    if let Ok(c) = c
+                        && c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.is_ok()
+                    {
+                        net.demoted.retain(|d| *d != i);
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(fault) = faults.next() else { continue };
+        let t = start.elapsed();
+        let n = net.nodes.len();
+        let busy = |net: &Net, i: usize, paused: &[usize]| net.nodes[i].pid().is_none() || paused.contains(&i);
+        let leader = net.leader(&paused).await;
+        let follower = {
+            let candidates: Vec<usize> = (0..n).filter(|i| Some(*i) != leader && !busy(net, *i, &paused)).collect();
+            (!candidates.is_empty())
+                .then(|| candidates[usize::try_from(rng.below(candidates.len() as u64)).unwrap_or(0)])
+        };
+        let down = (0..n).filter(|i| busy(net, *i, &paused)).count();
+        let target = match fault.kind {
+            FaultKind::IsolateLeader | FaultKind::KillLeader | FaultKind::PauseLeader | FaultKind::TransferLeader => {
+                leader
+            }
+            FaultKind::IsolateFollower
+            | FaultKind::KillFollower
+            | FaultKind::PauseFollower
+            | FaultKind::Membership
+            | FaultKind::OneWay
+            | FaultKind::Delay => follower.or(leader),
+            FaultKind::ResetLinks | FaultKind::RestartAll => Some(0),
+        };
+        // Keep at most a minority of nodes down by process faults at once, so the schedule
+        // also exercises a live cluster under faults and not only a dead one.
+        let process_fault = matches!(
+            fault.kind,
+            FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::PauseLeader | FaultKind::PauseFollower
+        );
+        let Some(target) = target else { continue };
+        if process_fault && down + 1 > (n - 1) / 2 {
+            continue;
+        }
+        let id = net.nodes[target].id.clone();
+        let mut what = format!("{:?} {id}", fault.kind);
+        match fault.kind {
+            FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
+                next_id += 1;
+                net.active.insert(next_id, NetFault::Isolate(target));
+                net.apply_links();
+                endings.push((t + fault.hold, Ending::Net(next_id)));
+            }
+            FaultKind::OneWay => {
+                let other = (target + 1 + usize::try_from(rng.below(n as u64 - 1)).unwrap_or(0)) % n;
+                let (from, to) = if rng.below(2) == 0 { (target, other) } else { (other, target) };
+                what = format!("OneWay {} -> {} dropped", net.nodes[from].id, net.nodes[to].id);
+                next_id += 1;
+                net.active.insert(next_id, NetFault::OneWay { from, to });
+                net.apply_links();
+                endings.push((t + fault.hold, Ending::Net(next_id)));
+            }
+            FaultKind::Delay => {
+                next_id += 1;
+                net.active.insert(next_id, NetFault::Delay(target));
+                net.apply_links();
+                endings.push((t + fault.hold, Ending::Net(next_id)));
+            }
+            FaultKind::ResetLinks => {
+                what = "ResetLinks all".into();
+                for (_, _, link) in net.links() {
+                    link.reset();
+                }
+            }
+            FaultKind::KillLeader | FaultKind::KillFollower => {
+                net.nodes[target].kill();
+                endings.push((t + fault.hold, Ending::Restart(target)));
+            }
+            FaultKind::PauseLeader | FaultKind::PauseFollower => {
+                net.nodes[target].pause();
+                paused.push(target);
+                endings.push((t + fault.hold, Ending::Resume(target)));
+            }
+            FaultKind::RestartAll => {
+                what = "RestartAll (SIGKILL, start)".into();
+                let running: Vec<usize> = (0..n).filter(|i| net.nodes[*i].pid().is_some()).collect();
+                for &i in &running {
+                    net.nodes[i].resume();
+                    net.nodes[i].kill();
+                }
+                paused.clear();
+                for &i in &running {
+                    if let Err(e) = net.nodes[i].restart(false) {
+                        report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                    }
+                }
+            }
+            FaultKind::TransferLeader => {
+                let to = (target + 1 + usize::try_from(rng.below(n as u64 - 1)).unwrap_or(0)) % n;
+                what = format!("TransferLeader {id} -> {}", net.nodes[to].id);
+                if let Ok(c) = Client::new([net.nodes[target].grpc_addr.clone()], quick_options()) {
+                    let r = c.transfer_leader(Some(&net.nodes[to].id), Duration::from_secs(3)).await;
+                    if let Err(e) = r {
+                        what.push_str(&format!(" (refused: {e})"));
+                    }
+                }
+            }
+            FaultKind::Membership => {
+                what = format!("Membership demote {id}");
+                if let Ok(c) = Client::new(net.endpoints(), quick_options()) {
+                    match c.demote(&id, Duration::from_secs(3)).await {
+                        Ok(_) => {
+                            net.demoted.push(target);
+                            endings.push((t + fault.hold, Ending::Promote(target)));
+                        }
+                        // Its outcome is unknown: promote it at the end either way.
+                        Err(e) => {
+                            what.push_str(&format!(" (failed: {e})"));
+                            net.demoted.push(target);
+                        }
+                    }
+                }
+            }
+        }
+        if fault.hold > Duration::ZERO {
+            what.push_str(&format!(" for {:.1}s", fault.hold.as_secs_f64()));
+        }
+        report.faults.push(format!("t+{:5.1}s {what}", t.as_secs_f64()));
+        report.kinds.push(fault.kind);
+    }
+    // Let the traffic phase run its full length even when the faults ended early.
+    tokio::time::sleep_until(end).await;
+}
+
+/// Heals everything: links pass, paused nodes resume, killed nodes restart, demoted nodes
+/// are promoted; then waits for one leader, every node a voter and caught up.
+async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError> {
+    net.active.clear();
+    net.apply_links();
+    for i in 0..net.nodes.len() {
+        net.nodes[i].resume();
+        if net.nodes[i].pid().is_none() {
+            net.nodes[i].restart(false)?;
+        }
+    }
+    let c = Client::new(net.endpoints(), crate::test_options())?;
+    let n = net.nodes.len();
+    // Promote every node that is not a voter (a demotion whose outcome was unknown too).
+    wait_for("every node to be a voter again", Duration::from_secs(90), || async {
+        let Ok(s) = c.status().await else { return false };
+        let learners: Vec<String> =
+            s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.clone()).collect();
+        for id in &learners {
+            let _ = c.promote(id, Duration::from_secs(10)).await;
+        }
+        learners.is_empty() && s.members.len() == n
+    })
+    .await
+    .map_err(|e| format!("after healing: {e}"))?;
+    net.demoted.clear();
+    let settled = wait_settled(net).await;
+    if let Err(e) = settled {
+        report.violations.push(format!("no recovery after healing: {e}"));
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn wait_settled(net: &Net) -> Result<(), BoxError> {
+    let nodes: Vec<&NodeProc> = net.nodes.iter().collect();
+    crate::wait_nodes_settled(&nodes, Duration::from_secs(60)).await
+}
+
+/// Sends every write of unknown outcome again with its request id; returns the records to
+/// replace (index in the history, the resolved operation).
+async fn resolve_unknown(net: &Net, history: &History, report: &mut ScheduleReport) -> Vec<(usize, Operation)> {
+    let Ok(client) = Client::new(net.endpoints(), crate::test_options()) else { return Vec::new() };
+    let mut resolved = Vec::new();
+    for (i, op) in history.operations().into_iter().enumerate() {
+        if !matches!(op.outcome, Outcome::Unknown(_)) {
+            continue;
+        }
+        let outcome = execute(&client, &op.key, op.input, &op.request_id).await;
+        if matches!(outcome, Outcome::Ok { .. }) {
+            report.resolved += 1;
+            resolved.push((i, Operation { complete: history.now(), outcome, ..op }));
+        }
+    }
+    resolved
+}
+
+/// A linearizable read of every key, after everything else, by a session of its own.
+async fn final_reads(net: &Net, history: &History, keys: &[String]) -> Result<(), BoxError> {
+    let client = Client::new(net.endpoints(), crate::test_options())?;
+    for key in keys {
+        let invoke = history.now();
+        let outcome = execute(&client, key, Input::Get, "").await;
+        if let Outcome::Fail(e) = &outcome {
+            return Err(format!("final read of {key} failed after healing: {e}").into());
+        }
+        let complete = history.now();
+        history.record(Operation {
+            client: usize::MAX,
+            key: key.clone(),
+            input: Input::Get,
+            request_id: String::new(),
+            invoke,
+            complete,
+            outcome,
+        });
+    }
+    Ok(())
+}
+
+/// Every replica's full scan of the schedule's keys, read `STALE` once all have applied the
+/// same index, must be identical (values and every index).
+async fn converged(net: &Net, keys: &[String]) -> Result<(), BoxError> {
+    let prefix = keys.first().map(|k| k.trim_end_matches(|c: char| c != '-').to_string()).unwrap_or_default();
+    let mut last = String::new();
+    let result = wait_for("every replica to hold the same data", Duration::from_secs(30), || async {
+        let mut scans = Vec::new();
+        let mut applied = Vec::new();
+        for node in &net.nodes {
+            let Ok(c) = node.client() else { return false };
+            let Ok(s) = c.status().await else { return false };
+            let req = RangeRequest {
+                key: prefix.as_bytes().to_vec().into(),
+                prefix: true,
+                consistency: Consistency::Stale as i32,
+                ..Default::default()
+            };
+            let Ok(kvs) = c.range_all(req).await else { return false };
+            applied.push(s.applied_index);
+            scans.push(
+                kvs.into_iter()
+                    .map(|kv| (kv.key, kv.value, kv.create_index, kv.modify_index, kv.version))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        applied.windows(2).all(|w| w[0] == w[1]) && scans.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+    if result.is_err() {
+        for node in &net.nodes {
+            if let Ok(c) = node.client()
+                && let Ok(s) = c.status().await
+            {
+                last.push_str(&format!(" {}: applied {}", node.id, s.applied_index));
+            }
+        }
+        return Err(format!("replicas diverge:{last}").into());
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The fault-injection tiers (see `tests::chaos`).
+//!
+//! - **Quick tier** (every `cargo xtask test`, so every CI run): 20 schedules, seeds 1 to
+//!   20, each its own test so a failure names its seed: 3 nodes, 20 s of traffic, 8 client
+//!   sessions, 7 overlapping faults planned. About 35 s each on 2 cores.
+//! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
+//!   [--seed S] [--secs T]` (release build). Schedules alternate 3 and 5 nodes.
+//!
+//! Every failing schedule prints its seed and the command that replays it.
+
+#![allow(clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use tests::TestResult;
+use tests::chaos::{ChaosConfig, FaultKind, run_schedule};
+
+async fn quick(seed: u64) -> TestResult {
+    let report = run_schedule(&ChaosConfig::quick(seed)).await?;
+    eprintln!("{report}");
+    assert!(report.faults.len() >= 5, "seed {seed}: only {} faults injected", report.faults.len());
+    assert!(report.passed(), "seed {seed} failed:\n{report}");
+    Ok(())
+}
+
+macro_rules! quick_tier {
+    ($($name:ident = $seed:expr),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> TestResult {
+                quick($seed).await
+            }
+        )*
+    };
+}
+
+quick_tier!(
+    schedule_01 = 1,
+    schedule_02 = 2,
+    schedule_03 = 3,
+    schedule_04 = 4,
+    schedule_05 = 5,
+    schedule_06 = 6,
+    schedule_07 = 7,
+    schedule_08 = 8,
+    schedule_09 = 9,
+    schedule_10 = 10,
+    schedule_11 = 11,
+    schedule_12 = 12,
+    schedule_13 = 13,
+    schedule_14 = 14,
+    schedule_15 = 15,
+    schedule_16 = 16,
+    schedule_17 = 17,
+    schedule_18 = 18,
+    schedule_19 = 19,
+    schedule_20 = 20,
+);
+
+/// The quick tier's seeds plan every fault kind at least once.
+#[test]
+fn quick_tier_plans_every_fault_kind() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 1..=20 {
+        let c = ChaosConfig::quick(seed);
+        seen.extend(tests::chaos::Plan::draw(seed, c.duration, c.faults).faults.iter().map(|f| f.kind));
+    }
+    let missing: Vec<FaultKind> = FaultKind::ALL.iter().copied().filter(|k| !seen.contains(k)).collect();
+    assert!(missing.is_empty(), "never planned: {missing:?}");
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The long tier: `CHAOS_SCHEDULES` schedules (default 1) from `CHAOS_SEED` (default: from
+/// the clock, printed), `CHAOS_SECS` of traffic each (default 20), alternating 3 and 5 nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the long tier: run by `cargo xtask chaos`"]
+async fn chaos_long() -> TestResult {
+    let count = env_u64("CHAOS_SCHEDULES").unwrap_or(1);
+    let first = env_u64("CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() % 1_000_000)
+    });
+    let secs = env_u64("CHAOS_SECS").unwrap_or(20);
+    let started = Instant::now();
+    let (mut ops, mut faults, mut failed) = (0, 0, Vec::new());
+    let mut kinds = std::collections::BTreeMap::new();
+    for seed in first..first + count {
+        let mut cfg = ChaosConfig::quick(seed);
+        cfg.duration = Duration::from_secs(secs);
+        cfg.faults = usize::try_from(secs * 7 / 20).unwrap_or(7).max(5);
+        // An explicitly replayed seed keeps its size; otherwise odd seeds run 5 nodes.
+        if seed % 2 == 1 {
+            cfg.nodes = 5;
+        }
+        let report = match run_schedule(&cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "schedule seed={seed}: harness error: {e}\n  replay: cargo xtask chaos --schedules 1 --seed {seed}"
+                );
+                failed.push(seed);
+                continue;
+            }
+        };
+        eprintln!("{report}");
+        ops += report.operations;
+        faults += report.faults.len();
+        for k in &report.kinds {
+            *kinds.entry(format!("{k:?}")).or_insert(0) += 1;
+        }
+        if !report.passed() {
+            failed.push(seed);
+        }
+    }
+    eprintln!(
+        "chaos summary: {count} schedules (seeds {first}..{}), {ops} operations checked, {faults} faults injected, {} failed {failed:?}, {:.0}s",
+        first + count - 1,
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("faults by kind: {kinds:?}");
+    assert!(
+        failed.is_empty(),
+        "failing seeds (replay each with `cargo xtask chaos --schedules 1 --seed S`): {failed:?}"
+    );
+    Ok(())
+}
