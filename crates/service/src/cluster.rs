@@ -265,6 +265,22 @@ fn membership_moved(expected: u64, latest: u64) -> ServiceError {
     ))
 }
 
+/// This node's metrics and the preconditions `expected` asks for ([`membership_precondition`])
+/// when this node leads; else the leader the request must go to.
+async fn lead(
+    ctx: &NodeContext,
+    expected: Option<u64>,
+    deadline: Instant,
+) -> Result<Result<(Box<Metrics>, Vec<Precondition<TypeConfig>>), NodeId>, ServiceError> {
+    match standing(ctx, deadline).await? {
+        Standing::Leader(m) => {
+            let pre = membership_precondition(&m, expected)?;
+            Ok(Ok((m, pre)))
+        }
+        Standing::Elsewhere(l) => Ok(Err(l)),
+    }
+}
+
 /// Adds `id` (with its addresses) as a learner, if the preconditions hold.
 fn add_learner_if(
     ctx: &NodeContext,
@@ -285,11 +301,10 @@ pub async fn add_voter(
     expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    let (m, mut pre) = match lead(ctx, expected, deadline).await? {
+        Ok(v) => v,
+        Err(leader) => return Ok(Outcome::Forward(leader)),
     };
-    let mut pre = membership_precondition(&m, expected)?;
     if let Some(existing) = m.membership_config.membership().get_node(id) {
         check_same_addresses(id, existing, info)?;
         if is_voter(&m, id) {
@@ -315,11 +330,10 @@ pub async fn add_learner(
     expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    let (m, pre) = match lead(ctx, expected, deadline).await? {
+        Ok(v) => v,
+        Err(leader) => return Ok(Outcome::Forward(leader)),
     };
-    let pre = membership_precondition(&m, expected)?;
     if let Some(existing) = m.membership_config.membership().get_node(id) {
         check_same_addresses(id, existing, info)?;
         if is_voter(&m, id) {
@@ -342,11 +356,10 @@ pub async fn promote(
     expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    let (m, pre) = match lead(ctx, expected, deadline).await? {
+        Ok(v) => v,
+        Err(leader) => return Ok(Outcome::Forward(leader)),
     };
-    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
@@ -425,11 +438,10 @@ pub async fn demote(
     expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    let (m, pre) = match lead(ctx, expected, deadline).await? {
+        Ok(v) => v,
+        Err(leader) => return Ok(Outcome::Forward(leader)),
     };
-    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
@@ -456,11 +468,10 @@ pub async fn remove(
     expected: Option<u64>,
     deadline: Instant,
 ) -> Result<Outcome<MembershipChange>, ServiceError> {
-    let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+    let (m, pre) = match lead(ctx, expected, deadline).await? {
+        Ok(v) => v,
+        Err(leader) => return Ok(Outcome::Forward(leader)),
     };
-    let pre = membership_precondition(&m, expected)?;
     if m.membership_config.membership().get_node(id).is_none() {
         return Ok(Outcome::Done(membership_change(&m, false, None)));
     }
