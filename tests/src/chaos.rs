@@ -21,11 +21,18 @@
 //!   put, delete and compare-and-set (a `Txn` comparing the value) on a few keys; every
 //!   write has a request id of the harness's own and writes a value nobody else writes.
 //!   Each operation is recorded ([`checker::History`]).
+//! - **Watchers**: `watchers` resuming watch streams (even ones on the schedule's whole
+//!   prefix, odd ones on one key), each starting on a different node from an index before
+//!   any write, recording every message ([`watch_check::WatchLog`]). When every node says
+//!   the resume index is compacted (a restarted node keeps no history), the watcher records
+//!   the explicit gap and restarts from the oldest index offered.
 //! - **After the schedule**: every fault is healed, killed nodes restart, demoted nodes are
 //!   promoted; writes of unknown outcome are sent again with the same request id (the node
 //!   answers the first outcome if it was applied, or applies it now), a final read of every
 //!   key closes the history; [`checker::check`] runs; every replica's full scan (`STALE`
-//!   range at the same applied index) must be identical; every node must stop cleanly.
+//!   range at the same applied index) must be identical; every watcher must catch up with
+//!   that index; [`watch_check::check`] runs on the watchers' logs; every node must stop
+//!   cleanly.
 //!
 //! Everything random comes from the seed, so a failing schedule is replayed by its seed
 //! (process timing still varies from run to run).
@@ -33,7 +40,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use client::kv::{
@@ -44,6 +52,7 @@ use client::{Client, ClientError, ClientOptions, RaftState, Suffrage};
 
 use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, Violation};
 use crate::proxy::{Link, Mode};
+use crate::watch_check::{self, Change, WatchLog, WatchRecord};
 use crate::{BoxError, NodeProc, wait_for};
 
 /// A small deterministic generator (xorshift64*, seeded through splitmix64).
@@ -191,6 +200,8 @@ pub struct ChaosConfig {
     pub clients: usize,
     /// Keys they share.
     pub keys: usize,
+    /// Watchers: even ones watch every key of the schedule (a prefix), odd ones one key.
+    pub watchers: usize,
     /// Faults planned.
     pub faults: usize,
     /// The kinds drawn from (empty: all).
@@ -205,7 +216,7 @@ pub struct ChaosConfig {
 
 impl ChaosConfig {
     /// The quick tier's schedule for `seed`: 3 nodes, 20 s of traffic, 8 clients on 6 keys,
-    /// 7 overlapping faults.
+    /// 4 watchers, 7 overlapping faults.
     #[must_use]
     pub fn quick(seed: u64) -> Self {
         Self {
@@ -214,6 +225,7 @@ impl ChaosConfig {
             duration: Duration::from_secs(20),
             clients: 8,
             keys: 6,
+            watchers: 4,
             faults: 7,
             kinds: Vec::new(),
             node_args: Vec::new(),
@@ -242,6 +254,8 @@ pub struct ScheduleReport {
     pub unknown: usize,
     /// Writes of unknown outcome that the resend resolved.
     pub resolved: usize,
+    /// What the watchers saw (see [`watch_check`]).
+    pub watch: watch_check::WatchReport,
     /// Every violation: the checker's, and divergence or unclean stops as text.
     pub violations: Vec<String>,
 }
@@ -267,6 +281,11 @@ impl fmt::Display for ScheduleReport {
             self.resolved,
             self.faults.len(),
             if self.passed() { "PASSED".to_string() } else { format!("{} VIOLATIONS", self.violations.len()) },
+        )?;
+        writeln!(
+            f,
+            "    watchers: {} events, {} resumed streams, {} compacted restarts, {} abandons",
+            self.watch.events, self.watch.reconnects, self.watch.compactions, self.watch.abandons
         )?;
         for fault in &self.faults {
             writeln!(f, "    {fault}")?;
@@ -565,6 +584,115 @@ async fn session(
     }
 }
 
+fn lock(log: &Mutex<WatchLog>) -> std::sync::MutexGuard<'_, WatchLog> {
+    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One watcher until aborted: a [`client::WatchStream`] over every node (starting at a
+/// different one per watcher), recording each message it delivers. When no node can serve
+/// it for a while it opens a new stream from where it got to. When every node that answers
+/// says its resume index is compacted (a restarted node keeps no history), it records the
+/// explicit gap and restarts from the oldest index a node offered.
+async fn watcher(w: usize, endpoints: Vec<String>, log: Arc<Mutex<WatchLog>>) {
+    let (key, prefix) = {
+        let l = lock(&log);
+        (l.key.clone(), l.prefix)
+    };
+    let n = endpoints.len();
+    let mut first = w + 1;
+    // Since the last message: the oldest index offered by each node that said "compacted",
+    // and failed attempts.
+    let mut compacted: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut failures = 0usize;
+    loop {
+        let mut eps = endpoints.clone();
+        eps.rotate_left(first % n);
+        let options = ClientOptions { max_retries: u32::try_from(2 * n).unwrap_or(6), ..quick_options() };
+        let Ok(client) = Client::new(eps, options) else { return };
+        let resume = lock(&log).resume_index();
+        let mut stream = client.watch(
+            key.as_bytes().to_vec(),
+            client::WatchOptions {
+                prefix,
+                start_index: resume,
+                progress_interval: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+        );
+        // Events (or restored keys) of one index continued over several messages.
+        let mut partial: Vec<(String, Change)> = Vec::new();
+        let mut reconnects = 0;
+        let error = loop {
+            match stream.next().await {
+                Ok(msg) => {
+                    compacted.clear();
+                    failures = 0;
+                    let mut l = lock(&log);
+                    if stream.reconnects() != reconnects {
+                        // The stream resumed elsewhere: an index cut short is sent again whole.
+                        partial.clear();
+                        l.reconnects += stream.reconnects() - reconnects;
+                        reconnects = stream.reconnects();
+                    }
+                    if let Some(record) = record_message(&msg, &mut partial) {
+                        l.records.push(record);
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        lock(&log).reconnects += stream.reconnects() - reconnects + 1;
+        failures += 1;
+        let offered = error
+            .status()
+            .filter(|s| s.code() == tonic::Code::OutOfRange)
+            .and_then(|s| s.metadata().get("x-raftkv-oldest-index")?.to_str().ok()?.parse::<u64>().ok());
+        if let Some(oldest) = offered {
+            compacted.insert(first % n, oldest);
+        }
+        first += 1;
+        // Every node said compacted, or some did and the others cannot be reached.
+        if !compacted.is_empty() && (compacted.len() == n || failures >= 3 * n) {
+            let oldest = compacted.values().copied().min().unwrap_or(resume);
+            lock(&log).records.push(WatchRecord::Compacted { resume, oldest });
+            compacted.clear();
+            failures = 0;
+        } else if offered.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The record for one watch message, once an index's events (or a restored state) are
+/// complete.
+fn record_message(msg: &client::kv::WatchResponse, partial: &mut Vec<(String, Change)>) -> Option<WatchRecord> {
+    use client::kv::watch_response::Kind;
+    let put = |kv: &client::KeyValue| Change::Put {
+        value: parse_value(&kv.value),
+        create_index: kv.create_index,
+        version: kv.version,
+    };
+    let key = |kv: &client::KeyValue| String::from_utf8_lossy(&kv.key).into_owned();
+    match Kind::try_from(msg.kind) {
+        Ok(Kind::Created) => Some(WatchRecord::Created { after: msg.index }),
+        Ok(Kind::Progress) => Some(WatchRecord::Progress { index: msg.index }),
+        Ok(Kind::Events) => {
+            for e in &msg.events {
+                let Some(kv) = &e.kv else { continue };
+                let change =
+                    if e.r#type == client::kv::event::EventType::Delete as i32 { Change::Delete } else { put(kv) };
+                partial.push((key(kv), change));
+            }
+            (!msg.more).then(|| WatchRecord::Events { index: msg.index, events: std::mem::take(partial) })
+        }
+        Ok(Kind::Abandoned) => {
+            partial.extend(msg.kvs.iter().map(|kv| (key(kv), put(kv))));
+            (!msg.more).then(|| WatchRecord::Abandoned { index: msg.index, kvs: std::mem::take(partial) })
+        }
+        Ok(Kind::Timeout) | Err(_) => None,
+    }
+}
+
 /// Runs one schedule and every check. `Err` only when the harness itself could not run
 /// (a node would not start); a broken property is a violation in the report.
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
@@ -572,26 +700,41 @@ pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError>
     let mut net = Net::start(cfg).await?;
     let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
 
-    let workload = Workload::start(&net, cfg);
+    let workload = Workload::start(&net, cfg).await?;
     run_faults(&mut net, &plan, cfg, &mut report).await;
     finish(net, workload, report).await
 }
 
-/// The recording sessions of one run.
+/// The recording sessions and watchers of one run.
 struct Workload {
     history: Arc<History>,
     keys: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
     sessions: Vec<tokio::task::JoinHandle<()>>,
+    watch_logs: Vec<Arc<Mutex<WatchLog>>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Workload {
-    fn start(net: &Net, cfg: &ChaosConfig) -> Self {
+    async fn start(net: &Net, cfg: &ChaosConfig) -> Result<Self, BoxError> {
         let history = Arc::new(History::new());
-        let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("chaos-{}-k{k}", cfg.seed)).collect());
+        let prefix = format!("chaos-{}-", cfg.seed);
+        let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("{prefix}k{k}")).collect());
         let values = Arc::new(AtomicU32::new(1));
         let stop = Arc::new(AtomicBool::new(false));
         let endpoints = net.endpoints();
+        // The watchers start at an index before any write to the schedule's keys, so they
+        // know every key starts absent and must see every change.
+        let applied = Client::new(endpoints.clone(), crate::test_options())?.status().await?.applied_index;
+        let mut watch_logs = Vec::new();
+        let mut watchers = Vec::new();
+        for w in 0..cfg.watchers {
+            let (key, prefix) =
+                if w % 2 == 0 { (prefix.clone(), true) } else { (keys[(w / 2) % keys.len()].clone(), false) };
+            let log = Arc::new(Mutex::new(WatchLog::new(w, key, prefix, applied + 1)));
+            watch_logs.push(log.clone());
+            watchers.push(tokio::spawn(watcher(w, endpoints.clone(), log)));
+        }
         let sessions = (0..cfg.clients)
             .map(|c| {
                 // Each session starts at another node.
@@ -608,7 +751,7 @@ impl Workload {
                 })
             })
             .collect();
-        Self { history, keys, stop, sessions }
+        Ok(Self { history, keys, stop, sessions, watch_logs, watchers })
     }
 
     /// Waits until `n` more operations than now have completed.
@@ -624,7 +767,7 @@ impl Workload {
 /// Stops the sessions, heals, resolves unknown writes, reads every key, checks the history,
 /// compares the replicas and stops every node.
 async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
-    let Workload { history, keys, stop, sessions } = workload;
+    let Workload { history, keys, stop, sessions, watch_logs, watchers } = workload;
     stop.store(true, Ordering::Relaxed);
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
@@ -645,9 +788,36 @@ async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) ->
     report.unknown = checked.unknown;
     report.violations.extend(checked.violations.iter().map(Violation::to_string));
 
-    if let Err(e) = converged(&net, &keys).await {
+    let applied = converged(&net, &keys).await;
+    if let Err(e) = &applied {
         report.violations.push(e.to_string());
     }
+    // Every watcher, whatever it went through, catches up with the final state.
+    if let Ok(applied) = applied {
+        let caught_up = wait_for("every watcher to catch up", Duration::from_secs(30), || {
+            std::future::ready(watch_logs.iter().all(|l| lock(l).resume_index() > applied))
+        })
+        .await;
+        if caught_up.is_err() {
+            for l in &watch_logs {
+                let l = lock(l);
+                if l.resume_index() <= applied {
+                    report.violations.push(format!(
+                        "watcher w{} did not resume: every change before index {} arrived, the nodes applied {applied}",
+                        l.watcher,
+                        l.resume_index()
+                    ));
+                }
+            }
+        }
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let logs: Vec<WatchLog> = watch_logs.iter().map(|l| lock(l).clone()).collect();
+    report.watch = watch_check::check(&logs, &ops);
+    report.violations.extend(report.watch.violations.iter().map(ToString::to_string));
+
     for node in &mut net.nodes {
         if node.pid().is_some() && !node.stop() {
             report.violations.push(format!("node {} did not stop cleanly; log:\n{}", node.id, node.log_tail()));
@@ -678,7 +848,7 @@ pub async fn run_crash_point(
 ) -> Result<ScheduleReport, BoxError> {
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let workload = Workload::start(&net, cfg);
+    let workload = Workload::start(&net, cfg).await?;
     workload.progress(100, Duration::from_secs(60)).await?;
     let leader = net.leader(&[]).await.ok_or("no leader")?;
     let target = (leader + 1) % net.nodes.len();
@@ -983,9 +1153,10 @@ async fn final_reads(net: &Net, history: &History, keys: &[String]) -> Result<()
 
 /// Every replica's full scan of the schedule's keys, read `STALE` once all have applied the
 /// same index, must be identical (values and every index).
-async fn converged(net: &Net, keys: &[String]) -> Result<(), BoxError> {
+async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
     let prefix = keys.first().map(|k| k.trim_end_matches(|c: char| c != '-').to_string()).unwrap_or_default();
     let mut last = String::new();
+    let agreed = AtomicU64::new(0);
     let result = wait_for("every replica to hold the same data", Duration::from_secs(30), || async {
         let mut scans = Vec::new();
         let mut applied = Vec::new();
@@ -1006,6 +1177,7 @@ async fn converged(net: &Net, keys: &[String]) -> Result<(), BoxError> {
                     .collect::<Vec<_>>(),
             );
         }
+        agreed.store(applied.first().copied().unwrap_or(0), Ordering::Relaxed);
         applied.windows(2).all(|w| w[0] == w[1]) && scans.windows(2).all(|w| w[0] == w[1])
     })
     .await;
@@ -1019,5 +1191,5 @@ async fn converged(net: &Net, keys: &[String]) -> Result<(), BoxError> {
         }
         return Err(format!("replicas diverge:{last}").into());
     }
-    Ok(())
+    Ok(agreed.load(Ordering::Relaxed))
 }

@@ -14,6 +14,7 @@
 pub mod chaos;
 pub mod checker;
 pub mod proxy;
+pub mod watch_check;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //!
 //! - **Quick tier** (every `cargo xtask test`, so every CI run): 20 schedules, seeds 1 to
 //!   20, each its own test so a failure names its seed: 3 nodes, 20 s of traffic, 8 client
-//!   sessions, 7 overlapping faults planned. About 35 s each on 2 cores.
+//!   sessions and 4 watchers, 7 overlapping faults planned. About 35 s each on 2 cores.
 //! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
 //!   [--seed S] [--secs T]` (release build). Schedules alternate 3 and 5 nodes.
 //!
@@ -85,6 +85,7 @@ async fn chaos_long() -> TestResult {
     let secs = env_u64("CHAOS_SECS").unwrap_or(20);
     let started = Instant::now();
     let (mut ops, mut faults, mut failed) = (0, 0, Vec::new());
+    let (mut events, mut resumed, mut compacted, mut abandons) = (0, 0, 0, 0);
     let mut kinds = std::collections::BTreeMap::new();
     for seed in first..first + count {
         let mut cfg = ChaosConfig::quick(seed);
@@ -107,6 +108,10 @@ async fn chaos_long() -> TestResult {
         eprintln!("{report}");
         ops += report.operations;
         faults += report.faults.len();
+        events += report.watch.events;
+        resumed += report.watch.reconnects;
+        compacted += report.watch.compactions;
+        abandons += report.watch.abandons;
         for k in &report.kinds {
             *kinds.entry(format!("{k:?}")).or_insert(0) += 1;
         }
@@ -119,6 +124,9 @@ async fn chaos_long() -> TestResult {
         first + count - 1,
         failed.len(),
         started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "watchers: {events} events checked, {resumed} resumed streams, {compacted} compacted restarts, {abandons} abandons"
     );
     eprintln!("faults by kind: {kinds:?}");
     assert!(

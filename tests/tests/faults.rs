@@ -5,7 +5,8 @@
 //!   save, apply, snapshot install, purge); it restarts without the crash point and every
 //!   check of the fault harness runs.
 //! - Each planted bug, armed with `RAFTKV_PLANTED_BUG`, must make the fault harness report a
-//!   violation: the suite proves it catches them.
+//!   violation: the suite proves it catches them. The bugs: a stale follower read, an
+//!   acknowledgement before fsync, a dropped watch event.
 
 #![allow(clippy::print_stderr)]
 
@@ -97,6 +98,20 @@ async fn planted_stale_follower_read_is_caught() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_ack_before_fsync_is_caught() -> TestResult {
     canary("ack-before-fsync", &[FaultKind::RestartAll], 300).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_dropped_watch_event_is_caught() -> TestResult {
+    // A watch-only bug: the clients' history stays linearizable, so the watch checks must be
+    // what catches it.
+    let mut cfg = testing(400);
+    cfg.node_env = vec![("RAFTKV_PLANTED_BUG".into(), "drop-watch-event".into())];
+    cfg.kinds = vec![FaultKind::KillFollower, FaultKind::TransferLeader];
+    cfg.faults = 5;
+    let report = run_schedule(&cfg).await?;
+    eprintln!("{report}");
+    assert!(!report.watch.violations.is_empty(), "planted bug drop-watch-event was not caught:\n{report}");
+    Ok(())
 }
 
 /// The testing binary without any bug armed passes the same kind of schedule: the canaries

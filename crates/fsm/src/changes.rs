@@ -341,6 +341,10 @@ impl Hub {
                 }
             }
             for (id, (mb, range, events)) in per_watcher {
+                #[cfg(feature = "planted-bugs")]
+                if drop_watch_event(index) {
+                    continue;
+                }
                 let changes = Changes { index, events };
                 let bytes = changes.bytes();
                 self.notifications.fetch_add(1, Ordering::Relaxed);
@@ -398,6 +402,16 @@ impl Hub {
             history_bytes: s.history.bytes,
         }
     }
+}
+
+/// Whether the planted bug "dropped watch event" is armed (feature `planted-bugs` and
+/// `RAFTKV_PLANTED_BUG=drop-watch-event`) and drops the live delivery of the changes at
+/// `index`: one index in ten never reaches the watchers waiting for it (the history, and so
+/// a replay, still has it). A test-only bug the fault suite must catch.
+#[cfg(feature = "planted-bugs")]
+fn drop_watch_event(index: u64) -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    index % 10 == 3 && *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "drop-watch-event"))
 }
 
 #[cfg(test)]
