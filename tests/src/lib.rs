@@ -690,3 +690,62 @@ impl NodeProc {
 pub fn raftkv(args: &[&std::ffi::OsStr]) -> Result<Output, BoxError> {
     Ok(Command::new(binary("raftkv")).args(args).stdin(Stdio::null()).output()?)
 }
+
+/// A client of one node that does not retry: what it sees is what the node answered. Its
+/// deadline is generous: megabyte-sized writes on a loaded 2-core machine with a debug
+/// build can take seconds, and this client is for checking answers, not timing them.
+pub fn one_shot(endpoint: &str) -> Result<Client, client::ClientError> {
+    Client::new(
+        [endpoint.to_string()],
+        ClientOptions {
+            max_retries: 0,
+            auto_request_ids: false,
+            request_timeout: Duration::from_secs(60),
+            ..test_options()
+        },
+    )
+}
+
+/// The gRPC code of a failed call; `None` when it succeeded or failed without a status.
+pub fn code(r: &Result<impl std::fmt::Debug, client::ClientError>) -> Option<tonic::Code> {
+    r.as_ref().err().and_then(|e| e.status()).map(tonic::Status::code)
+}
+
+/// The error text of a failed call; empty when it succeeded.
+pub fn message(r: &Result<impl std::fmt::Debug, client::ClientError>) -> String {
+    r.as_ref().err().map(ToString::to_string).unwrap_or_default()
+}
+
+/// A process's resident memory (kB) and CPU time so far (clock ticks), from /proc.
+pub fn proc_usage(pid: u32) -> Result<(u64, u64), BoxError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; here 12 and 13 (0-based after the name).
+    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
+    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
+    Ok((rss, utime + stime))
+}
+
+/// A lazily connected gRPC channel to `addr` (`HOST:PORT`), with a 2 s connect timeout.
+pub fn channel(addr: &str) -> Result<tonic::transport::Channel, BoxError> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
+/// The `watch` part of a node's `Example/Stat` JSON (watchers, notifications, history).
+pub async fn watch_stats(node: &NodeProc) -> Result<serde_json::Value, BoxError> {
+    let mut example = proto::compat::example::example_client::ExampleClient::new(channel(&node.grpc_addr)?);
+    let text = example.stat(tonic::Request::new(proto::compat::example::StatRequest {})).await?.into_inner().stats;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["watch"].clone())
+}

@@ -12,16 +12,10 @@ use client::kv::{
     request_op,
 };
 use client::{Client, ClientError, ClientOptions};
-use tests::{Cluster, FAST_TIMING, TestResult, raftkvctl, raftkvctl_stdin, test_options, wait_for};
+use tests::{
+    Cluster, FAST_TIMING, TestResult, code, message, one_shot, raftkvctl, raftkvctl_stdin, test_options, wait_for,
+};
 use tonic::Code;
-
-fn code(r: &Result<impl std::fmt::Debug, ClientError>) -> Option<Code> {
-    r.as_ref().err().and_then(|e| e.status()).map(tonic::Status::code)
-}
-
-fn message(r: &Result<impl std::fmt::Debug, ClientError>) -> String {
-    r.as_ref().err().map(ToString::to_string).unwrap_or_default()
-}
 
 fn get(key: &[u8], consistency: Consistency) -> GetRequest {
     GetRequest { key: key.to_vec().into(), consistency: consistency as i32, ..Default::default() }
@@ -35,21 +29,6 @@ fn put_op(key: &[u8], value: &[u8]) -> RequestOp {
             ..Default::default()
         })),
     }
-}
-
-/// A client of one node that does not retry: what it sees is what the node answered. Its
-/// deadline is generous: megabyte-sized writes on a loaded 2-core machine with a debug
-/// build can take seconds, and this client is for checking answers, not timing them.
-fn one_shot(endpoint: &str) -> Result<Client, ClientError> {
-    Client::new(
-        [endpoint.to_string()],
-        ClientOptions {
-            max_retries: 0,
-            auto_request_ids: false,
-            request_timeout: Duration::from_secs(60),
-            ..test_options()
-        },
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

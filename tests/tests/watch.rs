@@ -16,18 +16,14 @@ use client::kv::kv_client::KvClient;
 use client::kv::watch_response::Kind;
 use client::kv::{GetRequest, GetResponse, WatchRequest, WatchResponse};
 use client::{Client, RaftState};
+use proto::compat::example::WatchRequest as SeedWatchRequest;
 use proto::compat::example::example_client::ExampleClient;
-use proto::compat::example::{StatRequest, WatchRequest as SeedWatchRequest};
-use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, binary, wait_for};
-use tonic::transport::{Channel, Endpoint};
+use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, binary, channel, proc_usage, wait_for, watch_stats};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 
 /// How long one message may take to arrive in these tests.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn channel(addr: &str) -> Result<Channel, BoxError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(2)).connect_lazy())
-}
 
 fn kv(node: &NodeProc) -> Result<KvClient<Channel>, BoxError> {
     Ok(KvClient::new(channel(&node.grpc_addr)?))
@@ -422,32 +418,6 @@ async fn a_watch_older_than_the_history_is_compacted_and_names_the_oldest_index(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("compacted") && stderr.contains(&oldest.to_string()), "{stderr}");
     Ok(())
-}
-
-/// A process's resident memory (kB) and CPU time so far (clock ticks), from /proc.
-fn proc_usage(pid: u32) -> Result<(u64, u64), BoxError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; here 12 and 13 (0-based after the name).
-    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
-    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
-    Ok((rss, utime + stime))
-}
-
-async fn watch_stats(node: &NodeProc) -> Result<serde_json::Value, BoxError> {
-    let text =
-        ExampleClient::new(channel(&node.grpc_addr)?).stat(Request::new(StatRequest {})).await?.into_inner().stats;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v["watch"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,7 +415,10 @@ fn serve(
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(tower::util::MapResponseLayer::new(reword_decode_limit))
+        .max_concurrent_streams(service::limits::MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(service::limits::MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(service::limits::MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .layer(tower::util::MapResponseLayer::new(reword_edge_status))
         .add_routes(routes.routes());
     tokio::spawn(async move {
         server
@@ -426,12 +429,15 @@ fn serve(
     })
 }
 
-/// Answers a message over the gRPC decode limit like every other limit: `INVALID_ARGUMENT`
-/// naming the limit (tonic says `OUT_OF_RANGE`). The error is in the headers of a
-/// trailers-only response, so rewriting them is enough.
-fn reword_decode_limit<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+/// Rewords two of tonic's own answers at the server's edge: a message over the gRPC decode
+/// limit is answered like every other limit, `INVALID_ARGUMENT` naming the limit (tonic says
+/// `OUT_OF_RANGE`), and an unknown service or method gets a message saying what to check
+/// (tonic's is empty). Both are in the headers of a trailers-only response, so rewriting them
+/// is enough.
+fn reword_edge_status<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
     if let Some(status) = tonic::Status::from_header_map(resp.headers())
         && let Some((code, message)) = service::limits::decode_limit_status(status.code(), status.message())
+            .or_else(|| service::unknown_method_status(status.code(), status.message()))
     {
         let _ = tonic::Status::new(code, message).add_header(resp.headers_mut());
     }

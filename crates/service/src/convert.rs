@@ -38,6 +38,11 @@ pub(crate) fn key_range(key: &[u8], range_end: &[u8], prefix: bool) -> Result<Ke
             Ok(KeyRange::Key(key.to_vec()))
         }
         [0] => Ok(KeyRange::Range { start: key.to_vec(), end: None }),
+        end if end < key => Err(invalid(format!(
+            "invalid range: range_end {:?} sorts before key {:?}, so [key, range_end) holds nothing; swap them, or give range_end \"\\0\" for every key from key on",
+            String::from_utf8_lossy(end),
+            String::from_utf8_lossy(key)
+        ))),
         end => Ok(KeyRange::Range { start: key.to_vec(), end: Some(end.to_vec()) }),
     }
 }
@@ -279,6 +284,12 @@ mod tests {
         assert_eq!(key_range(b"", b"\0", false)?, KeyRange::Range { start: vec![], end: None });
         assert!(err(key_range(b"", b"", false)).contains("key is empty"));
         assert!(err(key_range(b"a", b"b", true)).contains("not both"));
+        // An end before the start is a mistake (swapped arguments), not an empty range.
+        let swapped = err(key_range(b"b", b"a", false));
+        assert!(swapped.contains("invalid range") && swapped.contains("sorts before key"), "{swapped}");
+        assert!(err(key_range(b"b", b"\x00\x01", false)).contains("invalid range"));
+        // [a, a) is empty but well formed, as in etcd.
+        assert_eq!(key_range(b"a", b"a", false)?, KeyRange::Range { start: b"a".to_vec(), end: Some(b"a".to_vec()) });
         Ok(())
     }
 

@@ -177,9 +177,30 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// The message an `UNIMPLEMENTED` answer without one gets at the server's edge: tonic answers
+/// a call to an unknown service or method with an empty message.
+pub const UNKNOWN_METHOD_MESSAGE: &str = "unknown service or method: check the call's path (/package.Service/Method) against the proto files of this server's version; on the client port, gRPC reflection lists what it serves (grpcurl -plaintext HOST:PORT list)";
+
+/// Rewords tonic's answer to an unknown service or method (`UNIMPLEMENTED` with an empty
+/// message) into one that says what to check. Other statuses, and `UNIMPLEMENTED` answers
+/// that already say something (an unsupported compression), pass.
+#[must_use]
+pub fn unknown_method_status(code: Code, message: &str) -> Option<(Code, String)> {
+    (code == Code::Unimplemented && message.is_empty()).then(|| (code, UNKNOWN_METHOD_MESSAGE.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_method_is_told_what_to_check() {
+        let (code, text) = unknown_method_status(Code::Unimplemented, "").unwrap_or((Code::Ok, String::new()));
+        assert_eq!(code, Code::Unimplemented);
+        assert!(text.contains("unknown service or method") && text.contains("reflection"), "{text}");
+        assert!(unknown_method_status(Code::Unimplemented, "Content is compressed with `gzip`").is_none());
+        assert!(unknown_method_status(Code::Internal, "").is_none());
+    }
 
     #[test]
     fn not_leader_carries_the_hint() {

@@ -46,7 +46,7 @@ pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, memb
 pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{
     CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,
-    RETRYABLE_HEADER, ServiceError,
+    RETRYABLE_HEADER, ServiceError, UNKNOWN_METHOD_MESSAGE, unknown_method_status,
 };
 pub use forward::Forwarder;
 pub use kv::KvService;

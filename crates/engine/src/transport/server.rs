@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use fsm::{Raft, Snapshot, StateMachine};
 use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::{TransferLeaderRequest, VoteRequest};
 use proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{IdentifyRequest, IdentifyResponse, RaftMessage, SnapshotChunk};
@@ -11,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use service::LeaderContact;
 use tonic::{Request, Response, Status, Streaming};
-use types::{NodeId, NodeInfo, SnapshotMeta, Vote, codec};
+use types::{Membership, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote, codec};
 
 use super::MAX_RAFT_MESSAGE_BYTES;
 
@@ -46,6 +48,16 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// [`check_sender`] against this node's current membership; a refusal is logged.
+    fn check_sender(&self, what: &str, sender: &NodeId) -> Result<(), Status> {
+        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        check_sender(membership.membership(), what, sender).inspect_err(|status| {
+            tracing::warn!(sender = %sender, request = what, reason = status.message(), "refused an election message from a non-member");
+        })
+    }
+}
+
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Status> {
     codec::decode(bytes).map_err(|e| Status::invalid_argument(format!("undecodable {what}: {e}")))
 }
@@ -54,6 +66,28 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     codec::encode(value)
         .map(|payload| Response::new(RaftMessage { payload: payload.into() }))
         .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+}
+
+/// Refuses an election message (vote, pre-vote, leadership hand-over) from `sender` when this
+/// node has a membership and `sender` is not in it, voter or learner: a node of another
+/// cluster, a removed node still campaigning, or a forged id. Such a request could
+/// otherwise raise this node's term and depose a healthy leader (openraft grants a
+/// hand-over vote despite the leader lease). A node with no membership yet (waiting to be
+/// added) refuses nothing. A learner in this node's view is accepted, since a newer
+/// membership this node has not received yet may make it a voter.
+///
+/// Replication (`AppendEntries`, snapshots) is not checked: a leader elected under a
+/// membership this node has not received yet (it lags) must still reach it.
+fn check_sender(membership: &Membership, what: &str, sender: &NodeId) -> Result<(), Status> {
+    let mut members = membership.nodes().map(|(id, _)| id).peekable();
+    if members.peek().is_none() || membership.nodes().any(|(id, _)| id == sender) {
+        return Ok(());
+    }
+    let known: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+    Err(Status::failed_precondition(format!(
+        "{what} from node {sender:?}, which is not a member of this node's cluster (members: {}); a removed node must be added again before it takes part in elections",
+        known.join(", ")
+    )))
 }
 
 /// openraft refuses work only when it is stopping: tell the peer to back off.
@@ -74,17 +108,20 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode("vote request", &request.into_inner().payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode("vote request", &request.into_inner().payload)?;
+        self.check_sender("vote request", &rpc.vote.leader_id().node_id)?;
         encode(&self.raft.vote(rpc).await.map_err(stopped)?)
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode("pre-vote request", &request.into_inner().payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode("pre-vote request", &request.into_inner().payload)?;
+        self.check_sender("pre-vote request", &rpc.vote.leader_id().node_id)?;
         encode(&self.raft.pre_vote(rpc).await.map_err(stopped)?)
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode("transfer-leader request", &request.into_inner().payload)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode("transfer-leader request", &request.into_inner().payload)?;
+        self.check_sender("transfer-leader request", &rpc.from_leader().leader_id().node_id)?;
         encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
     }
 
@@ -148,5 +185,44 @@ impl RaftRpc for RaftService {
         tracing::info!(size = header.size, last_log_id = ?meta.last_log_id, "snapshot received");
         let resp = self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await.map_err(stopped)?;
         encode(&resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn membership(voters: &[&str], learners: &[&str]) -> Membership {
+        let node = NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() };
+        let nodes: BTreeMap<NodeId, NodeInfo> = voters.iter().chain(learners).map(|n| (id(n), node.clone())).collect();
+        let voters: BTreeSet<NodeId> = voters.iter().map(|n| id(n)).collect();
+        Membership::new(vec![voters], nodes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn election_messages_from_non_members_are_refused_naming_the_sender() {
+        let m = membership(&["a", "b"], &["c"]);
+        assert!(check_sender(&m, "vote request", &id("a")).is_ok());
+        assert!(check_sender(&m, "vote request", &id("c")).is_ok(), "a learner may be a voter in a newer membership");
+        let refused = check_sender(&m, "vote request", &id("intruder")).err().unwrap_or_else(|| Status::ok(""));
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("\"intruder\"") && refused.message().contains("not a member"),
+            "{}",
+            refused.message()
+        );
+        assert!(refused.message().contains("a, b, c"), "{}", refused.message());
+    }
+
+    #[test]
+    fn a_node_without_membership_refuses_nothing() {
+        let empty = Membership::new_with_defaults(vec![], Vec::<NodeId>::new());
+        assert!(check_sender(&empty, "vote request", &id("anyone")).is_ok());
     }
 }
