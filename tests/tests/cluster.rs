@@ -175,8 +175,10 @@ async fn follower_behind_a_purged_log_catches_up_by_snapshot() -> TestResult {
         client.put(key.clone(), value.clone()).await?;
         acked.insert(key, value);
     }
+    // Purging follows the snapshot asynchronously: wait for the purge itself, or the
+    // follower may come back while the leader still has the entries it needs.
     wait_for("the leader to snapshot and purge past the follower", Duration::from_secs(60), || async {
-        client.status().await.is_ok_and(|s| s.snapshot_index > behind + 100)
+        client.status().await.is_ok_and(|s| s.snapshot_index > behind + 100 && s.purged_index > behind)
     })
     .await?;
 
