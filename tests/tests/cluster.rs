@@ -193,6 +193,68 @@ async fn follower_behind_a_purged_log_catches_up_by_snapshot() -> TestResult {
     Ok(())
 }
 
+/// A follower whose link is slower than the heartbeat interval still replicates: each
+/// AppendEntries call gets `engine::transport::APPEND_MIN_TIMEOUT`, not openraft's one
+/// heartbeat interval, which such a link (or a slow fsync of large values) exceeds on every
+/// attempt. Before that deadline, this follower never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_link_slower_than_the_heartbeat_still_replicates() -> TestResult {
+    use tests::proxy::{Link, Mode};
+    let dir = tempfile::tempdir()?;
+    // n1 reaches n2's Raft port through `raft_link`, its client port through `grpc_link`
+    // (static peers come before the membership in the resolver); n3 directly.
+    let (raft_link, grpc_link) = (Link::start(1).await?, Link::start(2).await?);
+    let peers = format!("n2={}@{}", raft_link.addr(), grpc_link.addr());
+    let mut args: Vec<String> = FAST_TIMING.iter().map(|s| (*s).to_string()).collect();
+    let plain = args.clone();
+    args.extend(["--peers".to_string(), peers]);
+    let local = "127.0.0.1:0";
+    let n1 = NodeProc::start_full("n1", dir.path(), local, local, true, &args, &[], None)?;
+    let leader = n1.client()?;
+    wait_for("n1 to lead", Duration::from_secs(30), || async {
+        leader.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+    })
+    .await?;
+    let mut nodes = vec![n1];
+    for id in ["n2", "n3"] {
+        let node = NodeProc::start_full(id, dir.path(), local, local, false, &plain, &[], None)?;
+        if id == "n2" {
+            raft_link.set_target(node.raft_addr.parse()?);
+            grpc_link.set_target(node.grpc_addr.parse()?);
+        }
+        leader.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
+        nodes.push(node);
+    }
+    // 150 ms each way: every AppendEntries round trip to n2 takes at least 300 ms, six
+    // heartbeat intervals. Writes commit on n1 and n3 meanwhile.
+    let slow = Mode::Delay { base: Duration::from_millis(150), jitter: Duration::ZERO };
+    raft_link.set(slow, slow);
+    let mut acked = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("slow-{i:03}"), format!("v{i}"));
+        leader.put(key.clone(), value.clone()).await?;
+        acked.insert(key, value);
+    }
+    // And a batch of large values, whose AppendEntries calls carry megabytes.
+    for i in 0..4 {
+        let (key, value) = (format!("slow-big-{i}"), "x".repeat(1 << 20));
+        leader.put(key.clone(), value.clone()).await?;
+        acked.insert(key, value);
+    }
+    let target = leader.status().await?.applied_index;
+    let n2 = nodes[1].client()?;
+    wait_for("n2 to apply every write through the slow link", Duration::from_secs(60), || async {
+        n2.status().await.is_ok_and(|s| s.applied_index >= target)
+    })
+    .await?;
+    check_readable(&n2, &acked).await?;
+    eprintln!("n2 applied index {target} through a link of 150 ms each way (heartbeat interval 50 ms)");
+    for node in &mut nodes {
+        assert!(node.stop(), "{} did not stop cleanly", node.id);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raftkvctl_put_get_del_and_members() -> TestResult {
     let mut cluster = Cluster::start(3, &FAST_TIMING).await?;

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use types::{NodeId, NodeInfo, TypeConfig, Vote, codec};
 
-use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT};
+use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT, append_timeout};
 use fsm::{Snapshot, SnapshotFile};
 
 /// Makes openraft's per-peer clients; peers at the same address share one connection.
@@ -116,8 +116,14 @@ impl Peer {
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
     }
 
-    /// Sends one unary Raft RPC: encode, call with a deadline, decode.
-    async fn unary<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    /// Sends one unary Raft RPC: encode, call with the deadline `ttl` gives for the encoded
+    /// size, decode.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: impl FnOnce(usize) -> Duration,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -125,8 +131,9 @@ impl Peer {
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let deadline = ttl(payload.len());
         let mut request = tonic::Request::new(RaftMessage { payload: payload.into() });
-        request.set_timeout(ttl);
+        request.set_timeout(deadline);
         let resp = call(self.client()?, request).await.map_err(|s| unreachable_or_network(&s))?;
         codec::decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
@@ -140,7 +147,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.append_entries(r).await }).await
+        // Not openraft's heartbeat-long TTL: see `APPEND_MIN_TIMEOUT`.
+        let asked = option.hard_ttl();
+        self.unary(&rpc, |bytes| append_timeout(asked, bytes), |mut c, r| async move { c.append_entries(r).await })
+            .await
     }
 
     async fn vote(
@@ -148,7 +158,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
+        self.unary(&rpc, |_| option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -156,7 +166,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
+        self.unary(&rpc, |_| option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn transfer_leader(
@@ -164,7 +174,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&req, option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.unary(&req, |_| option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
     }
 
     async fn full_snapshot(

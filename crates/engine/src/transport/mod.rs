@@ -23,3 +23,41 @@ pub const SNAPSHOT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 << 20;
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest deadline of an AppendEntries call. openraft asks for one heartbeat interval
+/// (50-100 ms), which a follower's fsync of a batch of large values, a loaded machine or a
+/// slow link can exceed on every attempt: the follower would then never catch up, and with
+/// two such followers no write would commit. etcd gives its peer connections a 5 s read
+/// timeout for the same reason. A dead peer is still noticed by the heartbeats, which keep
+/// their own short deadlines.
+pub const APPEND_MIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The slowest transfer rate an AppendEntries call is given time for: on top of
+/// [`APPEND_MIN_TIMEOUT`], each 10 MiB of encoded entries adds one second.
+pub const APPEND_MIN_BYTES_PER_SEC: u64 = 10 << 20;
+
+/// The deadline of an AppendEntries call of `bytes` encoded bytes that openraft asked to
+/// finish within `asked`: see [`APPEND_MIN_TIMEOUT`] and [`APPEND_MIN_BYTES_PER_SEC`].
+#[must_use]
+pub fn append_timeout(asked: Duration, bytes: usize) -> Duration {
+    let transfer =
+        Duration::from_millis(u64::try_from(bytes).unwrap_or(u64::MAX).saturating_mul(1000) / APPEND_MIN_BYTES_PER_SEC);
+    asked.max(APPEND_MIN_TIMEOUT).saturating_add(transfer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_deadline_has_a_floor_and_grows_with_the_payload() {
+        // A heartbeat interval is not enough time for a batch of entries.
+        assert_eq!(append_timeout(Duration::from_millis(50), 0), APPEND_MIN_TIMEOUT);
+        assert_eq!(append_timeout(Duration::from_millis(50), 10 << 20), APPEND_MIN_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(
+            append_timeout(Duration::from_millis(50), MAX_RAFT_MESSAGE_BYTES),
+            APPEND_MIN_TIMEOUT + Duration::from_millis(51_200)
+        );
+        // A longer deadline asked for is kept.
+        assert_eq!(append_timeout(Duration::from_secs(7), 0), Duration::from_secs(7));
+        assert_eq!(append_timeout(Duration::MAX, usize::MAX), Duration::MAX);
+    }
+}
