@@ -216,7 +216,8 @@ pub struct ChaosConfig {
 
 impl ChaosConfig {
     /// The quick tier's schedule for `seed`: 3 nodes, 20 s of traffic, 8 clients on 6 keys,
-    /// 4 watchers, 7 overlapping faults.
+    /// 4 watchers, 7 overlapping faults, the default snapshot policy (see
+    /// [`SNAPSHOT_OFTEN`] for schedules that install snapshots).
     #[must_use]
     pub fn quick(seed: u64) -> Self {
         Self {
@@ -234,6 +235,11 @@ impl ChaosConfig {
         }
     }
 }
+
+/// Node arguments for a snapshot every 100 applied entries, keeping only 20 entries of log
+/// behind it: a follower that falls 20 entries behind (isolated, paused, killed, or slow
+/// behind a delayed link) is brought back by a snapshot install rather than by the log.
+pub const SNAPSHOT_OFTEN: [&str; 4] = ["--snapshot_threshold", "100", "--trailing_logs", "20"];
 
 /// What one schedule did and found.
 #[derive(Debug, Default)]
@@ -256,6 +262,10 @@ pub struct ScheduleReport {
     pub resolved: usize,
     /// What the watchers saw (see [`watch_check`]).
     pub watch: watch_check::WatchReport,
+    /// Snapshots built, over every node (from the nodes' logs).
+    pub snapshots_built: usize,
+    /// Snapshots installed from the leader, over every node (from the nodes' logs).
+    pub snapshots_installed: usize,
     /// Every violation: the checker's, and divergence or unclean stops as text.
     pub violations: Vec<String>,
 }
@@ -287,6 +297,7 @@ impl fmt::Display for ScheduleReport {
             "    watchers: {} events, {} resumed streams, {} compacted restarts, {} abandons",
             self.watch.events, self.watch.reconnects, self.watch.compactions, self.watch.abandons
         )?;
+        writeln!(f, "    snapshots: {} built, {} installed", self.snapshots_built, self.snapshots_installed)?;
         for fault in &self.faults {
             writeln!(f, "    {fault}")?;
         }
@@ -822,6 +833,10 @@ async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) ->
         if node.pid().is_some() && !node.stop() {
             report.violations.push(format!("node {} did not stop cleanly; log:\n{}", node.id, node.log_tail()));
         }
+        // A node's log spans its restarts (it is appended to).
+        let log = node.log();
+        report.snapshots_built += log.matches("snapshot built").count();
+        report.snapshots_installed += log.matches("snapshot installed").count();
     }
     Ok(report)
 }

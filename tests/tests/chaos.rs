@@ -3,6 +3,8 @@
 //! - **Quick tier** (every `cargo xtask test`, so every CI run): 20 schedules, seeds 1 to
 //!   20, each its own test so a failure names its seed: 3 nodes, 20 s of traffic, 8 client
 //!   sessions and 4 watchers, 7 overlapping faults planned. About 35 s each on 2 cores.
+//! - **Snapshot installs under faults**: `snapshot_installs_under_faults`, ignored while the
+//!   violation it found is open (see the test).
 //! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
 //!   [--seed S] [--secs T]` (release build). Schedules alternate 3 and 5 nodes.
 //!
@@ -13,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use tests::TestResult;
-use tests::chaos::{ChaosConfig, FaultKind, run_schedule};
+use tests::chaos::{ChaosConfig, FaultKind, SNAPSHOT_OFTEN, run_schedule};
 
 async fn quick(seed: u64) -> TestResult {
     let report = run_schedule(&ChaosConfig::quick(seed)).await?;
@@ -57,6 +59,26 @@ quick_tier!(
     schedule_20 = 20,
 );
 
+/// A quick-tier schedule with `SNAPSHOT_OFTEN` (a snapshot every 100 entries, 20 kept behind
+/// it), so lagging followers get snapshot installs and their watchers abandons under the
+/// faults. Seed 15 fails today: every watcher sees a per-key version gap near the restart of
+/// all nodes (e.g. "gap in chaos-15-k3 at index 1428: after version 3 (created at 1390) came
+/// version 2 (created at 1425)"), with 4 abandons and 5 snapshot installs in the schedule.
+/// Whether the watch path or the watch check is wrong is not settled yet; the client
+/// history of the same schedule is linearizable. Run it with
+/// `cargo nextest run -p tests --test chaos --run-ignored only snapshot_installs_under_faults`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure under investigation: watch gaps after snapshot installs (seed 15)"]
+async fn snapshot_installs_under_faults() -> TestResult {
+    let mut cfg = ChaosConfig::quick(15);
+    cfg.node_args = SNAPSHOT_OFTEN.iter().map(|s| (*s).to_string()).collect();
+    let report = run_schedule(&cfg).await?;
+    eprintln!("{report}");
+    assert!(report.snapshots_installed > 0, "no snapshot was installed:\n{report}");
+    assert!(report.passed(), "seed 15 with snapshots often failed:\n{report}");
+    Ok(())
+}
+
 /// The quick tier's seeds plan every fault kind at least once.
 #[test]
 fn quick_tier_plans_every_fault_kind() {
@@ -86,6 +108,7 @@ async fn chaos_long() -> TestResult {
     let started = Instant::now();
     let (mut ops, mut faults, mut failed) = (0, 0, Vec::new());
     let (mut events, mut resumed, mut compacted, mut abandons) = (0, 0, 0, 0);
+    let (mut built, mut installed) = (0, 0);
     let mut kinds = std::collections::BTreeMap::new();
     for seed in first..first + count {
         let mut cfg = ChaosConfig::quick(seed);
@@ -112,6 +135,8 @@ async fn chaos_long() -> TestResult {
         resumed += report.watch.reconnects;
         compacted += report.watch.compactions;
         abandons += report.watch.abandons;
+        built += report.snapshots_built;
+        installed += report.snapshots_installed;
         for k in &report.kinds {
             *kinds.entry(format!("{k:?}")).or_insert(0) += 1;
         }
@@ -128,6 +153,7 @@ async fn chaos_long() -> TestResult {
     eprintln!(
         "watchers: {events} events checked, {resumed} resumed streams, {compacted} compacted restarts, {abandons} abandons"
     );
+    eprintln!("snapshots: {built} built, {installed} installed on lagging nodes");
     eprintln!("faults by kind: {kinds:?}");
     assert!(
         failed.is_empty(),

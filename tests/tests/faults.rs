@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use tests::TestResult;
-use tests::chaos::{ChaosConfig, CrashTrigger, FaultKind, run_crash_point, run_schedule};
+use tests::chaos::{ChaosConfig, CrashTrigger, FaultKind, SNAPSHOT_OFTEN, run_crash_point, run_schedule};
 
 fn testing(seed: u64) -> ChaosConfig {
     let mut cfg = ChaosConfig::quick(seed);
@@ -29,9 +29,6 @@ async fn crash(point: &str, trigger: CrashTrigger, args: &[&str]) -> TestResult 
     assert!(report.passed(), "crash point {point}:\n{report}");
     Ok(())
 }
-
-/// A small snapshot threshold and few trailing entries, so a snapshot and a purge come soon.
-const SNAPSHOT_OFTEN: [&str; 4] = ["--snapshot_threshold", "100", "--trailing_logs", "20"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_append_before_writing() -> TestResult {
