@@ -234,6 +234,19 @@ impl ChaosConfig {
             bin_dir: None,
         }
     }
+
+    /// The tiers' schedule for `seed`: [`ChaosConfig::quick`], and every third seed with
+    /// [`SNAPSHOT_OFTEN`], so that lagging followers install snapshots (and their watchers
+    /// see them) under the faults. The quick tier and the long tier both draw from it, so a
+    /// seed replays the same way in either.
+    #[must_use]
+    pub fn tier(seed: u64) -> Self {
+        let mut cfg = Self::quick(seed);
+        if seed.is_multiple_of(3) {
+            cfg.node_args = SNAPSHOT_OFTEN.iter().map(|s| (*s).to_string()).collect();
+        }
+        cfg
+    }
 }
 
 /// Node arguments for a snapshot every 100 applied entries, keeping only 20 entries of log

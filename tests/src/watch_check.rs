@@ -312,6 +312,14 @@ pub fn check(logs: &[WatchLog], ops: &[Operation]) -> WatchReport {
                 }
                 WatchRecord::Abandoned { index, kvs } => {
                     report.abandons += 1;
+                    if *index < through {
+                        report.violations.push(WatchViolation::OutOfOrder {
+                            watcher: w,
+                            detail: format!(
+                                "a restored state at index {index} after the stream had covered every index up to {through}"
+                            ),
+                        });
+                    }
                     if *index > through {
                         gaps.push((through + 1, *index));
                     }
@@ -612,6 +620,20 @@ mod tests {
         log.records[2] = WatchRecord::Abandoned { index: 14, kvs: vec![] };
         let r = check(&[log], &history());
         assert!(r.violations.iter().any(|v| matches!(v, WatchViolation::Gap { index: 15, .. })), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_restored_state_older_than_the_stream_is_out_of_order() {
+        // After the put at 12 was delivered, a stream reports the state as of index 11: the
+        // watcher would go back in time (seed 15 with frequent snapshots found a node doing so).
+        let mut log = full_log();
+        log.records.insert(4, WatchRecord::Abandoned { index: 11, kvs: vec![("k".into(), put(1, 10, 1))] });
+        let r = check(&[log], &history());
+        assert!(
+            r.violations.iter().any(|v| matches!(v, WatchViolation::OutOfOrder { detail, .. } if detail.contains("restored state at index 11"))),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! - **Quick tier** (every `cargo xtask test`, so every CI run): 20 schedules, seeds 1 to
 //!   20, each its own test so a failure names its seed: 3 nodes, 20 s of traffic, 8 client
 //!   sessions and 4 watchers, 7 overlapping faults planned. About 35 s each on 2 cores.
-//! - **Snapshot installs under faults**: `snapshot_installs_under_faults`, ignored while the
-//!   violation it found is open (see the test).
+//!   Every third seed runs with `SNAPSHOT_OFTEN` (`ChaosConfig::tier`), so lagging
+//!   followers install snapshots under the faults and their watchers see it.
 //! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
 //!   [--seed S] [--secs T]` (release build). Schedules alternate 3 and 5 nodes.
 //!
@@ -15,10 +15,11 @@
 use std::time::{Duration, Instant};
 
 use tests::TestResult;
-use tests::chaos::{ChaosConfig, FaultKind, SNAPSHOT_OFTEN, run_schedule};
+use tests::chaos::{ChaosConfig, FaultKind, run_schedule};
 
 async fn quick(seed: u64) -> TestResult {
-    let report = run_schedule(&ChaosConfig::quick(seed)).await?;
+    let cfg = ChaosConfig::tier(seed);
+    let report = run_schedule(&cfg).await?;
     eprintln!("{report}");
     assert!(report.faults.len() >= 5, "seed {seed}: only {} faults injected", report.faults.len());
     assert!(report.passed(), "seed {seed} failed:\n{report}");
@@ -59,26 +60,6 @@ quick_tier!(
     schedule_20 = 20,
 );
 
-/// A quick-tier schedule with `SNAPSHOT_OFTEN` (a snapshot every 100 entries, 20 kept behind
-/// it), so lagging followers get snapshot installs and their watchers abandons under the
-/// faults. Seed 15 fails today: every watcher sees a per-key version gap near the restart of
-/// all nodes (e.g. "gap in chaos-15-k3 at index 1428: after version 3 (created at 1390) came
-/// version 2 (created at 1425)"), with 4 abandons and 5 snapshot installs in the schedule.
-/// Whether the watch path or the watch check is wrong is not settled yet; the client
-/// history of the same schedule is linearizable. Run it with
-/// `cargo nextest run -p tests --test chaos --run-ignored only snapshot_installs_under_faults`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure under investigation: watch gaps after snapshot installs (seed 15)"]
-async fn snapshot_installs_under_faults() -> TestResult {
-    let mut cfg = ChaosConfig::quick(15);
-    cfg.node_args = SNAPSHOT_OFTEN.iter().map(|s| (*s).to_string()).collect();
-    let report = run_schedule(&cfg).await?;
-    eprintln!("{report}");
-    assert!(report.snapshots_installed > 0, "no snapshot was installed:\n{report}");
-    assert!(report.passed(), "seed 15 with snapshots often failed:\n{report}");
-    Ok(())
-}
-
 /// The quick tier's seeds plan every fault kind at least once.
 #[test]
 fn quick_tier_plans_every_fault_kind() {
@@ -111,7 +92,7 @@ async fn chaos_long() -> TestResult {
     let (mut built, mut installed) = (0, 0);
     let mut kinds = std::collections::BTreeMap::new();
     for seed in first..first + count {
-        let mut cfg = ChaosConfig::quick(seed);
+        let mut cfg = ChaosConfig::tier(seed);
         cfg.duration = Duration::from_secs(secs);
         cfg.faults = usize::try_from(secs * 7 / 20).unwrap_or(7).max(5);
         // An explicitly replayed seed keeps its size; otherwise odd seeds run 5 nodes.

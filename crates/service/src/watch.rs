@@ -260,8 +260,24 @@ impl NativeWatch {
 
     /// After a snapshot install: the watched keys as restored, read with the index they
     /// reflect; changes up to that index are then skipped.
+    ///
+    /// A stream never goes backwards: when the state read is older than what the stream has
+    /// already covered (a stream resumed on a node that lags, at an index the node had not
+    /// reached, and the snapshot brought it only part of the way), the client has nothing to
+    /// learn from it. Every change after the snapshot still reaches the mailbox, and those up
+    /// to the covered index are skipped, so the abandon is dropped and the stream goes on.
     fn queue_restored(&mut self, abandoned_at: u64) -> Result<(), ServiceError> {
         let (kvs, at) = read_state(&self.sm, &self.range, self.keys_only)?;
+        let covered = self.delivered.max(self.skip_through);
+        if at < covered {
+            tracing::info!(
+                abandoned_at,
+                restored_at = at,
+                covered,
+                "snapshot install below what the watch stream covered; nothing to resend"
+            );
+            return Ok(());
+        }
         tracing::info!(abandoned_at, restored_at = at, keys = kvs.len(), "watch abandoned by a snapshot install");
         self.skip_through = self.skip_through.max(at);
         let kvs: Vec<pb::KeyValue> = kvs.into_iter().map(convert::kv).collect();
@@ -352,20 +368,67 @@ mod tests {
         assert!(matches!(feed_error(fsm::Error::TooManyWatchers { limit: 3 }), ServiceError::TooManyWatchers(3)));
     }
 
+    /// A put of `value` to `k` at `index`, as the log would carry it.
+    fn put(index: u64, value: &str) -> types::Entry {
+        use openraft::entry::RaftEntry;
+        use types::{Command, Entry, LogId, NodeId, PutOp, WriteCommand, WriteOp};
+        let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId::from(1) }, index);
+        let op = PutOp { key: b"k".to_vec(), value: value.as_bytes().to_vec(), expect: None, prev_kv: false };
+        Entry::new_normal(log_id, Command::Write(WriteCommand { request_id: None, op: WriteOp::Put(op) }))
+    }
+
+    #[tokio::test]
+    async fn a_stream_resumed_ahead_of_a_lagging_node_never_goes_back() -> Result<(), Box<dyn std::error::Error>> {
+        use futures::StreamExt as _;
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+        let dir = tempfile::tempdir()?;
+        let mut leader = StateMachine::open(&dir.path().join("leader"))?;
+        let entries: Vec<_> = (1..=3).map(|i| Ok((put(i, &format!("v{i}")), None))).collect();
+        leader.apply(futures::stream::iter(entries)).await?;
+        let snap = leader.get_snapshot_builder().await.build_snapshot().await?;
+
+        // The client saw everything up to 5 elsewhere and resumes at 6 on a node at 0.
+        let mut lagging = StateMachine::open(&dir.path().join("lagging"))?;
+        let params = WatchParams {
+            range: KeyRange::Key(b"k".to_vec()),
+            start_index: 6,
+            keys_only: false,
+            progress: Duration::from_secs(3600),
+            timeout: None,
+            node_id: "n2".into(),
+        };
+        let mut stream = native_stream(lagging.clone(), params)?;
+        let first = stream.next().await.ok_or("no message")??;
+        assert_eq!((first.kind, first.index), (Kind::Created as i32, 5));
+        // A snapshot at 3 brings the node only part of the way: nothing for the client.
+        lagging.install_snapshot(&snap.meta, snap.snapshot).await?;
+        let after_install = futures::FutureExt::now_or_never(stream.next());
+        assert!(after_install.is_none(), "a restored state older than the stream was sent: {after_install:?}");
+        let later: Vec<_> = (4..=7).map(|i| Ok((put(i, &format!("v{i}")), None))).collect();
+        lagging.apply(futures::stream::iter(later)).await?;
+        let next = stream.next().await.ok_or("no message")??;
+        assert_eq!((next.kind, next.index), (Kind::Events as i32, 6), "{next:?}");
+        let next = stream.next().await.ok_or("no message")??;
+        assert_eq!((next.kind, next.index), (Kind::Events as i32, 7), "{next:?}");
+
+        // A snapshot past what the stream covered is told, with the state it restored.
+        let entries: Vec<_> = (4..=9).map(|i| Ok((put(i, &format!("w{i}")), None))).collect();
+        leader.apply(futures::stream::iter(entries)).await?;
+        let snap = leader.get_snapshot_builder().await.build_snapshot().await?;
+        lagging.install_snapshot(&snap.meta, snap.snapshot).await?;
+        let next = stream.next().await.ok_or("no message")??;
+        assert_eq!((next.kind, next.index), (Kind::Abandoned as i32, 9), "{next:?}");
+        assert_eq!(next.kvs.first().map(|kv| kv.value.to_vec()), Some(b"w9".to_vec()));
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_blocking_read_waits_for_a_change_above_min_index() -> Result<(), Box<dyn std::error::Error>> {
-        use openraft::entry::RaftEntry;
         use openraft::storage::RaftStateMachine;
-        use types::{Command, Entry, LogId, NodeId, PutOp, WriteCommand, WriteOp};
 
         let dir = tempfile::tempdir()?;
         let mut sm = StateMachine::open(dir.path())?;
-        let put = |index: u64, value: &str| {
-            let log_id =
-                LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId::from(1) }, index);
-            let op = PutOp { key: b"k".to_vec(), value: value.as_bytes().to_vec(), expect: None, prev_kv: false };
-            Entry::new_normal(log_id, Command::Write(WriteCommand { request_id: None, op: WriteOp::Put(op) }))
-        };
         sm.apply(futures::stream::iter([Ok((put(1, "a"), None))])).await?;
         // Already past min_index: at once.
         let r = blocking_get(&sm, b"k", 0, Duration::from_secs(30)).await?;
