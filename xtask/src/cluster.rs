@@ -141,6 +141,43 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     }
 }
 
+/// A cluster brought up for another command (`cargo xtask bench`) from binaries already
+/// built in `bin_dir`, with ports from the OS. Its nodes are stopped when it is dropped.
+pub(crate) struct Running {
+    cluster: Cluster,
+}
+
+impl Running {
+    /// The nodes' client addresses, comma-separated, in start order (nodeA, the leader,
+    /// first).
+    pub(crate) fn endpoints(&self) -> String {
+        self.cluster.nodes.iter().map(|n| n.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Stops every node by PID; what did not stop cleanly.
+    pub(crate) fn stop(mut self) -> Vec<String> {
+        self.cluster.stop()
+    }
+}
+
+/// Steps 2 to 5 of the module docs for another command; see [`Running`].
+pub(crate) fn start(bin_dir: &Path, data_dir: &Path, interrupted: &Arc<AtomicBool>) -> Result<Running> {
+    let data_dir = absolute(data_dir)?;
+    prepare_data_dir(&data_dir)?;
+    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(interrupted) };
+    let mut cluster =
+        Cluster { raftkv: bin_dir.join("raftkv"), data_dir, nodes: Vec::new(), interrupted: Arc::clone(interrupted) };
+    let opts = Options { smoke: true, release: true, data_dir: None, ports_from_os: true };
+    if let Err(err) = bring_up(&mut cluster, &ctl, &opts) {
+        cluster.print_log_tails();
+        for problem in cluster.stop() {
+            eprintln!("cluster: {problem}");
+        }
+        return Err(err);
+    }
+    Ok(Running { cluster })
+}
+
 /// Steps 3 to 6 of the module docs; the caller stops the nodes whatever this returns.
 fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     if !opts.ports_from_os {
@@ -309,7 +346,7 @@ fn check_ports_free() -> Result<()> {
 
 /// Wipes and creates the data directory, refusing to wipe a non-empty directory that
 /// this command did not make.
-fn prepare_data_dir(dir: &Path) -> Result<()> {
+pub(crate) fn prepare_data_dir(dir: &Path) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             let empty = entries.next().is_none();

@@ -6,12 +6,16 @@
 //! - `test [-- ARGS]`: the project's one test command (binaries, nextest or cargo test,
 //!   doc tests).
 //! - `deps`: check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
+//! - `chaos --schedules N`: the long fault-injection tier.
+//! - `bench [--runs N] [--scale F]`: raftkv against etcd, both on this machine, one load
+//!   generator, figures as ratios with their spread.
 //!
 //! xtask keeps its dependencies few and never depends on the raftkv crates: it drives them
 //! through cargo and the built binaries, as a user would.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod chaos;
 mod cluster;
 mod deps;
@@ -67,6 +71,17 @@ enum Cmd {
     },
     /// Check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
     Deps,
+    /// raftkv against etcd (from PATH) on this machine: both as three-node clusters on
+    /// 127.0.0.1, loaded in turn by `raftkvctl bench`; prints throughput, p99 and the ratio
+    /// raftkv/etcd per shape, median and spread over the runs.
+    Bench {
+        /// How many times each shape runs against each store.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Multiplies every shape's request count (e.g. 0.1 for a quick look).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// The long fault-injection tier: N seeded schedules against a release build, each
     /// checked (linearizability, lost writes, duplicates, convergence); prints a summary and
     /// every failing seed.
@@ -109,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test::run(&root, &args),
         Cmd::Deps => deps::run(&root),
+        Cmd::Bench { runs, scale } => bench::run(&root, &bench::Options { runs, scale }),
         Cmd::Chaos { schedules, seed, secs, debug } => chaos::run(&root, schedules, seed, secs, !debug),
     }
 }

@@ -4,6 +4,9 @@
 //! latencies of every request are kept and summarized (p50, p90, p99, max) with the
 //! throughput. Keys are `bench/<client>/<n>` under a prefix; values are fixed-size.
 //!
+//! `--target etcd` sends the same load to etcd's v3 KV service (`crate::etcd`), so that
+//! raftkv and etcd are measured by one load generator (`cargo xtask bench` does both).
+//!
 //! `bench watch` measures how long a change takes to reach a watcher on another node: a
 //! watcher on the last endpoint (a follower, typically) follows the prefix while one writer
 //! puts keys one after the other through the first endpoint (the leader, typically); the
@@ -29,6 +32,15 @@ pub(crate) enum Op {
     Watch,
 }
 
+/// Which store to load.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// raftkv's own KV service.
+    Raftkv,
+    /// etcd's v3 KV service (`etcdserverpb.KV`), with the same load, for comparisons.
+    Etcd,
+}
+
 /// A bench run's settings.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -51,6 +63,50 @@ pub(crate) struct BenchArgs {
     /// reaches the follower on its own rather than with the next write.
     #[arg(long, value_parser = crate::parse_duration, default_value = "0ms")]
     interval: Duration,
+    /// The store the endpoints belong to.
+    #[arg(long, value_enum, default_value_t = Target::Raftkv)]
+    target: Target,
+    /// `bench get` only: member-local reads (raftkv's `STALE`, etcd's serializable) rather
+    /// than linearizable ones.
+    #[arg(long)]
+    serializable: bool,
+}
+
+/// One simulated client's connection.
+enum Conn {
+    Raftkv(Client),
+    Etcd(crate::etcd::EtcdKv),
+}
+
+impl Conn {
+    async fn put(&mut self, key: String, value: &[u8]) -> Result<()> {
+        match self {
+            Self::Raftkv(c) => c.put(key, value).await.map(|_| ())?,
+            Self::Etcd(c) => c.put(key.into_bytes(), value.to_vec()).await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    /// Reads `key`, which must exist (a read that finds nothing measures nothing).
+    async fn get(&mut self, key: String, serializable: bool) -> Result<()> {
+        let found = match self {
+            Self::Raftkv(c) => {
+                let consistency =
+                    if serializable { client::kv::Consistency::Stale } else { client::kv::Consistency::Linearizable };
+                let req = client::kv::GetRequest {
+                    key: key.clone().into(),
+                    consistency: consistency as i32,
+                    ..Default::default()
+                };
+                c.get_request(req).await?.found
+            }
+            Self::Etcd(c) => !c.get(key.clone().into_bytes(), serializable).await?.kvs.is_empty(),
+        };
+        if !found {
+            bail!("bench get: key {key} was written before the run but is not found");
+        }
+        Ok(())
+    }
 }
 
 /// The summary of a run.
@@ -103,7 +159,13 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         bail!("--clients and --total must be at least 1");
     }
     if args.op == Op::Watch {
+        if args.target != Target::Raftkv {
+            bail!("bench watch measures raftkv only (--target raftkv)");
+        }
         return watch(endpoints, options, args).await;
+    }
+    if endpoints.is_empty() {
+        bail!("no endpoints to load");
     }
     let value = Arc::new(vec![b'x'; args.value_size]);
     let per_client = args.total.div_ceil(args.clients);
@@ -113,11 +175,18 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         let mut eps = endpoints.to_vec();
         let shift = i % eps.len();
         eps.rotate_left(shift);
-        clients.push(Client::new(eps, options.clone())?);
+        clients.push(match args.target {
+            Target::Raftkv => Conn::Raftkv(Client::new(eps, options.clone())?),
+            Target::Etcd => Conn::Etcd(
+                crate::etcd::EtcdKv::connect(&eps[0])
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to etcd at {}: {e}", eps[0]))?,
+            ),
+        });
     }
     if args.op == Op::Get {
         // The keys read are written first, outside the measurement.
-        for (c, client) in clients.iter().enumerate() {
+        for (c, client) in clients.iter_mut().enumerate() {
             for n in 0..per_client.min(100) {
                 client.put(key(&args.prefix, c, n), value.as_slice()).await?;
             }
@@ -125,23 +194,23 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
     }
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
-    for (c, client) in clients.into_iter().enumerate() {
+    for (c, mut client) in clients.into_iter().enumerate() {
         let count = per_client.min(args.total.saturating_sub(c * per_client));
         let value = value.clone();
         let prefix = args.prefix.clone();
-        let op = args.op;
+        let (op, serializable) = (args.op, args.serializable);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(count);
             for n in 0..count {
                 let t = Instant::now();
                 match op {
-                    Op::Put => client.put(key(&prefix, c, n), value.as_slice()).await.map(|_| ())?,
+                    Op::Put => client.put(key(&prefix, c, n), value.as_slice()).await?,
                     // Measured apart, by `watch` above.
-                    Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100)).await.map(|_| ())?,
+                    Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100), serializable).await?,
                 }
                 lat.push(t.elapsed());
             }
-            Ok::<_, client::ClientError>(lat)
+            Ok::<_, anyhow::Error>(lat)
         }));
     }
     let mut latencies = Vec::with_capacity(args.total);

@@ -7,6 +7,7 @@
 
 mod admin_cmd;
 mod bench;
+mod etcd;
 mod kv_cmd;
 mod txn_syntax;
 mod watch_cmd;
