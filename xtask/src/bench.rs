@@ -163,30 +163,13 @@ fn bench(ctl: &Path, store: &str, endpoints: &str, shape: &Shape, run: usize, sc
 /// Runs `cmd` to its end (killed after `limit`); its stdout, or why not.
 fn output_within(cmd: &mut Command, limit: Duration) -> Result<Vec<u8>> {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = read(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let err = read(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("did not finish within {}s", limit.as_secs());
-        }
-        thread::sleep(Duration::from_millis(20));
+    let out = cluster::read_in_background(child.stdout.take());
+    let err = cluster::read_in_background(child.stderr.take());
+    let Some(status) = cluster::wait_with_deadline(&mut child, Instant::now() + limit)? else {
+        // Not reaped yet: the PID is still this child's.
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("did not finish within {}s", limit.as_secs());
     };
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
@@ -324,18 +307,18 @@ impl EtcdCluster {
 
     /// SIGTERM to each member by PID, then SIGKILL to what is left after the grace period.
     fn stop(&mut self) {
-        for c in &self.children {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        for c in &mut self.children {
+            // Not reaped yet, so the PID is still this child's.
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).stderr(Stdio::null()).status();
+            }
         }
         let deadline = Instant::now() + ETCD_STOP_GRACE;
         for c in &mut self.children {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(c.try_wait(), Ok(None)) {
+            if !matches!(cluster::wait_with_deadline(c, deadline), Ok(Some(_))) {
                 let _ = c.kill();
+                let _ = c.wait();
             }
-            let _ = c.wait();
         }
         self.children.clear();
     }
