@@ -151,7 +151,7 @@ impl Running {
     /// The nodes' client addresses, comma-separated, in start order (nodeA, the leader,
     /// first).
     pub(crate) fn endpoints(&self) -> String {
-        self.cluster.nodes.iter().map(|n| n.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+        self.cluster.endpoints()
     }
 
     /// Stops every node by PID; what did not stop cleanly.
@@ -302,8 +302,7 @@ fn check_members(list: &Value, expected: &[&str]) -> Result<String, String> {
 }
 
 fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
-    let endpoints: Vec<&str> = cluster.nodes.iter().map(|n| n.grpc_addr.as_str()).collect();
-    let endpoints = endpoints.join(",");
+    let endpoints = cluster.endpoints();
     let ctl = relative_to_cwd(ctl);
     println!();
     println!("cluster: 3-node cluster serving in {:.1}s (from starting the nodes to 3 voters)", serving.as_secs_f64());
@@ -421,6 +420,11 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The nodes' client addresses, comma-separated, in start order.
+    fn endpoints(&self) -> String {
+        self.nodes.iter().map(|n| n.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
     /// Starts one node. It is recorded before anything else can fail, so that it is stopped.
     fn spawn(&mut self, id: &'static str, raft_port: u16, grpc_port: u16, bootstrap: bool) -> Result<()> {
         let node_dir = self.data_dir.join(id);

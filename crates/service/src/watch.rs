@@ -261,23 +261,23 @@ impl NativeWatch {
     /// After a snapshot install: the watched keys as restored, read with the index they
     /// reflect; changes up to that index are then skipped.
     ///
-    /// A stream never goes backwards: when the state read is older than what the stream has
-    /// already covered (a stream resumed on a node that lags, at an index the node had not
-    /// reached, and the snapshot brought it only part of the way), the client has nothing to
-    /// learn from it. Every change after the snapshot still reaches the mailbox, and those up
-    /// to the covered index are skipped, so the abandon is dropped and the stream goes on.
+    /// A stream never goes backwards: a snapshot at or below what the stream already covered
+    /// (it resumed, on a node that lags, at an index the node had not reached, and the
+    /// snapshot brought the node only part of the way) has nothing the client lacks. Every
+    /// change after the snapshot still reaches the mailbox (the hub publishes nothing older
+    /// after an abandon), and those up to the covered index are skipped, so the abandon is
+    /// dropped and the stream goes on.
     fn queue_restored(&mut self, abandoned_at: u64) -> Result<(), ServiceError> {
-        let (kvs, at) = read_state(&self.sm, &self.range, self.keys_only)?;
         let covered = self.delivered.max(self.skip_through);
-        if at < covered {
+        if abandoned_at <= covered {
             tracing::info!(
                 abandoned_at,
-                restored_at = at,
                 covered,
-                "snapshot install below what the watch stream covered; nothing to resend"
+                "snapshot install within what the watch stream covered; nothing to resend"
             );
             return Ok(());
         }
+        let (kvs, at) = read_state(&self.sm, &self.range, self.keys_only)?;
         tracing::info!(abandoned_at, restored_at = at, keys = kvs.len(), "watch abandoned by a snapshot install");
         self.skip_through = self.skip_through.max(at);
         let kvs: Vec<pb::KeyValue> = kvs.into_iter().map(convert::kv).collect();
