@@ -7,7 +7,7 @@
 //!    carries both when the addresses are equal; port 0 picks a free port;
 //! 3. opens the log store (`raft-storage`) and the state machine (`fsm`) under
 //!    `<raft_data_dir>/<raft_id>/`, creating the directory if needed;
-//! 4. starts openraft with the gRPC transport ([`transport`]);
+//! 4. starts openraft with the gRPC transport ([`raft_network`]);
 //! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //!    With `--gossip_addr`, gossip starts here too (chitchat on UDP; port 0 picks a free
@@ -41,7 +41,6 @@
 mod background;
 mod config;
 pub mod offline;
-pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,13 +53,16 @@ use gossip::{Gossip, NodeMeta, UdpTransport};
 use openraft::async_runtime::WatchReceiver;
 use proto::compat::example::example_server::ExampleServer;
 use proto::kv::v1::kv_server::KvServer;
+use raft_network::LeaderContact;
+use raft_network::client::NetworkFactory;
+use raft_network::server::RaftService;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use serde::Serialize;
 use service::compat::{
     ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
 };
-use service::{AdminService, Forwarder, KvService, LeaderContact, NodeContext};
+use service::{AdminService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -73,8 +75,6 @@ use types::{NodeId, NodeInfo};
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
-use transport::client::NetworkFactory;
-use transport::server::RaftService;
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";
