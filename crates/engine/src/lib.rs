@@ -46,7 +46,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
 use gossip::{Gossip, NodeMeta, UdpTransport};
@@ -68,8 +67,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
@@ -406,42 +403,15 @@ fn local_addr(l: &TcpListener) -> Result<SocketAddr, EngineError> {
     l.local_addr().map_err(|source| EngineError::Io { context: "reading a bound address".into(), source })
 }
 
+/// Serves `routes` on `listener` until `stop` is set ([`rpc::server::serve`]).
 fn serve(
     routes: RoutesBuilder,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(service::limits::MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(service::limits::MAX_HEADER_LIST_BYTES)
-        .http2_max_pending_accept_reset_streams(Some(service::limits::MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .layer(tower::util::MapResponseLayer::new(reword_edge_status))
-        .add_routes(routes.routes());
-    tokio::spawn(async move {
-        server
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+    rpc::server::serve(routes, listener, async move {
+        let _ = stop.wait_for(|s| *s).await;
     })
-}
-
-/// Rewords two of tonic's own answers at the server's edge: a message over the gRPC decode
-/// limit is answered like every other limit, `INVALID_ARGUMENT` naming the limit (tonic says
-/// `OUT_OF_RANGE`), and an unknown service or method gets a message saying what to check
-/// (tonic's is empty). Both are in the headers of a trailers-only response, so rewriting them
-/// is enough.
-fn reword_edge_status<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
-    if let Some(status) = tonic::Status::from_header_map(resp.headers())
-        && let Some((code, message)) = service::limits::decode_limit_status(status.code(), status.message())
-            .or_else(|| service::unknown_method_status(status.code(), status.message()))
-    {
-        let _ = tonic::Status::new(code, message).add_header(resp.headers_mut());
-    }
-    resp
 }
 
 /// Starts a one-node cluster of this node, unless it already has state.
