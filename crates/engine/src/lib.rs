@@ -16,8 +16,8 @@
 //!    membership, which a task keeps current); the Raft network and leader forwarding
 //!    resolve every peer by node id through it;
 //! 7. serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and `RaftManager`
-//!    ([`service::compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
-//!    [`service::compat::leader_health`]) and reflection, with TCP_NODELAY on;
+//!    ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
+//!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on;
 //! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 9. starts the background work (the `background` module): the periodic snapshot check
 //!    (`--snapshot_interval`), with gossip the task publishing this node's role, leader and
@@ -47,6 +47,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use compat::{
+    ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
+};
 use fsm::{Raft, StateMachine};
 use gossip::{Gossip, NodeMeta, UdpTransport};
 use openraft::async_runtime::WatchReceiver;
@@ -58,9 +61,6 @@ use raft_network::server::RaftService;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use serde::Serialize;
-use service::compat::{
-    ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
-};
 use service::{AdminService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

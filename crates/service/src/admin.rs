@@ -5,7 +5,6 @@
 //! operation says only the leader can do it. The hop guard and the no-forward opt-out are the
 //! KV service's ([`crate::forward`]).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -24,7 +23,7 @@ use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
 use crate::backup::{BackupStream, stream_file};
-use crate::cluster::{self, MembershipChange, Outcome};
+use crate::cluster::{self, MemberState, MembershipChange, Outcome};
 use crate::error::RETRYABLE_HEADER;
 use crate::forward::{deadline, forward_failed, forwarded_request, may_forward, never_sent};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
@@ -58,32 +57,27 @@ impl AdminService {
 }
 
 /// The members of the membership in `m`, voters first, each with its suffrage; on the leader
-/// also with its replication progress (matched index and lag).
+/// also with its replication progress (matched index and lag): [`cluster::members`] on the
+/// wire.
 #[must_use]
 pub fn members_of(m: &RaftMetrics<TypeConfig>) -> Vec<Member> {
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let leader = m.state == ServerState::Leader;
-    let last = m.last_log_index.unwrap_or(0);
-    let mut members: Vec<Member> = membership
-        .nodes()
-        .map(|(id, info)| {
-            let matched = if leader { cluster::matched_index(m, id) } else { None };
-            Member {
-                id: id.to_string(),
-                suffrage: if voters.contains(id) { Suffrage::Voter } else { Suffrage::Learner } as i32,
-                raft_addr: info.raft_addr.clone(),
-                grpc_addr: info.grpc_addr.clone(),
-                is_leader: m.current_leader.as_ref() == Some(id),
-                matched_index: matched,
-                lag: matched.map(|i| last.saturating_sub(i)),
-            }
-        })
-        .collect();
-    members.sort_by(|a, b| {
-        (b.suffrage == Suffrage::Voter as i32).cmp(&(a.suffrage == Suffrage::Voter as i32)).then(a.id.cmp(&b.id))
-    });
+    wire_members(cluster::members(m))
+}
+
+/// Members as the Admin API sends them.
+fn wire_members(members: Vec<MemberState>) -> Vec<Member> {
     members
+        .into_iter()
+        .map(|member| Member {
+            id: member.id.to_string(),
+            suffrage: if member.voter { Suffrage::Voter } else { Suffrage::Learner } as i32,
+            raft_addr: member.node.raft_addr,
+            grpc_addr: member.node.grpc_addr,
+            is_leader: member.is_leader,
+            matched_index: member.matched_index,
+            lag: member.lag,
+        })
+        .collect()
 }
 
 /// Gossip's view as `GossipNode`s, and where it disagrees with the membership in `m`.
@@ -122,7 +116,10 @@ fn state_of(s: ServerState) -> RaftState {
 }
 
 /// Checks an address given for a node: `host:port`, port a number.
-pub(crate) fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
+///
+/// # Errors
+/// `InvalidArgument` naming `what` otherwise.
+pub fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
     let ok =
         addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
     if ok {
@@ -132,7 +129,11 @@ pub(crate) fn check_addr(what: &str, addr: &str) -> Result<(), ServiceError> {
     }
 }
 
-pub(crate) fn node_id(what: &str, id: &str) -> Result<NodeId, ServiceError> {
+/// Parses a node id given as `what`.
+///
+/// # Errors
+/// `InvalidArgument` naming `what` when it is not a valid id.
+pub fn node_id(what: &str, id: &str) -> Result<NodeId, ServiceError> {
     NodeId::new(id).map_err(|e| ServiceError::InvalidArgument(format!("{what}: {e}")))
 }
 
@@ -143,7 +144,7 @@ fn node_info(raft_addr: &str, grpc_addr: &str) -> Result<NodeInfo, ServiceError>
 }
 
 fn change_response(c: MembershipChange) -> MembershipChangeResponse {
-    MembershipChangeResponse { index: c.index, members: c.members, changed: c.changed }
+    MembershipChangeResponse { index: c.index, members: wire_members(c.members), changed: c.changed }
 }
 
 /// The caller's deadline (capped at `max`) as an instant, and whether it allows forwarding.
@@ -269,7 +270,9 @@ impl Admin for AdminService {
         let id = node_id("id", &req.id)?;
         let info = node_info(&req.raft_addr, &req.grpc_addr)?;
         match cluster::add_voter(&self.ctx, &id, &info, req.if_membership_index, until).await? {
-            Outcome::Done(c) => Ok(Response::new(AddVoterResponse { index: c.index, members: c.members })),
+            Outcome::Done(c) => {
+                Ok(Response::new(AddVoterResponse { index: c.index, members: wire_members(c.members) }))
+            }
             Outcome::Forward(leader) => {
                 self.forward(leader, forward, true, until, req, |mut c, r| async move { c.add_voter(r).await }).await
             }

@@ -22,11 +22,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, PreconditionFailed, RaftError};
 use openraft::raft::{ClientWriteResponse, Precondition};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
-use proto::admin::v1::Member;
 use tokio::time::Instant;
 use types::{NodeId, NodeInfo, TypeConfig};
 
-use crate::admin::members_of;
 use crate::{NodeContext, ServiceError};
 
 /// What an operation did: done here, or the request must go to the leader.
@@ -44,9 +42,52 @@ pub struct MembershipChange {
     /// Log index of the membership now in force.
     pub index: u64,
     /// The members afterwards.
-    pub members: Vec<Member>,
+    pub members: Vec<MemberState>,
     /// False when the membership was already as asked.
     pub changed: bool,
+}
+
+/// One member of the membership, as [`members`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    /// Its id.
+    pub id: NodeId,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// Its addresses, as the membership holds them.
+    pub node: NodeInfo,
+    /// Whether it is the leader this node knows.
+    pub is_leader: bool,
+    /// On the leader: the last log index known replicated to it.
+    pub matched_index: Option<u64>,
+    /// On the leader: how far it is behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+/// The members of the membership in `m`, voters first (then by id), each with its suffrage;
+/// on the leader also with its replication progress (matched index and lag).
+#[must_use]
+pub fn members(m: &Metrics) -> Vec<MemberState> {
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let leader = m.state == ServerState::Leader;
+    let last = m.last_log_index.unwrap_or(0);
+    let mut members: Vec<MemberState> = membership
+        .nodes()
+        .map(|(id, info)| {
+            let matched = if leader { matched_index(m, id) } else { None };
+            MemberState {
+                id: id.clone(),
+                voter: voters.contains(id),
+                node: info.clone(),
+                is_leader: m.current_leader.as_ref() == Some(id),
+                matched_index: matched,
+                lag: matched.map(|i| last.saturating_sub(i)),
+            }
+        })
+        .collect();
+    members.sort_by(|a, b| b.voter.cmp(&a.voter).then(a.id.as_str().cmp(b.id.as_str())));
+    members
 }
 
 /// The result of a leadership transfer.
@@ -91,7 +132,7 @@ pub fn matched_index(m: &Metrics, id: &NodeId) -> Option<u64> {
 fn membership_change(m: &Metrics, changed: bool, index: Option<u64>) -> MembershipChange {
     MembershipChange {
         index: index.unwrap_or_else(|| types::index_of(m.membership_config.log_id().as_ref())),
-        members: members_of(m),
+        members: members(m),
         changed,
     }
 }

@@ -24,7 +24,7 @@
 //!   `UNAVAILABLE` at shutdown.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
-//! - [`compat`]: the Go seeds' services (`Example`) and leader-aware health (`quis.RaftLeader`).
+//! - [`watch`]: also the helpers the compat crate's `/Example/Watch` shares.
 //!
 //! Protobuf types stay in this crate: nothing below it sees them. This crate must never
 //! depend on raft-storage or engine, nor directly on redb (the state machine it reads through
@@ -33,16 +33,15 @@
 mod admin;
 mod backup;
 pub mod cluster;
-pub mod compat;
 mod convert;
 mod error;
 pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
-mod watch;
+pub mod watch;
 
-pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, members_of};
+pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
 pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{
     CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,

@@ -26,7 +26,7 @@ use crate::convert;
 use crate::limits::WATCH_MESSAGE_BYTES;
 
 /// A server stream as tonic takes it.
-pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Maps the change feed's errors.
 pub(crate) fn feed_error(e: fsm::Error) -> ServiceError {
@@ -39,11 +39,7 @@ pub(crate) fn feed_error(e: fsm::Error) -> ServiceError {
 }
 
 /// Reads the keys of `range` and the applied index they reflect, in one read transaction.
-pub(crate) fn read_state(
-    sm: &StateMachine,
-    range: &KeyRange,
-    keys_only: bool,
-) -> Result<(Vec<KeyValue>, u64), ServiceError> {
+pub fn read_state(sm: &StateMachine, range: &KeyRange, keys_only: bool) -> Result<(Vec<KeyValue>, u64), ServiceError> {
     let op = RangeOp { range: range.clone(), limit: 0, keys_only, count_only: false };
     let (found, at) = sm.range_at(&op, usize::MAX).map_err(|e| ServiceError::Internal(e.to_string()))?;
     Ok((found.kvs, at))
@@ -52,7 +48,7 @@ pub(crate) fn read_state(
 /// Registers a watcher of one key for the changes after `since`, and says whether the
 /// history already holds one. When the history no longer reaches back to `since`, the
 /// watcher follows only what comes next (the caller then compares the key's own index).
-pub(crate) fn watch_key_since(sm: &StateMachine, key: &[u8], since: u64) -> Result<(Watcher, bool), ServiceError> {
+pub fn watch_key_since(sm: &StateMachine, key: &[u8], since: u64) -> Result<(Watcher, bool), ServiceError> {
     let range = KeyRange::Key(key.to_vec());
     match sm.watch(range.clone(), since.saturating_add(1)) {
         Ok((watcher, start)) => Ok((watcher, !start.backlog.is_empty())),

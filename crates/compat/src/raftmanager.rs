@@ -8,8 +8,9 @@ use proto::compat::raftmanager as pb;
 use proto::compat::raftmanager::raft_manager_server::{RaftManager, RaftManagerServer};
 use tonic::{Request, Response, Status};
 
-use super::hashicorp::{HashicorpAdmin, Suffrage, go_time_string, hashicorp_service, state_name};
-use crate::MAX_DECODE_BYTES;
+use service::MAX_DECODE_BYTES;
+
+use crate::hashicorp::{HashicorpAdmin, Suffrage, go_time_string, hashicorp_service, state_name};
 
 /// The `RaftManager` service of one node.
 #[derive(Debug, Clone)]

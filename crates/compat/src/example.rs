@@ -44,8 +44,8 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
-use crate::watch::{ResponseStream, read_state, watch_key_since};
-use crate::{KvService, MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
+use service::watch::{ResponseStream, read_state, watch_key_since};
+use service::{KvService, MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 
 /// The seed's Watch timeout when the request gives none (`timeout_seconds <= 0`).
 pub const SEED_WATCH_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);

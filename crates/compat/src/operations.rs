@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::ServiceError;
+use service::ServiceError;
 
 /// How long a finished operation's outcome is kept when nobody forgets its token.
 pub const TOKEN_TTL: Duration = Duration::from_secs(10 * 60);

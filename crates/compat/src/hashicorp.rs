@@ -1,8 +1,8 @@
 //! The hashicorp/raft admin surface that `RaftAdmin` (Jille/raftadmin) and `RaftManager`
 //! (xkeyideal/raft-manager) expose, implemented once over raftkv's native services.
 //!
-//! [`HashicorpAdmin`] takes and returns plain values; [`super::raftadmin`] and
-//! [`super::raftmanager`] only translate their messages. Each RPC:
+//! [`HashicorpAdmin`] takes and returns plain values; [`crate::raftadmin`] and
+//! [`crate::raftmanager`] only translate their messages. Each RPC:
 //!
 //! | RPC | what raftkv does |
 //! |---|---|
@@ -43,10 +43,13 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
-use super::operations::{OperationResult, Operations};
-use crate::admin::{check_addr, node_id};
-use crate::forward::deadline;
-use crate::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, KvService, MAX_ADMIN_TIMEOUT, NodeContext, ServiceError, limits};
+use rpc::deadline::deadline;
+use service::{
+    AdminService, DEFAULT_ADD_VOTER_TIMEOUT, KvService, MAX_ADMIN_TIMEOUT, NodeContext, ServiceError, check_addr,
+    limits, node_id,
+};
+
+use crate::operations::{OperationResult, Operations};
 
 /// How long asking a node who it is may take.
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);

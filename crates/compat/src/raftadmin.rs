@@ -8,8 +8,9 @@ use proto::compat::raftadmin::raft_admin_server::{RaftAdmin, RaftAdminServer};
 use proto::compat::raftadmin::state_response::State as PbState;
 use tonic::{Request, Response, Status};
 
-use super::hashicorp::{HashicorpAdmin, Suffrage, hashicorp_service};
-use crate::MAX_DECODE_BYTES;
+use service::MAX_DECODE_BYTES;
+
+use crate::hashicorp::{HashicorpAdmin, Suffrage, hashicorp_service};
 
 /// The `RaftAdmin` service of one node.
 #[derive(Debug, Clone)]

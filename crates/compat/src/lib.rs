@@ -3,6 +3,10 @@
 //! Each is a thin adapter in its own module; the proto files are under `proto/compat/` and
 //! have no package, like the seeds', so the method paths are the seeds' own.
 //!
+//! Every adapter calls raftkv's native services (`service`) and reads the node through
+//! `service::NodeContext`; nothing here is reached by the native services, and this crate
+//! must never depend on `engine`, `raft-storage` or `client` (`cargo xtask deps` checks this).
+//!
 //! - [`example`]: `Example` (xkeyideal/raft-example): `Add`, `Get` (linearizable or a local
 //!   stale read), `Stat`, over the native KV service.
 //! - [`leader_health`]: `grpc.health.v1.Health` reporting `quis.RaftLeader` SERVING only on
