@@ -1702,13 +1702,28 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
+            match maybe_authority {
+                Ok(authority) => parts.authority = Some(authority),
+                // raftkv patch (see ../README.raftkv.md): grpc-go sends the whole target
+                // endpoint as `:authority`, e.g. `a:1,b:2` for `multi:///a:1,b:2`, which is
+                // not a URI authority. gRPC servers in Go and C++ accept such requests, so
+                // drop the unparsable value and serve the request by its path, as if it
+                // had no `:authority` (which HTTP/2 allows). CONNECT needs the authority
+                // and is still refused.
+                Err(why) if !is_connect => {
+                    tracing::debug!(
+                        "ignoring malformed :authority ({:?}): {}; stream={:?}",
+                        authority,
+                        why,
+                        stream_id
+                    );
+                }
+                Err(why) => malformed!(
                     "malformed headers: malformed authority ({:?}): {}",
                     authority,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.
