@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use client::RaftState;
 use proto::compat::example::example_client::ExampleClient;
-use proto::compat::example::{AddRequest, GetRequest, GetResponse, StatRequest, WatchRequest, WatchResponse};
+use proto::compat::example::{
+    AddRequest, AddWordRequest, GetRequest, GetResponse, GetWordsRequest, StatRequest, WatchRequest, WatchResponse,
+};
 use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -154,6 +156,51 @@ async fn example_service_add_and_get_through_every_node() -> TestResult {
         matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
         "linearizable read without a quorum: {err:?}"
     );
+    Ok(())
+}
+
+/// What Jille/raft-grpc-example's `hammer` does: 10 concurrent senders of `AddWord`, spread
+/// over every node, then `GetWords`, here on every node. The three longest words come back
+/// (of equal length, the one that sorts first), whichever node answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_add_word_and_get_words_as_hammer_does() -> TestResult {
+    const WORDS: usize = 300;
+    const SENDERS: usize = 10;
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let all: Vec<String> = (1..=WORDS).map(|i| format!("{}{i}", "ab".repeat(i % 17))).collect();
+    let mut expected = all.clone();
+    expected.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    expected.truncate(3);
+
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(all));
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let mut client = example(&cluster.nodes[s % 3])?;
+        let queue = queue.clone();
+        senders.push(tokio::spawn(async move {
+            let mut indexes = Vec::new();
+            loop {
+                let next = queue.lock().map_err(|e| e.to_string())?.pop();
+                let Some(word) = next else { return Ok::<_, String>(indexes) };
+                let resp = client.add_word(request(AddWordRequest { word })).await.map_err(|e| e.to_string())?;
+                indexes.push(resp.into_inner().commit_index);
+            }
+        }));
+    }
+    let mut indexes = Vec::new();
+    for sender in senders {
+        indexes.extend(sender.await??);
+    }
+    let last = indexes.iter().copied().max().unwrap_or(0);
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), WORDS, "every AddWord is its own write with its own index");
+
+    for node in &cluster.nodes {
+        let resp = example(node)?.get_words(request(GetWordsRequest {})).await?.into_inner();
+        assert_eq!(resp.best_words, expected, "GetWords on {}", node.id);
+        assert!(resp.read_at_index >= last, "GetWords on {} read at {} < {last}", node.id, resp.read_at_index);
+    }
     Ok(())
 }
 
