@@ -35,7 +35,9 @@
 //!   cleanly.
 //!
 //! Everything random comes from the seed, so a failing schedule is replayed by its seed
-//! (process timing still varies from run to run).
+//! (process timing still varies from run to run). A failing schedule also keeps every
+//! node's log and the harness's record of its faults and membership calls under
+//! `target/chaos-failures/seed-N/` ([`crate::record`]) and says where.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +54,7 @@ use client::{Client, ClientError, ClientOptions, RaftState, Suffrage};
 
 use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, Violation};
 use crate::proxy::{Link, Mode};
+use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
 use crate::{BoxError, NodeProc, wait_for};
 
@@ -281,6 +284,8 @@ pub struct ScheduleReport {
     pub snapshots_installed: usize,
     /// Every violation: the checker's, and divergence or unclean stops as text.
     pub violations: Vec<String>,
+    /// Where the nodes' logs and the harness's record were kept (a failing schedule only).
+    pub kept: Option<std::path::PathBuf>,
 }
 
 impl ScheduleReport {
@@ -320,6 +325,9 @@ impl fmt::Display for ScheduleReport {
         if !self.passed() {
             writeln!(f, "  replay: cargo xtask chaos --schedules 1 --seed {}", self.seed)?;
         }
+        if let Some(dir) = &self.kept {
+            writeln!(f, "  nodes' logs and the harness's record kept in {}", dir.display())?;
+        }
         Ok(())
     }
 }
@@ -335,6 +343,8 @@ struct Net {
     active: BTreeMap<u64, NetFault>,
     /// Nodes demoted by a membership fault.
     demoted: Vec<usize>,
+    /// What the harness did, kept with the nodes' logs when the schedule fails.
+    journal: Journal,
     _dir: tempfile::TempDir,
 }
 
@@ -366,7 +376,10 @@ impl Net {
             raft.push(r);
             grpc.push(g);
         }
-        let mut net = Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), _dir: dir };
+        let journal = Journal::new();
+        journal.note(format_args!("seed {} nodes {} args {:?}", cfg.seed, n, cfg.node_args));
+        let mut net =
+            Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), journal, _dir: dir };
         for i in 0..n {
             let peers: Vec<String> = (0..n)
                 .filter(|j| *j != i)
@@ -406,6 +419,7 @@ impl Net {
         .await?;
         for node in &net.nodes[1..] {
             first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
+            net.journal.note(format_args!("add_voter {}: ok", node.id));
         }
         Ok(net)
     }
@@ -468,6 +482,97 @@ impl Net {
         }
         None
     }
+}
+
+impl Net {
+    /// Every node's log file, by id.
+    fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.nodes.iter().map(|n| (n.id.clone(), n.log_path().to_path_buf())).collect()
+    }
+
+    /// Notes every running node's own view of the cluster in the journal.
+    async fn note_statuses(&self) {
+        for node in &self.nodes {
+            let seen = match Client::new([node.grpc_addr.clone()], quick_options()) {
+                Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.status()).await {
+                    Ok(Ok(s)) => describe(&s),
+                    Ok(Err(e)) => format!("status failed: {e}"),
+                    Err(_) => "status timed out".into(),
+                },
+                Err(e) => format!("no client: {e}"),
+            };
+            let running = if node.pid().is_some() { "running" } else { "not running" };
+            self.journal.note(format_args!("{} ({running}) says: {seen}", node.id));
+        }
+    }
+
+    /// When `result` is a failure, keeps the nodes' logs and the journal in
+    /// `target/chaos-failures/NAME/` and says where (in the report, or in the error).
+    async fn keep_if_failed(
+        &self,
+        name: &str,
+        result: Result<ScheduleReport, BoxError>,
+    ) -> Result<ScheduleReport, BoxError> {
+        let Some(why) = failure(&result) else { return result };
+        self.journal.note(format_args!("FAILED: {why}"));
+        self.note_statuses().await;
+        let dest = record::failures_dir().join(name);
+        if let Err(e) = record::keep(&dest, &self.logs(), &self.journal, &why) {
+            eprintln!("{name}: could not keep the nodes' logs in {}: {e}", dest.display());
+            return result;
+        }
+        eprintln!("{name} failed: the nodes' logs and the harness's record are in {}", dest.display());
+        match result {
+            Ok(mut report) => {
+                report.kept = Some(dest);
+                Ok(report)
+            }
+            Err(e) => Err(format!("{e}\n  nodes' logs and the harness's record kept in {}", dest.display()).into()),
+        }
+    }
+}
+
+/// What failed, when something did: the harness's error, or the report of a schedule with
+/// violations. `None` for a passing schedule, which keeps nothing.
+fn failure(result: &Result<ScheduleReport, BoxError>) -> Option<String> {
+    match result {
+        Ok(report) if report.passed() => None,
+        Ok(report) => Some(report.to_string()),
+        Err(e) => Some(format!("harness error: {e}")),
+    }
+}
+
+/// One line for a node's status as the journal records it.
+fn describe(s: &proto::admin::v1::StatusResponse) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            let role = if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" };
+            let mut text = format!("{} {role}", m.id);
+            if let Some(matched) = m.matched_index {
+                text.push_str(&format!(" matched {matched}"));
+            }
+            if let Some(lag) = m.lag {
+                text.push_str(&format!(" lag {lag}"));
+            }
+            text
+        })
+        .collect();
+    format!(
+        "{} state {} term {} leader {:?} last {} committed {} applied {} snapshot {} purged {} membership@{} [{}]",
+        s.node_id,
+        RaftState::try_from(s.state).map_or_else(|_| s.state.to_string(), |r| format!("{r:?}")),
+        s.term,
+        s.leader_id,
+        s.last_log_index,
+        s.committed_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.purged_index,
+        s.membership_index,
+        members.join(", ")
+    )
 }
 
 fn node_id(i: usize) -> String {
@@ -723,10 +828,13 @@ pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError>
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
     let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
-
-    let workload = Workload::start(&net, cfg).await?;
-    run_faults(&mut net, &plan, cfg, &mut report).await;
-    finish(net, workload, report).await
+    let result = async {
+        let workload = Workload::start(&net, cfg).await?;
+        run_faults(&mut net, &plan, cfg, &mut report).await;
+        finish(&mut net, workload, report).await
+    }
+    .await;
+    net.keep_if_failed(&format!("seed-{}", cfg.seed), result).await
 }
 
 /// The recording sessions and watchers of one run.
@@ -790,16 +898,16 @@ impl Workload {
 
 /// Stops the sessions, heals, resolves unknown writes, reads every key, checks the history,
 /// compares the replicas and stops every node.
-async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
+async fn finish(net: &mut Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
     let Workload { history, keys, stop, sessions, watch_logs, watchers } = workload;
     stop.store(true, Ordering::Relaxed);
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
     }
 
-    heal(&mut net, &mut report).await?;
-    let resolved = resolve_unknown(&net, &history, &mut report).await;
-    final_reads(&net, &history, &keys).await?;
+    heal(net, &mut report).await?;
+    let resolved = resolve_unknown(net, &history, &mut report).await;
+    final_reads(net, &history, &keys).await?;
 
     let mut ops = history.operations();
     // Writes resolved by resending replace their unknown records.
@@ -812,7 +920,7 @@ async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) ->
     report.unknown = checked.unknown;
     report.violations.extend(checked.violations.iter().map(Violation::to_string));
 
-    let applied = converged(&net, &keys).await;
+    let applied = converged(net, &keys).await;
     if let Err(e) = &applied {
         report.violations.push(e.to_string());
     }
@@ -874,9 +982,20 @@ pub async fn run_crash_point(
     point: &str,
     trigger: CrashTrigger,
 ) -> Result<ScheduleReport, BoxError> {
-    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let workload = Workload::start(&net, cfg).await?;
+    net.journal.note(format_args!("crash point {point}, triggered by {trigger:?}"));
+    let result = crash_point_schedule(&mut net, cfg, point, trigger).await;
+    net.keep_if_failed(&format!("crash-{point}-seed-{}", cfg.seed), result).await
+}
+
+async fn crash_point_schedule(
+    net: &mut Net,
+    cfg: &ChaosConfig,
+    point: &str,
+    trigger: CrashTrigger,
+) -> Result<ScheduleReport, BoxError> {
+    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let workload = Workload::start(net, cfg).await?;
     workload.progress(100, Duration::from_secs(60)).await?;
     let leader = net.leader(&[]).await.ok_or("no leader")?;
     let target = (leader + 1) % net.nodes.len();
@@ -951,25 +1070,36 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             let (_, ending) = endings.remove(0);
             match ending {
                 Ending::Net(id) => {
-                    net.active.remove(&id);
+                    let fault = net.active.remove(&id);
                     net.apply_links();
+                    net.journal.note(format_args!("end {fault:?}: links set again"));
                 }
                 Ending::Restart(i) => {
-                    if net.nodes[i].pid().is_none()
-                        && let Err(e) = net.nodes[i].restart(false)
-                    {
-                        report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                    if net.nodes[i].pid().is_none() {
+                        let restarted = net.nodes[i].restart(false);
+                        net.journal.note(format_args!("restart {}: {restarted:?}", net.nodes[i].id));
+                        if let Err(e) = restarted {
+                            report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                        }
                     }
                 }
                 Ending::Resume(i) => {
                     net.nodes[i].resume();
                     paused.retain(|p| *p != i);
+                    net.journal.note(format_args!("resume {}", net.nodes[i].id));
                 }
                 Ending::Promote(i) => {
                     let c = Client::new(net.endpoints(), quick_options());
-                    if let Ok(c) = c
-                        && c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.is_ok()
-                    {
+                    let promoted = match c {
+                        Ok(c) => c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    net.journal.note(format_args!(
+                        "promote {} (end of Membership): {}",
+                        net.nodes[i].id,
+                        result_of(&promoted)
+                    ));
+                    if promoted.is_ok() {
                         net.demoted.retain(|d| *d != i);
                     }
                 }
@@ -1092,6 +1222,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
         if fault.hold > Duration::ZERO {
             what.push_str(&format!(" for {:.1}s", fault.hold.as_secs_f64()));
         }
+        net.journal.note(format_args!("fault {what}"));
         report.faults.push(format!("t+{:5.1}s {what}", t.as_secs_f64()));
         report.kinds.push(fault.kind);
     }
@@ -1099,31 +1230,63 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
     tokio::time::sleep_until(end).await;
 }
 
+/// A membership call's result as the journal records it.
+fn result_of(r: &Result<proto::admin::v1::MembershipChangeResponse, String>) -> String {
+    match r {
+        Ok(m) => format!("ok (changed {}, membership@{})", m.changed, m.index),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 /// Heals everything: links pass, paused nodes resume, killed nodes restart, demoted nodes
 /// are promoted; then waits for one leader, every node a voter and caught up.
 async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError> {
     net.active.clear();
     net.apply_links();
+    net.journal.note("heal: every link passes");
     for i in 0..net.nodes.len() {
         net.nodes[i].resume();
         if net.nodes[i].pid().is_none() {
-            net.nodes[i].restart(false)?;
+            let restarted = net.nodes[i].restart(false);
+            net.journal.note(format_args!("heal: restart {}: {restarted:?}", net.nodes[i].id));
+            restarted?;
         }
     }
     let c = Client::new(net.endpoints(), crate::test_options())?;
     let n = net.nodes.len();
+    let journal = &net.journal;
+    // The last status noted and when: a status is noted when its members change, or once a
+    // second.
+    let last = Mutex::new((String::new(), tokio::time::Instant::now()));
     // Promote every node that is not a voter (a demotion whose outcome was unknown too).
     wait_for("every node to be a voter again", Duration::from_secs(90), || async {
-        let Ok(s) = c.status().await else { return false };
+        let s = match c.status().await {
+            Ok(s) => s,
+            Err(e) => {
+                journal.note(format_args!("heal: status failed: {e}"));
+                return false;
+            }
+        };
+        {
+            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let members =
+                format!("{} {:?}", s.node_id, s.members.iter().map(|m| (&m.id, m.suffrage)).collect::<Vec<_>>());
+            if last.0 != members || last.1.elapsed() >= Duration::from_secs(1) {
+                journal.note(format_args!("heal: status from {}", describe(&s)));
+                *last = (members, tokio::time::Instant::now());
+            }
+        }
         let learners: Vec<String> =
             s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.clone()).collect();
         for id in &learners {
-            let _ = c.promote(id, Duration::from_secs(10)).await;
+            let promoted = c.promote(id, Duration::from_secs(10)).await.map_err(|e| e.to_string());
+            journal.note(format_args!("heal: promote {id}: {}", result_of(&promoted)));
         }
         learners.is_empty() && s.members.len() == n
     })
     .await
     .map_err(|e| format!("after healing: {e}"))?;
+    net.journal.note("heal: every node is a voter");
     net.demoted.clear();
     let settled = wait_settled(net).await;
     if let Err(e) = settled {
@@ -1220,4 +1383,21 @@ async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
         return Err(format!("replicas diverge:{last}").into());
     }
     Ok(agreed.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_schedule_is_kept() {
+        let passed = ScheduleReport { seed: 3, ..ScheduleReport::default() };
+        assert_eq!(failure(&Ok(passed)), None);
+        let violated =
+            ScheduleReport { seed: 3, violations: vec!["replicas diverge".into()], ..ScheduleReport::default() };
+        let why = failure(&Ok(violated)).unwrap_or_default();
+        assert!(why.contains("VIOLATION: replicas diverge") && why.contains("--seed 3"), "{why}");
+        let error: Result<ScheduleReport, BoxError> = Err("after healing: timed out".into());
+        assert_eq!(failure(&error).as_deref(), Some("harness error: after healing: timed out"));
+    }
 }
