@@ -284,6 +284,8 @@ pub struct ScheduleReport {
     pub snapshots_installed: usize,
     /// Every violation: the checker's, and divergence or unclean stops as text.
     pub violations: Vec<String>,
+    /// How long it took after healing until every node was a voter again.
+    pub promoted_after: Option<Duration>,
     /// Where the nodes' logs and the harness's record were kept (a failing schedule only).
     pub kept: Option<std::path::PathBuf>,
 }
@@ -316,6 +318,9 @@ impl fmt::Display for ScheduleReport {
             self.watch.events, self.watch.reconnects, self.watch.compactions, self.watch.abandons
         )?;
         writeln!(f, "    snapshots: {} built, {} installed", self.snapshots_built, self.snapshots_installed)?;
+        if let Some(after) = self.promoted_after {
+            writeln!(f, "    healed: every node a voter {:.1}s after the faults ended", after.as_secs_f64())?;
+        }
         for fault in &self.faults {
             writeln!(f, "    {fault}")?;
         }
@@ -488,6 +493,20 @@ impl Net {
     /// Every node's log file, by id.
     fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
         self.nodes.iter().map(|n| (n.id.clone(), n.log_path().to_path_buf())).collect()
+    }
+
+    /// The status of the node that leads, as it says itself (the highest term among the
+    /// running nodes that say they lead); `None` during an election.
+    async fn leader_view(&self) -> Option<proto::admin::v1::StatusResponse> {
+        let mut best: Option<proto::admin::v1::StatusResponse> = None;
+        for node in self.nodes.iter().filter(|node| node.pid().is_some()) {
+            let Ok(c) = Client::new([node.grpc_addr.clone()], quick_options()) else { continue };
+            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(3), c.status()).await else { continue };
+            if s.state == RaftState::Leader as i32 && best.as_ref().is_none_or(|b| s.term > b.term) {
+                best = Some(s);
+            }
+        }
+        best
     }
 
     /// Notes every running node's own view of the cluster in the journal.
@@ -1252,40 +1271,9 @@ async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError
             restarted?;
         }
     }
-    let c = Client::new(net.endpoints(), crate::test_options())?;
-    let n = net.nodes.len();
-    let journal = &net.journal;
-    // The last status noted and when: a status is noted when its members change, or once a
-    // second.
-    let last = Mutex::new((String::new(), tokio::time::Instant::now()));
-    // Promote every node that is not a voter (a demotion whose outcome was unknown too).
-    wait_for("every node to be a voter again", Duration::from_secs(90), || async {
-        let s = match c.status().await {
-            Ok(s) => s,
-            Err(e) => {
-                journal.note(format_args!("heal: status failed: {e}"));
-                return false;
-            }
-        };
-        {
-            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let members =
-                format!("{} {:?}", s.node_id, s.members.iter().map(|m| (&m.id, m.suffrage)).collect::<Vec<_>>());
-            if last.0 != members || last.1.elapsed() >= Duration::from_secs(1) {
-                journal.note(format_args!("heal: status from {}", describe(&s)));
-                *last = (members, tokio::time::Instant::now());
-            }
-        }
-        let learners: Vec<String> =
-            s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.clone()).collect();
-        for id in &learners {
-            let promoted = c.promote(id, Duration::from_secs(10)).await.map_err(|e| e.to_string());
-            journal.note(format_args!("heal: promote {id}: {}", result_of(&promoted)));
-        }
-        learners.is_empty() && s.members.len() == n
-    })
-    .await
-    .map_err(|e| format!("after healing: {e}"))?;
+    let healing = tokio::time::Instant::now();
+    promote_all(net).await.map_err(|e| format!("after healing: {e}"))?;
+    report.promoted_after = Some(healing.elapsed());
     net.journal.note("heal: every node is a voter");
     net.demoted.clear();
     let settled = wait_settled(net).await;
@@ -1294,6 +1282,83 @@ async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError
         return Err(e);
     }
     Ok(())
+}
+
+/// How long [`promote_all`] waits without any progress before it calls promotion stuck.
+const PROMOTE_STALL: Duration = Duration::from_secs(30);
+/// The bound on [`promote_all`] even while it sees progress.
+const PROMOTE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Promotes every member the leader does not count as a voter (a demotion whose outcome was
+/// unknown too) until every node is a voter. It asks the leader itself (not whichever node
+/// answers first, which may lag), and keeps waiting while something moves: the leader, its
+/// term or log, the membership, a learner's matched index. With nothing moving for
+/// [`PROMOTE_STALL`], or after [`PROMOTE_LIMIT`] in all, it fails with what it saw and the
+/// last answer to a promote.
+async fn promote_all(net: &Net) -> Result<(), BoxError> {
+    let n = net.nodes.len();
+    let started = tokio::time::Instant::now();
+    let mut seen = String::new();
+    let mut moved = started;
+    let mut last_answer = String::from("none yet");
+    loop {
+        let view = net.leader_view().await;
+        let now = match &view {
+            Some(s) => progress_of(s),
+            None => "no leader".to_string(),
+        };
+        if now != seen {
+            net.journal.note(format_args!(
+                "heal: {}",
+                view.as_ref().map_or_else(|| "no node says it leads".to_string(), describe)
+            ));
+            seen = now;
+            moved = tokio::time::Instant::now();
+        }
+        if let Some(s) = &view {
+            let learners: Vec<&str> =
+                s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.as_str()).collect();
+            if learners.is_empty() && s.members.len() == n {
+                return Ok(());
+            }
+            // The leader first: a promote asked elsewhere is forwarded to it anyway.
+            let mut endpoints = net.endpoints();
+            if let Some(i) = net.nodes.iter().position(|node| node.id == s.node_id) {
+                endpoints.rotate_left(i);
+            }
+            let c = Client::new(endpoints, quick_options())?;
+            for id in learners {
+                let promoted = c.promote(id, Duration::from_secs(10)).await.map_err(|e| e.to_string());
+                let answer = format!("promote {id}: {}", result_of(&promoted));
+                if answer != last_answer {
+                    net.journal.note(format_args!("heal: {answer}"));
+                    last_answer = answer;
+                }
+            }
+        }
+        let what = view.as_ref().map_or_else(|| "no node says it leads".to_string(), describe);
+        if moved.elapsed() > PROMOTE_STALL {
+            return Err(format!(
+                "promotion is stuck: nothing moved for {PROMOTE_STALL:?} (the leader's view: {what}; last answer: {last_answer})"
+            )
+            .into());
+        }
+        if started.elapsed() > PROMOTE_LIMIT {
+            return Err(format!(
+                "not every node is a voter after {PROMOTE_LIMIT:?}, though it was still moving (the leader's view: {what}; last answer: {last_answer})"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What counts as progress towards every node being a voter, from the leader's status: who
+/// leads in which term, its log, the membership, and how far each member is matched.
+fn progress_of(s: &proto::admin::v1::StatusResponse) -> String {
+    let members: Vec<(&str, i32, Option<u64>)> =
+        s.members.iter().map(|m| (m.id.as_str(), m.suffrage, m.matched_index)).collect();
+    format!("{} {} {} {} {members:?}", s.node_id, s.term, s.last_log_index, s.membership_index)
 }
 
 async fn wait_settled(net: &Net) -> Result<(), BoxError> {
