@@ -35,7 +35,9 @@
 //!   cleanly.
 //!
 //! Everything random comes from the seed, so a failing schedule is replayed by its seed
-//! (process timing still varies from run to run).
+//! (process timing still varies from run to run). A failing schedule also keeps every
+//! node's log and the harness's record of its faults and membership calls under
+//! `target/chaos-failures/seed-N/` ([`crate::record`]) and says where.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +54,7 @@ use client::{Client, ClientError, ClientOptions, RaftState, Suffrage};
 
 use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, Violation};
 use crate::proxy::{Link, Mode};
+use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
 use crate::{BoxError, NodeProc, wait_for};
 
@@ -281,6 +284,10 @@ pub struct ScheduleReport {
     pub snapshots_installed: usize,
     /// Every violation: the checker's, and divergence or unclean stops as text.
     pub violations: Vec<String>,
+    /// How long it took after healing until every node was a voter again.
+    pub promoted_after: Option<Duration>,
+    /// Where the nodes' logs and the harness's record were kept (a failing schedule only).
+    pub kept: Option<std::path::PathBuf>,
 }
 
 impl ScheduleReport {
@@ -311,6 +318,9 @@ impl fmt::Display for ScheduleReport {
             self.watch.events, self.watch.reconnects, self.watch.compactions, self.watch.abandons
         )?;
         writeln!(f, "    snapshots: {} built, {} installed", self.snapshots_built, self.snapshots_installed)?;
+        if let Some(after) = self.promoted_after {
+            writeln!(f, "    healed: every node a voter {:.1}s after the faults ended", after.as_secs_f64())?;
+        }
         for fault in &self.faults {
             writeln!(f, "    {fault}")?;
         }
@@ -319,6 +329,9 @@ impl fmt::Display for ScheduleReport {
         }
         if !self.passed() {
             writeln!(f, "  replay: cargo xtask chaos --schedules 1 --seed {}", self.seed)?;
+        }
+        if let Some(dir) = &self.kept {
+            writeln!(f, "  nodes' logs and the harness's record kept in {}", dir.display())?;
         }
         Ok(())
     }
@@ -335,6 +348,8 @@ struct Net {
     active: BTreeMap<u64, NetFault>,
     /// Nodes demoted by a membership fault.
     demoted: Vec<usize>,
+    /// What the harness did, kept with the nodes' logs when the schedule fails.
+    journal: Journal,
     _dir: tempfile::TempDir,
 }
 
@@ -366,7 +381,10 @@ impl Net {
             raft.push(r);
             grpc.push(g);
         }
-        let mut net = Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), _dir: dir };
+        let journal = Journal::new();
+        journal.note(format_args!("seed {} nodes {} args {:?}", cfg.seed, n, cfg.node_args));
+        let mut net =
+            Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), journal, _dir: dir };
         for i in 0..n {
             let peers: Vec<String> = (0..n)
                 .filter(|j| *j != i)
@@ -406,6 +424,7 @@ impl Net {
         .await?;
         for node in &net.nodes[1..] {
             first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
+            net.journal.note(format_args!("add_voter {}: ok", node.id));
         }
         Ok(net)
     }
@@ -468,6 +487,111 @@ impl Net {
         }
         None
     }
+}
+
+impl Net {
+    /// Every node's log file, by id.
+    fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.nodes.iter().map(|n| (n.id.clone(), n.log_path().to_path_buf())).collect()
+    }
+
+    /// The status of the node that leads, as it says itself (the highest term among the
+    /// running nodes that say they lead); `None` during an election.
+    async fn leader_view(&self) -> Option<proto::admin::v1::StatusResponse> {
+        let mut best: Option<proto::admin::v1::StatusResponse> = None;
+        for node in self.nodes.iter().filter(|node| node.pid().is_some()) {
+            let Ok(c) = Client::new([node.grpc_addr.clone()], quick_options()) else { continue };
+            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(3), c.status()).await else { continue };
+            if s.state == RaftState::Leader as i32 && best.as_ref().is_none_or(|b| s.term > b.term) {
+                best = Some(s);
+            }
+        }
+        best
+    }
+
+    /// Notes every running node's own view of the cluster in the journal.
+    async fn note_statuses(&self) {
+        for node in &self.nodes {
+            let seen = match Client::new([node.grpc_addr.clone()], quick_options()) {
+                Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.status()).await {
+                    Ok(Ok(s)) => describe(&s),
+                    Ok(Err(e)) => format!("status failed: {e}"),
+                    Err(_) => "status timed out".into(),
+                },
+                Err(e) => format!("no client: {e}"),
+            };
+            let running = if node.pid().is_some() { "running" } else { "not running" };
+            self.journal.note(format_args!("{} ({running}) says: {seen}", node.id));
+        }
+    }
+
+    /// When `result` is a failure, keeps the nodes' logs and the journal in
+    /// `target/chaos-failures/NAME/` and says where (in the report, or in the error).
+    async fn keep_if_failed(
+        &self,
+        name: &str,
+        result: Result<ScheduleReport, BoxError>,
+    ) -> Result<ScheduleReport, BoxError> {
+        let Some(why) = failure(&result) else { return result };
+        self.journal.note(format_args!("FAILED: {why}"));
+        self.note_statuses().await;
+        let dest = record::failures_dir().join(name);
+        if let Err(e) = record::keep(&dest, &self.logs(), &self.journal, &why) {
+            eprintln!("{name}: could not keep the nodes' logs in {}: {e}", dest.display());
+            return result;
+        }
+        eprintln!("{name} failed: the nodes' logs and the harness's record are in {}", dest.display());
+        match result {
+            Ok(mut report) => {
+                report.kept = Some(dest);
+                Ok(report)
+            }
+            Err(e) => Err(format!("{e}\n  nodes' logs and the harness's record kept in {}", dest.display()).into()),
+        }
+    }
+}
+
+/// What failed, when something did: the harness's error, or the report of a schedule with
+/// violations. `None` for a passing schedule, which keeps nothing.
+fn failure(result: &Result<ScheduleReport, BoxError>) -> Option<String> {
+    match result {
+        Ok(report) if report.passed() => None,
+        Ok(report) => Some(report.to_string()),
+        Err(e) => Some(format!("harness error: {e}")),
+    }
+}
+
+/// One line for a node's status as the journal records it.
+fn describe(s: &proto::admin::v1::StatusResponse) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            let role = if m.suffrage == Suffrage::Voter as i32 { "voter" } else { "learner" };
+            let mut text = format!("{} {role}", m.id);
+            if let Some(matched) = m.matched_index {
+                text.push_str(&format!(" matched {matched}"));
+            }
+            if let Some(lag) = m.lag {
+                text.push_str(&format!(" lag {lag}"));
+            }
+            text
+        })
+        .collect();
+    format!(
+        "{} state {} term {} leader {:?} last {} committed {} applied {} snapshot {} purged {} membership@{} [{}]",
+        s.node_id,
+        RaftState::try_from(s.state).map_or_else(|_| s.state.to_string(), |r| format!("{r:?}")),
+        s.term,
+        s.leader_id,
+        s.last_log_index,
+        s.committed_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.purged_index,
+        s.membership_index,
+        members.join(", ")
+    )
 }
 
 fn node_id(i: usize) -> String {
@@ -723,10 +847,13 @@ pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError>
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
     let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
-
-    let workload = Workload::start(&net, cfg).await?;
-    run_faults(&mut net, &plan, cfg, &mut report).await;
-    finish(net, workload, report).await
+    let result = async {
+        let workload = Workload::start(&net, cfg).await?;
+        run_faults(&mut net, &plan, cfg, &mut report).await;
+        finish(&mut net, workload, report).await
+    }
+    .await;
+    net.keep_if_failed(&format!("seed-{}", cfg.seed), result).await
 }
 
 /// The recording sessions and watchers of one run.
@@ -790,16 +917,16 @@ impl Workload {
 
 /// Stops the sessions, heals, resolves unknown writes, reads every key, checks the history,
 /// compares the replicas and stops every node.
-async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
+async fn finish(net: &mut Net, workload: Workload, mut report: ScheduleReport) -> Result<ScheduleReport, BoxError> {
     let Workload { history, keys, stop, sessions, watch_logs, watchers } = workload;
     stop.store(true, Ordering::Relaxed);
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(60), s).await;
     }
 
-    heal(&mut net, &mut report).await?;
-    let resolved = resolve_unknown(&net, &history, &mut report).await;
-    final_reads(&net, &history, &keys).await?;
+    heal(net, &mut report).await?;
+    let resolved = resolve_unknown(net, &history, &mut report).await;
+    final_reads(net, &history, &keys).await?;
 
     let mut ops = history.operations();
     // Writes resolved by resending replace their unknown records.
@@ -812,7 +939,7 @@ async fn finish(mut net: Net, workload: Workload, mut report: ScheduleReport) ->
     report.unknown = checked.unknown;
     report.violations.extend(checked.violations.iter().map(Violation::to_string));
 
-    let applied = converged(&net, &keys).await;
+    let applied = converged(net, &keys).await;
     if let Err(e) = &applied {
         report.violations.push(e.to_string());
     }
@@ -874,9 +1001,20 @@ pub async fn run_crash_point(
     point: &str,
     trigger: CrashTrigger,
 ) -> Result<ScheduleReport, BoxError> {
-    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let workload = Workload::start(&net, cfg).await?;
+    net.journal.note(format_args!("crash point {point}, triggered by {trigger:?}"));
+    let result = crash_point_schedule(&mut net, cfg, point, trigger).await;
+    net.keep_if_failed(&format!("crash-{point}-seed-{}", cfg.seed), result).await
+}
+
+async fn crash_point_schedule(
+    net: &mut Net,
+    cfg: &ChaosConfig,
+    point: &str,
+    trigger: CrashTrigger,
+) -> Result<ScheduleReport, BoxError> {
+    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let workload = Workload::start(net, cfg).await?;
     workload.progress(100, Duration::from_secs(60)).await?;
     let leader = net.leader(&[]).await.ok_or("no leader")?;
     let target = (leader + 1) % net.nodes.len();
@@ -951,25 +1089,36 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             let (_, ending) = endings.remove(0);
             match ending {
                 Ending::Net(id) => {
-                    net.active.remove(&id);
+                    let fault = net.active.remove(&id);
                     net.apply_links();
+                    net.journal.note(format_args!("end {fault:?}: links set again"));
                 }
                 Ending::Restart(i) => {
-                    if net.nodes[i].pid().is_none()
-                        && let Err(e) = net.nodes[i].restart(false)
-                    {
-                        report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                    if net.nodes[i].pid().is_none() {
+                        let restarted = net.nodes[i].restart(false);
+                        net.journal.note(format_args!("restart {}: {restarted:?}", net.nodes[i].id));
+                        if let Err(e) = restarted {
+                            report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
+                        }
                     }
                 }
                 Ending::Resume(i) => {
                     net.nodes[i].resume();
                     paused.retain(|p| *p != i);
+                    net.journal.note(format_args!("resume {}", net.nodes[i].id));
                 }
                 Ending::Promote(i) => {
                     let c = Client::new(net.endpoints(), quick_options());
-                    if let Ok(c) = c
-                        && c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.is_ok()
-                    {
+                    let promoted = match c {
+                        Ok(c) => c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    net.journal.note(format_args!(
+                        "promote {} (end of Membership): {}",
+                        net.nodes[i].id,
+                        result_of(&promoted)
+                    ));
+                    if promoted.is_ok() {
                         net.demoted.retain(|d| *d != i);
                     }
                 }
@@ -1092,6 +1241,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
         if fault.hold > Duration::ZERO {
             what.push_str(&format!(" for {:.1}s", fault.hold.as_secs_f64()));
         }
+        net.journal.note(format_args!("fault {what}"));
         report.faults.push(format!("t+{:5.1}s {what}", t.as_secs_f64()));
         report.kinds.push(fault.kind);
     }
@@ -1099,31 +1249,32 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
     tokio::time::sleep_until(end).await;
 }
 
+/// A membership call's result as the journal records it.
+fn result_of(r: &Result<proto::admin::v1::MembershipChangeResponse, String>) -> String {
+    match r {
+        Ok(m) => format!("ok (changed {}, membership@{})", m.changed, m.index),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 /// Heals everything: links pass, paused nodes resume, killed nodes restart, demoted nodes
 /// are promoted; then waits for one leader, every node a voter and caught up.
 async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError> {
     net.active.clear();
     net.apply_links();
+    net.journal.note("heal: every link passes");
     for i in 0..net.nodes.len() {
         net.nodes[i].resume();
         if net.nodes[i].pid().is_none() {
-            net.nodes[i].restart(false)?;
+            let restarted = net.nodes[i].restart(false);
+            net.journal.note(format_args!("heal: restart {}: {restarted:?}", net.nodes[i].id));
+            restarted?;
         }
     }
-    let c = Client::new(net.endpoints(), crate::test_options())?;
-    let n = net.nodes.len();
-    // Promote every node that is not a voter (a demotion whose outcome was unknown too).
-    wait_for("every node to be a voter again", Duration::from_secs(90), || async {
-        let Ok(s) = c.status().await else { return false };
-        let learners: Vec<String> =
-            s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.clone()).collect();
-        for id in &learners {
-            let _ = c.promote(id, Duration::from_secs(10)).await;
-        }
-        learners.is_empty() && s.members.len() == n
-    })
-    .await
-    .map_err(|e| format!("after healing: {e}"))?;
+    let healing = tokio::time::Instant::now();
+    promote_all(net).await.map_err(|e| format!("after healing: {e}"))?;
+    report.promoted_after = Some(healing.elapsed());
+    net.journal.note("heal: every node is a voter");
     net.demoted.clear();
     let settled = wait_settled(net).await;
     if let Err(e) = settled {
@@ -1131,6 +1282,83 @@ async fn heal(net: &mut Net, report: &mut ScheduleReport) -> Result<(), BoxError
         return Err(e);
     }
     Ok(())
+}
+
+/// How long [`promote_all`] waits without any progress before it calls promotion stuck.
+const PROMOTE_STALL: Duration = Duration::from_secs(30);
+/// The bound on [`promote_all`] even while it sees progress.
+const PROMOTE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Promotes every member the leader does not count as a voter (a demotion whose outcome was
+/// unknown too) until every node is a voter. It asks the leader itself (not whichever node
+/// answers first, which may lag), and keeps waiting while something moves: the leader, its
+/// term or log, the membership, a learner's matched index. With nothing moving for
+/// [`PROMOTE_STALL`], or after [`PROMOTE_LIMIT`] in all, it fails with what it saw and the
+/// last answer to a promote.
+async fn promote_all(net: &Net) -> Result<(), BoxError> {
+    let n = net.nodes.len();
+    let started = tokio::time::Instant::now();
+    let mut seen = String::new();
+    let mut moved = started;
+    let mut last_answer = String::from("none yet");
+    loop {
+        let view = net.leader_view().await;
+        let now = match &view {
+            Some(s) => progress_of(s),
+            None => "no leader".to_string(),
+        };
+        if now != seen {
+            net.journal.note(format_args!(
+                "heal: {}",
+                view.as_ref().map_or_else(|| "no node says it leads".to_string(), describe)
+            ));
+            seen = now;
+            moved = tokio::time::Instant::now();
+        }
+        if let Some(s) = &view {
+            let learners: Vec<&str> =
+                s.members.iter().filter(|m| m.suffrage != Suffrage::Voter as i32).map(|m| m.id.as_str()).collect();
+            if learners.is_empty() && s.members.len() == n {
+                return Ok(());
+            }
+            // The leader first: a promote asked elsewhere is forwarded to it anyway.
+            let mut endpoints = net.endpoints();
+            if let Some(i) = net.nodes.iter().position(|node| node.id == s.node_id) {
+                endpoints.rotate_left(i);
+            }
+            let c = Client::new(endpoints, quick_options())?;
+            for id in learners {
+                let promoted = c.promote(id, Duration::from_secs(10)).await.map_err(|e| e.to_string());
+                let answer = format!("promote {id}: {}", result_of(&promoted));
+                if answer != last_answer {
+                    net.journal.note(format_args!("heal: {answer}"));
+                    last_answer = answer;
+                }
+            }
+        }
+        let what = view.as_ref().map_or_else(|| "no node says it leads".to_string(), describe);
+        if moved.elapsed() > PROMOTE_STALL {
+            return Err(format!(
+                "promotion is stuck: nothing moved for {PROMOTE_STALL:?} (the leader's view: {what}; last answer: {last_answer})"
+            )
+            .into());
+        }
+        if started.elapsed() > PROMOTE_LIMIT {
+            return Err(format!(
+                "not every node is a voter after {PROMOTE_LIMIT:?}, though it was still moving (the leader's view: {what}; last answer: {last_answer})"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What counts as progress towards every node being a voter, from the leader's status: who
+/// leads in which term, its log, the membership, and how far each member is matched.
+fn progress_of(s: &proto::admin::v1::StatusResponse) -> String {
+    let members: Vec<(&str, i32, Option<u64>)> =
+        s.members.iter().map(|m| (m.id.as_str(), m.suffrage, m.matched_index)).collect();
+    format!("{} {} {} {} {members:?}", s.node_id, s.term, s.last_log_index, s.membership_index)
 }
 
 async fn wait_settled(net: &Net) -> Result<(), BoxError> {
@@ -1220,4 +1448,21 @@ async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
         return Err(format!("replicas diverge:{last}").into());
     }
     Ok(agreed.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_schedule_is_kept() {
+        let passed = ScheduleReport { seed: 3, ..ScheduleReport::default() };
+        assert_eq!(failure(&Ok(passed)), None);
+        let violated =
+            ScheduleReport { seed: 3, violations: vec!["replicas diverge".into()], ..ScheduleReport::default() };
+        let why = failure(&Ok(violated)).unwrap_or_default();
+        assert!(why.contains("VIOLATION: replicas diverge") && why.contains("--seed 3"), "{why}");
+        let error: Result<ScheduleReport, BoxError> = Err("after healing: timed out".into());
+        assert_eq!(failure(&error).as_deref(), Some("harness error: after healing: timed out"));
+    }
 }

@@ -14,6 +14,7 @@
 pub mod chaos;
 pub mod checker;
 pub mod proxy;
+pub mod record;
 pub mod watch_check;
 
 use std::fs::File;
@@ -258,6 +259,12 @@ impl NodeProc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The file the node's output goes to (appended to across restarts).
+    #[must_use]
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The node's whole log.

@@ -560,3 +560,58 @@ async fn a_backup_restores_into_a_fresh_cluster_key_by_key() -> TestResult {
     }
     Ok(())
 }
+
+/// A demoted node that was down while the leader snapshotted and purged past it comes back
+/// by a snapshot and is promoted while writes never stop (issue 15: the suspicion that
+/// snapshots moving ahead keep a learner from ever counting as caught up). Before it can
+/// catch up, a promote says why: `DEADLINE_EXCEEDED` naming the learner's index and the
+/// leader's, and it stays a learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_behind_a_purged_log_is_promoted_under_continuous_writes() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(tests::chaos::SNAPSHOT_OFTEN);
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(3, &extra).await?;
+    let load = Load::start(load_clients(&cluster, 4)?, "promote", true);
+    load.progress(50, Duration::from_secs(60)).await?;
+    eprintln!("{:?}: cluster up, 50 writes", started.elapsed());
+    let admin = cluster.client()?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let learner = (leader + 1) % 3;
+    let id = cluster.nodes[learner].id.clone();
+    assert!(admin.demote(&id, MEMBERSHIP_TIMEOUT).await?.changed);
+    let behind = cluster.nodes[learner].client()?.status().await?.last_log_index;
+    cluster.nodes[learner].kill();
+    let status = cluster.nodes[leader].client()?;
+    wait_for("the leader to snapshot and purge past the stopped learner", Duration::from_secs(120), || async {
+        status.status().await.is_ok_and(|s| s.purged_index > behind + 100)
+    })
+    .await?;
+    eprintln!("{:?}: {id} demoted and stopped at index {behind}; the leader purged past it", started.elapsed());
+
+    // Down, it cannot catch up: the promote says so and changes nothing.
+    let refused = admin.promote(&id, Duration::from_secs(10)).await;
+    assert_eq!(tests::code(&refused), Some(tonic::Code::DeadlineExceeded), "{refused:?}");
+    let why = tests::message(&refused);
+    assert!(why.contains(&format!("learner {id} did not catch up")) && why.contains("still a learner"), "{why}");
+    let members = admin.status().await?.members;
+    assert_eq!(suffrage_of(&members, &id), Some(Suffrage::Learner));
+
+    // Back, under the same writes, it installs a snapshot, then the entries after it, and is
+    // promoted (each promote waits for the log as it was when the call arrived).
+    cluster.nodes[learner].restart(false)?;
+    let restarted = std::time::Instant::now();
+    let resp = admin.promote(&id, MEMBERSHIP_TIMEOUT).await?;
+    eprintln!("{:?}: {id} promoted {:?} after its restart", started.elapsed(), restarted.elapsed());
+    assert!(resp.changed, "{resp:?}");
+    assert_eq!(suffrage_of(&resp.members, &id), Some(Suffrage::Voter));
+    let log = cluster.nodes[learner].log();
+    assert!(log.contains("snapshot installed"), "the learner did not install a snapshot:\n{log}");
+    load.progress(50, Duration::from_secs(60)).await?;
+    let (acked, report) = load.stop().await?;
+    eprintln!("load: {} writes acknowledged while the learner came back, {report:?}", acked.len());
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    check_readable(&cluster.client()?, &acked).await?;
+    cluster.stop_all();
+    Ok(())
+}

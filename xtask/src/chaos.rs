@@ -5,7 +5,9 @@
 //! of `tests/tests/chaos.rs` with `CHAOS_SCHEDULES`, `CHAOS_SEED` and `CHAOS_SECS`, through
 //! `cargo test` (not nextest, whose slow-test timeout would end a long run). The test prints
 //! each schedule's report, every failing seed with the command that replays it, and a
-//! summary line. xtask itself depends on no crate of ours.
+//! summary line. A failing schedule keeps every node's log and the harness's record of its
+//! faults and membership calls in `target/chaos-failures/seed-N/` (`RAFTKV_CHAOS_KEEP_DIR`).
+//! xtask itself depends on no crate of ours.
 
 use std::path::Path;
 
@@ -32,6 +34,7 @@ pub(crate) fn run(root: &Path, schedules: u64, seed: Option<u64>, secs: u64, rel
     }
     test.args(["--", "--ignored", "--exact", "chaos_long", "--nocapture"])
         .env("RAFTKV_BIN_DIR", target_dir(root).join(profile))
+        .env("RAFTKV_CHAOS_KEEP_DIR", target_dir(root).join("chaos-failures"))
         .env("CHAOS_SCHEDULES", schedules.to_string())
         .env("CHAOS_SEED", seed.to_string())
         .env("CHAOS_SECS", secs.to_string());

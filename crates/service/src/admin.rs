@@ -147,9 +147,13 @@ fn change_response(c: MembershipChange) -> MembershipChangeResponse {
     MembershipChangeResponse { index: c.index, members: wire_members(c.members), changed: c.changed }
 }
 
-/// The caller's deadline (capped at `max`) as an instant, and whether it allows forwarding.
+/// The instant an operation must answer by (the caller's deadline, capped at `max`, less a
+/// fifth), and whether the request allows forwarding. The fifth kept back is for the answer:
+/// an operation that cannot finish in time (a learner still catching up, another membership
+/// change in progress) says why before the caller gives up, rather than the caller seeing
+/// only its own timeout.
 fn budget<T>(request: &Request<T>, max: Duration) -> (Instant, bool) {
-    (Instant::now() + deadline(request.metadata(), max), may_forward(request.metadata()))
+    (Instant::now() + deadline(request.metadata(), max).mul_f32(0.8), may_forward(request.metadata()))
 }
 
 impl AdminService {
