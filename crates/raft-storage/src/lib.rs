@@ -503,4 +503,18 @@ mod tests {
         assert!(store.purge(id(1, 0)).await.is_err());
         Ok(())
     }
+
+    #[tokio::test]
+    async fn an_append_over_the_tail_replaces_all_of_it_in_redb_too() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        let mut store = LogStore::open(&path)?;
+        append(&mut store, blanks(1, 0..=5)).await?.await??;
+        append(&mut store, blanks(2, 3..=3)).await?.await??;
+        let expected = vec![(1, 0), (1, 1), (1, 2), (2, 3)];
+        assert_eq!(terms(&store.try_get_log_entries(0..100).await?), expected);
+        drop(store);
+        assert_eq!(terms(&LogStore::open(&path)?.try_get_log_entries(0..100).await?), expected);
+        Ok(())
+    }
 }

@@ -28,8 +28,9 @@ use crate::{Error, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, lock};
 
 /// A write operation for the writer, with its sequence number ([`MemLog::next_seq`]).
 pub(crate) enum Op {
-    /// Insert the encoded entries; report `flushed` once they are durable (`None` only with
-    /// the planted bug `ack-before-fsync`, which reported them already).
+    /// Insert the encoded entries (in place of any from the first one on); report `flushed`
+    /// once they are durable (`None` only with the planted bug `ack-before-fsync`, which
+    /// reported them already).
     Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, flushed: Option<IOFlushed<TypeConfig>> },
     /// Remove every entry after `after` (all for `None`).
     Truncate { seq: u64, after: Option<u64> },
@@ -148,6 +149,11 @@ impl Writer {
     ) -> Result<(), Error> {
         match op {
             Op::Append { entries, .. } => {
+                // openraft truncates before it overwrites; should an append still overwrite
+                // the tail, redb drops the rest of it too, as the in-memory log does.
+                if let Some((first, _)) = entries.first() {
+                    logs.retain_in::<u64, _>(*first.., |_, _| false)?;
+                }
                 for (index, bytes) in entries {
                     logs.insert(*index, bytes.as_slice())?;
                 }
