@@ -61,10 +61,13 @@ macro_rules! crash_point {
 pub(crate) use crash_point;
 
 /// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
-/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): appends are reported flushed as soon as they are
-/// held in memory, before the writer's commit. A test-only bug the fault suite must catch.
+/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits each group without an fsync
+/// (`Durability::None`, which redb forgets on a crash), reports it flushed, and makes its
+/// commits durable only every 200 ms, with an empty `Durability::Immediate` commit: a
+/// group-commit timer that acknowledges before it syncs. A test-only bug the fault suite
+/// must catch.
 #[cfg(feature = "planted-bugs")]
-fn ack_before_fsync() -> bool {
+pub(crate) fn ack_before_fsync() -> bool {
     static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "ack-before-fsync"))
 }
@@ -363,16 +366,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let count = encoded.len();
-        #[cfg(feature = "planted-bugs")]
-        let (callback, early) = if ack_before_fsync() { (None, Some(callback)) } else { (Some(callback), None) };
-        #[cfg(not(feature = "planted-bugs"))]
-        let callback = Some(callback);
         self.queue(|mem, seq| mem.append(cached, seq), |seq| Op::Append { seq, entries: encoded, flushed: callback })?;
         tracing::trace!(entries = count, "log append held in memory; queued for the writer");
-        #[cfg(feature = "planted-bugs")]
-        if let Some(cb) = early {
-            cb.io_completed(Ok(()));
-        }
         Ok(())
     }
 

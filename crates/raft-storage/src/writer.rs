@@ -29,9 +29,8 @@ use crate::{Error, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, lock};
 /// A write operation for the writer, with its sequence number ([`MemLog::next_seq`]).
 pub(crate) enum Op {
     /// Insert the encoded entries (in place of any from the first one on); report `flushed`
-    /// once they are durable (`None` only with the planted bug `ack-before-fsync`, which
-    /// reported them already).
-    Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, flushed: Option<IOFlushed<TypeConfig>> },
+    /// once they are durable.
+    Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, flushed: IOFlushed<TypeConfig> },
     /// Remove every entry after `after` (all for `None`).
     Truncate { seq: u64, after: Option<u64> },
     /// Remove every entry up to `upto`, inclusive, and record it as the last purged.
@@ -50,15 +49,20 @@ impl Op {
     /// Reports the operation done (or failed).
     pub(crate) fn finish(self, result: &Result<(), String>) {
         match self {
-            Op::Append { flushed: Some(cb), .. } => cb.io_completed(result.clone().map_err(io::Error::other)),
+            Op::Append { flushed, .. } => flushed.io_completed(result.clone().map_err(io::Error::other)),
             Op::Vote { saved, .. } => {
                 // The caller may have given up waiting; nothing to tell then.
                 let _ = saved.send(result.clone());
             }
-            Op::Append { flushed: None, .. } | Op::Truncate { .. } | Op::Purge { .. } => {}
+            Op::Truncate { .. } | Op::Purge { .. } => {}
         }
     }
 }
+
+/// With the planted bug `ack-before-fsync`, how often at most the writer makes its
+/// acknowledged (`Durability::None`) commits durable.
+#[cfg(feature = "planted-bugs")]
+const PLANTED_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The writer thread's state.
 pub(crate) struct Writer {
@@ -74,6 +78,8 @@ impl Writer {
     /// Runs until every sender is dropped, then stores the last committed log id.
     pub(crate) fn run(mut self, queue: &Receiver<Op>) {
         let mut failed: Option<String> = None;
+        #[cfg(feature = "planted-bugs")]
+        let mut last_sync = std::time::Instant::now();
         while let Ok(first) = queue.recv() {
             let mut ops = vec![first];
             ops.extend(queue.try_iter());
@@ -97,6 +103,13 @@ impl Writer {
             for op in ops {
                 op.finish(&result);
             }
+            #[cfg(feature = "planted-bugs")]
+            if crate::ack_before_fsync() && last_sync.elapsed() >= PLANTED_SYNC_INTERVAL {
+                if let Err(e) = self.sync() {
+                    tracing::error!(error = %e, "planted bug: the late fsync failed");
+                }
+                last_sync = std::time::Instant::now();
+            }
         }
         if failed.is_none()
             && let Err(e) = self.commit(&[])
@@ -115,6 +128,10 @@ impl Writer {
         }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        #[cfg(feature = "planted-bugs")]
+        if crate::ack_before_fsync() {
+            txn.set_durability(Durability::None)?;
+        }
         self.write(&txn, ops, committed.as_ref())?;
         if ops.iter().any(|op| matches!(op, Op::Append { .. })) {
             crate::crash_point!("raft-storage::append-written");
@@ -126,6 +143,16 @@ impl Writer {
         if committed.is_some() {
             self.saved_committed = committed;
         }
+        Ok(())
+    }
+
+    /// The planted bug's late fsync: an empty durable commit, which makes every earlier
+    /// `Durability::None` commit durable.
+    #[cfg(feature = "planted-bugs")]
+    fn sync(&self) -> Result<(), Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
         Ok(())
     }
 
