@@ -61,11 +61,10 @@ macro_rules! crash_point {
 pub(crate) use crash_point;
 
 /// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
-/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits each group without an fsync
-/// (`Durability::None`, which redb forgets on a crash), reports it flushed, and makes its
-/// commits durable only every 200 ms, with an empty `Durability::Immediate` commit: a
-/// group-commit timer that acknowledges before it syncs. A test-only bug the fault suite
-/// must catch.
+/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits a group of appends alone
+/// without an fsync (`Durability::None`, which redb forgets on a crash) and reports it
+/// flushed; the appends become durable only with the next group that holds a vote, a
+/// truncation or a purge. A test-only bug the fault suite must catch.
 #[cfg(feature = "planted-bugs")]
 pub(crate) fn ack_before_fsync() -> bool {
     static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

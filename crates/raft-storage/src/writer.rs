@@ -59,11 +59,6 @@ impl Op {
     }
 }
 
-/// With the planted bug `ack-before-fsync`, how often at most the writer makes its
-/// acknowledged (`Durability::None`) commits durable.
-#[cfg(feature = "planted-bugs")]
-const PLANTED_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// The writer thread's state.
 pub(crate) struct Writer {
     pub(crate) db: Arc<Database>,
@@ -78,8 +73,6 @@ impl Writer {
     /// Runs until every sender is dropped, then stores the last committed log id.
     pub(crate) fn run(mut self, queue: &Receiver<Op>) {
         let mut failed: Option<String> = None;
-        #[cfg(feature = "planted-bugs")]
-        let mut last_sync = std::time::Instant::now();
         while let Ok(first) = queue.recv() {
             let mut ops = vec![first];
             ops.extend(queue.try_iter());
@@ -103,13 +96,6 @@ impl Writer {
             for op in ops {
                 op.finish(&result);
             }
-            #[cfg(feature = "planted-bugs")]
-            if crate::ack_before_fsync() && last_sync.elapsed() >= PLANTED_SYNC_INTERVAL {
-                if let Err(e) = self.sync() {
-                    tracing::error!(error = %e, "planted bug: the late fsync failed");
-                }
-                last_sync = std::time::Instant::now();
-            }
         }
         if failed.is_none()
             && let Err(e) = self.commit(&[])
@@ -129,7 +115,7 @@ impl Writer {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         #[cfg(feature = "planted-bugs")]
-        if crate::ack_before_fsync() {
+        if crate::ack_before_fsync() && ops.iter().all(|op| matches!(op, Op::Append { .. })) {
             txn.set_durability(Durability::None)?;
         }
         self.write(&txn, ops, committed.as_ref())?;
@@ -143,16 +129,6 @@ impl Writer {
         if committed.is_some() {
             self.saved_committed = committed;
         }
-        Ok(())
-    }
-
-    /// The planted bug's late fsync: an empty durable commit, which makes every earlier
-    /// `Durability::None` commit durable.
-    #[cfg(feature = "planted-bugs")]
-    fn sync(&self) -> Result<(), Error> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.commit()?;
         Ok(())
     }
 
