@@ -194,7 +194,7 @@ async fn follower_behind_a_purged_log_catches_up_by_snapshot() -> TestResult {
 }
 
 /// A follower whose link is slower than the heartbeat interval still replicates: each
-/// AppendEntries call gets `engine::transport::APPEND_MIN_TIMEOUT`, not openraft's one
+/// AppendEntries call gets `raft_network::APPEND_MIN_TIMEOUT`, not openraft's one
 /// heartbeat interval, which such a link (or a slow fsync of large values) exceeds on every
 /// attempt. Before that deadline, this follower never caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

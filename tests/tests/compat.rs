@@ -1,7 +1,9 @@
 //! The compatibility services on a real three-node cluster, called the way the Go seeds'
 //! clients call them: the `Example` service through the client generated from the seed's
 //! proto (package-less, so `/Example/Add`, ...), and gRPC health with the service name
-//! `quis.RaftLeader`, which `raftadmin --leader` checks to find the leader.
+//! `quis.RaftLeader`, which `raftadmin --leader` checks to find the leader. grpc-go's
+//! `:authority` for a multi-address target (`multi:///a,b`) is sent as grpc-go sends it, by
+//! a raw HTTP/2 client ([`raw_h2`]).
 
 #![allow(clippy::print_stderr)] // tests report what they did on stderr
 
@@ -9,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use client::RaftState;
 use proto::compat::example::example_client::ExampleClient;
-use proto::compat::example::{AddRequest, GetRequest, GetResponse, StatRequest, WatchRequest, WatchResponse};
+use proto::compat::example::{
+    AddRequest, AddWordRequest, GetRequest, GetResponse, GetWordsRequest, StatRequest, WatchRequest, WatchResponse,
+};
 use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -152,6 +156,51 @@ async fn example_service_add_and_get_through_every_node() -> TestResult {
         matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
         "linearizable read without a quorum: {err:?}"
     );
+    Ok(())
+}
+
+/// What Jille/raft-grpc-example's `hammer` does: 10 concurrent senders of `AddWord`, spread
+/// over every node, then `GetWords`, here on every node. The three longest words come back
+/// (of equal length, the one that sorts first), whichever node answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_add_word_and_get_words_as_hammer_does() -> TestResult {
+    const WORDS: usize = 300;
+    const SENDERS: usize = 10;
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let all: Vec<String> = (1..=WORDS).map(|i| format!("{}{i}", "ab".repeat(i % 17))).collect();
+    let mut expected = all.clone();
+    expected.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    expected.truncate(3);
+
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(all));
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let mut client = example(&cluster.nodes[s % 3])?;
+        let queue = queue.clone();
+        senders.push(tokio::spawn(async move {
+            let mut indexes = Vec::new();
+            loop {
+                let next = queue.lock().map_err(|e| e.to_string())?.pop();
+                let Some(word) = next else { return Ok::<_, String>(indexes) };
+                let resp = client.add_word(request(AddWordRequest { word })).await.map_err(|e| e.to_string())?;
+                indexes.push(resp.into_inner().commit_index);
+            }
+        }));
+    }
+    let mut indexes = Vec::new();
+    for sender in senders {
+        indexes.extend(sender.await??);
+    }
+    let last = indexes.iter().copied().max().unwrap_or(0);
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), WORDS, "every AddWord is its own write with its own index");
+
+    for node in &cluster.nodes {
+        let resp = example(node)?.get_words(request(GetWordsRequest {})).await?.into_inner();
+        assert_eq!(resp.best_words, expected, "GetWords on {}", node.id);
+        assert!(resp.read_at_index >= last, "GetWords on {} read at {} < {last}", node.id, resp.read_at_index);
+    }
     Ok(())
 }
 
@@ -360,4 +409,241 @@ async fn an_open_health_watch_does_not_hold_up_a_graceful_stop() -> TestResult {
     }
     assert!(last.is_none_or(|s| s == ServingStatus::NotServing), "last status {last:?}");
     Ok(())
+}
+
+/// The `:authority` grpc-go sends when it dials `multi:///127.0.0.1:1,127.0.0.1:2` (the
+/// target's endpoint, which is not a URI authority): how `raftadmin --leader multi:///...`
+/// and Jille/raft-grpc-example's `hammer` reach every node.
+const MULTI_ADDRESS_AUTHORITY: &str = "127.0.0.1:1,127.0.0.1:2";
+
+/// A unary gRPC call written frame by frame, so that its headers can be what no generated
+/// client would send (the `http` crate, under tonic and h2's client, refuses to build such an
+/// authority). Request headers are HPACK literals without Huffman coding, which any HTTP/2
+/// server must accept; the answer is read frame by frame without decoding its headers: a
+/// gRPC server sends a DATA frame only for a successful unary call.
+mod raw_h2 {
+    use tests::BoxError;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    const STREAM: u32 = 1;
+
+    /// How a call's stream ended.
+    #[derive(Debug)]
+    pub(crate) enum Answer {
+        /// The server ended the stream normally; `message` is the gRPC message of its DATA
+        /// frames (empty when it answered with trailers only, that is with an error status).
+        Ended { message: Vec<u8> },
+        /// The server reset the stream (RST_STREAM) with this HTTP/2 error code.
+        Reset(u32),
+    }
+
+    impl Answer {
+        /// The gRPC message of a call that ended normally; an error naming `what` when the
+        /// server reset the stream.
+        pub(crate) fn message(self, what: &str) -> Result<Vec<u8>, BoxError> {
+            match self {
+                Answer::Ended { message } => Ok(message),
+                Answer::Reset(code) => Err(format!(
+                    "{what}: the server reset the stream with HTTP/2 error code {code} (1 is PROTOCOL_ERROR)"
+                )
+                .into()),
+            }
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// One HPACK "literal header field without indexing, new name" (RFC 7541 §6.2.2), no
+    /// Huffman coding.
+    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.push(0x00);
+        for s in [name, value] {
+            hpack_int(out, s.len());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+
+    /// An HPACK integer with a 7-bit prefix and the Huffman bit clear (RFC 7541 §5.1).
+    fn hpack_int(out: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            out.push(n as u8);
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+
+    /// Calls `path` on `addr` with `:authority` set to `authority` and `message` (an encoded
+    /// protobuf) as the request; gives up after 10 s.
+    pub(crate) async fn unary(addr: &str, authority: &str, path: &str, message: &[u8]) -> Result<Answer, BoxError> {
+        let call = unary_inner(addr, authority, path, message);
+        tokio::time::timeout(std::time::Duration::from_secs(10), call).await.map_err(|_| "no answer within 10 s")?
+    }
+
+    async fn unary_inner(addr: &str, authority: &str, path: &str, message: &[u8]) -> Result<Answer, BoxError> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            literal(&mut block, name, value);
+        }
+        let mut grpc = vec![0u8];
+        grpc.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        grpc.extend_from_slice(message);
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        out.extend(frame(HEADERS, END_HEADERS, STREAM, &block));
+        out.extend(frame(DATA, END_STREAM, STREAM, &grpc));
+        tcp.write_all(&out).await?;
+
+        let mut data = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await?;
+            match (kind, stream) {
+                (SETTINGS, 0) if flags & ACK == 0 => tcp.write_all(&frame(SETTINGS, ACK, 0, &[])).await?,
+                (GOAWAY, 0) => return Err(format!("GOAWAY from the server: {payload:?}").into()),
+                (RST_STREAM, STREAM) => {
+                    let code = payload.get(..4).ok_or("short RST_STREAM")?;
+                    return Ok(Answer::Reset(u32::from_be_bytes([code[0], code[1], code[2], code[3]])));
+                }
+                (DATA, STREAM) => data.extend_from_slice(&payload),
+                _ => {}
+            }
+            if stream == STREAM && flags & END_STREAM != 0 {
+                // Strip the gRPC message prefix (compression flag and length).
+                let message = data.get(5..).map(<[u8]>::to_vec).unwrap_or_default();
+                return Ok(Answer::Ended { message });
+            }
+        }
+    }
+}
+
+/// An HTTP/2 client that can send a multi-address `:authority`.
+#[derive(Clone, Copy, Debug)]
+enum RawClient {
+    /// [`raw_h2`], frame by frame.
+    Frames,
+    /// Python's h2 (`tests/python/h2_unary.py`, Debian's `python3-h2`), which also decodes
+    /// the answer's headers, so the gRPC status in the trailers is checked too.
+    PythonH2,
+}
+
+impl RawClient {
+    async fn unary(self, addr: &str, path: &str, message: &[u8]) -> Result<raw_h2::Answer, BoxError> {
+        match self {
+            RawClient::Frames => raw_h2::unary(addr, MULTI_ADDRESS_AUTHORITY, path, message).await,
+            RawClient::PythonH2 => python_h2_unary(addr, path, message).await,
+        }
+    }
+}
+
+/// One call through `tests/python/h2_unary.py` with Debian's Python (`/usr/bin/python3`,
+/// where `python3-h2` installs).
+async fn python_h2_unary(addr: &str, path: &str, message: &[u8]) -> Result<raw_h2::Answer, BoxError> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/h2_unary.py");
+    let hex: String = message.iter().map(|b| format!("{b:02x}")).collect();
+    let args = [script.to_string(), addr.to_string(), MULTI_ADDRESS_AUTHORITY.to_string(), path.to_string(), hex];
+    // The script gives up by itself after 10 s without an answer.
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("/usr/bin/python3").args(&args).output())
+        .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("h2_unary.py {path} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    if let Some(code) = answer["reset"].as_u64() {
+        return Ok(raw_h2::Answer::Reset(u32::try_from(code)?));
+    }
+    // A successful call: HTTP 200, then grpc-status 0 in the trailers.
+    assert_eq!(answer["headers"][":status"], "200", "{path} on {addr}: {answer}");
+    assert_eq!(answer["trailers"]["grpc-status"], "0", "{path} on {addr}: {answer}");
+    let hex = answer["message"].as_str().ok_or("no message")?;
+    let message =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16)).collect::<Result<_, _>>()?;
+    Ok(raw_h2::Answer::Ended { message })
+}
+
+/// On every node of a three-node cluster, through `client`: `raftkv.v1.KV/Get` and the
+/// `quis.RaftLeader` health check on the client port, `Raft/Identify` on the Raft port, each
+/// with the `:authority` of a multi-address target.
+async fn multi_address_authority_is_served(client: RawClient) -> TestResult {
+    use prost::Message;
+
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let leader = wait_health_leader(&cluster, Duration::from_secs(10)).await?;
+    let written = cluster.client()?.put("multi-authority", "hello").await?;
+    eprintln!("{client:?}: wrote multi-authority at index {}", written.header.map_or(0, |h| h.index));
+
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        // raftkv.v1.KV/Get, linearizable (a follower asks the leader for a read index).
+        let req = proto::kv::v1::GetRequest { key: b"multi-authority".to_vec().into(), ..Default::default() };
+        let answer = client.unary(&node.grpc_addr, "/raftkv.v1.KV/Get", &req.encode_to_vec()).await?;
+        let message = answer.message(&format!("KV/Get on {}", node.id))?;
+        let got = proto::kv::v1::GetResponse::decode(message.as_slice())?;
+        assert!(got.found, "KV/Get on {}: {got:?}", node.id);
+        assert_eq!(got.kv.map(|kv| kv.value).as_deref(), Some(&b"hello"[..]), "KV/Get on {}", node.id);
+
+        // The health check raftadmin --leader and hammer run on every address of the list.
+        let req = HealthCheckRequest { service: RAFT_LEADER.into() };
+        let answer = client.unary(&node.grpc_addr, "/grpc.health.v1.Health/Check", &req.encode_to_vec()).await?;
+        let message = answer.message(&format!("Health/Check on {}", node.id))?;
+        let status = HealthCheckResponse::decode(message.as_slice())?.status();
+        let expected = if i == leader { ServingStatus::Serving } else { ServingStatus::NotServing };
+        assert_eq!(status, expected, "quis.RaftLeader on {}", node.id);
+
+        // The Raft port runs the same HTTP/2 server.
+        let req = proto::raft::v1::IdentifyRequest {};
+        let answer = client.unary(&node.raft_addr, "/raftkv.raft.v1.Raft/Identify", &req.encode_to_vec()).await?;
+        let message = answer.message(&format!("Raft/Identify on {}", node.id))?;
+        assert_eq!(proto::raft::v1::IdentifyResponse::decode(message.as_slice())?.node_id, node.id);
+    }
+    Ok(())
+}
+
+/// What grpc-go clients dialing `multi:///a,b,c` send: an `:authority` that is a list of
+/// addresses. Upstream h2 resets such a stream with PROTOCOL_ERROR (hyperium/h2#525);
+/// raftkv's patched copy (crates/vendor/README.md) serves it by its path, on both ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_multi_address_authority_is_served_on_both_ports() -> TestResult {
+    multi_address_authority_is_served(RawClient::Frames).await
+}
+
+/// The same through a third-party HTTP/2 client, Python's h2 with header validation off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's python3-h2 for /usr/bin/python3; .ci/run installs it and runs this"]
+async fn python_h2_with_a_multi_address_authority_is_served_on_both_ports() -> TestResult {
+    multi_address_authority_is_served(RawClient::PythonH2).await
 }

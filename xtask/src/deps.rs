@@ -6,6 +6,9 @@
 //! entries); any forbidden package found there is a violation. Dev- and build-dependencies
 //! are not checked. A crate of the table that is not (yet) in the workspace is reported as
 //! skipped, not as a failure.
+//!
+//! Then a text check: no source file of `crates/` or `bin/` outside `crates/rpc` builds a
+//! tonic `Endpoint` or `Server` ([`check_transport_builders`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -38,6 +41,8 @@ pub(crate) const OUR_CRATES: &[&str] = &[
     "gossip",
     "linearizable",
     "blocking-query",
+    "raft-network",
+    "rpc",
     "service",
     "engine",
     "client",
@@ -46,15 +51,17 @@ pub(crate) const OUR_CRATES: &[&str] = &[
 /// The dependency rules of ARCHITECTURE.md: crate → what it must never depend on.
 #[rustfmt::skip]
 pub(crate) const RULES: &[Rule] = &[
-    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "service", "engine", "client"], never_direct: &[] },
-    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "service", "engine", "client"], never_direct: &[] },
+    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "engine", "client"], never_direct: &[] },
+    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "engine", "client"], never_direct: &[] },
     Rule { krate: "raft-storage", never: &["tonic", "fsm", "service", "engine", "chitchat"], never_direct: &[] },
     Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
     Rule { krate: "resolver", never: &["tonic", "chitchat", "gossip"], never_direct: &["openraft"] },
     Rule { krate: "gossip", never: &["tonic", "redb", "fsm", "raft-storage", "service", "engine"], never_direct: &["openraft"] },
     Rule { krate: "linearizable", never: &["tonic", "redb"], never_direct: &[] },
     Rule { krate: "blocking-query", never: &["tonic"], never_direct: &["openraft"] },
-    Rule { krate: "service", never: &["raft-storage", "engine"], never_direct: &["redb"] },
+    Rule { krate: "rpc", never: &["openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "service", "engine", "client"], never_direct: &[] },
+    Rule { krate: "raft-network", never: &["service", "engine", "client", "raft-storage", "chitchat"], never_direct: &["redb"] },
+    Rule { krate: "service", never: &["raft-storage", "engine", "client"], never_direct: &["redb"] },
     Rule { krate: "client", never: &["openraft", "redb", "engine", "service", "fsm", "raft-storage"], never_direct: &[] },
 ];
 
@@ -105,6 +112,63 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         bail!("{} dependency rule violation(s):\n  {}", violations.len(), messages.join("\n  "));
     }
     println!("deps: {checked} of {} crates checked, no violations", RULES.len());
+    check_transport_builders(root)
+}
+
+/// What builds a tonic endpoint or server; only [`TRANSPORT_HOME`] may say it.
+const TRANSPORT_BUILDERS: &[&str] = &["Endpoint::", "transport::Endpoint", "Server::builder", "transport::Server"];
+/// The one crate that builds endpoints and servers (where TLS is configured).
+const TRANSPORT_HOME: &str = "crates/rpc/";
+
+/// Checks that no source file of `crates/` or `bin/` but those of [`TRANSPORT_HOME`] (and
+/// the generated protobuf code) builds a tonic endpoint or server: a text search of every
+/// line that is not a comment.
+fn check_transport_builders(root: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for dir in ["crates", "bin"] {
+        rust_files(&root.join(dir), &mut files)?;
+    }
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+        if rel.starts_with(TRANSPORT_HOME) || rel.starts_with("crates/proto/src/generated/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {rel}"))?;
+        found.extend(transport_builder_lines(&text).into_iter().map(|n| format!("{rel}:{n}")));
+    }
+    if !found.is_empty() {
+        bail!(
+            "only {TRANSPORT_HOME} may build a tonic endpoint or server (rpc::channel, rpc::server); found at:\n  {}",
+            found.join("\n  ")
+        );
+    }
+    println!("ok: tonic endpoints and servers are built in {TRANSPORT_HOME} only");
+    Ok(())
+}
+
+/// The 1-based numbers of the lines of `text` that build an endpoint or a server.
+fn transport_builder_lines(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .filter(|(_, line)| TRANSPORT_BUILDERS.iter().any(|p| line.contains(p)))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// Every `.rs` file below `dir`, `target` directories left out.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                rust_files(&path, out)?;
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
     Ok(())
 }
 
@@ -217,6 +281,12 @@ mod tests {
             let row = markdown_row(rule);
             assert!(text.lines().any(|line| line.trim() == row), "ARCHITECTURE.md lacks the rule row\n{row}");
         }
+    }
+
+    #[test]
+    fn transport_builders_are_found_outside_comments() {
+        let text = "// Endpoint::from_shared in a comment\nlet e = Endpoint::from_shared(a)?;\nServer::builder()\nClientError::NoEndpoints\n";
+        assert_eq!(transport_builder_lines(text), vec![2, 3]);
     }
 
     #[test]

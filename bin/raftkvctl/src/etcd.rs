@@ -8,7 +8,7 @@
 //! itself (roadmap), these definitions move into `proto/` and this module goes away.
 
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// etcd's `ResponseHeader`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -97,7 +97,7 @@ impl EtcdKv {
     /// Connects to `endpoint` (`host:port`, plaintext, as etcd's `--listen-client-urls
     /// http://...`).
     pub(crate) async fn connect(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))?.tcp_nodelay(true).connect().await?;
+        let channel = rpc::channel::connect(endpoint, &rpc::channel::ChannelOptions::default()).await?;
         Ok(Self { grpc: tonic::client::Grpc::new(channel) })
     }
 

@@ -19,7 +19,6 @@
 pub mod admin;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,21 +30,19 @@ use proto::kv::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use rpc::channel::{ChannelOptions, Pool};
+use rpc::metadata::{LEADER_ADDR_HEADER, NO_FORWARD_HEADER, RETRYABLE_HEADER};
+use tonic::transport::Channel;
 
 pub use proto::admin::v1::{Member, MembershipChangeResponse, RaftState, Suffrage};
 pub use proto::kv::v1 as kv;
 pub use proto::kv::v1::{Consistency, KeyValue};
 pub use watch::{WatchOptions, WatchStream};
 
-/// Metadata key the server sets to `true` when a failed request was certainly not applied.
-const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
-/// Metadata key asking a node not to forward to the leader.
-const NO_FORWARD_HEADER: &str = "x-raftkv-no-forward";
-/// Metadata key with the leader's gRPC address on a not-leader answer.
-const LEADER_ADDR_HEADER: &str = "x-raftkv-leader-addr";
+pub use rpc::never_sent;
+
 /// The largest message the client decodes (the server's decode limit).
-const MAX_MESSAGE_BYTES: usize = 2 << 20;
+const MAX_MESSAGE_BYTES: usize = rpc::limits::MAX_DECODE_BYTES;
 
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +122,7 @@ impl Default for ClientOptions {
 #[derive(Debug)]
 pub struct Client {
     endpoints: Mutex<Vec<String>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Pool,
     preferred: AtomicUsize,
     options: ClientOptions,
     /// Prefix of the request ids this client assigns.
@@ -163,7 +160,7 @@ impl Client {
         }
         Ok(Self {
             endpoints: Mutex::new(endpoints),
-            channels: Mutex::new(HashMap::new()),
+            channels: Pool::new(ChannelOptions { connect_timeout: Some(options.connect_timeout), keepalive: None }),
             preferred: AtomicUsize::new(0),
             options,
             client_id: client_id(),
@@ -176,20 +173,11 @@ impl Client {
     }
 
     async fn connect(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        if let Some(ch) = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr) {
-            return Ok(ch.clone());
-        }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(self.options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.channels.connect(addr).await
     }
 
     fn forget(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
+        self.channels.forget(addr);
     }
 
     /// Runs `call` against the endpoints until it succeeds or a failure must be returned.
@@ -444,34 +432,6 @@ fn client_id() -> String {
     h.write_u128(nanos);
     h.write_u32(std::process::id());
     format!("c{:016x}", h.finish())
-}
-
-/// Whether a transport failure happened before the request was sent: the connection could
-/// not be made (refused, found in the error's source chain, or hyper's connector failed), or
-/// hyper dropped the request from its queue because the connection closed first (its
-/// "operation was canceled", which hyper produces only for requests it never sent).
-pub fn never_sent(status: &tonic::Status) -> bool {
-    const HYPER_CANCELED: &str = "operation was canceled";
-    let refused = |e: &(dyn std::error::Error + 'static)| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-    };
-    match status.code() {
-        tonic::Code::Unavailable => {
-            if status.message().starts_with("tcp connect error") {
-                return true;
-            }
-            let mut source = std::error::Error::source(status);
-            while let Some(e) = source {
-                if refused(e) {
-                    return true;
-                }
-                source = e.source();
-            }
-            false
-        }
-        tonic::Code::Cancelled => status.message().starts_with(HYPER_CANCELED),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

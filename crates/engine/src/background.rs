@@ -8,10 +8,10 @@ use gossip::{Gossip, Liveness};
 use openraft::async_runtime::WatchReceiver;
 use proto::admin::v1::AddVoterRequest;
 use proto::admin::v1::admin_client::AdminClient;
+use rpc::channel::ChannelOptions;
 use service::NodeContext;
 use service::cluster::{Outcome, transfer_leadership};
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 use types::{NodeId, NodeInfo};
 
 /// Checks every `interval` whether entries were applied since the last snapshot, and if so
@@ -160,10 +160,9 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
 
 /// One AddVoter call to `seed`; returns the membership index.
 async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo) -> Result<u64, tonic::Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{seed}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("--join {seed}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
+    let options = ChannelOptions { connect_timeout: Some(Duration::from_secs(2)), keepalive: None };
+    let endpoint = rpc::channel::endpoint(seed, &options)
+        .map_err(|e| tonic::Status::invalid_argument(format!("--join {seed}: {e}")))?;
     let channel =
         endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect to {seed}: {e}")))?;
     let mut request = tonic::Request::new(AddVoterRequest {

@@ -7,7 +7,7 @@
 //!    carries both when the addresses are equal; port 0 picks a free port;
 //! 3. opens the log store (`raft-storage`) and the state machine (`fsm`) under
 //!    `<raft_data_dir>/<raft_id>/`, creating the directory if needed;
-//! 4. starts openraft with the gRPC transport ([`transport`]);
+//! 4. starts openraft with the gRPC transport ([`raft_network`]);
 //! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //!    With `--gossip_addr`, gossip starts here too (chitchat on UDP; port 0 picks a free
@@ -41,40 +41,37 @@
 mod background;
 mod config;
 pub mod offline;
-pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
 use gossip::{Gossip, NodeMeta, UdpTransport};
 use openraft::async_runtime::WatchReceiver;
 use proto::compat::example::example_server::ExampleServer;
 use proto::kv::v1::kv_server::KvServer;
+use raft_network::LeaderContact;
+use raft_network::client::NetworkFactory;
+use raft_network::server::RaftService;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use serde::Serialize;
 use service::compat::{
     ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
 };
-use service::{AdminService, Forwarder, KvService, LeaderContact, NodeContext};
+use service::{AdminService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
-use transport::client::NetworkFactory;
-use transport::server::RaftService;
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";
@@ -406,42 +403,15 @@ fn local_addr(l: &TcpListener) -> Result<SocketAddr, EngineError> {
     l.local_addr().map_err(|source| EngineError::Io { context: "reading a bound address".into(), source })
 }
 
+/// Serves `routes` on `listener` until `stop` is set ([`rpc::server::serve`]).
 fn serve(
     routes: RoutesBuilder,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(service::limits::MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(service::limits::MAX_HEADER_LIST_BYTES)
-        .http2_max_pending_accept_reset_streams(Some(service::limits::MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .layer(tower::util::MapResponseLayer::new(reword_edge_status))
-        .add_routes(routes.routes());
-    tokio::spawn(async move {
-        server
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+    rpc::server::serve(routes, listener, async move {
+        let _ = stop.wait_for(|s| *s).await;
     })
-}
-
-/// Rewords two of tonic's own answers at the server's edge: a message over the gRPC decode
-/// limit is answered like every other limit, `INVALID_ARGUMENT` naming the limit (tonic says
-/// `OUT_OF_RANGE`), and an unknown service or method gets a message saying what to check
-/// (tonic's is empty). Both are in the headers of a trailers-only response, so rewriting them
-/// is enough.
-fn reword_edge_status<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
-    if let Some(status) = tonic::Status::from_header_map(resp.headers())
-        && let Some((code, message)) = service::limits::decode_limit_status(status.code(), status.message())
-            .or_else(|| service::unknown_method_status(status.code(), status.message()))
-    {
-        let _ = tonic::Status::new(code, message).add_header(resp.headers_mut());
-    }
-    resp
 }
 
 /// Starts a one-node cluster of this node, unless it already has state.

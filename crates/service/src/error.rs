@@ -4,20 +4,11 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use types::NodeId;
 
-/// Metadata key: the id of the leader, on `UNAVAILABLE` answers from a non-leader.
-pub const LEADER_ID_HEADER: &str = "x-raftkv-leader-id";
-/// Metadata key: the gRPC address of the leader, on `UNAVAILABLE` answers from a non-leader.
-pub const LEADER_ADDR_HEADER: &str = "x-raftkv-leader-addr";
-/// Metadata key: a key's current `modify_index`, on a failed precondition (0: absent).
-pub const CURRENT_INDEX_HEADER: &str = "x-raftkv-current-index";
-/// Metadata key: `true` when the request was certainly not applied and may be retried as
-/// is; `false` otherwise. Clients retry only on `true`.
-pub const RETRYABLE_HEADER: &str = "x-raftkv-retryable";
-/// Metadata key: the oldest index a watch can start from, on a "compacted" answer.
-pub const OLDEST_INDEX_HEADER: &str = "x-raftkv-oldest-index";
-/// Metadata key: the index a watch stream that ended should resume from (every change
-/// before it was sent).
-pub const RESUME_INDEX_HEADER: &str = "x-raftkv-resume-index";
+pub use rpc::metadata::{
+    CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,
+    RETRYABLE_HEADER,
+};
+pub use rpc::status::{UNKNOWN_METHOD_MESSAGE, unknown_method_status};
 
 /// Everything a service call can fail with. [`Status::from`] is the only mapping to gRPC.
 #[derive(Debug, thiserror::Error)]
@@ -175,18 +166,6 @@ impl From<ServiceError> for Status {
         }
         status
     }
-}
-
-/// The message an `UNIMPLEMENTED` answer without one gets at the server's edge: tonic answers
-/// a call to an unknown service or method with an empty message.
-pub const UNKNOWN_METHOD_MESSAGE: &str = "unknown service or method: check the call's path (/package.Service/Method) against the proto files of this server's version; on the client port, gRPC reflection lists what it serves (grpcurl -plaintext HOST:PORT list)";
-
-/// Rewords tonic's answer to an unknown service or method (`UNIMPLEMENTED` with an empty
-/// message) into one that says what to check. Other statuses, and `UNIMPLEMENTED` answers
-/// that already say something (an unsupported compression), pass.
-#[must_use]
-pub fn unknown_method_status(code: Code, message: &str) -> Option<(Code, String)> {
-    (code == Code::Unimplemented && message.is_empty()).then(|| (code, UNKNOWN_METHOD_MESSAGE.to_string()))
 }
 
 #[cfg(test)]

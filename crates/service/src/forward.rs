@@ -1,29 +1,34 @@
 //! Leader forwarding: a pool of client channels to other nodes' gRPC addresses, the hop
 //! guard, and deadline propagation.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rpc::channel::{ChannelOptions, Keepalive, Pool};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::ServiceError;
 
-/// Metadata key set on a forwarded request. A node that receives it never forwards again,
-/// so a request is forwarded at most once and never bounces between nodes.
-pub const FORWARDED_HEADER: &str = "x-raftkv-forwarded";
-/// Metadata key a client sets to `true` to ask for no forwarding: a non-leader then
-/// answers `UNAVAILABLE` with the leader's id and address.
-pub const NO_FORWARD_HEADER: &str = "x-raftkv-no-forward";
+pub use rpc::deadline::deadline;
+pub use rpc::metadata::{FORWARDED_HEADER, NO_FORWARD_HEADER};
 
-/// How long connecting to the leader may take before forwarding gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How channels to other nodes connect: within 2 s (then forwarding gives up), with
+/// keepalive pings every 10 s.
+const CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
+    connect_timeout: Some(Duration::from_secs(2)),
+    keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: None }),
+};
 
-/// Reused channels to other nodes, keyed by gRPC address.
-#[derive(Debug, Clone, Default)]
+/// Reused channels to other nodes, keyed by address.
+#[derive(Debug, Clone)]
 pub struct Forwarder {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Pool,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self { channels: Pool::new(CHANNEL_OPTIONS) }
+    }
 }
 
 impl Forwarder {
@@ -36,23 +41,13 @@ impl Forwarder {
     /// A connected channel to `addr`. Connecting is eager, so a failure here means the
     /// request was never sent and is safe to retry elsewhere.
     pub async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        if let Some(ch) = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr) {
-            return Ok(ch.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        let ch = endpoint.connect().await?;
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.channels.connect(addr).await
     }
 
     /// Drops the cached channel to `addr` (after a transport failure), so the next call
     /// reconnects.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
+        self.channels.forget(addr);
     }
 }
 
@@ -70,30 +65,6 @@ pub fn forwarded_request<T>(message: T, timeout: Duration) -> tonic::Request<T> 
     req.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     req.set_timeout(timeout);
     req
-}
-
-/// The caller's deadline from the `grpc-timeout` header, capped at `max`.
-#[must_use]
-pub fn deadline(md: &MetadataMap, max: Duration) -> Duration {
-    md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).map_or(max, |d| d.min(max))
-}
-
-/// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H M S m u n`).
-fn parse_grpc_timeout(s: &str) -> Option<Duration> {
-    if s.len() < 2 || s.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = s.split_at(s.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// Maps a failure to reach the leader. A connect failure means nothing was sent; anything
@@ -115,11 +86,12 @@ pub(crate) fn forward_failed(
 
 /// Whether a failed call to another node was certainly never sent; the one heuristic, shared
 /// with the client library (it reads hyper's error text, so it lives in one place).
-pub(crate) use client::never_sent;
+pub(crate) use rpc::never_sent;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rpc::deadline::parse_grpc_timeout;
 
     #[test]
     fn parses_grpc_timeouts() {

@@ -51,4 +51,4 @@ pub use error::{
 pub use forward::Forwarder;
 pub use kv::KvService;
 pub use limits::MAX_DECODE_BYTES;
-pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, LeaderContact, NodeContext};
+pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, NodeContext};

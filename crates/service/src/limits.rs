@@ -13,9 +13,6 @@ pub const MAX_KEY_BYTES: usize = 4 << 10;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The largest encoded request a handler accepts, in bytes (1.5 MiB).
 pub const MAX_REQUEST_BYTES: usize = 3 << 19;
-/// The largest gRPC message the server decodes, in bytes (2 MiB). A larger one is refused
-/// before any handler runs (answered `INVALID_ARGUMENT` by [`decode_limit_status`]).
-pub const MAX_DECODE_BYTES: usize = 2 << 20;
 /// The most operations a transaction may hold: compares and both branches together.
 pub const MAX_TXN_OPS: usize = 128;
 /// The longest request id accepted, in bytes.
@@ -23,19 +20,11 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// About the most key and value bytes one Range page returns (always at least one key).
 pub const MAX_RANGE_PAGE_BYTES: usize = 1 << 20;
 
-/// The most HTTP/2 streams (calls) one connection may have open at once, on both ports
-/// (`SETTINGS_MAX_CONCURRENT_STREAMS`). A client past it is refused further streams
-/// (`REFUSED_STREAM`) until some end; other connections are unaffected. Without it hyper
-/// sets no bound.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// The largest header block (request metadata, uncompressed) accepted, in bytes
-/// (`SETTINGS_MAX_HEADER_LIST_SIZE`, 16 KiB). A larger one is refused before any handler
-/// runs.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
-/// The most streams a client may open and reset before the server has accepted them
-/// (HTTP/2 rapid reset, CVE-2023-44487); past it the connection is closed with
-/// `ENHANCE_YOUR_CALM`.
-pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// The transport limits, applied by [`rpc::server::serve`] on both ports.
+pub use rpc::limits::{
+    MAX_CONCURRENT_STREAMS, MAX_DECODE_BYTES, MAX_HEADER_LIST_BYTES, MAX_PENDING_ACCEPT_RESET_STREAMS,
+};
+pub use rpc::status::decode_limit_status;
 
 /// How long a blocking read waits when it names no `wait_ms` (Consul's default).
 pub const DEFAULT_BLOCKING_WAIT: Duration = Duration::from_secs(5 * 60);
@@ -139,20 +128,6 @@ pub fn check_request_id(id: &str) -> Result<Option<String>, ServiceError> {
         )));
     }
     Ok((!id.is_empty()).then(|| id.to_string()))
-}
-
-/// Rewrites tonic's answer to a message over [`MAX_DECODE_BYTES`] (`OUT_OF_RANGE`, "decoded
-/// message length too large: found N bytes, the limit is: M bytes") into the
-/// `INVALID_ARGUMENT` every other limit answers, naming the limit. Other statuses pass.
-pub fn decode_limit_status(code: tonic::Code, message: &str) -> Option<(tonic::Code, String)> {
-    if code != tonic::Code::OutOfRange || !message.contains("decoded message length too large") {
-        return None;
-    }
-    let found = message.split("found ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?");
-    Some((
-        tonic::Code::InvalidArgument,
-        format!("message is {found} bytes; the gRPC limit (MAX_DECODE_BYTES) is {MAX_DECODE_BYTES} bytes"),
-    ))
 }
 
 #[cfg(test)]

@@ -2,8 +2,7 @@
 //! they share.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
 use linearizable::{BarrierError, Consistency};
@@ -12,10 +11,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
 use types::{Command, CommandResult, NodeId, NodeInfo};
 
-use linearizable::{ReadIndexRequest, ReadIndexResponse};
-use proto::raft::v1::RaftMessage;
-use proto::raft::v1::raft_client::RaftClient;
-use types::codec;
+use raft_network::LeaderContact;
+use raft_network::calls::{self, CallError};
 
 use crate::{Forwarder, ServiceError};
 
@@ -41,41 +38,6 @@ pub struct NodeContext {
     pub forwarder: Forwarder,
     /// When this node last heard from a leader (for stale reads' headers).
     pub leader_contact: Arc<LeaderContact>,
-}
-
-/// When a node last heard from a leader: the Raft transport touches it on every
-/// AppendEntries (heartbeats included), stale reads report how long ago that was.
-#[derive(Debug)]
-pub struct LeaderContact {
-    epoch: Instant,
-    /// Milliseconds since `epoch` plus one; 0 for never.
-    last: AtomicU64,
-}
-
-impl Default for LeaderContact {
-    fn default() -> Self {
-        Self { epoch: Instant::now(), last: AtomicU64::new(0) }
-    }
-}
-
-impl LeaderContact {
-    /// Records contact from a leader now.
-    pub fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last.store(ms + 1, Ordering::Relaxed);
-    }
-
-    /// Milliseconds since the last contact, or `None` if there was none.
-    #[must_use]
-    pub fn millis_since(&self) -> Option<u64> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            last => {
-                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                Some(now.saturating_sub(last - 1))
-            }
-        }
-    }
 }
 
 /// Where a request must go.
@@ -271,21 +233,16 @@ impl NodeContext {
             )))
         };
         let channel = self.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
-        let payload = codec::encode(&ReadIndexRequest { lease: level == Consistency::Lease })
-            .map_err(|e| ReadIndexFailure::Other(ServiceError::Internal(e.to_string())))?;
-        let mut request = tonic::Request::new(RaftMessage { payload: payload.into() });
-        request.set_timeout(timeout);
-        match RaftClient::new(channel).read_index(request).await {
-            Ok(resp) => codec::decode::<ReadIndexResponse>(&resp.into_inner().payload)
-                .map(|r| r.index)
-                .map_err(|e| ReadIndexFailure::Other(ServiceError::Internal(e.to_string()))),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(ReadIndexFailure::NotLeader),
-            Err(s) => {
+        match calls::read_index(channel, level == Consistency::Lease, timeout).await {
+            Ok(index) => Ok(index),
+            Err(CallError::NotLeader) => Err(ReadIndexFailure::NotLeader),
+            Err(CallError::Status(s)) => {
                 if s.code() == tonic::Code::Unavailable {
                     self.forwarder.forget(raft_addr);
                 }
                 Err(unreachable(&s.message()))
             }
+            Err(e) => Err(ReadIndexFailure::Other(ServiceError::Internal(e.to_string()))),
         }
     }
 }

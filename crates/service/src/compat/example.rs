@@ -1,5 +1,8 @@
 //! The `Example` service of xkeyideal/raft-example (`/Example/Add`, `/Example/Get`,
-//! `/Example/Stat`), a thin adapter over the native `raftkv.v1.KV` service.
+//! `/Example/Stat`, `/Example/Watch`) and of Jille/raft-grpc-example (`/Example/AddWord`,
+//! `/Example/GetWords`, which its `hammer` load generator calls), a thin adapter over the
+//! native `raftkv.v1.KV` service. Both seeds call their package-less service `Example`, so
+//! one service carries both sets of methods.
 //!
 //! | RPC | what raftkv does |
 //! |---|---|
@@ -7,6 +10,8 @@
 //! | `Get{key, linearizable: true}` | the native linearizable `KV.Get` (ReadIndex on the leader; a follower forwards). `read_at_index` is the serving node's applied index. |
 //! | `Get{key, linearizable: false}` | a local read of this node's state machine, with no leader check and no forwarding: the seed's stale read. `read_at_index` is this node's applied index. |
 //! | `Stat{}` | this node's status as pretty JSON in the seed's shape ([`stats`]); never forwarded. |
+//! | `AddWord{word}` | the native `KV.Put` of the key [`WORDS_PREFIX`]` + word` (empty value), so every word is one write; `commit_index` is its log index. |
+//! | `GetWords{}` | a linearizable native `KV.Range` over [`WORDS_PREFIX`] (keys only, page after page), ranked as the seed ranks words ([`best_words`]); `read_at_index` is the index the first page reflects. |
 //!
 //! Differences from the seed, on purpose:
 //! - **A missing key reads as `""`** with no error, as in the seed (which cannot tell a
@@ -16,6 +21,11 @@
 //!   over 1 MiB (the native limits); the seed stored an empty key.
 //! - **A value that is not UTF-8** (written through the native bytes API) cannot be carried
 //!   in the seed's `string` field: `Get` answers `FAILED_PRECONDITION` rather than altering it.
+//! - **Words are keys**: the seed (Jille's) kept only its three longest words in memory and
+//!   rebuilt them from its log; raftkv keeps every distinct word as a key under
+//!   [`WORDS_PREFIX`], readable with the native API, and ranks them on `GetWords`. A word
+//!   added twice is one key, so unlike the seed the answer never lists a word twice, and
+//!   `GetWords` is linearizable on any node (the seed read the answering node's memory).
 //! - Errors are raftkv's ([`ServiceError`]: `UNAVAILABLE` with a leader hint, `UNKNOWN` for an
 //!   unknown write outcome, ...), not the seed's plain `UNKNOWN` strings.
 //! - **`Watch` wakes only for changes to its key** (the seed's used the node's global applied
@@ -36,7 +46,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use proto::compat::example::example_server::{Example, ExampleServer};
 use proto::compat::example::{
-    AddRequest, AddResponse, GetRequest, GetResponse, StatRequest, StatResponse, WatchRequest, WatchResponse,
+    AddRequest, AddResponse, AddWordRequest, AddWordResponse, GetRequest, GetResponse, GetWordsRequest,
+    GetWordsResponse, StatRequest, StatResponse, WatchRequest, WatchResponse,
 };
 use proto::kv::v1 as native;
 use proto::kv::v1::kv_server::Kv;
@@ -51,6 +62,12 @@ use crate::{KvService, MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 pub const SEED_WATCH_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The longest Watch timeout taken; a longer one is taken as this (the seed had no cap).
 pub const SEED_WATCH_MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// Where `AddWord` (Jille/raft-grpc-example) stores its words: the key is this prefix
+/// followed by the word's bytes.
+pub const WORDS_PREFIX: &[u8] = b"raft-grpc-example/words/";
+/// How many words `GetWords` answers with (the seed's `[3]string`).
+pub const BEST_WORDS: usize = 3;
 
 /// The `Example` service of one node.
 #[derive(Debug, Clone)]
@@ -94,6 +111,24 @@ fn value_string(value: Option<Vec<u8>>) -> Result<String, ServiceError> {
             e.as_bytes().len()
         ))
     })
+}
+
+/// The seed's ranking of words (Jille/raft-grpc-example's `compareWords`): longer first,
+/// then the one that sorts first (byte order). Gives the best [`BEST_WORDS`] of `words`,
+/// padded with `""` as the seed's fixed-size array is.
+#[must_use]
+pub fn best_words(words: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut best: Vec<String> = Vec::with_capacity(BEST_WORDS + 1);
+    for word in words {
+        let pos = best.iter().position(|b| word.len() > b.len() || (word.len() == b.len() && word < *b));
+        match pos {
+            Some(i) => best.insert(i, word),
+            None => best.push(word),
+        }
+        best.truncate(BEST_WORDS);
+    }
+    best.resize(BEST_WORDS, String::new());
+    best
 }
 
 /// The index in a native response header; every native answer carries one.
@@ -234,6 +269,48 @@ impl Example for ExampleService {
         let value = stats(&self.ctx.id, &self.me, &m, fsm_index, key_count, &self.ctx.sm.watch_stats());
         let stats = serde_json::to_string_pretty(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(StatResponse { stats }))
+    }
+
+    async fn add_word(&self, request: Request<AddWordRequest>) -> Result<Response<AddWordResponse>, Status> {
+        let (metadata, extensions, req) = request.into_parts();
+        let key = [WORDS_PREFIX, req.word.as_bytes()].concat();
+        #[allow(clippy::needless_update, reason = "the native request may gain fields; they keep their defaults")]
+        let put = native::PutRequest { key: key.into(), ..Default::default() };
+        let resp = self.kv.put(Request::from_parts(metadata, extensions, put)).await?.into_inner();
+        let commit_index = header_index(resp.header.as_ref())?;
+        Ok(Response::new(AddWordResponse { commit_index }))
+    }
+
+    async fn get_words(&self, request: Request<GetWordsRequest>) -> Result<Response<GetWordsResponse>, Status> {
+        let (metadata, extensions, _) = request.into_parts();
+        // The first page is linearizable; the next ones read this node's state, which is
+        // then at least as new.
+        let mut page = native::RangeRequest {
+            key: WORDS_PREFIX.to_vec().into(),
+            prefix: true,
+            keys_only: true,
+            consistency: native::Consistency::Linearizable.into(),
+            ..Default::default()
+        };
+        let mut read = Some(Request::from_parts(metadata, extensions, page.clone()));
+        let mut read_at_index = None;
+        let mut words = Vec::new();
+        while let Some(req) = read.take() {
+            let resp = self.kv.range(req).await?.into_inner();
+            read_at_index = read_at_index.or(Some(header_index(resp.header.as_ref())?));
+            let word = |kv: &native::KeyValue| {
+                String::from_utf8_lossy(kv.key.get(WORDS_PREFIX.len()..).unwrap_or_default()).into_owned()
+            };
+            words.extend(resp.kvs.iter().map(word));
+            if resp.more {
+                page.key = resp.next_key;
+                page.range_end = resp.range_end;
+                page.prefix = false;
+                page.consistency = native::Consistency::Stale.into();
+                read = Some(Request::new(page.clone()));
+            }
+        }
+        Ok(Response::new(GetWordsResponse { read_at_index: read_at_index.unwrap_or(0), best_words: best_words(words) }))
     }
 
     type WatchStream = ResponseStream<WatchResponse>;
@@ -463,5 +540,30 @@ mod tests {
         assert_eq!(header_index(Some(&native::ResponseHeader { index: 9, ..Default::default() })).ok(), Some(9));
         let err = header_index(None).err().map(Status::from);
         assert_eq!(err.map(|s| s.code()), Some(tonic::Code::Internal));
+    }
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|w| (*w).to_string()).collect()
+    }
+
+    #[test]
+    fn best_words_rank_as_the_seed_does() {
+        // Longer first; of equal length, the one that sorts first.
+        let got = best_words(words(&["een", "twee", "drie", "zeventien", "elf", "achttien", "dertien"]));
+        assert_eq!(got, words(&["zeventien", "achttien", "dertien"]));
+        let got = best_words(words(&["bb", "ab", "ba", "aa"]));
+        assert_eq!(got, words(&["aa", "ab", "ba"]));
+        // Order of arrival does not matter.
+        let mut shuffled = words(&["dertien", "een", "zeventien", "achttien", "twee"]);
+        shuffled.reverse();
+        assert_eq!(best_words(shuffled), words(&["zeventien", "achttien", "dertien"]));
+    }
+
+    #[test]
+    fn best_words_pad_with_empty_strings_like_the_seeds_array() {
+        assert_eq!(best_words(Vec::new()), words(&["", "", ""]));
+        assert_eq!(best_words(words(&["een"])), words(&["een", "", ""]));
+        // The empty word ranks last, as in the seed (it never displaces a word).
+        assert_eq!(best_words(words(&["", "x", "yy"])), words(&["yy", "x", ""]));
     }
 }

@@ -35,8 +35,7 @@ use proto::admin::v1 as admin;
 use proto::admin::v1::admin_server::Admin;
 use proto::kv::v1 as kv;
 use proto::kv::v1::kv_server::Kv;
-use proto::raft::v1::IdentifyRequest;
-use proto::raft::v1::raft_client::RaftClient;
+use raft_network::calls;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -236,13 +235,12 @@ pub async fn identify(ctx: &NodeContext, id: &NodeId, raft_addr: &str, until: In
         )))
     };
     let channel = ctx.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
-    let mut req = Request::new(IdentifyRequest {});
-    req.set_timeout(until.saturating_duration_since(Instant::now()).min(IDENTIFY_TIMEOUT));
-    let me = match RaftClient::new(channel).identify(req).await {
-        Ok(resp) => resp.into_inner(),
-        Err(s) => {
+    let timeout = until.saturating_duration_since(Instant::now()).min(IDENTIFY_TIMEOUT);
+    let me = match calls::identify(channel, timeout).await {
+        Ok(me) => me,
+        Err(e) => {
             ctx.forwarder.forget(raft_addr);
-            return Err(unreachable(&format_args!("{}: {}", s.code(), s.message())));
+            return Err(unreachable(&e));
         }
     };
     if me.node_id != id.as_str() {
@@ -252,7 +250,7 @@ pub async fn identify(ctx: &NodeContext, id: &NodeId, raft_addr: &str, until: In
         ))
         .into());
     }
-    Ok(NodeInfo { raft_addr: me.raft_addr, grpc_addr: me.grpc_addr })
+    Ok(me.node)
 }
 
 impl HashicorpAdmin {

@@ -56,6 +56,27 @@ pub struct WatchResponse {
     #[prost(bool, tag = "3")]
     pub abandoned: bool,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddWordRequest {
+    #[prost(string, tag = "1")]
+    pub word: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddWordResponse {
+    /// The Raft log index of this write.
+    #[prost(uint64, tag = "1")]
+    pub commit_index: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWordsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWordsResponse {
+    /// The index the answer reflects (every write at or below it is counted).
+    #[prost(uint64, tag = "1")]
+    pub read_at_index: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub best_words: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 /// Generated client implementations.
 pub mod example_client {
     #![allow(unused_variables, dead_code, missing_docs, clippy::wildcard_imports, clippy::let_unit_value)]
@@ -201,6 +222,38 @@ pub mod example_client {
             req.extensions_mut().insert(GrpcMethod::new("Example", "Watch"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Jille/raft-grpc-example: AddWord stores a word through Raft (forwarded to the leader
+        /// from any node) and returns the log index of the write.
+        pub async fn add_word(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AddWordRequest>,
+        ) -> std::result::Result<tonic::Response<super::AddWordResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/Example/AddWord");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("Example", "AddWord"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// GetWords returns the three longest words ever added (ties: the one that sorts first),
+        /// "" where fewer were added; a linearizable read on any node.
+        pub async fn get_words(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetWordsRequest>,
+        ) -> std::result::Result<tonic::Response<super::GetWordsResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/Example/GetWords");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("Example", "GetWords"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -239,6 +292,18 @@ pub mod example_server {
             &self,
             request: tonic::Request<super::WatchRequest>,
         ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
+        /// Jille/raft-grpc-example: AddWord stores a word through Raft (forwarded to the leader
+        /// from any node) and returns the log index of the write.
+        async fn add_word(
+            &self,
+            request: tonic::Request<super::AddWordRequest>,
+        ) -> std::result::Result<tonic::Response<super::AddWordResponse>, tonic::Status>;
+        /// GetWords returns the three longest words ever added (ties: the one that sorts first),
+        /// "" where fewer were added; a linearizable read on any node.
+        async fn get_words(
+            &self,
+            request: tonic::Request<super::GetWordsRequest>,
+        ) -> std::result::Result<tonic::Response<super::GetWordsResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ExampleServer<T> {
@@ -419,6 +484,62 @@ pub mod example_server {
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
                             .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/Example/AddWord" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddWordSvc<T: Example>(pub Arc<T>);
+                    impl<T: Example> tonic::server::UnaryService<super::AddWordRequest> for AddWordSvc<T> {
+                        type Response = super::AddWordResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::AddWordRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Example>::add_word(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddWordSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/Example/GetWords" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetWordsSvc<T: Example>(pub Arc<T>);
+                    impl<T: Example> tonic::server::UnaryService<super::GetWordsRequest> for GetWordsSvc<T> {
+                        type Response = super::GetWordsResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::GetWordsRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Example>::get_words(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetWordsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,6 +1,5 @@
 //! The client side of the Raft transport: what openraft calls to reach a peer.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,9 +17,10 @@ use proto::raft::v1::raft_client::RaftClient;
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{RaftMessage, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
 use resolver::Resolver;
+use rpc::channel::{ChannelOptions, Keepalive, Pool};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use types::{NodeId, NodeInfo, TypeConfig, Vote, codec};
 
 use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT, append_timeout};
@@ -33,31 +33,26 @@ use fsm::{Snapshot, SnapshotFile};
 /// another port is reached at its new address as soon as the resolver knows it (gossip).
 #[derive(Clone)]
 pub struct NetworkFactory {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Pool,
     resolver: Arc<dyn Resolver>,
 }
+
+/// How channels to peers connect: lazily, within [`CONNECT_TIMEOUT`], with keepalive pings
+/// every 5 s that must be answered within 5 s.
+const CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
+    connect_timeout: Some(CONNECT_TIMEOUT),
+    keepalive: Some(Keepalive { interval: Duration::from_secs(5), timeout: Some(Duration::from_secs(5)) }),
+};
 
 impl NetworkFactory {
     /// A factory with no connections yet, resolving peers through `resolver`.
     #[must_use]
     pub fn new(resolver: Arc<dyn Resolver>) -> Self {
-        Self { channels: Arc::default(), resolver }
+        Self { channels: Pool::new(CHANNEL_OPTIONS), resolver }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(ch) = map.get(addr) {
-            return Ok(ch.clone());
-        }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.channels.connect_lazy(addr)
     }
 }
 

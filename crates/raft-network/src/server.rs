@@ -11,11 +11,10 @@ use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{IdentifyRequest, IdentifyResponse, RaftMessage, SnapshotChunk};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use service::LeaderContact;
 use tonic::{Request, Response, Status, Streaming};
 use types::{Membership, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote, codec};
 
-use super::MAX_RAFT_MESSAGE_BYTES;
+use crate::{LeaderContact, MAX_RAFT_MESSAGE_BYTES};
 
 /// Serves `raftkv.raft.v1.Raft` for one node.
 #[derive(Clone)]

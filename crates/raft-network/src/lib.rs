@@ -1,17 +1,27 @@
-//! Raft traffic over gRPC (`raftkv.raft.v1.Raft`), both sides.
+//! The Raft port (`raftkv.raft.v1.Raft`), both ways: everything one node says to another.
 //!
 //! - [`client`]: openraft's [`RaftNetworkFactory`](openraft::network::RaftNetworkFactory)
 //!   and [`RaftNetworkV2`](openraft::network::v2::RaftNetworkV2): one reused HTTP/2
 //!   connection per peer address, TCP_NODELAY on, a deadline on every RPC.
-//! - [`server`]: the handlers, each one call into openraft.
+//! - [`server`]: the handlers, each one call into openraft (and [`LeaderContact`], touched
+//!   by every AppendEntries).
+//! - [`calls`]: the calls a node's services make to another node's Raft port: a follower's
+//!   read index from the leader, and `Identify` (who listens at a Raft address).
 //!
 //! Messages are openraft's own types in the [`types::codec`] encoding (postcard behind a
 //! format byte), carried in `RaftMessage.payload`. Snapshots are client-streamed in
 //! [`SNAPSHOT_CHUNK_BYTES`] chunks with a CRC32 over the data; the receiver writes each
 //! chunk to a file as it arrives, so memory stays bounded whatever the snapshot size.
+//!
+//! This crate must never depend on `service`, `compat`, `client` or `engine` (the API layer
+//! and the composition root sit above it); `cargo xtask deps` checks this.
 
+pub mod calls;
 pub mod client;
+mod contact;
 pub mod server;
+
+pub use contact::LeaderContact;
 
 use std::time::Duration;
 

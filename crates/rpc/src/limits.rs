@@ -1,0 +1,19 @@
+//! The transport limits both ports apply, before any handler runs.
+
+/// The largest gRPC message decoded, in bytes (2 MiB), by the servers and the client. A
+/// larger one is refused before any handler runs (answered `INVALID_ARGUMENT` by
+/// [`decode_limit_status`](crate::status::decode_limit_status)).
+pub const MAX_DECODE_BYTES: usize = 2 << 20;
+/// The most HTTP/2 streams (calls) one connection may have open at once, on both ports
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`). A client past it is refused further streams
+/// (`REFUSED_STREAM`) until some end; other connections are unaffected. Without it hyper
+/// sets no bound.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The largest header block (request metadata, uncompressed) accepted, in bytes
+/// (`SETTINGS_MAX_HEADER_LIST_SIZE`, 16 KiB). A larger one is refused before any handler
+/// runs.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// The most streams a client may open and reset before the server has accepted them
+/// (HTTP/2 rapid reset, CVE-2023-44487); past it the connection is closed with
+/// `ENHANCE_YOUR_CALM`.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;

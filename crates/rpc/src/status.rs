@@ -1,0 +1,62 @@
+//! What is read from a status, or rewritten in one, by rule rather than by code: the only
+//! places that read the text of hyper's or tonic's errors, so an upgrade is checked here once.
+
+use tonic::Code;
+
+use crate::limits::MAX_DECODE_BYTES;
+
+/// Whether a transport failure happened before the request was sent: the connection could
+/// not be made (refused, found in the error's source chain, or hyper's connector failed), or
+/// hyper dropped the request from its queue because the connection closed first (its
+/// "operation was canceled", which hyper produces only for requests it never sent).
+#[must_use]
+pub fn never_sent(status: &tonic::Status) -> bool {
+    const HYPER_CANCELED: &str = "operation was canceled";
+    let refused = |e: &(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    match status.code() {
+        Code::Unavailable => {
+            if status.message().starts_with("tcp connect error") {
+                return true;
+            }
+            let mut source = std::error::Error::source(status);
+            while let Some(e) = source {
+                if refused(e) {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
+        }
+        Code::Cancelled => status.message().starts_with(HYPER_CANCELED),
+        _ => false,
+    }
+}
+
+/// Rewrites tonic's answer to a message over [`MAX_DECODE_BYTES`] (`OUT_OF_RANGE`, "decoded
+/// message length too large: found N bytes, the limit is: M bytes") into the
+/// `INVALID_ARGUMENT` every other limit answers, naming the limit. Other statuses pass.
+#[must_use]
+pub fn decode_limit_status(code: Code, message: &str) -> Option<(Code, String)> {
+    if code != Code::OutOfRange || !message.contains("decoded message length too large") {
+        return None;
+    }
+    let found = message.split("found ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?");
+    Some((
+        Code::InvalidArgument,
+        format!("message is {found} bytes; the gRPC limit (MAX_DECODE_BYTES) is {MAX_DECODE_BYTES} bytes"),
+    ))
+}
+
+/// The message an `UNIMPLEMENTED` answer without one gets at the server's edge: tonic answers
+/// a call to an unknown service or method with an empty message.
+pub const UNKNOWN_METHOD_MESSAGE: &str = "unknown service or method: check the call's path (/package.Service/Method) against the proto files of this server's version; on the client port, gRPC reflection lists what it serves (grpcurl -plaintext HOST:PORT list)";
+
+/// Rewords tonic's answer to an unknown service or method (`UNIMPLEMENTED` with an empty
+/// message) into one that says what to check. Other statuses, and `UNIMPLEMENTED` answers
+/// that already say something (an unsupported compression), pass.
+#[must_use]
+pub fn unknown_method_status(code: Code, message: &str) -> Option<(Code, String)> {
+    (code == Code::Unimplemented && message.is_empty()).then(|| (code, UNKNOWN_METHOD_MESSAGE.to_string()))
+}
