@@ -1,24 +1,31 @@
 //! `cargo xtask bench [--runs N] [--scale F]`: raftkv against etcd on this machine, in one
 //! run, with one load generator.
 //!
-//! 1. Build `raftkv` and `raftkvctl` in release.
+//! 1. Build `raftkv` and `raftkvctl` in release (or take them from `--bin-dir`, to measure
+//!    another build).
 //! 2. Start a three-member etcd (`etcd` from `PATH`; Debian: `apt-get install etcd-server`)
 //!    on 127.0.0.1, and a three-node raftkv cluster as `cargo xtask cluster` does, both with
 //!    their data under `target/xtask-bench/`. Ports come from the OS (bound to port 0 and
 //!    released just before etcd starts; raftkv binds port 0 itself).
-//! 3. For each run and each shape ([`SHAPES`]: puts with 1, 16, 64 and 256 clients;
-//!    linearizable and serializable gets with 64), `raftkvctl bench` loads etcd
-//!    (`--target etcd`) and raftkv in turn, the order alternating from run to run so that
-//!    neither always goes first on a machine that warms up or slows down.
-//! 4. Print, per shape, each store's requests per second and p99 (median of the runs, with
-//!    the lowest and highest), and the ratio raftkv/etcd taken run by run (median, lowest,
-//!    highest). The machine is shared and noisy: only figures from the same run compare.
-//!    The whole result also goes to `target/xtask-bench/results.json`.
+//! 3. For each run and each shape ([`SHAPES`], or those `--only` names: puts of 64-byte
+//!    values with 1, 16, 64 and 256 clients; puts of 256-byte values spread over the members
+//!    and to the leader; linearizable and serializable gets with 64), `raftkvctl bench`
+//!    loads etcd (`--target etcd`) and raftkv in turn, the order alternating from run to run
+//!    so that neither always goes first on a machine that warms up or slows down. The CPU
+//!    time (user and system) of the store's server processes is read from `/proc` before
+//!    and after: server CPU per operation.
+//! 4. Print, per shape, each store's requests per second (median of the runs, with the
+//!    lowest and highest), the ratio raftkv/etcd taken run by run (median, lowest,
+//!    highest), and the medians of p50, p99 and CPU per operation. The machine is shared
+//!    and noisy: only figures from the same run compare. The whole result also goes to
+//!    `target/xtask-bench/results.json`.
 //! 5. Stop both clusters by PID, whatever happened.
 //!
 //! Both stores get the same load: each simulated client has its own connection to one
-//! member (clients spread over the members), sends one request after another and waits for
-//! each answer; puts write new keys with 64-byte values; gets read keys written beforehand.
+//! member (clients spread over the members, or all to the leader: etcd's from `etcdctl
+//! endpoint status`, raftkv's nodeA, which bootstraps the cluster), sends one request after
+//! another and waits for each answer; puts write new keys; gets read keys written
+//! beforehand.
 
 use std::fs::{self, File};
 use std::net::TcpListener;
@@ -43,16 +50,45 @@ struct Shape {
     /// Requests at scale 1.
     total: usize,
     serializable: bool,
+    value_size: usize,
+    route: Route,
 }
 
-/// What is measured: the shapes of the roadmap's etcd figures.
-const SHAPES: [Shape; 6] = [
-    Shape { name: "put, 1 client", op: "put", clients: 1, total: 2_000, serializable: false },
-    Shape { name: "put, 16 clients", op: "put", clients: 16, total: 10_000, serializable: false },
-    Shape { name: "put, 64 clients", op: "put", clients: 64, total: 20_000, serializable: false },
-    Shape { name: "put, 256 clients", op: "put", clients: 256, total: 40_000, serializable: false },
-    Shape { name: "get linearizable, 64 clients", op: "get", clients: 64, total: 40_000, serializable: false },
-    Shape { name: "get serializable, 64 clients", op: "get", clients: 64, total: 40_000, serializable: true },
+/// Where a shape's clients connect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Spread over the three members: followers forward writes (raftkv) or propose them
+    /// through the leader (etcd).
+    Spread,
+    /// Every client to the leader.
+    Leader,
+}
+
+const fn put(name: &'static str, clients: usize, total: usize, value_size: usize, route: Route) -> Shape {
+    Shape { name, op: "put", clients, total, serializable: false, value_size, route }
+}
+
+const fn get(name: &'static str, serializable: bool) -> Shape {
+    Shape { name, op: "get", clients: 64, total: 40_000, serializable, value_size: 64, route: Route::Spread }
+}
+
+/// What is measured: the shapes of the roadmap's etcd figures (64-byte values, clients
+/// spread over the members), then etcd's published benchmark's 256-byte values, spread and
+/// to the leader.
+const SHAPES: [Shape; 13] = [
+    put("put, 1 client", 1, 2_000, 64, Route::Spread),
+    put("put, 16 clients", 16, 10_000, 64, Route::Spread),
+    put("put, 64 clients", 64, 20_000, 64, Route::Spread),
+    put("put, 256 clients", 256, 40_000, 64, Route::Spread),
+    put("put 256 B, 16 clients", 16, 10_000, 256, Route::Spread),
+    put("put 256 B, 64 clients", 64, 20_000, 256, Route::Spread),
+    put("put 256 B, 256 clients", 256, 40_000, 256, Route::Spread),
+    put("put 256 B, 1 client, leader", 1, 2_000, 256, Route::Leader),
+    put("put 256 B, 16 clients, leader", 16, 10_000, 256, Route::Leader),
+    put("put 256 B, 64 clients, leader", 64, 20_000, 256, Route::Leader),
+    put("put 256 B, 256 clients, leader", 256, 40_000, 256, Route::Leader),
+    get("get linearizable, 64 clients", false),
+    get("get serializable, 64 clients", true),
 ];
 
 /// How long etcd may take to answer its first put.
@@ -66,11 +102,35 @@ pub(crate) struct Options {
     pub(crate) runs: usize,
     /// Multiplies every shape's request count (0.1 for a quick look).
     pub(crate) scale: f64,
+    /// Only the shapes whose name contains one of these (all when empty).
+    pub(crate) only: Vec<String>,
+    /// Use the `raftkv` and `raftkvctl` in this directory (another build, to compare
+    /// builds) rather than building them.
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+impl Options {
+    fn shapes(&self) -> impl Iterator<Item = &'static Shape> + '_ {
+        SHAPES.iter().filter(|s| self.only.is_empty() || self.only.iter().any(|o| s.name.contains(o.as_str())))
+    }
+}
+
+/// One store under load: where its clients connect and which processes serve it.
+struct Store {
+    name: &'static str,
+    /// Every member's client address, comma-separated.
+    endpoints: String,
+    /// The leader's client address.
+    leader: String,
+    pids: Vec<u32>,
 }
 
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     if opts.runs == 0 || !opts.scale.is_finite() || opts.scale <= 0.0 {
         bail!("--runs must be at least 1 and --scale above 0");
+    }
+    if opts.shapes().next().is_none() {
+        bail!("--only {:?} matches no shape; the shapes: {:?}", opts.only, SHAPES.map(|s| s.name));
     }
     let etcd = which("etcd")
         .context("etcd is not on PATH; raftkv is measured against etcd 3.4 (Debian: `apt-get install etcd-server`)")?;
@@ -79,8 +139,13 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         let flag = Arc::clone(&interrupted);
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
-    run_checked(cargo(root).args(["build", "--release", "--bin", "raftkv", "--bin", "raftkvctl"]))?;
-    let bin_dir = target_dir(root).join("release");
+    let bin_dir = match &opts.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            run_checked(cargo(root).args(["build", "--release", "--bin", "raftkv", "--bin", "raftkvctl"]))?;
+            target_dir(root).join("release")
+        }
+    };
     let ctl = bin_dir.join("raftkvctl");
     let work = target_dir(root).join("xtask-bench");
 
@@ -94,10 +159,11 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
             return Err(e);
         }
     };
-    let raftkv_endpoints = raftkv.endpoints();
-    let outcome = etcd
-        .wait_ready(&ctl, &interrupted)
-        .and_then(|()| measure(&ctl, &etcd.endpoints, &raftkv_endpoints, opts, &interrupted));
+    let outcome = etcd.wait_ready(&ctl, &interrupted).and_then(|()| {
+        let stores = [etcd.store()?, raftkv_store(&raftkv)];
+        println!("bench: leaders: etcd {}, raftkv {}", stores[0].leader, stores[1].leader);
+        measure(&ctl, &stores, opts, &interrupted)
+    });
     etcd.stop();
     let problems = raftkv.stop();
     let results = outcome?;
@@ -107,36 +173,52 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let report = report(&results, opts);
     println!("\n{report}");
     let file = work.join("results.json");
-    let doc = json!({ "runs": opts.runs, "scale": opts.scale, "results": results, "report": report });
+    let doc = json!({ "runs": opts.runs, "scale": opts.scale, "date": date(), "results": results, "report": report });
     fs::write(&file, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", file.display()))?;
     println!("bench: results in {}", file.display());
     Ok(())
 }
 
+/// raftkv's store: nodeA bootstraps the cluster and is its leader, first in the endpoints.
+fn raftkv_store(raftkv: &cluster::Running) -> Store {
+    let endpoints = raftkv.endpoints();
+    let leader = endpoints.split(',').next().unwrap_or_default().to_string();
+    Store { name: "raftkv", endpoints, leader, pids: raftkv.pids() }
+}
+
 /// Every measurement: `results[shape][store]` is one summary per run (`raftkvctl -o json
-/// bench` output).
-fn measure(ctl: &Path, etcd: &str, raftkv: &str, opts: &Options, interrupted: &AtomicBool) -> Result<Vec<Value>> {
-    let mut results: Vec<Value> = SHAPES.iter().map(|s| json!({ "shape": s.name, "etcd": [], "raftkv": [] })).collect();
+/// bench` output, with `server_cpu_us_per_op` added).
+fn measure(ctl: &Path, stores: &[Store; 2], opts: &Options, interrupted: &AtomicBool) -> Result<Vec<Value>> {
+    let shapes: Vec<&Shape> = opts.shapes().collect();
+    let mut results: Vec<Value> = shapes
+        .iter()
+        .map(|s| json!({ "shape": s.name, "value_size": s.value_size, "etcd": [], "raftkv": [] }))
+        .collect();
+    let ticks = clock_ticks_per_second();
     for run in 0..opts.runs {
-        for (i, shape) in SHAPES.iter().enumerate() {
-            let order: [(&str, &str); 2] =
-                if run % 2 == 0 { [("etcd", etcd), ("raftkv", raftkv)] } else { [("raftkv", raftkv), ("etcd", etcd)] };
-            for (store, endpoints) in order {
+        for (i, shape) in shapes.iter().enumerate() {
+            let order = if run % 2 == 0 { [&stores[0], &stores[1]] } else { [&stores[1], &stores[0]] };
+            for store in order {
                 if interrupted.load(Ordering::SeqCst) {
                     bail!("interrupted");
                 }
-                let summary = bench(ctl, store, endpoints, shape, run, opts.scale)?;
+                let cpu_before = cpu_ticks(&store.pids);
+                let mut summary = bench(ctl, store, shape, run, opts.scale)?;
+                let cpu = cpu_ticks(&store.pids).saturating_sub(cpu_before) as f64 / ticks;
+                let requests = summary["requests"].as_f64().unwrap_or(0.0).max(1.0);
+                summary["server_cpu_us_per_op"] = json!(cpu * 1e6 / requests);
                 println!(
-                    "bench: run {}/{} {:<30} {:<6} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    "bench: run {}/{} {:<32} {:<6} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.0} us/op",
                     run + 1,
                     opts.runs,
                     shape.name,
-                    store,
+                    store.name,
                     summary["requests_per_second"].as_f64().unwrap_or(0.0),
                     summary["p50_ms"].as_f64().unwrap_or(0.0),
                     summary["p99_ms"].as_f64().unwrap_or(0.0),
+                    summary["server_cpu_us_per_op"].as_f64().unwrap_or(0.0),
                 );
-                if let Some(runs) = results[i][store].as_array_mut() {
+                if let Some(runs) = results[i][store.name].as_array_mut() {
                     runs.push(summary);
                 }
             }
@@ -146,18 +228,59 @@ fn measure(ctl: &Path, etcd: &str, raftkv: &str, opts: &Options, interrupted: &A
 }
 
 /// One `raftkvctl -o json bench` run.
-fn bench(ctl: &Path, store: &str, endpoints: &str, shape: &Shape, run: usize, scale: f64) -> Result<Value> {
+fn bench(ctl: &Path, store: &Store, shape: &Shape, run: usize, scale: f64) -> Result<Value> {
     let total = ((shape.total as f64 * scale).round() as usize).max(shape.clients);
+    let endpoints = if shape.route == Route::Leader { &store.leader } else { &store.endpoints };
     let mut cmd = Command::new(ctl);
-    cmd.args(["--endpoints", endpoints, "-o", "json", "bench", shape.op, "--target", store])
+    cmd.args(["--endpoints", endpoints, "-o", "json", "bench", shape.op, "--target", store.name])
         .args(["--total", &total.to_string(), "--clients", &shape.clients.to_string()])
-        .args(["--prefix", &format!("bench-{run}-{}-{}", shape.op, shape.clients)]);
+        .args(["--value-size", &shape.value_size.to_string()])
+        .args(["--prefix", &format!("bench-{run}-{}-{}-{}", shape.op, shape.clients, shape.value_size)]);
     if shape.serializable {
         cmd.arg("--serializable");
     }
     let line = display_cmd(&cmd);
     let out = output_within(&mut cmd, BENCH_TIMEOUT).with_context(|| format!("running `{line}`"))?;
     serde_json::from_slice(&out).with_context(|| format!("`{line}` printed {:?}", String::from_utf8_lossy(&out)))
+}
+
+/// The CPU time (user and system, in clock ticks) the processes `pids` have used so far,
+/// from `/proc/<pid>/stat` (0 for a process that cannot be read).
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command name (which may hold spaces): state is field 3,
+            // utime field 14 and stime field 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            field(11) + field(12)
+        })
+        .sum()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's usual value, if that fails).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Today's date (UTC), from `date`, for the results file.
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Runs `cmd` to its end (killed after `limit`); its stdout, or why not.
@@ -192,27 +315,35 @@ fn report(results: &[Value], opts: &Options) -> String {
     let field = |runs: &Value, name: &str| -> Vec<f64> {
         runs.as_array().map(|a| a.iter().filter_map(|r| r[name].as_f64()).collect()).unwrap_or_default()
     };
+    let median = |runs: &Value, name: &str| {
+        let mut xs = field(runs, name);
+        if xs.is_empty() { f64::NAN } else { spread(&mut xs).1 }
+    };
     let mut out = format!(
         "raftkv against etcd, {} run(s) each, one load generator; median [lowest, highest] of the runs\n\
-         {:<30} {:>22} {:>22} {:>22} {:>17}\n",
-        opts.runs, "shape", "etcd req/s", "raftkv req/s", "raftkv/etcd", "p99 ms etcd/rkv"
+         {:<32} {:>20} {:>20} {:>19} {:>11} {:>11} {:>13}\n",
+        opts.runs, "shape", "etcd req/s", "raftkv req/s", "raftkv/etcd", "p50 ms e/r", "p99 ms e/r", "cpu us/op e/r"
     );
     for r in results {
         let (mut e, mut k) = (field(&r["etcd"], "requests_per_second"), field(&r["raftkv"], "requests_per_second"));
         let mut ratios: Vec<f64> = e.iter().zip(&k).map(|(e, k)| k / e).collect();
-        let (mut ep99, mut kp99) = (field(&r["etcd"], "p99_ms"), field(&r["raftkv"], "p99_ms"));
         if e.is_empty() || k.is_empty() {
             continue;
         }
         let fmt = |(lo, mid, hi): (f64, f64, f64)| format!("{mid:.0} [{lo:.0}, {hi:.0}]");
+        let pair = |name: &str, digits: usize| {
+            format!("{:.digits$}/{:.digits$}", median(&r["etcd"], name), median(&r["raftkv"], name))
+        };
         let (rlo, rmid, rhi) = spread(&mut ratios);
         out.push_str(&format!(
-            "{:<30} {:>22} {:>22} {:>22} {:>17}\n",
+            "{:<32} {:>20} {:>20} {:>19} {:>11} {:>11} {:>13}\n",
             r["shape"].as_str().unwrap_or("?"),
             fmt(spread(&mut e)),
             fmt(spread(&mut k)),
             format!("{rmid:.2} [{rlo:.2}, {rhi:.2}]"),
-            format!("{:.1}/{:.1}", spread(&mut ep99).1, spread(&mut kp99).1),
+            pair("p50_ms", 2),
+            pair("p99_ms", 1),
+            pair("server_cpu_us_per_op", 0),
         ));
     }
     out
@@ -272,6 +403,28 @@ impl EtcdCluster {
         }
         cluster.endpoints = client.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         Ok(cluster)
+    }
+
+    /// The store as measured: its leader from `etcdctl endpoint status` (the member whose
+    /// own id is the leader id it reports).
+    fn store(&self) -> Result<Store> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints, "endpoint", "status", "-w", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl (Debian: `apt-get install etcd-client`)")?;
+        let status: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("etcdctl endpoint status printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
+        let leader = status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["Status"]["header"]["member_id"] == m["Status"]["leader"])
+            .and_then(|m| m["Endpoint"].as_str())
+            .context("etcdctl endpoint status names no leader")?;
+        let pids = self.children.iter().map(Child::id).collect();
+        Ok(Store { name: "etcd", endpoints: self.endpoints.clone(), leader: leader.to_string(), pids })
     }
 
     /// Waits until a put through every member succeeds.
@@ -348,7 +501,7 @@ mod tests {
             "etcd": [{"requests_per_second": 100.0, "p99_ms": 2.0}, {"requests_per_second": 200.0, "p99_ms": 4.0}],
             "raftkv": [{"requests_per_second": 300.0, "p99_ms": 1.0}, {"requests_per_second": 200.0, "p99_ms": 1.0}],
         })];
-        let text = report(&results, &Options { runs: 2, scale: 1.0 });
+        let text = report(&results, &Options { runs: 2, scale: 1.0, only: Vec::new(), bin_dir: None });
         // Ratios 3.0 and 1.0: median 2.00, not 250/150.
         assert!(text.contains("2.00 [1.00, 3.00]"), "{text}");
         assert!(text.contains("150 [100, 200]"), "{text}");

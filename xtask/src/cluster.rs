@@ -154,6 +154,11 @@ impl Running {
         self.cluster.endpoints()
     }
 
+    /// The nodes' process ids.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.cluster.nodes.iter().map(|n| n.pid).collect()
+    }
+
     /// Stops every node by PID; what did not stop cleanly.
     pub(crate) fn stop(mut self) -> Vec<String> {
         self.cluster.stop()

@@ -72,8 +72,9 @@ enum Cmd {
     /// Check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
     Deps,
     /// raftkv against etcd (from PATH) on this machine: both as three-node clusters on
-    /// 127.0.0.1, loaded in turn by `raftkvctl bench`; prints throughput, p99 and the ratio
-    /// raftkv/etcd per shape, median and spread over the runs.
+    /// 127.0.0.1, loaded in turn by `raftkvctl bench`; prints throughput, the ratio
+    /// raftkv/etcd, p50, p99 and server CPU per operation per shape, median and spread over
+    /// the runs.
     Bench {
         /// How many times each shape runs against each store.
         #[arg(long, default_value_t = 3)]
@@ -81,6 +82,13 @@ enum Cmd {
         /// Multiplies every shape's request count (e.g. 0.1 for a quick look).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// Only the shapes whose name contains this (repeatable), e.g. `--only "put, 1 client"`.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Take `raftkv` and `raftkvctl` from this directory (another build) instead of
+        /// building them.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// The long fault-injection tier: N seeded schedules against a release build, each
     /// checked (linearizability, lost writes, duplicates, convergence); prints a summary and
@@ -124,7 +132,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test::run(&root, &args),
         Cmd::Deps => deps::run(&root),
-        Cmd::Bench { runs, scale } => bench::run(&root, &bench::Options { runs, scale }),
+        Cmd::Bench { runs, scale, only, bin_dir } => bench::run(&root, &bench::Options { runs, scale, only, bin_dir }),
         Cmd::Chaos { schedules, seed, secs, debug } => chaos::run(&root, schedules, seed, secs, !debug),
     }
 }

@@ -346,18 +346,22 @@ impl StateMachine {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
-        for entry in entries {
-            let result = match &entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(Command::Write(w)) => {
-                    CommandResult::Write(store::apply_write(&txn, entry.log_id.index, w, &mut events)?)
-                }
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
-                    CommandResult::None
-                }
-            };
-            results.push(result);
+        {
+            let mut tables = store::ApplyTables::open(&txn)?;
+            for entry in entries {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(Command::Write(w)) => {
+                        CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                        CommandResult::None
+                    }
+                };
+                results.push(result);
+            }
+            tables.forget_old_requests()?;
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;

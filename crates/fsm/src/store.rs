@@ -255,48 +255,66 @@ fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn, events: &mut Vec<E
     Ok(WriteResult::Txn { succeeded, results })
 }
 
-/// Applies one client write at log index `index` in `txn`: at most once per request id.
-/// Every key it changes is recorded in `events`, in order.
-pub(crate) fn apply_write(
-    txn: &WriteTransaction,
-    index: u64,
-    cmd: &WriteCommand,
-    events: &mut Vec<Event>,
-) -> Result<WriteOutcome, Error> {
-    if let Some(id) = &cmd.request_id {
-        let requests = txn.open_table(REQUESTS)?;
-        if let Some(stored) = requests.get(id.as_str())? {
+/// The tables an apply batch writes, opened once per batch rather than once per entry.
+pub(crate) struct ApplyTables<'t> {
+    kv: Table<'t, &'static [u8], &'static [u8]>,
+    requests: Table<'t, &'static str, &'static [u8]>,
+    by_index: Table<'t, u64, &'static str>,
+}
+
+impl<'t> ApplyTables<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, Error> {
+        Ok(Self {
+            kv: txn.open_table(KV)?,
+            requests: txn.open_table(REQUESTS)?,
+            by_index: txn.open_table(REQUESTS_BY_INDEX)?,
+        })
+    }
+
+    /// Applies one client write at log index `index`: at most once per request id. Every
+    /// key it changes is recorded in `events`, in order.
+    pub(crate) fn apply_write(
+        &mut self,
+        index: u64,
+        cmd: &WriteCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<WriteOutcome, Error> {
+        if let Some(id) = &cmd.request_id
+            && let Some(stored) = self.requests.get(id.as_str())?
+        {
             let mut outcome: WriteOutcome = codec::decode(stored.value())?;
             outcome.duplicate = true;
             return Ok(outcome);
         }
-    }
-    let result = {
-        let mut kv = txn.open_table(KV)?;
-        match &cmd.op {
-            WriteOp::Put(p) => put(&mut kv, index, p, events)?,
-            WriteOp::Delete(d) => delete(&mut kv, index, d, events)?,
-            WriteOp::Txn(t) => self::txn(&mut kv, index, t, events)?,
+        let result = match &cmd.op {
+            WriteOp::Put(p) => put(&mut self.kv, index, p, events)?,
+            WriteOp::Delete(d) => delete(&mut self.kv, index, d, events)?,
+            WriteOp::Txn(t) => self::txn(&mut self.kv, index, t, events)?,
+        };
+        let outcome = WriteOutcome { index, duplicate: false, result };
+        if let Some(id) = &cmd.request_id {
+            self.remember_request(id, &outcome)?;
         }
-    };
-    let outcome = WriteOutcome { index, duplicate: false, result };
-    if let Some(id) = &cmd.request_id {
-        remember_request(txn, id, &outcome)?;
+        Ok(outcome)
     }
-    Ok(outcome)
-}
 
-/// Stores a request id's outcome, forgetting the oldest ids beyond [`MAX_REQUEST_IDS`].
-pub(crate) fn remember_request(txn: &WriteTransaction, id: &str, outcome: &WriteOutcome) -> Result<(), Error> {
-    let mut requests = txn.open_table(REQUESTS)?;
-    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
-    requests.insert(id, codec::encode(outcome)?.as_slice())?;
-    by_index.insert(outcome.index, id)?;
-    while by_index.len()? > MAX_REQUEST_IDS {
-        let Some((_, oldest)) = by_index.pop_first()? else { break };
-        requests.remove(oldest.value())?;
+    /// Stores a request id's outcome; [`Self::forget_old_requests`] bounds their number.
+    pub(crate) fn remember_request(&mut self, id: &str, outcome: &WriteOutcome) -> Result<(), Error> {
+        self.requests.insert(id, codec::encode(outcome)?.as_slice())?;
+        self.by_index.insert(outcome.index, id)?;
+        Ok(())
     }
-    Ok(())
+
+    /// Forgets the oldest request ids beyond [`MAX_REQUEST_IDS`]; once per batch, so that a
+    /// batch checks the count once rather than once per write.
+    pub(crate) fn forget_old_requests(&mut self) -> Result<(), Error> {
+        let excess = self.by_index.len()?.saturating_sub(MAX_REQUEST_IDS);
+        for _ in 0..excess {
+            let Some((_, oldest)) = self.by_index.pop_first()? else { break };
+            self.requests.remove(oldest.value())?;
+        }
+        Ok(())
+    }
 }
 
 /// Records the last applied log id and, when given, the membership, in `txn`.

@@ -332,9 +332,13 @@ fn request_ids_are_bounded() -> TestResult {
     let sm = StateMachine::open(dir.path())?;
     let db = sm.db();
     let txn = db.begin_write()?;
-    for i in 0..(MAX_REQUEST_IDS + 10) {
-        let outcome = WriteOutcome { index: i + 1, duplicate: false, result: WriteResult::Put { prev: None } };
-        store::remember_request(&txn, &format!("id-{i}"), &outcome)?;
+    {
+        let mut tables = store::ApplyTables::open(&txn)?;
+        for i in 0..(MAX_REQUEST_IDS + 10) {
+            let outcome = WriteOutcome { index: i + 1, duplicate: false, result: WriteResult::Put { prev: None } };
+            tables.remember_request(&format!("id-{i}"), &outcome)?;
+        }
+        tables.forget_old_requests()?;
     }
     txn.commit()?;
     let read = db.begin_read()?;

@@ -5,36 +5,50 @@
 //! (`<node dir>/raft-log.redb`). It passes openraft's own storage test suite
 //! (`tests/suite.rs`).
 //!
-//! # Durability contract
-//! - [`RaftLogStorage::append`] writes every entry of one call in **one** write transaction,
-//!   committed without an fsync so the entries are readable as soon as the call returns
-//!   (openraft can start replicating them while the leader's own fsync runs). The entries
-//!   are reported flushed only after a flusher thread's `Durability::Immediate` commit,
-//!   which makes every earlier commit durable. openraft merges queued appends into one
-//!   call, and appends that arrive during an fsync share the next one: group commit. A
-//!   write is acknowledged only once a quorum reports it flushed.
-//! - The vote is written with `Durability::Immediate` before the call returns. The committed
-//!   log id is written without an fsync of its own and becomes durable with the next durable
-//!   commit: after a crash it can only be behind, which is safe.
-//! - Truncation and purge are single transactions too; a crash leaves either the old or the
-//!   new log, never a hole.
+//! # Write path and durability contract
+//! Nothing on openraft's path waits for redb, except a vote.
+//! - [`RaftLogStorage::append`] encodes the entries, holds them in the in-memory log
+//!   (module `cache`: readable at once by every log reader, so replication and the state
+//!   machine's apply need no redb read), queues them for the log writer and returns.
+//! - The log writer (module `writer`), one dedicated thread, takes every queued operation at
+//!   once, writes them in order in **one** redb write transaction and makes it durable with
+//!   **one** `Durability::Immediate` commit (one fsync); then it reports the appends
+//!   flushed (`IOFlushed`), in order. Appends queued during a commit share the next one:
+//!   group commit. A write is acknowledged only once a quorum reports it flushed.
+//! - [`RaftLogStorage::save_vote`] goes through the same queue, after every append before
+//!   it, and returns only once its commit is durable.
+//! - Truncation and purge change the in-memory log at once and go through the same queue,
+//!   so redb sees every operation in openraft's order; each is one transaction, so a crash
+//!   leaves either the old or the new log, never a hole. After a crash, redb holds the
+//!   result of a prefix of the operations: what is on disk is the truth.
+//! - The committed log id is kept in memory and saved with the writer's next commit that
+//!   covers every operation queued before it: after a crash it can only be behind, which
+//!   is safe.
+//! - A failed commit fails its operations and every later one, and the store refuses new
+//!   ones: openraft sees a storage error and stops.
 //!
-//! redb is synchronous, so every transaction runs on tokio's blocking pool, never on a
-//! runtime worker.
+//! Reads below the cache run on tokio's blocking pool, never on a runtime worker.
 //!
 //! This crate must never depend on tonic, on the state machine (`fsm`), or on the service
 //! layer: it stores bytes for openraft and knows nothing else.
+
+mod cache;
+mod writer;
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use cache::MemLog;
+pub use cache::{LOG_CACHE_BYTES, LOG_CACHE_ENTRIES};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use types::{Entry, LogId, TypeConfig, Vote, codec};
+use writer::{Op, Writer};
 
 /// A crash point: with feature `failpoints`, `fail::fail_point!(name)` (the `raftkv` binary
 /// arms one with an `abort()` callback); without it, nothing.
@@ -44,12 +58,15 @@ macro_rules! crash_point {
         fail::fail_point!($name);
     };
 }
+pub(crate) use crash_point;
 
 /// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
-/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): appends are reported flushed as soon as they are
-/// written, before the flusher's fsync. A test-only bug the fault suite must catch.
+/// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits a group of appends alone
+/// without an fsync (`Durability::None`, which redb forgets on a crash) and reports it
+/// flushed; the appends become durable only with the next group that holds a vote, a
+/// truncation or a purge. A test-only bug the fault suite must catch.
 #[cfg(feature = "planted-bugs")]
-fn ack_before_fsync() -> bool {
+pub(crate) fn ack_before_fsync() -> bool {
     static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "ack-before-fsync"))
 }
@@ -76,9 +93,10 @@ pub enum Error {
     /// A stored value could not be decoded, or a value could not be encoded.
     #[error("log store codec: {0}")]
     Codec(#[from] codec::CodecError),
-    /// The flusher thread could not be started or has stopped.
-    #[error("log flusher: {0}")]
-    Flusher(String),
+    /// The log writer could not be started, has stopped, or failed a commit earlier (its
+    /// error is in the message): the store takes no more writes.
+    #[error("log writer: {0}")]
+    Writer(String),
     /// A blocking task panicked or was cancelled.
     #[error("log store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -108,26 +126,33 @@ impl From<Error> for io::Error {
     }
 }
 
-/// The Raft log store. Cheap to clone: clones share one redb database, and openraft uses a
-/// clone as the log reader of each replication task.
+/// Locks the in-memory log. A panic while holding it cannot leave it half-changed in a way
+/// that matters more than the panic itself, so a poisoned lock is taken over.
+fn lock(mem: &Mutex<MemLog>) -> MutexGuard<'_, MemLog> {
+    mem.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The Raft log store. Cheap to clone: clones share one redb database, the in-memory log
+/// and the log writer, and openraft uses a clone as the log reader of each replication
+/// task and of the state machine.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// Appends waiting for their fsync go to the flusher thread.
-    flusher: Arc<Flusher>,
+    mem: Arc<Mutex<MemLog>>,
+    writer: Arc<WriterHandle>,
 }
 
-/// The flusher thread and the way to feed it. Dropped with the last [`LogStore`] clone: it
-/// then closes the channel and waits for the thread, so the database is closed when the
-/// store is gone.
-struct Flusher {
-    tx: Option<std::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
+/// The log writer thread and its queue. Dropped with the last [`LogStore`] clone: it then
+/// closes the queue and waits for the thread (which saves the last committed log id), so
+/// the database is closed when the store is gone.
+struct WriterHandle {
+    queue: Option<Sender<Op>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Flusher {
+impl Drop for WriterHandle {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        drop(self.queue.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -141,7 +166,8 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log database at `path`.
+    /// Opens (or creates) the log database at `path`, reads its durable state and starts
+    /// the log writer.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
@@ -150,24 +176,54 @@ impl LogStore {
             txn.open_table(META)?;
         }
         txn.commit()?;
+        let committed: Option<Option<LogId>> = Self::read_meta(&db, KEY_COMMITTED)?;
+        let committed = committed.flatten();
+        let last_purged: Option<LogId> = Self::read_meta(&db, KEY_LAST_PURGED)?;
+        let last = Self::last_log_id(&db)?.or_else(|| last_purged.clone());
+        let vote = Self::read_meta(&db, KEY_VOTE)?;
+        let mem = Arc::new(Mutex::new(MemLog::new(last, last_purged, vote, committed.clone())));
         let db = Arc::new(db);
-        let (tx, pending) = std::sync::mpsc::channel();
-        let flush_db = db.clone();
+        let (queue, ops) = std::sync::mpsc::channel();
+        let writer = Writer { db: db.clone(), mem: mem.clone(), written_seq: 0, saved_committed: committed };
         let thread = std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&flush_db, &pending))
-            .map_err(|e| Error::Flusher(e.to_string()))?;
-        Ok(Self { db, flusher: Arc::new(Flusher { tx: Some(tx), thread: Some(thread) }) })
+            .name("raft-log-writer".into())
+            .spawn(move || writer.run(&ops))
+            .map_err(|e| Error::Writer(e.to_string()))?;
+        Ok(Self { db, mem, writer: Arc::new(WriterHandle { queue: Some(queue), thread: Some(thread) }) })
     }
 
-    /// Runs `f` on the blocking pool with the database.
-    async fn blocking<T, F>(&self, f: F) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, Error> + Send + 'static,
-    {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await?
+    fn mem(&self) -> MutexGuard<'_, MemLog> {
+        lock(&self.mem)
+    }
+
+    /// Queues the operation `make` builds from its sequence number, under the lock of the
+    /// in-memory log and after `change` has updated it, so that the queue's order is the
+    /// order of the changes. If an earlier commit failed or the writer is gone, the
+    /// operation is reported failed (its callback or answer gets the error) and so is the
+    /// call.
+    fn queue(&self, change: impl FnOnce(&mut MemLog, u64), make: impl FnOnce(u64) -> Op) -> Result<(), Error> {
+        let mut mem = self.mem();
+        let seq = mem.next_seq();
+        let op = make(seq);
+        let refused = match (&mem.failed, &self.writer.queue) {
+            (Some(e), _) => Error::Writer(format!("an earlier commit failed: {e}")),
+            (None, Some(queue)) => {
+                change(&mut mem, seq);
+                match queue.send(op) {
+                    Ok(()) => return Ok(()),
+                    Err(std::sync::mpsc::SendError(op)) => {
+                        drop(mem);
+                        let err = Error::Writer("the log writer thread has stopped".into());
+                        op.finish(&Err(err.to_string()));
+                        return Err(err);
+                    }
+                }
+            }
+            (None, None) => Error::Writer("the log writer thread has stopped".into()),
+        };
+        drop(mem);
+        op.finish(&Err(refused.to_string()));
+        Err(refused)
     }
 
     fn read_meta<T: codec::DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, Error> {
@@ -177,17 +233,6 @@ impl LogStore {
             Some(v) => Ok(Some(codec::decode(v.value())?)),
             None => Ok(None),
         }
-    }
-
-    fn write_meta(db: &Database, key: &'static str, bytes: Vec<u8>, durability: Durability) -> Result<(), Error> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(durability)?;
-        {
-            let mut table = txn.open_table(META)?;
-            table.insert(key, bytes.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     /// The last log id in the log, if any.
@@ -202,64 +247,57 @@ impl LogStore {
             None => Ok(None),
         }
     }
-}
 
-/// The flusher thread: waits for appended batches, makes every one written so far durable
-/// with a single empty `Durability::Immediate` commit (which persists all earlier
-/// non-durable commits), then reports each of them flushed. Appends that arrive while it
-/// fsyncs share the next fsync: group commit across `append` calls. It ends when every
-/// [`LogStore`] clone is dropped.
-fn flush_loop(db: &Database, pending: &std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = pending.recv() {
-        let mut batch = vec![first];
-        batch.extend(pending.try_iter());
-        let result = (|| -> Result<(), Error> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                tracing::trace!(appends = batch.len(), "log appends durable");
-                for cb in batch {
-                    cb.io_completed(Ok(()));
-                }
+    /// Reads the entries of `range` from redb, on the blocking pool.
+    async fn read_durable(&self, range: std::ops::Range<u64>) -> Result<Vec<Entry>, Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOGS)?;
+            let mut out = Vec::new();
+            for item in table.range::<u64>(range)? {
+                let (_, v) = item?;
+                out.push(codec::decode::<Entry>(v.value())?);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "log fsync failed");
-                for cb in batch {
-                    cb.io_completed(Err(io::Error::other(e.to_string())));
-                }
-            }
-        }
+            Ok(out)
+        })
+        .await?
     }
 }
 
+/// `range`'s indexes as a half-open range.
+fn half_open(range: &impl RangeBounds<u64>) -> std::ops::Range<u64> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    start..end
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The cached tail comes from memory; only entries below the cache are read from redb,
+    /// where they are durable.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let start = range.start_bound().cloned();
-        let end = range.end_bound().cloned();
-        let entries = self
-            .blocking(move |db| {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(LOGS)?;
-                let mut out = Vec::new();
-                for item in table.range::<u64>((start, end))? {
-                    let (_, v) = item?;
-                    out.push(codec::decode::<Entry>(v.value())?);
-                }
-                Ok(out)
-            })
-            .await?;
+        let (cached, below) = self.mem().read(half_open(&range));
+        if below.is_empty() {
+            return Ok(cached);
+        }
+        let mut entries = self.read_durable(below).await?;
+        entries.extend(cached);
         Ok(entries)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.blocking(|db| Self::read_meta(db, KEY_VOTE)).await?)
+        Ok(self.mem().vote.clone())
     }
 }
 
@@ -267,40 +305,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let state = self
-            .blocking(|db| {
-                let last_purged: Option<LogId> = Self::read_meta(db, KEY_LAST_PURGED)?;
-                let last = Self::last_log_id(db)?.or_else(|| last_purged.clone());
-                Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
-            })
-            .await?;
-        Ok(state)
+        let mem = self.mem();
+        Ok(LogState { last_purged_log_id: mem.last_purged.clone(), last_log_id: mem.last.clone() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
+    /// Queued after every earlier append; returns once the writer's commit that holds it
+    /// is durable.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let bytes = codec::encode(vote).map_err(Error::from)?;
         crash_point!("raft-storage::save-vote");
-        self.blocking(move |db| Self::write_meta(db, KEY_VOTE, bytes, Durability::Immediate)).await?;
+        let (saved, done) = tokio::sync::oneshot::channel();
+        let vote = vote.clone();
+        self.queue(|_, _| {}, |seq| Op::Vote { seq, vote: vote.clone(), saved })?;
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Writer(e).into()),
+            Err(_) => return Err(Error::Writer("the log writer stopped before saving the vote".into()).into()),
+        }
+        self.mem().vote = Some(vote);
         crash_point!("raft-storage::save-vote-done");
         Ok(())
     }
 
-    /// Records the committed log id **without** an fsync of its own: it becomes durable with
-    /// the next durable commit (the next append or vote). After a crash the stored value can
-    /// only be behind the real one, never ahead, and a committed id that is behind is always
-    /// safe: openraft re-learns the rest from the leader.
+    /// Records the committed log id in memory only: the writer saves it with its next
+    /// commit. After a crash the stored value can only be behind the real one, never ahead,
+    /// and a committed id that is behind is always safe: openraft re-learns the rest from
+    /// the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let bytes = codec::encode(&committed).map_err(Error::from)?;
-        Ok(self.blocking(move |db| Self::write_meta(db, KEY_COMMITTED, bytes, Durability::None)).await?)
+        self.mem().commit(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let committed: Option<Option<LogId>> = self.blocking(|db| Self::read_meta(db, KEY_COMMITTED)).await?;
-        Ok(committed.flatten())
+        Ok(self.mem().committed.clone())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -308,98 +348,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Encode on the caller's task, then one write transaction and one fsync for the batch.
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| codec::encode(&e).map(|b| (e.log_id.index, b)))
-            .collect::<Result<_, _>>()
-            .map_err(Error::from)?;
-        let count = encoded.len();
         crash_point!("raft-storage::append");
-        let result = self
-            .blocking(move |db| {
-                let mut txn = db.begin_write()?;
-                // Readable at once; the flusher makes it durable before reporting it flushed.
-                txn.set_durability(Durability::None)?;
-                {
-                    let mut table = txn.open_table(LOGS)?;
-                    for (index, bytes) in &encoded {
-                        table.insert(*index, bytes.as_slice())?;
-                    }
+        let mut cached = Vec::new();
+        let mut encoded = Vec::new();
+        for entry in entries {
+            match codec::encode(&entry) {
+                Ok(bytes) => {
+                    encoded.push((entry.log_id.index, bytes));
+                    cached.push((entry, encoded.last().map_or(0, |(_, b)| b.len())));
                 }
-                txn.commit()?;
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => {
-                tracing::trace!(entries = count, "log append written; waiting for its fsync");
-                crash_point!("raft-storage::append-written");
-                #[cfg(feature = "planted-bugs")]
-                let callback = {
-                    if ack_before_fsync() {
-                        callback.io_completed(Ok(()));
-                        return Ok(());
-                    }
-                    callback
-                };
-                let sent = match &self.flusher.tx {
-                    Some(tx) => tx.send(callback),
-                    None => Err(std::sync::mpsc::SendError(callback)),
-                };
-                if let Err(std::sync::mpsc::SendError(callback)) = sent {
-                    let err = Error::Flusher("the flusher thread has stopped".into());
+                Err(e) => {
+                    let err = Error::from(e);
                     callback.io_completed(Err(io::Error::other(err.to_string())));
                     return Err(err.into());
                 }
-                Ok(())
-            }
-            Err(e) => {
-                let err = io::Error::from(e);
-                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
-                Err(err)
             }
         }
+        let count = encoded.len();
+        self.queue(|mem, seq| mem.append(cached, seq), |seq| Op::Append { seq, entries: encoded, flushed: callback })?;
+        tracing::trace!(entries = count, "log append held in memory; queued for the writer");
+        Ok(())
     }
 
+    /// Changes the in-memory log at once; the writer truncates redb in queue order.
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = match &last_log_id {
-            Some(l) => Bound::Excluded(l.index),
-            None => Bound::Unbounded,
-        };
-        self.blocking(move |db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                table.retain_in::<u64, _>((from, Bound::Unbounded), |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await?;
+        let after = last_log_id.as_ref().map(|l| l.index);
+        self.queue(|mem, _| mem.truncate_after(last_log_id.as_ref()), |seq| Op::Truncate { seq, after })?;
         tracing::debug!(after = ?last_log_id, "log truncated");
         Ok(())
     }
 
+    /// Changes the in-memory log at once; the writer purges redb in queue order.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         crash_point!("raft-storage::purge");
-        let upto = log_id.index;
-        let bytes = codec::encode(&log_id).map_err(Error::from)?;
-        self.blocking(move |db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice())?;
-                let mut table = txn.open_table(LOGS)?;
-                table.retain_in::<u64, _>(..=upto, |_, _| false)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await?;
-        tracing::debug!(upto, "log purged");
+        let upto = log_id.clone();
+        self.queue(|mem, _| mem.purge(&log_id), |seq| Op::Purge { seq, upto })?;
+        tracing::debug!(upto = log_id.index, "log purged");
         Ok(())
     }
 }
@@ -433,6 +417,98 @@ mod tests {
         assert_eq!(store.try_get_log_entries(1..=3).await?.len(), 3);
         let state = store.get_log_state().await?;
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+        Ok(())
+    }
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: types::NodeId::from(1) }, index)
+    }
+
+    fn blanks(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|i| Entry::new_blank(id(term, i))).collect()
+    }
+
+    /// Appends without waiting for the flush; returns the flush's receiver.
+    async fn append(
+        store: &mut LogStore,
+        entries: Vec<Entry>,
+    ) -> Result<openraft::alias::OneshotReceiverOf<TypeConfig, Result<(), io::Error>>, io::Error> {
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await?;
+        Ok(rx)
+    }
+
+    fn terms(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
+    }
+
+    #[tokio::test]
+    async fn truncation_and_purge_reach_redb_in_the_order_openraft_issued_them()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        {
+            let mut store = LogStore::open(&path)?;
+            // None of these waits for the writer: the reader sees the in-memory log at once.
+            let first = append(&mut store, blanks(1, 1..=6)).await?;
+            store.truncate_after(Some(id(1, 3))).await?;
+            let second = append(&mut store, blanks(2, 4..=5)).await?;
+            store.purge(id(1, 1)).await?;
+            let expected = vec![(1, 2), (1, 3), (2, 4), (2, 5)];
+            assert_eq!(terms(&store.try_get_log_entries(0..100).await?), expected);
+            first.await??;
+            second.await??;
+            // A vote is durable when save_vote returns, and so is everything queued before it.
+            store.save_committed(Some(id(2, 5))).await?;
+            store.save_vote(&Vote::new(2, types::NodeId::from(1))).await?;
+            drop(store);
+            let mut store = LogStore::open(&path)?;
+            assert_eq!(terms(&store.try_get_log_entries(0..100).await?), expected);
+            assert_eq!(store.read_committed().await?, Some(id(2, 5)));
+            let state = store.get_log_state().await?;
+            assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(1, 1)), Some(id(2, 5))));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_committed_id_is_saved_on_close_without_a_write_after_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        let mut store = LogStore::open(&path)?;
+        append(&mut store, blanks(1, 0..=2)).await?.await??;
+        store.save_committed(Some(id(1, 2))).await?;
+        drop(store);
+        assert_eq!(LogStore::open(&path)?.read_committed().await?, Some(id(1, 2)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_commit_every_write_fails_and_reports_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut store = LogStore::open(&dir.path().join(LOG_FILE))?;
+        store.mem().failed = Some("disk on fire".into());
+        let (tx, rx) = TypeConfig::oneshot();
+        let appended = store.append(blanks(1, 0..=0), IOFlushed::signal(tx)).await;
+        assert!(appended.is_err_and(|e| e.to_string().contains("disk on fire")));
+        assert!(rx.await?.is_err_and(|e| e.to_string().contains("disk on fire")), "the callback hears of it too");
+        assert!(store.save_vote(&Vote::new(1, types::NodeId::from(1))).await.is_err());
+        assert!(store.truncate_after(None).await.is_err());
+        assert!(store.purge(id(1, 0)).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_append_over_the_tail_replaces_all_of_it_in_redb_too() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        let mut store = LogStore::open(&path)?;
+        append(&mut store, blanks(1, 0..=5)).await?.await??;
+        append(&mut store, blanks(2, 3..=3)).await?.await??;
+        let expected = vec![(1, 0), (1, 1), (1, 2), (2, 3)];
+        assert_eq!(terms(&store.try_get_log_entries(0..100).await?), expected);
+        drop(store);
+        assert_eq!(terms(&LogStore::open(&path)?.try_get_log_entries(0..100).await?), expected);
         Ok(())
     }
 }
