@@ -105,9 +105,19 @@ pub enum EngineError {
     /// The state machine failed to open.
     #[error("opening the state machine: {0}")]
     StateMachine(#[from] fsm::Error),
-    /// openraft refused to start or stopped with an error.
-    #[error("raft: {0}")]
-    Raft(String),
+    /// Gossip failed to start: its address cannot be resolved, or chitchat cannot bind.
+    /// (Invalid gossip settings are [`EngineError::Config`].)
+    #[error("gossip: {0}")]
+    Gossip(#[source] gossip::GossipError),
+    /// openraft refused to start, stopped with an error, or (offline) a Raft store
+    /// operation failed.
+    #[error("raft: {context}: {source}")]
+    Raft {
+        /// What was being done.
+        context: String,
+        /// openraft's or the store's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
@@ -115,6 +125,24 @@ pub enum EngineError {
     /// Nothing was written.
     #[error("{0}")]
     Refused(String),
+}
+
+impl EngineError {
+    /// A Raft failure while doing `context`.
+    pub(crate) fn raft(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EngineError::Raft { context: context.into(), source: Box::new(source) }
+    }
+}
+
+impl From<gossip::GossipError> for EngineError {
+    /// Invalid settings are a configuration error, as the validation reports them; anything
+    /// else is gossip failing to start.
+    fn from(e: gossip::GossipError) -> Self {
+        match e {
+            gossip::GossipError::Config(message) => EngineError::Config(message),
+            other => EngineError::Gossip(other),
+        }
+    }
 }
 
 /// The addresses a node listens on, as written to `listen.json`.
@@ -192,11 +220,7 @@ impl Node {
         let gossip = match &config.gossip {
             Some(g) => {
                 let meta = NodeMeta::new(config.id.clone(), me.clone(), env!("CARGO_PKG_VERSION"));
-                Some(
-                    Gossip::start(g.clone(), meta, &UdpTransport)
-                        .await
-                        .map_err(|e| EngineError::Config(e.to_string()))?,
-                )
+                Some(Gossip::start(g.clone(), meta, &UdpTransport).await.map_err(EngineError::from)?)
             }
             None => None,
         };
@@ -208,7 +232,7 @@ impl Node {
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver.clone()), log, sm.clone())
             .await
-            .map_err(|e| EngineError::Raft(e.to_string()))?;
+            .map_err(|e| EngineError::raft("starting", e))?;
 
         let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
 
@@ -369,7 +393,7 @@ impl Node {
         tracing::info!(node = %id, "stopping raft");
         self.membership_task.abort();
         self.leader_health.abort();
-        let result = self.raft.shutdown().await.map_err(|e| EngineError::Raft(e.to_string()));
+        let result = self.raft.shutdown().await.map_err(|e| EngineError::raft("stopping", e));
         let sm = self.sm.clone();
         match tokio::task::spawn_blocking(move || sm.flush()).await {
             Ok(Ok(())) => {}
@@ -416,7 +440,7 @@ fn serve(
 
 /// Starts a one-node cluster of this node, unless it already has state.
 async fn bootstrap(raft: &Raft, id: &NodeId, me: NodeInfo) -> Result<(), EngineError> {
-    let initialized = raft.is_initialized().await.map_err(|e| EngineError::Raft(e.to_string()))?;
+    let initialized = raft.is_initialized().await.map_err(|e| EngineError::raft("reading the state", e))?;
     if initialized {
         tracing::info!(node = %id, "existing Raft state found; --raft_bootstrap has nothing to do");
         return Ok(());
@@ -430,7 +454,7 @@ async fn bootstrap(raft: &Raft, id: &NodeId, me: NodeInfo) -> Result<(), EngineE
             tracing::info!(node = %id, "already initialized; --raft_bootstrap has nothing to do");
             Ok(())
         }
-        Err(e) => Err(EngineError::Raft(format!("bootstrap failed: {e}"))),
+        Err(e) => Err(EngineError::raft("bootstrap failed", e)),
     }
 }
 

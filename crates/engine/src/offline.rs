@@ -63,8 +63,8 @@ pub struct Forced {
     pub voters: BTreeMap<NodeId, NodeInfo>,
 }
 
-fn raft_err(context: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Raft(format!("{context}: {e}"))
+fn raft_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> EngineError {
+    EngineError::raft(context, e)
 }
 
 fn node_dir(data_dir: &Path, id: &NodeId) -> PathBuf {
