@@ -69,12 +69,14 @@ impl NodeContext {
     /// The leader this node knows and the term.
     #[must_use]
     pub fn header_info(&self) -> HeaderInfo {
-        let m = self.raft.metrics().borrow_watched().clone();
-        HeaderInfo {
-            node_id: self.id.to_string(),
-            leader_id: m.current_leader.map(|l| l.to_string()).unwrap_or_default(),
-            term: m.current_term,
-        }
+        // Reads the two figures under the watch's borrow: cloning the whole `RaftMetrics`
+        // (membership, replication map) on every request cost an allocation per member.
+        let metrics = self.raft.metrics();
+        let (leader_id, term) = {
+            let m = metrics.borrow_watched();
+            (m.current_leader.as_ref().map(ToString::to_string).unwrap_or_default(), m.current_term)
+        };
+        HeaderInfo { node_id: self.id.to_string(), leader_id, term }
     }
 
     /// The leader's gRPC address: from the resolver (gossip, static peers, membership, in
