@@ -49,6 +49,9 @@ pub enum Error {
     /// The change feed is closed: the node is shutting down.
     #[error("the change feed is closed (the node is shutting down)")]
     Closed,
+    /// The apply thread is gone (an apply panicked); no batch can be applied any more.
+    #[error("the state machine's apply thread has stopped")]
+    ApplyThread,
     /// A blocking task panicked or was cancelled.
     #[error("state machine task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

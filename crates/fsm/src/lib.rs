@@ -38,6 +38,7 @@
 //! This crate must never depend on tonic, chitchat, gossip, raft-storage or the service
 //! layer: it is pure state, driven by openraft.
 
+mod applier;
 pub mod changes;
 mod error;
 pub mod snapshot;
@@ -118,6 +119,8 @@ struct Inner {
     last_durable: Mutex<Instant>,
     /// The change feed: history and watchers.
     hub: Arc<Hub>,
+    /// The thread every apply batch runs on.
+    applier: applier::Applier,
 }
 
 #[derive(Clone)]
@@ -181,6 +184,7 @@ impl StateMachine {
                 seq: AtomicU64::new(0),
                 last_durable: Mutex::new(Instant::now()),
                 hub: Arc::new(Hub::new(0, history)),
+                applier: applier::Applier::start()?,
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -361,7 +365,9 @@ impl StateMachine {
                 };
                 results.push(result);
             }
-            tables.forget_old_requests()?;
+            if store::sweep_due(entries[0].log_id.index, last.log_id.index) {
+                tables.forget_old_requests()?;
+            }
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;
@@ -404,10 +410,15 @@ impl StateMachine {
                 let (k, v) = item?;
                 writer.record(k.value(), v.value())?;
             }
+            // Only the ids a later write can still honour (expired ones may not be swept yet).
+            let oldest = store::oldest_remembered(index + 1);
             let requests = txn.open_table(REQUESTS)?;
             for item in requests.iter()? {
                 let (id, outcome) = item?;
-                writer.request(id.value(), outcome.value())?;
+                let decoded: types::WriteOutcome = codec::decode(outcome.value())?;
+                if decoded.index >= oldest {
+                    writer.request(id.value(), outcome.value())?;
+                }
             }
             let out = writer.finish()?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
@@ -498,7 +509,6 @@ impl StateMachine {
                 {
                     let mut kv = txn.open_table(KV)?;
                     let mut requests = txn.open_table(REQUESTS)?;
-                    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
                     let mut bytes = 0;
                     while bytes < INSTALL_BATCH_BYTES {
                         match reader.next_record()? {
@@ -508,11 +518,10 @@ impl StateMachine {
                                 kv.insert(k.as_slice(), rec.as_slice())?;
                             }
                             Some(snapshot::Item::Request(id, outcome)) => {
-                                let decoded: types::WriteOutcome = codec::decode(&outcome)
+                                let _: types::WriteOutcome = codec::decode(&outcome)
                                     .map_err(|e| Error::CorruptSnapshot(format!("request {id:?}: {e}")))?;
                                 bytes += id.len() + outcome.len();
                                 requests.insert(id.as_str(), outcome.as_slice())?;
-                                by_index.insert(decoded.index, id.as_str())?;
                             }
                             None => {
                                 done = true;
@@ -616,7 +625,9 @@ fn open_db(path: &Path) -> Result<Database, Error> {
         txn.open_table(KV)?;
         txn.open_table(META)?;
         txn.open_table(REQUESTS)?;
-        txn.open_table(REQUESTS_BY_INDEX)?;
+        // Written by builds before request ids were remembered by log-index window; the
+        // `requests` rows it indexed are a superset of the window's, so nothing is lost.
+        txn.delete_table(REQUESTS_BY_INDEX)?;
     }
     txn.commit()?;
     Ok(db)
@@ -672,12 +683,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let Some(last) = batch.last().map(|e| e.log_id.index) else { return Ok(()) };
         crash_point!("fsm::apply");
+        let this = self.clone();
         let results = self
-            .blocking(move |sm| {
-                let db = sm.db();
-                sm.apply_batch(&db, &batch)
+            .inner
+            .applier
+            .run(move || {
+                let db = this.db();
+                this.apply_batch(&db, &batch)
             })
-            .await?;
+            .await??;
         crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {

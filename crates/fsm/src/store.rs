@@ -1,6 +1,6 @@
 //! The state machine's redb tables and the pure logic of applying writes to them.
 
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use types::{
     Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, LogId, PutOp, RangeOp, RangeResult,
     StoredMembership, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult, codec,
@@ -15,7 +15,8 @@ pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("k
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
 /// Request id → the encoded [`WriteOutcome`] of its first application.
 pub(crate) const REQUESTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("requests");
-/// Log index → request id, to evict the oldest ids first.
+/// Log index → request id: what evicted the oldest ids until request ids were remembered
+/// by log-index window. No longer written; [`crate::open_db`] deletes it from older files.
 pub(crate) const REQUESTS_BY_INDEX: TableDefinition<'_, u64, &str> = TableDefinition::new("requests_by_index");
 
 /// The log id of the last applied entry, written in the same transaction as its effects.
@@ -23,9 +24,26 @@ pub(crate) const META_LAST_APPLIED: &str = "last_applied";
 /// The last membership applied, written in the same transaction as the entry carrying it.
 pub(crate) const META_MEMBERSHIP: &str = "membership";
 
-/// How many request ids are remembered for at-most-once writes. A retry must come before
-/// this many later writes with ids; older ids are forgotten, oldest first.
+/// How far back request ids are remembered for at-most-once writes, in log entries: a
+/// write with an id applied at index `j` is answered as a duplicate by a write with the same
+/// id at index `i` while `i - j <= MAX_REQUEST_IDS`. Each entry carries at most one id, so at
+/// most this many ids count at once. The rule depends on the log alone, so every node (and
+/// every snapshot) agrees on which ids are remembered, whenever rows are physically removed.
 pub const MAX_REQUEST_IDS: u64 = 65_536;
+
+/// Expired request ids are removed from the table each time the applied index crosses a
+/// multiple of this, in one pass (rather than one eviction per write).
+const REQUEST_SWEEP_INTERVAL: u64 = MAX_REQUEST_IDS / 4;
+
+/// The oldest write index whose request id a write at `index` still honours.
+pub(crate) fn oldest_remembered(index: u64) -> u64 {
+    index.saturating_sub(MAX_REQUEST_IDS)
+}
+
+/// Whether the entries `first..=last` cross a multiple of [`REQUEST_SWEEP_INTERVAL`].
+pub(crate) fn sweep_due(first: u64, last: u64) -> bool {
+    first.saturating_sub(1) / REQUEST_SWEEP_INTERVAL != last / REQUEST_SWEEP_INTERVAL
+}
 
 /// The largest total of keys and values one transaction's reads return; each read gets what
 /// the earlier ones left, and always at least one key.
@@ -259,16 +277,13 @@ fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn, events: &mut Vec<E
 pub(crate) struct ApplyTables<'t> {
     kv: Table<'t, &'static [u8], &'static [u8]>,
     requests: Table<'t, &'static str, &'static [u8]>,
-    by_index: Table<'t, u64, &'static str>,
+    /// The newest write index seen, which says which ids have expired.
+    newest: u64,
 }
 
 impl<'t> ApplyTables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, Error> {
-        Ok(Self {
-            kv: txn.open_table(KV)?,
-            requests: txn.open_table(REQUESTS)?,
-            by_index: txn.open_table(REQUESTS_BY_INDEX)?,
-        })
+        Ok(Self { kv: txn.open_table(KV)?, requests: txn.open_table(REQUESTS)?, newest: 0 })
     }
 
     /// Applies one client write at log index `index`: at most once per request id. Every
@@ -279,12 +294,16 @@ impl<'t> ApplyTables<'t> {
         cmd: &WriteCommand,
         events: &mut Vec<Event>,
     ) -> Result<WriteOutcome, Error> {
+        self.newest = self.newest.max(index);
         if let Some(id) = &cmd.request_id
             && let Some(stored) = self.requests.get(id.as_str())?
         {
             let mut outcome: WriteOutcome = codec::decode(stored.value())?;
-            outcome.duplicate = true;
-            return Ok(outcome);
+            // An expired row not yet swept is forgotten already: the write applies again.
+            if outcome.index >= oldest_remembered(index) {
+                outcome.duplicate = true;
+                return Ok(outcome);
+            }
         }
         let result = match &cmd.op {
             WriteOp::Put(p) => put(&mut self.kv, index, p, events)?,
@@ -298,21 +317,21 @@ impl<'t> ApplyTables<'t> {
         Ok(outcome)
     }
 
-    /// Stores a request id's outcome; [`Self::forget_old_requests`] bounds their number.
+    /// Stores a request id's outcome (one table write); [`Self::forget_old_requests`]
+    /// removes it once it has expired.
     pub(crate) fn remember_request(&mut self, id: &str, outcome: &WriteOutcome) -> Result<(), Error> {
+        self.newest = self.newest.max(outcome.index);
         self.requests.insert(id, codec::encode(outcome)?.as_slice())?;
-        self.by_index.insert(outcome.index, id)?;
         Ok(())
     }
 
-    /// Forgets the oldest request ids beyond [`MAX_REQUEST_IDS`]; once per batch, so that a
-    /// batch checks the count once rather than once per write.
+    /// Removes every request id that no write after the newest one seen can honour (see
+    /// [`MAX_REQUEST_IDS`]), in one pass over the table. The apply calls it when
+    /// [`sweep_due`], so the table holds at most about 1.25 × `MAX_REQUEST_IDS` rows.
     pub(crate) fn forget_old_requests(&mut self) -> Result<(), Error> {
-        let excess = self.by_index.len()?.saturating_sub(MAX_REQUEST_IDS);
-        for _ in 0..excess {
-            let Some((_, oldest)) = self.by_index.pop_first()? else { break };
-            self.requests.remove(oldest.value())?;
-        }
+        let oldest = oldest_remembered(self.newest + 1);
+        // A row that does not decode is kept: the lookup reports it as corrupt.
+        self.requests.retain(|_, outcome| codec::decode::<WriteOutcome>(outcome).is_ok_and(|o| o.index >= oldest))?;
         Ok(())
     }
 }

@@ -350,6 +350,55 @@ fn request_ids_are_bounded() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_request_id_is_remembered_for_max_request_ids_entries_on_every_node() -> TestResult {
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut sm = StateMachine::open(d1.path())?;
+    let id = |i: u64| format!("id-{i}");
+    let first = apply_results(&sm, &[write(1, Some("old"), WriteOp::Put(put_op(b"k", b"1")))])?;
+    assert!(!first[0].duplicate);
+    // Exactly MAX_REQUEST_IDS entries later the id still counts; one more and it is gone,
+    // whether or not its row was swept yet (the batch below crosses no sweep point).
+    let at_edge = 1 + MAX_REQUEST_IDS;
+    let r = apply_results(&sm, &[write(at_edge, Some("old"), WriteOp::Put(put_op(b"k", b"2")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (1, true));
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+    let r = apply_results(&sm, &[write(at_edge + 1, Some("old"), WriteOp::Put(put_op(b"k", b"3")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (at_edge + 1, false), "an expired id applies again");
+    // A node that installs the snapshot taken at the edge agrees on both answers.
+    let mut other = StateMachine::open(d2.path())?;
+    other.install_snapshot(&snap.meta, snap.snapshot).await?;
+    let r = apply_results(&other, &[write(at_edge + 1, Some("old"), WriteOp::Put(put_op(b"k", b"3")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (at_edge + 1, false));
+    // Sweeping removes the expired rows and nothing else.
+    let newer = apply_results(&sm, &[write(at_edge + 2, Some(&id(2)), WriteOp::Put(put_op(b"k", b"4")))])?;
+    assert!(!newer[0].duplicate);
+    let db = sm.db();
+    let txn = db.begin_write()?;
+    {
+        let mut tables = store::ApplyTables::open(&txn)?;
+        let outcome =
+            WriteOutcome { index: 3 * MAX_REQUEST_IDS, duplicate: false, result: WriteResult::Put { prev: None } };
+        tables.remember_request(&id(3), &outcome)?;
+        tables.forget_old_requests()?;
+    }
+    txn.commit()?;
+    let read = db.begin_read()?;
+    let requests = read.open_table(REQUESTS)?;
+    assert_eq!(requests.len()?, 1, "only the id within the window of the newest index stays");
+    assert!(requests.get(id(3).as_str())?.is_some());
+    Ok(())
+}
+
+#[test]
+fn sweeps_happen_once_per_interval() {
+    let interval = MAX_REQUEST_IDS / 4;
+    assert!(!store::sweep_due(1, interval - 1));
+    assert!(store::sweep_due(interval - 1, interval));
+    assert!(store::sweep_due(interval, interval), "a batch ending on the multiple sweeps");
+    assert!(!store::sweep_due(interval + 1, 2 * interval - 1));
+}
+
+#[tokio::test]
 async fn applied_changes_reach_watchers_after_commit() -> TestResult {
     use blocking_query::Signal;
     let dir = tempfile::tempdir()?;

@@ -61,7 +61,7 @@ pub struct PutRequest {
     #[prost(bool, tag = "5")]
     pub prev_kv: bool,
     /// At-most-once: a retry with the same id (1 to 128 bytes) is not applied again; the
-    /// first answer is returned. Ids are remembered for the last 65,536 writes that had one.
+    /// first answer is returned. An id is remembered for the 65,536 log entries after its write.
     #[prost(string, tag = "6")]
     pub request_id: ::prost::alloc::string::String,
 }
