@@ -188,6 +188,44 @@ struct Args {
         default_value_t = engine::DEFAULT_HISTORY_BYTES
     )]
     watch_history_bytes: usize,
+
+    /// redb's page cache for the state machine's database, in bytes. Pages outside it are
+    /// read through the operating system's page cache.
+    #[arg(
+        long = "sm_db_cache_bytes",
+        alias = "sm-db-cache-bytes",
+        env = "RAFTKV_SM_DB_CACHE_BYTES",
+        default_value_t = engine::DEFAULT_SM_DB_CACHE_BYTES
+    )]
+    sm_db_cache_bytes: usize,
+
+    /// redb's page cache for the Raft log's database, in bytes.
+    #[arg(
+        long = "log_db_cache_bytes",
+        alias = "log-db-cache-bytes",
+        env = "RAFTKV_LOG_DB_CACHE_BYTES",
+        default_value_t = engine::DEFAULT_LOG_DB_CACHE_BYTES
+    )]
+    log_db_cache_bytes: usize,
+
+    /// The most durable entries the in-memory log cache keeps (entries not yet durable
+    /// always stay); older ones are read from the log's database.
+    #[arg(
+        long = "log_cache_entries",
+        alias = "log-cache-entries",
+        env = "RAFTKV_LOG_CACHE_ENTRIES",
+        default_value_t = engine::LOG_CACHE_ENTRIES
+    )]
+    log_cache_entries: usize,
+
+    /// The most bytes (encoded) of durable entries the in-memory log cache keeps.
+    #[arg(
+        long = "log_cache_bytes",
+        alias = "log-cache-bytes",
+        env = "RAFTKV_LOG_CACHE_BYTES",
+        default_value_t = engine::LOG_CACHE_BYTES
+    )]
+    log_cache_bytes: usize,
 }
 
 const EXAMPLES: &str = "\
@@ -298,6 +336,12 @@ fn run(args: Args) -> Result<()> {
     config.peers_file = args.peers_file;
     config.watch_history =
         engine::HistoryLimits { max_events: args.watch_history_events, max_bytes: args.watch_history_bytes };
+    config.sm_db_cache_bytes = args.sm_db_cache_bytes;
+    config.log_caches = engine::LogOptions {
+        db_cache_bytes: args.log_db_cache_bytes,
+        cache_entries: args.log_cache_entries,
+        cache_bytes: args.log_cache_bytes,
+    };
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;
@@ -393,6 +437,13 @@ mod tests {
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((args.watch_history_events, args.watch_history_bytes), (10, 4096));
+        let args =
+            Args::try_parse_from(["raftkv", "--raft_id=n", "--sm_db_cache_bytes=1024", "--log-cache-entries", "7"])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (args.sm_db_cache_bytes, args.log_cache_entries, args.log_db_cache_bytes, args.log_cache_bytes),
+            (1024, 7, engine::DEFAULT_LOG_DB_CACHE_BYTES, engine::LOG_CACHE_BYTES)
+        );
     }
 
     #[test]

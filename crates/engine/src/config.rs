@@ -60,6 +60,12 @@ pub struct NodeConfig {
     /// The bounds of the in-memory history of changes that watches replay from
     /// (`--watch_history_events`, `--watch_history_bytes`).
     pub watch_history: fsm::HistoryLimits,
+    /// redb's page cache for the state machine's database, in bytes
+    /// (`--sm_db_cache_bytes`; [`fsm::DEFAULT_DB_CACHE_BYTES`]).
+    pub sm_db_cache_bytes: usize,
+    /// The log store's caches: redb's page cache for the log's database and the in-memory
+    /// log cache (`--log_db_cache_bytes`, `--log_cache_entries`, `--log_cache_bytes`).
+    pub log_caches: raft_storage::LogOptions,
 }
 
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
@@ -92,6 +98,8 @@ impl NodeConfig {
             peers: String::new(),
             peers_file: None,
             watch_history: fsm::HistoryLimits::default(),
+            sm_db_cache_bytes: fsm::DEFAULT_DB_CACHE_BYTES,
+            log_caches: raft_storage::LogOptions::default(),
         }
     }
 

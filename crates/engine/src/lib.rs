@@ -70,8 +70,14 @@ use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
+pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
+/// The cache settings' defaults, as [`NodeConfig::sm_db_cache_bytes`] and
+/// [`NodeConfig::log_caches`] take them.
+pub use raft_storage::{
+    DEFAULT_DB_CACHE_BYTES as DEFAULT_LOG_DB_CACHE_BYTES, LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogOptions,
+};
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";
@@ -227,8 +233,9 @@ impl Node {
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
 
-        let log = LogStore::open(&dir.join(LOG_FILE))?;
-        let sm = StateMachine::open_with(&dir.join("sm"), config.watch_history)?;
+        let log = LogStore::open_with(&dir.join(LOG_FILE), config.log_caches)?;
+        let sm_options = fsm::Options { history: config.watch_history, db_cache_bytes: config.sm_db_cache_bytes };
+        let sm = StateMachine::open_with_options(&dir.join("sm"), sm_options)?;
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver.clone()), log, sm.clone())
             .await

@@ -96,6 +96,26 @@ const PART_EXT: &str = "part";
 /// An apply commit is made durable (fsynced) at least this often; the ones between are not.
 pub const DURABLE_APPLY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The default of [`Options::db_cache_bytes`]: 64 MiB. redb's own default is 1 GiB per
+/// file, which with a large state is most of a node's memory; reads of pages outside the
+/// cache come from the operating system's page cache.
+pub const DEFAULT_DB_CACHE_BYTES: usize = 64 << 20;
+
+/// The memory settings of the state machine, each bounding one cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// The bounds of the watch history ([`HistoryLimits::default`]).
+    pub history: HistoryLimits,
+    /// redb's page cache for `state.redb`, in bytes ([`DEFAULT_DB_CACHE_BYTES`]).
+    pub db_cache_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { history: HistoryLimits::default(), db_cache_bytes: DEFAULT_DB_CACHE_BYTES }
+    }
+}
+
 /// While a snapshot is installed, records are committed in batches of about this many bytes,
 /// so the installer's memory stays bounded whatever the snapshot size.
 const INSTALL_BATCH_BYTES: usize = 16 << 20;
@@ -109,6 +129,8 @@ pub struct StateMachine {
 
 struct Inner {
     dir: PathBuf,
+    /// redb's cache size for the live database (and every one swapped in).
+    db_cache_bytes: usize,
     /// The live database. Swapped whole when a snapshot is installed; the lock is held only
     /// to clone or replace the `Arc`, never across an await or a transaction.
     db: RwLock<Arc<Database>>,
@@ -141,11 +163,17 @@ impl StateMachine {
     /// the database (a crash between writing a received snapshot and swapping it in), the
     /// database is rebuilt from that snapshot.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        Self::open_with(dir, HistoryLimits::default())
+        Self::open_with_options(dir, Options::default())
     }
 
     /// [`StateMachine::open`] with the change history bounded by `history`.
     pub fn open_with(dir: &Path, history: HistoryLimits) -> Result<Self, Error> {
+        Self::open_with_options(dir, Options { history, ..Options::default() })
+    }
+
+    /// [`StateMachine::open`] with the caches bounded by `options`.
+    pub fn open_with_options(dir: &Path, options: Options) -> Result<Self, Error> {
+        let Options { history, db_cache_bytes } = options;
         let snap_dir = dir.join(SNAPSHOT_DIR);
         let incoming = dir.join(INCOMING_DIR);
         for d in [dir, &snap_dir, &incoming] {
@@ -174,10 +202,11 @@ impl StateMachine {
             remove_if_exists(&old.path)?;
         }
 
-        let db = open_db(&dir.join(DB_FILE))?;
+        let db = open_db(&dir.join(DB_FILE), db_cache_bytes)?;
         let sm = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                db_cache_bytes,
                 db: RwLock::new(Arc::new(db)),
                 applied: watch::channel(0).0,
                 current: Mutex::new(current.clone()),
@@ -501,7 +530,7 @@ impl StateMachine {
                     reader.meta.last_log_id, meta.last_log_id
                 )));
             }
-            let db = open_db(&new_path)?;
+            let db = open_db(&new_path, self.inner.db_cache_bytes)?;
             let mut done = false;
             while !done {
                 let mut txn = db.begin_write()?;
@@ -558,7 +587,7 @@ impl StateMachine {
         let live = dir.join(DB_FILE);
         fs::rename(&new_path, &live).map_err(|e| Error::io("swapping in the installed state", e))?;
         sync_dir(dir)?;
-        *slot = Arc::new(open_db(&live)?);
+        *slot = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
         drop(slot);
         self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
@@ -618,8 +647,8 @@ impl Drop for IncomingSnapshot {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, Error> {
-    let db = Database::create(path)?;
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
+    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
     let txn = db.begin_write()?;
     {
         txn.open_table(KV)?;

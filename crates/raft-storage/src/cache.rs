@@ -9,21 +9,23 @@
 //! Every write operation gets a sequence number when it is queued for the writer; the
 //! writer reports the last one it made durable ([`MemLog::durable`]). A cached entry leaves
 //! the cache only once the append that carried it is durable, oldest first, and only while
-//! the cache is above [`LOG_CACHE_ENTRIES`] entries or [`LOG_CACHE_BYTES`] bytes: recent
-//! entries stay for the state machine's apply and for followers that are a little behind.
+//! the cache is above its bounds ([`crate::LogOptions`]; by default [`LOG_CACHE_ENTRIES`]
+//! entries or [`LOG_CACHE_BYTES`] bytes): recent entries stay for the state machine's apply
+//! and for followers that are a little behind.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
 use types::{Entry, LogId, Vote};
 
-/// How many durable entries the log cache keeps at most (entries not yet durable are
-/// always kept, whatever their number). 4,096 entries cover the state machine's apply lag
+/// The default of [`crate::LogOptions::cache_entries`]: how many durable entries the log
+/// cache keeps at most (entries not yet durable are always kept, whatever their number). 4,096 entries cover the state machine's apply lag
 /// and a follower a few batches behind at 256 clients; older entries are read from redb.
 pub const LOG_CACHE_ENTRIES: usize = 4_096;
 
-/// How many bytes (encoded size) of durable entries the log cache keeps at most, so that
-/// large values cannot make it grow past this whatever their count: 32 MiB.
+/// The default of [`crate::LogOptions::cache_bytes`]: how many bytes (encoded size) of
+/// durable entries the log cache keeps at most, so that large values cannot make it grow
+/// past this whatever their count: 32 MiB.
 pub const LOG_CACHE_BYTES: usize = 32 << 20;
 
 /// One cached entry.
@@ -31,7 +33,7 @@ struct Cached {
     entry: Entry,
     /// The sequence number of the append that carried it.
     seq: u64,
-    /// Its encoded size, for [`LOG_CACHE_BYTES`].
+    /// Its encoded size, for the byte bound.
     bytes: usize,
 }
 
@@ -41,6 +43,8 @@ pub(crate) struct MemLog {
     /// The index of the first cached entry (the index after the last one when empty).
     start: u64,
     cached_bytes: usize,
+    /// The bounds on durable entries: (entries, bytes).
+    limits: (usize, usize),
     pub(crate) last: Option<LogId>,
     pub(crate) last_purged: Option<LogId>,
     pub(crate) vote: Option<Vote>,
@@ -69,6 +73,7 @@ impl MemLog {
             entries: VecDeque::new(),
             start,
             cached_bytes: 0,
+            limits: (LOG_CACHE_ENTRIES, LOG_CACHE_BYTES),
             last,
             last_purged,
             vote,
@@ -78,6 +83,11 @@ impl MemLog {
             durable: 0,
             failed: None,
         }
+    }
+
+    /// Bounds the durable entries kept to `entries` and `bytes` (encoded size).
+    pub(crate) fn set_limits(&mut self, entries: usize, bytes: usize) {
+        self.limits = (entries, bytes);
     }
 
     /// Records the committed log id, to be saved with the writer's next commit.
@@ -155,7 +165,7 @@ impl MemLog {
     /// entries leave the cache while it is above its bounds.
     pub(crate) fn durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq);
-        while (self.entries.len() > LOG_CACHE_ENTRIES || self.cached_bytes > LOG_CACHE_BYTES)
+        while (self.entries.len() > self.limits.0 || self.cached_bytes > self.limits.1)
             && self.entries.front().is_some_and(|c| c.seq <= self.durable)
         {
             self.pop_front();
@@ -257,6 +267,19 @@ mod tests {
         assert_eq!(log.cached(), LOG_CACHE_ENTRIES + 10, "nothing durable: everything stays");
         log.durable(1);
         assert_eq!(log.cached(), LOG_CACHE_ENTRIES);
+    }
+
+    #[test]
+    fn the_bounds_are_settings() {
+        let mut log = MemLog::new(None, None, None, None);
+        log.set_limits(3, usize::MAX);
+        log.append(entries(1, 0..10), 1);
+        log.durable(1);
+        assert_eq!(log.cached(), 3);
+        log.set_limits(usize::MAX, 0);
+        log.append(entries(1, 10..12), 2);
+        log.durable(2);
+        assert_eq!(log.cached(), 0, "a zero byte bound keeps no durable entry");
     }
 
     #[test]

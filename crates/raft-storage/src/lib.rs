@@ -165,11 +165,38 @@ impl Debug for LogStore {
     }
 }
 
+/// The default of [`LogOptions::db_cache_bytes`]: 16 MiB. The writer appends at the end of
+/// the log and reads of recent entries come from the log cache, so redb's own cache needs
+/// little more than the B-tree's upper pages (redb's default is 1 GiB per file).
+pub const DEFAULT_DB_CACHE_BYTES: usize = 16 << 20;
+
+/// The memory settings of the log store, each bounding one cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// redb's page cache for `raft-log.redb`, in bytes ([`DEFAULT_DB_CACHE_BYTES`]).
+    pub db_cache_bytes: usize,
+    /// The most durable entries the in-memory log cache keeps ([`LOG_CACHE_ENTRIES`]).
+    pub cache_entries: usize,
+    /// The most bytes (encoded) of durable entries it keeps ([`LOG_CACHE_BYTES`]).
+    pub cache_bytes: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { db_cache_bytes: DEFAULT_DB_CACHE_BYTES, cache_entries: LOG_CACHE_ENTRIES, cache_bytes: LOG_CACHE_BYTES }
+    }
+}
+
 impl LogStore {
-    /// Opens (or creates) the log database at `path`, reads its durable state and starts
-    /// the log writer.
+    /// Opens (or creates) the log database at `path` with the default [`LogOptions`].
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = Database::create(path)?;
+        Self::open_with(path, LogOptions::default())
+    }
+
+    /// Opens (or creates) the log database at `path`, reads its durable state and starts
+    /// the log writer, with the caches bounded by `options`.
+    pub fn open_with(path: &Path, options: LogOptions) -> Result<Self, Error> {
+        let db = Database::builder().set_cache_size(options.db_cache_bytes).create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(LOGS)?;
@@ -181,7 +208,9 @@ impl LogStore {
         let last_purged: Option<LogId> = Self::read_meta(&db, KEY_LAST_PURGED)?;
         let last = Self::last_log_id(&db)?.or_else(|| last_purged.clone());
         let vote = Self::read_meta(&db, KEY_VOTE)?;
-        let mem = Arc::new(Mutex::new(MemLog::new(last, last_purged, vote, committed.clone())));
+        let mut mem = MemLog::new(last, last_purged, vote, committed.clone());
+        mem.set_limits(options.cache_entries, options.cache_bytes);
+        let mem = Arc::new(Mutex::new(mem));
         let db = Arc::new(db);
         let (queue, ops) = std::sync::mpsc::channel();
         let writer = Writer { db: db.clone(), mem: mem.clone(), written_seq: 0, saved_committed: committed };
