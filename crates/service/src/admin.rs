@@ -382,14 +382,14 @@ impl Admin for AdminService {
             .raft
             .get_snapshot()
             .await
-            .map_err(|e| ServiceError::Internal(format!("reading the current snapshot: {e}")))?
+            .map_err(|e| ServiceError::Internal(format!("reading the current snapshot: {e}").into()))?
             .ok_or_else(|| ServiceError::Internal("no snapshot after building one".into()))?;
         let last = snapshot.meta.last_log_id.clone();
         let snap_index = types::index_of(last.as_ref());
         if snap_index < index {
-            return Err(ServiceError::Internal(format!(
-                "the current snapshot ends at {snap_index}, before the barrier at {index}"
-            ))
+            return Err(ServiceError::Internal(
+                format!("the current snapshot ends at {snap_index}, before the barrier at {index}").into(),
+            )
             .into());
         }
         let header = BackupHeader {

@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use linearizable::{BarrierError, Consistency, WaitError};
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, PreconditionFailed, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, PreconditionFailed, RaftError};
 use openraft::raft::{ClientWriteResponse, Precondition};
-use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tokio::time::Instant;
 use types::{NodeId, NodeInfo, TypeConfig};
 
@@ -655,42 +656,39 @@ pub async fn snapshot(ctx: &NodeContext, deadline: Instant) -> Result<(u64, u64)
     Ok(snap)
 }
 
-/// On the leader: confirms leadership with a quorum (a ReadIndex round), waits until
-/// everything committed before the call is applied here, and returns that index. Elsewhere it
-/// answers [`Outcome::Forward`]: the caller gets the index from the leader and then waits with
-/// [`wait_applied`].
+/// On the leader: confirms leadership with a quorum and waits until everything committed
+/// before the call is applied here ([`linearizable::read_barrier`]), and returns that index.
+/// Elsewhere it answers [`Outcome::Forward`]: the caller gets the index from the leader and
+/// then waits with [`wait_applied`].
 pub async fn barrier(ctx: &NodeContext, deadline: Instant) -> Result<Outcome<u64>, ServiceError> {
     loop {
         let left = remaining(deadline);
         if left.is_zero() {
             return Err(ServiceError::NoLeader);
         }
-        let Ok(result) = tokio::time::timeout(left, ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await else {
+        let barrier = linearizable::read_barrier(&ctx.raft, Consistency::Linearizable);
+        let Ok(result) = tokio::time::timeout(left, barrier).await else {
             return Err(ServiceError::DeadlineExceeded("the barrier did not complete in time".into()));
         };
         match result {
-            Ok(read) => return Ok(Outcome::Done(read.index())),
-            Err(e) => match read_error(ctx, e) {
-                ReadFailure::Forward(l) => return Ok(Outcome::Forward(l)),
-                ReadFailure::Wait => {
-                    if let Standing::Elsewhere(l) = standing(ctx, deadline).await? {
-                        return Ok(Outcome::Forward(l));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+            Ok(index) => return Ok(Outcome::Done(index)),
+            Err(BarrierError::NotLeader { leader: Some((l, _)) }) if l != ctx.id => return Ok(Outcome::Forward(l)),
+            Err(BarrierError::NotLeader { .. }) => {
+                if let Standing::Elsewhere(l) = standing(ctx, deadline).await? {
+                    return Ok(Outcome::Forward(l));
                 }
-                ReadFailure::Fail(e) => return Err(e),
-            },
+                tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Waits until this node has applied `index`.
+/// Waits until this node has applied `index` ([`linearizable::wait_applied`]).
 pub async fn wait_applied(ctx: &NodeContext, index: u64, deadline: Instant) -> Result<u64, ServiceError> {
-    let mut rx = ctx.sm.subscribe_applied();
-    let wait = rx.wait_for(|applied| *applied >= index);
-    match tokio::time::timeout(remaining(deadline), wait).await {
-        Ok(Ok(applied)) => Ok(*applied),
-        Ok(Err(_)) => Err(ServiceError::ShuttingDown),
+    match linearizable::wait_applied(ctx.sm.subscribe_applied(), index, remaining(deadline)).await {
+        Ok(applied) => Ok(applied),
+        Err(WaitError::Closed) => Err(ServiceError::ShuttingDown),
         Err(_) => Err(ServiceError::DeadlineExceeded(format!(
             "this node had applied {} of the {index} entries committed before the call when the deadline passed",
             ctx.sm.applied_index()
@@ -707,42 +705,21 @@ pub struct Verified {
     pub read_index: u64,
 }
 
-/// Confirms with a quorum that this node is the leader. Never forwards: a follower answers
-/// `NotLeader` with the leader hint.
+/// Confirms with a quorum that this node is the leader ([`linearizable::leader_read_index`]).
+/// Never forwards: a follower answers `NotLeader` with the leader hint.
 pub async fn verify_leader(ctx: &NodeContext, deadline: Instant) -> Result<Verified, ServiceError> {
-    let Ok(result) = tokio::time::timeout(remaining(deadline), ctx.raft.get_read_log_id(ReadPolicy::ReadIndex)).await
-    else {
+    let check = linearizable::leader_read_index(&ctx.raft, Consistency::Linearizable);
+    let Ok(result) = tokio::time::timeout(remaining(deadline), check).await else {
         return Err(ServiceError::DeadlineExceeded("the leadership check did not complete in time".into()));
     };
     match result {
-        Ok((read, _)) => Ok(Verified { term: metrics(ctx).current_term, read_index: read.index() }),
-        Err(e) => match read_error(ctx, e) {
-            ReadFailure::Forward(l) => {
-                let addr = ctx.resolver.resolve(&l).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
-                Err(ServiceError::NotLeader { id: l, addr })
-            }
-            ReadFailure::Wait => Err(ServiceError::NoLeader),
-            ReadFailure::Fail(e) => Err(e),
-        },
-    }
-}
-
-enum ReadFailure {
-    Forward(NodeId),
-    Wait,
-    Fail(ServiceError),
-}
-
-fn read_error(ctx: &NodeContext, e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> ReadFailure {
-    match e {
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => match f.leader_id {
-            Some(l) if l != ctx.id => ReadFailure::Forward(l),
-            _ => ReadFailure::Wait,
-        },
-        RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => {
-            ReadFailure::Fail(ServiceError::NoQuorum(q.to_string()))
+        Ok(read_index) => Ok(Verified { term: metrics(ctx).current_term, read_index }),
+        Err(BarrierError::NotLeader { leader: Some((l, _)) }) if l != ctx.id => {
+            let addr = ctx.resolver.resolve(&l).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
+            Err(ServiceError::NotLeader { id: l, addr })
         }
-        RaftError::Fatal(_) => ReadFailure::Fail(ServiceError::ShuttingDown),
+        Err(BarrierError::NotLeader { .. }) => Err(ServiceError::NoLeader),
+        Err(e) => Err(e.into()),
     }
 }
 

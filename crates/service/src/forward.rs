@@ -44,6 +44,12 @@ impl Forwarder {
         self.channels.connect(addr).await
     }
 
+    /// The pool itself, for calls to other nodes' Raft ports (follower read indexes).
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.channels
+    }
+
     /// Drops the cached channel to `addr` (after a transport failure), so the next call
     /// reconnects.
     pub fn forget(&self, addr: &str) {

@@ -132,7 +132,7 @@ impl KvService {
         match self.ctx.write(Command::Write(cmd), call.timeout).await? {
             Routed::Done((_, CommandResult::Write(outcome))) => Ok(Ok(outcome)),
             Routed::Done((index, other)) => {
-                Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}")).into())
+                Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}").into()).into())
             }
             Routed::Leader { id, addr } => Ok(Err((id, addr))),
         }
@@ -164,7 +164,7 @@ fn consistency(value: i32) -> Result<Consistency, ServiceError> {
 }
 
 fn unexpected(result: &WriteResult) -> Status {
-    ServiceError::Internal(format!("unexpected write result {result:?}")).into()
+    ServiceError::Internal(format!("unexpected write result {result:?}").into()).into()
 }
 
 #[tonic::async_trait]
@@ -216,7 +216,7 @@ impl Kv for KvService {
                 abandoned: read.abandoned,
             }));
         }
-        let kv = self.ctx.sm.get(&req.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let kv = self.ctx.sm.get(&req.key).map_err(ServiceError::from)?;
         Ok(Response::new(GetResponse {
             header: Some(header),
             found: kv.is_some(),
@@ -279,8 +279,7 @@ impl Kv for KvService {
         self.ctx.read_index(level, timeout).await?;
         let header = self.read_header(level);
         let range: KeyRange = op.range.clone();
-        let found =
-            self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let found = self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(ServiceError::from)?;
         Ok(Response::new(convert::range_response(found, &range, Some(header))))
     }
 

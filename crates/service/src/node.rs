@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
-use linearizable::{BarrierError, Consistency};
+use linearizable::Consistency;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
 use types::{Command, CommandResult, NodeId, NodeInfo};
 
 use raft_network::LeaderContact;
-use raft_network::calls::{self, CallError};
+use raft_network::calls::LeaderReadIndex;
 
 use crate::{Forwarder, ServiceError};
 
@@ -143,7 +143,7 @@ impl NodeContext {
                     )));
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(ServiceError::Internal(format!("unexpected membership error on a write: {e}")));
+                    return Err(ServiceError::Internal(format!("unexpected membership error on a write: {e}").into()));
                 }
                 Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
                     return Err(ServiceError::FailedPrecondition(e.to_string()));
@@ -160,106 +160,12 @@ impl NodeContext {
     }
 
     /// Makes this node ready to serve a read at `level` and returns the index the read will
-    /// reflect at least. On the leader: a ReadIndex round (or the lease). On a follower: the
-    /// read index from the leader over the Raft port, then a wait until this node has
-    /// applied that far. STALE: no check. A node that cannot confirm the read index within
+    /// reflect at least: [`linearizable::read_index`], asking the leader over the Raft port
+    /// ([`LeaderReadIndex`]) on a follower. A node that cannot confirm the read index within
     /// most of the caller's deadline answers UNAVAILABLE, never stale data.
     pub(crate) async fn read_index(&self, level: Consistency, timeout: Duration) -> Result<u64, ServiceError> {
-        if level == Consistency::Stale {
-            return Ok(self.sm.applied_index());
-        }
-        // Keep a fifth of the caller's time to answer "unavailable" before its deadline.
-        let deadline = tokio::time::Instant::now() + timeout.mul_f32(0.8);
-        let unavailable = || ServiceError::NoQuorum("could not confirm the read index before the deadline".into());
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                return Err(unavailable());
-            }
-            let local = tokio::time::timeout(remaining, linearizable::read_barrier(&self.raft, level)).await;
-            let Ok(local) = local else { return Err(unavailable()) };
-            match local {
-                Ok(index) => return Ok(index),
-                // The planted bug "stale read": a follower answers from its own state.
-                #[cfg(feature = "planted-bugs")]
-                Err(BarrierError::NotLeader { leader: Some((id, _)) }) if id != self.id && planted_stale_read() => {
-                    return Ok(self.sm.applied_index());
-                }
-                Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    let Some(raft_addr) = self.resolver.resolve_or(&id, node).map(|n| n.raft_addr) else {
-                        return Err(ServiceError::NotLeader { id, addr: None });
-                    };
-                    match self.follower_read_index(&id, &raft_addr, level, remaining).await {
-                        Ok(index) => {
-                            let mut applied = self.sm.subscribe_applied();
-                            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                            return match blocking_query::wait_for_index(&mut applied, index, remaining).await {
-                                Ok(_) => Ok(index),
-                                Err(blocking_query::WaitError::Closed) => Err(ServiceError::ShuttingDown),
-                                Err(e) => {
-                                    Err(ServiceError::NoQuorum(format!("this node did not catch up in time: {e}")))
-                                }
-                            };
-                        }
-                        // The leader moved on: look again.
-                        Err(ReadIndexFailure::NotLeader) => {
-                            tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
-                        }
-                        Err(ReadIndexFailure::Other(e)) => return Err(e),
-                    }
-                }
-                Err(BarrierError::NotLeader { .. }) => {
-                    self.wait_for_leader(remaining).await;
-                    tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
-                }
-                Err(BarrierError::NoQuorum(e)) => return Err(ServiceError::NoQuorum(e)),
-                Err(BarrierError::Stopped(_)) => return Err(ServiceError::ShuttingDown),
-                Err(e) => return Err(ServiceError::Internal(e.to_string())),
-            }
-        }
+        let leader = LeaderReadIndex { resolver: self.resolver.as_ref(), pool: self.forwarder.pool() };
+        let applied = self.sm.subscribe_applied();
+        Ok(linearizable::read_index(&self.raft, &self.id, applied, &leader, level, timeout).await?)
     }
-
-    /// Asks the leader at `raft_addr` for a read index.
-    async fn follower_read_index(
-        &self,
-        leader: &NodeId,
-        raft_addr: &str,
-        level: Consistency,
-        timeout: Duration,
-    ) -> Result<u64, ReadIndexFailure> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            ReadIndexFailure::Other(ServiceError::NoQuorum(format!(
-                "cannot get a read index from the leader {leader} at {raft_addr}: {e}"
-            )))
-        };
-        let channel = self.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
-        match calls::read_index(channel, level == Consistency::Lease, timeout).await {
-            Ok(index) => Ok(index),
-            Err(CallError::NotLeader) => Err(ReadIndexFailure::NotLeader),
-            Err(CallError::Status(s)) => {
-                if s.code() == tonic::Code::Unavailable {
-                    self.forwarder.forget(raft_addr);
-                }
-                Err(unreachable(&s.message()))
-            }
-            Err(e) => Err(ReadIndexFailure::Other(ServiceError::Internal(e.to_string()))),
-        }
-    }
-}
-
-/// Why a follower got no read index.
-enum ReadIndexFailure {
-    /// The node asked is no longer the leader.
-    NotLeader,
-    /// Anything else, mapped.
-    Other(ServiceError),
-}
-
-/// Whether the planted bug "stale read" is armed (feature `planted-bugs` and
-/// `RAFTKV_PLANTED_BUG=stale-read`): a follower serves linearizable reads from its own
-/// state without the leader's read index. A test-only bug the fault suite must catch.
-#[cfg(feature = "planted-bugs")]
-fn planted_stale_read() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "stale-read"))
 }
