@@ -9,11 +9,12 @@ use linearizable::Consistency;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
-use types::{Command, CommandResult, NodeId, NodeInfo};
+use types::{Command, CommandResult, NodeId};
 
 use raft_network::LeaderContact;
 use raft_network::calls::LeaderReadIndex;
 
+use crate::forward::{Leader, Routed};
 use crate::{Forwarder, ServiceError};
 
 /// The longest any request may take when the caller sets no deadline.
@@ -40,20 +41,6 @@ pub struct NodeContext {
     pub leader_contact: Arc<LeaderContact>,
 }
 
-/// Where a request must go.
-#[derive(Debug)]
-pub(crate) enum Routed<T> {
-    /// Served here.
-    Done(T),
-    /// Must be served by the leader.
-    Leader {
-        /// The leader's id.
-        id: NodeId,
-        /// The leader's gRPC address.
-        addr: String,
-    },
-}
-
 /// The fields every response header carries, read from this node's Raft metrics.
 #[derive(Debug, Clone)]
 pub struct HeaderInfo {
@@ -77,28 +64,15 @@ impl NodeContext {
         }
     }
 
-    /// The leader's gRPC address: from the resolver (gossip, static peers, membership, in
-    /// that order), else the one in the error itself.
-    fn leader_addr(&self, id: &NodeId, node: Option<&NodeInfo>) -> Option<String> {
-        self.resolver.resolve_or(id, node.cloned()).map(|n| n.grpc_addr).filter(|a| !a.is_empty())
-    }
-
     /// Waits until some node is known as leader, for at most `timeout`.
     async fn wait_for_leader(&self, timeout: Duration) {
         let _ = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
     }
 
-    /// Classifies "not the leader": the leader elsewhere (forward there), or none usable
-    /// yet (wait and retry here).
-    fn not_leader(&self, leader: Option<NodeId>, node: Option<&NodeInfo>) -> Option<Routed<()>> {
-        let id = leader.filter(|l| *l != self.id)?;
-        let addr = self.leader_addr(&id, node)?;
-        Some(Routed::Leader { id, addr })
-    }
-
     /// Proposes `cmd` through Raft; returns its log index and result once it is committed
     /// on a quorum, fsynced, and applied here. During an election it waits (within
-    /// `timeout`) for a leader; if the leader is another node it routes there.
+    /// `timeout`) for a leader; if the leader is another node it routes there (the caller
+    /// forwards with [`crate::forward::to_leader`]).
     pub(crate) async fn write(
         &self,
         cmd: Command,
@@ -123,14 +97,8 @@ impl NodeContext {
             match result {
                 Ok(resp) => return Ok(Routed::Done((resp.log_id.index, resp.data))),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(Routed::Leader { id, addr }) =
-                        self.not_leader(f.leader_id.clone(), f.leader_node.as_ref())
-                    {
-                        return Ok(Routed::Leader { id, addr });
-                    }
                     if let Some(id) = f.leader_id.filter(|l| *l != self.id) {
-                        // A leader elsewhere whose address nobody knows.
-                        return Err(ServiceError::NotLeader { id, addr: None });
+                        return Ok(Routed::Leader(Leader { id, node: f.leader_node }));
                     }
                     // No leader yet, or this node was just elected and is not writable yet.
                     self.wait_for_leader(remaining).await;
