@@ -1,5 +1,5 @@
 //! Leader forwarding, once for every service: [`Routed`] (served here, or this is the
-//! leader), [`to_leader`] (the one forwarding function, with the classification of the
+//! leader), `to_leader` (the one forwarding function, with the classification of the
 //! leader's answer), the hop guard ([`Hop`]), deadline propagation, and the pool of client
 //! channels to other nodes ([`Forwarder`]).
 
@@ -67,7 +67,7 @@ impl Forwarder {
 
 /// Where a request is answered: on this node, or only the leader can answer it. What the
 /// write path ([`NodeContext`]'s `write`) and every [`crate::cluster`] operation return; the
-/// services forward a [`Routed::Leader`] with [`to_leader`].
+/// services forward a [`Routed::Leader`] with `to_leader`.
 #[derive(Debug)]
 pub enum Routed<T> {
     /// Served on this node.
