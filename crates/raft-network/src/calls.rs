@@ -103,3 +103,28 @@ pub async fn identify(channel: Channel, timeout: Duration) -> Result<Identity, C
     let me = RaftClient::new(channel).identify(request).await.map_err(CallError::Status)?.into_inner();
     Ok(Identity { node_id: me.node_id, node: NodeInfo { raft_addr: me.raft_addr, grpc_addr: me.grpc_addr } })
 }
+
+#[cfg(test)]
+mod tests {
+    use resolver::AddressMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_leader_without_an_address_is_named() {
+        let (resolver, pool) = (AddressMap::membership(), Pool::default());
+        let ask = LeaderReadIndex { resolver: &resolver, pool: &pool };
+        let e = ask.read_index(&NodeId::from(2), None, Consistency::Linearizable, Duration::from_secs(1)).await;
+        assert!(matches!(&e, Err(AskError::NoAddress(id)) if *id == NodeId::from(2)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_leader_is_named_with_its_raft_address() {
+        let known = NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() };
+        let (resolver, pool) = (AddressMap::membership(), Pool::default());
+        let ask = LeaderReadIndex { resolver: &resolver, pool: &pool };
+        let e = ask.read_index(&NodeId::from(2), Some(known), Consistency::Lease, Duration::from_secs(1)).await;
+        let e = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("cannot get a read index from the leader 2 at 127.0.0.1:1: "), "{e}");
+    }
+}
