@@ -90,7 +90,7 @@ Examples:
         #[arg(long = "min-index", conflicts_with = "prefix")]
         min_index: Option<u64>,
         /// How long a blocking read may wait (default 5m, at most 10m).
-        #[arg(long, value_parser = crate::parse_duration, requires = "min_index")]
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION", requires = "min_index")]
         wait: Option<std::time::Duration>,
     },
     /// Delete a key, a range or a prefix; prints how many keys were deleted.
