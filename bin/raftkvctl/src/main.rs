@@ -9,6 +9,7 @@ mod admin_cmd;
 mod bench;
 mod etcd;
 mod kv_cmd;
+mod kv_print;
 mod txn_syntax;
 mod watch_cmd;
 

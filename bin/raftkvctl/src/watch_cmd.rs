@@ -11,7 +11,7 @@ use client::{Client, WatchOptions};
 use serde_json::{Value, json};
 
 use crate::Output;
-use crate::kv_cmd::kv_json;
+use crate::kv_print::kv_json;
 
 /// The watch command's arguments.
 #[derive(Debug, clap::Args)]
