@@ -8,7 +8,7 @@
 //! command that replays it, and a summary line. A failing schedule keeps every node's log and
 //! the harness's record of its faults and membership calls in `target/chaos-failures/seed-N/`
 //! (`RAFTKV_CHAOS_KEEP_DIR`).
-//! xtask itself depends on no crate of ours.
+//! xtask itself depends on no crate of ours but the process harness, `proc-harness`.
 
 use std::path::Path;
 
