@@ -198,7 +198,8 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     for i in 0..cluster.nodes.len() {
         cluster.wait_for_listen(i)?;
         let node = &cluster.nodes[i].proc;
-        println!("cluster: {} is up: pid {:?}, grpc {}, raft {}", node.id, node.pid(), node.grpc_addr, node.raft_addr);
+        let pid = node.pid().unwrap_or_default();
+        println!("cluster: {} is up: pid {pid}, grpc {}, raft {}", node.id, node.grpc_addr, node.raft_addr);
     }
     // Plain copies, so that the condition closures below do not borrow the cluster.
     let addrs: Vec<Addrs> = cluster
