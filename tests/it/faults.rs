@@ -4,6 +4,9 @@
 //! - Each crash point of raft-storage and fsm aborts one follower under load (append, vote
 //!   save, apply, snapshot install, purge); it restarts without the crash point and every
 //!   check of the fault harness runs.
+//! - Each error point (an injected I/O error on a log write or an apply, as a failing disk)
+//!   must make the node exit with the error instead of serving on with a stopped Raft core;
+//!   it restarts without the point and every check runs.
 //! - Each planted bug, armed with `RAFTKV_PLANTED_BUG`, must make the fault harness report a
 //!   violation: the suite proves it catches them. The bugs: a stale follower read, an
 //!   acknowledgement before fsync, a dropped watch event.
@@ -72,6 +75,20 @@ async fn crash_in_snapshot_install() -> TestResult {
 
 /// Runs a schedule with `bug` armed; the harness must report at least one violation (or be
 /// unable to recover the cluster, which is a failure of the suite too).
+/// A failing disk (an I/O error on a log write): openraft stops, and the node must exit
+/// rather than go on answering with a state it can no longer keep up (a node in that state
+/// stays a member forever behind: it is never promoted, never caught up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_write_error_stops_the_node_and_it_recovers_on_restart() -> TestResult {
+    crash("raft-storage::commit-fails", CrashTrigger::Load, &[]).await
+}
+
+/// The same for an I/O error while applying committed entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_error_stops_the_node_and_it_recovers_on_restart() -> TestResult {
+    crash("fsm::apply-fails", CrashTrigger::Load, &[]).await
+}
+
 async fn canary(bug: &str, kinds: &[FaultKind], seed: u64) -> TestResult {
     let mut cfg = testing(seed);
     cfg.node_env = vec![("RAFTKV_PLANTED_BUG".into(), bug.into())];

@@ -1041,9 +1041,16 @@ async fn crash_point_schedule(
         report.faults.push(format!("KillLeader {}", net.nodes[leader].id));
     }
     let exit = if crashed_on_start { Some(false) } else { net.nodes[target].wait_exit(Duration::from_secs(90)) };
+    let log = net.nodes[target].log();
     match exit {
-        Some(false) if net.nodes[target].log().contains("crash point reached") => {
+        Some(false) if log.contains("crash point reached") => {
             report.faults.push(format!("{} aborted at {point}", net.nodes[target].id));
+        }
+        // An error point: the operation failed, openraft stopped, and the node must exit
+        // with the error (fail-stop) instead of serving what it had; when the point is hit
+        // while the node re-applies its log on start, the start itself fails.
+        Some(false) if log.contains("error point reached") && log.contains("raftkv: error:") => {
+            report.faults.push(format!("{} failed at {point} and stopped", net.nodes[target].id));
         }
         other => report.violations.push(format!(
             "{} did not abort at {point} (exit: {other:?}); log:\n{}",

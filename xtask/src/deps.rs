@@ -59,7 +59,7 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
     Rule { krate: "resolver", never: &["tonic", "chitchat", "gossip"], never_direct: &["openraft"] },
     Rule { krate: "gossip", never: &["tonic", "redb", "fsm", "raft-storage", "service", "engine"], never_direct: &["openraft"] },
-    Rule { krate: "linearizable", never: &["tonic", "redb"], never_direct: &[] },
+    Rule { krate: "linearizable", never: &["tonic", "redb", "chitchat", "proto", "rpc", "raft-storage", "fsm", "resolver", "gossip", "raft-network", "service", "compat", "engine", "client"], never_direct: &[] },
     Rule { krate: "blocking-query", never: &["tonic"], never_direct: &["openraft"] },
     Rule { krate: "rpc", never: &["openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "service", "compat", "engine", "client"], never_direct: &[] },
     Rule { krate: "raft-network", never: &["service", "compat", "engine", "client", "raft-storage", "chitchat"], never_direct: &["redb"] },

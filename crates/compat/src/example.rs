@@ -97,7 +97,7 @@ fn stale_get(sm: &StateMachine, key: &str) -> Result<GetResponse, ServiceError> 
     limits::check_key(key.as_bytes())?;
     // The applied index is read before the key, so the value reflects at least it.
     let read_at_index = sm.applied_index();
-    let kv = sm.get(key.as_bytes()).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let kv = sm.get(key.as_bytes()).map_err(ServiceError::from)?;
     tracing::debug!(read_at_index, found = kv.is_some(), "Example.Get: local stale read");
     Ok(GetResponse { read_at_index, value: value_string(kv.map(|kv| kv.value))? })
 }
@@ -265,9 +265,9 @@ impl Example for ExampleService {
     async fn stat(&self, _request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let fsm_index = self.ctx.sm.applied_index();
-        let key_count = self.ctx.sm.len().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let key_count = self.ctx.sm.len().map_err(ServiceError::from)?;
         let value = stats(&self.ctx.id, &self.me, &m, fsm_index, key_count, &self.ctx.sm.watch_stats());
-        let stats = serde_json::to_string_pretty(&value).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let stats = serde_json::to_string_pretty(&value).map_err(|e| ServiceError::Internal(Box::new(e)))?;
         Ok(Response::new(StatResponse { stats }))
     }
 

@@ -155,7 +155,7 @@ fn expired(finished: &Finished, now: Instant, ttl: Duration) -> bool {
 fn new_token() -> Result<String, ServiceError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
-        .map_err(|e| ServiceError::Internal(format!("no randomness for an operation token: {e}")))?;
+        .map_err(|e| ServiceError::Internal(format!("no randomness for an operation token: {e}").into()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -10,7 +10,8 @@ use proto::admin::v1::AddVoterRequest;
 use proto::admin::v1::admin_client::AdminClient;
 use rpc::channel::ChannelOptions;
 use service::NodeContext;
-use service::cluster::{Outcome, transfer_leadership};
+use service::Routed;
+use service::cluster::transfer_leadership;
 use tokio::sync::watch;
 use types::{NodeId, NodeInfo};
 
@@ -188,10 +189,10 @@ pub(crate) async fn hand_over_leadership(ctx: &NodeContext, bound: Duration) {
     }
     tracing::info!(node = %ctx.id, bound = ?bound, "stopping while leader: handing leadership over first");
     match transfer_leadership(ctx, None, tokio::time::Instant::now() + bound).await {
-        Ok(Outcome::Done(t)) => {
+        Ok(Routed::Done(t)) => {
             tracing::info!(node = %ctx.id, new_leader = %t.leader, term = t.term, "leadership handed over before stopping");
         }
-        Ok(Outcome::Forward(l)) => tracing::info!(node = %ctx.id, leader = %l, "no longer the leader"),
+        Ok(Routed::Leader(l)) => tracing::info!(node = %ctx.id, leader = %l.id, "no longer the leader"),
         Err(e) => tracing::warn!(node = %ctx.id, error = %e, "leadership hand-over failed; stopping anyway"),
     }
 }

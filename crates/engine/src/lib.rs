@@ -118,6 +118,10 @@ pub enum EngineError {
         /// openraft's or the store's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// openraft's core stopped by itself while the node ran (a storage error or a panic in
+    /// the core); the node shut down rather than serve a state it can no longer keep up.
+    #[error("the Raft core stopped ({0}); the node stopped too: check the disk and the log above, then restart it")]
+    RaftStopped(String),
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
@@ -342,6 +346,23 @@ impl Node {
         self.stop_request.requested().await;
     }
 
+    /// Resolves when openraft's core has stopped without being asked to (a storage error: a
+    /// failed log write or apply, or a panic in the core), with the reason. Such a node can no
+    /// longer vote, replicate or apply, yet its servers would go on answering with the state
+    /// it had: it must stop (fail-stop, as etcd does on a storage error), so that a
+    /// supervisor restarts it from its durable state and the cluster sees it as down.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core task ended".to_string();
+            }
+        }
+    }
+
     /// The addresses actually bound.
     #[must_use]
     pub fn listen_addrs(&self) -> &ListenAddrs {
@@ -413,14 +434,26 @@ impl Node {
 }
 
 /// Runs a node until `signal` resolves or a stop is asked through the API (`Shutdown` of
-/// `RaftAdmin`/`RaftManager`), then shuts it down gracefully.
+/// `RaftAdmin`/`RaftManager`), then shuts it down gracefully. If the Raft core stops by
+/// itself ([`Node::raft_stopped`]), the node shuts down too and the reason is the error.
 pub async fn run(config: NodeConfig, signal: impl std::future::Future<Output = ()>) -> Result<(), EngineError> {
     let node = Node::start(config).await?;
-    tokio::select! {
-        () = signal => {}
-        () = node.stop_requested() => tracing::info!(node = %node.config.id, "stopping: asked through the admin API"),
+    let stopped = tokio::select! {
+        () = signal => None,
+        () = node.stop_requested() => {
+            tracing::info!(node = %node.config.id, "stopping: asked through the admin API");
+            None
+        }
+        reason = node.raft_stopped() => {
+            tracing::error!(node = %node.config.id, reason, "stopping: the Raft core stopped by itself");
+            Some(reason)
+        }
+    };
+    let result = node.shutdown().await;
+    match stopped {
+        Some(reason) => Err(EngineError::RaftStopped(reason)),
+        None => result,
     }
-    node.shutdown().await
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr, EngineError> {

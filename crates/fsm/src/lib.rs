@@ -72,6 +72,19 @@ macro_rules! crash_point {
     };
 }
 
+/// An error point: with feature `failpoints`, a `fail` point that, once armed with the
+/// `return` action (`RAFTKV_CRASH_AT` names it; see the `raftkv` binary), makes the
+/// operation fail with an injected I/O error, as a failing disk would; without it, nothing.
+macro_rules! error_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            tracing::error!(point = $name, "error point reached: failing the operation");
+            Err(io::Error::other(concat!("I/O error injected at ", $name)))
+        });
+    };
+}
+
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
@@ -672,6 +685,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let Some(last) = batch.last().map(|e| e.log_id.index) else { return Ok(()) };
         crash_point!("fsm::apply");
+        error_point!("fsm::apply-fails");
         let results = self
             .blocking(move |sm| {
                 let db = sm.db();

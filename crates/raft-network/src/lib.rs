@@ -6,7 +6,8 @@
 //! - [`server`]: the handlers, each one call into openraft (and [`LeaderContact`], touched
 //!   by every AppendEntries).
 //! - [`calls`]: the calls a node's services make to another node's Raft port: a follower's
-//!   read index from the leader, and `Identify` (who listens at a Raft address).
+//!   read index from the leader (`calls::LeaderReadIndex`, how `linearizable` asks the
+//!   leader), and `Identify` (who listens at a Raft address).
 //!
 //! Messages are openraft's own types in the [`types::codec`] encoding (postcard behind a
 //! format byte), carried in `RaftMessage.payload`. Snapshots are client-streamed in

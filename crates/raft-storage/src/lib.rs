@@ -60,6 +60,20 @@ macro_rules! crash_point {
 }
 pub(crate) use crash_point;
 
+/// An error point: with feature `failpoints`, a `fail` point that, once armed with the
+/// `return` action (`RAFTKV_CRASH_AT` names it; see the `raftkv` binary), makes the
+/// operation fail with an injected I/O error, as a failing disk would; without it, nothing.
+macro_rules! error_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            tracing::error!(point = $name, "error point reached: failing the operation");
+            Err(redb::Error::Io(std::io::Error::other(concat!("I/O error injected at ", $name))).into())
+        });
+    };
+}
+pub(crate) use error_point;
+
 /// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
 /// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits a group of appends alone
 /// without an fsync (`Durability::None`, which redb forgets on a crash) and reports it

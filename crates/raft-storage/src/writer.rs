@@ -112,6 +112,7 @@ impl Writer {
         if ops.is_empty() && committed.is_none() {
             return Ok(());
         }
+        crate::error_point!("raft-storage::commit-fails");
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         #[cfg(feature = "planted-bugs")]

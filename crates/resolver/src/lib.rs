@@ -36,9 +36,22 @@ pub use types::{NodeId, NodeInfo};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResolverError {
-    /// A peer entry is malformed; the message names the flag or file and the entry.
-    #[error("{0}")]
-    Invalid(String),
+    /// A peer entry is malformed.
+    #[error("{origin}: {source}")]
+    Invalid {
+        /// The flag or file it came from (`--peers`, `--peers_file PATH`).
+        origin: String,
+        /// What is wrong with it.
+        source: PeerError,
+    },
+    /// An id is named twice with different addresses.
+    #[error("{origin} names {id} twice with different addresses")]
+    Conflict {
+        /// The flag or file of the second entry.
+        origin: String,
+        /// The id.
+        id: NodeId,
+    },
     /// The peers file could not be read.
     #[error("reading the peers file {path}: {source}")]
     Read {
@@ -46,6 +59,38 @@ pub enum ResolverError {
         path: String,
         /// The OS error.
         source: std::io::Error,
+    },
+}
+
+impl ResolverError {
+    fn invalid(origin: &str, source: PeerError) -> Self {
+        ResolverError::Invalid { origin: origin.to_string(), source }
+    }
+}
+
+/// Why a peer entry ([`PEER_SYNTAX`]) or an address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The entry is not `ID=RAFT_ADDR@GRPC_ADDR`.
+    #[error("{entry:?} is not {PEER_SYNTAX}")]
+    Syntax {
+        /// The entry.
+        entry: String,
+    },
+    /// The entry's id is not a valid node id.
+    #[error("{entry:?}: {source}")]
+    Id {
+        /// The entry.
+        entry: String,
+        /// Why the id is refused.
+        source: types::InvalidNodeId,
+    },
+    /// An address is not `HOST:PORT` with a port from 1 to 65535.
+    #[error("{addr:?} is not HOST:PORT with a port from 1 to 65535")]
+    Addr {
+        /// The address.
+        addr: String,
     },
 }
 
@@ -153,18 +198,18 @@ impl StaticPeers {
                 if let Some(old) = seen.insert(id.clone(), info.clone())
                     && old != info
                 {
-                    return Err(ResolverError::Invalid(format!("{origin} names {id} twice with different addresses")));
+                    return Err(ResolverError::Conflict { origin: origin.to_string(), id });
                 }
                 map.set(id, info);
             }
             Ok(())
         };
-        add("--peers", parse_peers(flag).map_err(|e| ResolverError::Invalid(format!("--peers: {e}")))?)?;
+        add("--peers", parse_peers(flag).map_err(|source| ResolverError::invalid("--peers", source))?)?;
         if let Some(path) = file {
             let origin = format!("--peers_file {}", path.display());
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ResolverError::Read { path: path.display().to_string(), source })?;
-            add(&origin, parse_peers(&text).map_err(|e| ResolverError::Invalid(format!("{origin}: {e}")))?)?;
+            add(&origin, parse_peers(&text).map_err(|source| ResolverError::invalid(&origin, source))?)?;
         }
         Ok(map)
     }
@@ -175,7 +220,10 @@ pub const PEER_SYNTAX: &str = "ID=RAFT_ADDR@GRPC_ADDR (e.g. nodeA=localhost:5005
 
 /// Parses peers separated by commas or newlines, each [`PEER_SYNTAX`]; blank entries and
 /// `#` comments (to the end of the line) are skipped.
-pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeInfo)>, String> {
+///
+/// # Errors
+/// The first entry that is not [`PEER_SYNTAX`] ([`parse_peer`]).
+pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeInfo)>, PeerError> {
     text.lines()
         .map(|line| line.split_once('#').map_or(line, |(before, _)| before))
         .flat_map(|line| line.split(','))
@@ -186,18 +234,24 @@ pub fn parse_peers(text: &str) -> Result<Vec<(NodeId, NodeInfo)>, String> {
 }
 
 /// Parses one [`PEER_SYNTAX`] entry.
-pub fn parse_peer(s: &str) -> Result<(NodeId, NodeInfo), String> {
-    let bad = || format!("{s:?} is not {PEER_SYNTAX}");
+///
+/// # Errors
+/// [`PeerError`]: not the syntax, a bad id, or a bad address.
+pub fn parse_peer(s: &str) -> Result<(NodeId, NodeInfo), PeerError> {
+    let bad = || PeerError::Syntax { entry: s.to_string() };
     let (id, addrs) = s.split_once('=').ok_or_else(bad)?;
     let (raft, grpc) = addrs.split_once('@').ok_or_else(bad)?;
-    let id = NodeId::new(id).map_err(|e| format!("{s:?}: {e}"))?;
+    let id = NodeId::new(id).map_err(|source| PeerError::Id { entry: s.to_string(), source })?;
     Ok((id, NodeInfo { raft_addr: parse_addr(raft)?, grpc_addr: parse_addr(grpc)? }))
 }
 
 /// `HOST:PORT` with a port from 1 to 65535: an address others can reach.
-pub fn parse_addr(s: &str) -> Result<String, String> {
+///
+/// # Errors
+/// [`PeerError::Addr`] otherwise.
+pub fn parse_addr(s: &str) -> Result<String, PeerError> {
     let ok = s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-    if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not HOST:PORT with a port from 1 to 65535")) }
+    if ok { Ok(s.to_string()) } else { Err(PeerError::Addr { addr: s.to_string() }) }
 }
 
 /// Asks each resolver in order; the first that knows the id answers. `set` and `remove` go
@@ -285,10 +339,12 @@ mod tests {
         assert_eq!(parse_peers(file).map(|p| p.len()), Ok(2));
         assert_eq!(parse_peers(""), Ok(vec![]));
         for bad in ["nodeA", "nodeA=a:1", "nodeA=a:1@a", "a/b=a:1@a:2", "nodeA=a:0@a:2", "=a:1@a:2"] {
-            let e = parse_peers(bad).err().unwrap_or_default();
+            let e = parse_peers(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(!e.is_empty(), "{bad} should be refused");
         }
-        assert!(parse_peer("nodeA=a:1").err().unwrap_or_default().contains("ID=RAFT_ADDR@GRPC_ADDR"));
+        assert!(
+            parse_peer("nodeA=a:1").err().map(|e| e.to_string()).unwrap_or_default().contains("ID=RAFT_ADDR@GRPC_ADDR")
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Each handler checks its input, bounds the call by the caller's deadline (capped), runs the
 //! operation from [`crate::cluster`], and forwards the request once to the leader when the
-//! operation says only the leader can do it. The hop guard and the no-forward opt-out are the
-//! KV service's ([`crate::forward`]).
+//! operation says only the leader can do it, with the same forwarding as the KV service
+//! ([`crate::forward::to_leader`]: hop guard, no-forward opt-out, failure classification).
 
 use std::time::Duration;
 
@@ -23,9 +23,8 @@ use tonic::{Request, Response, Status};
 use types::{NodeId, NodeInfo, TypeConfig};
 
 use crate::backup::{BackupStream, stream_file};
-use crate::cluster::{self, MemberState, MembershipChange, Outcome};
-use crate::error::RETRYABLE_HEADER;
-use crate::forward::{deadline, forward_failed, forwarded_request, may_forward, never_sent};
+use crate::cluster::{self, MemberState, MembershipChange};
+use crate::forward::{Effect, Forwarding, Hop, Leader, Routed, deadline, to_leader};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::{NodeContext, ServiceError};
 
@@ -147,24 +146,22 @@ fn change_response(c: MembershipChange) -> MembershipChangeResponse {
     MembershipChangeResponse { index: c.index, members: wire_members(c.members), changed: c.changed }
 }
 
-/// The instant an operation must answer by (the caller's deadline, capped at `max`, less a
-/// fifth), and whether the request allows forwarding. The fifth kept back is for the answer:
-/// an operation that cannot finish in time (a learner still catching up, another membership
-/// change in progress) says why before the caller gives up, rather than the caller seeing
-/// only its own timeout.
-fn budget<T>(request: &Request<T>, max: Duration) -> (Instant, bool) {
-    (Instant::now() + deadline(request.metadata(), max).mul_f32(0.8), may_forward(request.metadata()))
+/// How a cluster change goes: the instant it must answer by (the caller's deadline, capped at
+/// `max`, less a fifth), and whether the request allows forwarding. The fifth kept back is for
+/// the answer: an operation that cannot finish in time (a learner still catching up, another
+/// membership change in progress) says why before the caller gives up, rather than the caller
+/// seeing only its own timeout.
+fn budget<T>(request: &Request<T>, max: Duration) -> Forwarding {
+    let until = Instant::now() + deadline(request.metadata(), max).mul_f32(0.8);
+    Forwarding { hop: Hop::of(request.metadata()), effect: Effect::Change, until }
 }
 
 impl AdminService {
-    /// Forwards `req` to `leader` with what is left of the deadline. `write`: the request
-    /// changes the cluster, so a transport failure after sending leaves its outcome unknown.
+    /// Forwards `req` to `leader` ([`to_leader`]) through the Admin client method `call`.
     async fn forward<Req, Resp, F, Fut>(
         &self,
-        leader: NodeId,
-        allowed: bool,
-        write: bool,
-        until: Instant,
+        leader: Leader,
+        route: Forwarding,
         req: Req,
         call: F,
     ) -> Result<Response<Resp>, Status>
@@ -172,41 +169,7 @@ impl AdminService {
         F: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        let known = {
-            let m = self.ctx.raft.metrics().borrow_watched().clone();
-            m.membership_config.membership().get_node(&leader).cloned()
-        };
-        let addr = self.ctx.resolver.resolve_or(&leader, known).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
-        let Some(addr) = addr else {
-            return Err(ServiceError::NotLeader { id: leader, addr: None }.into());
-        };
-        if !allowed {
-            return Err(ServiceError::NotLeader { id: leader, addr: Some(addr) }.into());
-        }
-        let ch =
-            self.ctx.forwarder.channel(&addr).await.map_err(|e| forward_failed(&leader, &addr, false, write, &e))?;
-        let timeout = until.saturating_duration_since(Instant::now());
-        match call(AdminClient::new(ch), forwarded_request(req, timeout)).await {
-            Ok(resp) => Ok(resp),
-            // An answer from the leader's service (it carries the retryable header, or is a
-            // decoding refusal) passes through unchanged; anything else came from the transport.
-            Err(s)
-                if s.metadata().get(RETRYABLE_HEADER).is_some()
-                    || matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange) =>
-            {
-                Err(s)
-            }
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
-                let outcome = if write { "; the change may still take effect" } else { "" };
-                Err(ServiceError::DeadlineExceeded(format!("the leader {leader} did not answer in time{outcome}"))
-                    .into())
-            }
-            Err(s) => {
-                self.ctx.forwarder.forget(&addr);
-                let sent = !never_sent(&s);
-                Err(forward_failed(&leader, &addr, sent, write, &s).into())
-            }
-        }
+        to_leader(&self.ctx, leader, route, req, |ch, r| call(AdminClient::new(ch), r)).await
     }
 
     /// Waits here until `index` (the leader's barrier) is applied, and answers.
@@ -216,27 +179,24 @@ impl AdminService {
     }
 
     /// The barrier index: from this node if it leads, else from the leader (forwarded once).
-    async fn barrier_index(&self, allowed: bool, until: Instant) -> Result<u64, Status> {
-        match cluster::barrier(&self.ctx, until).await? {
-            Outcome::Done(index) => Ok(index),
-            Outcome::Forward(leader) => {
-                let resp =
-                    self.forward(leader, allowed, false, until, BarrierRequest {}, |mut c, r| async move {
-                        c.barrier(r).await
-                    })
-                    .await?;
-                Ok(resp.into_inner().index)
+    async fn barrier_index(&self, route: Forwarding) -> Result<u64, Status> {
+        match cluster::barrier(&self.ctx, route.until).await? {
+            Routed::Done(index) => Ok(index),
+            Routed::Leader(leader) => {
+                let route = Forwarding { effect: Effect::Read, ..route };
+                let barrier = |mut c: AdminClient<Channel>, r| async move { c.barrier(r).await };
+                Ok(self.forward(leader, route, BarrierRequest {}, barrier).await?.into_inner().index)
             }
         }
     }
 }
 
 macro_rules! membership_call {
-    ($self:ident, $until:ident, $forward:ident, $req:ident, $outcome:expr, $method:ident) => {
+    ($self:ident, $route:ident, $req:ident, $outcome:expr, $method:ident) => {
         match $outcome {
-            Outcome::Done(c) => Ok(Response::new(change_response(c))),
-            Outcome::Forward(leader) => {
-                $self.forward(leader, $forward, true, $until, $req, |mut c, r| async move { c.$method(r).await }).await
+            Routed::Done(c) => Ok(Response::new(change_response(c))),
+            Routed::Leader(leader) => {
+                $self.forward(leader, $route, $req, |mut c, r| async move { c.$method(r).await }).await
             }
         }
     };
@@ -269,16 +229,14 @@ impl Admin for AdminService {
     }
 
     async fn add_voter(&self, request: Request<AddVoterRequest>) -> Result<Response<AddVoterResponse>, Status> {
-        let (until, forward) = budget(&request, DEFAULT_ADD_VOTER_TIMEOUT.max(DEFAULT_REQUEST_TIMEOUT));
+        let route = budget(&request, DEFAULT_ADD_VOTER_TIMEOUT.max(DEFAULT_REQUEST_TIMEOUT));
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         let info = node_info(&req.raft_addr, &req.grpc_addr)?;
-        match cluster::add_voter(&self.ctx, &id, &info, req.if_membership_index, until).await? {
-            Outcome::Done(c) => {
-                Ok(Response::new(AddVoterResponse { index: c.index, members: wire_members(c.members) }))
-            }
-            Outcome::Forward(leader) => {
-                self.forward(leader, forward, true, until, req, |mut c, r| async move { c.add_voter(r).await }).await
+        match cluster::add_voter(&self.ctx, &id, &info, req.if_membership_index, route.until).await? {
+            Routed::Done(c) => Ok(Response::new(AddVoterResponse { index: c.index, members: wire_members(c.members) })),
+            Routed::Leader(leader) => {
+                self.forward(leader, route, req, |mut c, r| async move { c.add_voter(r).await }).await
             }
         }
     }
@@ -287,58 +245,54 @@ impl Admin for AdminService {
         &self,
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipChangeResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         let info = node_info(&req.raft_addr, &req.grpc_addr)?;
         membership_call!(
             self,
-            until,
-            forward,
+            route,
             req,
-            cluster::add_learner(&self.ctx, &id, &info, req.if_membership_index, until).await?,
+            cluster::add_learner(&self.ctx, &id, &info, req.if_membership_index, route.until).await?,
             add_learner
         )
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         membership_call!(
             self,
-            until,
-            forward,
+            route,
             req,
-            cluster::promote(&self.ctx, &id, req.if_membership_index, until).await?,
+            cluster::promote(&self.ctx, &id, req.if_membership_index, route.until).await?,
             promote
         )
     }
 
     async fn demote(&self, request: Request<DemoteRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         membership_call!(
             self,
-            until,
-            forward,
+            route,
             req,
-            cluster::demote(&self.ctx, &id, req.if_membership_index, until).await?,
+            cluster::demote(&self.ctx, &id, req.if_membership_index, route.until).await?,
             demote
         )
     }
 
     async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipChangeResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let id = node_id("id", &req.id)?;
         membership_call!(
             self,
-            until,
-            forward,
+            route,
             req,
-            cluster::remove(&self.ctx, &id, req.if_membership_index, until).await?,
+            cluster::remove(&self.ctx, &id, req.if_membership_index, route.until).await?,
             remove
         )
     }
@@ -347,49 +301,48 @@ impl Admin for AdminService {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         let req = request.into_inner();
         let to = if req.to.is_empty() { None } else { Some(node_id("to", &req.to)?) };
-        match cluster::transfer_leadership(&self.ctx, to.as_ref(), until).await? {
-            Outcome::Done(t) => Ok(Response::new(TransferLeaderResponse {
+        match cluster::transfer_leadership(&self.ctx, to.as_ref(), route.until).await? {
+            Routed::Done(t) => Ok(Response::new(TransferLeaderResponse {
                 previous_leader_id: t.previous.to_string(),
                 leader_id: t.leader.to_string(),
                 term: t.term,
             })),
-            Outcome::Forward(leader) => {
-                self.forward(leader, forward, true, until, req, |mut c, r| async move { c.transfer_leader(r).await })
-                    .await
+            Routed::Leader(leader) => {
+                self.forward(leader, route, req, |mut c, r| async move { c.transfer_leader(r).await }).await
             }
         }
     }
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
-        let (until, _) = budget(&request, MAX_ADMIN_TIMEOUT);
-        let (index, term) = cluster::snapshot(&self.ctx, until).await?;
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
+        let (index, term) = cluster::snapshot(&self.ctx, route.until).await?;
         Ok(Response::new(SnapshotResponse { node_id: self.ctx.id.to_string(), index, term }))
     }
 
     type BackupStream = BackupStream;
 
     async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
         // Everything committed before the call is applied here, then snapshotted.
-        let index = self.barrier_index(forward, until).await?;
-        cluster::wait_applied(&self.ctx, index, until).await?;
-        cluster::snapshot(&self.ctx, until).await?;
+        let index = self.barrier_index(route).await?;
+        cluster::wait_applied(&self.ctx, index, route.until).await?;
+        cluster::snapshot(&self.ctx, route.until).await?;
         let snapshot = self
             .ctx
             .raft
             .get_snapshot()
             .await
-            .map_err(|e| ServiceError::Internal(format!("reading the current snapshot: {e}")))?
+            .map_err(|e| ServiceError::Internal(format!("reading the current snapshot: {e}").into()))?
             .ok_or_else(|| ServiceError::Internal("no snapshot after building one".into()))?;
         let last = snapshot.meta.last_log_id.clone();
         let snap_index = types::index_of(last.as_ref());
         if snap_index < index {
-            return Err(ServiceError::Internal(format!(
-                "the current snapshot ends at {snap_index}, before the barrier at {index}"
-            ))
+            return Err(ServiceError::Internal(
+                format!("the current snapshot ends at {snap_index}, before the barrier at {index}").into(),
+            )
             .into());
         }
         let header = BackupHeader {
@@ -403,17 +356,17 @@ impl Admin for AdminService {
     }
 
     async fn barrier(&self, request: Request<BarrierRequest>) -> Result<Response<BarrierResponse>, Status> {
-        let (until, forward) = budget(&request, MAX_ADMIN_TIMEOUT);
-        let index = self.barrier_index(forward, until).await?;
-        Ok(Response::new(self.barrier_here(index, until).await?))
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
+        let index = self.barrier_index(route).await?;
+        Ok(Response::new(self.barrier_here(index, route.until).await?))
     }
 
     async fn verify_leader(
         &self,
         request: Request<VerifyLeaderRequest>,
     ) -> Result<Response<VerifyLeaderResponse>, Status> {
-        let (until, _) = budget(&request, DEFAULT_REQUEST_TIMEOUT);
-        let v = cluster::verify_leader(&self.ctx, until).await?;
+        let route = budget(&request, DEFAULT_REQUEST_TIMEOUT);
+        let v = cluster::verify_leader(&self.ctx, route.until).await?;
         Ok(Response::new(VerifyLeaderResponse {
             leader_id: self.ctx.id.to_string(),
             term: v.term,

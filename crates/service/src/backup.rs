@@ -42,11 +42,13 @@ pub(crate) fn stream_file(header: BackupHeader, file: SnapshotFile) -> BackupStr
                 Ok(Ok(buf)) => buf,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, offset, "reading the snapshot for a backup failed");
-                    let _ = tx.send(Err(ServiceError::Internal(format!("reading the snapshot: {e}")).into())).await;
+                    let _ =
+                        tx.send(Err(ServiceError::Internal(format!("reading the snapshot: {e}").into()).into())).await;
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(ServiceError::Internal(format!("reading the snapshot: {e}")).into())).await;
+                    let _ =
+                        tx.send(Err(ServiceError::Internal(format!("reading the snapshot: {e}").into()).into())).await;
                     return;
                 }
             };

@@ -5,7 +5,8 @@
 //! [`transfer_leadership`] to hand leadership over before a planned stop.
 //!
 //! An operation that needs the leader runs only on the leader: anywhere else it answers
-//! [`Outcome::Forward`] with the leader's id, and the caller forwards the request (once).
+//! [`Routed::Leader`] with the leader, and the caller forwards the request (once, with
+//! `forward::to_leader`).
 //! Every operation is bounded by a deadline and waits on Raft's metrics, never on a fixed
 //! sleep standing in for a condition. Membership operations describe the state wanted, so a
 //! change already in place succeeds without writing anything (`changed: false`).
@@ -18,23 +19,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use linearizable::{BarrierError, Consistency, WaitError};
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, PreconditionFailed, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, PreconditionFailed, RaftError};
 use openraft::raft::{ClientWriteResponse, Precondition};
-use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tokio::time::Instant;
 use types::{NodeId, NodeInfo, TypeConfig};
 
+use crate::forward::{Leader, Routed};
 use crate::{NodeContext, ServiceError};
-
-/// What an operation did: done here, or the request must go to the leader.
-#[derive(Debug)]
-pub enum Outcome<T> {
-    /// Done on this node.
-    Done(T),
-    /// Only the leader can do it; this is the leader's id.
-    Forward(NodeId),
-}
 
 /// The result of a membership operation.
 #[derive(Debug, Clone)]
@@ -137,19 +131,14 @@ fn membership_change(m: &Metrics, changed: bool, index: Option<u64>) -> Membersh
     }
 }
 
-/// Where this node stands: the leader (with its metrics), or the leader is elsewhere.
-enum Standing {
-    Leader(Box<Metrics>),
-    Elsewhere(NodeId),
-}
-
-/// Finds the leader, waiting (until `deadline`) while an election is under way.
-async fn standing(ctx: &NodeContext, deadline: Instant) -> Result<Standing, ServiceError> {
+/// Where this node stands: the leader (with its metrics), or the leader is elsewhere. Finds
+/// the leader, waiting (until `deadline`) while an election is under way.
+async fn standing(ctx: &NodeContext, deadline: Instant) -> Result<Routed<Box<Metrics>>, ServiceError> {
     loop {
         let m = metrics(ctx);
         match &m.current_leader {
-            Some(l) if *l == ctx.id && m.state == ServerState::Leader => return Ok(Standing::Leader(Box::new(m))),
-            Some(l) if *l != ctx.id => return Ok(Standing::Elsewhere(l.clone())),
+            Some(l) if *l == ctx.id && m.state == ServerState::Leader => return Ok(Routed::Done(Box::new(m))),
+            Some(l) if *l != ctx.id => return Ok(Routed::Leader(l.clone().into())),
             _ => {}
         }
         if m.membership_config.membership().voter_ids().next().is_none() {
@@ -177,15 +166,12 @@ async fn propose_membership<F, Fut>(
     deadline: Instant,
     what: &str,
     change: F,
-) -> Result<Outcome<MembershipChange>, ServiceError>
+) -> Result<Routed<MembershipChange>, ServiceError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = WriteResult>,
 {
-    Ok(match propose(ctx, deadline, what, change).await? {
-        Outcome::Forward(l) => Outcome::Forward(l),
-        Outcome::Done(index) => Outcome::Done(membership_change(&metrics(ctx), true, Some(index))),
-    })
+    Ok(propose(ctx, deadline, what, change).await?.map(|index| membership_change(&metrics(ctx), true, Some(index))))
 }
 
 async fn propose<F, Fut>(
@@ -193,7 +179,7 @@ async fn propose<F, Fut>(
     deadline: Instant,
     what: &str,
     mut propose: F,
-) -> Result<Outcome<u64>, ServiceError>
+) -> Result<Routed<u64>, ServiceError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = WriteResult>,
@@ -217,15 +203,15 @@ where
             }
         };
         match result {
-            Ok(resp) => return Ok(Outcome::Done(resp.log_id.index)),
+            Ok(resp) => return Ok(Routed::Done(resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                if let Some(l) = f.leader_id.filter(|l| *l != ctx.id) {
-                    return Ok(Outcome::Forward(l));
+                if let Some(id) = f.leader_id.filter(|l| *l != ctx.id) {
+                    return Ok(Routed::Leader(Leader { id, node: f.leader_node }));
                 }
                 // No leader yet, or this node was just elected and is not writable yet.
                 match standing(ctx, deadline).await? {
-                    Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
-                    Standing::Leader(_) => {}
+                    Routed::Leader(l) => return Ok(Routed::Leader(l)),
+                    Routed::Done(_) => {}
                 }
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => match e {
@@ -312,13 +298,13 @@ async fn lead(
     ctx: &NodeContext,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Result<(Box<Metrics>, Vec<Precondition<TypeConfig>>), NodeId>, ServiceError> {
+) -> Result<Routed<(Box<Metrics>, Vec<Precondition<TypeConfig>>)>, ServiceError> {
     match standing(ctx, deadline).await? {
-        Standing::Leader(m) => {
+        Routed::Done(m) => {
             let pre = membership_precondition(&m, expected)?;
-            Ok(Ok((m, pre)))
+            Ok(Routed::Done((m, pre)))
         }
-        Standing::Elsewhere(l) => Ok(Err(l)),
+        Routed::Leader(l) => Ok(Routed::Leader(l)),
     }
 }
 
@@ -341,21 +327,21 @@ pub async fn add_voter(
     info: &NodeInfo,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let (m, mut pre) = match lead(ctx, expected, deadline).await? {
-        Ok(v) => v,
-        Err(leader) => return Ok(Outcome::Forward(leader)),
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
     };
     if let Some(existing) = m.membership_config.membership().get_node(id) {
         check_same_addresses(id, existing, info)?;
         if is_voter(&m, id) {
-            return Ok(Outcome::Done(membership_change(&m, false, None)));
+            return Ok(Routed::Done(membership_change(&m, false, None)));
         }
     } else {
         tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
         let what = format!("adding {id} as a learner");
-        if let Outcome::Forward(l) = propose(ctx, deadline, &what, || add_learner_if(ctx, id, info, &pre)).await? {
-            return Ok(Outcome::Forward(l));
+        if let Routed::Leader(l) = propose(ctx, deadline, &what, || add_learner_if(ctx, id, info, &pre)).await? {
+            return Ok(Routed::Leader(l));
         }
         // The next change builds on the one just made.
         pre.clear();
@@ -370,10 +356,10 @@ pub async fn add_learner(
     info: &NodeInfo,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let (m, pre) = match lead(ctx, expected, deadline).await? {
-        Ok(v) => v,
-        Err(leader) => return Ok(Outcome::Forward(leader)),
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
     };
     if let Some(existing) = m.membership_config.membership().get_node(id) {
         check_same_addresses(id, existing, info)?;
@@ -382,7 +368,7 @@ pub async fn add_learner(
                 "node {id} is a voter; to make it a learner, demote it (`raftkvctl member demote {id}`)"
             )));
         }
-        return Ok(Outcome::Done(membership_change(&m, false, None)));
+        return Ok(Routed::Done(membership_change(&m, false, None)));
     }
     tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "adding learner");
     let what = format!("adding {id} as a learner");
@@ -396,16 +382,16 @@ pub async fn promote(
     id: &NodeId,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let (m, pre) = match lead(ctx, expected, deadline).await? {
-        Ok(v) => v,
-        Err(leader) => return Ok(Outcome::Forward(leader)),
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
     };
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
     if is_voter(&m, id) {
-        return Ok(Outcome::Done(membership_change(&m, false, None)));
+        return Ok(Routed::Done(membership_change(&m, false, None)));
     }
     promote_caught_up(ctx, id, &pre, deadline).await
 }
@@ -416,7 +402,7 @@ async fn promote_caught_up(
     id: &NodeId,
     pre: &[Precondition<TypeConfig>],
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let target = metrics(ctx).last_log_index.unwrap_or(0);
     let caught_up = ctx
         .raft
@@ -435,8 +421,8 @@ async fn promote_caught_up(
     }
     if m.state != ServerState::Leader {
         return match standing(ctx, deadline).await? {
-            Standing::Elsewhere(l) => Ok(Outcome::Forward(l)),
-            Standing::Leader(_) => Err(ServiceError::NoLeader),
+            Routed::Leader(l) => Ok(Routed::Leader(l)),
+            Routed::Done(_) => Err(ServiceError::NoLeader),
         };
     }
     tracing::info!(node = %id, "promoting learner to voter");
@@ -464,11 +450,11 @@ async fn step_aside(
     ctx: &NodeContext,
     id: &NodeId,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     tracing::info!(node = %id, "the leader is the node to change: handing leadership over first");
     match transfer_leadership(ctx, None, deadline).await? {
-        Outcome::Done(t) => Ok(Outcome::Forward(t.leader)),
-        Outcome::Forward(l) => Ok(Outcome::Forward(l)),
+        Routed::Done(t) => Ok(Routed::Leader(t.leader.into())),
+        Routed::Leader(l) => Ok(Routed::Leader(l)),
     }
 }
 
@@ -478,16 +464,16 @@ pub async fn demote(
     id: &NodeId,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let (m, pre) = match lead(ctx, expected, deadline).await? {
-        Ok(v) => v,
-        Err(leader) => return Ok(Outcome::Forward(leader)),
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
     };
     if m.membership_config.membership().get_node(id).is_none() {
         return Err(not_a_member(id));
     }
     if !is_voter(&m, id) {
-        return Ok(Outcome::Done(membership_change(&m, false, None)));
+        return Ok(Routed::Done(membership_change(&m, false, None)));
     }
     refuse_last_voter(&m, id, "demote")?;
     if *id == ctx.id {
@@ -508,13 +494,13 @@ pub async fn remove(
     id: &NodeId,
     expected: Option<u64>,
     deadline: Instant,
-) -> Result<Outcome<MembershipChange>, ServiceError> {
+) -> Result<Routed<MembershipChange>, ServiceError> {
     let (m, pre) = match lead(ctx, expected, deadline).await? {
-        Ok(v) => v,
-        Err(leader) => return Ok(Outcome::Forward(leader)),
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
     };
     if m.membership_config.membership().get_node(id).is_none() {
-        return Ok(Outcome::Done(membership_change(&m, false, None)));
+        return Ok(Routed::Done(membership_change(&m, false, None)));
     }
     refuse_last_voter(&m, id, "remove")?;
     if *id == ctx.id {
@@ -555,7 +541,7 @@ fn transfer_target(m: &Metrics, me: &NodeId, to: Option<&NodeId>) -> Result<Node
 }
 
 /// Hands leadership to `to` (or the most caught-up other voter) and waits until a new leader
-/// is known. On a node that is not the leader it answers [`Outcome::Forward`].
+/// is known. On a node that is not the leader it answers [`Routed::Leader`].
 ///
 /// The target is given up to 2 s (`TRANSFER_CATCH_UP`) to match the leader's last log index
 /// first (openraft's target ignores a transfer while its log is behind), and the transfer is
@@ -564,13 +550,13 @@ pub async fn transfer_leadership(
     ctx: &NodeContext,
     to: Option<&NodeId>,
     deadline: Instant,
-) -> Result<Outcome<Transferred>, ServiceError> {
+) -> Result<Routed<Transferred>, ServiceError> {
     let m = match standing(ctx, deadline).await? {
-        Standing::Leader(m) => m,
-        Standing::Elsewhere(l) => return Ok(Outcome::Forward(l)),
+        Routed::Done(m) => m,
+        Routed::Leader(l) => return Ok(Routed::Leader(l)),
     };
     if to == Some(&ctx.id) {
-        return Ok(Outcome::Done(Transferred {
+        return Ok(Routed::Done(Transferred {
             previous: ctx.id.clone(),
             leader: ctx.id.clone(),
             term: m.current_term,
@@ -602,20 +588,20 @@ pub async fn transfer_leadership(
         if let Ok(now) = waited {
             let leader = now.current_leader.clone().unwrap_or_else(|| target.clone());
             tracing::info!(from = %ctx.id, to = %leader, term = now.current_term, "leadership transferred");
-            return Ok(Outcome::Done(Transferred { previous: ctx.id.clone(), leader, term: now.current_term }));
+            return Ok(Routed::Done(Transferred { previous: ctx.id.clone(), leader, term: now.current_term }));
         }
         let now = metrics(ctx);
         if now.state != ServerState::Leader && now.current_leader.is_none() {
             // An election is under way; wait for its outcome.
             match standing(ctx, deadline).await? {
-                Standing::Elsewhere(l) => {
-                    return Ok(Outcome::Done(Transferred {
+                Routed::Leader(l) => {
+                    return Ok(Routed::Done(Transferred {
                         previous: ctx.id.clone(),
-                        leader: l,
+                        leader: l.id,
                         term: metrics(ctx).current_term,
                     }));
                 }
-                Standing::Leader(_) => {}
+                Routed::Done(_) => {}
             }
         }
         tracing::debug!(to = %target, "leadership transfer has not taken effect yet; triggering it again");
@@ -655,42 +641,41 @@ pub async fn snapshot(ctx: &NodeContext, deadline: Instant) -> Result<(u64, u64)
     Ok(snap)
 }
 
-/// On the leader: confirms leadership with a quorum (a ReadIndex round), waits until
-/// everything committed before the call is applied here, and returns that index. Elsewhere it
-/// answers [`Outcome::Forward`]: the caller gets the index from the leader and then waits with
-/// [`wait_applied`].
-pub async fn barrier(ctx: &NodeContext, deadline: Instant) -> Result<Outcome<u64>, ServiceError> {
+/// On the leader: confirms leadership with a quorum and waits until everything committed
+/// before the call is applied here ([`linearizable::read_barrier`]), and returns that index.
+/// Elsewhere it answers [`Routed::Leader`]: the caller gets the index from the leader and
+/// then waits with [`wait_applied`].
+pub async fn barrier(ctx: &NodeContext, deadline: Instant) -> Result<Routed<u64>, ServiceError> {
     loop {
         let left = remaining(deadline);
         if left.is_zero() {
             return Err(ServiceError::NoLeader);
         }
-        let Ok(result) = tokio::time::timeout(left, ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await else {
+        let barrier = linearizable::read_barrier(&ctx.raft, Consistency::Linearizable);
+        let Ok(result) = tokio::time::timeout(left, barrier).await else {
             return Err(ServiceError::DeadlineExceeded("the barrier did not complete in time".into()));
         };
         match result {
-            Ok(read) => return Ok(Outcome::Done(read.index())),
-            Err(e) => match read_error(ctx, e) {
-                ReadFailure::Forward(l) => return Ok(Outcome::Forward(l)),
-                ReadFailure::Wait => {
-                    if let Standing::Elsewhere(l) = standing(ctx, deadline).await? {
-                        return Ok(Outcome::Forward(l));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+            Ok(index) => return Ok(Routed::Done(index)),
+            Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != ctx.id => {
+                return Ok(Routed::Leader(Leader { id, node }));
+            }
+            Err(BarrierError::NotLeader { .. }) => {
+                if let Routed::Leader(l) = standing(ctx, deadline).await? {
+                    return Ok(Routed::Leader(l));
                 }
-                ReadFailure::Fail(e) => return Err(e),
-            },
+                tokio::time::sleep(Duration::from_millis(20).min(remaining(deadline))).await;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Waits until this node has applied `index`.
+/// Waits until this node has applied `index` ([`linearizable::wait_applied`]).
 pub async fn wait_applied(ctx: &NodeContext, index: u64, deadline: Instant) -> Result<u64, ServiceError> {
-    let mut rx = ctx.sm.subscribe_applied();
-    let wait = rx.wait_for(|applied| *applied >= index);
-    match tokio::time::timeout(remaining(deadline), wait).await {
-        Ok(Ok(applied)) => Ok(*applied),
-        Ok(Err(_)) => Err(ServiceError::ShuttingDown),
+    match linearizable::wait_applied(ctx.sm.subscribe_applied(), index, remaining(deadline)).await {
+        Ok(applied) => Ok(applied),
+        Err(WaitError::Closed) => Err(ServiceError::ShuttingDown),
         Err(_) => Err(ServiceError::DeadlineExceeded(format!(
             "this node had applied {} of the {index} entries committed before the call when the deadline passed",
             ctx.sm.applied_index()
@@ -707,42 +692,21 @@ pub struct Verified {
     pub read_index: u64,
 }
 
-/// Confirms with a quorum that this node is the leader. Never forwards: a follower answers
-/// `NotLeader` with the leader hint.
+/// Confirms with a quorum that this node is the leader ([`linearizable::leader_read_index`]).
+/// Never forwards: a follower answers `NotLeader` with the leader hint.
 pub async fn verify_leader(ctx: &NodeContext, deadline: Instant) -> Result<Verified, ServiceError> {
-    let Ok(result) = tokio::time::timeout(remaining(deadline), ctx.raft.get_read_log_id(ReadPolicy::ReadIndex)).await
-    else {
+    let check = linearizable::leader_read_index(&ctx.raft, Consistency::Linearizable);
+    let Ok(result) = tokio::time::timeout(remaining(deadline), check).await else {
         return Err(ServiceError::DeadlineExceeded("the leadership check did not complete in time".into()));
     };
     match result {
-        Ok((read, _)) => Ok(Verified { term: metrics(ctx).current_term, read_index: read.index() }),
-        Err(e) => match read_error(ctx, e) {
-            ReadFailure::Forward(l) => {
-                let addr = ctx.resolver.resolve(&l).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
-                Err(ServiceError::NotLeader { id: l, addr })
-            }
-            ReadFailure::Wait => Err(ServiceError::NoLeader),
-            ReadFailure::Fail(e) => Err(e),
-        },
-    }
-}
-
-enum ReadFailure {
-    Forward(NodeId),
-    Wait,
-    Fail(ServiceError),
-}
-
-fn read_error(ctx: &NodeContext, e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> ReadFailure {
-    match e {
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => match f.leader_id {
-            Some(l) if l != ctx.id => ReadFailure::Forward(l),
-            _ => ReadFailure::Wait,
-        },
-        RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => {
-            ReadFailure::Fail(ServiceError::NoQuorum(q.to_string()))
+        Ok(read_index) => Ok(Verified { term: metrics(ctx).current_term, read_index }),
+        Err(BarrierError::NotLeader { leader: Some((l, _)) }) if l != ctx.id => {
+            let addr = ctx.resolver.resolve(&l).map(|n| n.grpc_addr).filter(|a| !a.is_empty());
+            Err(ServiceError::NotLeader { id: l, addr })
         }
-        RaftError::Fatal(_) => ReadFailure::Fail(ServiceError::ShuttingDown),
+        Err(BarrierError::NotLeader { .. }) => Err(ServiceError::NoLeader),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`ServiceError`] and the one table that maps it to gRPC status codes.
 
+use linearizable::{AskError, BarrierError, ReadError, WaitError};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use types::NodeId;
@@ -93,9 +94,53 @@ pub enum ServiceError {
     /// The node serves as many watchers as it may; nothing was started.
     #[error("too many watchers on this node (the limit, MAX_WATCHERS, is {0}); retry later or on another node")]
     TooManyWatchers(usize),
-    /// A storage or internal failure.
+    /// A storage or internal failure. The error beneath is kept as the source; a failure
+    /// with no error beneath is built from its message (`Internal("...".into())`).
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A read barrier that failed ([`linearizable::read_index`]): the node cannot serve the read
+/// now, so it is unavailable (retryable), unless the node is stopping or the leader's answer
+/// was not understood.
+impl From<ReadError> for ServiceError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Deadline => ServiceError::NoQuorum(e.to_string()),
+            ReadError::Barrier(e) => e.into(),
+            ReadError::Ask(AskError::NoAddress(id)) => ServiceError::NotLeader { id, addr: None },
+            ReadError::Ask(AskError::Invalid(e)) => ServiceError::Internal(e),
+            ReadError::CatchUp(WaitError::Closed) => ServiceError::ShuttingDown,
+            other => ServiceError::NoQuorum(other.to_string()),
+        }
+    }
+}
+
+/// A barrier that failed on this node ([`linearizable::read_barrier`],
+/// [`linearizable::leader_read_index`]).
+impl From<BarrierError> for ServiceError {
+    fn from(e: BarrierError) -> Self {
+        match e {
+            BarrierError::NotLeader { leader: Some((id, _)) } => ServiceError::NotLeader { id, addr: None },
+            BarrierError::NotLeader { leader: None } => ServiceError::NoLeader,
+            BarrierError::NoQuorum(e) => ServiceError::NoQuorum(e),
+            BarrierError::Stopped(_) => ServiceError::ShuttingDown,
+            other => ServiceError::Internal(Box::new(other)),
+        }
+    }
+}
+
+/// The state machine's errors: the change feed's refusals have their own variants (and
+/// codes); everything else is internal, with the state machine's error as the source.
+impl From<fsm::Error> for ServiceError {
+    fn from(e: fsm::Error) -> Self {
+        match e {
+            fsm::Error::Compacted { requested, oldest } => ServiceError::Compacted { requested, oldest },
+            fsm::Error::TooManyWatchers { limit } => ServiceError::TooManyWatchers(limit),
+            fsm::Error::Closed => ServiceError::ShuttingDown,
+            other => ServiceError::Internal(Box::new(other)),
+        }
+    }
 }
 
 impl ServiceError {
@@ -218,6 +263,34 @@ mod tests {
             assert_eq!(s.code(), code, "{what}");
             let flag = s.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok());
             assert_eq!(flag, Some(if retryable { "true" } else { "false" }), "{what}");
+        }
+    }
+
+    #[test]
+    fn internal_errors_keep_their_source() {
+        let e = ServiceError::from(fsm::Error::CorruptRecord("short"));
+        assert!(matches!(e, ServiceError::Internal(_)), "{e:?}");
+        assert_eq!(e.to_string(), "internal error: corrupt record for a key: short");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("corrupt record for a key: short"));
+        assert_eq!(Status::from(e).code(), Code::Internal);
+    }
+
+    #[test]
+    fn failed_read_barriers_are_unavailable_or_stopping() {
+        let cases = [
+            (ReadError::Deadline, Code::Unavailable, "could not confirm the read index before the deadline"),
+            (ReadError::Barrier(BarrierError::NoQuorum("q".into())), Code::Unavailable, "q"),
+            (ReadError::Barrier(BarrierError::Stopped("s".into())), Code::Unavailable, "shutting down"),
+            (ReadError::Ask(AskError::NoAddress(NodeId::from(2))), Code::Unavailable, "the leader is 2"),
+            (ReadError::CatchUp(WaitError::Closed), Code::Unavailable, "shutting down"),
+            (ReadError::CatchUp(WaitError::Timeout { wanted: 5, current: 3 }), Code::Unavailable, "did not catch up"),
+            (ReadError::Ask(AskError::Invalid("bad".into())), Code::Internal, "bad"),
+        ];
+        for (e, code, text) in cases {
+            let s = Status::from(ServiceError::from(e));
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(s.message().contains(text), "{s:?}");
         }
     }
 

@@ -1,13 +1,21 @@
-//! Leader forwarding: a pool of client channels to other nodes' gRPC addresses, the hop
-//! guard, and deadline propagation.
+//! Leader forwarding, once for every service: [`Routed`] (served here, or this is the
+//! leader), `to_leader` (the one forwarding function, with the classification of the
+//! leader's answer), the hop guard ([`Hop`]), deadline propagation, and the pool of client
+//! channels to other nodes ([`Forwarder`]).
 
+use std::future::Future;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use rpc::channel::{ChannelOptions, Keepalive, Pool};
+use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use types::{NodeId, NodeInfo};
 
-use crate::ServiceError;
+use crate::error::RETRYABLE_HEADER;
+use crate::{NodeContext, ServiceError};
 
 pub use rpc::deadline::deadline;
 pub use rpc::metadata::{FORWARDED_HEADER, NO_FORWARD_HEADER};
@@ -44,11 +52,165 @@ impl Forwarder {
         self.channels.connect(addr).await
     }
 
+    /// The pool itself, for calls to other nodes' Raft ports (follower read indexes).
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.channels
+    }
+
     /// Drops the cached channel to `addr` (after a transport failure), so the next call
     /// reconnects.
     pub fn forget(&self, addr: &str) {
         self.channels.forget(addr);
     }
+}
+
+/// Where a request is answered: on this node, or only the leader can answer it. What the
+/// write path ([`NodeContext`]'s `write`) and every [`crate::cluster`] operation return; the
+/// services forward a [`Routed::Leader`] with `to_leader`.
+#[derive(Debug)]
+pub enum Routed<T> {
+    /// Served on this node.
+    Done(T),
+    /// Only the leader can serve it; this is the leader.
+    Leader(Leader),
+}
+
+impl<T> Routed<T> {
+    /// Maps what was served here; a route to the leader stays as it is.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
+        match self {
+            Routed::Done(t) => Routed::Done(f(t)),
+            Routed::Leader(l) => Routed::Leader(l),
+        }
+    }
+}
+
+/// The leader a request must go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The leader's id.
+    pub id: NodeId,
+    /// Its addresses as the Raft error that named it carried them, if it did: the fallback
+    /// after the resolver chain (else the membership's).
+    pub node: Option<NodeInfo>,
+}
+
+impl From<NodeId> for Leader {
+    fn from(id: NodeId) -> Self {
+        Leader { id, node: None }
+    }
+}
+
+/// Whether a request may still go to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// It may be forwarded (once).
+    Allowed,
+    /// It was forwarded already, or the client opted out: answer `NotLeader` with the hint.
+    Refused,
+}
+
+impl Hop {
+    /// The hop a request's metadata allows ([`may_forward`]).
+    #[must_use]
+    pub fn of(md: &MetadataMap) -> Self {
+        if may_forward(md) { Hop::Allowed } else { Hop::Refused }
+    }
+}
+
+/// What a forwarded request does, which decides what a failure after sending means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// It changes nothing (a barrier): any failure is "not the leader", to retry.
+    Read,
+    /// A KV write: a failure after sending leaves its outcome unknown.
+    Write,
+    /// A cluster change (membership, leadership): likewise, it may still take effect.
+    Change,
+}
+
+/// Whether a failed call to the leader had sent the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Certainly never sent: it had no effect.
+    NotSent,
+    /// Maybe sent.
+    MaybeSent,
+}
+
+/// How one request goes to the leader.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding {
+    /// Whether it may.
+    pub(crate) hop: Hop,
+    /// What it does.
+    pub(crate) effect: Effect,
+    /// The instant the leader must answer by (sent as the request's timeout).
+    pub(crate) until: Instant,
+}
+
+/// Sends `req` once to `leader`'s gRPC address (the resolver chain first, then the addresses
+/// the route carried or the membership's), marked as forwarded, with what is left until
+/// `how.until`, through `call` (a client method on the channel). Refused hops, unknown
+/// addresses and failed calls become [`ServiceError`]s here, for every service.
+pub(crate) async fn to_leader<Req, Resp, F, Fut>(
+    ctx: &NodeContext,
+    leader: Leader,
+    how: Forwarding,
+    req: Req,
+    call: F,
+) -> Result<Response<Resp>, Status>
+where
+    F: FnOnce(Channel, Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    let Some(addr) = leader_addr(ctx, &leader) else {
+        return Err(ServiceError::NotLeader { id: leader.id, addr: None }.into());
+    };
+    if how.hop == Hop::Refused {
+        return Err(ServiceError::NotLeader { id: leader.id, addr: Some(addr) }.into());
+    }
+    let failed = |delivery, e: &dyn std::fmt::Display| forward_failed(&leader.id, &addr, delivery, how.effect, e);
+    let channel = ctx.forwarder.channel(&addr).await.map_err(|e| failed(Delivery::NotSent, &e))?;
+    let timeout = how.until.saturating_duration_since(Instant::now());
+    match call(channel, forwarded_request(req, timeout)).await {
+        Ok(resp) => Ok(resp),
+        // An answer from the leader's service (it carries the retryable header, or is a
+        // decoding refusal) passes through unchanged; anything else came from the transport.
+        Err(s)
+            if s.metadata().get(RETRYABLE_HEADER).is_some()
+                || matches!(s.code(), Code::InvalidArgument | Code::OutOfRange) =>
+        {
+            Err(s)
+        }
+        Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+            let outcome = match how.effect {
+                Effect::Read => "",
+                Effect::Write => "; the write's outcome is unknown",
+                Effect::Change => "; the change may still take effect",
+            };
+            Err(ServiceError::DeadlineExceeded(format!("the leader {} did not answer in time{outcome}", leader.id))
+                .into())
+        }
+        Err(s) => {
+            ctx.forwarder.forget(&addr);
+            // A request hyper never sent (the connection to the leader was gone) had no
+            // effect, like a failed connect. Anything later may have.
+            let delivery = if never_sent(&s) { Delivery::NotSent } else { Delivery::MaybeSent };
+            Err(failed(delivery, &s).into())
+        }
+    }
+}
+
+/// The leader's gRPC address: from the resolver (gossip, static peers, membership, in that
+/// order), else the one the route carried, else the membership's.
+fn leader_addr(ctx: &NodeContext, leader: &Leader) -> Option<String> {
+    let known = leader.node.clone().or_else(|| {
+        let m = ctx.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().get_node(&leader.id).cloned()
+    });
+    ctx.resolver.resolve_or(&leader.id, known).map(|n| n.grpc_addr).filter(|a| !a.is_empty())
 }
 
 /// Whether a request may be forwarded: not already forwarded, and the client did not opt
@@ -67,16 +229,16 @@ pub fn forwarded_request<T>(message: T, timeout: Duration) -> tonic::Request<T> 
     req
 }
 
-/// Maps a failure to reach the leader. A connect failure means nothing was sent; anything
-/// after that leaves a write's outcome unknown.
-pub(crate) fn forward_failed(
-    leader: &types::NodeId,
+/// Maps a failure to reach the leader: retryable `NotLeader` when nothing was sent or the
+/// request changes nothing; else the outcome is unknown.
+fn forward_failed(
+    leader: &NodeId,
     addr: &str,
-    connected: bool,
-    write: bool,
+    delivery: Delivery,
+    effect: Effect,
     e: &dyn std::fmt::Display,
 ) -> ServiceError {
-    if !connected || !write {
+    if delivery == Delivery::NotSent || effect == Effect::Read {
         tracing::debug!(leader = %leader, addr, error = %e, "forwarding to the leader failed");
         ServiceError::NotLeader { id: leader.clone(), addr: Some(addr.to_string()) }
     } else {
@@ -86,7 +248,7 @@ pub(crate) fn forward_failed(
 
 /// Whether a failed call to another node was certainly never sent; the one heuristic, shared
 /// with the client library (it reads hyper's error text, so it lives in one place).
-pub(crate) use rpc::never_sent;
+use rpc::never_sent;
 
 #[cfg(test)]
 mod tests {
@@ -111,6 +273,37 @@ mod tests {
         assert!(!may_forward(&md));
         let req = forwarded_request((), Duration::from_secs(1));
         assert!(!may_forward(req.metadata()));
+    }
+
+    #[test]
+    fn the_hop_follows_the_guard() {
+        let mut md = MetadataMap::new();
+        assert_eq!(Hop::of(&md), Hop::Allowed);
+        md.insert(NO_FORWARD_HEADER, MetadataValue::from_static("true"));
+        assert_eq!(Hop::of(&md), Hop::Refused);
+        assert_eq!(Hop::of(forwarded_request((), Duration::from_secs(1)).metadata()), Hop::Refused);
+    }
+
+    #[test]
+    fn only_a_sent_change_has_an_unknown_outcome() {
+        let id = NodeId::from(2);
+        for effect in [Effect::Write, Effect::Change] {
+            let e = forward_failed(&id, "h:1", Delivery::MaybeSent, effect, &"reset");
+            assert!(matches!(&e, ServiceError::OutcomeUnknown(m) if m.contains("leader 2 at h:1")), "{e:?}");
+            let e = forward_failed(&id, "h:1", Delivery::NotSent, effect, &"refused");
+            assert!(matches!(&e, ServiceError::NotLeader { addr: Some(a), .. } if a == "h:1"), "{e:?}");
+        }
+        let e = forward_failed(&id, "h:1", Delivery::MaybeSent, Effect::Read, &"reset");
+        assert!(matches!(e, ServiceError::NotLeader { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_route_maps_only_what_was_served_here() {
+        assert!(matches!(Routed::Done(2).map(|i| i * 10), Routed::Done(20)));
+        let to_leader: Routed<u64> = Routed::Leader(Leader::from(NodeId::from(3)));
+        assert!(
+            matches!(to_leader.map(|i| i * 10), Routed::Leader(Leader { id, node: None }) if id == NodeId::from(3))
+        );
     }
 
     #[test]

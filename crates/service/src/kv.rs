@@ -11,13 +11,14 @@ use proto::kv::v1::{
     self as pb, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, WriteOp, WriteOutcome, WriteResult};
 
 use crate::convert;
-use crate::forward::{deadline, forward_failed, forwarded_request, may_forward};
-use crate::node::{DEFAULT_REQUEST_TIMEOUT, Routed};
+use crate::forward::{Effect, Forwarding, Hop, Routed, deadline, to_leader};
+use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::watch::{self, ResponseStream, WatchParams};
 use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 
@@ -30,7 +31,8 @@ pub struct KvService {
 /// What a write request brings besides its operation.
 struct WriteCall {
     timeout: Duration,
-    forward: bool,
+    /// How it goes to the leader, when it must.
+    route: Forwarding,
 }
 
 impl KvService {
@@ -70,73 +72,26 @@ impl KvService {
     /// Reads the common parts of a write request's metadata and checks its size.
     fn write_call<T: Message>(request: &Request<T>) -> Result<WriteCall, ServiceError> {
         limits::check_request_size(request.get_ref().encoded_len())?;
-        Ok(WriteCall {
-            timeout: deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT),
-            forward: may_forward(request.metadata()),
+        let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
+        let until = Instant::now() + timeout;
+        Ok(WriteCall { timeout, route: Forwarding { hop: Hop::of(request.metadata()), effect: Effect::Write, until } })
+    }
+
+    /// Proposes a write here; [`Routed::Leader`] when it must go to the leader.
+    async fn propose(&self, call: &WriteCall, cmd: WriteCommand) -> Result<Routed<WriteOutcome>, ServiceError> {
+        Ok(match self.ctx.write(Command::Write(cmd), call.timeout).await? {
+            Routed::Done((_, CommandResult::Write(outcome))) => Routed::Done(outcome),
+            Routed::Done((index, other)) => {
+                return Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}").into()));
+            }
+            Routed::Leader(leader) => Routed::Leader(leader),
         })
     }
+}
 
-    /// Connects to the leader; a failure here means nothing was sent.
-    async fn leader_client(
-        &self,
-        id: &types::NodeId,
-        addr: &str,
-        allowed: bool,
-    ) -> Result<KvClient<Channel>, ServiceError> {
-        if !allowed {
-            return Err(ServiceError::NotLeader { id: id.clone(), addr: Some(addr.to_string()) });
-        }
-        let ch = self.ctx.forwarder.channel(addr).await.map_err(|e| forward_failed(id, addr, false, true, &e))?;
-        Ok(KvClient::new(ch).max_decoding_message_size(MAX_DECODE_BYTES).max_encoding_message_size(MAX_DECODE_BYTES))
-    }
-
-    /// Returns the leader's answer, or maps a transport failure.
-    fn leader_answer<T>(
-        &self,
-        id: &types::NodeId,
-        addr: &str,
-        r: Result<Response<T>, Status>,
-    ) -> Result<Response<T>, Status> {
-        match r {
-            Ok(resp) => Ok(resp),
-            // An answer from the leader's service (it carries our retryable header) passes
-            // through unchanged; a status without it came from the transport.
-            Err(s)
-                if s.metadata().get(crate::error::RETRYABLE_HEADER).is_some()
-                    || matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange) =>
-            {
-                Err(s)
-            }
-            Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
-                Err(ServiceError::DeadlineExceeded(format!(
-                    "the leader {id} did not answer in time; the write's outcome is unknown"
-                ))
-                .into())
-            }
-            Err(s) => {
-                self.ctx.forwarder.forget(addr);
-                // A request hyper never sent (the connection to the leader was gone) had no
-                // effect: retryable, like a failed connect. Anything later is unknown.
-                let sent = !crate::forward::never_sent(&s);
-                Err(forward_failed(id, addr, sent, true, &s).into())
-            }
-        }
-    }
-
-    /// Proposes a write here; `None` when it must go to the leader (id, address).
-    async fn propose(
-        &self,
-        call: &WriteCall,
-        cmd: WriteCommand,
-    ) -> Result<Result<WriteOutcome, (types::NodeId, String)>, Status> {
-        match self.ctx.write(Command::Write(cmd), call.timeout).await? {
-            Routed::Done((_, CommandResult::Write(outcome))) => Ok(Ok(outcome)),
-            Routed::Done((index, other)) => {
-                Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}")).into())
-            }
-            Routed::Leader { id, addr } => Ok(Err((id, addr))),
-        }
-    }
+/// A KV client on a channel to the leader, with the decode limit both ways.
+fn leader_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES).max_encoding_message_size(MAX_DECODE_BYTES)
 }
 
 /// A failed precondition, as the client sees it.
@@ -164,7 +119,7 @@ fn consistency(value: i32) -> Result<Consistency, ServiceError> {
 }
 
 fn unexpected(result: &WriteResult) -> Status {
-    ServiceError::Internal(format!("unexpected write result {result:?}")).into()
+    ServiceError::Internal(format!("unexpected write result {result:?}").into()).into()
 }
 
 #[tonic::async_trait]
@@ -175,7 +130,7 @@ impl Kv for KvService {
         let op = convert::put_op(&req)?;
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Put(op) };
         match self.propose(&call, cmd).await? {
-            Ok(outcome) => match outcome.result {
+            Routed::Done(outcome) => match outcome.result {
                 WriteResult::Put { prev } => Ok(Response::new(PutResponse {
                     header: Some(self.header(outcome.index)),
                     prev_kv: prev.map(convert::kv),
@@ -185,10 +140,9 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             },
-            Err((id, addr)) => {
-                let mut client = self.leader_client(&id, &addr, call.forward).await?;
-                let r = client.put(forwarded_request(req, call.timeout)).await;
-                self.leader_answer(&id, &addr, r)
+            Routed::Leader(leader) => {
+                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).put(r).await })
+                    .await
             }
         }
     }
@@ -216,7 +170,7 @@ impl Kv for KvService {
                 abandoned: read.abandoned,
             }));
         }
-        let kv = self.ctx.sm.get(&req.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let kv = self.ctx.sm.get(&req.key).map_err(ServiceError::from)?;
         Ok(Response::new(GetResponse {
             header: Some(header),
             found: kv.is_some(),
@@ -252,7 +206,7 @@ impl Kv for KvService {
         let op = convert::delete_op(&req)?;
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Delete(op) };
         match self.propose(&call, cmd).await? {
-            Ok(outcome) => match outcome.result {
+            Routed::Done(outcome) => match outcome.result {
                 WriteResult::Delete { deleted, prev } => Ok(Response::new(DeleteResponse {
                     header: Some(self.header(outcome.index)),
                     deleted,
@@ -263,10 +217,9 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             },
-            Err((id, addr)) => {
-                let mut client = self.leader_client(&id, &addr, call.forward).await?;
-                let r = client.delete(forwarded_request(req, call.timeout)).await;
-                self.leader_answer(&id, &addr, r)
+            Routed::Leader(leader) => {
+                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).delete(r).await })
+                    .await
             }
         }
     }
@@ -279,8 +232,7 @@ impl Kv for KvService {
         self.ctx.read_index(level, timeout).await?;
         let header = self.read_header(level);
         let range: KeyRange = op.range.clone();
-        let found =
-            self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let found = self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(ServiceError::from)?;
         Ok(Response::new(convert::range_response(found, &range, Some(header))))
     }
 
@@ -291,7 +243,7 @@ impl Kv for KvService {
         let cmd =
             WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Txn(txn.clone()) };
         match self.propose(&call, cmd).await? {
-            Ok(outcome) => match outcome.result {
+            Routed::Done(outcome) => match outcome.result {
                 WriteResult::Txn { succeeded, results } => {
                     let branch = if succeeded { &txn.success } else { &txn.failure };
                     let responses = branch.iter().zip(results).map(|(op, r)| convert::txn_op_response(op, r)).collect();
@@ -299,10 +251,9 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             },
-            Err((id, addr)) => {
-                let mut client = self.leader_client(&id, &addr, call.forward).await?;
-                let r = client.txn(forwarded_request(req, call.timeout)).await;
-                self.leader_answer(&id, &addr, r)
+            Routed::Leader(leader) => {
+                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).txn(r).await })
+                    .await
             }
         }
     }

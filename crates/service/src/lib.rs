@@ -12,7 +12,8 @@
 //!   Promote, Demote, Remove), TransferLeader, Snapshot, Backup (a snapshot streamed with a
 //!   CRC32 trailer), Barrier and VerifyLeader. The operations themselves are in [`cluster`],
 //!   which the engine also uses to hand leadership over before a planned stop.
-//! - Forwarding ([`forward`]): a write that needs the leader is forwarded once to the
+//! - Forwarding ([`forward`]): what needs the leader answers [`Routed::Leader`] (writes and
+//!   every [`cluster`] operation alike), and is forwarded once, by one function, to the
 //!   leader's gRPC address, looked up by the leader's id through the resolver chain
 //!   (gossip, static peers, the Raft membership; the error's own address last), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
@@ -47,7 +48,7 @@ pub use error::{
     CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,
     RETRYABLE_HEADER, ServiceError, UNKNOWN_METHOD_MESSAGE, unknown_method_status,
 };
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Hop, Leader, Routed};
 pub use kv::KvService;
 pub use limits::MAX_DECODE_BYTES;
 pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, NodeContext};

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fsm::{Raft, StateMachine};
-use linearizable::{BarrierError, Consistency};
+use linearizable::Consistency;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
-use types::{Command, CommandResult, NodeId, NodeInfo};
+use types::{Command, CommandResult, NodeId};
 
 use raft_network::LeaderContact;
-use raft_network::calls::{self, CallError};
+use raft_network::calls::LeaderReadIndex;
 
+use crate::forward::{Leader, Routed};
 use crate::{Forwarder, ServiceError};
 
 /// The longest any request may take when the caller sets no deadline.
@@ -40,20 +41,6 @@ pub struct NodeContext {
     pub leader_contact: Arc<LeaderContact>,
 }
 
-/// Where a request must go.
-#[derive(Debug)]
-pub(crate) enum Routed<T> {
-    /// Served here.
-    Done(T),
-    /// Must be served by the leader.
-    Leader {
-        /// The leader's id.
-        id: NodeId,
-        /// The leader's gRPC address.
-        addr: String,
-    },
-}
-
 /// The fields every response header carries, read from this node's Raft metrics.
 #[derive(Debug, Clone)]
 pub struct HeaderInfo {
@@ -77,28 +64,15 @@ impl NodeContext {
         }
     }
 
-    /// The leader's gRPC address: from the resolver (gossip, static peers, membership, in
-    /// that order), else the one in the error itself.
-    fn leader_addr(&self, id: &NodeId, node: Option<&NodeInfo>) -> Option<String> {
-        self.resolver.resolve_or(id, node.cloned()).map(|n| n.grpc_addr).filter(|a| !a.is_empty())
-    }
-
     /// Waits until some node is known as leader, for at most `timeout`.
     async fn wait_for_leader(&self, timeout: Duration) {
         let _ = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
     }
 
-    /// Classifies "not the leader": the leader elsewhere (forward there), or none usable
-    /// yet (wait and retry here).
-    fn not_leader(&self, leader: Option<NodeId>, node: Option<&NodeInfo>) -> Option<Routed<()>> {
-        let id = leader.filter(|l| *l != self.id)?;
-        let addr = self.leader_addr(&id, node)?;
-        Some(Routed::Leader { id, addr })
-    }
-
     /// Proposes `cmd` through Raft; returns its log index and result once it is committed
     /// on a quorum, fsynced, and applied here. During an election it waits (within
-    /// `timeout`) for a leader; if the leader is another node it routes there.
+    /// `timeout`) for a leader; if the leader is another node it routes there (the caller
+    /// forwards with [`crate::forward::to_leader`]).
     pub(crate) async fn write(
         &self,
         cmd: Command,
@@ -123,14 +97,8 @@ impl NodeContext {
             match result {
                 Ok(resp) => return Ok(Routed::Done((resp.log_id.index, resp.data))),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(Routed::Leader { id, addr }) =
-                        self.not_leader(f.leader_id.clone(), f.leader_node.as_ref())
-                    {
-                        return Ok(Routed::Leader { id, addr });
-                    }
                     if let Some(id) = f.leader_id.filter(|l| *l != self.id) {
-                        // A leader elsewhere whose address nobody knows.
-                        return Err(ServiceError::NotLeader { id, addr: None });
+                        return Ok(Routed::Leader(Leader { id, node: f.leader_node }));
                     }
                     // No leader yet, or this node was just elected and is not writable yet.
                     self.wait_for_leader(remaining).await;
@@ -143,7 +111,7 @@ impl NodeContext {
                     )));
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(ServiceError::Internal(format!("unexpected membership error on a write: {e}")));
+                    return Err(ServiceError::Internal(format!("unexpected membership error on a write: {e}").into()));
                 }
                 Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
                     return Err(ServiceError::FailedPrecondition(e.to_string()));
@@ -160,106 +128,12 @@ impl NodeContext {
     }
 
     /// Makes this node ready to serve a read at `level` and returns the index the read will
-    /// reflect at least. On the leader: a ReadIndex round (or the lease). On a follower: the
-    /// read index from the leader over the Raft port, then a wait until this node has
-    /// applied that far. STALE: no check. A node that cannot confirm the read index within
+    /// reflect at least: [`linearizable::read_index`], asking the leader over the Raft port
+    /// ([`LeaderReadIndex`]) on a follower. A node that cannot confirm the read index within
     /// most of the caller's deadline answers UNAVAILABLE, never stale data.
     pub(crate) async fn read_index(&self, level: Consistency, timeout: Duration) -> Result<u64, ServiceError> {
-        if level == Consistency::Stale {
-            return Ok(self.sm.applied_index());
-        }
-        // Keep a fifth of the caller's time to answer "unavailable" before its deadline.
-        let deadline = tokio::time::Instant::now() + timeout.mul_f32(0.8);
-        let unavailable = || ServiceError::NoQuorum("could not confirm the read index before the deadline".into());
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                return Err(unavailable());
-            }
-            let local = tokio::time::timeout(remaining, linearizable::read_barrier(&self.raft, level)).await;
-            let Ok(local) = local else { return Err(unavailable()) };
-            match local {
-                Ok(index) => return Ok(index),
-                // The planted bug "stale read": a follower answers from its own state.
-                #[cfg(feature = "planted-bugs")]
-                Err(BarrierError::NotLeader { leader: Some((id, _)) }) if id != self.id && planted_stale_read() => {
-                    return Ok(self.sm.applied_index());
-                }
-                Err(BarrierError::NotLeader { leader: Some((id, node)) }) if id != self.id => {
-                    let Some(raft_addr) = self.resolver.resolve_or(&id, node).map(|n| n.raft_addr) else {
-                        return Err(ServiceError::NotLeader { id, addr: None });
-                    };
-                    match self.follower_read_index(&id, &raft_addr, level, remaining).await {
-                        Ok(index) => {
-                            let mut applied = self.sm.subscribe_applied();
-                            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                            return match blocking_query::wait_for_index(&mut applied, index, remaining).await {
-                                Ok(_) => Ok(index),
-                                Err(blocking_query::WaitError::Closed) => Err(ServiceError::ShuttingDown),
-                                Err(e) => {
-                                    Err(ServiceError::NoQuorum(format!("this node did not catch up in time: {e}")))
-                                }
-                            };
-                        }
-                        // The leader moved on: look again.
-                        Err(ReadIndexFailure::NotLeader) => {
-                            tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
-                        }
-                        Err(ReadIndexFailure::Other(e)) => return Err(e),
-                    }
-                }
-                Err(BarrierError::NotLeader { .. }) => {
-                    self.wait_for_leader(remaining).await;
-                    tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
-                }
-                Err(BarrierError::NoQuorum(e)) => return Err(ServiceError::NoQuorum(e)),
-                Err(BarrierError::Stopped(_)) => return Err(ServiceError::ShuttingDown),
-                Err(e) => return Err(ServiceError::Internal(e.to_string())),
-            }
-        }
+        let leader = LeaderReadIndex { resolver: self.resolver.as_ref(), pool: self.forwarder.pool() };
+        let applied = self.sm.subscribe_applied();
+        Ok(linearizable::read_index(&self.raft, &self.id, applied, &leader, level, timeout).await?)
     }
-
-    /// Asks the leader at `raft_addr` for a read index.
-    async fn follower_read_index(
-        &self,
-        leader: &NodeId,
-        raft_addr: &str,
-        level: Consistency,
-        timeout: Duration,
-    ) -> Result<u64, ReadIndexFailure> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            ReadIndexFailure::Other(ServiceError::NoQuorum(format!(
-                "cannot get a read index from the leader {leader} at {raft_addr}: {e}"
-            )))
-        };
-        let channel = self.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
-        match calls::read_index(channel, level == Consistency::Lease, timeout).await {
-            Ok(index) => Ok(index),
-            Err(CallError::NotLeader) => Err(ReadIndexFailure::NotLeader),
-            Err(CallError::Status(s)) => {
-                if s.code() == tonic::Code::Unavailable {
-                    self.forwarder.forget(raft_addr);
-                }
-                Err(unreachable(&s.message()))
-            }
-            Err(e) => Err(ReadIndexFailure::Other(ServiceError::Internal(e.to_string()))),
-        }
-    }
-}
-
-/// Why a follower got no read index.
-enum ReadIndexFailure {
-    /// The node asked is no longer the leader.
-    NotLeader,
-    /// Anything else, mapped.
-    Other(ServiceError),
-}
-
-/// Whether the planted bug "stale read" is armed (feature `planted-bugs` and
-/// `RAFTKV_PLANTED_BUG=stale-read`): a follower serves linearizable reads from its own
-/// state without the leader's read index. A test-only bug the fault suite must catch.
-#[cfg(feature = "planted-bugs")]
-fn planted_stale_read() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED.get_or_init(|| std::env::var("RAFTKV_PLANTED_BUG").is_ok_and(|v| v == "stale-read"))
 }

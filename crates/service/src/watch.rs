@@ -28,20 +28,10 @@ use crate::limits::WATCH_MESSAGE_BYTES;
 /// A server stream as tonic takes it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Maps the change feed's errors.
-pub(crate) fn feed_error(e: fsm::Error) -> ServiceError {
-    match e {
-        fsm::Error::Compacted { requested, oldest } => ServiceError::Compacted { requested, oldest },
-        fsm::Error::TooManyWatchers { limit } => ServiceError::TooManyWatchers(limit),
-        fsm::Error::Closed => ServiceError::ShuttingDown,
-        other => ServiceError::Internal(other.to_string()),
-    }
-}
-
 /// Reads the keys of `range` and the applied index they reflect, in one read transaction.
 pub fn read_state(sm: &StateMachine, range: &KeyRange, keys_only: bool) -> Result<(Vec<KeyValue>, u64), ServiceError> {
     let op = RangeOp { range: range.clone(), limit: 0, keys_only, count_only: false };
-    let (found, at) = sm.range_at(&op, usize::MAX).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let (found, at) = sm.range_at(&op, usize::MAX)?;
     Ok((found.kvs, at))
 }
 
@@ -52,8 +42,8 @@ pub fn watch_key_since(sm: &StateMachine, key: &[u8], since: u64) -> Result<(Wat
     let range = KeyRange::Key(key.to_vec());
     match sm.watch(range.clone(), since.saturating_add(1)) {
         Ok((watcher, start)) => Ok((watcher, !start.backlog.is_empty())),
-        Err(fsm::Error::Compacted { .. }) => sm.watch(range, 0).map(|(w, _)| (w, false)).map_err(feed_error),
-        Err(e) => Err(feed_error(e)),
+        Err(fsm::Error::Compacted { .. }) => sm.watch(range, 0).map(|(w, _)| (w, false)).map_err(ServiceError::from),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -115,7 +105,7 @@ pub(crate) fn native_stream(
     sm: StateMachine,
     p: WatchParams,
 ) -> Result<ResponseStream<pb::WatchResponse>, ServiceError> {
-    let (watcher, start) = sm.watch(p.range.clone(), p.start_index).map_err(feed_error)?;
+    let (watcher, start) = sm.watch(p.range.clone(), p.start_index).map_err(ServiceError::from)?;
     let now = Instant::now();
     let mut progress = tokio::time::interval_at(now + p.progress, p.progress);
     progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -357,11 +347,14 @@ mod tests {
     #[test]
     fn feed_errors_map_to_service_errors() {
         assert!(matches!(
-            feed_error(fsm::Error::Compacted { requested: 1, oldest: 5 }),
+            ServiceError::from(fsm::Error::Compacted { requested: 1, oldest: 5 }),
             ServiceError::Compacted { requested: 1, oldest: 5 }
         ));
-        assert!(matches!(feed_error(fsm::Error::Closed), ServiceError::ShuttingDown));
-        assert!(matches!(feed_error(fsm::Error::TooManyWatchers { limit: 3 }), ServiceError::TooManyWatchers(3)));
+        assert!(matches!(ServiceError::from(fsm::Error::Closed), ServiceError::ShuttingDown));
+        assert!(matches!(
+            ServiceError::from(fsm::Error::TooManyWatchers { limit: 3 }),
+            ServiceError::TooManyWatchers(3)
+        ));
     }
 
     /// A put of `value` to `k` at `index`, as the log would carry it.
