@@ -67,13 +67,13 @@ struct Args {
     )]
     raft_bootstrap: bool,
 
-    /// How often the leader sends heartbeats (e.g. 100ms, 1s).
-    #[arg(long = "heartbeat_interval", alias = "heartbeat-interval", env = "RAFTKV_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    /// How often the leader sends heartbeats (a number and a unit: 100ms, 1s).
+    #[arg(long = "heartbeat_interval", alias = "heartbeat-interval", env = "RAFTKV_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = duration::parse, value_name = "DURATION")]
     heartbeat_interval: Duration,
 
     /// A follower that hears from no leader for this long (randomized up to twice as long)
     /// starts an election. At least 3 times the heartbeat interval.
-    #[arg(long = "election_timeout", alias = "election-timeout", env = "RAFTKV_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long = "election_timeout", alias = "election-timeout", env = "RAFTKV_ELECTION_TIMEOUT", default_value = "1s", value_parser = duration::parse, value_name = "DURATION")]
     election_timeout: Duration,
 
     /// Take a snapshot after this many log entries since the last one.
@@ -90,8 +90,8 @@ struct Args {
     trailing_logs: u64,
 
     /// Also take a snapshot when this much time has passed and entries were applied since the
-    /// last one; 0 turns the check off.
-    #[arg(long = "snapshot_interval", alias = "snapshot-interval", env = "RAFTKV_SNAPSHOT_INTERVAL", default_value = "120s", value_parser = parse_duration)]
+    /// last one; 0s turns the check off.
+    #[arg(long = "snapshot_interval", alias = "snapshot-interval", env = "RAFTKV_SNAPSHOT_INTERVAL", default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
     snapshot_interval: Duration,
 
     /// The most log entries sent to a follower in one message (1 to 1024).
@@ -105,7 +105,7 @@ struct Args {
 
     /// How long shutdown waits for in-flight requests (and, on the leader, for leadership
     /// to pass to another voter first).
-    #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse, value_name = "DURATION")]
     shutdown_grace: Duration,
 
     /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
@@ -143,7 +143,7 @@ struct Args {
     cluster_id: String,
 
     /// How often a node gossips.
-    #[arg(long = "gossip_interval", alias = "gossip-interval", env = "RAFTKV_GOSSIP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long = "gossip_interval", alias = "gossip-interval", env = "RAFTKV_GOSSIP_INTERVAL", default_value = "500ms", value_parser = duration::parse, value_name = "DURATION")]
     gossip_interval: Duration,
 
     /// The failure detector's phi threshold: a node is reported dead after about this many
@@ -157,7 +157,7 @@ struct Args {
     gossip_phi_threshold: f64,
 
     /// How long a dead node stays listed in gossip before it is forgotten.
-    #[arg(long = "gossip_dead_grace", alias = "gossip-dead-grace", env = "RAFTKV_GOSSIP_DEAD_GRACE", default_value = "60m", value_parser = parse_duration)]
+    #[arg(long = "gossip_dead_grace", alias = "gossip-dead-grace", env = "RAFTKV_GOSSIP_DEAD_GRACE", default_value = "60m", value_parser = duration::parse, value_name = "DURATION")]
     gossip_dead_grace: Duration,
 
     /// Static peers: other nodes' addresses by id, ID=RAFT_ADDR@GRPC_ADDR, comma-separated.
@@ -199,24 +199,14 @@ Or let a new node join by itself:
   raftkv --raft_id=nodeC --grpc_addr=localhost:40053 --raft_addr=localhost:50053 --raft_data_dir /tmp/raftkv --join localhost:40051
 With gossip (every node gets --gossip_addr; a new node finds the cluster through the seeds):
   raftkv --raft_bootstrap --raft_id=nodeA ... --gossip_addr=localhost:7946
-  raftkv --raft_id=nodeB ... --gossip_addr=localhost:7947 --gossip_seeds=localhost:7946 --join";
+  raftkv --raft_id=nodeB ... --gossip_addr=localhost:7947 --gossip_seeds=localhost:7946 --join
+
+Durations (--heartbeat_interval, --election_timeout, --snapshot_interval, --shutdown_grace,
+--gossip_interval, --gossip_dead_grace) are a whole number and a unit: 500ms, 2s or 1m; a bare
+number is refused.";
 
 fn parse_id(s: &str) -> Result<NodeId, String> {
     NodeId::new(s).map_err(|e| e.to_string())
-}
-
-/// Parses `250ms`, `2s`, `1m`, or a bare number of milliseconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 250ms, 2s or 1m"))?;
-    match unit {
-        "" | "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
-    }
 }
 
 async fn shutdown_signal() {
@@ -310,13 +300,35 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("999999999999999999m").is_err());
-        assert!(parse_duration("fast").is_err());
+        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration::parse("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration::parse("1m"), Ok(Duration::from_secs(60)));
+        // A bare number once meant milliseconds here; now it is refused, as by `raftkvctl`.
+        assert!(duration::parse("40").is_err());
+        assert!(duration::parse("2h").is_err());
+        assert!(duration::parse("999999999999999999m").is_err());
+        assert!(duration::parse("fast").is_err());
+    }
+
+    #[test]
+    fn every_duration_flag_refuses_a_bare_number() {
+        let flags = [
+            "--heartbeat_interval",
+            "--election_timeout",
+            "--snapshot_interval",
+            "--shutdown_grace",
+            "--gossip_interval",
+            "--gossip_dead_grace",
+        ];
+        for flag in flags {
+            let args = Args::try_parse_from(["raftkv", "--raft_id=n", flag, "40ms"]);
+            assert!(args.is_ok(), "{flag} 40ms: {:?}", args.err());
+            let message = Args::try_parse_from(["raftkv", "--raft_id=n", flag, "40"]).err().map(|e| e.to_string());
+            let message = message.unwrap_or_default();
+            assert!(message.contains("\"40\" needs a unit: 40ms, 40s or 40m"), "{flag}: {message}");
+        }
+        let args = Args::try_parse_from(["raftkv", "--raft_id=n", "--snapshot_interval=0s"]);
+        assert_eq!(args.map(|a| a.snapshot_interval).ok(), Some(Duration::ZERO), "0s turns the snapshot timer off");
     }
 
     #[test]

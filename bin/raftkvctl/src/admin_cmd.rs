@@ -10,7 +10,7 @@ use client::admin::{GossipLiveness, StatusResponse};
 use client::{Client, Member, MembershipChangeResponse, RaftState, Suffrage};
 use serde_json::{Value, json};
 
-use crate::{Output, parse_duration};
+use crate::Output;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AdminCommand {
@@ -44,7 +44,7 @@ pub(crate) enum AdminCommand {
         #[command(subcommand)]
         command: Option<SnapshotCommand>,
         /// How long to wait for the snapshot to be built.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
 }
@@ -69,7 +69,7 @@ pub(crate) enum MemberCommand {
         #[arg(long)]
         learner: bool,
         /// How long to wait for the node to catch up and join.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
     /// List the members: suffrage, addresses, leader, and (from the leader) how far each has
@@ -85,7 +85,7 @@ pub(crate) enum MemberCommand {
         /// The member's id.
         id: String,
         /// How long to wait.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
     /// Make a learner a voter, once it has caught up.
@@ -94,7 +94,7 @@ pub(crate) enum MemberCommand {
         /// The learner's id.
         id: String,
         /// How long to wait for it to catch up.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
     /// Make a voter a learner (never the last voter; demoting the leader hands leadership
@@ -104,7 +104,7 @@ pub(crate) enum MemberCommand {
         /// The voter's id.
         id: String,
         /// How long to wait.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
 }
@@ -119,7 +119,7 @@ pub(crate) enum LeaderCommand {
         #[arg(long)]
         to: Option<String>,
         /// How long to wait for the new leader.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
 }
@@ -133,7 +133,7 @@ pub(crate) enum SnapshotCommand {
         /// Where to write the backup.
         file: PathBuf,
         /// How long the whole transfer may take.
-        #[arg(long, default_value = "600s", value_parser = parse_duration)]
+        #[arg(long, default_value = "600s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
 }

@@ -61,7 +61,7 @@ pub(crate) struct BenchArgs {
     prefix: String,
     /// `bench watch` only: a pause between writes (e.g. 20ms), so that each write's commit
     /// reaches the follower on its own rather than with the next write.
-    #[arg(long, value_parser = crate::parse_duration, default_value = "0ms")]
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "0ms")]
     interval: Duration,
     /// The store the endpoints belong to.
     #[arg(long, value_enum, default_value_t = Target::Raftkv)]

@@ -9,6 +9,7 @@ mod admin_cmd;
 mod bench;
 mod etcd;
 mod kv_cmd;
+mod kv_print;
 mod txn_syntax;
 mod watch_cmd;
 
@@ -32,8 +33,8 @@ struct Cli {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Simple, global = true)]
     output: Output,
 
-    /// Deadline of each request (e.g. 5s, 500ms).
-    #[arg(long = "command-timeout", default_value = "10s", value_parser = parse_duration, global = true)]
+    /// Deadline of each request: a number and a unit (500ms, 5s, 1m).
+    #[arg(long = "command-timeout", default_value = "10s", value_parser = duration::parse, value_name = "DURATION", global = true)]
     command_timeout: Duration,
 
     /// Ask nodes not to forward to the leader: a follower answers with the leader's
@@ -58,6 +59,9 @@ Examples:
   raftkvctl leader transfer --to nodeB
   raftkvctl status --cluster
   raftkvctl snapshot save backup.rkvs
+
+Durations (--command-timeout, --timeout, --wait, --interval, --progress-interval) are a whole
+number and a unit: 500ms, 2s or 1m; a bare number is refused.
 
 Exit status: 0 success, 1 key not found, 2 error.";
 
@@ -114,18 +118,6 @@ pub(crate) fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<Str
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 5s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!("{s:?} has an unknown unit {unit:?}; use ms, s or m")),
-    }
 }
 
 /// How a command ended, for the exit status.
@@ -206,10 +198,33 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("999999999999999999m").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(duration::parse("500ms"), Ok(Duration::from_millis(500)));
+        // A bare number once meant seconds here; now it is refused, as by `raftkv`.
+        assert!(duration::parse("5").is_err());
+        assert_eq!(duration::parse("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration::parse("999999999999999999m").is_err());
+        assert!(duration::parse("5h").is_err());
+    }
+
+    #[test]
+    fn every_duration_flag_refuses_a_bare_number() {
+        let cases: [&[&str]; 7] = [
+            &["raftkvctl", "--command-timeout", "5", "get", "k"],
+            &["raftkvctl", "get", "k", "--min-index", "3", "--wait", "5"],
+            &["raftkvctl", "member", "add", "n", "--raft-addr", "h:1", "--grpc-addr", "h:2", "--timeout", "5"],
+            &["raftkvctl", "leader", "transfer", "--to", "n", "--timeout", "5"],
+            &["raftkvctl", "snapshot", "save", "f", "--timeout", "5"],
+            &["raftkvctl", "bench", "watch", "--interval", "5"],
+            &["raftkvctl", "watch", "k", "--progress-interval", "5"],
+        ];
+        for args in cases {
+            let mut with_unit: Vec<&str> = args.to_vec();
+            if let Some(last) = with_unit.iter_mut().rev().find(|a| **a == "5") {
+                *last = "5s";
+            }
+            assert!(Cli::try_parse_from(&with_unit).is_ok(), "{with_unit:?} should parse");
+            let message = Cli::try_parse_from(args).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("\"5\" needs a unit: 5ms, 5s or 5m"), "{args:?}: {message}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use client::{Client, WatchOptions};
 use serde_json::{Value, json};
 
 use crate::Output;
-use crate::kv_cmd::kv_json;
+use crate::kv_print::kv_json;
 
 /// The watch command's arguments.
 #[derive(Debug, clap::Args)]
@@ -32,7 +32,7 @@ pub(crate) struct WatchArgs {
     #[arg(long)]
     progress: bool,
     /// How often the server sends progress (e.g. 10s).
-    #[arg(long = "progress-interval", value_parser = crate::parse_duration)]
+    #[arg(long = "progress-interval", value_parser = duration::parse, value_name = "DURATION")]
     progress_interval: Option<std::time::Duration>,
     /// Exit after printing this many events.
     #[arg(long = "max-events")]

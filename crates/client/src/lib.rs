@@ -17,6 +17,7 @@
 //! This crate must never depend on the server side (openraft, redb, the engine).
 
 pub mod admin;
+mod retry;
 pub mod watch;
 
 use std::sync::Mutex;
@@ -30,8 +31,9 @@ use proto::kv::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
+use retry::{Attempts, Kind, Step};
 use rpc::channel::{ChannelOptions, Pool};
-use rpc::metadata::{LEADER_ADDR_HEADER, NO_FORWARD_HEADER, RETRYABLE_HEADER};
+use rpc::metadata::{NO_FORWARD_HEADER, RETRYABLE_HEADER};
 use tonic::transport::Channel;
 
 pub use proto::admin::v1::{Member, MembershipChangeResponse, RaftState, Suffrage};
@@ -130,17 +132,6 @@ pub struct Client {
     next_request: AtomicU64,
 }
 
-/// Whether the call may be retried after a failure that is not marked retryable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A read: retrying cannot change anything.
-    Read,
-    /// A write: retried only when the server says it was not applied.
-    Write,
-    /// A write with a request id: retrying it is safe, the server applies it at most once.
-    IdempotentWrite,
-}
-
 impl Client {
     /// A client over `endpoints` (`HOST:PORT` each). Nothing is connected yet.
     pub fn new(
@@ -180,97 +171,71 @@ impl Client {
         self.channels.forget(addr);
     }
 
-    /// Runs `call` against the endpoints until it succeeds or a failure must be returned.
+    /// Runs `call` against the endpoints until it succeeds or a failure must be returned:
+    /// the loop around [`retry::decide`], walking the endpoints with [`retry::Attempts`].
     async fn run<T, F, Fut>(&self, kind: Kind, timeout: Duration, call: F) -> Result<T, ClientError>
     where
         F: Fn(Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let mut endpoints = self.endpoints();
-        let start = self.preferred.load(Ordering::Relaxed) % endpoints.len();
-        let mut order: Vec<usize> = (0..endpoints.len()).map(|i| (start + i) % endpoints.len()).collect();
-        let mut retries = 0;
-        let mut backoff = Duration::from_millis(50);
-        let mut last_connect_error = String::new();
-        let mut cursor = 0;
+        let mut at = Attempts::new(self.endpoints(), self.preferred.load(Ordering::Relaxed));
         loop {
-            if cursor >= order.len() {
-                if retries >= self.options.max_retries || last_connect_error.is_empty() {
-                    return Err(ClientError::Unreachable { endpoints: endpoints.join(","), last: last_connect_error });
+            if at.round_done() {
+                if at.retries >= self.options.max_retries || at.last_connect_error.is_empty() {
+                    let last = std::mem::take(&mut at.last_connect_error);
+                    return Err(ClientError::Unreachable { endpoints: at.endpoints.join(","), last });
                 }
                 // Every endpoint refused the connection: wait a little and go round again.
-                retries += 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                cursor = 0;
+                at.retries += 1;
+                tokio::time::sleep(at.backoff()).await;
+                at.restart_round();
             }
-            let idx = order[cursor];
-            let addr = endpoints[idx].clone();
+            let (idx, addr) = at.current();
             let channel = match self.connect(&addr).await {
                 Ok(ch) => ch,
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "cannot connect");
-                    last_connect_error = format!("{addr}: {e}");
-                    cursor += 1;
+                    at.unreachable(format!("{addr}: {e}"));
                     continue;
                 }
             };
-            match call(channel, timeout).await {
+            let status = match call(channel, timeout).await {
                 Ok(v) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(status) => {
-                    let marked = status.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()) == Some("true");
-                    let transport =
-                        status.metadata().get(RETRYABLE_HEADER).is_none() && status.code() == tonic::Code::Unavailable;
-                    if transport {
-                        self.forget(&addr);
-                    }
-                    let unmarked = status.metadata().get(RETRYABLE_HEADER).is_none();
-                    if unmarked && never_sent(&status) {
-                        self.forget(&addr);
-                        // The connection could not be (re)made: nothing was sent, as for a
-                        // failed connect, so the next endpoint is always safe to try.
-                        tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
-                        last_connect_error = format!("{addr}: {}", status.message());
-                        cursor += 1;
-                        continue;
-                    }
-                    // With a request id, an unknown outcome is safe to retry too.
-                    let unknown = matches!(status.code(), tonic::Code::Unknown | tonic::Code::DeadlineExceeded);
-                    let may_retry = marked
-                        || (kind == Kind::Read && transport)
-                        || (kind == Kind::IdempotentWrite && (transport || unknown));
-                    if !may_retry || retries >= self.options.max_retries {
-                        return Err(ClientError::Status(status));
-                    }
-                    retries += 1;
+                Err(status) => status,
+            };
+            let decision = retry::decide(kind, &status, at.retries, self.options.max_retries);
+            if decision.forget_channel {
+                self.forget(&addr);
+            }
+            match decision.next {
+                Step::NextEndpoint => {
+                    tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
+                    at.unreachable(format!("{addr}: {}", status.message()));
+                }
+                Step::Fail => return Err(ClientError::Status(status)),
+                Step::Retry { leader } => {
+                    at.retries += 1;
                     tracing::debug!(endpoint = %addr, code = ?status.code(), message = status.message(), "retrying");
-                    // Follow the leader hint: try the leader next.
-                    let hint =
-                        status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
-                    if let Some(hint) = hint {
-                        let pos = match endpoints.iter().position(|e| *e == hint) {
-                            Some(p) => p,
-                            None => {
-                                endpoints.push(hint.clone());
-                                self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(hint);
-                                endpoints.len() - 1
-                            }
-                        };
-                        order = std::iter::once(pos).chain((0..endpoints.len()).filter(|i| *i != pos)).collect();
-                        cursor = 0;
-                    } else {
-                        cursor += 1;
-                        if cursor >= order.len() {
-                            cursor = 0;
-                        }
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    self.go_to(&mut at, leader);
+                    tokio::time::sleep(at.backoff()).await;
                 }
             }
+        }
+    }
+
+    /// Points `at` at the leader when a status named it (remembering a new address for the
+    /// client's later calls), else at the next endpoint.
+    fn go_to(&self, at: &mut Attempts, leader: Option<String>) {
+        match leader {
+            Some(leader) => {
+                if at.follow(leader.clone()) {
+                    self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(leader);
+                }
+            }
+            None => at.next_endpoint(),
         }
     }
 

@@ -1,28 +1,29 @@
 //! The composition root of a raftkv node.
 //!
 //! # Brief overview
-//! [`Node::start`] builds and starts everything, in this order:
-//! 1. validates the [`NodeConfig`] (every rule with a message naming the flag);
-//! 2. binds the client (`--grpc_addr`) and Raft (`--raft_addr`) listeners; one listener
-//!    carries both when the addresses are equal; port 0 picks a free port;
-//! 3. opens the log store (`raft-storage`) and the state machine (`fsm`) under
-//!    `<raft_data_dir>/<raft_id>/`, creating the directory if needed;
-//! 4. starts openraft with the gRPC transport ([`raft_network`]);
-//! 5. bootstraps a one-node cluster if asked and the node has no state (idempotent:
+//! [`Node::start`] builds and starts everything, in this order, one function per step:
+//! 1. `prepare_dir`: validates the [`NodeConfig`] (every rule with a message naming the
+//!    flag) and creates `<raft_data_dir>/<raft_id>/` if needed;
+//! 2. `Listeners::bind`: binds the client (`--grpc_addr`) and Raft (`--raft_addr`)
+//!    listeners; one listener carries both when the addresses are equal; port 0 picks a
+//!    free port;
+//! 3. `start_gossip`: with `--gossip_addr`, starts gossip (chitchat on UDP; port 0 picks a
+//!    free port), publishing this node's metadata; then `resolver_chain` builds the resolver
+//!    chain (gossip's live nodes, then static `--peers`, then the Raft membership, which a
+//!    task keeps current); the Raft network and leader forwarding resolve every peer by node
+//!    id through it;
+//! 4. `open_storage`: opens the log store (`raft-storage`) and the state machine (`fsm`);
+//! 5. `build_raft`: starts openraft with the gRPC transport ([`raft_network`]); then
+//!    `bootstrap` makes a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
-//!    With `--gossip_addr`, gossip starts here too (chitchat on UDP; port 0 picks a free
-//!    port), publishing this node's metadata;
-//! 6. builds the resolver chain (gossip's live nodes, then static `--peers`, then the Raft
-//!    membership, which a task keeps current); the Raft network and leader forwarding
-//!    resolve every peer by node id through it;
-//! 7. serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and `RaftManager`
-//!    ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
+//! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
+//!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
 //!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on;
-//! 8. writes `listen.json` (the bound addresses and the pid) for tools and tests;
-//! 9. starts the background work (the `background` module): the periodic snapshot check
-//!    (`--snapshot_interval`), with gossip the task publishing this node's role, leader and
-//!    applied index, and, with `--join` on a node without state, auto-join (asking the
-//!    members named, and with gossip on also those gossip finds).
+//! 7. `announce`: writes `listen.json` (the bound addresses and the pid) for tools and tests;
+//! 8. `start_background`: the background work (the `background` module): the periodic
+//!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
+//!    role, leader and applied index, and, with `--join` on a node without state, auto-join
+//!    (asking the members named, and with gossip on also those gossip finds).
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
@@ -199,143 +200,43 @@ async fn bind(addr: &str) -> Result<TcpListener, EngineError> {
 }
 
 impl Node {
-    /// Starts a node; see the crate documentation for the order.
+    /// Starts a node; see the crate documentation for the order. Each step is a function
+    /// below, named for what it does.
     pub async fn start(config: NodeConfig) -> Result<Node, EngineError> {
-        config.validate()?;
-        let dir = config.node_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| EngineError::Io { context: format!("creating {}", dir.display()), source })?;
-
-        let grpc_listener = bind(&config.grpc_addr).await?;
-        let grpc_bound = local_addr(&grpc_listener)?;
-        // Equal addresses share one server (the Jille layout); two port-0 addresses ask for two
-        // free ports, not one.
-        let shared = config.raft_addr == config.grpc_addr && !config.grpc_addr.ends_with(":0");
-        let raft_listener = if shared { None } else { Some(bind(&config.raft_addr).await?) };
-        let raft_bound = match &raft_listener {
-            Some(l) => local_addr(l)?,
-            None => grpc_bound,
-        };
-        let me = NodeInfo {
-            raft_addr: advertised(&config.raft_addr, raft_bound),
-            grpc_addr: advertised(&config.grpc_addr, grpc_bound),
-        };
-
-        let gossip = match &config.gossip {
-            Some(g) => {
-                let meta = NodeMeta::new(config.id.clone(), me.clone(), env!("CARGO_PKG_VERSION"));
-                Some(Gossip::start(g.clone(), meta, &UdpTransport).await.map_err(EngineError::from)?)
-            }
-            None => None,
-        };
+        let dir = prepare_dir(&config)?;
+        let Listeners { grpc, raft: raft_listener, grpc_bound, raft_bound, me } = Listeners::bind(&config).await?;
+        let gossip = start_gossip(&config, &me).await?;
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
-
-        let log = LogStore::open(&dir.join(LOG_FILE))?;
-        let sm = StateMachine::open_with(&dir.join("sm"), config.watch_history)?;
-        let raft_config = Arc::new(config.raft_config()?);
-        let raft = Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver.clone()), log, sm.clone())
-            .await
-            .map_err(|e| EngineError::raft("starting", e))?;
-
+        let (log, sm) = open_storage(&config, &dir)?;
+        let raft = build_raft(&config, resolver.clone(), log, sm.clone()).await?;
         let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
-
         if config.bootstrap {
             bootstrap(&raft, &config.id, me.clone()).await?;
         }
-
-        let leader_contact = Arc::new(LeaderContact::default());
-        let ctx = NodeContext {
-            id: config.id.clone(),
-            raft: raft.clone(),
-            sm: sm.clone(),
-            resolver,
-            gossip: gossip.clone(),
-            forwarder: Forwarder::new(),
-            leader_contact: leader_contact.clone(),
-        };
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
-            // RaftAdmin and RaftManager define the same package-less message names; each
-            // service resolves to its own complete file, and a bare message name to the last.
-            .register_encoded_file_descriptor_set(proto::compat::raftmanager::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
-
-        let raft_svc = RaftService::new(raft.clone(), sm.clone(), leader_contact, &config.id, &me).into_server();
-        let stop_request = StopRequest::default();
-        let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
-        let mut client_routes = RoutesBuilder::default();
-        client_routes
-            .add_service(KvService::new(ctx.clone()).into_server())
-            .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
-            .add_service(AdminService::new(ctx.clone()).into_server())
-            .add_service(RaftAdminService::new(hashicorp.clone()).into_server())
-            .add_service(RaftManagerService::new(hashicorp).into_server())
-            .add_service(health)
-            .add_service(reflection);
+        let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone());
         let (stop, _) = watch::channel(false);
-        let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
-        let leader_health =
-            LeaderHealth::new(health_reporter, served).start(raft.server_metrics(), stop.subscribe()).await;
-        let mut servers = Vec::new();
-        match raft_listener {
-            None => {
-                client_routes.add_service(raft_svc);
-                servers.push(serve(client_routes, grpc_listener, stop.subscribe()));
-            }
-            Some(raft_listener) => {
-                servers.push(serve(client_routes, grpc_listener, stop.subscribe()));
-                let mut raft_routes = RoutesBuilder::default();
-                raft_routes.add_service(raft_svc);
-                servers.push(serve(raft_routes, raft_listener, stop.subscribe()));
-            }
-        }
-
+        let servers = start_servers(&config, grpc, raft_listener, &me, &ctx, &stop).await?;
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),
             grpc_addr: grpc_bound.to_string(),
             gossip_addr: gossip.as_ref().map(|g| g.advertise_addr().to_string()),
             pid: std::process::id(),
         };
-        write_listen_file(&dir.join(LISTEN_FILE), &listen)?;
-        tracing::info!(
-            node = %config.id,
-            grpc_addr = %listen.grpc_addr,
-            raft_addr = %listen.raft_addr,
-            gossip_addr = listen.gossip_addr.as_deref().unwrap_or("off"),
-            dir = %dir.display(),
-            "node started"
-        );
-        let mut background = Vec::new();
-        if !config.snapshot_interval.is_zero() {
-            let timer = background::snapshot_timer(raft.clone(), config.snapshot_interval, stop.subscribe());
-            background.push(tokio::spawn(timer));
-        }
-        if let Some(g) = &gossip {
-            background.push(tokio::spawn(background::publish_to_gossip(raft.clone(), g.clone(), stop.subscribe())));
-        }
-        if !config.join.is_empty() || config.join_via_gossip {
-            let seeds = background::JoinSeeds { named: config.join.clone(), gossip: gossip.clone() };
-            let join = background::auto_join(raft.clone(), config.id.clone(), me, seeds, stop.subscribe());
-            background.push(tokio::spawn(join));
-        }
+        announce(&config, &dir, &listen)?;
+        let background = start_background(&config, &raft, gossip.as_ref(), me, &stop);
         Ok(Node {
             config,
             raft,
             sm,
             listen,
             stop,
-            servers,
+            servers: servers.handles,
             membership_task,
-            leader_health,
+            leader_health: servers.leader_health,
             ctx,
             background,
-            stop_request,
+            stop_request: servers.stop_request,
             gossip,
         })
     }
@@ -469,6 +370,207 @@ fn serve(
     rpc::server::serve(routes, listener, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
+}
+
+/// Step 1: checks the configuration and creates the node's directory, which it returns.
+fn prepare_dir(config: &NodeConfig) -> Result<PathBuf, EngineError> {
+    config.validate()?;
+    let dir = config.node_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| EngineError::Io { context: format!("creating {}", dir.display()), source })?;
+    Ok(dir)
+}
+
+/// The bound TCP listeners (one when the client and Raft addresses are equal) and the
+/// addresses this node advertises.
+struct Listeners {
+    grpc: TcpListener,
+    /// `None` when the client listener carries the Raft port too.
+    raft: Option<TcpListener>,
+    grpc_bound: SocketAddr,
+    raft_bound: SocketAddr,
+    me: NodeInfo,
+}
+
+impl Listeners {
+    /// Step 2: binds the client and Raft listeners; port 0 picks a free port.
+    async fn bind(config: &NodeConfig) -> Result<Listeners, EngineError> {
+        let grpc = bind(&config.grpc_addr).await?;
+        let grpc_bound = local_addr(&grpc)?;
+        // Equal addresses share one server (the Jille layout); two port-0 addresses ask for two
+        // free ports, not one.
+        let shared = config.raft_addr == config.grpc_addr && !config.grpc_addr.ends_with(":0");
+        let raft = if shared { None } else { Some(bind(&config.raft_addr).await?) };
+        let raft_bound = match &raft {
+            Some(l) => local_addr(l)?,
+            None => grpc_bound,
+        };
+        let me = NodeInfo {
+            raft_addr: advertised(&config.raft_addr, raft_bound),
+            grpc_addr: advertised(&config.grpc_addr, grpc_bound),
+        };
+        Ok(Listeners { grpc, raft, grpc_bound, raft_bound, me })
+    }
+}
+
+/// Step 3: starts gossip when `--gossip_addr` is set, publishing this node's metadata.
+async fn start_gossip(config: &NodeConfig, me: &NodeInfo) -> Result<Option<Gossip>, EngineError> {
+    let Some(g) = &config.gossip else {
+        return Ok(None);
+    };
+    let meta = NodeMeta::new(config.id.clone(), me.clone(), env!("CARGO_PKG_VERSION"));
+    Ok(Some(Gossip::start(g.clone(), meta, &UdpTransport).await.map_err(EngineError::from)?))
+}
+
+/// Step 4: opens the log store and the state machine in the node's directory.
+fn open_storage(config: &NodeConfig, dir: &std::path::Path) -> Result<(LogStore, StateMachine), EngineError> {
+    let log = LogStore::open(&dir.join(LOG_FILE))?;
+    let sm = StateMachine::open_with(&dir.join("sm"), config.watch_history)?;
+    Ok((log, sm))
+}
+
+/// Step 5: starts openraft on the stores, with the gRPC Raft network resolving peers
+/// through `resolver`.
+async fn build_raft(
+    config: &NodeConfig,
+    resolver: Arc<dyn Resolver>,
+    log: LogStore,
+    sm: StateMachine,
+) -> Result<Raft, EngineError> {
+    let raft_config = Arc::new(config.raft_config()?);
+    Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver), log, sm)
+        .await
+        .map_err(|e| EngineError::raft("starting", e))
+}
+
+/// What every service of this node shares.
+fn node_context(
+    config: &NodeConfig,
+    raft: &Raft,
+    sm: &StateMachine,
+    resolver: Arc<dyn Resolver>,
+    gossip: Option<Gossip>,
+) -> NodeContext {
+    NodeContext {
+        id: config.id.clone(),
+        raft: raft.clone(),
+        sm: sm.clone(),
+        resolver,
+        gossip,
+        forwarder: Forwarder::new(),
+        leader_contact: Arc::new(LeaderContact::default()),
+    }
+}
+
+/// The running servers, and what [`Node::shutdown`] stops with them.
+struct Servers {
+    handles: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    leader_health: JoinHandle<()>,
+    stop_request: StopRequest,
+}
+
+/// Step 6: serves the client port (KV, Admin, the compat services, health, reflection) and
+/// the Raft port, on one listener or two, until `stop` is set; starts the leader health.
+async fn start_servers(
+    config: &NodeConfig,
+    grpc: TcpListener,
+    raft_listener: Option<TcpListener>,
+    me: &NodeInfo,
+    ctx: &NodeContext,
+    stop: &watch::Sender<bool>,
+) -> Result<Servers, EngineError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let stop_request = StopRequest::default();
+    let raft_svc =
+        RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
+    let mut client_routes = client_routes(ctx, me, health, &stop_request)?;
+    let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
+    let leader_health =
+        LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), stop.subscribe()).await;
+    let mut handles = Vec::new();
+    match raft_listener {
+        None => {
+            client_routes.add_service(raft_svc);
+            handles.push(serve(client_routes, grpc, stop.subscribe()));
+        }
+        Some(raft_listener) => {
+            handles.push(serve(client_routes, grpc, stop.subscribe()));
+            let mut raft_routes = RoutesBuilder::default();
+            raft_routes.add_service(raft_svc);
+            handles.push(serve(raft_routes, raft_listener, stop.subscribe()));
+        }
+    }
+    Ok(Servers { handles, leader_health, stop_request })
+}
+
+/// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
+/// `RaftManager`, gRPC health and reflection.
+fn client_routes(
+    ctx: &NodeContext,
+    me: &NodeInfo,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    stop_request: &StopRequest,
+) -> Result<RoutesBuilder, EngineError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
+        // RaftAdmin and RaftManager define the same package-less message names; each
+        // service resolves to its own complete file, and a bare message name to the last.
+        .register_encoded_file_descriptor_set(proto::compat::raftmanager::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
+    let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(KvService::new(ctx.clone()).into_server())
+        .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
+        .add_service(AdminService::new(ctx.clone()).into_server())
+        .add_service(RaftAdminService::new(hashicorp.clone()).into_server())
+        .add_service(RaftManagerService::new(hashicorp).into_server())
+        .add_service(health)
+        .add_service(reflection);
+    Ok(routes)
+}
+
+/// Step 7: writes `listen.json` for tools and tests, and logs that the node started.
+fn announce(config: &NodeConfig, dir: &std::path::Path, listen: &ListenAddrs) -> Result<(), EngineError> {
+    write_listen_file(&dir.join(LISTEN_FILE), listen)?;
+    tracing::info!(
+        node = %config.id,
+        grpc_addr = %listen.grpc_addr,
+        raft_addr = %listen.raft_addr,
+        gossip_addr = listen.gossip_addr.as_deref().unwrap_or("off"),
+        dir = %dir.display(),
+        "node started"
+    );
+    Ok(())
+}
+
+/// Step 8: the background tasks: the periodic snapshot check, publishing to gossip, and
+/// auto-join.
+fn start_background(
+    config: &NodeConfig,
+    raft: &Raft,
+    gossip: Option<&Gossip>,
+    me: NodeInfo,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut background = Vec::new();
+    if !config.snapshot_interval.is_zero() {
+        let timer = background::snapshot_timer(raft.clone(), config.snapshot_interval, stop.subscribe());
+        background.push(tokio::spawn(timer));
+    }
+    if let Some(g) = gossip {
+        background.push(tokio::spawn(background::publish_to_gossip(raft.clone(), g.clone(), stop.subscribe())));
+    }
+    if !config.join.is_empty() || config.join_via_gossip {
+        let seeds = background::JoinSeeds { named: config.join.clone(), gossip: gossip.cloned() };
+        let join = background::auto_join(raft.clone(), config.id.clone(), me, seeds, stop.subscribe());
+        background.push(tokio::spawn(join));
+    }
+    background
 }
 
 /// Starts a one-node cluster of this node, unless it already has state.
