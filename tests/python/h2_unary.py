@@ -1,6 +1,6 @@
 """One unary gRPC call over HTTP/2 with the headers given, through Python's h2 (hyper-h2).
 
-Used by tests/tests/compat.rs to send what grpc-go sends for a multi-address target
+Used by tests/it/compat.rs to send what grpc-go sends for a multi-address target
 (`multi:///a:1,b:2`): an `:authority` that is a list of addresses, which h2's own header
 validation would refuse to send, so validation and normalization are turned off here.
 

@@ -56,7 +56,7 @@ use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, 
 use crate::proxy::{Link, Mode};
 use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
-use crate::{BoxError, NodeProc, wait_for};
+use crate::{BoxError, NodeClient, NodeProc, wait_for};
 
 /// A small deterministic generator (xorshift64*, seeded through splitmix64).
 #[derive(Debug, Clone)]
@@ -399,16 +399,14 @@ impl Net {
                 .collect();
             args.extend(cfg.node_args.iter().cloned());
             let host = format!("127.0.0.{}:0", 11 + i);
-            let node = NodeProc::start_full(
-                &node_id(i),
-                net._dir.path(),
-                &host,
-                &host,
-                i == 0,
-                &args,
-                &cfg.node_env,
-                cfg.bin_dir.as_deref(),
-            )?;
+            let program = cfg.bin_dir.as_ref().map_or_else(|| crate::binary("raftkv"), |dir| dir.join("raftkv"));
+            let node = NodeProc::builder(program, node_id(i), net._dir.path())
+                .rust_log(crate::log_filter())
+                .addrs(&host, &host)
+                .bootstrap(i == 0)
+                .args(&args)
+                .envs(cfg.node_env.iter().cloned())
+                .start()?;
             for j in 0..n {
                 if j != i {
                     net.link(&net.raft, j, i).set_target(node.raft_addr.parse()?);

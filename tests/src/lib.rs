@@ -1,9 +1,11 @@
-//! The cluster test harness: real `raftkv` processes on 127.0.0.1.
+//! The cluster test harness: real `raftkv` processes on 127.0.0.1, for the test binary
+//! `tests/it/`.
 //!
-//! - Ports come from the OS: a node first starts with port 0 and writes the ports it bound
-//!   to `listen.json`; a restart reuses them, as a real restart keeps its addresses.
-//! - Every process started is stopped by its PID: gracefully with SIGTERM
-//!   ([`NodeProc::stop`]), abruptly with SIGKILL ([`NodeProc::kill`]), and always on drop.
+//! - A node process is a [`NodeProc`] of `proc-harness` (shared with `cargo xtask cluster`),
+//!   started by [`node`]`(id, dir)…start()`: ports from the OS (read back from the node's
+//!   `listen.json`; a restart reuses them), stopped by its PID (SIGTERM with
+//!   [`NodeProc::stop`], SIGKILL with [`NodeProc::kill`], always on drop).
+//! - [`Cluster`] starts and watches several; [`NodeClient`] gives a node's client.
 //! - Waits are on conditions (a node's status, a file appearing) with a deadline, never a
 //!   fixed sleep standing in for a condition.
 //! - The binaries are found in `RAFTKV_BIN_DIR` (set by `cargo xtask test`) or next to the
@@ -17,9 +19,8 @@ pub mod proxy;
 pub mod record;
 pub mod watch_check;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{Client, ClientOptions, RaftState, Suffrage};
@@ -70,220 +71,30 @@ pub fn testing_bin_dir() -> PathBuf {
 /// Timing flags that make elections quick on loopback.
 pub const FAST_TIMING: [&str; 4] = ["--heartbeat_interval", "50ms", "--election_timeout", "500ms"];
 
-/// One `raftkv` process and what is needed to restart it.
-pub struct NodeProc {
-    /// The node id.
-    pub id: String,
-    /// The base data directory.
-    pub data_dir: PathBuf,
-    /// The client address, once known.
-    pub grpc_addr: String,
-    /// The Raft address, once known.
-    pub raft_addr: String,
-    /// The gossip (UDP) address from `listen.json`, when the node runs gossip.
-    pub gossip_addr: Option<String>,
-    extra: Vec<String>,
-    env: Vec<(String, String)>,
-    bin_dir: Option<PathBuf>,
-    child: Option<Child>,
-    log: PathBuf,
+pub use proc_harness::{NodeProc, NodeProcBuilder};
+
+/// The nodes' log filter: `RUST_LOG` of the test run, or `info,openraft=warn`.
+#[must_use]
+pub fn log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into())
 }
 
-impl NodeProc {
-    /// Starts a node on OS-chosen ports and waits until it has bound them.
-    pub fn start(id: &str, data_dir: &Path, bootstrap: bool, extra: &[&str]) -> Result<Self, BoxError> {
-        let mut node = NodeProc {
-            id: id.to_string(),
-            data_dir: data_dir.to_path_buf(),
-            grpc_addr: "127.0.0.1:0".into(),
-            raft_addr: "127.0.0.1:0".into(),
-            gossip_addr: None,
-            extra: extra.iter().map(|s| (*s).to_string()).collect(),
-            env: Vec::new(),
-            bin_dir: None,
-            child: None,
-            log: data_dir.join(format!("{id}.log")),
-        };
-        node.spawn(bootstrap)?;
-        Ok(node)
-    }
+/// How to start node `id` in the tests: the `raftkv` of [`bin_dir`], its data and log
+/// (`<id>.log`) in `data_dir`, ports from the OS, [`log_filter`]. Then, say,
+/// `.bootstrap(true).args(FAST_TIMING).start()?`.
+pub fn node(id: &str, data_dir: &Path) -> NodeProcBuilder {
+    NodeProc::builder(binary("raftkv"), id, data_dir).rust_log(log_filter())
+}
 
-    fn listen_file(&self) -> PathBuf {
-        self.data_dir.join(&self.id).join("listen.json")
-    }
-
-    fn spawn(&mut self, bootstrap: bool) -> Result<(), BoxError> {
-        let _ = std::fs::remove_file(self.listen_file());
-        let log = File::options().create(true).append(true).open(&self.log)?;
-        let program = match &self.bin_dir {
-            Some(dir) => dir.join("raftkv"),
-            None => binary("raftkv"),
-        };
-        let mut cmd = Command::new(program);
-        cmd.arg("--raft_id")
-            .arg(&self.id)
-            .arg("--grpc_addr")
-            .arg(&self.grpc_addr)
-            .arg("--raft_addr")
-            .arg(&self.raft_addr)
-            .arg("--raft_data_dir")
-            .arg(&self.data_dir)
-            .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if bootstrap {
-            cmd.arg("--raft_bootstrap");
-        }
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        self.child = Some(child);
-        // Wait for listen.json of this very process.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(self.listen_file())
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                && v["pid"].as_u64() == Some(u64::from(pid))
-            {
-                self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
-                self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
-                self.gossip_addr = v["gossip_addr"].as_str().map(str::to_string);
-                return Ok(());
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!(
-                    "node {} exited with {status} before listening; log:\n{}",
-                    self.id,
-                    self.log_tail()
-                )
-                .into());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("node {} did not start within 30s; log:\n{}", self.id, self.log_tail()).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id, while running.
-    #[must_use]
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGKILL, then reap.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP by PID: the process stops answering (as if cut off) until [`NodeProc::resume`].
-    pub fn pause(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").arg("-STOP").arg(pid.to_string()).status();
-        }
-    }
-
-    /// SIGCONT by PID.
-    pub fn resume(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
-        }
-    }
-
-    /// SIGTERM by PID, wait up to 15 s for a clean exit (then SIGKILL). Returns whether the
-    /// node exited successfully on its own.
-    pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for the process to exit on its own (it was asked to stop by
-    /// other means than a signal from here), and reaps it. Returns whether it exited
-    /// successfully; `None` if it is still running (it keeps running).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut()?;
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    return Some(status.success());
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Replaces the extra environment variables, for the next start.
-    pub fn set_env(&mut self, env: Vec<(String, String)>) {
-        self.env = env;
-    }
-
-    /// Starts the node again on the same ports and directory.
-    pub fn restart(&mut self, bootstrap: bool) -> Result<(), BoxError> {
-        assert!(self.child.is_none(), "restart of a running node");
-        self.spawn(bootstrap)
-    }
-
-    /// Starts the node again on the same directory but on new OS-chosen client and Raft
-    /// ports (as a node moved to another port would), with `extra` as its extra arguments.
-    pub fn restart_on_new_ports(&mut self, extra: &[String]) -> Result<(), BoxError> {
-        assert!(self.child.is_none(), "restart of a running node");
-        self.grpc_addr = "127.0.0.1:0".into();
-        self.raft_addr = "127.0.0.1:0".into();
-        self.extra = extra.to_vec();
-        self.spawn(false)
-    }
-
-    /// The last lines of the node's log.
-    #[must_use]
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// The file the node's output goes to (appended to across restarts).
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// The node's whole log.
-    #[must_use]
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
+/// A client of one node of the tests ([`NodeProc`] is the harness's, which knows no client).
+pub trait NodeClient {
     /// A client talking to this node only.
-    pub fn client(&self) -> Result<Client, BoxError> {
-        Ok(Client::new([self.grpc_addr.clone()], test_options())?)
-    }
+    fn client(&self) -> Result<Client, BoxError>;
 }
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        // A paused process dies from SIGKILL too; resume first anyway so nothing lingers.
-        self.resume();
-        self.kill();
+impl NodeClient for NodeProc {
+    fn client(&self) -> Result<Client, BoxError> {
+        Ok(Client::new([self.grpc_addr.clone()], test_options())?)
     }
 }
 
@@ -324,14 +135,14 @@ impl Cluster {
     /// Returns once all are voters and a leader is known on every node.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
-        let mut nodes = vec![NodeProc::start("n1", dir.path(), true, extra)?];
+        let mut nodes = vec![node("n1", dir.path()).bootstrap(true).args(extra).start()?];
         let first = nodes[0].client()?;
         wait_for("n1 to lead", Duration::from_secs(30), || async {
             first.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
         })
         .await?;
         for i in 2..=n {
-            let node = NodeProc::start(&format!("n{i}"), dir.path(), false, extra)?;
+            let node = node(&format!("n{i}"), dir.path()).args(extra).start()?;
             first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
             nodes.push(node);
         }
@@ -635,62 +446,10 @@ pub fn refused_start(args: &[&str]) -> Result<String, BoxError> {
     Ok(stderr)
 }
 
-impl NodeProc {
-    /// Starts a node on OS-chosen ports with extra arguments given as owned strings.
-    pub fn start_with(id: &str, data_dir: &Path, bootstrap: bool, extra: &[String]) -> Result<Self, BoxError> {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Self::start(id, data_dir, bootstrap, &extra)
-    }
-}
-
 /// A port on 127.0.0.1 that was free a moment ago (bound, then released), for a node whose
 /// address must be known before it starts.
 pub fn free_port() -> Result<u16, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl NodeProc {
-    /// Starts a node on the given addresses (rather than OS-chosen ports).
-    pub fn start_on(
-        id: &str,
-        data_dir: &Path,
-        grpc_addr: &str,
-        raft_addr: &str,
-        bootstrap: bool,
-        extra: &[String],
-    ) -> Result<Self, BoxError> {
-        Self::start_full(id, data_dir, grpc_addr, raft_addr, bootstrap, extra, &[], None)
-    }
-
-    /// Starts a node on the given addresses (port 0: from the OS) with extra arguments, extra
-    /// environment variables, and the `raftkv` binary of `bin_dir` (default [`bin_dir`]).
-    /// Restarts keep all of them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_full(
-        id: &str,
-        data_dir: &Path,
-        grpc_addr: &str,
-        raft_addr: &str,
-        bootstrap: bool,
-        extra: &[String],
-        env: &[(String, String)],
-        bin_dir: Option<&Path>,
-    ) -> Result<Self, BoxError> {
-        let mut node = NodeProc {
-            id: id.to_string(),
-            data_dir: data_dir.to_path_buf(),
-            grpc_addr: grpc_addr.to_string(),
-            raft_addr: raft_addr.to_string(),
-            gossip_addr: None,
-            extra: extra.to_vec(),
-            env: env.to_vec(),
-            bin_dir: bin_dir.map(Path::to_path_buf),
-            child: None,
-            log: data_dir.join(format!("{id}.log")),
-        };
-        node.spawn(bootstrap)?;
-        Ok(node)
-    }
 }
 
 /// Runs `raftkv` with `args` (an offline subcommand) to completion; returns its output.

@@ -288,7 +288,7 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Result<Vec<u8>> {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let out = cluster::read_in_background(child.stdout.take());
     let err = cluster::read_in_background(child.stderr.take());
-    let Some(status) = cluster::wait_with_deadline(&mut child, Instant::now() + limit)? else {
+    let Some(status) = proc_harness::wait_with_deadline(&mut child, Instant::now() + limit)? else {
         // Not reaped yet: the PID is still this child's.
         let _ = child.kill();
         let _ = child.wait();
@@ -468,7 +468,7 @@ impl EtcdCluster {
         }
         let deadline = Instant::now() + ETCD_STOP_GRACE;
         for c in &mut self.children {
-            if !matches!(cluster::wait_with_deadline(c, deadline), Ok(Some(_))) {
+            if !matches!(proc_harness::wait_with_deadline(c, deadline), Ok(Some(_))) {
                 let _ = c.kill();
                 let _ = c.wait();
             }

@@ -14,6 +14,7 @@
 //!    every node.
 //! 6. Print the endpoints and commands to try; without `--smoke`, run until Ctrl-C.
 //!
+//! The node processes are `proc-harness` [`NodeProc`]s, the harness the cluster tests use.
 //! Stopping sends SIGTERM to every node by PID, waits up to 10 s, then SIGKILLs what is left.
 //! Every node started is stopped whatever happens: on success, on error (after printing the
 //! tail of each log), on Ctrl-C or SIGTERM to xtask (a handler sets a flag that every wait
@@ -21,17 +22,18 @@
 //! a Ctrl-C in the terminal reaches them too; they are waited for and killed by PID all the
 //! same.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{ErrorKind, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use proc_harness::{NodeProc, Stopped};
 use serde_json::Value;
 
 use crate::{cargo, display_cmd, run_checked, target_dir};
@@ -156,7 +158,7 @@ impl Running {
 
     /// The nodes' process ids.
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.cluster.nodes.iter().map(|n| n.pid).collect()
+        self.cluster.nodes.iter().filter_map(|n| n.proc.pid()).collect()
     }
 
     /// Stops every node by PID; what did not stop cleanly.
@@ -195,14 +197,15 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     }
     for i in 0..cluster.nodes.len() {
         cluster.wait_for_listen(i)?;
-        let node = &cluster.nodes[i];
-        println!("cluster: {} is up: pid {}, grpc {}, raft {}", node.id, node.pid, node.grpc_addr, node.raft_addr);
+        let node = &cluster.nodes[i].proc;
+        let pid = node.pid().unwrap_or_default();
+        println!("cluster: {} is up: pid {pid}, grpc {}, raft {}", node.id, node.grpc_addr, node.raft_addr);
     }
     // Plain copies, so that the condition closures below do not borrow the cluster.
     let addrs: Vec<Addrs> = cluster
         .nodes
         .iter()
-        .map(|n| Addrs { id: n.id, grpc: n.grpc_addr.clone(), raft: n.raft_addr.clone() })
+        .map(|n| Addrs { id: n.id, grpc: n.proc.grpc_addr.clone(), raft: n.proc.raft_addr.clone() })
         .collect();
     let first = &addrs[0];
 
@@ -311,14 +314,14 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
     let ctl = relative_to_cwd(ctl);
     println!();
     println!("cluster: 3-node cluster serving in {:.1}s (from starting the nodes to 3 voters)", serving.as_secs_f64());
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().map(|n| &n.proc) {
         println!(
             "  {}  grpc {}  raft {}  pid {}  log {}",
             node.id,
             node.grpc_addr,
             node.raft_addr,
-            node.pid,
-            relative_to_cwd(&node.log).display()
+            node.pid().unwrap_or_default(),
+            relative_to_cwd(node.log_path()).display()
         );
     }
     println!("  data: {}", relative_to_cwd(&cluster.data_dir).display());
@@ -384,18 +387,6 @@ fn relative_to_cwd(path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-/// The last `n` lines of a file, or why it could not be read.
-fn tail(path: &Path, n: usize) -> String {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        Err(err) => format!("(cannot read {}: {err})", path.display()),
-    }
-}
-
 /// A node's addresses, copied out of the cluster.
 struct Addrs {
     id: &'static str,
@@ -405,14 +396,7 @@ struct Addrs {
 
 struct Node {
     id: &'static str,
-    /// `<data-dir>/<id>/listen.json`
-    listen_file: PathBuf,
-    log: PathBuf,
-    /// `None` once the process has been reaped.
-    child: Option<Child>,
-    pid: u32,
-    raft_addr: String,
-    grpc_addr: String,
+    proc: NodeProc,
     /// Its exit has been reported already (it exited on its own while the cluster ran).
     reported: bool,
 }
@@ -427,77 +411,27 @@ struct Cluster {
 impl Cluster {
     /// The nodes' client addresses, comma-separated, in start order.
     fn endpoints(&self) -> String {
-        self.nodes.iter().map(|n| n.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
+        self.nodes.iter().map(|n| n.proc.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
-    /// Starts one node. It is recorded before anything else can fail, so that it is stopped.
+    /// Starts one node (through the process harness, which SIGKILLs it if it is dropped).
     fn spawn(&mut self, id: &'static str, raft_port: u16, grpc_port: u16, bootstrap: bool) -> Result<()> {
-        let node_dir = self.data_dir.join(id);
-        fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
-        let listen_file = node_dir.join("listen.json");
-        match fs::remove_file(&listen_file) {
-            Ok(()) => {}
-            Err(err) if err.kind() == ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("removing {}", listen_file.display()));
-            }
-        }
-        let log = self.data_dir.join(format!("{id}.log"));
-        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-
-        let mut cmd = Command::new(&self.raftkv);
-        cmd.arg("--raft_id")
-            .arg(id)
-            .arg("--raft_addr")
-            .arg(format!("{HOST}:{raft_port}"))
-            .arg("--grpc_addr")
-            .arg(format!("{HOST}:{grpc_port}"))
-            .arg("--raft_data_dir")
-            .arg(&self.data_dir);
-        if bootstrap {
-            cmd.arg("--raft_bootstrap");
-        }
-        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
-        let line = display_cmd(&cmd);
-        let child = cmd.spawn().with_context(|| format!("cannot start `{line}`"))?;
-        println!("cluster: started {id} (pid {}): {line}", child.id());
-        self.nodes.push(Node {
-            id,
-            listen_file,
-            log,
-            pid: child.id(),
-            child: Some(child),
-            raft_addr: String::new(),
-            grpc_addr: String::new(),
-            reported: false,
-        });
+        let proc = NodeProc::builder(&self.raftkv, id, &self.data_dir)
+            .addrs(format!("{HOST}:{grpc_port}"), format!("{HOST}:{raft_port}"))
+            .bootstrap(bootstrap)
+            .listen_timeout(LISTEN_DEADLINE)
+            .abort_on(Arc::clone(&self.interrupted))
+            .spawn()?;
+        println!("cluster: started {id} (pid {}): {}", proc.pid().unwrap_or_default(), proc.command_line());
+        self.nodes.push(Node { id, proc, reported: false });
         Ok(())
     }
 
-    /// Waits for node `i`'s listen.json (written by that very process) and records its
+    /// Waits for node `i`'s listen.json (written by that very process), which records its
     /// addresses.
     fn wait_for_listen(&mut self, i: usize) -> Result<()> {
-        let id = self.nodes[i].id;
-        let file = self.nodes[i].listen_file.clone();
-        let pid = self.nodes[i].pid;
-        let (raft, grpc) = self.wait_until(
-            &format!("{id} to write {}", file.display()),
-            LISTEN_DEADLINE,
-            Duration::from_millis(50),
-            || {
-                let text = fs::read_to_string(&file).map_err(|e| e.to_string())?;
-                let listen: Value = serde_json::from_str(&text).map_err(|e| format!("{e} in {text:?}"))?;
-                if listen["pid"].as_u64() != Some(u64::from(pid)) {
-                    return Err(format!("pid {} in {text:?}, not {pid}", listen["pid"]));
-                }
-                match (listen["raft_addr"].as_str(), listen["grpc_addr"].as_str()) {
-                    (Some(raft), Some(grpc)) => Ok((raft.to_owned(), grpc.to_owned())),
-                    _ => Err(format!("no raft_addr or grpc_addr in {text:?}")),
-                }
-            },
-        )?;
-        self.nodes[i].raft_addr = raft;
-        self.nodes[i].grpc_addr = grpc;
+        self.check_running()?;
+        self.nodes[i].proc.wait_listening()?;
         Ok(())
     }
 
@@ -532,10 +466,7 @@ impl Cluster {
             bail!("interrupted");
         }
         for node in &mut self.nodes {
-            if let Some(child) = &mut node.child
-                && let Some(status) = child.try_wait()?
-            {
-                node.child = None;
+            if let Some(status) = node.proc.try_wait()? {
                 bail!("{} exited unexpectedly ({status})", node.id);
             }
         }
@@ -547,21 +478,17 @@ impl Cluster {
     fn wait_for_interrupt(&mut self) -> Result<()> {
         while !self.interrupted.load(Ordering::SeqCst) {
             for node in &mut self.nodes {
-                let Some(child) = &mut node.child else {
-                    continue;
-                };
-                if let Some(status) = child.try_wait()? {
-                    node.child = None;
+                if let Some(status) = node.proc.try_wait()? {
                     node.reported = true;
                     eprintln!(
                         "cluster: {} exited ({status}); last lines of {}:\n{}",
                         node.id,
-                        node.log.display(),
-                        tail(&node.log, LOG_TAIL_LINES)
+                        node.proc.log_path().display(),
+                        node.proc.log_tail_lines(LOG_TAIL_LINES)
                     );
                 }
             }
-            if self.nodes.iter().all(|n| n.child.is_none()) {
+            if self.nodes.iter().all(|n| n.proc.pid().is_none()) {
                 bail!("every node has exited");
             }
             thread::sleep(POLL_INTERVAL);
@@ -574,9 +501,9 @@ impl Cluster {
         for node in &self.nodes {
             eprintln!(
                 "\n----- last {LOG_TAIL_LINES} lines of {} ({}) -----\n{}",
-                node.log.display(),
+                node.proc.log_path().display(),
                 node.id,
-                tail(&node.log, LOG_TAIL_LINES)
+                node.proc.log_tail_lines(LOG_TAIL_LINES)
             );
         }
     }
@@ -592,57 +519,33 @@ impl Cluster {
             // give them a moment before a second signal, which could cut that short.
             let deadline = Instant::now() + SELF_EXIT_GRACE;
             while Instant::now() < deadline
-                && self.nodes.iter_mut().any(|n| n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
+                && self.nodes.iter_mut().any(|n| n.proc.pid().is_some() && matches!(n.proc.try_wait(), Ok(None)))
             {
                 thread::sleep(Duration::from_millis(20));
             }
         }
+        // SIGTERM to all first, so that they shut down in parallel under one deadline.
         for node in &mut self.nodes {
-            let Some(child) = &mut node.child else {
-                continue;
-            };
-            if let Ok(None) = child.try_wait() {
-                // Our child is not reaped yet, so its PID cannot have been reused.
-                let sent = Command::new("kill")
-                    .args(["-TERM", &node.pid.to_string()])
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                if !sent.is_ok_and(|s| s.success()) {
-                    // No `kill` command, or the node exited in between: `try_wait` below
-                    // tells which, and SIGKILL handles the first case.
-                    eprintln!("cluster: could not send SIGTERM to {} (pid {})", node.id, node.pid);
-                }
-            }
+            node.proc.terminate();
         }
         let deadline = Instant::now() + STOP_GRACE;
         for node in &mut self.nodes {
-            let Some(mut child) = node.child.take() else {
-                continue;
-            };
-            match wait_with_deadline(&mut child, deadline) {
-                Ok(Some(status)) => {
+            let pid = node.proc.pid().unwrap_or_default();
+            match node.proc.stop_by(deadline) {
+                Stopped::NotRunning => {}
+                Stopped::Exited(status) => {
                     if !status.success() && !node.reported {
                         problems.push(format!("{} exited with {status}", node.id));
                     }
                     println!("cluster: {} stopped ({status})", node.id);
                 }
-                Ok(None) | Err(_) => {
+                Stopped::Killed => {
                     problems.push(format!(
-                        "{} (pid {}) did not exit within {}s of SIGTERM; killing it",
+                        "{} (pid {pid}) did not exit within {}s of SIGTERM; killed it",
                         node.id,
-                        node.pid,
                         STOP_GRACE.as_secs()
                     ));
-                    // SIGKILL by PID, then reap; the child is not reaped yet, so the PID is
-                    // still ours.
-                    if let Err(err) = child.kill() {
-                        problems.push(format!("killing {}: {err}", node.id));
-                    }
-                    match child.wait() {
-                        Ok(status) => println!("cluster: {} killed ({status})", node.id),
-                        Err(err) => problems.push(format!("reaping {}: {err}", node.id)),
-                    }
+                    println!("cluster: {} killed", node.id);
                 }
             }
         }
@@ -653,24 +556,11 @@ impl Cluster {
 impl Drop for Cluster {
     /// The last line of defence (a panic, an early return): no node outlives xtask.
     fn drop(&mut self) {
-        if self.nodes.iter().any(|n| n.child.is_some()) {
+        if self.nodes.iter().any(|n| n.proc.pid().is_some()) {
             for problem in self.stop() {
                 eprintln!("cluster: {problem}");
             }
         }
-    }
-}
-
-/// Waits for `child` to exit until `deadline`; `Ok(None)` if it is still running then.
-pub(crate) fn wait_with_deadline(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 

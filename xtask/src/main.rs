@@ -164,17 +164,15 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// A command line as the user would type it, for logs and error messages.
 fn display_cmd(cmd: &Command) -> String {
+    let line = proc_harness::command_line(cmd);
     let program = Path::new(cmd.get_program());
-    let mut line = if program.file_name().is_some_and(|name| name == "cargo") {
-        String::from("cargo")
+    if program.file_name().is_some_and(|name| name == "cargo") {
+        // The cargo that runs xtask, by whatever path: shown as the user typed it.
+        let args = line.get(program.to_string_lossy().len()..).unwrap_or_default();
+        format!("cargo{args}")
     } else {
-        program.to_string_lossy().into_owned()
-    };
-    for arg in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
+        line
     }
-    line
 }
 
 /// Runs `cmd` with inherited stdio, echoing it first; fails unless it exits 0.

@@ -4,8 +4,8 @@
 //!
 //! Ignored by default, because a fresh machine has no etcd and `cargo xtask test` must work
 //! there; CI installs etcd 3.4 (`etcd-server`, `etcd-client`) and runs it with
-//! `cargo nextest run -p tests --test etcd --run-ignored only`. It fails, with what to
-//! install, when etcd is missing.
+//! `cargo nextest run -p tests --test it --run-ignored only -E 'test(/^etcd::/)'`. It fails,
+//! with what to install, when etcd is missing.
 
 #![allow(clippy::print_stderr)]
 

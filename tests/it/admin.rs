@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use client::{Client, RaftState, Suffrage};
-use tests::{Cluster, FAST_TIMING, Load, NodeProc, TestResult, check_readable, raftkvctl, test_options, wait_for};
+use tests::{
+    Cluster, FAST_TIMING, Load, NodeClient, TestResult, check_readable, node, raftkvctl, test_options, wait_for,
+};
 
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -41,14 +43,14 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() -> TestResul
     let admin = cluster.client()?;
 
     // A voter joins (learner first, promoted once caught up).
-    let n4 = NodeProc::start("n4", cluster.dir.path(), false, &FAST_TIMING)?;
+    let n4 = node("n4", cluster.dir.path()).args(FAST_TIMING).start()?;
     let resp = admin.add_voter("n4", &n4.raft_addr, &n4.grpc_addr, MEMBERSHIP_TIMEOUT).await?;
     assert_eq!(suffrage_of(&resp.members, "n4"), Some(Suffrage::Voter));
     cluster.nodes.push(n4);
     load.progress(30, Duration::from_secs(60)).await?;
 
     // A learner joins through raftkvctl, through a follower.
-    let n5 = NodeProc::start("n5", cluster.dir.path(), false, &FAST_TIMING)?;
+    let n5 = node("n5", cluster.dir.path()).args(FAST_TIMING).start()?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let follower = vec![cluster.nodes[(leader + 1) % 3].grpc_addr.clone()];
     let v = json(&raftkvctl(
@@ -140,7 +142,7 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_last_voter_cannot_be_removed_or_demoted() -> TestResult {
     let mut cluster = Cluster::start(1, &FAST_TIMING).await?;
-    let n2 = NodeProc::start("n2", cluster.dir.path(), false, &FAST_TIMING)?;
+    let n2 = node("n2", cluster.dir.path()).args(FAST_TIMING).start()?;
     let admin = cluster.client()?;
     admin.add_learner("n2", &n2.raft_addr, &n2.grpc_addr, MEMBERSHIP_TIMEOUT).await?;
     cluster.nodes.push(n2);
@@ -326,7 +328,7 @@ async fn new_nodes_join_by_themselves_and_a_restart_does_not_rejoin() -> TestRes
     // The first address is dead: joining moves on to the next one.
     extra.extend(["--join".to_string(), format!("127.0.0.1:1,{seed}")]);
     for id in ["n2", "n3"] {
-        let node = NodeProc::start_with(id, cluster.dir.path(), false, &extra)?;
+        let node = node(id, cluster.dir.path()).args(&extra).start()?;
         cluster.nodes.push(node);
     }
     cluster.wait_converged(Duration::from_secs(60)).await?;
@@ -457,7 +459,7 @@ async fn quorum_loss_is_recovered_on_the_survivor_and_new_nodes_join() -> TestRe
     let mut extra: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
     extra.extend(["--join".to_string(), seed]);
     for id in ["n4", "n5"] {
-        cluster.nodes.push(NodeProc::start_with(id, cluster.dir.path(), false, &extra)?);
+        cluster.nodes.push(node(id, cluster.dir.path()).args(&extra).start()?);
     }
     cluster.wait_converged(Duration::from_secs(60)).await?;
     for node in &cluster.nodes {
@@ -534,12 +536,12 @@ async fn a_backup_restores_into_a_fresh_cluster_key_by_key() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already has data"));
 
     let extra_owned: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
-    let r1 = NodeProc::start_on("r1", target.path(), &grpc, &raft, false, &extra_owned)?;
+    let r1 = node("r1", target.path()).addrs(&grpc, &raft).args(&extra_owned).start()?;
     let mut join = extra_owned.clone();
     join.extend(["--join".to_string(), grpc.clone()]);
     let mut restored = Cluster { nodes: vec![r1], dir: target };
     for id in ["r2", "r3"] {
-        restored.nodes.push(NodeProc::start_with(id, restored.dir.path(), false, &join)?);
+        restored.nodes.push(node(id, restored.dir.path()).args(&join).start()?);
     }
     restored.wait_converged(Duration::from_secs(60)).await?;
     restored.client()?.put("new-cluster", "works").await?;

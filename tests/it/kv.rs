@@ -13,7 +13,8 @@ use client::kv::{
 };
 use client::{Client, ClientError, ClientOptions};
 use tests::{
-    Cluster, FAST_TIMING, TestResult, code, message, one_shot, raftkvctl, raftkvctl_stdin, test_options, wait_for,
+    Cluster, FAST_TIMING, NodeClient, TestResult, code, message, one_shot, raftkvctl, raftkvctl_stdin, test_options,
+    wait_for,
 };
 use tonic::Code;
 

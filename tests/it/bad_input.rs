@@ -59,7 +59,9 @@ use futures::StreamExt;
 use prost::Message;
 use proto::raft::v1::RaftMessage;
 use proto::raft::v1::raft_client::RaftClient;
-use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, channel, code, message, one_shot, proc_usage};
+use tests::{
+    BoxError, Cluster, FAST_TIMING, NodeClient, NodeProc, TestResult, channel, code, message, one_shot, proc_usage,
+};
 use tonic::Code;
 use tonic::codegen::http;
 

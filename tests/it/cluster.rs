@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::{Client, RaftState};
-use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, raftkvctl, test_options, wait_for};
+use tests::{BoxError, Cluster, FAST_TIMING, NodeClient, TestResult, node, raftkvctl, test_options, wait_for};
 
 type Acked = Arc<Mutex<BTreeMap<String, String>>>;
 
@@ -209,7 +209,7 @@ async fn a_follower_behind_a_link_slower_than_the_heartbeat_still_replicates() -
     let plain = args.clone();
     args.extend(["--peers".to_string(), peers]);
     let local = "127.0.0.1:0";
-    let n1 = NodeProc::start_full("n1", dir.path(), local, local, true, &args, &[], None)?;
+    let n1 = node("n1", dir.path()).addrs(local, local).bootstrap(true).args(&args).start()?;
     let leader = n1.client()?;
     wait_for("n1 to lead", Duration::from_secs(30), || async {
         leader.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
@@ -217,7 +217,7 @@ async fn a_follower_behind_a_link_slower_than_the_heartbeat_still_replicates() -
     .await?;
     let mut nodes = vec![n1];
     for id in ["n2", "n3"] {
-        let node = NodeProc::start_full(id, dir.path(), local, local, false, &plain, &[], None)?;
+        let node = node(id, dir.path()).addrs(local, local).args(&plain).start()?;
         if id == "n2" {
             raft_link.set_target(node.raft_addr.parse()?);
             grpc_link.set_target(node.grpc_addr.parse()?);
@@ -294,7 +294,7 @@ async fn raftkvctl_put_get_del_and_members() -> TestResult {
     assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1);
 
     // A fourth node joins through raftkvctl, through a follower.
-    let n4 = NodeProc::start("n4", cluster.dir.path(), false, &FAST_TIMING)?;
+    let n4 = node("n4", cluster.dir.path()).args(FAST_TIMING).start()?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let follower = cluster.endpoints()[(leader + 1) % 3].clone();
     let out =

@@ -13,7 +13,7 @@ use proto::compat::raftadmin as ra;
 use proto::compat::raftadmin::raft_admin_client::RaftAdminClient;
 use proto::compat::raftmanager as rm;
 use proto::compat::raftmanager::raft_manager_client::RaftManagerClient;
-use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, wait_for};
+use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, node, wait_for};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -103,9 +103,9 @@ const NONVOTER: i32 = ra::get_configuration_response::server::Suffrage::Nonvoter
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raftadmin_manages_a_cluster_the_way_its_cli_does() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let n1 = NodeProc::start("n1", dir.path(), true, &FAST_TIMING)?;
-    let n2 = NodeProc::start("n2", dir.path(), false, &FAST_TIMING)?;
-    let n3 = NodeProc::start("n3", dir.path(), false, &FAST_TIMING)?;
+    let n1 = node("n1", dir.path()).bootstrap(true).args(FAST_TIMING).start()?;
+    let n2 = node("n2", dir.path()).args(FAST_TIMING).start()?;
+    let n3 = node("n3", dir.path()).args(FAST_TIMING).start()?;
     let mut a1 = admin(&n1)?;
     wait_leading(&a1, "n1 to lead", Duration::from_secs(30)).await?;
 
@@ -289,9 +289,9 @@ async fn raftmanager_runs_the_seed_readme_flow_and_shutdown() -> TestResult {
     // raft-example's README: three nodes, nodeA bootstrapped, then
     // `manager localhost:40051 applied_index` and `manager localhost:40051 add_voter nodeB localhost:50052 <index>`.
     let dir = tempfile::tempdir()?;
-    let a = NodeProc::start("nodeA", dir.path(), true, &FAST_TIMING)?;
-    let mut b = NodeProc::start("nodeB", dir.path(), false, &FAST_TIMING)?;
-    let c = NodeProc::start("nodeC", dir.path(), false, &FAST_TIMING)?;
+    let a = node("nodeA", dir.path()).bootstrap(true).args(FAST_TIMING).start()?;
+    let mut b = node("nodeB", dir.path()).args(FAST_TIMING).start()?;
+    let c = node("nodeC", dir.path()).args(FAST_TIMING).start()?;
     let mut m = manager(&a)?;
     wait_for("nodeA to lead", Duration::from_secs(30), || {
         let mut m = m.clone();

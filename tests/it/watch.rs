@@ -18,7 +18,10 @@ use client::kv::{GetRequest, GetResponse, WatchRequest, WatchResponse};
 use client::{Client, RaftState};
 use proto::compat::example::WatchRequest as SeedWatchRequest;
 use proto::compat::example::example_client::ExampleClient;
-use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult, binary, channel, proc_usage, wait_for, watch_stats};
+use tests::{
+    BoxError, Cluster, FAST_TIMING, NodeClient, NodeProc, TestResult, binary, channel, proc_usage, wait_for,
+    watch_stats,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use client::admin::{GossipLiveness, StatusResponse};
-use tests::{BoxError, FAST_TIMING, NodeProc, TestResult, raftkvctl, refused_start, wait_for};
+use tests::{BoxError, FAST_TIMING, NodeClient, NodeProc, TestResult, node, raftkvctl, refused_start, wait_for};
 
 const GOSSIP_INTERVAL_MS: u64 = 100;
 const PHI_THRESHOLD: f64 = 8.0;
@@ -74,12 +74,12 @@ async fn three_node_gossip_cluster(
     dir: &std::path::Path,
     cluster: &str,
 ) -> Result<(Vec<NodeProc>, Duration), BoxError> {
-    let n1 = NodeProc::start_with("n1", dir, true, &gossip_args(cluster, &[]))?;
+    let n1 = node("n1", dir).bootstrap(true).args(gossip_args(cluster, &[])).start()?;
     let seed = gossip_addr(&n1)?;
     let mut join = gossip_args(cluster, &[&seed]);
     join.push("--join".into());
-    let n2 = NodeProc::start_with("n2", dir, false, &join)?;
-    let n3 = NodeProc::start_with("n3", dir, false, &join)?;
+    let n2 = node("n2", dir).args(&join).start()?;
+    let n3 = node("n3", dir).args(&join).start()?;
     let started = Instant::now();
     let nodes = vec![n1, n2, n3];
     let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
@@ -222,14 +222,14 @@ async fn a_node_restarted_on_new_ports_is_reached_through_gossip() -> TestResult
 #[tokio::test(flavor = "multi_thread")]
 async fn clusters_with_other_cluster_ids_never_see_each_other() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let a1 = NodeProc::start_with("a1", dir.path(), true, &gossip_args("blue", &[]))?;
+    let a1 = node("a1", dir.path()).bootstrap(true).args(gossip_args("blue", &[])).start()?;
     let a1_gossip = gossip_addr(&a1)?;
     // b1 seeds itself with blue's address on purpose.
-    let b1 = NodeProc::start_with("b1", dir.path(), true, &gossip_args("green", &[&a1_gossip]))?;
+    let b1 = node("b1", dir.path()).bootstrap(true).args(gossip_args("green", &[&a1_gossip])).start()?;
     let b1_gossip = gossip_addr(&b1)?;
     let seeds = [a1_gossip.as_str(), b1_gossip.as_str()];
-    let a2 = NodeProc::start_with("a2", dir.path(), false, &gossip_args("blue", &seeds))?;
-    let b2 = NodeProc::start_with("b2", dir.path(), false, &gossip_args("green", &seeds))?;
+    let a2 = node("a2", dir.path()).args(gossip_args("blue", &seeds)).start()?;
+    let b2 = node("b2", dir.path()).args(gossip_args("green", &seeds)).start()?;
     let blue = vec!["a1".to_string(), "a2".into()];
     let green = vec!["b1".to_string(), "b2".into()];
     wait_for("each cluster to form", CONVERGE_BOUND, || async {

@@ -14,7 +14,7 @@ use proto::compat::example::example_client::ExampleClient;
 use proto::compat::example::{
     AddRequest, AddWordRequest, GetRequest, GetResponse, GetWordsRequest, StatRequest, WatchRequest, WatchResponse,
 };
-use tests::{BoxError, Cluster, FAST_TIMING, NodeProc, TestResult};
+use tests::{BoxError, Cluster, FAST_TIMING, NodeClient, NodeProc, TestResult};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
