@@ -376,7 +376,7 @@ fn invalid_policy_flags_fail_at_start_with_clear_messages() -> TestResult {
     let cases: [(&[&str], &str); 5] = [
         (
             &["--raft_id", "a", "--snapshot_interval", "5ms"],
-            "--snapshot_interval is 5ms; it must be 0 (off) or at least 100ms",
+            "--snapshot_interval is 5ms; it must be 0s (off) or at least 100ms",
         ),
         (&["--raft_id", "a", "--max_append_entries", "0"], "--max_append_entries is 0; it must be from 1 to 1024"),
         (&["--raft_id", "a", "--max_append_entries", "5000"], "--max_append_entries is 5000"),

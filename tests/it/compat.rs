@@ -313,7 +313,31 @@ async fn example_stat_has_the_seed_keys_on_every_node() -> TestResult {
     let files = reflection_file_containing(&cluster.nodes[0].grpc_addr, "Example").await?;
     assert!(files.iter().any(|f| contains(f, b"compat/example.proto")), "no descriptor of compat/example.proto");
     assert!(reflection_services(&cluster.nodes[0].grpc_addr).await?.iter().any(|s| s == "Example"));
+    // grpcurl and most GUI clients ask the older v1alpha protocol first; it lists the same.
+    let v1alpha = reflection_services_v1alpha(&cluster.nodes[0].grpc_addr).await?;
+    for service in ["Example", "raftkv.v1.KV", "raftkv.admin.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(v1alpha.iter().any(|s| s == service), "v1alpha reflection lacks {service}: {v1alpha:?}");
+    }
     Ok(())
+}
+
+/// `ListServices` through reflection's v1alpha protocol (`grpc.reflection.v1alpha`).
+async fn reflection_services_v1alpha(addr: &str) -> Result<Vec<String>, BoxError> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::new(channel(addr)?);
+    let mut stream = client.server_reflection_info(self::request(futures::stream::iter([req]))).await?.into_inner();
+    let resp = stream.message().await?.ok_or("no v1alpha reflection answer")?;
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+        other => Err(format!("unexpected v1alpha reflection answer {other:?}").into()),
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

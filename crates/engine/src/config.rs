@@ -132,7 +132,7 @@ impl NodeConfig {
         let si = self.snapshot_interval;
         if !si.is_zero() && si < MIN_SNAPSHOT_INTERVAL {
             return bad(format!(
-                "--snapshot_interval is {si:?}; it must be 0 (off) or at least {MIN_SNAPSHOT_INTERVAL:?}"
+                "--snapshot_interval is {si:?}; it must be 0s (off) or at least {MIN_SNAPSHOT_INTERVAL:?}"
             ));
         }
         let mae = self.max_append_entries;
@@ -206,7 +206,7 @@ impl NodeConfig {
             // as leader of its old term at once; its committed index then comes from storage,
             // which may be behind (saved without an fsync), and a ReadIndex read it serves
             // before the next commit can miss acknowledged writes. The fault suite found
-            // this (`tests/chaos.rs`, seeds 4 and 5: stale reads right after a restart of all
+            // this (`tests/it/chaos.rs`, seeds 4 and 5: stale reads right after a restart of all
             // nodes).
             enable_leader_restore: Some(false),
             ..Default::default()
@@ -259,7 +259,7 @@ mod tests {
         assert!(c.validate().is_ok());
         c.snapshot_interval = Duration::from_millis(5);
         let msg = refused(&c);
-        assert!(msg.contains("--snapshot_interval is 5ms") && msg.contains("0 (off) or at least 100ms"), "{msg}");
+        assert!(msg.contains("--snapshot_interval is 5ms") && msg.contains("0s (off) or at least 100ms"), "{msg}");
     }
 
     #[test]

@@ -518,16 +518,13 @@ fn client_routes(
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stop_request: &StopRequest,
 ) -> Result<RoutesBuilder, EngineError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
-        // RaftAdmin and RaftManager define the same package-less message names; each
-        // service resolves to its own complete file, and a bare message name to the last.
-        .register_encoded_file_descriptor_set(proto::compat::raftmanager::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
+    let reflection =
+        reflection_builder().build_v1().map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
+    // grpcurl and many GUI clients still ask the v1alpha protocol first; both describe the
+    // same files.
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| EngineError::Config(format!("gRPC reflection (v1alpha): {e}")))?;
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
     let mut routes = RoutesBuilder::default();
     routes
@@ -537,8 +534,22 @@ fn client_routes(
         .add_service(RaftAdminService::new(hashicorp.clone()).into_server())
         .add_service(RaftManagerService::new(hashicorp).into_server())
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
     Ok(routes)
+}
+
+/// What gRPC reflection describes on the client port: every raftkv package, health and the
+/// Go seeds' services.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::compat::example::FILE_DESCRIPTOR_SET)
+        // RaftAdmin and RaftManager define the same package-less message names; each
+        // service resolves to its own complete file, and a bare message name to the last.
+        .register_encoded_file_descriptor_set(proto::compat::raftmanager::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
 }
 
 /// Step 7: writes `listen.json` for tools and tests, and logs that the node started.
