@@ -190,6 +190,28 @@ async fn a_node_whose_certificate_names_another_node_cannot_join_or_vote() -> Te
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_allowed_cn_closes_the_raft_port_to_other_names() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (_, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1", "n2", "n3"], "client")?;
+    let n1 = tls_node("n1", dir.path(), &files, true, &["--peer-allowed-cn", "n1,n2"])?;
+    let as_node = |id: &str| ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.nodes[id].clone()) };
+    // n2 is allowed: its vote reaches the service, which refuses a non-member's vote.
+    let allowed = vote_claiming(&n1.raft_addr, &as_node("n2"), "n1", "n2", 0).await;
+    let status = allowed.err().ok_or("a non-member's vote was granted")?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    // n3 has a certificate of the same CA but is not in the list: the connection is closed
+    // after the handshake, before any request is read.
+    let refused = vote_claiming(&n1.raft_addr, &as_node("n3"), "n1", "n3", 0).await;
+    let status = refused.err().ok_or("a peer outside --peer-allowed-cn was served")?;
+    assert_ne!(status.code(), tonic::Code::FailedPrecondition, "the request reached the service: {status:?}");
+    wait_for("the refusal to be logged", Duration::from_secs(10), || async {
+        n1.log().contains("TLS client refused after the handshake")
+    })
+    .await?;
+    Ok(())
+}
+
 /// The certificate the TLS server at `addr` presents to a new connection (DER), verified
 /// against `ca`.
 async fn served_certificate(addr: &str, ca: &Path) -> Result<Vec<u8>, BoxError> {

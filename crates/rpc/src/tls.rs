@@ -427,6 +427,16 @@ mod tests {
     }
 
     #[test]
+    fn node_ids_that_can_name_a_certificate() {
+        for ok in ["nodeA", "n1", "node-a.example", "a_b"] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in ["127.0.0.1", "-a", "a..b", ".", &"x".repeat(64)] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn unreadable_files_are_named() {
         let files = ServerTlsFiles {
             cert: "/nonexistent/c.pem".into(),
