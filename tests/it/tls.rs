@@ -327,3 +327,71 @@ async fn plaintext_on_a_non_loopback_address_needs_insecure() -> TestResult {
     assert!(refused.1.contains("--key-file is missing"), "{}", refused.1);
     Ok(())
 }
+
+/// `curl` (OpenSSL and nghttp2: a TLS and HTTP/2 stack that is not ours) sending one unary
+/// gRPC call, `message` framed, to `https://ADDR/PATH` with `tls` (curl's TLS flags);
+/// returns curl's success, the response body and the dumped headers and trailers.
+fn curl_grpc(
+    addr: &str,
+    path: &str,
+    message: &[u8],
+    tls: &[String],
+    dir: &Path,
+) -> Result<(bool, Vec<u8>, String), BoxError> {
+    let mut framed = vec![0u8];
+    framed.extend(u32::try_from(message.len())?.to_be_bytes());
+    framed.extend(message);
+    let (body, out, headers) = (dir.join("curl-body"), dir.join("curl-out"), dir.join("curl-headers"));
+    std::fs::write(&body, framed)?;
+    let status = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "10", "-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(tls)
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg("-D")
+        .arg(&headers)
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let read = |p: &Path| std::fs::read(p).unwrap_or_default();
+    Ok((status.success(), read(&out), String::from_utf8_lossy(&read(&headers)).to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn curl_speaks_grpc_over_mutual_tls_to_a_node() -> TestResult {
+    Command::new("curl").arg("--version").output().map_err(|e| format!("this test needs curl on PATH ({e})"))?;
+    let dir = tempfile::tempdir()?;
+    let (_, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1"], "client")?;
+    let n1 = tls_node("n1", dir.path(), &files, true, &["--client-cert-auth"])?;
+    let client = Client::new([n1.grpc_addr.clone()], tls_options(&files))?;
+    wait_for("n1 to lead", Duration::from_secs(30), || async {
+        client.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+    })
+    .await?;
+    let path = |p: &Path| p.display().to_string();
+    let mtls = vec![
+        "--cacert".to_string(),
+        path(&files.ca),
+        "--cert".to_string(),
+        path(&files.client.0),
+        "--key".to_string(),
+        path(&files.client.1),
+    ];
+    let put = prost::Message::encode_to_vec(&proto::kv::v1::PutRequest {
+        key: "from-curl".into(),
+        value: "over TLS".into(),
+        ..Default::default()
+    });
+    let (ok, body, headers) = curl_grpc(&n1.grpc_addr, "/raftkv.v1.KV/Put", &put, &mtls, dir.path())?;
+    assert!(ok && headers.contains("grpc-status: 0"), "curl's Put failed: {headers}");
+    assert_eq!(body.first(), Some(&0), "not a gRPC message: {body:?}");
+    let got = client.get("from-curl").await?;
+    assert_eq!(got.kv.map(|kv| kv.value.to_vec()), Some(b"over TLS".to_vec()));
+    // Without the client certificate, curl is refused at the handshake.
+    let (ok, _, headers) = curl_grpc(&n1.grpc_addr, "/raftkv.v1.KV/Put", &put, &mtls[..2], dir.path())?;
+    assert!(!ok && !headers.contains("grpc-status"), "curl without a certificate was served: {headers}");
+    Ok(())
+}

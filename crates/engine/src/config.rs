@@ -205,8 +205,9 @@ impl NodeConfig {
         }
         if !rpc::tls::is_dns_name(self.id.as_str()) {
             return bad(format!(
-                "with TLS, the node id {:?} must be a DNS name (letters, digits and hyphens in dot-separated \
-                 labels of at most 63 characters): other nodes verify this node's certificate for it",
+                "with TLS, the node id {:?} must be a DNS name (letters, digits, hyphens and underscores in \
+                 dot-separated labels of at most 63 characters, the last not all digits): other nodes \
+                 verify this node's certificate for it",
                 self.id.as_str()
             ));
         }
@@ -366,6 +367,56 @@ mod tests {
 
     fn refused(c: &NodeConfig) -> String {
         c.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    fn all_tls(c: &mut NodeConfig) {
+        c.tls = TlsFlags {
+            cert_file: Some("c.crt".into()),
+            key_file: Some("c.key".into()),
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: Some("p.crt".into()),
+            peer_key_file: Some("p.key".into()),
+            peer_trusted_ca_file: Some("ca.crt".into()),
+            peer_allowed_cn: Vec::new(),
+        };
+    }
+
+    #[test]
+    fn tls_rules() {
+        let mut c = cfg();
+        c.id = NodeId::new("node1").unwrap_or_else(|e| panic!("{e}"));
+        c.grpc_addr = "127.0.0.1:40051".into();
+        c.raft_addr = "127.0.0.1:50051".into();
+        all_tls(&mut c);
+        let files = c.tls_files().ok().flatten();
+        let raft_port = files.as_ref().map(|f| (f.raft_port.require_client_cert, f.raft_port.client_ca.clone()));
+        assert_eq!(raft_port, Some((true, Some("ca.crt".into()))), "the Raft port is mutual TLS");
+        assert_eq!(files.map(|f| f.outbound.identity), Some(Some(("p.crt".into(), "p.key".into()))));
+        c.tls.peer_key_file = None;
+        assert!(refused(&c).contains("--peer-key-file is missing"), "{}", refused(&c));
+        all_tls(&mut c);
+        c.tls.client_cert_auth = true;
+        assert!(refused(&c).contains("--client-cert-auth needs --trusted-ca-file"), "{}", refused(&c));
+        all_tls(&mut c);
+        c.raft_addr = c.grpc_addr.clone();
+        assert!(refused(&c).contains("must differ"), "{}", refused(&c));
+        c.raft_addr = "127.0.0.1:50051".into();
+        c.id = NodeId::new("-bad").unwrap_or_else(|e| panic!("{e}"));
+        assert!(refused(&c).contains("must be a DNS name"), "{}", refused(&c));
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_insecure() {
+        let mut c = cfg();
+        c.id = NodeId::new("node1").unwrap_or_else(|e| panic!("{e}"));
+        c.grpc_addr = "0.0.0.0:40051".into();
+        assert!(refused(&c).contains("--grpc_addr 0.0.0.0:40051 is not a loopback address"), "{}", refused(&c));
+        c.insecure = true;
+        assert!(c.validate().is_ok());
+        c.insecure = false;
+        all_tls(&mut c);
+        assert!(c.validate().is_ok(), "{}", refused(&c));
     }
 
     #[test]

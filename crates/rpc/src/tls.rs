@@ -431,7 +431,7 @@ mod tests {
         for ok in ["nodeA", "n1", "node-a.example", "a_b"] {
             assert!(is_dns_name(ok), "{ok}");
         }
-        for bad in ["127.0.0.1", "-a", "a..b", ".", &"x".repeat(64)] {
+        for bad in ["127.0.0.1", "1", "a.12", "-a", "a..b", ".", &"x".repeat(64)] {
             assert!(!is_dns_name(bad), "{bad}");
         }
     }
