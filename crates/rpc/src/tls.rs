@@ -102,11 +102,26 @@ pub struct ClientTlsFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
-/// What identifies one version of a set of files: each one's modification time and length.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// What identifies one version of a set of files: each one's modification time, length
+/// and (on Unix) inode, so a file replaced by a rename is noticed even within the file
+/// system's timestamp granularity.
+type Stamp = Vec<Option<(SystemTime, u64, u64)>>;
 
 fn stamp(paths: &[&Path]) -> Stamp {
-    paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len(), inode(&m)))))
+        .collect()
+}
+
+#[cfg(unix)]
+fn inode(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -434,6 +449,55 @@ mod tests {
         for bad in ["127.0.0.1", "1", "a.12", "-a", "a..b", ".", &"x".repeat(64)] {
             assert!(!is_dns_name(bad), "{bad}");
         }
+    }
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Replaces `path` with `text` as an operator should: a new file renamed over it.
+    fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    #[test]
+    fn a_server_serves_rotated_files_and_keeps_the_old_ones_while_they_do_not_match() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (ca, files) = proc_harness::certs::generate(dir.path(), &["n1"], "client")?;
+        let (cert, key) = files.nodes["n1"].clone();
+        let tls = ServerTls::new(ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: Some(files.ca.clone()),
+            require_client_cert: true,
+            allowed_names: Vec::new(),
+        })?;
+        let first = Arc::as_ptr(&tls.config());
+        assert_eq!(Arc::as_ptr(&tls.config()), first, "rebuilt without a change");
+        // Half a rotation: a new key beside the old certificate. Refused; the old stays.
+        let next = ca.node("n1")?;
+        replace(&key, &next.key_pem)?;
+        assert_eq!(Arc::as_ptr(&tls.config()), first, "a key that does not match was taken");
+        // The whole rotation: the new configuration is built.
+        replace(&cert, &next.cert_pem)?;
+        assert_ne!(Arc::as_ptr(&tls.config()), first, "the rotated files were not taken");
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_notices_changed_files() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (ca, files) = proc_harness::certs::generate(dir.path(), &["n1"], "client")?;
+        let tls = ClientTls::new(ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.client.clone()) })?;
+        assert!(!tls.changed());
+        ca.client("client")?.write(&files.client.0, &files.client.1)?;
+        let deadline = Instant::now() + CLIENT_RELOAD_CHECK * 5;
+        while !tls.changed() {
+            assert!(Instant::now() < deadline, "the change was not noticed");
+            std::thread::sleep(CLIENT_RELOAD_CHECK / 10);
+        }
+        assert!(!tls.changed(), "one change reported twice");
+        Ok(())
     }
 
     #[test]
