@@ -3,7 +3,7 @@
 //! node-id rule of the Raft port, certificate rotation without a restart, and the refusal
 //! to serve plaintext on a non-loopback address without `--insecure`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,6 +209,57 @@ async fn peer_allowed_cn_closes_the_raft_port_to_other_names() -> TestResult {
         n1.log().contains("TLS client refused after the handshake")
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_and_misnamed_certificates_are_refused_at_the_handshake() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (ca, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1"], "client")?;
+    let n1 = tls_node("n1", dir.path(), &files, true, &["--client-cert-auth"])?;
+    let write = |name: &str, issued: proc_harness::certs::Issued| -> Result<(PathBuf, PathBuf), BoxError> {
+        let (c, k) = (dir.path().join(format!("{name}.crt")), dir.path().join(format!("{name}.key")));
+        issued.write(&c, &k)?;
+        Ok((c, k))
+    };
+    let as_args = |p: &Path| p.display().to_string();
+    let target = std::slice::from_ref(&n1.grpc_addr);
+    let ca_path = files.ca.display().to_string();
+    let quick = ["--command-timeout", "3s", "--cacert", &ca_path];
+    // An expired client certificate of the right CA.
+    let (c, k) = write("expired-client", ca.issue_expired("client", &[], false)?)?;
+    let (c, k) = (as_args(&c), as_args(&k));
+    let out = raftkvctl(target, &[quick.as_slice(), &["--cert", &c, "--key", &k, "get", "x"]].concat())?;
+    assert!(!out.status.success(), "an expired client certificate was accepted");
+    let logged = wait_for("the expiry refusal to be logged", Duration::from_secs(10), || async {
+        n1.log().contains("a certificate has expired")
+    })
+    .await;
+    logged.map_err(|e| format!("{e}; raftkvctl said {}; the node logged:\n{}", stderr(&out), n1.log_tail()))?;
+    // A node certificate that does not name the address the client dials (127.0.0.1):
+    // n2 serves a certificate naming only "n2".
+    let (c, k) = write("n2-by-name-only", ca.issue("n2", &["n2"], true)?)?;
+    let args = proc_harness::certs::node_args(&c, &k, &files.ca);
+    let n2 = node("n2", dir.path()).bootstrap(true).args(FAST_TIMING).args(args).start()?;
+    let out = raftkvctl(std::slice::from_ref(&n2.grpc_addr), &[quick.as_slice(), &["get", "x"]].concat())?;
+    assert!(!out.status.success(), "a certificate for another name was accepted");
+    assert!(
+        stderr(&out).contains("NotValidForName") || stderr(&out).contains("not valid for name"),
+        "{}",
+        stderr(&out)
+    );
+    // An expired server certificate: the client refuses it.
+    let (c, k) = write("n3-expired", ca.issue_expired("n3", &["n3", "127.0.0.1"], true)?)?;
+    let args = proc_harness::certs::node_args(&c, &k, &files.ca);
+    let n3 = node("n3", dir.path()).bootstrap(true).args(FAST_TIMING).args(args).start()?;
+    let out = raftkvctl(std::slice::from_ref(&n3.grpc_addr), &[quick.as_slice(), &["get", "x"]].concat())?;
+    assert!(!out.status.success(), "an expired server certificate was accepted");
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    // The node with the good certificate still serves.
+    let client_args = files.client_args();
+    let tls: Vec<&str> = client_args.iter().map(String::as_str).collect();
+    let out = raftkvctl(target, &[tls.as_slice(), &["put", "still", "serving"]].concat())?;
+    assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
 

@@ -110,6 +110,25 @@ impl Authority {
     /// # Errors
     /// When rcgen refuses a name.
     pub fn issue(&self, common_name: &str, alt_names: &[&str], server: bool) -> Result<Issued, CertError> {
+        self.issue_valid(common_name, alt_names, server, false)
+    }
+
+    /// As [`issue`](Self::issue), but valid only during the year 2000: an expired
+    /// certificate, for tests of its refusal.
+    ///
+    /// # Errors
+    /// When rcgen refuses a name.
+    pub fn issue_expired(&self, common_name: &str, alt_names: &[&str], server: bool) -> Result<Issued, CertError> {
+        self.issue_valid(common_name, alt_names, server, true)
+    }
+
+    fn issue_valid(
+        &self,
+        common_name: &str,
+        alt_names: &[&str],
+        server: bool,
+        expired: bool,
+    ) -> Result<Issued, CertError> {
         let key = KeyPair::generate().map_err(rcgen_error(common_name))?;
         let names: Vec<String> = alt_names.iter().map(|s| (*s).to_string()).collect();
         let mut params = CertificateParams::new(names).map_err(rcgen_error(common_name))?;
@@ -121,6 +140,10 @@ impl Authority {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         };
         params.use_authority_key_identifier_extension = true;
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error(common_name))?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
@@ -159,21 +182,7 @@ impl CertFiles {
     /// names `ca.crt`); empty when `id` has no certificate here.
     #[must_use]
     pub fn node_args(&self, id: &str) -> Vec<String> {
-        let Some((cert, key)) = self.nodes.get(id) else {
-            return Vec::new();
-        };
-        let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), self.ca.display().to_string());
-        [
-            ("--cert-file", &cert),
-            ("--key-file", &key),
-            ("--trusted-ca-file", &ca),
-            ("--peer-cert-file", &cert),
-            ("--peer-key-file", &key),
-            ("--peer-trusted-ca-file", &ca),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.clone()])
-        .collect()
+        self.nodes.get(id).map(|(cert, key)| node_args(cert, key, &self.ca)).unwrap_or_default()
     }
 
     /// The `raftkvctl` TLS flags with the client certificate.
@@ -188,6 +197,24 @@ impl CertFiles {
             self.client.1.display().to_string(),
         ]
     }
+}
+
+/// The `raftkv` TLS flags for a node serving `cert` and `key` on both ports, with `ca` as
+/// every CA flag.
+#[must_use]
+pub fn node_args(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
+    let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    [
+        ("--cert-file", &cert),
+        ("--key-file", &key),
+        ("--trusted-ca-file", &ca),
+        ("--peer-cert-file", &cert),
+        ("--peer-key-file", &key),
+        ("--peer-trusted-ca-file", &ca),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value.clone()])
+    .collect()
 }
 
 /// Makes a fresh CA (`ca.crt`; its key is not kept), a certificate per node id

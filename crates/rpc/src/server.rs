@@ -133,12 +133,12 @@ fn handshake_hint(e: &std::io::Error) -> &'static str {
     let text = e.to_string();
     if text.contains("InvalidContentType") || text.contains("corrupt message") {
         "the client does not speak TLS (a plaintext client on a TLS port?)"
+    } else if text.contains("expired") || text.contains("Expired") {
+        "a certificate has expired"
     } else if text.contains("invalid peer certificate") {
         "the client's certificate is not signed by the CA this port trusts, has expired, or is not for a client"
     } else if text.contains("no certificates") || text.contains("NoCertificatesPresented") {
         "the client presented no certificate and this port requires one"
-    } else if text.contains("Expired") {
-        "a certificate has expired"
     } else if text.contains("received fatal alert") {
         "the client refused this node's certificate (it trusts another CA, or the name does not match)"
     } else {
