@@ -207,7 +207,10 @@ impl Client {
         let mut at = Attempts::new(self.endpoints(), self.preferred.load(Ordering::Relaxed));
         loop {
             if at.round_done() {
-                if at.retries >= self.options.max_retries || at.last_connect_error.is_empty() {
+                if at.retries >= self.options.max_retries
+                    || at.last_connect_error.is_empty()
+                    || at.all_certificates_refused()
+                {
                     let last = std::mem::take(&mut at.last_connect_error);
                     return Err(ClientError::Unreachable { endpoints: at.endpoints.join(","), last });
                 }
@@ -221,7 +224,11 @@ impl Client {
                 Ok(ch) => ch,
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "cannot connect");
-                    at.unreachable(format!("{addr}: {e}"));
+                    if rpc::status::certificate_refused(&e.to_string()) {
+                        at.certificate_refused(format!("{addr}: {e}"));
+                    } else {
+                        at.unreachable(format!("{addr}: {e}"));
+                    }
                     continue;
                 }
             };

@@ -61,6 +61,14 @@ pub fn unknown_method_status(code: Code, message: &str) -> Option<(Code, String)
     (code == Code::Unimplemented && message.is_empty()).then(|| (code, UNKNOWN_METHOD_MESSAGE.to_string()))
 }
 
+/// Whether a connection error's text (with its sources, as [`error_chain`] gives it) says
+/// the server's certificate failed this client's verification (unknown CA, expired, not
+/// valid for the name dialled): trying the same server again cannot succeed.
+#[must_use]
+pub fn certificate_refused(error: &str) -> bool {
+    error.contains("invalid peer certificate")
+}
+
 /// `e` and every error in its source chain, joined by `: ` (tonic's transport error says
 /// only "transport error"; the reason, such as a refused TLS certificate, is in its
 /// sources). A source whose text the previous one already holds is skipped.
