@@ -11,6 +11,10 @@
 //!
 //! Servers forward writes to the leader themselves, so a client may talk to any node.
 //!
+//! TLS: [`ClientOptions::tls`] names the CA the nodes' certificates must chain to and,
+//! for nodes with `--client-cert-auth`, the client's certificate and key
+//! ([`ClientTlsFiles`]); each node's certificate is verified for the host of its endpoint.
+//!
 //! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
 //! resume on another endpoint after a disconnect with no gap and no repeat, are in [`watch`].
 //!

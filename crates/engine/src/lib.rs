@@ -3,7 +3,10 @@
 //! # Brief overview
 //! [`Node::start`] builds and starts everything, in this order, one function per step:
 //! 1. `prepare_dir`: validates the [`NodeConfig`] (every rule with a message naming the
-//!    flag) and creates `<raft_data_dir>/<raft_id>/` if needed;
+//!    flag) and creates `<raft_data_dir>/<raft_id>/` if needed; then `NodeTls::load`
+//!    loads the TLS files of both ports and of the connections to other nodes
+//!    ([`NodeConfig::tls_files`]: TLS on both ports or neither; plaintext on a non-loopback
+//!    address only with `--insecure`), so unusable files stop the node here;
 //! 2. `Listeners::bind`: binds the client (`--grpc_addr`) and Raft (`--raft_addr`)
 //!    listeners; one listener carries both when the addresses are equal; port 0 picks a
 //!    free port;
@@ -18,7 +21,8 @@
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
 //!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
-//!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on;
+//!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
+//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]);
 //! 7. `announce`: writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
