@@ -614,6 +614,7 @@ fn session_options() -> ClientOptions {
         max_retries: 4,
         auto_request_ids: true,
         no_forward: false,
+        tls: None,
     }
 }
 

@@ -7,6 +7,8 @@
 //!   doc tests).
 //! - `deps`: check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
 //! - `chaos --schedules N`: the long fault-injection tier.
+//! - `certs [--dir D] [--nodes IDS] [--client NAME]`: a throwaway CA, node and client
+//!   certificates for a TLS cluster (rcgen; no `openssl`).
 //! - `bench [--runs N] [--scale F]`: raftkv against etcd, both on this machine, one load
 //!   generator, figures as ratios with their spread.
 //!
@@ -71,6 +73,22 @@ enum Cmd {
     },
     /// Check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
     Deps,
+    /// Make a throwaway CA, a certificate per node and a client certificate for a TLS
+    /// cluster (docs/security.md), and print the flags that use them. Not for production:
+    /// the CA's key is not kept.
+    Certs {
+        /// Where the files go (created if missing; existing files of the same names are
+        /// replaced). Default: certs in cargo's target directory (target/certs).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The node ids to make certificates for (each names its id, localhost, 127.0.0.1
+        /// and ::1).
+        #[arg(long, value_delimiter = ',', default_value = "nodeA,nodeB,nodeC", value_name = "ID,...")]
+        nodes: Vec<String>,
+        /// The client certificate's common name.
+        #[arg(long, default_value = "client", value_name = "NAME")]
+        client: String,
+    },
     /// raftkv against etcd (from PATH) on this machine: both as three-node clusters on
     /// 127.0.0.1, loaded in turn by `raftkvctl bench`; prints throughput, the ratio
     /// raftkv/etcd, p50, p99 and server CPU per operation per shape, median and spread over
@@ -132,9 +150,31 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test::run(&root, &args),
         Cmd::Deps => deps::run(&root),
+        Cmd::Certs { dir, nodes, client } => {
+            certs(&dir.unwrap_or_else(|| target_dir(&root).join("certs")), &nodes, &client)
+        }
         Cmd::Bench { runs, scale, only, bin_dir } => bench::run(&root, &bench::Options { runs, scale, only, bin_dir }),
         Cmd::Chaos { schedules, seed, secs, debug } => chaos::run(&root, schedules, seed, secs, !debug),
     }
+}
+
+/// `cargo xtask certs`: writes the files with [`proc_harness::certs::generate`] and prints
+/// how to use them.
+fn certs(dir: &Path, nodes: &[String], client: &str) -> Result<()> {
+    let ids: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let (_, files) = proc_harness::certs::generate(dir, &ids, client)?;
+    println!(
+        "wrote a throwaway CA ({}), {} node certificates and a client certificate to {}",
+        files.ca.display(),
+        files.nodes.len(),
+        dir.display()
+    );
+    for id in &ids {
+        println!("  raftkv --raft_id {id} {} ...", files.node_args(id).join(" "));
+    }
+    println!("  raftkvctl {} get KEY", files.client_args().join(" "));
+    println!("add --client-cert-auth to the nodes to require the client certificate; see docs/security.md");
+    Ok(())
 }
 
 /// The workspace root: the parent of this crate's manifest directory.

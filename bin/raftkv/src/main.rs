@@ -226,6 +226,74 @@ struct Args {
         default_value_t = engine::LOG_CACHE_BYTES
     )]
     log_cache_bytes: usize,
+
+    /// The client port's TLS certificate (PEM, leaf first). TLS is on both ports or neither:
+    /// with it give --key-file, --peer-cert-file, --peer-key-file and --peer-trusted-ca-file.
+    #[arg(long = "cert-file", env = "RAFTKV_CERT_FILE", value_name = "PATH", help_heading = "TLS (docs/security.md)")]
+    cert_file: Option<PathBuf>,
+
+    /// The private key of --cert-file (PEM).
+    #[arg(long = "key-file", env = "RAFTKV_KEY_FILE", value_name = "PATH", help_heading = "TLS (docs/security.md)")]
+    key_file: Option<PathBuf>,
+
+    /// The CA that client certificates must chain to (PEM).
+    #[arg(
+        long = "trusted-ca-file",
+        env = "RAFTKV_TRUSTED_CA_FILE",
+        value_name = "PATH",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients without a certificate from --trusted-ca-file.
+    #[arg(long = "client-cert-auth", env = "RAFTKV_CLIENT_CERT_AUTH", help_heading = "TLS (docs/security.md)")]
+    client_cert_auth: bool,
+
+    /// The Raft port's certificate (PEM), also presented on every connection to another
+    /// node; it must name this node's id (common name or DNS SAN).
+    #[arg(
+        long = "peer-cert-file",
+        env = "RAFTKV_PEER_CERT_FILE",
+        value_name = "PATH",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    peer_cert_file: Option<PathBuf>,
+
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(
+        long = "peer-key-file",
+        env = "RAFTKV_PEER_KEY_FILE",
+        value_name = "PATH",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    peer_key_file: Option<PathBuf>,
+
+    /// The CA every node's certificate must chain to (PEM); the Raft port requires a client
+    /// certificate from it (mutual TLS).
+    #[arg(
+        long = "peer-trusted-ca-file",
+        env = "RAFTKV_PEER_TRUSTED_CA_FILE",
+        value_name = "PATH",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Names a peer's certificate must also carry, one of them (common name or DNS SAN);
+    /// comma separated. Empty: any certificate of --peer-trusted-ca-file.
+    #[arg(
+        long = "peer-allowed-cn",
+        env = "RAFTKV_PEER_ALLOWED_CN",
+        value_delimiter = ',',
+        value_name = "NAME,...",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    peer_allowed_cn: Vec<String>,
+
+    /// Serve plaintext on a non-loopback address. Without TLS flags a node refuses to start
+    /// on such an address unless this is given; anyone who can reach it can read and change
+    /// every key.
+    #[arg(long = "insecure", env = "RAFTKV_INSECURE", help_heading = "TLS (docs/security.md)")]
+    insecure: bool,
 }
 
 const EXAMPLES: &str = "\
@@ -332,6 +400,17 @@ fn run(args: Args) -> Result<()> {
         cache_entries: args.log_cache_entries,
         cache_bytes: args.log_cache_bytes,
     };
+    config.tls = engine::TlsFlags {
+        cert_file: args.cert_file,
+        key_file: args.key_file,
+        trusted_ca_file: args.trusted_ca_file,
+        client_cert_auth: args.client_cert_auth,
+        peer_cert_file: args.peer_cert_file,
+        peer_key_file: args.peer_key_file,
+        peer_trusted_ca_file: args.peer_trusted_ca_file,
+        peer_allowed_cn: args.peer_allowed_cn,
+    };
+    config.insecure = args.insecure;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;

@@ -96,8 +96,13 @@ pub(crate) struct EtcdKv {
 impl EtcdKv {
     /// Connects to `endpoint` (`host:port`, plaintext, as etcd's `--listen-client-urls
     /// http://...`).
-    pub(crate) async fn connect(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = rpc::channel::connect(endpoint, &rpc::channel::ChannelOptions::default()).await?;
+    pub(crate) async fn connect(endpoint: &str) -> Result<Self, rpc::channel::ChannelError> {
+        let channel = rpc::channel::connect(
+            endpoint,
+            &rpc::channel::ChannelOptions::default(),
+            rpc::channel::Security::Plaintext,
+        )
+        .await?;
         Ok(Self { grpc: tonic::client::Grpc::new(channel) })
     }
 

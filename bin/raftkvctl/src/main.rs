@@ -14,6 +14,7 @@ mod txn_syntax;
 mod watch_cmd;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -42,6 +43,35 @@ struct Cli {
     #[arg(long = "no-forward", global = true)]
     no_forward: bool,
 
+    /// Speak TLS, trusting the nodes' certificates signed by this CA (PEM). Each node's
+    /// certificate must be valid for the host of its endpoint.
+    #[arg(
+        id = "tls_cacert",
+        long = "cacert",
+        env = "RAFTKV_CACERT",
+        value_name = "PATH",
+        global = true,
+        help_heading = "TLS"
+    )]
+    cacert: Option<PathBuf>,
+
+    /// The client certificate to present (PEM), for nodes started with --client-cert-auth;
+    /// needs --key and --cacert.
+    #[arg(id = "tls_cert", long = "cert", env = "RAFTKV_CERT", value_name = "PATH", global = true, requires_all = ["tls_key", "tls_cacert"], help_heading = "TLS")]
+    cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(
+        id = "tls_key",
+        long = "key",
+        env = "RAFTKV_KEY",
+        value_name = "PATH",
+        global = true,
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +89,7 @@ Examples:
   raftkvctl leader transfer --to nodeB
   raftkvctl status --cluster
   raftkvctl snapshot save backup.rkvs
+  raftkvctl --cacert certs/ca.crt --cert certs/client.crt --key certs/client.key get greeting
 
 Durations (--command-timeout, --timeout, --wait, --interval, --progress-interval) are a whole
 number and a unit: 500ms, 2s or 1m; a bare number is refused.
@@ -127,8 +158,14 @@ pub(crate) enum Outcome {
 }
 
 async fn execute(cli: &Cli) -> Result<Outcome> {
-    let options =
-        ClientOptions { request_timeout: cli.command_timeout, no_forward: cli.no_forward, ..ClientOptions::default() };
+    let tls =
+        cli.cacert.clone().map(|ca| rpc::tls::ClientTlsFiles { ca, identity: cli.cert.clone().zip(cli.key.clone()) });
+    let options = ClientOptions {
+        request_timeout: cli.command_timeout,
+        no_forward: cli.no_forward,
+        tls,
+        ..ClientOptions::default()
+    };
     let client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
     let mut out = std::io::stdout().lock();
     let json = cli.output == Output::Json;
@@ -183,12 +220,35 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            match e.downcast_ref::<ClientError>() {
-                Some(ce) => eprintln!("raftkvctl: {ce}"),
-                None => eprintln!("raftkvctl: {e:#}"),
-            }
+            let text = match e.downcast_ref::<ClientError>() {
+                Some(ce) => ce.to_string(),
+                None => format!("{e:#}"),
+            };
+            eprintln!("raftkvctl: {text}{}", tls_hint(cli.cacert.is_some(), cli.cert.is_some(), &text));
             ExitCode::from(2)
         }
+    }
+}
+
+/// A hint on what to change when an error looks like a TLS mismatch between raftkvctl's
+/// flags and the node's (the transport's own words are terse); empty otherwise.
+fn tls_hint(tls: bool, cert: bool, error: &str) -> &'static str {
+    if !tls
+        && (error.contains("h2 protocol error")
+            || error.contains("transport error")
+            || error.contains("connection reset"))
+    {
+        " (is the node serving TLS? then give --cacert with its CA)"
+    } else if tls && error.contains("invalid peer certificate") {
+        " (the node's certificate is not signed by the --cacert CA, has expired, or does not name the endpoint's host)"
+    } else if tls && !cert && (error.contains("CertificateRequired") || error.contains("broken pipe")) {
+        " (the node closed the connection after the handshake: it may require a client certificate; give --cert and --key)"
+    } else if tls && cert && (error.contains("broken pipe") || error.contains("fatal alert")) {
+        " (the node closed the connection after the handshake: is --cert signed by a CA the node trusts?)"
+    } else if tls && (error.contains("InvalidContentType") || error.contains("corrupt message")) {
+        " (the node does not speak TLS: drop --cacert)"
+    } else {
+        ""
     }
 }
 

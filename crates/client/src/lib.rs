@@ -11,6 +11,10 @@
 //!
 //! Servers forward writes to the leader themselves, so a client may talk to any node.
 //!
+//! TLS: [`ClientOptions::tls`] names the CA the nodes' certificates must chain to and,
+//! for nodes with `--client-cert-auth`, the client's certificate and key
+//! ([`ClientTlsFiles`]); each node's certificate is verified for the host of its endpoint.
+//!
 //! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
 //! resume on another endpoint after a disconnect with no gap and no repeat, are in [`watch`].
 //!
@@ -42,6 +46,7 @@ pub use proto::kv::v1::{Consistency, KeyValue};
 pub use watch::{WatchOptions, WatchStream};
 
 pub use rpc::never_sent;
+pub use rpc::tls::ClientTlsFiles;
 
 /// The largest message the client decodes (the server's decode limit).
 const MAX_MESSAGE_BYTES: usize = rpc::limits::MAX_DECODE_BYTES;
@@ -65,11 +70,14 @@ pub enum ClientError {
         last: String,
     },
     /// The server answered with an error.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{}: {}", .0.code(), status_text(.0))]
     Status(tonic::Status),
     /// A backup stream was malformed, short, or failed its checksum; nothing was saved.
     #[error("backup refused: {0}")]
     Backup(String),
+    /// The TLS files cannot be used (the message names the file).
+    #[error("TLS: {0}")]
+    Tls(#[from] rpc::tls::TlsError),
     /// A local file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -78,6 +86,20 @@ pub enum ClientError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// A status's message, followed by the errors of its source chain that the message does
+/// not already say (a transport failure's status says only "transport error"; why, such as
+/// a TLS alert, is in its sources).
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = rpc::status::error_chain(source);
+        if !text.contains(&chain) {
+            text = if text.is_empty() { chain } else { format!("{text}: {chain}") };
+        }
+    }
+    text
 }
 
 impl ClientError {
@@ -106,6 +128,11 @@ pub struct ClientOptions {
     /// Ask nodes not to forward to the leader: a follower then answers with the leader's
     /// address, and the client goes there itself.
     pub no_forward: bool,
+    /// TLS: the CA the nodes' certificates must chain to and, for a port with
+    /// `--client-cert-auth`, the client's certificate and key. `None`: plaintext. Each
+    /// node's certificate is verified for the host of its endpoint (an IP address or a
+    /// name).
+    pub tls: Option<rpc::tls::ClientTlsFiles>,
 }
 
 impl Default for ClientOptions {
@@ -116,6 +143,7 @@ impl Default for ClientOptions {
             max_retries: 8,
             auto_request_ids: true,
             no_forward: false,
+            tls: None,
         }
     }
 }
@@ -149,9 +177,11 @@ impl Client {
                 return Err(ClientError::InvalidEndpoint(e.clone()));
             }
         }
+        let tls = options.tls.clone().map(rpc::tls::ClientTls::new).transpose()?.map(std::sync::Arc::new);
+        let channel_options = ChannelOptions { connect_timeout: Some(options.connect_timeout), keepalive: None };
         Ok(Self {
             endpoints: Mutex::new(endpoints),
-            channels: Pool::new(ChannelOptions { connect_timeout: Some(options.connect_timeout), keepalive: None }),
+            channels: Pool::with_tls(channel_options, tls),
             preferred: AtomicUsize::new(0),
             options,
             client_id: client_id(),
@@ -163,8 +193,8 @@ impl Client {
         self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    async fn connect(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        self.channels.connect(addr).await
+    async fn connect(&self, addr: &str) -> Result<Channel, rpc::channel::ChannelError> {
+        self.channels.connect(addr, None).await
     }
 
     fn forget(&self, addr: &str) {
@@ -181,7 +211,10 @@ impl Client {
         let mut at = Attempts::new(self.endpoints(), self.preferred.load(Ordering::Relaxed));
         loop {
             if at.round_done() {
-                if at.retries >= self.options.max_retries || at.last_connect_error.is_empty() {
+                if at.retries >= self.options.max_retries
+                    || at.last_connect_error.is_empty()
+                    || at.all_certificates_refused()
+                {
                     let last = std::mem::take(&mut at.last_connect_error);
                     return Err(ClientError::Unreachable { endpoints: at.endpoints.join(","), last });
                 }
@@ -195,7 +228,11 @@ impl Client {
                 Ok(ch) => ch,
                 Err(e) => {
                     tracing::debug!(endpoint = %addr, error = %e, "cannot connect");
-                    at.unreachable(format!("{addr}: {e}"));
+                    if rpc::status::certificate_refused(&e.to_string()) {
+                        at.certificate_refused(format!("{addr}: {e}"));
+                    } else {
+                        at.unreachable(format!("{addr}: {e}"));
+                    }
                     continue;
                 }
             };

@@ -83,6 +83,9 @@ pub(crate) struct Attempts {
     pub(crate) retries: u32,
     backoff: Duration,
     pub(crate) last_connect_error: String,
+    /// How many endpoints of this round refused the connection at the TLS handshake
+    /// because their certificate failed verification (which retrying cannot change).
+    certificate_refusals: usize,
 }
 
 impl Attempts {
@@ -95,7 +98,15 @@ impl Attempts {
         let start = preferred % n;
         let order = (0..endpoints.len()).map(|i| (start + i) % n).collect();
         let backoff = Self::FIRST_BACKOFF;
-        Self { endpoints, order, cursor: 0, retries: 0, backoff, last_connect_error: String::new() }
+        Self {
+            endpoints,
+            order,
+            cursor: 0,
+            retries: 0,
+            backoff,
+            last_connect_error: String::new(),
+            certificate_refusals: 0,
+        }
     }
 
     /// Whether every endpoint of this round was tried.
@@ -106,6 +117,20 @@ impl Attempts {
     /// Starts the next round from the first endpoint of the order.
     pub(crate) fn restart_round(&mut self) {
         self.cursor = 0;
+        self.certificate_refusals = 0;
+    }
+
+    /// The current endpoint's certificate failed verification (`error`); go on to the next
+    /// one.
+    pub(crate) fn certificate_refused(&mut self, error: String) {
+        self.certificate_refusals += 1;
+        self.unreachable(error);
+    }
+
+    /// Whether every endpoint of this round failed certificate verification: another round
+    /// would fail the same way.
+    pub(crate) fn all_certificates_refused(&self) -> bool {
+        self.round_done() && self.certificate_refusals >= self.order.len()
     }
 
     /// The endpoint to try now: its index and address. Only when the round is not done.
@@ -179,6 +204,19 @@ mod tests {
 
     fn retry(leader: Option<&str>) -> Step {
         Step::Retry { leader: leader.map(String::from) }
+    }
+
+    #[test]
+    fn a_round_of_certificate_refusals_ends_the_retries_and_any_other_failure_does_not() {
+        let mut at = Attempts::new(vec!["a:1".into(), "b:2".into()], 0);
+        at.certificate_refused("a:1: invalid peer certificate".into());
+        assert!(!at.all_certificates_refused(), "the round is not done");
+        at.certificate_refused("b:2: invalid peer certificate".into());
+        assert!(at.all_certificates_refused());
+        at.restart_round();
+        at.certificate_refused("a:1: invalid peer certificate".into());
+        at.unreachable("b:2: connection refused".into());
+        assert!(at.round_done() && !at.all_certificates_refused(), "b may come back");
     }
 
     #[test]

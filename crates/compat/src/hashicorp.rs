@@ -237,7 +237,7 @@ pub async fn identify(ctx: &NodeContext, id: &NodeId, raft_addr: &str, until: In
              start it first, and give its --raft_addr"
         )))
     };
-    let channel = ctx.forwarder.channel(raft_addr).await.map_err(|e| unreachable(&e))?;
+    let channel = ctx.forwarder.channel(raft_addr, id).await.map_err(|e| unreachable(&e))?;
     let timeout = until.saturating_duration_since(Instant::now()).min(IDENTIFY_TIMEOUT);
     let me = match calls::identify(channel, timeout).await {
         Ok(me) => me,

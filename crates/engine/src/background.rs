@@ -8,7 +8,8 @@ use gossip::{Gossip, Liveness};
 use openraft::async_runtime::WatchReceiver;
 use proto::admin::v1::AddVoterRequest;
 use proto::admin::v1::admin_client::AdminClient;
-use rpc::channel::ChannelOptions;
+use rpc::channel::{ChannelOptions, Security};
+use rpc::tls::ClientTls;
 use service::NodeContext;
 use service::Routed;
 use service::cluster::transfer_leadership;
@@ -82,6 +83,8 @@ pub(crate) struct JoinSeeds {
     pub(crate) named: Vec<String>,
     /// Gossip, when on.
     pub(crate) gossip: Option<Gossip>,
+    /// The node's outbound TLS, when on (each seed's certificate is verified for its host).
+    pub(crate) tls: Option<std::sync::Arc<ClientTls>>,
 }
 
 impl JoinSeeds {
@@ -128,7 +131,7 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
                 tracing::info!(node = %id, "this node is a voter; auto-join done");
                 return;
             }
-            let attempt = join_once(seed, &id, &me);
+            let attempt = join_once(seed, &id, &me, seeds.tls.as_deref());
             let result = tokio::select! {
                 r = attempt => r,
                 _ = stop.wait_for(|s| *s) => return,
@@ -160,12 +163,17 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
 }
 
 /// One AddVoter call to `seed`; returns the membership index.
-async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo) -> Result<u64, tonic::Status> {
+async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo, tls: Option<&ClientTls>) -> Result<u64, tonic::Status> {
     let options = ChannelOptions { connect_timeout: Some(Duration::from_secs(2)), keepalive: None };
-    let endpoint = rpc::channel::endpoint(seed, &options)
+    let security = match tls {
+        Some(tls) => Security::Tls { tls, name: rpc::tls::host_of(seed) },
+        None => Security::Plaintext,
+    };
+    let endpoint = rpc::channel::endpoint(seed, &options, security)
         .map_err(|e| tonic::Status::invalid_argument(format!("--join {seed}: {e}")))?;
-    let channel =
-        endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("cannot connect to {seed}: {e}")))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        tonic::Status::unavailable(format!("cannot connect to {seed}: {}", rpc::status::error_chain(&e)))
+    })?;
     let mut request = tonic::Request::new(AddVoterRequest {
         id: id.to_string(),
         raft_addr: me.raft_addr.clone(),

@@ -66,6 +66,57 @@ pub struct NodeConfig {
     /// The log store's caches: redb's page cache for the log's database and the in-memory
     /// log cache (`--log_db_cache_bytes`, `--log_cache_entries`, `--log_cache_bytes`).
     pub log_caches: raft_storage::LogOptions,
+    /// TLS on the client and Raft ports (etcd's flag spelling); all unset: plaintext.
+    pub tls: TlsFlags,
+    /// Serve plaintext on a non-loopback address (`--insecure`); without it such a node
+    /// refuses to start unless TLS is on.
+    pub insecure: bool,
+}
+
+/// The TLS flags of a node, as given (etcd's spelling). [`NodeConfig::tls_files`] checks
+/// them and says what each port serves. TLS is on both ports or on neither: nodes forward
+/// client requests to each other's client port and ask each other's Raft port for read
+/// indexes with one outbound setting, the peer certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFlags {
+    /// `--cert-file`: the client port's certificate (PEM, leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// `--key-file`: its private key.
+    pub key_file: Option<PathBuf>,
+    /// `--trusted-ca-file`: the CA client certificates must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: refuse clients without a certificate from `trusted_ca_file`.
+    pub client_cert_auth: bool,
+    /// `--peer-cert-file`: the Raft port's certificate, also presented by this node on every
+    /// connection to another node. It must name this node's id (common name or DNS SAN).
+    pub peer_cert_file: Option<PathBuf>,
+    /// `--peer-key-file`: its private key.
+    pub peer_key_file: Option<PathBuf>,
+    /// `--peer-trusted-ca-file`: the CA every node's certificate must chain to (mutual TLS
+    /// on the Raft port is always on with TLS).
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// `--peer-allowed-cn`: when not empty, a peer's certificate must also name one of these.
+    pub peer_allowed_cn: Vec<String>,
+}
+
+impl TlsFlags {
+    /// Whether any TLS flag is set.
+    #[must_use]
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+/// What [`NodeConfig::tls_files`] makes of the TLS flags: each port's server files and the
+/// files this node connects to other nodes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The client port (`--grpc_addr`).
+    pub client_port: rpc::tls::ServerTlsFiles,
+    /// The Raft port (`--raft_addr`): mutual TLS, always.
+    pub raft_port: rpc::tls::ServerTlsFiles,
+    /// Connections to other nodes (Raft, forwarding, read indexes, joining).
+    pub outbound: rpc::tls::ClientTlsFiles,
 }
 
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
@@ -100,7 +151,83 @@ impl NodeConfig {
             watch_history: fsm::HistoryLimits::default(),
             sm_db_cache_bytes: fsm::DEFAULT_DB_CACHE_BYTES,
             log_caches: raft_storage::LogOptions::default(),
+            tls: TlsFlags::default(),
+            insecure: false,
         }
+    }
+
+    /// The TLS files of both ports, `None` when TLS is off; checks the TLS rules: all five
+    /// file flags together (`--cert-file --key-file --peer-cert-file --peer-key-file
+    /// --peer-trusted-ca-file`), `--client-cert-auth` only with `--trusted-ca-file`, two
+    /// separate ports, and a node id usable as a certificate name. Without TLS, an address
+    /// that is not loopback needs `--insecure`.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, EngineError> {
+        let bad = |msg: String| Err(EngineError::Config(msg));
+        let t = &self.tls;
+        if !t.any() {
+            if !self.insecure {
+                for (flag, addr) in [("--grpc_addr", &self.grpc_addr), ("--raft_addr", &self.raft_addr)] {
+                    if !rpc::tls::is_loopback(addr) {
+                        return bad(format!(
+                            "{flag} {addr} is not a loopback address, and TLS is off: anyone who can reach it could \
+                             read and change every key and take part in Raft. Give the TLS flags (--cert-file, \
+                             --key-file, --peer-cert-file, --peer-key-file, --peer-trusted-ca-file; see \
+                             docs/security.md), or --insecure to serve plaintext anyway"
+                        ));
+                    }
+                }
+            }
+            return Ok(None);
+        }
+        let need = |flag: &str, value: &Option<PathBuf>| -> Result<PathBuf, EngineError> {
+            value.clone().ok_or_else(|| {
+                EngineError::Config(format!(
+                    "{flag} is missing: TLS is on (a TLS flag was given) and needs --cert-file, --key-file, \
+                     --peer-cert-file, --peer-key-file and --peer-trusted-ca-file together (TLS is on both ports \
+                     or neither)"
+                ))
+            })
+        };
+        let cert = need("--cert-file", &t.cert_file)?;
+        let key = need("--key-file", &t.key_file)?;
+        let peer_cert = need("--peer-cert-file", &t.peer_cert_file)?;
+        let peer_key = need("--peer-key-file", &t.peer_key_file)?;
+        let peer_ca = need("--peer-trusted-ca-file", &t.peer_trusted_ca_file)?;
+        if t.client_cert_auth && t.trusted_ca_file.is_none() {
+            return bad("--client-cert-auth needs --trusted-ca-file, the CA client certificates must chain to".into());
+        }
+        if self.raft_addr == self.grpc_addr && !self.grpc_addr.ends_with(":0") {
+            return bad(format!(
+                "with TLS, --grpc_addr and --raft_addr must differ ({} for both): the Raft port requires \
+                 client certificates and the client port may not",
+                self.grpc_addr
+            ));
+        }
+        if !rpc::tls::is_dns_name(self.id.as_str()) {
+            return bad(format!(
+                "with TLS, the node id {:?} must be a DNS name (letters, digits, hyphens and underscores in \
+                 dot-separated labels of at most 63 characters, the last not all digits): other nodes \
+                 verify this node's certificate for it",
+                self.id.as_str()
+            ));
+        }
+        Ok(Some(TlsFiles {
+            client_port: rpc::tls::ServerTlsFiles {
+                cert,
+                key,
+                client_ca: t.trusted_ca_file.clone(),
+                require_client_cert: t.client_cert_auth,
+                allowed_names: Vec::new(),
+            },
+            raft_port: rpc::tls::ServerTlsFiles {
+                cert: peer_cert.clone(),
+                key: peer_key.clone(),
+                client_ca: Some(peer_ca.clone()),
+                require_client_cert: true,
+                allowed_names: t.peer_allowed_cn.clone(),
+            },
+            outbound: rpc::tls::ClientTlsFiles { ca: peer_ca, identity: Some((peer_cert, peer_key)) },
+        }))
     }
 
     /// This node's directory: `<data_dir>/<id>`.
@@ -149,6 +276,7 @@ impl NodeConfig {
             g.validate().map_err(|e| EngineError::Config(e.to_string()))?;
         }
         self.static_peers()?;
+        self.tls_files()?;
         if joins && self.bootstrap {
             return bad("--join and --raft_bootstrap cannot be used together: --raft_bootstrap starts a new cluster, \
                  --join asks an existing one to add this node; give only one"
@@ -239,6 +367,56 @@ mod tests {
 
     fn refused(c: &NodeConfig) -> String {
         c.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    fn all_tls(c: &mut NodeConfig) {
+        c.tls = TlsFlags {
+            cert_file: Some("c.crt".into()),
+            key_file: Some("c.key".into()),
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: Some("p.crt".into()),
+            peer_key_file: Some("p.key".into()),
+            peer_trusted_ca_file: Some("ca.crt".into()),
+            peer_allowed_cn: Vec::new(),
+        };
+    }
+
+    #[test]
+    fn tls_rules() {
+        let mut c = cfg();
+        c.id = NodeId::new("node1").unwrap_or_else(|e| panic!("{e}"));
+        c.grpc_addr = "127.0.0.1:40051".into();
+        c.raft_addr = "127.0.0.1:50051".into();
+        all_tls(&mut c);
+        let files = c.tls_files().ok().flatten();
+        let raft_port = files.as_ref().map(|f| (f.raft_port.require_client_cert, f.raft_port.client_ca.clone()));
+        assert_eq!(raft_port, Some((true, Some("ca.crt".into()))), "the Raft port is mutual TLS");
+        assert_eq!(files.map(|f| f.outbound.identity), Some(Some(("p.crt".into(), "p.key".into()))));
+        c.tls.peer_key_file = None;
+        assert!(refused(&c).contains("--peer-key-file is missing"), "{}", refused(&c));
+        all_tls(&mut c);
+        c.tls.client_cert_auth = true;
+        assert!(refused(&c).contains("--client-cert-auth needs --trusted-ca-file"), "{}", refused(&c));
+        all_tls(&mut c);
+        c.raft_addr = c.grpc_addr.clone();
+        assert!(refused(&c).contains("must differ"), "{}", refused(&c));
+        c.raft_addr = "127.0.0.1:50051".into();
+        c.id = NodeId::new("-bad").unwrap_or_else(|e| panic!("{e}"));
+        assert!(refused(&c).contains("must be a DNS name"), "{}", refused(&c));
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_insecure() {
+        let mut c = cfg();
+        c.id = NodeId::new("node1").unwrap_or_else(|e| panic!("{e}"));
+        c.grpc_addr = "0.0.0.0:40051".into();
+        assert!(refused(&c).contains("--grpc_addr 0.0.0.0:40051 is not a loopback address"), "{}", refused(&c));
+        c.insecure = true;
+        assert!(c.validate().is_ok());
+        c.insecure = false;
+        all_tls(&mut c);
+        assert!(c.validate().is_ok(), "{}", refused(&c));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! # Brief overview
 //! [`Node::start`] builds and starts everything, in this order, one function per step:
 //! 1. `prepare_dir`: validates the [`NodeConfig`] (every rule with a message naming the
-//!    flag) and creates `<raft_data_dir>/<raft_id>/` if needed;
+//!    flag) and creates `<raft_data_dir>/<raft_id>/` if needed; then `NodeTls::load`
+//!    loads the TLS files of both ports and of the connections to other nodes
+//!    ([`NodeConfig::tls_files`]: TLS on both ports or neither; plaintext on a non-loopback
+//!    address only with `--insecure`), so unusable files stop the node here;
 //! 2. `Listeners::bind`: binds the client (`--grpc_addr`) and Raft (`--raft_addr`)
 //!    listeners; one listener carries both when the addresses are equal; port 0 picks a
 //!    free port;
@@ -18,7 +21,8 @@
 //!    restarting with `--raft_bootstrap` on existing state just starts);
 //! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
 //!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
-//!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on;
+//!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
+//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]);
 //! 7. `announce`: writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
@@ -61,6 +65,7 @@ use raft_network::client::NetworkFactory;
 use raft_network::server::RaftService;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
+use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
 use service::{AdminService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
@@ -70,7 +75,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
-pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig};
+pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
@@ -129,6 +134,9 @@ pub enum EngineError {
     /// the core); the node shut down rather than serve a state it can no longer keep up.
     #[error("the Raft core stopped ({0}); the node stopped too: check the disk and the log above, then restart it")]
     RaftStopped(String),
+    /// A TLS file named by a flag cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] rpc::tls::TlsError),
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
@@ -210,19 +218,20 @@ impl Node {
     /// below, named for what it does.
     pub async fn start(config: NodeConfig) -> Result<Node, EngineError> {
         let dir = prepare_dir(&config)?;
+        let tls = NodeTls::load(&config)?;
         let Listeners { grpc, raft: raft_listener, grpc_bound, raft_bound, me } = Listeners::bind(&config).await?;
         let gossip = start_gossip(&config, &me).await?;
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
         let (log, sm) = open_storage(&config, &dir)?;
-        let raft = build_raft(&config, resolver.clone(), log, sm.clone()).await?;
+        let raft = build_raft(&config, resolver.clone(), tls.as_ref(), log, sm.clone()).await?;
         let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
         if config.bootstrap {
             bootstrap(&raft, &config.id, me.clone()).await?;
         }
-        let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone());
+        let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone(), tls.as_ref());
         let (stop, _) = watch::channel(false);
-        let servers = start_servers(&config, grpc, raft_listener, &me, &ctx, &stop).await?;
+        let servers = start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, &stop).await?;
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),
             grpc_addr: grpc_bound.to_string(),
@@ -230,7 +239,7 @@ impl Node {
             pid: std::process::id(),
         };
         announce(&config, &dir, &listen)?;
-        let background = start_background(&config, &raft, gossip.as_ref(), me, &stop);
+        let background = start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop);
         Ok(Node {
             config,
             raft,
@@ -367,15 +376,44 @@ fn local_addr(l: &TcpListener) -> Result<SocketAddr, EngineError> {
     l.local_addr().map_err(|source| EngineError::Io { context: "reading a bound address".into(), source })
 }
 
-/// Serves `routes` on `listener` until `stop` is set ([`rpc::server::serve`]).
+/// Serves `routes` on `listener` until `stop` is set ([`rpc::server::serve`]), over TLS
+/// when `tls` is given.
 fn serve(
     routes: RoutesBuilder,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    rpc::server::serve(routes, listener, async move {
+    rpc::server::serve(routes, listener, tls, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
+}
+
+/// A node's TLS, loaded once at start (the files are re-read when they change): each
+/// port's server side and the client side of connections to other nodes.
+#[derive(Clone)]
+struct NodeTls {
+    client_port: Arc<ServerTls>,
+    raft_port: Arc<ServerTls>,
+    outbound: Arc<ClientTls>,
+}
+
+impl NodeTls {
+    /// Step 1b: loads the TLS files the flags name (`None`: TLS is off), so a node with
+    /// unusable files refuses to start, naming the file.
+    fn load(config: &NodeConfig) -> Result<Option<NodeTls>, EngineError> {
+        let Some(files) = config.tls_files()? else {
+            if config.insecure {
+                tracing::warn!(grpc_addr = %config.grpc_addr, raft_addr = %config.raft_addr, "--insecure: serving plaintext");
+            }
+            return Ok(None);
+        };
+        Ok(Some(NodeTls {
+            client_port: Arc::new(ServerTls::new(files.client_port)?),
+            raft_port: Arc::new(ServerTls::new(files.raft_port)?),
+            outbound: Arc::new(ClientTls::new(files.outbound)?),
+        }))
+    }
 }
 
 /// Step 1: checks the configuration and creates the node's directory, which it returns.
@@ -441,13 +479,13 @@ fn open_storage(config: &NodeConfig, dir: &std::path::Path) -> Result<(LogStore,
 async fn build_raft(
     config: &NodeConfig,
     resolver: Arc<dyn Resolver>,
+    tls: Option<&NodeTls>,
     log: LogStore,
     sm: StateMachine,
 ) -> Result<Raft, EngineError> {
     let raft_config = Arc::new(config.raft_config()?);
-    Raft::new(config.id.clone(), raft_config, NetworkFactory::new(resolver), log, sm)
-        .await
-        .map_err(|e| EngineError::raft("starting", e))
+    let network = NetworkFactory::new(resolver, tls.map(|t| t.outbound.clone()));
+    Raft::new(config.id.clone(), raft_config, network, log, sm).await.map_err(|e| EngineError::raft("starting", e))
 }
 
 /// What every service of this node shares.
@@ -457,6 +495,7 @@ fn node_context(
     sm: &StateMachine,
     resolver: Arc<dyn Resolver>,
     gossip: Option<Gossip>,
+    tls: Option<&NodeTls>,
 ) -> NodeContext {
     NodeContext {
         id: config.id.clone(),
@@ -464,7 +503,7 @@ fn node_context(
         sm: sm.clone(),
         resolver,
         gossip,
-        forwarder: Forwarder::new(),
+        forwarder: Forwarder::new(tls.map(|t| t.outbound.clone())),
         leader_contact: Arc::new(LeaderContact::default()),
     }
 }
@@ -482,6 +521,7 @@ async fn start_servers(
     config: &NodeConfig,
     grpc: TcpListener,
     raft_listener: Option<TcpListener>,
+    tls: Option<&NodeTls>,
     me: &NodeInfo,
     ctx: &NodeContext,
     stop: &watch::Sender<bool>,
@@ -496,15 +536,16 @@ async fn start_servers(
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), stop.subscribe()).await;
     let mut handles = Vec::new();
     match raft_listener {
+        // One listener for both happens only without TLS (`NodeConfig::tls_files`).
         None => {
             client_routes.add_service(raft_svc);
-            handles.push(serve(client_routes, grpc, stop.subscribe()));
+            handles.push(serve(client_routes, grpc, None, stop.subscribe()));
         }
         Some(raft_listener) => {
-            handles.push(serve(client_routes, grpc, stop.subscribe()));
+            handles.push(serve(client_routes, grpc, tls.map(|t| t.client_port.clone()), stop.subscribe()));
             let mut raft_routes = RoutesBuilder::default();
             raft_routes.add_service(raft_svc);
-            handles.push(serve(raft_routes, raft_listener, stop.subscribe()));
+            handles.push(serve(raft_routes, raft_listener, tls.map(|t| t.raft_port.clone()), stop.subscribe()));
         }
     }
     Ok(Servers { handles, leader_health, stop_request })
@@ -572,6 +613,7 @@ fn start_background(
     config: &NodeConfig,
     raft: &Raft,
     gossip: Option<&Gossip>,
+    tls: Option<&NodeTls>,
     me: NodeInfo,
     stop: &watch::Sender<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -584,7 +626,11 @@ fn start_background(
         background.push(tokio::spawn(background::publish_to_gossip(raft.clone(), g.clone(), stop.subscribe())));
     }
     if !config.join.is_empty() || config.join_via_gossip {
-        let seeds = background::JoinSeeds { named: config.join.clone(), gossip: gossip.cloned() };
+        let seeds = background::JoinSeeds {
+            named: config.join.clone(),
+            gossip: gossip.cloned(),
+            tls: tls.map(|t| t.outbound.clone()),
+        };
         let join = background::auto_join(raft.clone(), config.id.clone(), me, seeds, stop.subscribe());
         background.push(tokio::spawn(join));
     }

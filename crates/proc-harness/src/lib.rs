@@ -18,6 +18,8 @@
 //! This crate is synchronous and depends on no crate of ours, nor on tokio or tonic: xtask,
 //! which builds the workspace, depends on it (`cargo xtask deps` checks both).
 
+pub mod certs;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -69,7 +69,7 @@ impl AskLeader for LeaderReadIndex<'_> {
             return Err(AskError::NoAddress(leader.clone()));
         };
         let unreachable = |reason: String| AskError::Unreachable { leader: leader.clone(), addr: addr.clone(), reason };
-        let channel = self.pool.connect(&addr).await.map_err(|e| unreachable(e.to_string()))?;
+        let channel = self.pool.connect(&addr, Some(leader.as_str())).await.map_err(|e| unreachable(e.to_string()))?;
         match read_index(channel, level == Consistency::Lease, timeout).await {
             Ok(index) => Ok(index),
             Err(CallError::NotLeader) => Err(AskError::NotLeader),

@@ -17,7 +17,8 @@ use proto::raft::v1::raft_client::RaftClient;
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{RaftMessage, SnapshotChunk, SnapshotHeader, SnapshotTrailer};
 use resolver::Resolver;
-use rpc::channel::{ChannelOptions, Keepalive, Pool};
+use rpc::channel::{ChannelError, ChannelOptions, Keepalive, Pool};
+use rpc::tls::ClientTls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
@@ -45,14 +46,16 @@ const CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
 };
 
 impl NetworkFactory {
-    /// A factory with no connections yet, resolving peers through `resolver`.
+    /// A factory with no connections yet, resolving peers through `resolver`; over TLS
+    /// with the node's peer certificate when `tls` is given, each peer's certificate
+    /// verified for its node id.
     #[must_use]
-    pub fn new(resolver: Arc<dyn Resolver>) -> Self {
-        Self { channels: Pool::new(CHANNEL_OPTIONS), resolver }
+    pub fn new(resolver: Arc<dyn Resolver>, tls: Option<Arc<ClientTls>>) -> Self {
+        Self { channels: Pool::with_tls(CHANNEL_OPTIONS, tls), resolver }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        self.channels.connect_lazy(addr)
+    fn channel(&self, addr: &str, peer: &NodeId) -> Result<Channel, ChannelError> {
+        self.channels.connect_lazy(addr, Some(peer.as_str()))
     }
 }
 
@@ -103,7 +106,7 @@ impl Peer {
                 last.clone_from(&addr);
             }
         }
-        let channel = self.factory.channel(&addr).map_err(|e| {
+        let channel = self.factory.channel(&addr, &self.target).map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {} at {addr}: {e}", self.target))))
         })?;
         Ok(RaftClient::new(channel)

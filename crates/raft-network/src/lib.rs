@@ -9,6 +9,11 @@
 //!   read index from the leader (`calls::LeaderReadIndex`, how `linearizable` asks the
 //!   leader), and `Identify` (who listens at a Raft address).
 //!
+//! With TLS on, the node-id rule holds both ways: [`client`] verifies each peer's
+//! certificate for the peer's node id, and [`server`] refuses (`PERMISSION_DENIED`) any
+//! message naming a sender whose id the connection's client certificate does not name
+//! ([`rpc::tls::check_claimed_id`]).
+//!
 //! Messages are openraft's own types in the [`types::codec`] encoding (postcard behind a
 //! format byte), carried in `RaftMessage.payload`. Snapshots are client-streamed in
 //! [`SNAPSHOT_CHUNK_BYTES`] chunks with a CRC32 over the data; the receiver writes each

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use fsm::{Raft, Snapshot, StateMachine};
 use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
 use openraft::async_runtime::WatchReceiver;
-use openraft::raft::{TransferLeaderRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::v1::snapshot_chunk::Chunk;
 use proto::raft::v1::{IdentifyRequest, IdentifyResponse, RaftMessage, SnapshotChunk};
@@ -89,6 +89,15 @@ fn check_sender(membership: &Membership, what: &str, sender: &NodeId) -> Result<
     )))
 }
 
+/// The node-id rule of the Raft port ([`rpc::tls::check_claimed_id`]): over TLS, the
+/// certificate of the connection a message came on must name the node id the message
+/// claims; a refusal is logged, and nothing reaches openraft.
+fn check_identity<T>(request: &Request<T>, what: &str, claimed: &NodeId) -> Result<(), Status> {
+    rpc::tls::check_claimed_id(request, claimed.as_str()).inspect_err(|status| {
+        tracing::warn!(claimed = %claimed, request = what, reason = status.message(), "refused a Raft message whose sender's certificate names another node");
+    })
+}
+
 /// openraft refuses work only when it is stopping: tell the peer to back off.
 fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft is not running: {e}"))
@@ -101,25 +110,29 @@ impl RaftRpc for RaftService {
     }
 
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode("append-entries request", &request.into_inner().payload)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode("append-entries request", &request.get_ref().payload)?;
+        check_identity(&request, "append-entries request", &rpc.vote.leader_id().node_id)?;
         self.leader_contact.touch();
         encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = decode("vote request", &request.into_inner().payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode("vote request", &request.get_ref().payload)?;
+        check_identity(&request, "vote request", &rpc.vote.leader_id().node_id)?;
         self.check_sender("vote request", &rpc.vote.leader_id().node_id)?;
         encode(&self.raft.vote(rpc).await.map_err(stopped)?)
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<TypeConfig> = decode("pre-vote request", &request.into_inner().payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode("pre-vote request", &request.get_ref().payload)?;
+        check_identity(&request, "pre-vote request", &rpc.vote.leader_id().node_id)?;
         self.check_sender("pre-vote request", &rpc.vote.leader_id().node_id)?;
         encode(&self.raft.pre_vote(rpc).await.map_err(stopped)?)
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = decode("transfer-leader request", &request.into_inner().payload)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode("transfer-leader request", &request.get_ref().payload)?;
+        check_identity(&request, "transfer-leader request", &rpc.from_leader().leader_id().node_id)?;
         self.check_sender("transfer-leader request", &rpc.from_leader().leader_id().node_id)?;
         encode(&self.raft.handle_transfer_leader(rpc).await.map_err(stopped)?)
     }
@@ -139,11 +152,17 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let tls_identity = request.extensions().clone();
         let mut stream = request.into_inner();
         let Some(Chunk::Header(header)) = stream.message().await?.and_then(|c| c.chunk) else {
             return Err(Status::invalid_argument("a snapshot stream must start with its header"));
         };
         let vote: Vote = decode("snapshot vote", &header.vote)?;
+        check_identity(
+            &Request::from_parts(Default::default(), tls_identity, ()),
+            "snapshot",
+            &vote.leader_id().node_id,
+        )?;
         let meta: SnapshotMeta = decode("snapshot metadata", &header.meta)?;
         let mut incoming = self.sm.incoming_snapshot().map_err(|e| Status::internal(e.to_string()))?;
         let mut crc = crc32fast::Hasher::new();

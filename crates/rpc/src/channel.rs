@@ -1,11 +1,25 @@
 //! Channels to other processes: the one place a [`tonic::transport::Endpoint`] is built
-//! ([`endpoint`]), and [`Pool`], channels reused per address. TLS settings go here.
+//! ([`endpoint`]), and [`Pool`], channels reused per address, in plaintext or over TLS
+//! ([`ClientTls`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint, Error};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{ClientTls, TlsError, host_of};
+
+/// A channel that could not be made: a bad address or TLS files, or a failed connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// tonic refused the address or could not connect.
+    #[error("{}", crate::status::error_chain(.0))]
+    Transport(#[from] tonic::transport::Error),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// HTTP/2 keepalive pings on a channel, sent even while it is idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,12 +40,34 @@ pub struct ChannelOptions {
     pub keepalive: Option<Keepalive>,
 }
 
-/// The endpoint for `addr` (`HOST:PORT`, plaintext HTTP/2) with `options`.
+/// How a channel is secured: plaintext, or TLS verifying the server's certificate for a
+/// name.
+#[derive(Debug, Clone, Copy)]
+pub enum Security<'a> {
+    /// Plaintext HTTP/2.
+    Plaintext,
+    /// TLS with `tls`'s files, verifying the server's certificate for `name` (a node id, a
+    /// host name or an IP address).
+    Tls {
+        /// The client's TLS files.
+        tls: &'a ClientTls,
+        /// The name the server's certificate must be valid for.
+        name: &'a str,
+    },
+}
+
+/// The endpoint for `addr` (`HOST:PORT`) with `options`, secured as `security` says.
 ///
 /// # Errors
-/// When `addr` does not make a valid URI.
-pub fn endpoint(addr: &str, options: &ChannelOptions) -> Result<Endpoint, Error> {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+/// When `addr` does not make a valid URI, or the TLS files cannot be used.
+pub fn endpoint(addr: &str, options: &ChannelOptions, security: Security<'_>) -> Result<Endpoint, ChannelError> {
+    let mut endpoint = match security {
+        Security::Plaintext => Endpoint::from_shared(format!("http://{addr}"))?,
+        Security::Tls { tls, name } => {
+            Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.config(name)?)?
+        }
+    }
+    .tcp_nodelay(true);
     if let Some(timeout) = options.connect_timeout {
         endpoint = endpoint.connect_timeout(timeout);
     }
@@ -47,61 +83,93 @@ pub fn endpoint(addr: &str, options: &ChannelOptions) -> Result<Endpoint, Error>
 /// One channel to `addr`, connected now and not pooled.
 ///
 /// # Errors
-/// When `addr` is not a valid address or the connection cannot be made.
-pub async fn connect(addr: &str, options: &ChannelOptions) -> Result<Channel, Error> {
-    endpoint(addr, options)?.connect().await
+/// When `addr` is not a valid address, the TLS files cannot be used or the connection
+/// cannot be made.
+pub async fn connect(addr: &str, options: &ChannelOptions, security: Security<'_>) -> Result<Channel, ChannelError> {
+    Ok(endpoint(addr, options, security)?.connect().await?)
 }
 
-/// Channels reused per address, all with the same options. Cheap to clone (clones share
-/// the channels).
+/// Channels reused per address (and, over TLS, per name the server is verified for), all
+/// with the same options and TLS files. Cheap to clone (clones share the channels). When
+/// the TLS files change, every channel is dropped, so the next calls connect with the new
+/// ones.
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     options: ChannelOptions,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<ClientTls>>,
+    /// Keyed by (address, name verified).
+    channels: Arc<Mutex<HashMap<(String, String), Channel>>>,
 }
 
 impl Pool {
-    /// An empty pool whose channels connect with `options`.
+    /// An empty plaintext pool whose channels connect with `options`.
     #[must_use]
     pub fn new(options: ChannelOptions) -> Self {
-        Self { options, channels: Arc::default() }
+        Self { options, tls: None, channels: Arc::default() }
     }
 
-    fn cached(&self, addr: &str) -> Option<Channel> {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).get(addr).cloned()
+    /// An empty pool whose channels connect with `options`, over TLS when `tls` is given.
+    #[must_use]
+    pub fn with_tls(options: ChannelOptions, tls: Option<Arc<ClientTls>>) -> Self {
+        Self { options, tls, channels: Arc::default() }
+    }
+
+    /// The key of the channel to `addr` verified for `name` (the address's host when none).
+    fn key(addr: &str, name: Option<&str>) -> (String, String) {
+        (addr.to_string(), name.unwrap_or_else(|| host_of(addr)).to_string())
+    }
+
+    fn security<'a>(&'a self, key: &'a (String, String)) -> Security<'a> {
+        match &self.tls {
+            Some(tls) => Security::Tls { tls, name: &key.1 },
+            None => Security::Plaintext,
+        }
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.tls.as_ref().is_some_and(|tls| tls.changed()) {
+            tracing::info!(channels = channels.len(), "client TLS files changed; reconnecting with the new ones");
+            channels.clear();
+        }
+        channels.get(key).cloned()
     }
 
     /// The channel to `addr`, connected eagerly when there is none yet: a failure here means
-    /// nothing was sent, so trying elsewhere is safe.
+    /// nothing was sent, so trying elsewhere is safe. Over TLS the server's certificate is
+    /// verified for `name`, or for the address's host when `name` is `None`.
     ///
     /// # Errors
-    /// When `addr` is not a valid address or the connection cannot be made.
-    pub async fn connect(&self, addr: &str) -> Result<Channel, Error> {
-        if let Some(channel) = self.cached(addr) {
+    /// When `addr` is not a valid address, the TLS files cannot be used or the connection
+    /// cannot be made.
+    pub async fn connect(&self, addr: &str, name: Option<&str>) -> Result<Channel, ChannelError> {
+        let key = Self::key(addr, name);
+        if let Some(channel) = self.cached(&key) {
             return Ok(channel);
         }
-        let channel = connect(addr, &self.options).await?;
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(addr.to_string(), channel.clone());
+        let channel = connect(addr, &self.options, self.security(&key)).await?;
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
         Ok(channel)
     }
 
     /// The channel to `addr`, made without connecting when there is none yet (it connects on
-    /// first use, and reconnects by itself after a failure).
+    /// first use, and reconnects by itself after a failure); `name` as for
+    /// [`connect`](Self::connect).
     ///
     /// # Errors
-    /// When `addr` is not a valid address.
-    pub fn connect_lazy(&self, addr: &str) -> Result<Channel, Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+    /// When `addr` is not a valid address or the TLS files cannot be used.
+    pub fn connect_lazy(&self, addr: &str, name: Option<&str>) -> Result<Channel, ChannelError> {
+        let key = Self::key(addr, name);
+        if let Some(channel) = self.cached(&key) {
+            return Ok(channel);
         }
-        let channel = endpoint(addr, &self.options)?.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        let channel = endpoint(addr, &self.options, self.security(&key))?.connect_lazy();
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
         Ok(channel)
     }
 
-    /// Drops the channel to `addr` (after a transport failure), so the next call reconnects.
+    /// Drops the channels to `addr` (after a transport failure), so the next call reconnects.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).remove(addr);
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).retain(|(a, _), _| a != addr);
     }
 }

@@ -12,6 +12,8 @@
 //! - [`channel`]: the one place a [`tonic::transport::Endpoint`] is built
 //!   ([`channel::endpoint`]), and [`channel::Pool`], the reused channels per address.
 //! - [`server`]: the one place a [`tonic::transport::Server`] is built ([`server::serve`]).
+//! - [`tls`]: TLS for both ports and every channel (rustls, ring provider): the files,
+//!   re-read when they change, and the node-id rule of the Raft port.
 //!
 //! `cargo xtask deps` checks that no other crate builds an endpoint or a server, so TLS and
 //! other transport settings have one home. This crate depends on no crate of ours and on
@@ -23,5 +25,6 @@ pub mod limits;
 pub mod metadata;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 pub use status::never_sent;

@@ -60,3 +60,29 @@ pub const UNKNOWN_METHOD_MESSAGE: &str = "unknown service or method: check the c
 pub fn unknown_method_status(code: Code, message: &str) -> Option<(Code, String)> {
     (code == Code::Unimplemented && message.is_empty()).then(|| (code, UNKNOWN_METHOD_MESSAGE.to_string()))
 }
+
+/// Whether a connection error's text (with its sources, as [`error_chain`] gives it) says
+/// the server's certificate failed this client's verification (unknown CA, expired, not
+/// valid for the name dialled): trying the same server again cannot succeed.
+#[must_use]
+pub fn certificate_refused(error: &str) -> bool {
+    error.contains("invalid peer certificate")
+}
+
+/// `e` and every error in its source chain, joined by `: ` (tonic's transport error says
+/// only "transport error"; the reason, such as a refused TLS certificate, is in its
+/// sources). A source whose text the previous one already holds is skipped.
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -4,10 +4,12 @@
 //! channels to other nodes ([`Forwarder`]).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use rpc::channel::{ChannelOptions, Keepalive, Pool};
+use rpc::channel::{ChannelError, ChannelOptions, Keepalive, Pool};
+use rpc::tls::ClientTls;
 use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
@@ -27,7 +29,7 @@ const CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
     keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: None }),
 };
 
-/// Reused channels to other nodes, keyed by address.
+/// Reused channels to other nodes, keyed by address (and node id, over TLS).
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     channels: Pool,
@@ -35,21 +37,22 @@ pub struct Forwarder {
 
 impl Default for Forwarder {
     fn default() -> Self {
-        Self { channels: Pool::new(CHANNEL_OPTIONS) }
+        Self::new(None)
     }
 }
 
 impl Forwarder {
-    /// An empty pool.
+    /// An empty pool; over TLS with the node's peer certificate when `tls` is given.
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(tls: Option<Arc<ClientTls>>) -> Self {
+        Self { channels: Pool::with_tls(CHANNEL_OPTIONS, tls) }
     }
 
-    /// A connected channel to `addr`. Connecting is eager, so a failure here means the
+    /// A connected channel to node `node` at `addr` (over TLS, its certificate must be
+    /// valid for the name `node`). Connecting is eager, so a failure here means the
     /// request was never sent and is safe to retry elsewhere.
-    pub async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        self.channels.connect(addr).await
+    pub async fn channel(&self, addr: &str, node: &NodeId) -> Result<Channel, ChannelError> {
+        self.channels.connect(addr, Some(node.as_str())).await
     }
 
     /// The pool itself, for calls to other nodes' Raft ports (follower read indexes).
@@ -172,7 +175,7 @@ where
         return Err(ServiceError::NotLeader { id: leader.id, addr: Some(addr) }.into());
     }
     let failed = |delivery, e: &dyn std::fmt::Display| forward_failed(&leader.id, &addr, delivery, how.effect, e);
-    let channel = ctx.forwarder.channel(&addr).await.map_err(|e| failed(Delivery::NotSent, &e))?;
+    let channel = ctx.forwarder.channel(&addr, &leader.id).await.map_err(|e| failed(Delivery::NotSent, &e))?;
     let timeout = how.until.saturating_duration_since(Instant::now());
     match call(channel, forwarded_request(req, timeout)).await {
         Ok(resp) => Ok(resp),
