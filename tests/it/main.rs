@@ -17,4 +17,5 @@ mod faults;
 mod gossip;
 mod hashicorp;
 mod kv;
+mod stages;
 mod watch;
