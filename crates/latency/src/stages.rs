@@ -141,9 +141,9 @@ pub struct WriteStages {
     overtaken: [AtomicU64; STAGES],
     writes: AtomicU64,
     unmatched: AtomicU64,
-    /// The counters at the last reset (`None`: none yet, the period starts at `epoch`).
+    /// The counters at the start of the period (all zero at `epoch`, until a reset).
     /// Touched only by [`WriteStages::report`], never on the write path.
-    baseline: Mutex<Option<Counters>>,
+    baseline: Mutex<Counters>,
 }
 
 impl Default for WriteStages {
@@ -163,8 +163,17 @@ impl WriteStages {
     /// A clock with empty slots and histograms (about 400 KiB, allocated here once).
     #[must_use]
     pub fn new() -> Self {
+        let epoch = Instant::now();
+        let zero = Counters {
+            at: epoch,
+            writes: 0,
+            unmatched: 0,
+            steps: vec![Snapshot::default(); STAGES],
+            totals: vec![Snapshot::default(); STAGES],
+            overtaken: vec![0; STAGES],
+        };
         Self {
-            epoch: Instant::now(),
+            epoch,
             slots: (0..CLOCK_SLOTS)
                 .map(|_| Slot { index: AtomicU64::new(EMPTY), at: std::array::from_fn(|_| AtomicU64::new(0)) })
                 .collect(),
@@ -174,7 +183,7 @@ impl WriteStages {
             overtaken: std::array::from_fn(|_| AtomicU64::new(0)),
             writes: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
-            baseline: Mutex::new(None),
+            baseline: Mutex::new(zero),
         }
     }
 
@@ -291,41 +300,24 @@ impl WriteStages {
     /// call starts a new period (the histograms themselves only grow, for exporters).
     pub fn report(&self, reset: bool) -> Report {
         let now = self.counters();
-        let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
-        let report = match baseline.as_ref() {
-            None => Report {
-                writes: now.writes,
-                unmatched: now.unmatched,
-                stages: Stage::ALL
-                    .iter()
-                    .enumerate()
-                    .map(|(k, stage)| StageFigures {
-                        stage: *stage,
-                        step: now.steps[k].clone(),
-                        total: now.totals[k].clone(),
-                        overtaken: now.overtaken[k],
-                    })
-                    .collect(),
-                period: now.at.duration_since(self.epoch),
-            },
-            Some(base) => Report {
-                writes: now.writes - base.writes,
-                unmatched: now.unmatched - base.unmatched,
-                stages: Stage::ALL
-                    .iter()
-                    .enumerate()
-                    .map(|(k, stage)| StageFigures {
-                        stage: *stage,
-                        step: now.steps[k].since(&base.steps[k]),
-                        total: now.totals[k].since(&base.totals[k]),
-                        overtaken: now.overtaken[k] - base.overtaken[k],
-                    })
-                    .collect(),
-                period: now.at.duration_since(base.at),
-            },
+        let mut base = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = Report {
+            writes: now.writes - base.writes,
+            unmatched: now.unmatched - base.unmatched,
+            stages: Stage::ALL
+                .iter()
+                .enumerate()
+                .map(|(k, stage)| StageFigures {
+                    stage: *stage,
+                    step: now.steps[k].since(&base.steps[k]),
+                    total: now.totals[k].since(&base.totals[k]),
+                    overtaken: now.overtaken[k] - base.overtaken[k],
+                })
+                .collect(),
+            period: now.at.duration_since(base.at),
         };
         if reset {
-            *baseline = Some(now);
+            *base = now;
         }
         report
     }
