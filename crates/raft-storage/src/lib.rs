@@ -568,6 +568,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn appends_are_stamped_appended_durable_and_committed_in_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let stages = Arc::new(WriteStages::new());
+        let mut store = LogStore::open_with_stages(&dir.path().join(LOG_FILE), LogOptions::default(), stages.clone())?;
+        let proposed = stages.now();
+        append(&mut store, blanks(1, 1..=3)).await?.await??;
+        store.save_committed(Some(id(1, 3))).await?;
+        for index in 1..=3 {
+            stages.answered(index, proposed);
+        }
+        let report = stages.report(false);
+        assert_eq!((report.writes, report.unmatched), (3, 0));
+        let overtaken: Vec<u64> = report.stages.iter().map(|s| s.overtaken).collect();
+        // The log's three moments came in order; applied is the state machine's to stamp.
+        assert_eq!(overtaken, [0, 0, 0, 3, 0], "{report:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn an_append_over_the_tail_replaces_all_of_it_in_redb_too() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join(LOG_FILE);
