@@ -17,5 +17,6 @@ mod faults;
 mod gossip;
 mod hashicorp;
 mod kv;
+mod stages;
 mod tls;
 mod watch;

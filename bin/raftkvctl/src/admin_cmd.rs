@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use client::admin::{GossipLiveness, StatusResponse};
+use client::admin::{GossipLiveness, StatusResponse, WriteStagesResponse};
 use client::{Client, Member, MembershipChangeResponse, RaftState, Suffrage};
 use serde_json::{Value, json};
 
@@ -27,12 +27,17 @@ pub(crate) enum AdminCommand {
     /// Status of the first reachable node: Raft state, term, leader, indexes, members; with
     /// --cluster, one row per member, each asked at its own address.
     #[command(
-        after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status\n  raftkvctl status --cluster\n  raftkvctl -o json status --cluster"
+        after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status\n  raftkvctl status --cluster\n  raftkvctl -o json status --cluster\n  raftkvctl --endpoints LEADER status --stages"
     )]
     Status {
         /// Ask every member (at its gRPC address) and print one row each.
         #[arg(long)]
         cluster: bool,
+        /// Instead, print where the time of the writes proposed on that node went, stage by
+        /// stage, since it started or since the last reset (`bench --stages` resets them).
+        /// Ask the leader: it proposes every write.
+        #[arg(long, conflicts_with = "cluster")]
+        stages: bool,
     },
     /// Make the first reachable node take a snapshot and print its index; `snapshot save FILE`
     /// saves a backup of the cluster's data to FILE.
@@ -245,6 +250,91 @@ async fn members(client: &Client) -> Result<StatusResponse> {
         return Ok(s);
     }
     Ok(status)
+}
+
+/// The gRPC address of the node whose status `s` is, as its membership records it.
+fn grpc_addr_of(s: &StatusResponse) -> Result<String> {
+    match s.members.iter().find(|m| m.id == s.node_id) {
+        Some(m) => Ok(m.grpc_addr.clone()),
+        None => anyhow::bail!("node {} is not in the membership it reports; cannot address it", s.node_id),
+    }
+}
+
+/// The gRPC address of the leader, asked through the endpoints.
+pub(crate) async fn leader_grpc_addr(client: &Client) -> Result<String> {
+    let s = members(client).await?;
+    if s.state != RaftState::Leader as i32 {
+        anyhow::bail!("no leader could be reached (node {} sees leader {:?})", s.node_id, s.leader_id);
+    }
+    grpc_addr_of(&s)
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// The per-stage timing as JSON: milliseconds.
+pub(crate) fn stages_json(s: &WriteStagesResponse) -> Value {
+    let stages: Vec<Value> = s
+        .stages
+        .iter()
+        .map(|st| {
+            json!({
+                "name": st.name,
+                "count": st.count,
+                "step_p50_ms": ms(st.step_p50_ns),
+                "step_p99_ms": ms(st.step_p99_ns),
+                "step_mean_ms": if st.count == 0 { 0.0 } else { ms(st.step_sum_ns) / st.count as f64 },
+                "step_max_ms": ms(st.step_max_ns),
+                "total_p50_ms": ms(st.total_p50_ns),
+                "total_p99_ms": ms(st.total_p99_ns),
+                "total_max_ms": ms(st.total_max_ns),
+                "overtaken": st.overtaken,
+            })
+        })
+        .collect();
+    json!({
+        "node_id": s.node_id,
+        "writes": s.writes,
+        "unmatched": s.unmatched,
+        "period_s": s.period_ns as f64 / 1e9,
+        "stages": stages,
+    })
+}
+
+/// The per-stage timing as a table: one row per stage, times in milliseconds.
+pub(crate) fn print_stages(out: &mut impl Write, s: &WriteStagesResponse) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Write stages on {} ({} writes over {:.1} s, {} unmatched; ms; STEP from the stage before, TOTAL from proposed):",
+        s.node_id,
+        s.writes,
+        s.period_ns as f64 / 1e9,
+        s.unmatched
+    )?;
+    let f = |ns: u64| format!("{:.3}", ms(ns));
+    let rows: Vec<[String; 8]> = s
+        .stages
+        .iter()
+        .map(|st| {
+            let mean = st.step_sum_ns.checked_div(st.count).unwrap_or(0);
+            [
+                st.name.clone(),
+                st.count.to_string(),
+                f(st.step_p50_ns),
+                f(st.step_p99_ns),
+                f(mean),
+                f(st.total_p50_ns),
+                f(st.total_p99_ns),
+                st.overtaken.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        out,
+        ["STAGE", "COUNT", "STEP P50", "STEP P99", "STEP MEAN", "TOTAL P50", "TOTAL P99", "OVERTAKEN"],
+        &rows,
+    )
 }
 
 fn liveness_name(l: i32) -> &'static str {
@@ -484,7 +574,17 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
                 )?;
             }
         }
-        AdminCommand::Status { cluster } => status(client, output, *cluster, out).await?,
+        AdminCommand::Status { cluster: _, stages: true } => {
+            let s = client.status().await?;
+            let addr = grpc_addr_of(&s)?;
+            let stages = client.write_stages_of(&addr, false).await?;
+            if json {
+                writeln!(out, "{}", stages_json(&stages))?;
+            } else {
+                print_stages(out, &stages)?;
+            }
+        }
+        AdminCommand::Status { cluster, stages: false } => status(client, output, *cluster, out).await?,
         AdminCommand::Snapshot { command: None, timeout } => {
             let resp = client.snapshot(*timeout).await?;
             if json {
@@ -552,6 +652,41 @@ mod tests {
         assert_eq!(v["suffrage"], "voter");
         let v = member_json(&member("b", false, None));
         assert!(v["matched_index"].is_null());
+    }
+
+    #[test]
+    fn stages_print_one_row_per_stage_in_milliseconds() -> std::io::Result<()> {
+        let stage = |name: &str, p50: u64| client::admin::WriteStage {
+            name: name.into(),
+            count: 4,
+            step_p50_ns: p50,
+            step_p99_ns: 2 * p50,
+            step_max_ns: 2 * p50,
+            step_sum_ns: 4 * p50,
+            total_p50_ns: 3 * p50,
+            total_p99_ns: 4 * p50,
+            total_max_ns: 4 * p50,
+            overtaken: 1,
+        };
+        let s = WriteStagesResponse {
+            node_id: "a".into(),
+            writes: 4,
+            unmatched: 0,
+            period_ns: 2_500_000_000,
+            stages: vec![stage("appended", 50_000), stage("durable", 1_000_000)],
+        };
+        let mut out = Vec::new();
+        print_stages(&mut out, &s)?;
+        let text = String::from_utf8_lossy(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("Write stages on a (4 writes over 2.5 s, 0 unmatched"), "{}", lines[0]);
+        assert_eq!(lines[1], "STAGE     COUNT  STEP P50  STEP P99  STEP MEAN  TOTAL P50  TOTAL P99  OVERTAKEN");
+        assert_eq!(lines[3], "durable   4      1.000     2.000     1.000      3.000      4.000      1");
+        let v = stages_json(&s);
+        assert_eq!(v["stages"][0]["name"], "appended");
+        assert_eq!(v["stages"][0]["step_p50_ms"], 0.05);
+        assert_eq!(v["stages"][1]["step_mean_ms"], 1.0);
+        Ok(())
     }
 
     #[test]

@@ -70,6 +70,21 @@ pub(crate) struct BenchArgs {
     /// than linearizable ones.
     #[arg(long)]
     serializable: bool,
+    /// After the run, print where the time of the writes went on the leader, stage by stage
+    /// (proposed → appended → durable → committed → applied → answered); the leader's figures
+    /// are reset when the run starts. raftkv only; `bench put` or `bench watch`.
+    #[arg(long)]
+    pub(crate) stages: bool,
+}
+
+impl BenchArgs {
+    /// Refuses `--stages` where it measures nothing.
+    pub(crate) fn check_stages(&self) -> Result<()> {
+        if self.stages && (self.target != Target::Raftkv || self.op == Op::Get) {
+            bail!("--stages measures raftkv's writes: use it with bench put or bench watch and --target raftkv");
+        }
+        Ok(())
+    }
 }
 
 /// One simulated client's connection.

@@ -113,7 +113,7 @@ enum Command {
     /// Measure throughput and latency: puts of new keys, linearizable gets, or the time from
     /// a write's acknowledgement to its event on a watcher of another node.
     #[command(
-        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16\n  raftkvctl --endpoints LEADER,FOLLOWER bench watch --total 1000 --interval 20ms"
+        after_help = "Examples:\n  raftkvctl bench put --total 2000 --clients 1\n  raftkvctl bench put --total 2000 --clients 64 --stages\n  raftkvctl bench put --total 20000 --clients 64 --value-size 256\n  raftkvctl -o json bench get --total 5000 --clients 16\n  raftkvctl --endpoints LEADER,FOLLOWER bench watch --total 1000 --interval 20ms"
     )]
     Bench(bench::BenchArgs),
     #[command(flatten)]
@@ -172,11 +172,32 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Kv(cmd) => return kv_cmd::run(cmd, &client, cli.output, &mut out).await,
         Command::Bench(args) => {
+            args.check_stages()?;
+            // The leader proposes every write: its figures are reset now and read after the run.
+            let leader = if args.stages {
+                let addr = admin_cmd::leader_grpc_addr(&client).await?;
+                client.write_stages_of(&addr, true).await?;
+                Some(addr)
+            } else {
+                None
+            };
             let summary = bench::run(&cli.endpoints, &options, args).await?;
+            let stages = match &leader {
+                Some(addr) => Some(client.write_stages_of(addr, false).await?),
+                None => None,
+            };
             if json {
-                writeln!(out, "{}", summary.json())?;
+                let mut v = summary.json();
+                if let Some(s) = &stages {
+                    v["stages"] = admin_cmd::stages_json(s);
+                }
+                writeln!(out, "{v}")?;
             } else {
                 writeln!(out, "{}", summary.text())?;
+                if let Some(s) = &stages {
+                    writeln!(out)?;
+                    admin_cmd::print_stages(&mut out, s)?;
+                }
             }
         }
         Command::Admin(cmd) => admin_cmd::execute(cmd, &client, cli.output, &mut out).await?,

@@ -12,11 +12,11 @@ use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::backup_chunk::Chunk;
 use proto::admin::v1::{
     AddLearnerRequest, BackupChunk, BackupRequest, BarrierRequest, DemoteRequest, PromoteRequest, RemoveRequest,
-    SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest,
+    SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest, WriteStagesRequest,
 };
 pub use proto::admin::v1::{
     BarrierResponse, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse, StatusResponse,
-    TransferLeaderResponse, VerifyLeaderResponse,
+    TransferLeaderResponse, VerifyLeaderResponse, WriteStage, WriteStagesResponse,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
@@ -151,12 +151,32 @@ impl Client {
     /// The status of the node at `addr` exactly (not of any endpoint): one attempt, no
     /// failover.
     pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
+        let timeout = self.options.request_timeout;
+        self.once_at(addr, |mut a| async move { a.status(Self::request(StatusRequest {}, timeout, false)).await }).await
+    }
+
+    /// The per-stage timing of the writes proposed on the node at `addr` exactly (ask the
+    /// leader), since it started or since the last reset; with `reset`, a new period starts
+    /// after this answer. One attempt, no failover.
+    pub async fn write_stages_of(&self, addr: &str, reset: bool) -> Result<WriteStagesResponse, ClientError> {
+        let timeout = self.options.request_timeout;
+        self.once_at(addr, |mut a| async move {
+            a.write_stages(Self::request(WriteStagesRequest { reset }, timeout, false)).await
+        })
+        .await
+    }
+
+    /// One admin call `call` to the node at `addr` exactly: no failover, no retry.
+    async fn once_at<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let ch = self
             .connect(addr)
             .await
             .map_err(|e| ClientError::Unreachable { endpoints: addr.to_string(), last: e.to_string() })?;
-        let r = admin(ch).status(Self::request(StatusRequest {}, self.options.request_timeout, false)).await;
-        r.map(tonic::Response::into_inner).map_err(|s| {
+        call(admin(ch)).await.map(tonic::Response::into_inner).map_err(|s| {
             if s.code() == tonic::Code::Unavailable {
                 self.forget(addr);
             }

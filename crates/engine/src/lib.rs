@@ -15,7 +15,9 @@
 //!    chain (gossip's live nodes, then static `--peers`, then the Raft membership, which a
 //!    task keeps current); the Raft network and leader forwarding resolve every peer by node
 //!    id through it;
-//! 4. `open_storage`: opens the log store (`raft-storage`) and the state machine (`fsm`);
+//! 4. `open_storage`: opens the log store (`raft-storage`) and the state machine (`fsm`),
+//!    both stamping the node's per-stage clock of writes ([`latency::WriteStages`]), which
+//!    the services record each write into and the Admin API's `WriteStages` reports;
 //! 5. `build_raft`: starts openraft with the gRPC transport ([`raft_network`]); then
 //!    `bootstrap` makes a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
@@ -223,13 +225,14 @@ impl Node {
         let gossip = start_gossip(&config, &me).await?;
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
-        let (log, sm) = open_storage(&config, &dir)?;
+        let stages = Arc::new(latency::WriteStages::new());
+        let (log, sm) = open_storage(&config, &dir, &stages)?;
         let raft = build_raft(&config, resolver.clone(), tls.as_ref(), log, sm.clone()).await?;
         let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
         if config.bootstrap {
             bootstrap(&raft, &config.id, me.clone()).await?;
         }
-        let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone(), tls.as_ref());
+        let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone(), tls.as_ref(), stages);
         let (stop, _) = watch::channel(false);
         let servers = start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, &stop).await?;
         let listen = ListenAddrs {
@@ -467,10 +470,14 @@ async fn start_gossip(config: &NodeConfig, me: &NodeInfo) -> Result<Option<Gossi
 }
 
 /// Step 4: opens the log store and the state machine in the node's directory.
-fn open_storage(config: &NodeConfig, dir: &std::path::Path) -> Result<(LogStore, StateMachine), EngineError> {
-    let log = LogStore::open_with(&dir.join(LOG_FILE), config.log_caches)?;
+fn open_storage(
+    config: &NodeConfig,
+    dir: &std::path::Path,
+    stages: &Arc<latency::WriteStages>,
+) -> Result<(LogStore, StateMachine), EngineError> {
+    let log = LogStore::open_with_stages(&dir.join(LOG_FILE), config.log_caches, stages.clone())?;
     let sm_options = fsm::Options { history: config.watch_history, db_cache_bytes: config.sm_db_cache_bytes };
-    let sm = StateMachine::open_with_options(&dir.join("sm"), sm_options)?;
+    let sm = StateMachine::open_with_stages(&dir.join("sm"), sm_options, stages.clone())?;
     Ok((log, sm))
 }
 
@@ -496,6 +503,7 @@ fn node_context(
     resolver: Arc<dyn Resolver>,
     gossip: Option<Gossip>,
     tls: Option<&NodeTls>,
+    stages: Arc<latency::WriteStages>,
 ) -> NodeContext {
     NodeContext {
         id: config.id.clone(),
@@ -505,6 +513,7 @@ fn node_context(
         gossip,
         forwarder: Forwarder::new(tls.map(|t| t.outbound.clone())),
         leader_contact: Arc::new(LeaderContact::default()),
+        stages,
     }
 }
 

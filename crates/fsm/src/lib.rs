@@ -24,6 +24,8 @@
 //!   nothing.
 //! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
 //!   readers wait for an index without polling.
+//! - Each apply batch stamps its entries applied on the node's [`latency::WriteStages`]
+//!   clock once its transaction is committed (relaxed atomic stores, no lock).
 //! - The change feed ([`changes`]): each apply records what it changed to which key, keeps
 //!   it in a bounded in-memory history, and hands it to the watchers of those keys after the
 //!   transaction commits ([`StateMachine::watch`]). Installing a snapshot clears the
@@ -156,6 +158,8 @@ struct Inner {
     hub: Arc<Hub>,
     /// The thread every apply batch runs on.
     applier: applier::Applier,
+    /// The node's per-stage clock of writes.
+    stages: Arc<latency::WriteStages>,
 }
 
 #[derive(Clone)]
@@ -186,6 +190,12 @@ impl StateMachine {
 
     /// [`StateMachine::open`] with the caches bounded by `options`.
     pub fn open_with_options(dir: &Path, options: Options) -> Result<Self, Error> {
+        Self::open_with_stages(dir, options, Arc::new(latency::WriteStages::new()))
+    }
+
+    /// [`StateMachine::open_with_options`], stamping the applied moment of each entry on
+    /// `stages`, the node's clock of writes.
+    pub fn open_with_stages(dir: &Path, options: Options, stages: Arc<latency::WriteStages>) -> Result<Self, Error> {
         let Options { history, db_cache_bytes } = options;
         let snap_dir = dir.join(SNAPSHOT_DIR);
         let incoming = dir.join(INCOMING_DIR);
@@ -227,6 +237,7 @@ impl StateMachine {
                 last_durable: Mutex::new(Instant::now()),
                 hub: Arc::new(Hub::new(0, history)),
                 applier: applier::Applier::start()?,
+                stages,
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -413,6 +424,7 @@ impl StateMachine {
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
         txn.commit()?;
+        self.inner.stages.applied(entries[0].log_id.index..=last.log_id.index);
         // Watchers hear of the changes only once a read can see them.
         self.inner.hub.publish(last.log_id.index, events);
         if durable {

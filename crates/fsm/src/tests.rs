@@ -67,6 +67,26 @@ async fn apply_tracks_per_key_indexes() -> TestResult {
 }
 
 #[tokio::test]
+async fn an_apply_batch_stamps_its_entries_applied() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let stages = Arc::new(latency::WriteStages::new());
+    let mut sm = StateMachine::open_with_stages(dir.path(), Options::default(), stages.clone())?;
+    let proposed = stages.now();
+    // The log store's moments, by hand: appended, durable, committed.
+    stages.appended(1..=2);
+    stages.durable(1..=2);
+    stages.committed(2);
+    apply(&mut sm, vec![put(1, b"a", b"1"), put(2, b"b", b"2")]).await?;
+    for index in 1..=2 {
+        stages.answered(index, proposed);
+    }
+    let report = stages.report(false);
+    assert_eq!(report.writes, 2);
+    assert!(report.stages.iter().all(|s| s.overtaken == 0), "every moment in order: {report:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn state_and_applied_id_survive_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
     let members = Membership::new(

@@ -29,6 +29,10 @@
 //!
 //! Reads below the cache run on tokio's blocking pool, never on a runtime worker.
 //!
+//! The store stamps three moments of each entry on the node's [`latency::WriteStages`]
+//! clock: appended (held in memory), durable (its commit is done) and committed (openraft
+//! saved a committed log id covering it); a few relaxed atomic stores, no lock.
+//!
 //! This crate must never depend on tonic, on the state machine (`fsm`), or on the service
 //! layer: it stores bytes for openraft and knows nothing else.
 
@@ -44,6 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cache::MemLog;
 pub use cache::{LOG_CACHE_BYTES, LOG_CACHE_ENTRIES};
+use latency::WriteStages;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -154,6 +159,8 @@ pub struct LogStore {
     db: Arc<Database>,
     mem: Arc<Mutex<MemLog>>,
     writer: Arc<WriterHandle>,
+    /// The node's per-stage clock of writes.
+    stages: Arc<WriteStages>,
 }
 
 /// The log writer thread and its queue. Dropped with the last [`LogStore`] clone: it then
@@ -210,6 +217,12 @@ impl LogStore {
     /// Opens (or creates) the log database at `path`, reads its durable state and starts
     /// the log writer, with the caches bounded by `options`.
     pub fn open_with(path: &Path, options: LogOptions) -> Result<Self, Error> {
+        Self::open_with_stages(path, options, Arc::new(WriteStages::new()))
+    }
+
+    /// [`LogStore::open_with`], stamping the appended, durable and committed moments of each
+    /// entry on `stages`, the node's clock of writes.
+    pub fn open_with_stages(path: &Path, options: LogOptions, stages: Arc<WriteStages>) -> Result<Self, Error> {
         let db = Database::builder().set_cache_size(options.db_cache_bytes).create(path)?;
         let txn = db.begin_write()?;
         {
@@ -227,12 +240,18 @@ impl LogStore {
         let mem = Arc::new(Mutex::new(mem));
         let db = Arc::new(db);
         let (queue, ops) = std::sync::mpsc::channel();
-        let writer = Writer { db: db.clone(), mem: mem.clone(), written_seq: 0, saved_committed: committed };
+        let writer = Writer {
+            db: db.clone(),
+            mem: mem.clone(),
+            written_seq: 0,
+            saved_committed: committed,
+            stages: stages.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer.run(&ops))
             .map_err(|e| Error::Writer(e.to_string()))?;
-        Ok(Self { db, mem, writer: Arc::new(WriterHandle { queue: Some(queue), thread: Some(thread) }) })
+        Ok(Self { db, mem, writer: Arc::new(WriterHandle { queue: Some(queue), thread: Some(thread) }), stages })
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -378,6 +397,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// and a committed id that is behind is always safe: openraft re-learns the rest from
     /// the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        if let Some(c) = &committed {
+            self.stages.committed(c.index);
+        }
         self.mem().commit(committed);
         Ok(())
     }
@@ -408,6 +430,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let count = encoded.len();
+        // Before the writer can see them, so that their durable moment comes after.
+        if let (Some((first, _)), Some((last, _))) = (encoded.first(), encoded.last()) {
+            self.stages.appended(*first..=*last);
+        }
         self.queue(|mem, seq| mem.append(cached, seq), |seq| Op::Append { seq, entries: encoded, flushed: callback })?;
         tracing::trace!(entries = count, "log append held in memory; queued for the writer");
         Ok(())
@@ -538,6 +564,25 @@ mod tests {
         assert!(store.save_vote(&Vote::new(1, types::NodeId::from(1))).await.is_err());
         assert!(store.truncate_after(None).await.is_err());
         assert!(store.purge(id(1, 0)).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn appends_are_stamped_appended_durable_and_committed_in_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let stages = Arc::new(WriteStages::new());
+        let mut store = LogStore::open_with_stages(&dir.path().join(LOG_FILE), LogOptions::default(), stages.clone())?;
+        let proposed = stages.now();
+        append(&mut store, blanks(1, 1..=3)).await?.await??;
+        store.save_committed(Some(id(1, 3))).await?;
+        for index in 1..=3 {
+            stages.answered(index, proposed);
+        }
+        let report = stages.report(false);
+        assert_eq!((report.writes, report.unmatched), (3, 0));
+        let overtaken: Vec<u64> = report.stages.iter().map(|s| s.overtaken).collect();
+        // The log's three moments came in order; applied is the state machine's to stamp.
+        assert_eq!(overtaken, [0, 0, 0, 3, 0], "{report:?}");
         Ok(())
     }
 

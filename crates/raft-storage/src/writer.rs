@@ -67,6 +67,8 @@ pub(crate) struct Writer {
     pub(crate) written_seq: u64,
     /// The committed log id stored in redb.
     pub(crate) saved_committed: Option<LogId>,
+    /// The node's per-stage clock of writes: appends are stamped durable after the commit.
+    pub(crate) stages: Arc<latency::WriteStages>,
 }
 
 impl Writer {
@@ -91,6 +93,13 @@ impl Writer {
                 && let Some(last) = ops.last()
             {
                 lock(&self.mem).durable(last.seq());
+                for op in &ops {
+                    if let Op::Append { entries, .. } = op
+                        && let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last())
+                    {
+                        self.stages.durable(*first..=*last);
+                    }
+                }
             }
             tracing::trace!(ops = ops.len(), ok = result.is_ok(), "log group committed");
             for op in ops {

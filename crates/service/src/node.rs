@@ -39,6 +39,9 @@ pub struct NodeContext {
     pub forwarder: Forwarder,
     /// When this node last heard from a leader (for stale reads' headers).
     pub leader_contact: Arc<LeaderContact>,
+    /// The per-stage clock of this node's writes (the log store and the state machine stamp
+    /// the same one); every write proposed and answered here is recorded in it.
+    pub stages: Arc<latency::WriteStages>,
 }
 
 /// The fields every response header carries, read from this node's Raft metrics.
@@ -87,6 +90,7 @@ impl NodeContext {
             if remaining.is_zero() {
                 return Err(ServiceError::NoLeader);
             }
+            let proposed = self.stages.now();
             let attempt = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone())).await;
             let result = match attempt {
                 Ok(r) => r,
@@ -97,7 +101,10 @@ impl NodeContext {
                 }
             };
             match result {
-                Ok(resp) => return Ok(Routed::Done((resp.log_id.index, resp.data))),
+                Ok(resp) => {
+                    self.stages.answered(resp.log_id.index, proposed);
+                    return Ok(Routed::Done((resp.log_id.index, resp.data)));
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     if let Some(id) = f.leader_id.filter(|l| *l != self.id) {
                         return Ok(Routed::Leader(Leader { id, node: f.leader_node }));

@@ -280,6 +280,67 @@ pub struct VerifyLeaderResponse {
     #[prost(uint64, tag = "3")]
     pub read_index: u64,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteStagesRequest {
+    /// Start a new period after answering: later calls report only writes answered after this
+    /// one. The period is the node's, shared by every caller.
+    #[prost(bool, tag = "1")]
+    pub reset: bool,
+}
+/// Durations are in nanoseconds. Quantiles come from histograms with about 3 % precision.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WriteStagesResponse {
+    /// The node that answered.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// Writes proposed on that node and answered in the period.
+    #[prost(uint64, tag = "2")]
+    pub writes: u64,
+    /// Writes answered whose timings were lost (the per-index clock had moved on): not in the
+    /// figures below.
+    #[prost(uint64, tag = "3")]
+    pub unmatched: u64,
+    /// The period's length.
+    #[prost(uint64, tag = "4")]
+    pub period_ns: u64,
+    /// One per stage, in order: appended, durable, committed, applied, answered.
+    #[prost(message, repeated, tag = "5")]
+    pub stages: ::prost::alloc::vec::Vec<WriteStage>,
+}
+/// One stage of a write on the node that proposed it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteStage {
+    /// appended: in the in-memory Raft log; durable: the log's fsync holding it is done;
+    /// committed: openraft knows a quorum has it; applied: the state machine's apply batch
+    /// holding it is committed; answered: the write returned to the service.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Writes that reached this stage in the period.
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    /// The time from the previous stage (from proposed for the first): median, 99th
+    /// percentile, largest, and sum (sum / count is the mean).
+    #[prost(uint64, tag = "3")]
+    pub step_p50_ns: u64,
+    #[prost(uint64, tag = "4")]
+    pub step_p99_ns: u64,
+    #[prost(uint64, tag = "5")]
+    pub step_max_ns: u64,
+    #[prost(uint64, tag = "6")]
+    pub step_sum_ns: u64,
+    /// The time from proposed to this stage.
+    #[prost(uint64, tag = "7")]
+    pub total_p50_ns: u64,
+    #[prost(uint64, tag = "8")]
+    pub total_p99_ns: u64,
+    #[prost(uint64, tag = "9")]
+    pub total_max_ns: u64,
+    /// Writes whose own moment for this stage came after the next stage's, or had not come
+    /// when they were answered (on the leader: a quorum of followers had the entry before its
+    /// own fsync ended); their step is counted as zero.
+    #[prost(uint64, tag = "10")]
+    pub overtaken: u64,
+}
 /// What a member may do in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -647,6 +708,24 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "VerifyLeader"));
             self.inner.unary(req, path, codec).await
         }
+        /// WriteStages reports where the time of the writes proposed on the answering node went,
+        /// stage by stage (appended, durable, committed, applied, answered), since the node started
+        /// or since the last call with `reset`. Not forwarded: ask the leader, which proposes every
+        /// write (a follower forwards its clients' writes there).
+        pub async fn write_stages(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WriteStagesRequest>,
+        ) -> std::result::Result<tonic::Response<super::WriteStagesResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/WriteStages");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "WriteStages"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -730,6 +809,14 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::VerifyLeaderRequest>,
         ) -> std::result::Result<tonic::Response<super::VerifyLeaderResponse>, tonic::Status>;
+        /// WriteStages reports where the time of the writes proposed on the answering node went,
+        /// stage by stage (appended, durable, committed, applied, answered), since the node started
+        /// or since the last call with `reset`. Not forwarded: ask the leader, which proposes every
+        /// write (a follower forwards its clients' writes there).
+        async fn write_stages(
+            &self,
+            request: tonic::Request<super::WriteStagesRequest>,
+        ) -> std::result::Result<tonic::Response<super::WriteStagesResponse>, tonic::Status>;
     }
     /// Cluster administration.
     #[derive(Debug)]
@@ -1102,6 +1189,34 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = VerifyLeaderSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/WriteStages" => {
+                    #[allow(non_camel_case_types)]
+                    struct WriteStagesSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::WriteStagesRequest> for WriteStagesSvc<T> {
+                        type Response = super::WriteStagesResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::WriteStagesRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::write_stages(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WriteStagesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
