@@ -19,6 +19,12 @@ use gossip::GossipConfig;
 use tracing_subscriber::EnvFilter;
 use types::NodeId;
 
+/// The node's allocator. A put allocates a few dozen times on its way through gRPC, Raft and
+/// the state machine, on several threads; under put load glibc's malloc and free were 16 %
+/// of the leader's CPU (BENCHMARKS.md), mimalloc's thread-local free lists cost less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A node of raftkv, a replicated, strongly consistent key-value store.
 ///
 /// Start the first node with --raft_bootstrap; start the others without it and add them

@@ -69,6 +69,20 @@ impl NodeContext {
         HeaderInfo { node_id: self.id.to_string(), leader_id, term }
     }
 
+    /// The leader this node follows, when it knows one and it is another node, with the
+    /// addresses the membership gives it. A write then goes there at once: asking RaftCore
+    /// would cost a message to its task, only to hear `ForwardToLeader` with the same leader.
+    fn other_leader(&self) -> Option<Leader> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state == openraft::ServerState::Leader {
+            return None;
+        }
+        let id = m.current_leader.as_ref().filter(|l| **l != self.id)?.clone();
+        let node = m.membership_config.membership().get_node(&id).cloned();
+        Some(Leader { id, node })
+    }
+
     /// Waits until some node is known as leader, for at most `timeout`.
     async fn wait_for_leader(&self, timeout: Duration) {
         let _ = self.raft.wait(Some(timeout)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
@@ -77,12 +91,16 @@ impl NodeContext {
     /// Proposes `cmd` through Raft; returns its log index and result once it is committed
     /// on a quorum, fsynced, and applied here. During an election it waits (within
     /// `timeout`) for a leader; if the leader is another node it routes there (the caller
-    /// forwards with [`crate::forward::to_leader`]).
+    /// forwards with [`crate::forward::to_leader`]); a follower that knows the leader routes
+    /// there without proposing.
     pub(crate) async fn write(
         &self,
         cmd: Command,
         timeout: Duration,
     ) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
+        if let Some(leader) = self.other_leader() {
+            return Ok(Routed::Leader(leader));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
