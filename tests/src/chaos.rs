@@ -607,7 +607,7 @@ fn quick_options() -> ClientOptions {
 
 /// Client options of the recording sessions: short deadlines, a few retries (request ids
 /// make retried writes safe), so faults show up as unknown outcomes rather than long stalls.
-fn session_options() -> ClientOptions {
+pub fn session_options() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_secs(2),
@@ -635,7 +635,7 @@ fn put_op(key: &str, v: ValueId) -> PutRequest {
 }
 
 /// Sends one operation; the outcome as the history records it.
-async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> Outcome {
+pub async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> Outcome {
     let key_bytes: bytes::Bytes = key.as_bytes().to_vec().into();
     let result: Result<(Output, u64), ClientError> = match input {
         Input::Get => client
@@ -682,8 +682,10 @@ async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> 
     }
 }
 
-/// One recording session until `stop`.
-async fn session(
+/// One recording session until `stop`: random gets (linearizable), puts, deletes and
+/// compare-and-sets on `keys`, each write with a request id and a value nobody else writes
+/// (from `values`), every operation recorded in `history`.
+pub async fn session(
     c: usize,
     client: Client,
     history: Arc<History>,

@@ -15,6 +15,8 @@
 
 pub mod chaos;
 pub mod checker;
+pub mod netns;
+pub mod nscluster;
 pub mod proxy;
 pub mod record;
 pub mod watch_check;
