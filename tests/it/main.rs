@@ -10,6 +10,7 @@
 mod admin;
 mod bad_input;
 mod chaos;
+mod clock;
 mod cluster;
 mod compat;
 mod etcd;

@@ -58,6 +58,8 @@ use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
 use crate::{BoxError, NodeClient, NodeProc, wait_for};
 
+pub mod lease;
+
 /// A small deterministic generator (xorshift64*, seeded through splitmix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -119,6 +121,14 @@ pub enum FaultKind {
     TransferLeader,
     /// Demote a follower to learner; promote it back when the fault ends.
     Membership,
+    /// One node's clock (wall and monotonic, through libfaketime) runs 10 % fast until the
+    /// fault ends. Only in schedules with [`ChaosConfig::clock`].
+    ClockFast,
+    /// One node's clock runs 10 % slow until the fault ends.
+    ClockSlow,
+    /// One node's clock (wall and monotonic) jumps a minute forward, as a node frozen for a
+    /// minute sees it, and stays there (a monotonic clock never steps back).
+    ClockJump,
 }
 
 impl FaultKind {
@@ -137,6 +147,15 @@ impl FaultKind {
         FaultKind::TransferLeader,
         FaultKind::Membership,
     ];
+
+    /// The clock faults (libfaketime), drawn only by schedules with [`ChaosConfig::clock`].
+    pub const CLOCK: [FaultKind; 3] = [FaultKind::ClockFast, FaultKind::ClockSlow, FaultKind::ClockJump];
+
+    /// Whether this is a clock fault.
+    #[must_use]
+    pub fn is_clock(self) -> bool {
+        Self::CLOCK.contains(&self)
+    }
 }
 
 /// One planned fault.
@@ -177,7 +196,9 @@ impl Plan {
             let base = slot * u32::try_from(k).unwrap_or(0);
             let at = base + rng.between(Duration::ZERO, slot * 2 / 3);
             let hold = match kind {
-                FaultKind::ResetLinks | FaultKind::RestartAll | FaultKind::TransferLeader => Duration::ZERO,
+                FaultKind::ResetLinks | FaultKind::RestartAll | FaultKind::TransferLeader | FaultKind::ClockJump => {
+                    Duration::ZERO
+                }
                 FaultKind::PauseLeader | FaultKind::PauseFollower => {
                     rng.between(Duration::from_millis(1000), Duration::from_millis(2500))
                 }
@@ -215,6 +236,9 @@ pub struct ChaosConfig {
     pub node_env: Vec<(String, String)>,
     /// The directory of the `raftkv` binary to run; `None`: [`crate::bin_dir`].
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Run every node under libfaketime ([`crate::clock`]) and, when `kinds` is empty, draw
+    /// the clock faults ([`FaultKind::CLOCK`]) too.
+    pub clock: bool,
 }
 
 impl ChaosConfig {
@@ -235,6 +259,7 @@ impl ChaosConfig {
             node_args: Vec::new(),
             node_env: Vec::new(),
             bin_dir: None,
+            clock: false,
         }
     }
 
@@ -348,6 +373,8 @@ struct Net {
     active: BTreeMap<u64, NetFault>,
     /// Nodes demoted by a membership fault.
     demoted: Vec<usize>,
+    /// Each node's libfaketime control, when the schedule skews clocks.
+    clocks: Vec<crate::clock::FakeClock>,
     /// What the harness did, kept with the nodes' logs when the schedule fails.
     journal: Journal,
     _dir: tempfile::TempDir,
@@ -362,6 +389,12 @@ enum NetFault {
 
 impl Net {
     async fn start(cfg: &ChaosConfig) -> Result<Self, BoxError> {
+        Self::start_with(cfg, false).await
+    }
+
+    /// As [`Net::start`]; with `uncached_clocks`, the nodes read their fake clock's file on
+    /// every clock call ([`crate::clock::FakeClock::uncached`]).
+    async fn start_with(cfg: &ChaosConfig, uncached_clocks: bool) -> Result<Self, BoxError> {
         let n = cfg.nodes;
         let dir = tempfile::tempdir()?;
         let mut raft = Vec::new();
@@ -383,8 +416,26 @@ impl Net {
         }
         let journal = Journal::new();
         journal.note(format_args!("seed {} nodes {} args {:?}", cfg.seed, n, cfg.node_args));
-        let mut net =
-            Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), journal, _dir: dir };
+        let clocks = if cfg.clock {
+            (0..n)
+                .map(|i| {
+                    let clock = crate::clock::FakeClock::new(dir.path(), &node_id(i))?;
+                    Ok::<_, BoxError>(if uncached_clocks { clock.uncached() } else { clock })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let mut net = Net {
+            nodes: Vec::new(),
+            raft,
+            grpc,
+            active: BTreeMap::new(),
+            demoted: Vec::new(),
+            clocks,
+            journal,
+            _dir: dir,
+        };
         for i in 0..n {
             let peers: Vec<String> = (0..n)
                 .filter(|j| *j != i)
@@ -406,6 +457,7 @@ impl Net {
                 .bootstrap(i == 0)
                 .args(&args)
                 .envs(cfg.node_env.iter().cloned())
+                .envs(net.clocks.get(i).map(crate::clock::FakeClock::env).unwrap_or_default())
                 .start()?;
             for j in 0..n {
                 if j != i {
@@ -847,7 +899,12 @@ fn record_message(msg: &client::kv::WatchResponse, partial: &mut Vec<(String, Ch
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
+    let kinds: Vec<FaultKind> = if cfg.kinds.is_empty() && cfg.clock {
+        FaultKind::ALL.iter().chain(FaultKind::CLOCK.iter()).copied().collect()
+    } else {
+        cfg.kinds.clone()
+    };
+    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &kinds);
     let result = async {
         let workload = Workload::start(&net, cfg).await?;
         run_faults(&mut net, &plan, cfg, &mut report).await;
@@ -1079,6 +1136,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
         Restart(usize),
         Resume(usize),
         Promote(usize),
+        ClockRate(usize),
     }
     let start = tokio::time::Instant::now();
     let mut rng = Rng::new(cfg.seed ^ 0x7a29);
@@ -1109,6 +1167,10 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                             report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
                         }
                     }
+                }
+                Ending::ClockRate(i) => {
+                    let reset = net.clocks[i].set_rate(net.nodes[i].pid(), 1.0);
+                    net.journal.note(format_args!("clock of {} at the normal rate: {reset:?}", net.nodes[i].id));
                 }
                 Ending::Resume(i) => {
                     net.nodes[i].resume();
@@ -1155,6 +1217,12 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             | FaultKind::OneWay
             | FaultKind::Delay => follower.or(leader),
             FaultKind::ResetLinks | FaultKind::RestartAll => Some(0),
+            // One node at a time, the leader or a follower.
+            FaultKind::ClockFast | FaultKind::ClockSlow | FaultKind::ClockJump => {
+                let skewed = endings.iter().any(|(_, e)| matches!(e, Ending::ClockRate(_)));
+                let pick = if rng.below(2) == 0 { leader.or(follower) } else { follower.or(leader) };
+                pick.filter(|_| !skewed && !net.clocks.is_empty())
+            }
         };
         // Keep at most a minority of nodes down by process faults at once, so the schedule
         // also exercises a live cluster under faults and not only a dead one.
@@ -1243,6 +1311,22 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                             net.demoted.push(target);
                         }
                     }
+                }
+            }
+            FaultKind::ClockFast | FaultKind::ClockSlow => {
+                let rate = if fault.kind == FaultKind::ClockFast { crate::clock::FAST } else { crate::clock::SLOW };
+                what = format!("{:?} {id} (x{rate})", fault.kind);
+                if let Err(e) = net.clocks[target].set_rate(net.nodes[target].pid(), rate) {
+                    what.push_str(&format!(" (failed: {e})"));
+                }
+                endings.push((t + fault.hold, Ending::ClockRate(target)));
+            }
+            // Forward only, and never stepped back: CLOCK_MONOTONIC never goes back on
+            // Linux (see `crate::clock` for what a step back does).
+            FaultKind::ClockJump => {
+                what = format!("ClockJump {id} (+{}s)", crate::clock::MINUTE);
+                if let Err(e) = net.clocks[target].jump(crate::clock::MINUTE) {
+                    what.push_str(&format!(" (failed: {e})"));
                 }
             }
         }

@@ -15,6 +15,7 @@
 
 pub mod chaos;
 pub mod checker;
+pub mod clock;
 pub mod netns;
 pub mod nscluster;
 pub mod proxy;
