@@ -150,7 +150,8 @@ async fn faults_run(fabric: &Fabric, members: Vec<(String, String, String)>, end
     let (leader, term) = leader_index(&endpoints).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     fabric.set_link(leader, false)?;
-    let others: Vec<String> = endpoints.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e.clone()).collect();
+    let others: Vec<String> =
+        endpoints.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e.clone()).collect();
     wait_for("a new leader across the partition", Duration::from_secs(30), || async {
         leader_index(&others).await.is_ok_and(|(l, t)| l != leader && t > term)
     })
@@ -169,7 +170,8 @@ async fn faults_run(fabric: &Fabric, members: Vec<(String, String, String)>, end
 
     // Delay with jitter (reordering) on the leader and the clients; the rest back to normal.
     fabric.impair(Host::Node(follower), &Impairment::default())?;
-    let delay = Impairment { delay: Duration::from_millis(75), jitter: Duration::from_millis(50), ..Impairment::default() };
+    let delay =
+        Impairment { delay: Duration::from_millis(75), jitter: Duration::from_millis(50), ..Impairment::default() };
     fabric.impair(Host::Node(leader), &delay)?;
     fabric.impair(Host::Clients, &delay)?;
     tokio::time::sleep(hold).await;
@@ -178,7 +180,8 @@ async fn faults_run(fabric: &Fabric, members: Vec<(String, String, String)>, end
     // A one-way cut: the follower hears nothing from the leader (it still reaches it).
     fabric.impair(Host::Node(leader), &Impairment::default())?;
     fabric.impair(Host::Clients, &Impairment::default())?;
-    fabric.impair(Host::Node(follower), &Impairment { drop_from: vec![Host::Node(leader)], ..Impairment::default() })?;
+    fabric
+        .impair(Host::Node(follower), &Impairment { drop_from: vec![Host::Node(leader)], ..Impairment::default() })?;
     tokio::time::sleep(hold).await;
     fabric.impair(Host::Node(follower), &Impairment::default())?;
     done.push(format!("n{} drops everything from n{}", follower + 1, leader + 1));

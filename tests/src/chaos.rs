@@ -126,6 +126,12 @@ pub enum FaultKind {
     ClockFast,
     /// One node's clock runs 10 % slow until the fault ends.
     ClockSlow,
+    /// Close every open client connection (clients reach the nodes through proxy links),
+    /// mid-request. Only in schedules with [`ChaosConfig::client_links`].
+    ClientReset,
+    /// Drop everything on one node's client link both ways until the fault ends: requests
+    /// in flight to it time out and the clients move to another node.
+    ClientStall,
     /// One node's clock (wall and monotonic) jumps a minute forward, as a node frozen for a
     /// minute sees it, and stays there (a monotonic clock never steps back).
     ClockJump,
@@ -150,6 +156,9 @@ impl FaultKind {
 
     /// The clock faults (libfaketime), drawn only by schedules with [`ChaosConfig::clock`].
     pub const CLOCK: [FaultKind; 3] = [FaultKind::ClockFast, FaultKind::ClockSlow, FaultKind::ClockJump];
+
+    /// The client-link faults, drawn only by schedules with [`ChaosConfig::client_links`].
+    pub const CLIENT: [FaultKind; 2] = [FaultKind::ClientReset, FaultKind::ClientStall];
 
     /// Whether this is a clock fault.
     #[must_use]
@@ -196,9 +205,11 @@ impl Plan {
             let base = slot * u32::try_from(k).unwrap_or(0);
             let at = base + rng.between(Duration::ZERO, slot * 2 / 3);
             let hold = match kind {
-                FaultKind::ResetLinks | FaultKind::RestartAll | FaultKind::TransferLeader | FaultKind::ClockJump => {
-                    Duration::ZERO
-                }
+                FaultKind::ResetLinks
+                | FaultKind::RestartAll
+                | FaultKind::TransferLeader
+                | FaultKind::ClockJump
+                | FaultKind::ClientReset => Duration::ZERO,
                 FaultKind::PauseLeader | FaultKind::PauseFollower => {
                     rng.between(Duration::from_millis(1000), Duration::from_millis(2500))
                 }
@@ -239,6 +250,9 @@ pub struct ChaosConfig {
     /// Run every node under libfaketime ([`crate::clock`]) and, when `kinds` is empty, draw
     /// the clock faults ([`FaultKind::CLOCK`]) too.
     pub clock: bool,
+    /// The recording sessions reach each node through a proxy link of the harness, and,
+    /// when `kinds` is empty, the client-link faults ([`FaultKind::CLIENT`]) are drawn too.
+    pub client_links: bool,
 }
 
 impl ChaosConfig {
@@ -260,6 +274,7 @@ impl ChaosConfig {
             node_env: Vec::new(),
             bin_dir: None,
             clock: false,
+            client_links: false,
         }
     }
 
@@ -373,6 +388,9 @@ struct Net {
     active: BTreeMap<u64, NetFault>,
     /// Nodes demoted by a membership fault.
     demoted: Vec<usize>,
+    /// `client_links[i]`: the sessions' link to node i (empty without
+    /// [`ChaosConfig::client_links`]).
+    client_links: Vec<Link>,
     /// Each node's libfaketime control, when the schedule skews clocks.
     clocks: Vec<crate::clock::FakeClock>,
     /// What the harness did, kept with the nodes' logs when the schedule fails.
@@ -382,6 +400,7 @@ struct Net {
 
 #[derive(Debug, Clone, Copy)]
 enum NetFault {
+    ClientStall(usize),
     Isolate(usize),
     OneWay { from: usize, to: usize },
     Delay(usize),
@@ -426,10 +445,17 @@ impl Net {
         } else {
             Vec::new()
         };
+        let mut client_links = Vec::new();
+        if cfg.client_links {
+            for i in 0..n {
+                client_links.push(Link::start(cfg.seed ^ 0xc11e_0000 ^ (i as u64)).await?);
+            }
+        }
         let mut net = Net {
             nodes: Vec::new(),
             raft,
             grpc,
+            client_links,
             active: BTreeMap::new(),
             demoted: Vec::new(),
             clocks,
@@ -464,6 +490,9 @@ impl Net {
                     net.link(&net.raft, j, i).set_target(node.raft_addr.parse()?);
                     net.link(&net.grpc, j, i).set_target(node.grpc_addr.parse()?);
                 }
+            }
+            if let Some(link) = net.client_links.get(i) {
+                link.set_target(node.grpc_addr.parse()?);
             }
             net.nodes.push(node);
         }
@@ -516,6 +545,21 @@ impl Net {
                 link.set(fwd, bwd);
             }
         }
+        for (i, link) in self.client_links.iter().enumerate() {
+            let stalled = self.active.values().any(|f| matches!(f, NetFault::ClientStall(x) if *x == i));
+            let mode = if stalled { Mode::Blackhole } else { Mode::Pass };
+            if link.state().forward != mode || link.state().backward != mode {
+                link.set(mode, mode);
+            }
+        }
+    }
+
+    /// Where the recording sessions send their requests: the client links, or the nodes.
+    fn session_endpoints(&self) -> Vec<String> {
+        if self.client_links.is_empty() {
+            return self.endpoints();
+        }
+        self.client_links.iter().map(|l| l.addr().to_string()).collect()
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -899,11 +943,16 @@ fn record_message(msg: &client::kv::WatchResponse, partial: &mut Vec<(String, Ch
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let kinds: Vec<FaultKind> = if cfg.kinds.is_empty() && cfg.clock {
-        FaultKind::ALL.iter().chain(FaultKind::CLOCK.iter()).copied().collect()
-    } else {
-        cfg.kinds.clone()
-    };
+    let mut kinds: Vec<FaultKind> = cfg.kinds.clone();
+    if kinds.is_empty() && (cfg.clock || cfg.client_links) {
+        kinds.extend(FaultKind::ALL);
+        if cfg.clock {
+            kinds.extend(FaultKind::CLOCK);
+        }
+        if cfg.client_links {
+            kinds.extend(FaultKind::CLIENT);
+        }
+    }
     let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &kinds);
     let result = async {
         let workload = Workload::start(&net, cfg).await?;
@@ -944,10 +993,11 @@ impl Workload {
             watch_logs.push(log.clone());
             watchers.push(tokio::spawn(watcher(w, endpoints.clone(), log)));
         }
+        let session_endpoints = net.session_endpoints();
         let sessions = (0..cfg.clients)
             .map(|c| {
                 // Each session starts at another node.
-                let mut eps = endpoints.clone();
+                let mut eps = session_endpoints.clone();
                 let len = eps.len();
                 eps.rotate_left(c % len);
                 let client = Client::new(eps, session_options());
@@ -1217,6 +1267,11 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             | FaultKind::OneWay
             | FaultKind::Delay => follower.or(leader),
             FaultKind::ResetLinks | FaultKind::RestartAll => Some(0),
+            FaultKind::ClientReset => Some(0).filter(|_| !net.client_links.is_empty()),
+            FaultKind::ClientStall => {
+                let pick = if rng.below(2) == 0 { leader.or(follower) } else { follower.or(leader) };
+                pick.filter(|_| !net.client_links.is_empty())
+            }
             // One node at a time, the leader or a follower.
             FaultKind::ClockFast | FaultKind::ClockSlow | FaultKind::ClockJump => {
                 let skewed = endings.iter().any(|(_, e)| matches!(e, Ending::ClockRate(_)));
@@ -1263,6 +1318,18 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                 for (_, _, link) in net.links() {
                     link.reset();
                 }
+            }
+            FaultKind::ClientReset => {
+                what = "ClientReset all".into();
+                for link in &net.client_links {
+                    link.reset();
+                }
+            }
+            FaultKind::ClientStall => {
+                next_id += 1;
+                net.active.insert(next_id, NetFault::ClientStall(target));
+                net.apply_links();
+                endings.push((t + fault.hold, Ending::Net(next_id)));
             }
             FaultKind::KillLeader | FaultKind::KillFollower => {
                 net.nodes[target].kill();

@@ -157,10 +157,7 @@ fn uptime(pid: u32) -> Result<f64, BoxError> {
     // which ends at the last ')'.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or("unreadable /proc stat")?;
     let ticks: f64 = after.split_whitespace().nth(19).ok_or("short /proc stat")?.parse()?;
-    let boot: f64 = std::fs::read_to_string("/proc/uptime")?
-        .split_whitespace()
-        .next()
-        .ok_or("unreadable /proc/uptime")?
-        .parse()?;
+    let boot: f64 =
+        std::fs::read_to_string("/proc/uptime")?.split_whitespace().next().ok_or("unreadable /proc/uptime")?.parse()?;
     Ok((boot - ticks / CLK_TCK).max(0.0))
 }

@@ -137,7 +137,9 @@ impl Fabric {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 return Err(format!("network namespaces are required under CI=true: {why}").into());
             }
-            eprintln!("SKIPPED: network namespaces cannot be made here ({why}); run as root with ip, nft, iptables and nsenter");
+            eprintln!(
+                "SKIPPED: network namespaces cannot be made here ({why}); run as root with ip, nft, iptables and nsenter"
+            );
             return Ok(None);
         }
         remove_stale();
@@ -233,7 +235,8 @@ impl Fabric {
         let mut script = String::from(
             "table ip raftkv_out\ndelete table ip raftkv_out\ntable netdev raftkv_in\ndelete table netdev raftkv_in\n",
         );
-        script.push_str("table ip raftkv_out {\n  chain out {\n    type filter hook output priority 0; policy accept;\n");
+        script
+            .push_str("table ip raftkv_out {\n  chain out {\n    type filter hook output priority 0; policy accept;\n");
         if how.duplicate_permille > 0 {
             let _ = writeln!(
                 script,
@@ -414,7 +417,8 @@ impl Delayer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let (d, j, s, ns_owned) = (delay_us.clone(), jitter_us.clone(), stop.clone(), ns.to_string());
         let thread = std::thread::Builder::new().name(format!("delayer-{ns}")).spawn(move || {
-            let queue = enter(&ns_owned).map_err(|e| e.to_string()).and_then(|()| open_queue().map_err(|e| e.to_string()));
+            let queue =
+                enter(&ns_owned).map_err(|e| e.to_string()).and_then(|()| open_queue().map_err(|e| e.to_string()));
             match queue {
                 Ok(queue) => {
                     let _ = ready_tx.send(Ok(()));

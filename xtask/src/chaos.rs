@@ -1,5 +1,5 @@
-//! `cargo xtask chaos --schedules N [--seed S] [--secs T] [--debug] [--clock] [--wan-secs
-//! W]`: the long fault-injection tier.
+//! `cargo xtask chaos --schedules N [--seed S] [--secs T] [--debug] [--clock]
+//! [--client-links] [--wan-secs W]`: the long fault-injection tier.
 //!
 //! Builds the binaries (release unless `--debug`), then runs the ignored test
 //! `chaos::chaos_long` of the test binary `it` (`tests/it/chaos.rs`) with `CHAOS_SCHEDULES`,
@@ -7,7 +7,8 @@
 //! would end a long run). The test prints each schedule's report, every failing seed with the
 //! command that replays it, and a summary line. A failing schedule keeps every node's log and
 //! the harness's record of its faults and membership calls in `target/chaos-failures/seed-N/`
-//! (`RAFTKV_CHAOS_KEEP_DIR`). `--clock` sets `CHAOS_CLOCK=1` (clock faults mixed in);
+//! (`RAFTKV_CHAOS_KEEP_DIR`). `--clock` sets `CHAOS_CLOCK=1` (clock faults mixed in),
+//! `--client-links` `CHAOS_CLIENT_LINKS=1` (client-link faults mixed in);
 //! `--wan-secs W` then runs the test `netns::wan_profile_keeps_its_leader` with
 //! `RAFTKV_WAN_SECS=W`.
 //! xtask itself depends on no crate of ours but the process harness, `proc-harness`.
@@ -25,6 +26,7 @@ pub(crate) struct Options {
     pub(crate) secs: u64,
     pub(crate) release: bool,
     pub(crate) clock: bool,
+    pub(crate) client_links: bool,
     pub(crate) wan_secs: Option<u64>,
 }
 
@@ -57,13 +59,16 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
     };
     if o.schedules > 0 {
         let (schedules, secs, clock) = (o.schedules, o.secs, o.clock);
-        eprintln!("chaos: {schedules} schedules from seed {seed}, {secs}s each ({profile} build, clock faults: {clock})");
+        eprintln!(
+            "chaos: {schedules} schedules from seed {seed}, {secs}s each ({profile} build, clock faults: {clock})"
+        );
         let mut chaos = test("chaos::chaos_long", true);
         chaos
             .env("CHAOS_SCHEDULES", schedules.to_string())
             .env("CHAOS_SEED", seed.to_string())
             .env("CHAOS_SECS", secs.to_string())
-            .env("CHAOS_CLOCK", u8::from(clock).to_string());
+            .env("CHAOS_CLOCK", u8::from(clock).to_string())
+            .env("CHAOS_CLIENT_LINKS", u8::from(o.client_links).to_string());
         run_checked(&mut chaos)?;
     }
     if let Some(wan) = o.wan_secs {

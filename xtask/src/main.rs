@@ -129,6 +129,10 @@ enum Cmd {
         /// minute's jump) into the schedules (needs Debian's `faketime`).
         #[arg(long)]
         clock: bool,
+        /// The sessions reach the nodes through proxy links, and client-link resets and
+        /// stalls are mixed into the schedules.
+        #[arg(long)]
+        client_links: bool,
         /// Then run the WAN profile (nodes in network namespaces, 20 ms ± 5 ms and 1 % loss)
         /// for this many seconds, asserting no leader change (needs root); `--schedules 0
         /// --wan-secs 300` runs it alone.
@@ -163,8 +167,9 @@ fn run(cli: Cli) -> Result<()> {
             certs(&dir.unwrap_or_else(|| target_dir(&root).join("certs")), &nodes, &client)
         }
         Cmd::Bench { runs, scale, only, bin_dir } => bench::run(&root, &bench::Options { runs, scale, only, bin_dir }),
-        Cmd::Chaos { schedules, seed, secs, debug, clock, wan_secs } => {
-            chaos::run(&root, &chaos::Options { schedules, seed, secs, release: !debug, clock, wan_secs })
+        Cmd::Chaos { schedules, seed, secs, debug, clock, client_links, wan_secs } => {
+            let options = chaos::Options { schedules, seed, secs, release: !debug, clock, client_links, wan_secs };
+            chaos::run(&root, &options)
         }
     }
 }
