@@ -22,7 +22,7 @@ pub struct NsCluster {
 
 impl NsCluster {
     /// Starts `fabric`'s nodes with `args` (timing flags) and gossip: n1 bootstraps, the
-    /// others join through n1's gossip address. Call [`NsCluster::join`] from the clients'
+    /// others join through n1's gossip address. Call [`join`] from the clients'
     /// namespace next.
     pub fn start(fabric: &Fabric, nodes: usize, args: &[&str]) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
