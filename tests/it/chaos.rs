@@ -6,7 +6,9 @@
 //!   Every third seed runs with `SNAPSHOT_OFTEN` (`ChaosConfig::tier`), so lagging
 //!   followers install snapshots under the faults and their watchers see it.
 //! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
-//!   [--seed S] [--secs T]` (release build). Schedules alternate 3 and 5 nodes.
+//!   [--seed S] [--secs T] [--clock]` (release build). Schedules alternate 3 and 5 nodes;
+//!   `--clock` mixes in the clock faults (libfaketime). `cargo xtask chaos --wan-secs 300`
+//!   also runs `netns::wan_profile_keeps_its_leader` for five minutes.
 //!
 //! Every failing schedule prints its seed and the command that replays it.
 
@@ -72,12 +74,33 @@ fn quick_tier_plans_every_fault_kind() {
     assert!(missing.is_empty(), "never planned: {missing:?}");
 }
 
+/// The sessions reach the nodes through proxy links that reset and stall mid-request (with
+/// leader isolation and kills): every check passes, and writes whose answer was lost are
+/// settled by their request ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_link_faults() -> TestResult {
+    let mut kinds = FaultKind::CLIENT.to_vec();
+    kinds.extend([FaultKind::IsolateLeader, FaultKind::KillLeader]);
+    let cfg = ChaosConfig { client_links: true, kinds, faults: 8, ..ChaosConfig::quick(41) };
+    let report = run_schedule(&cfg).await?;
+    eprintln!("{report}");
+    for kind in FaultKind::CLIENT {
+        assert!(report.kinds.contains(&kind), "{kind:?} was never injected:\n{report}");
+    }
+    assert!(report.passed(), "client-link faults broke a property:\n{report}");
+    Ok(())
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// The long tier: `CHAOS_SCHEDULES` schedules (default 1) from `CHAOS_SEED` (default: from
 /// the clock, printed), `CHAOS_SECS` of traffic each (default 20), alternating 3 and 5 nodes.
+/// With `CHAOS_CLOCK=1` every node runs under libfaketime and the clock faults
+/// (`FaultKind::CLOCK`) are drawn with the others; with `CHAOS_CLIENT_LINKS=1` the sessions
+/// reach the nodes through proxy links and the client-link faults (`FaultKind::CLIENT`) are
+/// drawn too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the long tier: run by `cargo xtask chaos`"]
 async fn chaos_long() -> TestResult {
@@ -93,6 +116,8 @@ async fn chaos_long() -> TestResult {
     let mut kinds = std::collections::BTreeMap::new();
     for seed in first..first + count {
         let mut cfg = ChaosConfig::tier(seed);
+        cfg.clock = env_u64("CHAOS_CLOCK").is_some_and(|v| v != 0);
+        cfg.client_links = env_u64("CHAOS_CLIENT_LINKS").is_some_and(|v| v != 0);
         cfg.duration = Duration::from_secs(secs);
         cfg.faults = usize::try_from(secs * 7 / 20).unwrap_or(7).max(5);
         // An explicitly replayed seed keeps its size; otherwise odd seeds run 5 nodes.

@@ -10,6 +10,7 @@
 mod admin;
 mod bad_input;
 mod chaos;
+mod clock;
 mod cluster;
 mod compat;
 mod etcd;
@@ -17,6 +18,7 @@ mod faults;
 mod gossip;
 mod hashicorp;
 mod kv;
+mod netns;
 mod stages;
 mod tls;
 mod watch;

@@ -58,6 +58,8 @@ use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
 use crate::{BoxError, NodeClient, NodeProc, wait_for};
 
+pub mod lease;
+
 /// A small deterministic generator (xorshift64*, seeded through splitmix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -119,6 +121,20 @@ pub enum FaultKind {
     TransferLeader,
     /// Demote a follower to learner; promote it back when the fault ends.
     Membership,
+    /// One node's clock (wall and monotonic, through libfaketime) runs 10 % fast until the
+    /// fault ends. Only in schedules with [`ChaosConfig::clock`].
+    ClockFast,
+    /// One node's clock runs 10 % slow until the fault ends.
+    ClockSlow,
+    /// Close every open client connection (clients reach the nodes through proxy links),
+    /// mid-request. Only in schedules with [`ChaosConfig::client_links`].
+    ClientReset,
+    /// Drop everything on one node's client link both ways until the fault ends: requests
+    /// in flight to it time out and the clients move to another node.
+    ClientStall,
+    /// One node's clock (wall and monotonic) jumps a minute forward, as a node frozen for a
+    /// minute sees it, and stays there (a monotonic clock never steps back).
+    ClockJump,
 }
 
 impl FaultKind {
@@ -137,6 +153,18 @@ impl FaultKind {
         FaultKind::TransferLeader,
         FaultKind::Membership,
     ];
+
+    /// The clock faults (libfaketime), drawn only by schedules with [`ChaosConfig::clock`].
+    pub const CLOCK: [FaultKind; 3] = [FaultKind::ClockFast, FaultKind::ClockSlow, FaultKind::ClockJump];
+
+    /// The client-link faults, drawn only by schedules with [`ChaosConfig::client_links`].
+    pub const CLIENT: [FaultKind; 2] = [FaultKind::ClientReset, FaultKind::ClientStall];
+
+    /// Whether this is a clock fault.
+    #[must_use]
+    pub fn is_clock(self) -> bool {
+        Self::CLOCK.contains(&self)
+    }
 }
 
 /// One planned fault.
@@ -177,7 +205,11 @@ impl Plan {
             let base = slot * u32::try_from(k).unwrap_or(0);
             let at = base + rng.between(Duration::ZERO, slot * 2 / 3);
             let hold = match kind {
-                FaultKind::ResetLinks | FaultKind::RestartAll | FaultKind::TransferLeader => Duration::ZERO,
+                FaultKind::ResetLinks
+                | FaultKind::RestartAll
+                | FaultKind::TransferLeader
+                | FaultKind::ClockJump
+                | FaultKind::ClientReset => Duration::ZERO,
                 FaultKind::PauseLeader | FaultKind::PauseFollower => {
                     rng.between(Duration::from_millis(1000), Duration::from_millis(2500))
                 }
@@ -215,6 +247,12 @@ pub struct ChaosConfig {
     pub node_env: Vec<(String, String)>,
     /// The directory of the `raftkv` binary to run; `None`: [`crate::bin_dir`].
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Run every node under libfaketime ([`crate::clock`]) and, when `kinds` is empty, draw
+    /// the clock faults ([`FaultKind::CLOCK`]) too.
+    pub clock: bool,
+    /// The recording sessions reach each node through a proxy link of the harness, and,
+    /// when `kinds` is empty, the client-link faults ([`FaultKind::CLIENT`]) are drawn too.
+    pub client_links: bool,
 }
 
 impl ChaosConfig {
@@ -235,6 +273,8 @@ impl ChaosConfig {
             node_args: Vec::new(),
             node_env: Vec::new(),
             bin_dir: None,
+            clock: false,
+            client_links: false,
         }
     }
 
@@ -348,6 +388,11 @@ struct Net {
     active: BTreeMap<u64, NetFault>,
     /// Nodes demoted by a membership fault.
     demoted: Vec<usize>,
+    /// `client_links[i]`: the sessions' link to node i (empty without
+    /// [`ChaosConfig::client_links`]).
+    client_links: Vec<Link>,
+    /// Each node's libfaketime control, when the schedule skews clocks.
+    clocks: Vec<crate::clock::FakeClock>,
     /// What the harness did, kept with the nodes' logs when the schedule fails.
     journal: Journal,
     _dir: tempfile::TempDir,
@@ -355,6 +400,7 @@ struct Net {
 
 #[derive(Debug, Clone, Copy)]
 enum NetFault {
+    ClientStall(usize),
     Isolate(usize),
     OneWay { from: usize, to: usize },
     Delay(usize),
@@ -362,6 +408,12 @@ enum NetFault {
 
 impl Net {
     async fn start(cfg: &ChaosConfig) -> Result<Self, BoxError> {
+        Self::start_with(cfg, false).await
+    }
+
+    /// As [`Net::start`]; with `uncached_clocks`, the nodes read their fake clock's file on
+    /// every clock call ([`crate::clock::FakeClock::uncached`]).
+    async fn start_with(cfg: &ChaosConfig, uncached_clocks: bool) -> Result<Self, BoxError> {
         let n = cfg.nodes;
         let dir = tempfile::tempdir()?;
         let mut raft = Vec::new();
@@ -383,8 +435,33 @@ impl Net {
         }
         let journal = Journal::new();
         journal.note(format_args!("seed {} nodes {} args {:?}", cfg.seed, n, cfg.node_args));
-        let mut net =
-            Net { nodes: Vec::new(), raft, grpc, active: BTreeMap::new(), demoted: Vec::new(), journal, _dir: dir };
+        let clocks = if cfg.clock {
+            (0..n)
+                .map(|i| {
+                    let clock = crate::clock::FakeClock::new(dir.path(), &node_id(i))?;
+                    Ok::<_, BoxError>(if uncached_clocks { clock.uncached() } else { clock })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let mut client_links = Vec::new();
+        if cfg.client_links {
+            for i in 0..n {
+                client_links.push(Link::start(cfg.seed ^ 0xc11e_0000 ^ (i as u64)).await?);
+            }
+        }
+        let mut net = Net {
+            nodes: Vec::new(),
+            raft,
+            grpc,
+            client_links,
+            active: BTreeMap::new(),
+            demoted: Vec::new(),
+            clocks,
+            journal,
+            _dir: dir,
+        };
         for i in 0..n {
             let peers: Vec<String> = (0..n)
                 .filter(|j| *j != i)
@@ -406,12 +483,16 @@ impl Net {
                 .bootstrap(i == 0)
                 .args(&args)
                 .envs(cfg.node_env.iter().cloned())
+                .envs(net.clocks.get(i).map(crate::clock::FakeClock::env).unwrap_or_default())
                 .start()?;
             for j in 0..n {
                 if j != i {
                     net.link(&net.raft, j, i).set_target(node.raft_addr.parse()?);
                     net.link(&net.grpc, j, i).set_target(node.grpc_addr.parse()?);
                 }
+            }
+            if let Some(link) = net.client_links.get(i) {
+                link.set_target(node.grpc_addr.parse()?);
             }
             net.nodes.push(node);
         }
@@ -464,6 +545,21 @@ impl Net {
                 link.set(fwd, bwd);
             }
         }
+        for (i, link) in self.client_links.iter().enumerate() {
+            let stalled = self.active.values().any(|f| matches!(f, NetFault::ClientStall(x) if *x == i));
+            let mode = if stalled { Mode::Blackhole } else { Mode::Pass };
+            if link.state().forward != mode || link.state().backward != mode {
+                link.set(mode, mode);
+            }
+        }
+    }
+
+    /// Where the recording sessions send their requests: the client links, or the nodes.
+    fn session_endpoints(&self) -> Vec<String> {
+        if self.client_links.is_empty() {
+            return self.endpoints();
+        }
+        self.client_links.iter().map(|l| l.addr().to_string()).collect()
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -607,7 +703,7 @@ fn quick_options() -> ClientOptions {
 
 /// Client options of the recording sessions: short deadlines, a few retries (request ids
 /// make retried writes safe), so faults show up as unknown outcomes rather than long stalls.
-fn session_options() -> ClientOptions {
+pub fn session_options() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_secs(2),
@@ -635,7 +731,7 @@ fn put_op(key: &str, v: ValueId) -> PutRequest {
 }
 
 /// Sends one operation; the outcome as the history records it.
-async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> Outcome {
+pub async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> Outcome {
     let key_bytes: bytes::Bytes = key.as_bytes().to_vec().into();
     let result: Result<(Output, u64), ClientError> = match input {
         Input::Get => client
@@ -682,8 +778,10 @@ async fn execute(client: &Client, key: &str, input: Input, request_id: &str) -> 
     }
 }
 
-/// One recording session until `stop`.
-async fn session(
+/// One recording session until `stop`: random gets (linearizable), puts, deletes and
+/// compare-and-sets on `keys`, each write with a request id and a value nobody else writes
+/// (from `values`), every operation recorded in `history`.
+pub async fn session(
     c: usize,
     client: Client,
     history: Arc<History>,
@@ -845,7 +943,17 @@ fn record_message(msg: &client::kv::WatchResponse, partial: &mut Vec<(String, Ch
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
     let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
-    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &cfg.kinds);
+    let mut kinds: Vec<FaultKind> = cfg.kinds.clone();
+    if kinds.is_empty() && (cfg.clock || cfg.client_links) {
+        kinds.extend(FaultKind::ALL);
+        if cfg.clock {
+            kinds.extend(FaultKind::CLOCK);
+        }
+        if cfg.client_links {
+            kinds.extend(FaultKind::CLIENT);
+        }
+    }
+    let plan = Plan::draw_from(cfg.seed, cfg.duration, cfg.faults, &kinds);
     let result = async {
         let workload = Workload::start(&net, cfg).await?;
         run_faults(&mut net, &plan, cfg, &mut report).await;
@@ -885,10 +993,11 @@ impl Workload {
             watch_logs.push(log.clone());
             watchers.push(tokio::spawn(watcher(w, endpoints.clone(), log)));
         }
+        let session_endpoints = net.session_endpoints();
         let sessions = (0..cfg.clients)
             .map(|c| {
                 // Each session starts at another node.
-                let mut eps = endpoints.clone();
+                let mut eps = session_endpoints.clone();
                 let len = eps.len();
                 eps.rotate_left(c % len);
                 let client = Client::new(eps, session_options());
@@ -1077,6 +1186,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
         Restart(usize),
         Resume(usize),
         Promote(usize),
+        ClockRate(usize),
     }
     let start = tokio::time::Instant::now();
     let mut rng = Rng::new(cfg.seed ^ 0x7a29);
@@ -1107,6 +1217,10 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                             report.violations.push(format!("{} did not restart: {e}", net.nodes[i].id));
                         }
                     }
+                }
+                Ending::ClockRate(i) => {
+                    let reset = net.clocks[i].set_rate(net.nodes[i].pid(), 1.0);
+                    net.journal.note(format_args!("clock of {} at the normal rate: {reset:?}", net.nodes[i].id));
                 }
                 Ending::Resume(i) => {
                     net.nodes[i].resume();
@@ -1153,6 +1267,17 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             | FaultKind::OneWay
             | FaultKind::Delay => follower.or(leader),
             FaultKind::ResetLinks | FaultKind::RestartAll => Some(0),
+            FaultKind::ClientReset => Some(0).filter(|_| !net.client_links.is_empty()),
+            FaultKind::ClientStall => {
+                let pick = if rng.below(2) == 0 { leader.or(follower) } else { follower.or(leader) };
+                pick.filter(|_| !net.client_links.is_empty())
+            }
+            // One node at a time, the leader or a follower.
+            FaultKind::ClockFast | FaultKind::ClockSlow | FaultKind::ClockJump => {
+                let skewed = endings.iter().any(|(_, e)| matches!(e, Ending::ClockRate(_)));
+                let pick = if rng.below(2) == 0 { leader.or(follower) } else { follower.or(leader) };
+                pick.filter(|_| !skewed && !net.clocks.is_empty())
+            }
         };
         // Keep at most a minority of nodes down by process faults at once, so the schedule
         // also exercises a live cluster under faults and not only a dead one.
@@ -1193,6 +1318,18 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                 for (_, _, link) in net.links() {
                     link.reset();
                 }
+            }
+            FaultKind::ClientReset => {
+                what = "ClientReset all".into();
+                for link in &net.client_links {
+                    link.reset();
+                }
+            }
+            FaultKind::ClientStall => {
+                next_id += 1;
+                net.active.insert(next_id, NetFault::ClientStall(target));
+                net.apply_links();
+                endings.push((t + fault.hold, Ending::Net(next_id)));
             }
             FaultKind::KillLeader | FaultKind::KillFollower => {
                 net.nodes[target].kill();
@@ -1241,6 +1378,22 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                             net.demoted.push(target);
                         }
                     }
+                }
+            }
+            FaultKind::ClockFast | FaultKind::ClockSlow => {
+                let rate = if fault.kind == FaultKind::ClockFast { crate::clock::FAST } else { crate::clock::SLOW };
+                what = format!("{:?} {id} (x{rate})", fault.kind);
+                if let Err(e) = net.clocks[target].set_rate(net.nodes[target].pid(), rate) {
+                    what.push_str(&format!(" (failed: {e})"));
+                }
+                endings.push((t + fault.hold, Ending::ClockRate(target)));
+            }
+            // Forward only, and never stepped back: CLOCK_MONOTONIC never goes back on
+            // Linux (see `crate::clock` for what a step back does).
+            FaultKind::ClockJump => {
+                what = format!("ClockJump {id} (+{}s)", crate::clock::MINUTE);
+                if let Err(e) = net.clocks[target].jump(crate::clock::MINUTE) {
+                    what.push_str(&format!(" (failed: {e})"));
                 }
             }
         }

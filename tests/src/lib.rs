@@ -15,6 +15,9 @@
 
 pub mod chaos;
 pub mod checker;
+pub mod clock;
+pub mod netns;
+pub mod nscluster;
 pub mod proxy;
 pub mod record;
 pub mod watch_check;

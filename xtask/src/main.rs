@@ -125,6 +125,19 @@ enum Cmd {
         /// Use the debug build instead of release.
         #[arg(long)]
         debug: bool,
+        /// Run every node under libfaketime and mix the clock faults (10 % fast or slow, a
+        /// minute's jump) into the schedules (needs Debian's `faketime`).
+        #[arg(long)]
+        clock: bool,
+        /// The sessions reach the nodes through proxy links, and client-link resets and
+        /// stalls are mixed into the schedules.
+        #[arg(long)]
+        client_links: bool,
+        /// Then run the WAN profile (nodes in network namespaces, 20 ms ± 5 ms and 1 % loss)
+        /// for this many seconds, asserting no leader change (needs root); `--schedules 0
+        /// --wan-secs 300` runs it alone.
+        #[arg(long)]
+        wan_secs: Option<u64>,
     },
 }
 
@@ -154,7 +167,10 @@ fn run(cli: Cli) -> Result<()> {
             certs(&dir.unwrap_or_else(|| target_dir(&root).join("certs")), &nodes, &client)
         }
         Cmd::Bench { runs, scale, only, bin_dir } => bench::run(&root, &bench::Options { runs, scale, only, bin_dir }),
-        Cmd::Chaos { schedules, seed, secs, debug } => chaos::run(&root, schedules, seed, secs, !debug),
+        Cmd::Chaos { schedules, seed, secs, debug, clock, client_links, wan_secs } => {
+            let options = chaos::Options { schedules, seed, secs, release: !debug, clock, client_links, wan_secs };
+            chaos::run(&root, &options)
+        }
     }
 }
 

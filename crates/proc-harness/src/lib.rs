@@ -111,6 +111,7 @@ pub enum Error {
 #[must_use = "a builder does nothing until `start` or `spawn`"]
 pub struct NodeProcBuilder {
     program: PathBuf,
+    wrapper: Vec<OsString>,
     id: String,
     data_dir: PathBuf,
     grpc_addr: String,
@@ -184,6 +185,19 @@ impl NodeProcBuilder {
     /// The `raftkv` binary to run (instead of the one given to [`NodeProc::builder`]).
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = program.into();
+        self
+    }
+
+    /// A command line to run the program under, e.g. `nsenter --net=/run/netns/NAME` to
+    /// start the node in a network namespace: it is run with the program and the node's
+    /// arguments after it, and must replace itself with the program (`exec`), so that its
+    /// PID is the node's (stop, kill, pause and `listen.json` all go by PID).
+    pub fn wrapper<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.wrapper = command.into_iter().map(Into::into).collect();
         self
     }
 
@@ -289,6 +303,7 @@ impl NodeProc {
     ) -> NodeProcBuilder {
         NodeProcBuilder {
             program: program.into(),
+            wrapper: Vec::new(),
             id: id.into(),
             data_dir: data_dir.into(),
             grpc_addr: "127.0.0.1:0".into(),
@@ -318,7 +333,14 @@ impl NodeProc {
         }
         let log = File::options().create(true).append(true).open(&self.log).map_err(log_err)?;
         let log_out = log.try_clone().map_err(log_err)?;
-        let mut cmd = Command::new(&self.spec.program);
+        let mut cmd = match self.spec.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(&self.spec.program);
+                cmd
+            }
+            None => Command::new(&self.spec.program),
+        };
         cmd.arg("--raft_id")
             .arg(&self.id)
             .arg("--grpc_addr")
