@@ -2,7 +2,7 @@
 //! of `--config FILE`, then the built-in defaults (the first that sets a key wins).
 //!
 //! Every flag that has a `RAFTKV_*` environment variable is also a file key: the key is the
-//! flag's argument id (the field name of [`Args`](crate::Args), `heartbeat_interval`), and its
+//! flag's argument id (the field name of [`Args`], `heartbeat_interval`), and its
 //! environment variable must be `RAFTKV_` and the key in capitals (a unit test checks this).
 //! So adding a flag is one field: `#[arg(long = "metrics-addr", env = "RAFTKV_METRICS_ADDR")]
 //! metrics_addr: String` is also `metrics_addr = "..."` in the file.
