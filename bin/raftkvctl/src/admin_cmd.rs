@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::progress::{Progress, Unit};
 use anyhow::Result;
 use clap::Subcommand;
 use client::admin::{GossipLiveness, StatusResponse, WriteStagesResponse};
@@ -603,7 +604,16 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
             }
         }
         AdminCommand::Snapshot { command: Some(SnapshotCommand::Save { file, timeout }), .. } => {
-            let info = client.backup_to_file(file, *timeout).await?;
+            let progress = Progress::new("snapshot save", 0, Unit::Bytes);
+            let mut report = |received: u64, size: u64| {
+                if received == 0 {
+                    progress.set_total(size);
+                }
+                progress.inc(received.saturating_sub(progress.done()));
+            };
+            let info = client.backup_to_file_with_progress(file, *timeout, &mut report).await;
+            progress.finish();
+            let info = info?;
             if json {
                 writeln!(
                     out,

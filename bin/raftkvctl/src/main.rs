@@ -10,6 +10,7 @@ mod bench;
 mod etcd;
 mod kv_cmd;
 mod kv_print;
+mod progress;
 mod status_watch;
 mod txn_syntax;
 mod watch_cmd;
