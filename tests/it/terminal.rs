@@ -22,9 +22,9 @@ impl Tmux {
         self.run(args).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
-    /// The visible screen of the pane.
+    /// The visible screen of the pane (wrapped lines joined).
     fn screen(&self) -> String {
-        self.text(&["capture-pane", "-p", "-t", "w"])
+        self.text(&["capture-pane", "-p", "-J", "-t", "w"])
     }
 
     /// `#{alternate_on} #{cursor_flag}`: `1 0` while the watch runs, `0 1` after.
@@ -49,7 +49,7 @@ async fn status_watch_redraws_in_tmux_and_leaves_the_terminal_clean() -> TestRes
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
     let dir = tempfile::tempdir()?;
     let tmux = Tmux { socket: dir.path().join("tmux.sock") };
-    let out = tmux.run(&["new-session", "-d", "-s", "w", "-x", "200", "-y", "50", "sh"])?;
+    let out = tmux.run(&["new-session", "-d", "-s", "w", "-x", "250", "-y", "50", "sh"])?;
     assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
     let pid_file = dir.path().join("pid");
     // The shell records raftkvctl's pid, then becomes it.
