@@ -272,13 +272,15 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// The error as `-o json` prints it (on stderr): `{"error": {"code": "INVALID_ARGUMENT",
-/// "message": "..."}}`, with the gRPC code's canonical name when a server answered.
+/// "message": "..."}}`, with the gRPC code's canonical name when a server answered
+/// (`UNAVAILABLE` when no endpoint could be reached).
 fn error_json(e: &anyhow::Error, text: &str) -> serde_json::Value {
-    let code = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<ClientError>())
-        .and_then(ClientError::status)
-        .map(|s| code_name(s.code()));
+    let code = match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        Some(ClientError::Status(s)) => Some(code_name(s.code())),
+        // Nothing answered: what a gRPC client reports as UNAVAILABLE.
+        Some(ClientError::Unreachable { .. }) => Some(code_name(tonic::Code::Unavailable)),
+        _ => None,
+    };
     match code {
         Some(code) => serde_json::json!({ "error": { "code": code, "message": text } }),
         None => serde_json::json!({ "error": { "message": text } }),
@@ -342,6 +344,9 @@ mod tests {
         let v = error_json(&e, &error_text(&e));
         assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
         assert_eq!(v["error"]["message"], "reading greeting: key is empty; give a key of 1 to 4096 bytes");
+        let unreachable =
+            anyhow::Error::new(ClientError::Unreachable { endpoints: "h:1".into(), last: "refused".into() });
+        assert_eq!(error_json(&unreachable, "x")["error"]["code"], "UNAVAILABLE");
         let plain = anyhow::anyhow!("no such file");
         assert_eq!(error_json(&plain, "no such file"), serde_json::json!({ "error": { "message": "no such file" } }));
     }
