@@ -268,7 +268,7 @@ async fn raftkvctl_put_get_del_and_members() -> TestResult {
         for reader in &all {
             let out = raftkvctl(std::slice::from_ref(reader), &["get", &format!("ctl-{i}")])?;
             assert!(out.status.success(), "get via {reader}: {}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello {i}\n"));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello {i}"), "the value, with no newline added");
         }
     }
     let out = raftkvctl(&all, &["-o", "json", "get", "ctl-1"])?;
@@ -303,7 +303,7 @@ async fn raftkvctl_put_get_del_and_members() -> TestResult {
     cluster.nodes.push(n4);
     cluster.wait_converged(Duration::from_secs(30)).await?;
     let out = raftkvctl(&[cluster.nodes[3].grpc_addr.clone()], &["get", "ctl-2"])?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 2\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 2");
 
     // Failures exit with 2 and say why on stderr.
     let out = raftkvctl(&["127.0.0.1:1".to_string()], &["get", "x"])?;

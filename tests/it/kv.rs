@@ -442,12 +442,36 @@ async fn raftkvctl_kv_commands_end_to_end() -> TestResult {
     let ok = |o: &std::process::Output, what: &str| {
         assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
     };
-    // A binary value from stdin, byte for byte.
-    let blob: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    let out = raftkvctl_stdin(&eps, &["put", "blob", "-"], &blob)?;
-    ok(&out, "put -");
-    let out = raftkvctl(&eps, &["get", "blob"])?;
-    assert_eq!(&out.stdout[..out.stdout.len() - 1], blob.as_slice(), "the value came back byte for byte");
+    // A random binary value of the largest size allowed, byte for byte: `put blob - < in`,
+    // then `get blob > out` (no newline added when stdout is not a terminal).
+    let mut rng = tests::chaos::Rng::new(u64::from(std::process::id()));
+    let blob: Vec<u8> = (0..1 << 20).map(|_| rng.next_u64().to_le_bytes()[3]).collect();
+    let files = tempfile::tempdir()?;
+    let (input, output) = (files.path().join("in"), files.path().join("out"));
+    std::fs::write(&input, &blob)?;
+    let ctl = || {
+        let mut cmd = std::process::Command::new(tests::binary("raftkvctl"));
+        cmd.arg("--endpoints").arg(eps.join(","));
+        cmd
+    };
+    let out = ctl().args(["put", "blob", "-"]).stdin(std::fs::File::open(&input)?).output()?;
+    ok(&out, "put blob - < in");
+    let out = ctl().args(["get", "blob"]).stdout(std::fs::File::create(&output)?).output()?;
+    ok(&out, "get blob > out");
+    let back = std::fs::read(&output)?;
+    assert!(back == blob, "the value came back byte for byte: {} bytes in, {} out", blob.len(), back.len());
+
+    // An error is the server's message alone; with -o json, an object with the code's name.
+    let long_key = "k".repeat(5000);
+    let out = raftkvctl(&eps, &["put", &long_key, "v"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("raftkvctl: key") && stderr.contains("4096"), "{stderr}");
+    assert!(!stderr.contains("Client specified"), "no code description: {stderr}");
+    let out = raftkvctl(&eps, &["-o", "json", "put", &long_key, "v"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr)?;
+    assert_eq!(v["error"]["code"], "INVALID_ARGUMENT", "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.starts_with("key")), "{v}");
 
     for (k, v) in [("cfg/a", "1"), ("cfg/b", "2"), ("cfg/c", "3"), ("other", "x")] {
         ok(&raftkvctl(&eps, &["put", k, v])?, "put");
@@ -457,7 +481,7 @@ async fn raftkvctl_kv_commands_end_to_end() -> TestResult {
     let out = raftkvctl(&eps, &["-o", "table", "get", "--prefix", "cfg/"])?;
     assert!(text(&out).starts_with("KEY    VALUE  CREATE INDEX  MODIFY INDEX  VERSION\ncfg/a  1"), "{}", text(&out));
     let out = raftkvctl(&eps, &["get", "--consistency", "stale", "cfg/b"])?;
-    assert_eq!(text(&out), "2\n");
+    assert_eq!(text(&out), "2", "the value alone: stdout is not a terminal");
     let out = raftkvctl(&eps, &["-o", "json", "get", "--consistency", "stale", "cfg/b"])?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(v["header"]["stale"], true);

@@ -1,10 +1,13 @@
 //! `raftkv`: one node of a raftkv cluster.
 //!
-//! Parses flags (the Go seed's spellings, the kebab-case ones, or `RAFTKV_*` environment
-//! variables), sets up logging (`RUST_LOG`, to stderr), and runs the engine until SIGINT
-//! or SIGTERM, then shuts down gracefully. `raftkv recover` and `raftkv restore` work on a
-//! stopped node's data ([`offline`]).
+//! Parses its configuration (flags in the Go seed's spellings or kebab-case ones, then
+//! `RAFTKV_*` environment variables, then a TOML file given with `--config`: [`config`]),
+//! sets up logging (`RUST_LOG`, to stderr, as text or JSON lines), and runs the engine until
+//! SIGINT or SIGTERM, then shuts down gracefully. `raftkv --print-config` prints the
+//! effective configuration instead. `raftkv recover` and `raftkv restore` work on a stopped
+//! node's data ([`offline`]).
 
+mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod offline;
@@ -13,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use engine::NodeConfig;
 use gossip::GossipConfig;
 use tracing_subscriber::EnvFilter;
@@ -44,8 +47,29 @@ struct Args {
     #[command(subcommand)]
     command: Option<offline::Offline>,
 
+    /// A TOML file of settings: `key = value`, the keys being the flags' names with
+    /// underscores (docs/config.md). Flags and RAFTKV_* variables win over it.
+    #[arg(long = "config", env = "RAFTKV_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration (as a config file, each key with where its value
+    /// came from: flag, env, file or default) and exit.
+    #[arg(long = "print-config", alias = "print_config")]
+    print_config: bool,
+
+    /// How log lines are written to stderr: text, or json (one object per line). What is
+    /// logged is set by RUST_LOG (default: info,openraft=warn).
+    #[arg(long = "log-format", alias = "log_format", env = "RAFTKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     /// This node's id; stays the same for the node's whole life.
-    #[arg(long = "raft_id", alias = "raft-id", env = "RAFTKV_RAFT_ID", value_parser = parse_id, required = true)]
+    #[arg(
+        long = "raft_id",
+        alias = "raft-id",
+        env = "RAFTKV_RAFT_ID",
+        value_parser = parse_id,
+        required_unless_present = "print_config"
+    )]
     raft_id: Option<NodeId>,
 
     /// Address for Raft traffic between nodes (host:port; port 0 picks a free port).
@@ -113,6 +137,11 @@ struct Args {
     /// to pass to another voter first).
     #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse, value_name = "DURATION")]
     shutdown_grace: Duration,
+
+    /// A client request (KV or Admin) slower than this is logged once, at warn, with its
+    /// method, the start of its key (never the value), this node and the time it took.
+    #[arg(long = "slow-request-threshold", alias = "slow_request_threshold", env = "RAFTKV_SLOW_REQUEST_THRESHOLD", default_value = "1s", value_parser = duration::parse, value_name = "DURATION")]
+    slow_request_threshold: Duration,
 
     /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
     /// to add this node as a voter, retrying until it is one. With gossip on, the members
@@ -317,6 +346,15 @@ Durations (--heartbeat_interval, --election_timeout, --snapshot_interval, --shut
 --gossip_interval, --gossip_dead_grace) are a whole number and a unit: 500ms, 2s or 1m; a bare
 number is refused.";
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event (timestamp, level, target, fields, spans).
+    Json,
+}
+
 fn parse_id(s: &str) -> Result<NodeId, String> {
     NodeId::new(s).map_err(|e| e.to_string())
 }
@@ -345,22 +383,43 @@ async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line that says what to fix; no backtrace for a configuration mistake.
-            #[allow(clippy::print_stderr)] // the one place the node reports a fatal error outside the log
-            {
-                eprintln!("raftkv: error: {e:#}");
-            }
-            std::process::ExitCode::FAILURE
+    let parsed = match config::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(config::ParseError::Clap(e)) => e.exit(),
+        Err(config::ParseError::File(e)) => return fatal(&e),
+    };
+    if parsed.args.print_config {
+        #[allow(clippy::print_stdout)] // what --print-config is for
+        {
+            print!("{}", config::render(&parsed));
         }
+        return std::process::ExitCode::SUCCESS;
     }
+    init_logging(parsed.args.log_format);
+    match run(parsed.args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fatal(&e),
+    }
+}
+
+/// Sends log lines to stderr in `format`, filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Reports a fatal error: one line that says what to fix; no backtrace for a configuration
+/// mistake.
+fn fatal(e: &anyhow::Error) -> std::process::ExitCode {
+    #[allow(clippy::print_stderr)] // the one place the node reports a fatal error outside the log
+    {
+        eprintln!("raftkv: error: {e:#}");
+    }
+    std::process::ExitCode::FAILURE
 }
 
 fn run(args: Args) -> Result<()> {
@@ -380,6 +439,7 @@ fn run(args: Args) -> Result<()> {
     config.snapshot_threshold = args.snapshot_threshold;
     config.trailing_logs = args.trailing_logs;
     config.shutdown_grace = args.shutdown_grace;
+    config.slow_request_threshold = args.slow_request_threshold;
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;
     config.join_via_gossip = args.join.as_ref().is_some_and(Vec::is_empty);

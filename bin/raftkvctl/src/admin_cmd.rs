@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::progress::{Progress, Unit};
 use anyhow::Result;
 use clap::Subcommand;
 use client::admin::{GossipLiveness, StatusResponse, WriteStagesResponse};
@@ -27,12 +28,17 @@ pub(crate) enum AdminCommand {
     /// Status of the first reachable node: Raft state, term, leader, indexes, members; with
     /// --cluster, one row per member, each asked at its own address.
     #[command(
-        after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status\n  raftkvctl status --cluster\n  raftkvctl -o json status --cluster\n  raftkvctl --endpoints LEADER status --stages"
+        after_help = "Examples:\n  raftkvctl status\n  raftkvctl --endpoints 127.0.0.1:40052 -o json status\n  raftkvctl status --cluster\n  raftkvctl -o json status --cluster\n  raftkvctl status --watch\n  raftkvctl status --cluster --watch\n  raftkvctl --endpoints LEADER status --stages"
     )]
     Status {
         /// Ask every member (at its gRPC address) and print one row each.
         #[arg(long)]
         cluster: bool,
+        /// Keep the picture on screen, asked again every second, until Ctrl-C. On a terminal
+        /// it is redrawn in place (on the alternate screen, which is left on exit); otherwise
+        /// each picture is printed after the last, separated by a blank line.
+        #[arg(long, conflicts_with = "stages")]
+        watch: bool,
         /// Instead, print where the time of the writes proposed on that node went, stage by
         /// stage, since it started or since the last reset (`bench --stages` resets them).
         /// Ask the leader: it proposes every write.
@@ -494,7 +500,7 @@ async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl W
             }
             Err(e) => {
                 unreachable += 1;
-                let e = e.to_string();
+                let e = e.message();
                 rows.push(status_row(&m.id, &m.grpc_addr, Err(&e)));
                 objects.push(json!({ "id": m.id, "grpc_addr": m.grpc_addr, "error": e }));
             }
@@ -574,7 +580,7 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
                 )?;
             }
         }
-        AdminCommand::Status { cluster: _, stages: true } => {
+        AdminCommand::Status { stages: true, .. } => {
             let s = client.status().await?;
             let addr = grpc_addr_of(&s)?;
             let stages = client.write_stages_of(&addr, false).await?;
@@ -584,7 +590,11 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
                 print_stages(out, &stages)?;
             }
         }
-        AdminCommand::Status { cluster, stages: false } => status(client, output, *cluster, out).await?,
+        AdminCommand::Status { cluster, stages: false, watch: true } => {
+            crate::status_watch::run(out, async |frame: &mut Vec<u8>| status(client, output, *cluster, frame).await)
+                .await?;
+        }
+        AdminCommand::Status { cluster, stages: false, watch: false } => status(client, output, *cluster, out).await?,
         AdminCommand::Snapshot { command: None, timeout } => {
             let resp = client.snapshot(*timeout).await?;
             if json {
@@ -594,7 +604,16 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
             }
         }
         AdminCommand::Snapshot { command: Some(SnapshotCommand::Save { file, timeout }), .. } => {
-            let info = client.backup_to_file(file, *timeout).await?;
+            let progress = Progress::new("snapshot save", 0, Unit::Bytes);
+            let mut report = |received: u64, size: u64| {
+                if received == 0 {
+                    progress.set_total(size);
+                }
+                progress.inc(received.saturating_sub(progress.done()));
+            };
+            let info = client.backup_to_file_with_progress(file, *timeout, &mut report).await;
+            progress.finish();
+            let info = info?;
             if json {
                 writeln!(
                     out,

@@ -20,6 +20,8 @@ use anyhow::{Result, bail};
 use client::{Client, ClientOptions};
 use serde_json::json;
 
+use crate::progress::{Progress, Unit};
+
 /// What to measure.
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -207,6 +209,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
             }
         }
     }
+    let progress = Progress::new(&format!("bench {:?}", args.op).to_lowercase(), args.total as u64, Unit::Requests);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for (c, mut client) in clients.into_iter().enumerate() {
@@ -214,6 +217,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         let value = value.clone();
         let prefix = args.prefix.clone();
         let (op, serializable) = (args.op, args.serializable);
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(count);
             for n in 0..count {
@@ -224,6 +228,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
                     Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100), serializable).await?,
                 }
                 lat.push(t.elapsed());
+                progress.inc(1);
             }
             Ok::<_, anyhow::Error>(lat)
         }));
@@ -233,6 +238,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         latencies.extend(t.await??);
     }
     let elapsed = start.elapsed();
+    progress.finish();
     latencies.sort_unstable();
     Ok(Summary { total: latencies.len(), elapsed, latencies })
 }

@@ -3,7 +3,7 @@
 //! One function per subcommand: it builds the request from the flags, sends it through the
 //! client and hands the answer to the output format's [`Printer`] (`kv_print`).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -48,6 +48,9 @@ Examples:
     Put(PutArgs),
     /// Print a key's value (exit status 1 if it does not exist), or every key of a prefix.
     #[command(after_help = "\
+The value is printed byte for byte: a newline follows it only when stdout is a terminal, so
+`raftkvctl get KEY > FILE` writes exactly the stored bytes (what `put KEY - < FILE` stored).
+
 Examples:
   raftkvctl get greeting
   raftkvctl get --prefix config/               # key and value lines, for every key
@@ -207,7 +210,7 @@ fn read_stdin() -> Result<Vec<u8>> {
 
 /// Runs a key-value command and prints its answer in `output`'s format.
 pub(crate) async fn run(cmd: &KvCommand, client: &Client, output: Output, out: &mut impl Write) -> Result<Outcome> {
-    let p = printer(output);
+    let p = printer(output, std::io::stdout().is_terminal());
     match cmd {
         KvCommand::Put(args) => put(args, client, p, out).await,
         KvCommand::Get(args) if args.prefix => get_prefix(args, client, p, out).await,

@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 
 use crate::Output;
 
-/// The printer of an output format.
-pub(crate) fn printer(output: Output) -> &'static dyn Printer {
+/// The printer of an output format; `terminal`: stdout is a terminal (see [`Simple`]).
+pub(crate) fn printer(output: Output, terminal: bool) -> &'static dyn Printer {
     match output {
-        Output::Simple => &Simple,
+        Output::Simple if terminal => &Simple { newline_after_value: true },
+        Output::Simple => &Simple { newline_after_value: false },
         Output::Json => &Json,
         Output::Table => &Table,
     }
@@ -67,8 +68,14 @@ pub(crate) trait Printer {
     }
 }
 
-/// `-o simple`: raw bytes, a key line then a value line; `get` prints the value alone.
-pub(crate) struct Simple;
+/// `-o simple`: raw bytes, a key line then a value line; `get` prints the value alone,
+/// byte for byte, followed by a newline only on a terminal (where the prompt would
+/// otherwise follow the value on its line), so that `get KEY > FILE` writes exactly the
+/// stored bytes.
+pub(crate) struct Simple {
+    /// Whether `get` ends the value with a newline (stdout is a terminal).
+    pub(crate) newline_after_value: bool,
+}
 
 impl Printer for Simple {
     fn kvs(&self, out: &mut dyn Write, kvs: &[KeyValue], keys_only: bool) -> Result<()> {
@@ -85,7 +92,9 @@ impl Printer for Simple {
 
     fn get(&self, out: &mut dyn Write, _resp: &GetResponse, kv: &KeyValue) -> Result<()> {
         out.write_all(&kv.value)?;
-        writeln!(out)?;
+        if self.newline_after_value {
+            writeln!(out)?;
+        }
         Ok(())
     }
 }
@@ -120,8 +129,19 @@ impl Printer for Table {
 pub(crate) struct Json;
 
 impl Printer for Json {
-    fn kvs(&self, out: &mut dyn Write, kvs: &[KeyValue], _keys_only: bool) -> Result<()> {
-        writeln!(out, "{}", json!({ "count": kvs.len(), "kvs": kvs.iter().map(kv_json).collect::<Vec<_>>() }))?;
+    fn kvs(&self, out: &mut dyn Write, kvs: &[KeyValue], keys_only: bool) -> Result<()> {
+        let kvs: Vec<Value> = kvs
+            .iter()
+            .map(|kv| {
+                let mut v = kv_json(kv);
+                if keys_only && let Value::Object(o) = &mut v {
+                    o.remove("value");
+                    o.remove("value_base64");
+                }
+                v
+            })
+            .collect();
+        writeln!(out, "{}", json!({ "count": kvs.len(), "kvs": kvs }))?;
         Ok(())
     }
 
@@ -266,7 +286,7 @@ mod tests {
     fn render(print: impl Fn(&dyn Printer, &mut dyn Write) -> Result<()>) -> [String; 3] {
         [Output::Simple, Output::Table, Output::Json].map(|output| {
             let mut buf = Vec::new();
-            print(printer(output), &mut buf).unwrap_or_else(|e| panic!("{output:?}: {e}"));
+            print(printer(output, true), &mut buf).unwrap_or_else(|e| panic!("{output:?}: {e}"));
             String::from_utf8(buf).unwrap_or_else(|e| panic!("{output:?}: {e}"))
         })
     }
@@ -277,7 +297,10 @@ mod tests {
     fn get_prints_the_value_a_row_or_an_object() {
         let resp = GetResponse { header: header(7), found: true, kv: Some(kv("k", "v", 5)), ..GetResponse::default() };
         let [simple, table, json] = render(|p, out| p.get(out, &resp, &kv("k", "v", 5)));
-        assert_eq!(simple, "v\n");
+        assert_eq!(simple, "v\n", "on a terminal");
+        let mut piped = Vec::new();
+        printer(Output::Simple, false).get(&mut piped, &resp, &kv("k", "v\n\0", 5)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(piped, b"v\n\0", "not on a terminal: exactly the stored bytes");
         assert_eq!(table, format!("{TABLE_HEADER}k    v      5             5             1\n"));
         let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         assert_eq!((v["key"].as_str(), v["value"].as_str(), v["index"].as_u64()), (Some("k"), Some("v"), Some(7)));
@@ -295,6 +318,9 @@ mod tests {
         let [simple, table, _] = render(|p, out| p.kvs(out, &kvs, true));
         assert_eq!(simple, "a\nb\n", "keys only");
         assert_eq!(table.lines().count(), 3, "a table always shows values: {table}");
+        let [_, _, json] = render(|p, out| p.kvs(out, &kvs, true));
+        let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!((v["kvs"][0]["key"].as_str(), v["kvs"][0].get("value")), (Some("a"), None), "keys only: {json}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ mod bench;
 mod etcd;
 mod kv_cmd;
 mod kv_print;
+mod progress;
+mod status_watch;
 mod txn_syntax;
 mod watch_cmd;
 
@@ -88,6 +90,7 @@ Examples:
   raftkvctl member remove nodeC
   raftkvctl leader transfer --to nodeB
   raftkvctl status --cluster
+  raftkvctl status --cluster --watch
   raftkvctl snapshot save backup.rkvs
   raftkvctl --cacert certs/ca.crt --cert certs/client.crt --key certs/client.key get greeting
 
@@ -241,14 +244,60 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let text = match e.downcast_ref::<ClientError>() {
-                Some(ce) => ce.to_string(),
-                None => format!("{e:#}"),
-            };
-            eprintln!("raftkvctl: {text}{}", tls_hint(cli.cacert.is_some(), cli.cert.is_some(), &text));
+            let text = error_text(&e);
+            let text = format!("{text}{}", tls_hint(cli.cacert.is_some(), cli.cert.is_some(), &text));
+            if cli.output == Output::Json {
+                eprintln!("{}", error_json(&e, &text));
+            } else {
+                eprintln!("raftkvctl: {text}");
+            }
             ExitCode::from(2)
         }
     }
+}
+
+/// An error's chain of causes, `: `-separated, where a server's answer is its message alone
+/// (not prefixed by the gRPC code's description, as tonic displays it).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if let Some(ce) = cause.downcast_ref::<ClientError>() {
+            // Its message already says what its sources say.
+            parts.push(ce.message());
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
+}
+
+/// The error as `-o json` prints it (on stderr): `{"error": {"code": "INVALID_ARGUMENT",
+/// "message": "..."}}`, with the gRPC code's canonical name when a server answered
+/// (`UNAVAILABLE` when no endpoint could be reached).
+fn error_json(e: &anyhow::Error, text: &str) -> serde_json::Value {
+    let code = match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        Some(ClientError::Status(s)) => Some(code_name(s.code())),
+        // Nothing answered: what a gRPC client reports as UNAVAILABLE.
+        Some(ClientError::Unreachable { .. }) => Some(code_name(tonic::Code::Unavailable)),
+        _ => None,
+    };
+    match code {
+        Some(code) => serde_json::json!({ "error": { "code": code, "message": text } }),
+        None => serde_json::json!({ "error": { "message": text } }),
+    }
+}
+
+/// A gRPC code's canonical name, as the gRPC specification spells it (`INVALID_ARGUMENT`).
+fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// A hint on what to change when an error looks like a TLS mismatch between raftkvctl's
@@ -276,6 +325,31 @@ fn tls_hint(tls: bool, cert: bool, error: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_are_the_canonical_ones() {
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(tonic::Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn errors_print_the_message_without_the_code_description() {
+        let status = tonic::Status::invalid_argument("key is empty; give a key of 1 to 4096 bytes");
+        let e = anyhow::Error::new(ClientError::Status(status));
+        assert_eq!(error_text(&e), "key is empty; give a key of 1 to 4096 bytes");
+        let e = e.context("reading greeting");
+        assert_eq!(error_text(&e), "reading greeting: key is empty; give a key of 1 to 4096 bytes");
+        let v = error_json(&e, &error_text(&e));
+        assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
+        assert_eq!(v["error"]["message"], "reading greeting: key is empty; give a key of 1 to 4096 bytes");
+        let unreachable =
+            anyhow::Error::new(ClientError::Unreachable { endpoints: "h:1".into(), last: "refused".into() });
+        assert_eq!(error_json(&unreachable, "x")["error"]["code"], "UNAVAILABLE");
+        let plain = anyhow::anyhow!("no such file");
+        assert_eq!(error_json(&plain, "no such file"), serde_json::json!({ "error": { "message": "no such file" } }));
+    }
 
     #[test]
     fn durations() {

@@ -188,6 +188,18 @@ impl Client {
     /// checked against the announced size and the trailer's CRC32, synced, then renamed to
     /// `path`. Nothing is left at `path` unless the whole file arrived intact.
     pub async fn backup_to_file(&self, path: &Path, timeout: Duration) -> Result<BackupInfo, ClientError> {
+        self.backup_to_file_with_progress(path, timeout, &mut |_, _| {}).await
+    }
+
+    /// [`Client::backup_to_file`], calling `progress(received, size)` with the bytes
+    /// received so far and the size the stream announced: once after its header, then after
+    /// each chunk.
+    pub async fn backup_to_file_with_progress(
+        &self,
+        path: &Path,
+        timeout: Duration,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<BackupInfo, ClientError> {
         let started = tokio::time::Instant::now();
         let mut stream = self
             .run(Kind::Read, timeout, |ch, t| async move {
@@ -200,7 +212,7 @@ impl Client {
             .await?;
         let part = PathBuf::from(format!("{}.part", path.display()));
         let left = timeout.saturating_sub(started.elapsed());
-        let result = match tokio::time::timeout(left, receive(&mut stream, &part)).await {
+        let result = match tokio::time::timeout(left, receive(&mut stream, &part, progress)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Backup(format!("the backup did not arrive within {timeout:?}"))),
         };
@@ -223,7 +235,11 @@ fn io(context: String, source: std::io::Error) -> ClientError {
 }
 
 /// Receives a backup stream into `part`, checking it as it comes.
-async fn receive(stream: &mut tonic::Streaming<BackupChunk>, part: &Path) -> Result<BackupInfo, ClientError> {
+async fn receive(
+    stream: &mut tonic::Streaming<BackupChunk>,
+    part: &Path,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<BackupInfo, ClientError> {
     let first = stream.message().await.map_err(ClientError::Status)?.and_then(|c| c.chunk);
     let Some(Chunk::Header(header)) = first else {
         return Err(ClientError::Backup("the stream did not start with a header".into()));
@@ -231,6 +247,7 @@ async fn receive(stream: &mut tonic::Streaming<BackupChunk>, part: &Path) -> Res
     let mut file = tokio::fs::File::create(part).await.map_err(|e| io(format!("creating {}", part.display()), e))?;
     let mut crc = crc32fast::Hasher::new();
     let mut written = 0u64;
+    progress(0, header.size);
     loop {
         match stream.message().await.map_err(ClientError::Status)?.and_then(|c| c.chunk) {
             Some(Chunk::Data(data)) => {
@@ -243,6 +260,7 @@ async fn receive(stream: &mut tonic::Streaming<BackupChunk>, part: &Path) -> Res
                 }
                 crc.update(&data);
                 file.write_all(&data).await.map_err(|e| io(format!("writing {}", part.display()), e))?;
+                progress(written, header.size);
             }
             Some(Chunk::Trailer(trailer)) => {
                 if written != header.size {

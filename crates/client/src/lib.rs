@@ -111,6 +111,17 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The error as a person reads it: for a server's answer, its message alone (with the
+    /// causes a transport failure carries), without the gRPC code's description that
+    /// [`Display`](std::fmt::Display) puts first; every other error as displayed.
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Status(s) => status_text(s),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Settings of a [`Client`].

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// How long graceful shutdown may wait for in-flight requests, and, on a leader, for
     /// leadership to pass to another voter first.
     pub shutdown_grace: Duration,
+    /// A KV request slower than this is logged once at warn (`--slow-request-threshold`;
+    /// [`service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD`]).
+    pub slow_request_threshold: Duration,
     /// How often to check whether a snapshot is due: one is taken when any entry was applied
     /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
     /// `snapshot_threshold` policy applies either way.
@@ -141,6 +144,7 @@ impl NodeConfig {
             snapshot_threshold: 8192,
             trailing_logs: 10240,
             shutdown_grace: Duration::from_secs(5),
+            slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),

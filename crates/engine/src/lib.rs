@@ -539,7 +539,7 @@ async fn start_servers(
     let stop_request = StopRequest::default();
     let raft_svc =
         RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
-    let mut client_routes = client_routes(ctx, me, health, &stop_request)?;
+    let mut client_routes = client_routes(ctx, me, health, &stop_request, config.slow_request_threshold)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), stop.subscribe()).await;
@@ -561,12 +561,14 @@ async fn start_servers(
 }
 
 /// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
-/// `RaftManager`, gRPC health and reflection.
+/// `RaftManager`, gRPC health and reflection. KV requests slower than `slow_request` are
+/// logged.
 fn client_routes(
     ctx: &NodeContext,
     me: &NodeInfo,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stop_request: &StopRequest,
+    slow_request: std::time::Duration,
 ) -> Result<RoutesBuilder, EngineError> {
     let reflection =
         reflection_builder().build_v1().map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
@@ -578,7 +580,7 @@ fn client_routes(
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
     let mut routes = RoutesBuilder::default();
     routes
-        .add_service(KvService::new(ctx.clone()).into_server())
+        .add_service(KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server())
         .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
         .add_service(AdminService::new(ctx.clone()).into_server())
         .add_service(RaftAdminService::new(hashicorp.clone()).into_server())

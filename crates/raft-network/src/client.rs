@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use types::{NodeId, NodeInfo, TypeConfig, Vote, codec};
 
 use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT, append_timeout};
+use crate::transfer_log::{Direction, TransferLog};
 use fsm::{Snapshot, SnapshotFile};
 
 /// Makes openraft's per-peer clients; peers at the same address share one connection.
@@ -191,7 +192,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         };
         let mut client = self.client().map_err(|e| to_network(&e))?;
         tracing::info!(target_node = %self.target, size = header.size, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
-        let chunks = snapshot_stream(header, Arc::new(snapshot.snapshot));
+        let log = TransferLog::new(Direction::Sending, self.target.to_string(), header.size);
+        let chunks = snapshot_stream(header, Arc::new(snapshot.snapshot), log);
         let mut request = tonic::Request::new(chunks);
         request.set_timeout(SNAPSHOT_TRANSFER_TIMEOUT);
         let resp = tokio::select! {
@@ -211,19 +213,21 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 fn snapshot_stream(
     header: SnapshotHeader,
     file: Arc<SnapshotFile>,
+    log: TransferLog,
 ) -> impl futures::Stream<Item = SnapshotChunk> + Send {
     enum Phase {
-        Header(SnapshotHeader),
-        Data { offset: u64, crc: crc32fast::Hasher },
+        Header(SnapshotHeader, TransferLog),
+        Data { offset: u64, crc: crc32fast::Hasher, log: TransferLog },
         Done,
     }
     let chunk = |c: Chunk| SnapshotChunk { chunk: Some(c) };
-    futures::stream::unfold((Phase::Header(header), file), move |(phase, file)| async move {
+    futures::stream::unfold((Phase::Header(header, log), file), move |(phase, file)| async move {
         match phase {
-            Phase::Header(h) => {
-                Some((chunk(Chunk::Header(h)), (Phase::Data { offset: 0, crc: crc32fast::Hasher::new() }, file)))
+            Phase::Header(h, log) => {
+                let next = Phase::Data { offset: 0, crc: crc32fast::Hasher::new(), log };
+                Some((chunk(Chunk::Header(h)), (next, file)))
             }
-            Phase::Data { offset, mut crc } => {
+            Phase::Data { offset, mut crc, mut log } => {
                 let f = file.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
@@ -242,7 +246,8 @@ fn snapshot_stream(
                 match read {
                     Ok(Ok(buf)) if !buf.is_empty() => {
                         crc.update(&buf);
-                        let next = Phase::Data { offset: offset + buf.len() as u64, crc };
+                        log.at(offset);
+                        let next = Phase::Data { offset: offset + buf.len() as u64, crc, log };
                         Some((chunk(Chunk::Data(buf.into())), (next, file)))
                     }
                     Ok(Ok(_)) => {

@@ -17,7 +17,8 @@
 //! Messages are openraft's own types in the [`types::codec`] encoding (postcard behind a
 //! format byte), carried in `RaftMessage.payload`. Snapshots are client-streamed in
 //! [`SNAPSHOT_CHUNK_BYTES`] chunks with a CRC32 over the data; the receiver writes each
-//! chunk to a file as it arrives, so memory stays bounded whatever the snapshot size.
+//! chunk to a file as it arrives, so memory stays bounded whatever the snapshot size. Both
+//! sides log a transfer's progress every [`SNAPSHOT_PROGRESS_INTERVAL`].
 //!
 //! This crate must never depend on `service`, `compat`, `client` or `engine` (the API layer
 //! and the composition root sit above it); `cargo xtask deps` checks this.
@@ -26,8 +27,10 @@ pub mod calls;
 pub mod client;
 mod contact;
 pub mod server;
+mod transfer_log;
 
 pub use contact::LeaderContact;
+pub use transfer_log::SNAPSHOT_PROGRESS_INTERVAL;
 
 use std::time::Duration;
 

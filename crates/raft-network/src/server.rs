@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 use types::{Membership, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote, codec};
 
+use crate::transfer_log::{Direction, TransferLog};
 use crate::{LeaderContact, MAX_RAFT_MESSAGE_BYTES};
 
 /// Serves `raftkv.raft.v1.Raft` for one node.
@@ -166,9 +167,11 @@ impl RaftRpc for RaftService {
         let meta: SnapshotMeta = decode("snapshot metadata", &header.meta)?;
         let mut incoming = self.sm.incoming_snapshot().map_err(|e| Status::internal(e.to_string()))?;
         let mut crc = crc32fast::Hasher::new();
+        let mut log = TransferLog::new(Direction::Receiving, vote.leader_id().node_id.to_string(), header.size);
         loop {
             match stream.message().await?.and_then(|c| c.chunk) {
                 Some(Chunk::Data(data)) => {
+                    log.at(incoming.written());
                     if incoming.written() + data.len() as u64 > header.size {
                         return Err(Status::invalid_argument(format!(
                             "snapshot stream carries more than the {} bytes its header announced",

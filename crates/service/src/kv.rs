@@ -19,6 +19,7 @@ use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, Wri
 use crate::convert;
 use crate::forward::{Effect, Forwarding, Hop, Routed, deadline, to_leader};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
+use crate::slow::{DEFAULT_SLOW_REQUEST_THRESHOLD, SlowLog};
 use crate::watch::{self, ResponseStream, WatchParams};
 use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 
@@ -26,6 +27,7 @@ use crate::{MAX_DECODE_BYTES, NodeContext, ServiceError, limits};
 #[derive(Debug, Clone)]
 pub struct KvService {
     ctx: NodeContext,
+    slow: SlowLog,
 }
 
 /// What a write request brings besides its operation.
@@ -39,7 +41,15 @@ impl KvService {
     /// A KV service over `ctx`.
     #[must_use]
     pub fn new(ctx: NodeContext) -> Self {
-        Self { ctx }
+        let slow = SlowLog::new(ctx.id.to_string(), DEFAULT_SLOW_REQUEST_THRESHOLD);
+        Self { ctx, slow }
+    }
+
+    /// The service with requests slower than `threshold` logged ([`crate::slow`]).
+    #[must_use]
+    pub fn with_slow_request_threshold(mut self, threshold: Duration) -> Self {
+        self.slow = SlowLog::new(self.ctx.id.to_string(), threshold);
+        self
     }
 
     /// The tonic server for this service, with the decode limit applied.
@@ -118,6 +128,24 @@ fn consistency(value: i32) -> Result<Consistency, ServiceError> {
     }
 }
 
+/// The key a transaction is logged by: its first compare's, else its first operation's.
+fn txn_key(req: &TxnRequest) -> &[u8] {
+    if let Some(c) = req.compare.first() {
+        return &c.key;
+    }
+    req.success.iter().chain(&req.failure).find_map(op_key).map_or(&[], |k| k)
+}
+
+/// The key of one transaction operation.
+fn op_key(op: &pb::RequestOp) -> Option<&[u8]> {
+    match &op.request {
+        Some(pb::request_op::Request::Put(p)) => Some(&p.key),
+        Some(pb::request_op::Request::Delete(d)) => Some(&d.key),
+        Some(pb::request_op::Request::Range(r)) => Some(&r.key),
+        None => None,
+    }
+}
+
 fn unexpected(result: &WriteResult) -> Status {
     ServiceError::Internal(format!("unexpected write result {result:?}").into()).into()
 }
@@ -125,6 +153,7 @@ fn unexpected(result: &WriteResult) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let _slow = self.slow.start("KV/Put", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
         let req = request.into_inner();
         let op = convert::put_op(&req)?;
@@ -148,6 +177,7 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let _slow = self.slow.start("KV/Get", request.metadata(), &request.get_ref().key);
         let started = tokio::time::Instant::now();
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
         // A blocking read may outlast the default request timeout, but never the caller's
@@ -201,6 +231,7 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let _slow = self.slow.start("KV/Delete", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
         let req = request.into_inner();
         let op = convert::delete_op(&req)?;
@@ -225,6 +256,7 @@ impl Kv for KvService {
     }
 
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let _slow = self.slow.start("KV/Range", request.metadata(), &request.get_ref().key);
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
         let req = request.into_inner();
         let op: RangeOp = convert::range_op(&req)?;
@@ -237,6 +269,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let _slow = self.slow.start("KV/Txn", request.metadata(), txn_key(request.get_ref()));
         let call = Self::write_call(&request)?;
         let req = request.into_inner();
         let txn = convert::txn(&req)?;

@@ -25,6 +25,8 @@
 //!   `UNAVAILABLE` at shutdown.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
+//! - [`slow`]: the slow-request log (a KV request slower than a threshold, logged once at
+//!   warn with its method and key prefix, never its value).
 //! - [`watch`]: also the helpers the compat crate's `/Example/Watch` shares.
 //!
 //! Protobuf types stay in this crate: nothing below it sees them. This crate must never
@@ -40,6 +42,7 @@ pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
+pub mod slow;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
