@@ -40,6 +40,7 @@ pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
+pub mod readiness;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
