@@ -17,6 +17,7 @@ mod faults;
 mod gossip;
 mod hashicorp;
 mod kv;
+mod observability;
 mod stages;
 mod tls;
 mod watch;
