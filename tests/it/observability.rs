@@ -203,7 +203,11 @@ const READ_PAGE: &str = r##"JSON.stringify({
 })"##;
 
 fn page_state(browser: &mut Browser) -> Result<(String, Vec<(String, String)>), BoxError> {
-    let v: serde_json::Value = serde_json::from_str(browser.eval(READ_PAGE)?.as_str().ok_or("no page state")?)?;
+    // Before the page has loaded the expression throws, and there is no value: nothing shown.
+    let Some(text) = browser.eval(READ_PAGE)?.as_str().map(str::to_string) else {
+        return Ok((String::new(), Vec::new()));
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)?;
     let leader = v["leader"].as_str().unwrap_or_default().to_string();
     let members = v["members"]
         .as_array()

@@ -130,17 +130,37 @@ pub fn http_get(port: u16, path: &str) -> Result<String, BoxError> {
     Ok(body)
 }
 
-/// A plain HTTP/1.1 GET of `path` at `addr`; returns the status code and the body.
+/// A plain HTTP/1.1 GET of `path` at `addr`; returns the status code and the body (read to
+/// its `content-length`, or to the end of the connection).
 pub fn http_get_status(addr: &str, path: &str) -> Result<(u16, String), BoxError> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(CALL_TIMEOUT))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no end of headers")?;
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body)? } else { body.to_string() }))
+    let lower = head.to_ascii_lowercase();
+    let length = lower.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    let body = String::from_utf8(body)?;
+    let chunked = lower.contains("transfer-encoding: chunked");
+    Ok((status, if chunked { dechunk(&body)? } else { body }))
 }
 
 /// The body of a chunked response.
