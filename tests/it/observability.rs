@@ -68,8 +68,10 @@ async fn cluster() -> Result<Cluster, BoxError> {
     let seed = first.gossip_addr.clone().ok_or("n1 wrote no gossip_addr")?;
     args.extend(["--gossip_seeds".to_string(), seed]);
     let client = first.client()?;
-    wait_for("n1 to lead", Duration::from_secs(30), || async { client.status().await.is_ok_and(|s| s.leader_id == "n1") })
-        .await?;
+    wait_for("n1 to lead", Duration::from_secs(30), || async {
+        client.status().await.is_ok_and(|s| s.leader_id == "n1")
+    })
+    .await?;
     let mut nodes = vec![first];
     for i in 2..=3 {
         let n = node(&format!("n{i}"), dir.path()).args(&args).start()?;

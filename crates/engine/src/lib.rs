@@ -237,8 +237,10 @@ impl Node {
         }
         let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone(), tls.as_ref(), stages);
         let (stop, _) = watch::channel(false);
-        let (ready, readiness_task) = service::readiness::follow(ctx.clone(), config.election_timeout, stop.subscribe());
-        let servers = start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, ready.clone(), &stop).await?;
+        let (ready, readiness_task) =
+            service::readiness::follow(ctx.clone(), config.election_timeout, stop.subscribe());
+        let servers =
+            start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, ready.clone(), &stop).await?;
         let metrics_bound = metrics_listener.as_ref().map(local_addr).transpose()?;
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),

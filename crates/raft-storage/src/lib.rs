@@ -436,7 +436,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let (Some((first, _)), Some((last, _))) = (encoded.first(), encoded.last()) {
             self.stages.appended(*first..=*last);
         }
-        self.queue(|mem, seq| mem.append(cached, seq), |seq| Op::Append { seq, entries: encoded, flushed: callback, queued: std::time::Instant::now() })?;
+        self.queue(
+            |mem, seq| mem.append(cached, seq),
+            |seq| Op::Append { seq, entries: encoded, flushed: callback, queued: std::time::Instant::now() },
+        )?;
         tracing::trace!(entries = count, "log append held in memory; queued for the writer");
         Ok(())
     }

@@ -19,8 +19,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::tls::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, ServerTls};
 
-use crate::metered::MetricsLayer;
 use crate::limits::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_PENDING_ACCEPT_RESET_STREAMS};
+use crate::metered::MetricsLayer;
 use crate::status::{decode_limit_status, unknown_method_status};
 
 /// How long the accept loop waits after `accept` fails (out of file descriptors, say)

@@ -134,7 +134,13 @@ pub const METRICS: &[Metric] = &[
         Facade,
         "Time from a log append to its entries being durable (queued, written, fsynced).",
     ),
-    m("raftkv_log_fsync_seconds", Histogram, &[], Facade, "Time of one durable commit of the log writer (write and fsync)."),
+    m(
+        "raftkv_log_fsync_seconds",
+        Histogram,
+        &[],
+        Facade,
+        "Time of one durable commit of the log writer (write and fsync).",
+    ),
     m(
         WRITE_STAGE_SECONDS,
         Histogram,
@@ -178,13 +184,7 @@ pub const METRICS: &[Metric] = &[
         "Watchers dropped because they fell too far behind (their buffer overflowed).",
     ),
     m(GOSSIP_NODES, Gauge, &["state"], Scrape, "Nodes gossip knows, by state: live, dead, left (with gossip on)."),
-    m(
-        READY,
-        Gauge,
-        &[],
-        Scrape,
-        "1 when the node is ready (/readyz): it knows a leader and has caught up with it.",
-    ),
+    m(READY, Gauge, &[], Scrape, "1 when the node is ready (/readyz): it knows a leader and has caught up with it."),
 ];
 
 /// Registers the help text of every facade metric, and makes every one without labels

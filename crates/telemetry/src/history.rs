@@ -104,12 +104,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Keeps `history` until `stop` turns true: follows the Raft metrics for leader changes and
 /// takes a sample every [`SAMPLE_INTERVAL`].
-pub async fn keep(
-    raft: Raft,
-    stages: Arc<WriteStages>,
-    history: Arc<History>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn keep(raft: Raft, stages: Arc<WriteStages>, history: Arc<History>, mut stop: watch::Receiver<bool>) {
     let mut metrics = raft.metrics();
     let mut leader: Option<NodeId> = None;
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);

@@ -203,8 +203,9 @@ async fn readyz(src: Arc<Sources>) -> Response {
 async fn status_json(src: Arc<Sources>) -> Response {
     let status = status::status(&src).await;
     match serde_json::to_string(&status) {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], json)
-            .into_response(),
+        Ok(json) => {
+            ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], json).into_response()
+        }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the status: {e}\n")),
     }
 }
