@@ -240,7 +240,7 @@ impl Node {
         let (ready, readiness_task) =
             service::readiness::follow(ctx.clone(), config.election_timeout, stop.subscribe());
         let servers =
-            start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, ready.clone(), &stop).await?;
+            start_servers(&config, (grpc, raft_listener), tls.as_ref(), &me, &ctx, ready.clone(), &stop).await?;
         let metrics_bound = metrics_listener.as_ref().map(local_addr).transpose()?;
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),
@@ -547,8 +547,7 @@ struct Servers {
 /// the Raft port, on one listener or two, until `stop` is set; starts the leader health.
 async fn start_servers(
     config: &NodeConfig,
-    grpc: TcpListener,
-    raft_listener: Option<TcpListener>,
+    (grpc, raft_listener): (TcpListener, Option<TcpListener>),
     tls: Option<&NodeTls>,
     me: &NodeInfo,
     ctx: &NodeContext,
