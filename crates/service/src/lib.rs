@@ -23,6 +23,8 @@
 //!   state machine's change feed, woken by notification (never polling), bounded per
 //!   watcher, told when a snapshot install abandons their state, and ended with
 //!   `UNAVAILABLE` at shutdown.
+//! - [`readiness`]: whether the node has caught up with the leader it knows (one
+//!   linearizable read barrier after it starts or rejoins), for `/readyz` and gRPC health.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
 //! - [`watch`]: also the helpers the compat crate's `/Example/Watch` shares.
