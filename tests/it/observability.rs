@@ -149,7 +149,8 @@ async fn metrics_are_all_present_and_move_with_writes_pauses_and_leader_kills() 
     .await?;
 
     // A leader kill raises the leader changes on the survivors.
-    let survivor = followers[1];
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let survivor = (0..3).find(|i| *i != leader).ok_or("no follower")?;
     let changes = read(&cluster.nodes[survivor], "raftkv_raft_leader_changes_total", &[]).await.ok_or("no counter")?;
     cluster.nodes[leader].kill();
     let s = &cluster.nodes[survivor];
