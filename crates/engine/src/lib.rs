@@ -7,8 +7,8 @@
 //!    loads the TLS files of both ports and of the connections to other nodes
 //!    ([`NodeConfig::tls_files`]: TLS on both ports or neither; plaintext on a non-loopback
 //!    address only with `--insecure`), so unusable files stop the node here;
-//! 2. `Listeners::bind`: binds the client (`--grpc_addr`) and Raft (`--raft_addr`)
-//!    listeners; one listener carries both when the addresses are equal; port 0 picks a
+//! 2. `Listeners::bind`: binds the client (`--grpc_addr`), Raft (`--raft_addr`) and, with
+//!    `--metrics-addr`, metrics listeners; one listener carries both when the addresses are equal; port 0 picks a
 //!    free port;
 //! 3. `start_gossip`: with `--gossip_addr`, starts gossip (chitchat on UDP; port 0 picks a
 //!    free port), publishing this node's metadata; then `resolver_chain` builds the resolver
@@ -24,7 +24,12 @@
 //! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
 //!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
 //!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
-//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]);
+//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]); the whole server's
+//!    health (`""`) follows the node's readiness ([`service::readiness`], a task started
+//!    just before);
+//!    then, with `--metrics-addr`, `start_metrics` installs the metrics recorder and serves
+//!    the metrics port ([`telemetry`]: `/metrics`, `/livez`, `/readyz`, `/status.json`, the
+//!    status page);
 //! 7. `announce`: writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
