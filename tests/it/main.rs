@@ -20,6 +20,7 @@ mod gossip;
 mod hashicorp;
 mod kv;
 mod netns;
+mod observability;
 mod stages;
 mod terminal;
 mod tls;

@@ -10,9 +10,11 @@
 //!   fixed sleep standing in for a condition.
 //! - The binaries are found in `RAFTKV_BIN_DIR` (set by `cargo xtask test`) or next to the
 //!   test executable (`target/<profile>/`); `cargo xtask test` builds them first.
+//! - [`cdp`]: headless Chromium driven through the DevTools protocol (the status page test).
 
 #![allow(clippy::print_stderr, clippy::missing_panics_doc)]
 
+pub mod cdp;
 pub mod chaos;
 pub mod checker;
 pub mod clock;

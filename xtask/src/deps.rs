@@ -50,6 +50,7 @@ pub(crate) const OUR_CRATES: &[&str] = &[
     "engine",
     "client",
     "proc-harness",
+    "telemetry",
 ];
 
 /// The dependency rules of ARCHITECTURE.md: crate → what it must never depend on.
@@ -70,6 +71,7 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "service", never: &["raft-storage", "compat", "engine", "client"], never_direct: &["redb"] },
     Rule { krate: "compat", never: &["raft-storage", "engine", "client"], never_direct: &["redb"] },
     Rule { krate: "client", never: &["openraft", "redb", "engine", "service", "fsm", "raft-storage"], never_direct: &[] },
+    Rule { krate: "telemetry", never: &["raft-storage", "compat", "engine", "client"], never_direct: &["redb", "tonic"] },
     Rule { krate: "proc-harness", never: &["tokio", "tonic", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration"], never_direct: &[] },
 ];
 

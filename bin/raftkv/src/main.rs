@@ -329,6 +329,12 @@ struct Args {
     /// every key.
     #[arg(long = "insecure", env = "RAFTKV_INSECURE", help_heading = "TLS (docs/security.md)")]
     insecure: bool,
+
+    /// Serve Prometheus metrics (/metrics), health (/livez, /readyz) and the live status page
+    /// (/ and /status.json) over plain HTTP on this address (docs/metrics.md); port 0 picks
+    /// a free port, logged and written to listen.json. Unset: no metrics port.
+    #[arg(long = "metrics-addr", alias = "metrics_addr", env = "RAFTKV_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 const EXAMPLES: &str = "\
@@ -477,6 +483,7 @@ fn run(args: Args) -> Result<()> {
         peer_allowed_cn: args.peer_allowed_cn,
     };
     config.insecure = args.insecure;
+    config.metrics_addr = args.metrics_addr;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(engine::run(config, shutdown_signal()))?;

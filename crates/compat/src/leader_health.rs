@@ -3,8 +3,12 @@
 //! The standard `grpc.health.v1.Health` service (tonic-health) reports:
 //! - `quis.RaftLeader` ([`RAFT_LEADER_SERVICE`]): `SERVING` only on the node that is the
 //!   current leader, `NOT_SERVING` everywhere else, updated on every leadership change;
-//! - `""` (the whole server) and the services served on every node (for example
-//!   `raftkv.v1.KV` and `Example`): `SERVING` while the node runs.
+//! - `""` (the whole server): the node's readiness ([`service::readiness`]): `SERVING` once it
+//!   knows a leader and has applied up to the commit index it learned from it when it
+//!   started or rejoined, `NOT_SERVING` before (the same answer as `/readyz` on the metrics
+//!   port);
+//! - the services served on every node (for example `raftkv.v1.KV` and `Example`):
+//!   `SERVING` while the node runs.
 //!
 //! A client that health-checks `quis.RaftLeader` with round-robin load balancing over all
 //! nodes therefore sends only to the leader: `raftadmin --leader multi:///a,b,c ...`, or a
@@ -21,6 +25,7 @@ use openraft::ServerState;
 use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::metrics::RaftServerMetrics;
+use service::readiness::Readiness;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
@@ -31,7 +36,7 @@ use types::TypeConfig;
 /// `leaderhealth` and `raftadmin --leader` use).
 pub const RAFT_LEADER_SERVICE: &str = "quis.RaftLeader";
 
-/// The health service name of the whole server.
+/// The health service name of the whole server: `SERVING` when the node is ready.
 pub const WHOLE_SERVER: &str = "";
 
 /// openraft's server metrics channel: id, state, leader, membership.
@@ -46,6 +51,18 @@ pub fn leader_status(m: &RaftServerMetrics<TypeConfig>) -> ServingStatus {
     } else {
         ServingStatus::NotServing
     }
+}
+
+/// The status of the whole server for a readiness.
+fn ready_status(r: &Readiness) -> ServingStatus {
+    if r.ready { ServingStatus::Serving } else { ServingStatus::NotServing }
+}
+
+/// The statuses last set.
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    leader: ServingStatus,
+    whole: ServingStatus,
 }
 
 /// Keeps the health statuses of one node: [`RAFT_LEADER_SERVICE`] from leadership, the
@@ -75,27 +92,47 @@ impl LeaderHealth {
         }
     }
 
-    /// Sets the first statuses (the whole server and the served services `SERVING`,
-    /// `quis.RaftLeader` from `metrics`), then spawns the task that follows `metrics` until
-    /// `stop` turns true. The statuses are in place when this returns, before the server
-    /// takes its first request.
-    pub async fn start(self, metrics: ServerMetrics, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        for name in [WHOLE_SERVER].into_iter().chain(self.served.iter().copied()) {
+    /// Sets the first statuses (the served services `SERVING`, `quis.RaftLeader` from
+    /// `metrics`, the whole server from `ready`), then spawns the task that follows `metrics`
+    /// and `ready` until `stop` turns true. The statuses are in place when this returns,
+    /// before the server takes its first request.
+    pub async fn start(
+        self,
+        metrics: ServerMetrics,
+        ready: watch::Receiver<Readiness>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        for name in self.served.iter().copied() {
             self.reporter.set_service_status(name, ServingStatus::Serving).await;
         }
+        let whole = ready_status(&ready.borrow());
+        self.reporter.set_service_status(WHOLE_SERVER, whole).await;
         let first = leader_status(&metrics.borrow_watched());
         self.reporter.set_service_status(RAFT_LEADER_SERVICE, first).await;
-        tokio::spawn(self.run(first, metrics, stop))
+        tokio::spawn(self.run(Reported { leader: first, whole }, metrics, ready, stop))
     }
 
-    /// Follows `metrics` until `stop` turns true; `reported` is the status already set.
-    async fn run(mut self, mut reported: ServingStatus, mut metrics: ServerMetrics, mut stop: watch::Receiver<bool>) {
+    /// Follows `metrics` and `ready` until `stop` turns true; `reported` is what is already
+    /// set.
+    async fn run(
+        mut self,
+        mut reported: Reported,
+        mut metrics: ServerMetrics,
+        mut ready: watch::Receiver<Readiness>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut ready_open = true;
         let raft_running = loop {
+            let whole = ready_status(&ready.borrow_and_update());
+            if whole != reported.whole {
+                self.reporter.set_service_status(WHOLE_SERVER, whole).await;
+                reported.whole = whole;
+            }
             let (status, node, leader, state) = {
                 let m = metrics.borrow_watched();
                 (leader_status(&m), m.id.clone(), m.current_leader.clone(), m.state)
             };
-            if status != reported {
+            if status != reported.leader {
                 self.reporter.set_service_status(RAFT_LEADER_SERVICE, status).await;
                 tracing::info!(
                     node = %node,
@@ -105,10 +142,11 @@ impl LeaderHealth {
                     service = RAFT_LEADER_SERVICE,
                     "leader health changed"
                 );
-                reported = status;
+                reported.leader = status;
             }
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { break false },
+                changed = ready.changed(), if ready_open => ready_open = changed.is_ok(),
                 _ = stop.wait_for(|s| *s) => break true,
             }
         };
@@ -143,6 +181,10 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn readiness(ready: bool) -> Readiness {
+        Readiness { ready, leader: None, caught_up_to: None, reason: String::new() }
+    }
 
     fn server_metrics(id: u64, state: ServerState, leader: Option<u64>) -> RaftServerMetrics<TypeConfig> {
         let base = RaftMetrics::<TypeConfig>::new_initial(NodeId::from(id));
@@ -195,12 +237,15 @@ mod tests {
         let health = HealthService::from_health_reporter(reporter.clone());
         let (tx, rx) = TypeConfig::watch_channel(server_metrics(1, ServerState::Follower, Some(2)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = LeaderHealth::new(reporter, ["Example"]).start(rx, stop_rx).await;
+        let (ready_tx, ready_rx) = watch::channel(readiness(false));
+        let task = LeaderHealth::new(reporter, ["Example"]).start(rx, ready_rx, stop_rx).await;
 
         let (serving, not_serving) = (Wire::Serving as i32, Wire::NotServing as i32);
         assert_eq!(check(&health, "Example").await, Ok(serving), "set before start returns");
         assert_eq!(check(&health, RAFT_LEADER_SERVICE).await, Ok(not_serving));
-        assert_eq!(check(&health, WHOLE_SERVER).await, Ok(serving));
+        assert_eq!(check(&health, WHOLE_SERVER).await, Ok(not_serving), "not ready yet");
+        ready_tx.send(readiness(true))?;
+        wait_status(&health, WHOLE_SERVER, Ok(serving)).await?;
 
         tx.send(server_metrics(1, ServerState::Leader, Some(1)))?;
         wait_status(&health, RAFT_LEADER_SERVICE, Ok(serving)).await?;
@@ -224,7 +269,8 @@ mod tests {
         let health = HealthService::from_health_reporter(reporter.clone());
         let (tx, rx) = TypeConfig::watch_channel(server_metrics(1, ServerState::Leader, Some(1)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = LeaderHealth::new(reporter, []).start(rx, stop_rx).await;
+        let (_ready_tx, ready_rx) = watch::channel(readiness(true));
+        let task = LeaderHealth::new(reporter, []).start(rx, ready_rx, stop_rx).await;
         assert_eq!(check(&health, RAFT_LEADER_SERVICE).await, Ok(Wire::Serving as i32), "set before start returns");
 
         drop(tx); // what openraft does when Raft stops

@@ -74,6 +74,10 @@ pub struct NodeConfig {
     /// Serve plaintext on a non-loopback address (`--insecure`); without it such a node
     /// refuses to start unless TLS is on.
     pub insecure: bool,
+    /// Where the metrics port listens (`--metrics-addr HOST:PORT`; port 0 picks a free one):
+    /// Prometheus `/metrics`, `/livez`, `/readyz`, `/status.json` and the status page `/`
+    /// (plain HTTP, read-only). `None`: no metrics port.
+    pub metrics_addr: Option<String>,
 }
 
 /// The TLS flags of a node, as given (etcd's spelling). [`NodeConfig::tls_files`] checks
@@ -157,6 +161,7 @@ impl NodeConfig {
             log_caches: raft_storage::LogOptions::default(),
             tls: TlsFlags::default(),
             insecure: false,
+            metrics_addr: None,
         }
     }
 

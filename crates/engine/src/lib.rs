@@ -7,8 +7,8 @@
 //!    loads the TLS files of both ports and of the connections to other nodes
 //!    ([`NodeConfig::tls_files`]: TLS on both ports or neither; plaintext on a non-loopback
 //!    address only with `--insecure`), so unusable files stop the node here;
-//! 2. `Listeners::bind`: binds the client (`--grpc_addr`) and Raft (`--raft_addr`)
-//!    listeners; one listener carries both when the addresses are equal; port 0 picks a
+//! 2. `Listeners::bind`: binds the client (`--grpc_addr`), Raft (`--raft_addr`) and, with
+//!    `--metrics-addr`, metrics listeners; one listener carries both when the addresses are equal; port 0 picks a
 //!    free port;
 //! 3. `start_gossip`: with `--gossip_addr`, starts gossip (chitchat on UDP; port 0 picks a
 //!    free port), publishing this node's metadata; then `resolver_chain` builds the resolver
@@ -24,7 +24,12 @@
 //! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
 //!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
 //!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
-//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]);
+//!    (the Raft port with mutual TLS, through [`rpc::server::serve`]); the whole server's
+//!    health (`""`) follows the node's readiness ([`service::readiness`], a task started
+//!    just before);
+//!    then, with `--metrics-addr`, `start_metrics` installs the metrics recorder and serves
+//!    the metrics port ([`telemetry`]: `/metrics`, `/livez`, `/readyz`, `/status.json`, the
+//!    status page);
 //! 7. `announce`: writes `listen.json` (the bound addresses and the pid) for tools and tests;
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
@@ -176,6 +181,8 @@ pub struct ListenAddrs {
     /// The gossip (UDP) address advertised, with the port actually bound; `None` without
     /// gossip.
     pub gossip_addr: Option<String>,
+    /// The metrics port (HTTP) actually bound; `None` without `--metrics-addr`.
+    pub metrics_addr: Option<String>,
     /// This process's id.
     pub pid: u32,
 }
@@ -221,7 +228,8 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, EngineError> {
         let dir = prepare_dir(&config)?;
         let tls = NodeTls::load(&config)?;
-        let Listeners { grpc, raft: raft_listener, grpc_bound, raft_bound, me } = Listeners::bind(&config).await?;
+        let Listeners { grpc, raft: raft_listener, metrics: metrics_listener, grpc_bound, raft_bound, me } =
+            Listeners::bind(&config).await?;
         let gossip = start_gossip(&config, &me).await?;
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
@@ -234,15 +242,24 @@ impl Node {
         }
         let ctx = node_context(&config, &raft, &sm, resolver, gossip.clone(), tls.as_ref(), stages);
         let (stop, _) = watch::channel(false);
-        let servers = start_servers(&config, grpc, raft_listener, tls.as_ref(), &me, &ctx, &stop).await?;
+        let (ready, readiness_task) =
+            service::readiness::follow(ctx.clone(), config.election_timeout, stop.subscribe());
+        let servers =
+            start_servers(&config, (grpc, raft_listener), tls.as_ref(), &me, &ctx, ready.clone(), &stop).await?;
+        let metrics_bound = metrics_listener.as_ref().map(local_addr).transpose()?;
         let listen = ListenAddrs {
             raft_addr: raft_bound.to_string(),
             grpc_addr: grpc_bound.to_string(),
             gossip_addr: gossip.as_ref().map(|g| g.advertise_addr().to_string()),
+            metrics_addr: metrics_bound.map(|a| a.to_string()),
             pid: std::process::id(),
         };
+        let mut background = vec![readiness_task];
+        if let Some(listener) = metrics_listener {
+            background.extend(start_metrics(listener, &ctx, ready, &stop)?);
+        }
         announce(&config, &dir, &listen)?;
-        let background = start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop);
+        background.extend(start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop));
         Ok(Node {
             config,
             raft,
@@ -434,13 +451,16 @@ struct Listeners {
     grpc: TcpListener,
     /// `None` when the client listener carries the Raft port too.
     raft: Option<TcpListener>,
+    /// The metrics port, with `--metrics-addr`.
+    metrics: Option<TcpListener>,
     grpc_bound: SocketAddr,
     raft_bound: SocketAddr,
     me: NodeInfo,
 }
 
 impl Listeners {
-    /// Step 2: binds the client and Raft listeners; port 0 picks a free port.
+    /// Step 2: binds the client, Raft and (with `--metrics-addr`) metrics listeners; port 0
+    /// picks a free port.
     async fn bind(config: &NodeConfig) -> Result<Listeners, EngineError> {
         let grpc = bind(&config.grpc_addr).await?;
         let grpc_bound = local_addr(&grpc)?;
@@ -456,7 +476,11 @@ impl Listeners {
             raft_addr: advertised(&config.raft_addr, raft_bound),
             grpc_addr: advertised(&config.grpc_addr, grpc_bound),
         };
-        Ok(Listeners { grpc, raft, grpc_bound, raft_bound, me })
+        let metrics = match &config.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, raft, metrics, grpc_bound, raft_bound, me })
     }
 }
 
@@ -528,11 +552,11 @@ struct Servers {
 /// the Raft port, on one listener or two, until `stop` is set; starts the leader health.
 async fn start_servers(
     config: &NodeConfig,
-    grpc: TcpListener,
-    raft_listener: Option<TcpListener>,
+    (grpc, raft_listener): (TcpListener, Option<TcpListener>),
     tls: Option<&NodeTls>,
     me: &NodeInfo,
     ctx: &NodeContext,
+    ready: watch::Receiver<service::readiness::Readiness>,
     stop: &watch::Sender<bool>,
 ) -> Result<Servers, EngineError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -542,7 +566,7 @@ async fn start_servers(
     let mut client_routes = client_routes(ctx, me, health, &stop_request, config.slow_request_threshold)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
-        LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), stop.subscribe()).await;
+        LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
     let mut handles = Vec::new();
     match raft_listener {
         // One listener for both happens only without TLS (`NodeConfig::tls_files`).
@@ -604,6 +628,29 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(proto::compat::raftadmin::FILE_DESCRIPTOR_SET)
 }
 
+/// Step 6b: with `--metrics-addr`, installs the process's metrics recorder and serves the
+/// metrics port ([`telemetry`]: `/metrics`, `/livez`, `/readyz`, `/status.json`, the status
+/// page) until `stop` is set.
+fn start_metrics(
+    listener: TcpListener,
+    ctx: &NodeContext,
+    ready: watch::Receiver<service::readiness::Readiness>,
+    stop: &watch::Sender<bool>,
+) -> Result<Vec<JoinHandle<()>>, EngineError> {
+    let recorder = telemetry::install_recorder().map_err(|e| EngineError::Config(e.to_string()))?;
+    let sources = telemetry::Sources {
+        id: ctx.id.clone(),
+        raft: ctx.raft.clone(),
+        sm: ctx.sm.clone(),
+        gossip: ctx.gossip.clone(),
+        stages: ctx.stages.clone(),
+        ready,
+        history: Arc::new(telemetry::History::default()),
+        recorder,
+    };
+    Ok(telemetry::serve(listener, sources, stop.subscribe()))
+}
+
 /// Step 7: writes `listen.json` for tools and tests, and logs that the node started.
 fn announce(config: &NodeConfig, dir: &std::path::Path, listen: &ListenAddrs) -> Result<(), EngineError> {
     write_listen_file(&dir.join(LISTEN_FILE), listen)?;
@@ -612,6 +659,7 @@ fn announce(config: &NodeConfig, dir: &std::path::Path, listen: &ListenAddrs) ->
         grpc_addr = %listen.grpc_addr,
         raft_addr = %listen.raft_addr,
         gossip_addr = listen.gossip_addr.as_deref().unwrap_or("off"),
+        metrics_addr = listen.metrics_addr.as_deref().unwrap_or("off"),
         dir = %dir.display(),
         "node started"
     );

@@ -350,6 +350,9 @@ impl Hub {
                 self.notifications.fetch_add(1, Ordering::Relaxed);
                 if !mb.push(changes, bytes) {
                     // Overflowed (or closed): it gets nothing more, so it needs no lookups.
+                    if !s.closed {
+                        metrics::counter!(crate::metric::WATCHERS_DROPPED).increment(1);
+                    }
                     s.remove(id, &range);
                 }
             }

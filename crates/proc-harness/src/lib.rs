@@ -231,6 +231,7 @@ impl NodeProcBuilder {
             grpc_addr: self.grpc_addr.clone(),
             raft_addr: self.raft_addr.clone(),
             gossip_addr: None,
+            metrics_addr: None,
             spec: self,
             child: None,
             terminated: false,
@@ -285,6 +286,8 @@ pub struct NodeProc {
     pub raft_addr: String,
     /// The gossip (UDP) address from `listen.json`, when the node runs gossip.
     pub gossip_addr: Option<String>,
+    /// The metrics port (HTTP) from `listen.json`, when the node has `--metrics-addr`.
+    pub metrics_addr: Option<String>,
     spec: NodeProcBuilder,
     child: Option<Child>,
     /// SIGTERM was sent to the current process.
@@ -381,6 +384,7 @@ impl NodeProc {
                 self.grpc_addr = v["grpc_addr"].as_str().unwrap_or_default().to_string();
                 self.raft_addr = v["raft_addr"].as_str().unwrap_or_default().to_string();
                 self.gossip_addr = v["gossip_addr"].as_str().map(str::to_string);
+                self.metrics_addr = v["metrics_addr"].as_str().map(str::to_string);
                 return Ok(());
             }
             if let Some(status) = self.try_wait().map_err(|source| Error::Process { id: self.id.clone(), source })? {

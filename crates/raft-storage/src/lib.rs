@@ -39,6 +39,8 @@
 mod cache;
 mod writer;
 
+pub use writer::{APPEND_METRIC, FSYNC_METRIC};
+
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -434,7 +436,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let (Some((first, _)), Some((last, _))) = (encoded.first(), encoded.last()) {
             self.stages.appended(*first..=*last);
         }
-        self.queue(|mem, seq| mem.append(cached, seq), |seq| Op::Append { seq, entries: encoded, flushed: callback })?;
+        self.queue(
+            |mem, seq| mem.append(cached, seq),
+            |seq| Op::Append { seq, entries: encoded, flushed: callback, queued: std::time::Instant::now() },
+        )?;
         tracing::trace!(entries = count, "log append held in memory; queued for the writer");
         Ok(())
     }

@@ -18,6 +18,7 @@
 use std::io;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::IOFlushed;
 use redb::{Database, Durability, Table, WriteTransaction};
@@ -26,11 +27,17 @@ use types::{LogId, TypeConfig, Vote, codec};
 use crate::cache::MemLog;
 use crate::{Error, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOGS, META, lock};
 
+/// The histogram of the time from `append` to its entries being durable (queued, written,
+/// fsynced), per append (the metrics reference, docs/metrics.md).
+pub const APPEND_METRIC: &str = "raftkv_log_append_seconds";
+/// The histogram of the log writer's durable commits (one write transaction and its fsync).
+pub const FSYNC_METRIC: &str = "raftkv_log_fsync_seconds";
+
 /// A write operation for the writer, with its sequence number ([`MemLog::next_seq`]).
 pub(crate) enum Op {
     /// Insert the encoded entries (in place of any from the first one on); report `flushed`
-    /// once they are durable.
-    Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, flushed: IOFlushed<TypeConfig> },
+    /// once they are durable. `queued` is when `append` queued them.
+    Append { seq: u64, entries: Vec<(u64, Vec<u8>)>, flushed: IOFlushed<TypeConfig>, queued: Instant },
     /// Remove every entry after `after` (all for `None`).
     Truncate { seq: u64, after: Option<u64> },
     /// Remove every entry up to `upto`, inclusive, and record it as the last purged.
@@ -78,10 +85,14 @@ impl Writer {
         while let Ok(first) = queue.recv() {
             let mut ops = vec![first];
             ops.extend(queue.try_iter());
+            let started = Instant::now();
             let result = match &failed {
                 Some(e) => Err(e.clone()),
                 None => self.commit(&ops).map_err(|e| e.to_string()),
             };
+            if result.is_ok() {
+                metrics::histogram!(FSYNC_METRIC).record(started.elapsed());
+            }
             if let Err(e) = &result
                 && failed.is_none()
             {
@@ -94,10 +105,11 @@ impl Writer {
             {
                 lock(&self.mem).durable(last.seq());
                 for op in &ops {
-                    if let Op::Append { entries, .. } = op
+                    if let Op::Append { entries, queued, .. } = op
                         && let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last())
                     {
                         self.stages.durable(*first..=*last);
+                        metrics::histogram!(APPEND_METRIC).record(queued.elapsed());
                     }
                 }
             }

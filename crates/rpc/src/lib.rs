@@ -11,6 +11,8 @@
 //! - [`deadline`]: the caller's deadline from `grpc-timeout`.
 //! - [`channel`]: the one place a [`tonic::transport::Endpoint`] is built
 //!   ([`channel::endpoint`]), and [`channel::Pool`], the reused channels per address.
+//! - [`metered`]: [`metered::MetricsLayer`], per-RPC counts and latency by service, method
+//!   and status code, which [`server::serve`] puts on every server.
 //! - [`server`]: the one place a [`tonic::transport::Server`] is built ([`server::serve`]).
 //! - [`tls`]: TLS for both ports and every channel (rustls, ring provider): the files,
 //!   re-read when they change, and the node-id rule of the Raft port.
@@ -23,6 +25,7 @@ pub mod channel;
 pub mod deadline;
 pub mod limits;
 pub mod metadata;
+pub mod metered;
 pub mod server;
 pub mod status;
 pub mod tls;

@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::tls::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, ServerTls};
 
 use crate::limits::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_PENDING_ACCEPT_RESET_STREAMS};
+use crate::metered::MetricsLayer;
 use crate::status::{decode_limit_status, unknown_method_status};
 
 /// How long the accept loop waits after `accept` fails (out of file descriptors, say)
@@ -29,7 +30,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const TLS_QUEUE: usize = 64;
 
 /// Serves `routes` on `listener` (TCP_NODELAY on, HTTP/2 keepalive pings every 10 s, the
-/// [limits](crate::limits)) until `shutdown` resolves, then drains the calls in flight; over
+/// [limits](crate::limits), every call measured by [`MetricsLayer`]) until `shutdown` resolves, then drains the calls in flight; over
 /// TLS when `tls` is given (only), in plaintext otherwise. The task ends with the server's
 /// error, if any.
 pub fn serve(
@@ -44,6 +45,8 @@ pub fn serve(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        // Outermost, so it counts the codes callers see (after the rewording below).
+        .layer(MetricsLayer)
         .layer(tower::util::MapResponseLayer::new(reword_edge_status))
         .add_routes(routes.routes());
     match tls {

@@ -153,6 +153,10 @@ pub(crate) struct Forwarding {
     pub(crate) until: Instant,
 }
 
+/// The counter of requests this node sent on to the leader (the metrics reference,
+/// docs/metrics.md).
+pub const FORWARDED_METRIC: &str = "raftkv_forwarded_requests_total";
+
 /// Sends `req` once to `leader`'s gRPC address (the resolver chain first, then the addresses
 /// the route carried or the membership's), marked as forwarded, with what is left until
 /// `how.until`, through `call` (a client method on the channel). Refused hops, unknown
@@ -177,6 +181,7 @@ where
     let failed = |delivery, e: &dyn std::fmt::Display| forward_failed(&leader.id, &addr, delivery, how.effect, e);
     let channel = ctx.forwarder.channel(&addr, &leader.id).await.map_err(|e| failed(Delivery::NotSent, &e))?;
     let timeout = how.until.saturating_duration_since(Instant::now());
+    metrics::counter!(FORWARDED_METRIC).increment(1);
     match call(channel, forwarded_request(req, timeout)).await {
         Ok(resp) => Ok(resp),
         // An answer from the leader's service (it carries the retryable header, or is a

@@ -23,6 +23,8 @@
 //!   state machine's change feed, woken by notification (never polling), bounded per
 //!   watcher, told when a snapshot install abandons their state, and ended with
 //!   `UNAVAILABLE` at shutdown.
+//! - [`readiness`]: whether the node has caught up with the leader it knows (one
+//!   linearizable read barrier after it starts or rejoins), for `/readyz` and gRPC health.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
 //! - [`slow`]: the slow-request log (a KV request slower than a threshold, logged once at
@@ -43,6 +45,7 @@ mod kv;
 pub mod limits;
 mod node;
 pub mod slow;
+pub mod readiness;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
