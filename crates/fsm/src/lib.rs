@@ -13,9 +13,11 @@
 //!   whenever the membership changes. After a crash the state machine comes back at its
 //!   last durable commit, a consistent point at most that interval behind, and openraft
 //!   re-applies the committed entries after it from the log (the persisted committed log
-//!   id says how far). Snapshot files are fsynced before they are used, and if the state
-//!   comes back behind the newest snapshot (whose log entries may be purged),
-//!   [`StateMachine::open`] rebuilds it from that snapshot first. So a restart never loses
+//!   id says how far). Snapshot files are fsynced before they are used; building one first
+//!   makes the state it holds durable, so a crash does not bring the state back behind its
+//!   own newest snapshot. If the state does come back behind the newest snapshot (one
+//!   received from the leader, whose log entries may be purged), [`StateMachine::open`]
+//!   rebuilds it from that snapshot first. So a restart never loses
 //!   an applied entry and never replays more than a short tail of the log.
 //! - Snapshots ([`snapshot`]) are built from one read transaction (a consistent view, while
 //!   writes go on), written to a file with a header, a format version and a CRC32, and
@@ -460,6 +462,11 @@ impl StateMachine {
     fn build_snapshot_file(&self) -> Result<CurrentSnapshot, Error> {
         let db = self.db();
         let txn = db.begin_read()?;
+        // Make durable every commit this view holds (and any after it): otherwise a crash
+        // after the snapshot brings the state back behind it, and `open` must rebuild the
+        // whole state from the snapshot (7 s with a million keys) instead of re-applying a
+        // short tail of the log.
+        self.flush()?;
         let meta_table = txn.open_table(META)?;
         let last_log_id: Option<LogId> = match meta_table.get(META_LAST_APPLIED)? {
             Some(v) => Some(codec::decode(v.value())?),
