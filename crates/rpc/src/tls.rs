@@ -10,6 +10,9 @@
 //! - [`ClientTlsFiles`] / [`ClientTls`]: the CA a client trusts and, optionally, the
 //!   certificate it presents. The files are read whenever a new channel is built, and
 //!   [`Pool`](crate::channel::Pool) drops its channels when they change.
+//! - Private keys are read through [`secrets::read_private`]: a key file the group or
+//!   others may read is refused (at start, and on a rotation, which then keeps the previous
+//!   files), naming the file and the `chmod 600` to run.
 //! - The node-id rule: [`cert_names`] lists what a certificate names (its subject common
 //!   names and DNS subject alternative names); a peer that claims node id `X` on the Raft
 //!   port must present a certificate naming `X` ([`check_claimed_id`]), and a node
@@ -64,6 +67,10 @@ pub enum TlsError {
         /// rustls's reason.
         source: rustls::Error,
     },
+    /// A private key file cannot be used: unreadable, or readable by the group or others
+    /// (the message names the `chmod` to run).
+    #[error(transparent)]
+    KeyFile(#[from] secrets::SecretFileError),
     /// The client-certificate verifier could not be built from the CA file.
     #[error("the client CA in {}: {reason}", path.display())]
     Verifier {
@@ -139,9 +146,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// A private key, read through [`secrets::read_private`]: refused when the group or others
+/// may read the file.
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    PrivateKeyDer::from_pem_slice(&pem)
+    let pem = secrets::read_private(path)?;
+    PrivateKeyDer::from_pem_slice(pem.expose())
         .map_err(|e| TlsError::Pem { path: path.to_path_buf(), what: format!("holds no PEM private key: {e}") })
 }
 
@@ -351,7 +360,8 @@ impl ClientTlsFiles {
         if let Some((cert, key_path)) = &self.identity {
             certs(cert)?;
             key(key_path)?;
-            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key_path)?));
+            let key_pem = secrets::read_private(key_path)?;
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, key_pem.expose()));
         }
         Ok(config)
     }
