@@ -320,6 +320,29 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     Ok(())
 }
 
+/// A private key file the group or others can read stops the node at start, naming the file
+/// and the `chmod` to run; with mode 0600 the same files start it.
+#[test]
+fn a_key_file_readable_by_group_or_others_is_refused_with_the_chmod_to_run() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let (_, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1"], "client")?;
+    let key = files.nodes["n1"].1.clone();
+    let mut args: Vec<String> = ["--raft_id", "n1"].map(String::from).to_vec();
+    args.extend(files.node_args("n1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for mode in [0o640, 0o604] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode))?;
+        let e = tests::refused_start(&args)?;
+        assert!(e.contains(&format!("chmod 600 {}", key.display())), "mode {mode:o}: {e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let n1 = tls_node("n1", dir.path(), &files, true, &[])?;
+    assert!(n1.pid().is_some(), "a node with a 0600 key did not start");
+    Ok(())
+}
+
 /// Runs `raftkv` with `args` and a fresh data directory; returns its exit success and
 /// stderr once it exits, or `None` (after killing it) if it still runs after `wait`.
 fn run_raftkv(args: &[&str], data_dir: &Path, wait: Duration) -> Result<Option<(bool, String)>, BoxError> {
