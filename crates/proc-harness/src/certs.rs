@@ -254,7 +254,8 @@ pub fn generate(dir: &Path, node_ids: &[&str], client: &str) -> Result<(Authorit
 pub fn write_gossip_key(path: &Path) -> Result<(), CertError> {
     use base64::Engine as _;
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| CertError::Write { path: path.to_path_buf(), source: e.into() })?;
+    getrandom::fill(&mut key)
+        .map_err(|e| CertError::Write { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
     let text = base64::engine::general_purpose::STANDARD.encode(key);
     key.fill(0);
     write_file(path, &format!("{text}\n"), true)
