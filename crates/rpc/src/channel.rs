@@ -97,8 +97,9 @@ pub async fn connect(addr: &str, options: &ChannelOptions, security: Security<'_
 pub struct Pool {
     options: ChannelOptions,
     tls: Option<Arc<ClientTls>>,
-    /// Keyed by (address, name verified).
-    channels: Arc<Mutex<HashMap<(String, String), Channel>>>,
+    /// Keyed by (address, name verified), with the TLS files' generation they were built
+    /// with ([`ClientTls::generation`]).
+    channels: Arc<Mutex<(u64, HashMap<(String, String), Channel>)>>,
 }
 
 impl Pool {
@@ -128,11 +129,15 @@ impl Pool {
 
     fn cached(&self, key: &(String, String)) -> Option<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.tls.as_ref().is_some_and(|tls| tls.changed()) {
-            tracing::info!(channels = channels.len(), "client TLS files changed; reconnecting with the new ones");
-            channels.clear();
+        let (built_with, map) = &mut *channels;
+        if let Some(generation) = self.tls.as_ref().map(|tls| tls.generation())
+            && generation != *built_with
+        {
+            tracing::info!(channels = map.len(), "client TLS files changed; reconnecting with the new ones");
+            map.clear();
+            *built_with = generation;
         }
-        channels.get(key).cloned()
+        map.get(key).cloned()
     }
 
     /// The channel to `addr`, connected eagerly when there is none yet: a failure here means
@@ -148,7 +153,7 @@ impl Pool {
             return Ok(channel);
         }
         let channel = connect(addr, &self.options, self.security(&key)).await?;
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).1.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -164,12 +169,12 @@ impl Pool {
             return Ok(channel);
         }
         let channel = endpoint(addr, &self.options, self.security(&key))?.connect_lazy();
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).1.insert(key, channel.clone());
         Ok(channel)
     }
 
     /// Drops the channels to `addr` (after a transport failure), so the next call reconnects.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).retain(|(a, _), _| a != addr);
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).1.retain(|(a, _), _| a != addr);
     }
 }

@@ -368,10 +368,21 @@ impl ClientTlsFiles {
 }
 
 /// A client's TLS: the files, checked at most every [`CLIENT_RELOAD_CHECK`] for changes.
+/// One `ClientTls` may serve several [`Pool`](crate::channel::Pool)s (a node's Raft
+/// network and its forwarding share one); each notices a change through
+/// [`generation`](Self::generation), so one pool seeing it does not hide it from another.
 #[derive(Debug)]
 pub struct ClientTls {
     files: ClientTlsFiles,
-    seen: Mutex<(Instant, Stamp)>,
+    seen: Mutex<Seen>,
+}
+
+/// When the files were last checked, what they were then, and how many changes were seen.
+#[derive(Debug)]
+struct Seen {
+    checked: Instant,
+    stamp: Stamp,
+    generation: u64,
 }
 
 impl ClientTls {
@@ -382,7 +393,7 @@ impl ClientTls {
     pub fn new(files: ClientTlsFiles) -> Result<Self, TlsError> {
         files.load("localhost")?;
         let stamp = stamp(&files.paths());
-        Ok(Self { files, seen: Mutex::new((Instant::now(), stamp)) })
+        Ok(Self { files, seen: Mutex::new(Seen { checked: Instant::now(), stamp, generation: 0 }) })
     }
 
     /// tonic's settings for a channel to `server_name`, from the files as they are now.
@@ -393,20 +404,20 @@ impl ClientTls {
         self.files.load(server_name)
     }
 
-    /// Whether a file changed since the last call that said so (checked at most every
-    /// [`CLIENT_RELOAD_CHECK`]).
-    pub fn changed(&self) -> bool {
+    /// How many times the files have been seen to change: a caller that remembers the
+    /// generation its connections were built with rebuilds them when this differs. The
+    /// files are checked at most every [`CLIENT_RELOAD_CHECK`].
+    pub fn generation(&self) -> u64 {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.0.elapsed() < CLIENT_RELOAD_CHECK {
-            return false;
+        if seen.checked.elapsed() >= CLIENT_RELOAD_CHECK {
+            let now = stamp(&self.files.paths());
+            seen.checked = Instant::now();
+            if seen.stamp != now {
+                seen.stamp = now;
+                seen.generation += 1;
+            }
         }
-        let now = stamp(&self.files.paths());
-        seen.0 = Instant::now();
-        if seen.1 == now {
-            return false;
-        }
-        seen.1 = now;
-        true
+        seen.generation
     }
 }
 
@@ -486,10 +497,18 @@ mod tests {
         assert_eq!(Arc::as_ptr(&tls.config()), first, "rebuilt without a change");
         // Half a rotation: a new key beside the old certificate. Refused; the old stays.
         let next = ca.node("n1")?;
-        replace(&key, &next.key_pem)?;
+        next.write(&dir.path().join("next.crt"), &key)?;
         assert_eq!(Arc::as_ptr(&tls.config()), first, "a key that does not match was taken");
-        // The whole rotation: the new configuration is built.
+        // The whole rotation, but the new key readable by others: refused; the old stays.
         replace(&cert, &next.cert_pem)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+            assert_eq!(Arc::as_ptr(&tls.config()), first, "a key others can read was taken");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        // The whole rotation: the new configuration is built.
         assert_ne!(Arc::as_ptr(&tls.config()), first, "the rotated files were not taken");
         Ok(())
     }
@@ -499,14 +518,15 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (ca, files) = proc_harness::certs::generate(dir.path(), &["n1"], "client")?;
         let tls = ClientTls::new(ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.client.clone()) })?;
-        assert!(!tls.changed());
+        assert_eq!(tls.generation(), 0);
         ca.client("client")?.write(&files.client.0, &files.client.1)?;
         let deadline = Instant::now() + CLIENT_RELOAD_CHECK * 5;
-        while !tls.changed() {
+        while tls.generation() == 0 {
             assert!(Instant::now() < deadline, "the change was not noticed");
             std::thread::sleep(CLIENT_RELOAD_CHECK / 10);
         }
-        assert!(!tls.changed(), "one change reported twice");
+        std::thread::sleep(CLIENT_RELOAD_CHECK);
+        assert_eq!(tls.generation(), 1, "one change counted twice");
         Ok(())
     }
 
