@@ -247,15 +247,130 @@ async fn clusters_with_other_cluster_ids_never_see_each_other() -> TestResult {
     Ok(())
 }
 
+/// `gossip_args` with the gossip key `key`.
+fn sealed_args(cluster: &str, seeds: &[&str], key: &std::path::Path) -> Vec<String> {
+    let mut a = gossip_args(cluster, seeds);
+    a.extend(["--gossip-key-file".to_string(), key.display().to_string()]);
+    a
+}
+
+/// What n's Status says it dropped (sealed gossip), `None` when it cannot say.
+async fn drops(n: &NodeProc) -> Option<client::admin::GossipDrops> {
+    status(n).await.filter(|s| s.gossip_sealed).and_then(|s| s.gossip_drops)
+}
+
+async fn all_gossip_ids(n: &NodeProc) -> Option<Vec<String>> {
+    Some(status(n).await?.gossip_nodes.iter().map(|g| g.id.clone()).collect())
+}
+
+/// Sealed gossip (`--gossip-key-file`) on real processes: two nodes with the key see each
+/// other; datagrams forged, replayed or of junk, sent from the test's own UDP socket, and
+/// the datagrams of a node with another key and of a node of another cluster id with the
+/// same key, are all dropped, counted in Status, and change nothing in the view.
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_gossip_admits_only_key_holders_and_counts_forged_replayed_and_foreign_datagrams() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (key, other_key) = (dir.path().join("gossip.key"), dir.path().join("other.key"));
+    proc_harness::certs::write_gossip_key(&key)?;
+    proc_harness::certs::write_gossip_key(&other_key)?;
+    // The test's own socket: a seed of n2, so it receives n2's real (sealed) datagrams.
+    let spy = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let spy_addr = spy.local_addr()?.to_string();
+    let n1 = node("n1", dir.path()).bootstrap(true).args(sealed_args("sealed", &[], &key)).start()?;
+    let n1_gossip = gossip_addr(&n1)?;
+    let n2 = node("n2", dir.path()).args(sealed_args("sealed", &[&n1_gossip, &spy_addr], &key)).start()?;
+    let both = vec!["n1".to_string(), "n2".into()];
+    wait_for("n1 and n2 to see each other over sealed gossip", CONVERGE_BOUND, || async {
+        gossip_ids(&n1, GossipLiveness::Live).await.as_ref() == Some(&both)
+            && gossip_ids(&n2, GossipLiveness::Live).await.as_ref() == Some(&both)
+    })
+    .await?;
+
+    let n2_gossip: std::net::SocketAddr = gossip_addr(&n2)?.parse()?;
+    let mut buf = vec![0u8; 65_536];
+    let captured = loop {
+        let (len, from) = tokio::time::timeout(CONVERGE_BOUND, spy.recv_from(&mut buf)).await??;
+        if from == n2_gossip {
+            break buf[..len].to_vec();
+        }
+    };
+    assert!(!String::from_utf8_lossy(&captured).contains("raft_addr"), "gossip travels in the clear");
+    let before = drops(&n1).await.ok_or("n1 does not report sealed gossip")?;
+    let mut forged = captured.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    spy.send_to(&forged, &n1_gossip).await?;
+    spy.send_to(b"junk", &n1_gossip).await?;
+    spy.send_to(&captured, &n1_gossip).await?;
+    spy.send_to(&captured, &n1_gossip).await?;
+    wait_for("n1 to count the forged, junk and replayed datagrams", CONVERGE_BOUND, || async {
+        drops(&n1).await.is_some_and(|d| {
+            d.unauthenticated > before.unauthenticated && d.malformed > before.malformed && d.replayed > before.replayed
+        })
+    })
+    .await?;
+    assert_eq!(all_gossip_ids(&n1).await, Some(both.clone()), "dropped datagrams changed n1's view");
+
+    // Another key, and another cluster id with the right key: never admitted.
+    let before = drops(&n1).await.ok_or("no drops")?;
+    let stranger = node("stranger", dir.path()).args(sealed_args("sealed", &[&n1_gossip], &other_key)).start()?;
+    let foreign = node("foreign", dir.path()).args(sealed_args("elsewhere", &[&n1_gossip], &key)).start()?;
+    wait_for("n1 to drop twenty of their datagrams", Duration::from_secs(20), || async {
+        drops(&n1).await.is_some_and(|d| d.unauthenticated >= before.unauthenticated + 20)
+    })
+    .await?;
+    assert_eq!(
+        all_gossip_ids(&n1).await,
+        Some(both.clone()),
+        "n1 admitted a node without the key or of another cluster"
+    );
+    assert_eq!(all_gossip_ids(&stranger).await, Some(vec!["stranger".to_string()]));
+    assert_eq!(all_gossip_ids(&foreign).await, Some(vec!["foreign".to_string()]));
+
+    let out = raftkvctl(std::slice::from_ref(&n1.grpc_addr), &["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Gossip is sealed; datagrams dropped:"), "{text}");
+    let key_text = std::fs::read_to_string(&key)?;
+    for n in [&n1, &n2, &stranger, &foreign] {
+        assert!(!n.log().contains(key_text.trim()), "{}'s log shows the gossip key", n.id);
+    }
+    eprintln!("sealed gossip: n1 dropped {:?}", drops(&n1).await);
+    Ok(())
+}
+
+#[test]
+fn a_gossip_key_file_others_can_read_or_not_a_key_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("gossip.key");
+    proc_harness::certs::write_gossip_key(&key)?;
+    let key_arg = key.display().to_string();
+    let args = ["--raft_id", "x", "--gossip_addr", "127.0.0.1:0", "--gossip-key-file", &key_arg];
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+        let e = refused_start(&args)?;
+        assert!(e.contains(&format!("chmod 600 {key_arg}")), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(&key, "c2hvcnQ=\n")?;
+    let e = refused_start(&args)?;
+    assert!(e.contains("not a gossip key") && e.contains(&key_arg), "{e}");
+    let e =
+        refused_start(&["--raft_id", "x", "--gossip_addr", "0.0.0.0:0", "--gossip_advertise_addr", "10.0.0.1:7946"])?;
+    assert!(e.contains("gossip is not sealed") && e.contains("--gossip-key-file"), "{e}");
+    Ok(())
+}
+
 #[test]
 fn bad_gossip_flags_are_refused_naming_the_flag() -> TestResult {
     let e = refused_start(&["--raft_id", "x", "--gossip_addr", "127.0.0.1"])?;
     assert!(e.contains("--gossip_addr \"127.0.0.1\" is not HOST:PORT"), "{e}");
     let e = refused_start(&["--raft_id", "x", "--gossip_seeds", "127.0.0.1:7946"])?;
-    assert!(e.contains("--gossip_seeds and --gossip_advertise_addr need --gossip_addr"), "{e}");
+    assert!(e.contains("--gossip_seeds, --gossip_advertise_addr and --gossip-key-file need --gossip_addr"), "{e}");
     let e = refused_start(&["--raft_id", "x", "--join"])?;
     assert!(e.contains("--join without addresses finds the cluster through gossip"), "{e}");
-    let e = refused_start(&["--raft_id", "x", "--gossip_addr", "0.0.0.0:0"])?;
+    let e = refused_start(&["--raft_id", "x", "--gossip_addr", "0.0.0.0:0", "--insecure"])?;
     assert!(e.contains("--gossip_advertise_addr"), "{e}");
     let e = refused_start(&["--raft_id", "x", "--peers", "n1=127.0.0.1:1"])?;
     assert!(e.contains("--peers: \"n1=127.0.0.1:1\" is not ID=RAFT_ADDR@GRPC_ADDR"), "{e}");

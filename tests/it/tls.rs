@@ -320,6 +320,104 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     Ok(())
 }
 
+/// Replaces `path` with `text` whole (a temporary file renamed over it), as an operator
+/// rotating a file should.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A node's outbound connections (forwarding a write to the leader's client port, asking the
+/// leader's Raft port for a read index) present its rotated certificate without a restart.
+/// n2's certificate is replaced by one of a second CA; then the leader n1 trusts that CA
+/// only and is restarted, so every connection n2 makes to it is new and a connection with
+/// n2's old certificate is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbound_connections_present_a_rotated_certificate_without_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let (first_ca, files) = proc_harness::certs::generate(&certs, &["n1", "n2"], "client")?;
+    let second_ca = Authority::new("second CA")?;
+    // The client's certificate comes from the second CA; the client trusts both.
+    second_ca.client("client")?.write(&files.client.0, &files.client.1)?;
+    let both = certs.join("both.crt");
+    std::fs::write(&both, format!("{}{}", first_ca.cert_pem(), second_ca.cert_pem()))?;
+    // n1 trusts what `n1-trust.crt` holds: both CAs now, the second only later.
+    let n1_trust = certs.join("n1-trust.crt");
+    std::fs::write(&n1_trust, std::fs::read_to_string(&both)?)?;
+    let ((n1_cert, n1_key), (n2_cert, n2_key)) = (files.nodes["n1"].clone(), files.nodes["n2"].clone());
+    let n1_args = proc_harness::certs::node_args(&n1_cert, &n1_key, &n1_trust);
+    let mut n1 =
+        node("n1", dir.path()).bootstrap(true).args(FAST_TIMING).args(n1_args).args(["--client-cert-auth"]).start()?;
+    let n2_args = proc_harness::certs::node_args(&n2_cert, &n2_key, &both);
+    let n2 = node("n2", dir.path()).args(FAST_TIMING).args(n2_args).args(["--client-cert-auth"]).start()?;
+    let tls = ClientTlsFiles { ca: both.clone(), identity: Some(files.client.clone()) };
+    let cluster = Client::new(
+        [n1.grpc_addr.clone(), n2.grpc_addr.clone()],
+        ClientOptions { tls: Some(tls.clone()), ..test_options() },
+    )?;
+    wait_for("n1 to lead", Duration::from_secs(30), || async {
+        cluster.status_of(&n1.grpc_addr).await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+    })
+    .await?;
+    cluster.add_voter("n2", &n2.raft_addr, &n2.grpc_addr, Duration::from_secs(60)).await?;
+    let via_n2 = Client::new(
+        [n2.grpc_addr.clone()],
+        ClientOptions { tls: Some(tls), max_retries: 0, auto_request_ids: false, ..test_options() },
+    )?;
+    via_n2.put("before", "1").await?;
+
+    // Rotate n2's certificate (the second CA's), then let n1 trust the second CA only.
+    let n2_pid = n2.pid();
+    second_ca.node("n2")?.write(&n2_cert, &n2_key)?;
+    replace_file(&n1_trust, second_ca.cert_pem())?;
+    // A node checks its client files at most this often (docs/security.md, Rotation).
+    tokio::time::sleep(rpc::tls::CLIENT_RELOAD_CHECK).await;
+    assert!(n1.stop(), "n1 did not stop cleanly");
+    n1.restart(false)?;
+    wait_for("n1 to lead again", Duration::from_secs(30), || async {
+        if cluster.status_of(&n1.grpc_addr).await.is_ok_and(|s| s.state == RaftState::Leader as i32) {
+            return true;
+        }
+        let _ = cluster.transfer_leader(Some("n1"), Duration::from_secs(5)).await;
+        false
+    })
+    .await?;
+    // A write through n2 is forwarded to n1's client port, and a linearizable read on n2
+    // asks n1's Raft port for a read index: both over new connections from n2.
+    let put = via_n2.put("after", "2").await?;
+    assert_eq!(put.header.map(|h| h.node_id).as_deref(), Some("n1"), "the write was not forwarded to the leader");
+    let got = via_n2.get("after").await?;
+    assert!(got.found, "n2 did not read the write made through it");
+    assert_eq!(got.header.map(|h| h.node_id).as_deref(), Some("n2"), "the read was not served by n2");
+    assert_eq!(n2.pid(), n2_pid, "n2 restarted");
+    Ok(())
+}
+
+/// A private key file the group or others can read stops the node at start, naming the file
+/// and the `chmod` to run; with mode 0600 the same files start it.
+#[test]
+fn a_key_file_readable_by_group_or_others_is_refused_with_the_chmod_to_run() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let (_, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1"], "client")?;
+    let key = files.nodes["n1"].1.clone();
+    let mut args: Vec<String> = ["--raft_id", "n1"].map(String::from).to_vec();
+    args.extend(files.node_args("n1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for mode in [0o640, 0o604] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode))?;
+        let e = tests::refused_start(&args)?;
+        assert!(e.contains(&format!("chmod 600 {}", key.display())), "mode {mode:o}: {e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let n1 = tls_node("n1", dir.path(), &files, true, &[])?;
+    assert!(n1.pid().is_some(), "a node with a 0600 key did not start");
+    Ok(())
+}
+
 /// Runs `raftkv` with `args` and a fresh data directory; returns its exit success and
 /// stderr once it exits, or `None` (after killing it) if it still runs after `wait`.
 fn run_raftkv(args: &[&str], data_dir: &Path, wait: Duration) -> Result<Option<(bool, String)>, BoxError> {

@@ -1,13 +1,20 @@
-//! `cargo xtask cluster [--smoke] [--release] [--data-dir DIR] [--ports-from-os]`: a local
-//! three-node cluster, driven through the built `raftkv` and `raftkvctl` binaries as a user
-//! would drive them.
+//! `cargo xtask cluster [--smoke] [--tls] [--release] [--data-dir DIR] [--ports-from-os]`: a
+//! local three-node cluster, driven through the built `raftkv` and `raftkvctl` binaries as a
+//! user would drive them.
 //!
 //! 1. `cargo build --bin raftkv --bin raftkvctl` (`--release` if asked).
 //! 2. Wipe and create the data directory (default `<workspace>/target/xtask-cluster`); a
 //!    directory that is not empty is wiped only if an earlier run of this command made it.
+//!    With `--tls`, write `cargo xtask certs`'s files into `<data-dir>/certs`
+//!    (`proc_harness::certs::generate`: a CA, a certificate per node, `client.crt`,
+//!    `gossip.key`).
 //! 3. Start nodeA (`--raft_bootstrap`), nodeB and nodeC on 127.0.0.1, each logging to
 //!    `<data-dir>/<id>.log`, and wait for each `<data-dir>/<id>/listen.json` (the real ports,
-//!    which matters with `--ports-from-os`, implied by `--smoke`).
+//!    which matters with `--ports-from-os`, implied by `--smoke`). With `--tls`: TLS on both
+//!    ports with `--client-cert-auth`, and sealed gossip (`--gossip-key-file`, nodeB and
+//!    nodeC seeded with nodeA's gossip address); every `raftkvctl` below runs with
+//!    `--cacert --cert --key`, and step 4 also waits for every node's gossip to be sealed
+//!    and to see the three nodes.
 //! 4. Wait until nodeA says it is the leader, `member add` nodeB and nodeC through nodeA,
 //!    wait until `member list` through every node shows three voters and one leader.
 //! 5. Write `xtask/<id> = hello-from-<id>` through each node and read every key back through
@@ -33,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use proc_harness::certs::CertFiles;
 use proc_harness::{NodeProc, Stopped};
 use serde_json::Value;
 
@@ -74,6 +82,8 @@ pub(crate) struct Options {
     pub(crate) release: bool,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) ports_from_os: bool,
+    /// TLS on both ports with client certificates, and sealed gossip.
+    pub(crate) tls: bool,
 }
 
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
@@ -96,7 +106,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     built?;
     let bin_dir = target_dir(root).join(profile);
     let raftkv = bin_dir.join("raftkv");
-    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(&interrupted) };
+    let mut ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(&interrupted), tls_args: Vec::new() };
     for bin in [&raftkv, &ctl.path] {
         if !bin.is_file() {
             bail!("{} was not built", bin.display());
@@ -105,8 +115,12 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
 
     let data_dir = absolute(&opts.data_dir.clone().unwrap_or_else(|| target_dir(root).join("xtask-cluster")))?;
     prepare_data_dir(&data_dir)?;
+    let tls = if opts.tls { Some(make_certs(&data_dir)?) } else { None };
+    if let Some(files) = &tls {
+        ctl.tls_args = files.client_args();
+    }
 
-    let mut cluster = Cluster { raftkv, data_dir, nodes: Vec::new(), interrupted: Arc::clone(&interrupted) };
+    let mut cluster = Cluster { raftkv, data_dir, nodes: Vec::new(), interrupted: Arc::clone(&interrupted), tls };
     let outcome = bring_up(&mut cluster, &ctl, opts);
     match outcome {
         Ok(()) => {
@@ -171,10 +185,15 @@ impl Running {
 pub(crate) fn start(bin_dir: &Path, data_dir: &Path, interrupted: &Arc<AtomicBool>) -> Result<Running> {
     let data_dir = absolute(data_dir)?;
     prepare_data_dir(&data_dir)?;
-    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(interrupted) };
-    let mut cluster =
-        Cluster { raftkv: bin_dir.join("raftkv"), data_dir, nodes: Vec::new(), interrupted: Arc::clone(interrupted) };
-    let opts = Options { smoke: true, release: true, data_dir: None, ports_from_os: true };
+    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(interrupted), tls_args: Vec::new() };
+    let mut cluster = Cluster {
+        raftkv: bin_dir.join("raftkv"),
+        data_dir,
+        nodes: Vec::new(),
+        interrupted: Arc::clone(interrupted),
+        tls: None,
+    };
+    let opts = Options { smoke: true, release: true, data_dir: None, ports_from_os: true, tls: false };
     if let Err(err) = bring_up(&mut cluster, &ctl, &opts) {
         cluster.print_log_tails();
         for problem in cluster.stop() {
@@ -191,9 +210,15 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
         check_ports_free()?;
     }
     let started = Instant::now();
+    let mut gossip_seed = None;
     for (i, id) in NODE_IDS.iter().enumerate() {
         let (grpc_port, raft_port) = if opts.ports_from_os { (0, 0) } else { (SEED_GRPC_PORTS[i], SEED_RAFT_PORTS[i]) };
-        cluster.spawn(id, raft_port, grpc_port, i == 0)?;
+        cluster.spawn(id, raft_port, grpc_port, i == 0, gossip_seed.as_deref())?;
+        if i == 0 && cluster.tls.is_some() {
+            // The others gossip to nodeA first: its gossip port comes from its listen.json.
+            cluster.wait_for_listen(0)?;
+            gossip_seed = cluster.nodes[0].proc.gossip_addr.clone();
+        }
     }
     for i in 0..cluster.nodes.len() {
         cluster.wait_for_listen(i)?;
@@ -245,6 +270,20 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     }
     let serving = started.elapsed();
     println!("cluster: serving with 3 voters {:.1}s after the first node started", serving.as_secs_f64());
+    if cluster.tls.is_some() {
+        for via in &addrs {
+            cluster.wait_until(
+                &format!("sealed gossip with 3 live nodes via {}", via.id),
+                MEMBERSHIP_DEADLINE,
+                POLL_INTERVAL,
+                || check_sealed_gossip(&ctl.json(&via.grpc, &["status"])?["gossip"]),
+            )?;
+        }
+        println!("cluster: every node's gossip is sealed and sees the 3 nodes");
+    }
+    // Authentication (issue 18, users and roles) hooks in here: with --tls, enable auth
+    // through nodeA (a root user and an admin role), then add `--user` to `ctl.tls_args`, so
+    // that the checks below and the printed commands run as that user.
 
     for node in &addrs {
         let key = format!("xtask/{}", node.id);
@@ -292,6 +331,23 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Checks the `gossip` part of a `status -o json` answer: sealed, and the three nodes live.
+fn check_sealed_gossip(gossip: &Value) -> Result<(), String> {
+    let live = gossip["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["liveness"] == "live").count());
+    if gossip["sealed"] == true && live == NODE_IDS.len() { Ok(()) } else { Err(format!("gossip {gossip}")) }
+}
+
+/// `--tls`: the files of `cargo xtask certs` for the three nodes, in `<data-dir>/certs`.
+fn make_certs(data_dir: &Path) -> Result<CertFiles> {
+    let dir = data_dir.join("certs");
+    let (_, files) = proc_harness::certs::generate(&dir, &NODE_IDS, "client")?;
+    println!(
+        "cluster: TLS: a throwaway CA, node and client certificates and a gossip key in {} (as `cargo xtask certs`)",
+        relative_to_cwd(&dir).display()
+    );
+    Ok(files)
+}
+
 /// Checks a `member list -o json` answer: exactly the expected ids, all voters, one leader.
 /// Returns the leader's id.
 fn check_members(list: &Value, expected: &[&str]) -> Result<String, String> {
@@ -325,16 +381,46 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
         );
     }
     println!("  data: {}", relative_to_cwd(&cluster.data_dir).display());
+    let tls = match &cluster.tls {
+        Some(files) => {
+            println!("  TLS on both ports (client certificates required), gossip sealed; certificates and key:");
+            println!("    CA {}", relative_to_cwd(&files.ca).display());
+            println!(
+                "    client {} / {}",
+                relative_to_cwd(&files.client.0).display(),
+                relative_to_cwd(&files.client.1).display()
+            );
+            println!("    gossip key {}", relative_to_cwd(&files.gossip_key).display());
+            format!(
+                " --cacert {} --cert {} --key {}",
+                relative_to_cwd(&files.ca).display(),
+                relative_to_cwd(&files.client.0).display(),
+                relative_to_cwd(&files.client.1).display()
+            )
+        }
+        None => String::new(),
+    };
     println!("\ntry:");
     let ctl = ctl.display();
-    println!("  {ctl} --endpoints {endpoints} put hello world");
-    println!("  {ctl} --endpoints {endpoints} get hello");
-    println!("  {ctl} --endpoints {endpoints} member list");
-    println!("  {ctl} --endpoints {endpoints} status --cluster");
-    println!("  {ctl} --endpoints {endpoints} leader transfer");
-    println!("  {ctl} --endpoints {endpoints} snapshot save backup.rkvs");
-    println!("  {ctl} --endpoints {endpoints} -o json status");
-    println!("or: export RAFTKV_ENDPOINTS={endpoints}; {ctl} get hello");
+    println!("  {ctl} --endpoints {endpoints}{tls} put hello world");
+    println!("  {ctl} --endpoints {endpoints}{tls} get hello");
+    println!("  {ctl} --endpoints {endpoints}{tls} member list");
+    println!("  {ctl} --endpoints {endpoints}{tls} status --cluster");
+    println!("  {ctl} --endpoints {endpoints}{tls} leader transfer");
+    println!("  {ctl} --endpoints {endpoints}{tls} snapshot save backup.rkvs");
+    println!("  {ctl} --endpoints {endpoints}{tls} -o json status");
+    if cluster.tls.is_some() {
+        println!("  {ctl} --endpoints {endpoints} get hello     # refused: no --cacert, the nodes speak TLS only");
+    }
+    match &cluster.tls {
+        Some(files) => println!(
+            "or: export RAFTKV_ENDPOINTS={endpoints} RAFTKV_CACERT={} RAFTKV_CERT={} RAFTKV_KEY={}; {ctl} get hello",
+            relative_to_cwd(&files.ca).display(),
+            relative_to_cwd(&files.client.0).display(),
+            relative_to_cwd(&files.client.1).display()
+        ),
+        None => println!("or: export RAFTKV_ENDPOINTS={endpoints}; {ctl} get hello"),
+    }
 }
 
 /// With the seed's fixed ports, fails early and clearly if one is taken (say, by another
@@ -406,6 +492,8 @@ struct Cluster {
     data_dir: PathBuf,
     nodes: Vec<Node>,
     interrupted: Arc<AtomicBool>,
+    /// With `--tls`: the certificates and the gossip key.
+    tls: Option<CertFiles>,
 }
 
 impl Cluster {
@@ -414,10 +502,29 @@ impl Cluster {
         self.nodes.iter().map(|n| n.proc.grpc_addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
-    /// Starts one node (through the process harness, which SIGKILLs it if it is dropped).
-    fn spawn(&mut self, id: &'static str, raft_port: u16, grpc_port: u16, bootstrap: bool) -> Result<()> {
+    /// Starts one node (through the process harness, which SIGKILLs it if it is dropped);
+    /// with `--tls`, with its certificate and sealed gossip seeded at `gossip_seed`.
+    fn spawn(
+        &mut self,
+        id: &'static str,
+        raft_port: u16,
+        grpc_port: u16,
+        bootstrap: bool,
+        gossip_seed: Option<&str>,
+    ) -> Result<()> {
+        let mut args = Vec::new();
+        if let Some(files) = &self.tls {
+            args.extend(files.node_args(id));
+            args.push("--client-cert-auth".into());
+            args.extend([
+                format!("--gossip_addr={HOST}:0"),
+                format!("--gossip-key-file={}", files.gossip_key.display()),
+            ]);
+            args.extend(gossip_seed.map(|s| format!("--gossip_seeds={s}")));
+        }
         let proc = NodeProc::builder(&self.raftkv, id, &self.data_dir)
             .addrs(format!("{HOST}:{grpc_port}"), format!("{HOST}:{raft_port}"))
+            .args(args)
             .bootstrap(bootstrap)
             .listen_timeout(LISTEN_DEADLINE)
             .abort_on(Arc::clone(&self.interrupted))
@@ -568,6 +675,8 @@ impl Drop for Cluster {
 struct Ctl {
     path: PathBuf,
     interrupted: Arc<AtomicBool>,
+    /// `--cacert --cert --key` with `--tls`; empty otherwise.
+    tls_args: Vec<String>,
 }
 
 struct CtlOutput {
@@ -583,6 +692,7 @@ impl Ctl {
         let mut cmd = Command::new(&self.path);
         cmd.arg("--endpoints")
             .arg(endpoints)
+            .args(&self.tls_args)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

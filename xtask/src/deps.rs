@@ -51,15 +51,16 @@ pub(crate) const OUR_CRATES: &[&str] = &[
     "client",
     "proc-harness",
     "telemetry",
+    "secrets",
 ];
 
 /// The dependency rules of ARCHITECTURE.md: crate → what it must never depend on.
 #[rustfmt::skip]
 pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "duration", never: &["tonic", "openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client"], never_direct: &[] },
-    Rule { krate: "latency", never: &["tokio", "tonic", "openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness"], never_direct: &[] },
-    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency"], never_direct: &[] },
-    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency"], never_direct: &[] },
+    Rule { krate: "latency", never: &["tokio", "tonic", "openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "secrets"], never_direct: &[] },
+    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets"], never_direct: &[] },
+    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets"], never_direct: &[] },
     Rule { krate: "raft-storage", never: &["tonic", "fsm", "service", "engine", "chitchat"], never_direct: &[] },
     Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
     Rule { krate: "resolver", never: &["tonic", "chitchat", "gossip"], never_direct: &["openraft"] },
@@ -72,6 +73,7 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "compat", never: &["raft-storage", "engine", "client"], never_direct: &["redb"] },
     Rule { krate: "client", never: &["openraft", "redb", "engine", "service", "fsm", "raft-storage"], never_direct: &[] },
     Rule { krate: "telemetry", never: &["raft-storage", "compat", "engine", "client"], never_direct: &["redb", "tonic"] },
+    Rule { krate: "secrets", never: &["tokio", "tonic", "openraft", "redb", "chitchat", "ring", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency"], never_direct: &[] },
     Rule { krate: "proc-harness", never: &["tokio", "tonic", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration"], never_direct: &[] },
 ];
 

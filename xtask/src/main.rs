@@ -1,8 +1,9 @@
 //! Project automation for raftkv, run as `cargo xtask <command>`.
 //!
 //! - `proto [--check]`: generate (or check) the Rust code of the `.proto` files.
-//! - `cluster [--smoke] [--release] [--data-dir DIR] [--ports-from-os]`: build the binaries
-//!   and run a local three-node cluster (with `--smoke`: start it, check it, stop it).
+//! - `cluster [--smoke] [--tls] [--release] [--data-dir DIR] [--ports-from-os]`: build the
+//!   binaries and run a local three-node cluster (with `--smoke`: start it, check it, stop
+//!   it; with `--tls`: TLS with client certificates and sealed gossip).
 //! - `test [-- ARGS]`: the project's one test command (binaries, nextest or cargo test,
 //!   doc tests).
 //! - `deps`: check the crate dependency rules of ARCHITECTURE.md with `cargo tree`.
@@ -64,6 +65,11 @@ enum Cmd {
         /// Let the OS pick every port instead of grpc 40051-40053 / raft 50051-50053.
         #[arg(long)]
         ports_from_os: bool,
+        /// TLS on both ports with client certificates, and sealed gossip: makes the files of
+        /// `cargo xtask certs` in DATA_DIR/certs and prints the raftkvctl commands with
+        /// --cacert, --cert and --key.
+        #[arg(long)]
+        tls: bool,
     },
     /// Build the binaries, then run every test: nextest (or cargo test), then doc tests.
     Test {
@@ -158,9 +164,10 @@ fn run(cli: Cli) -> Result<()> {
     let root = workspace_root()?;
     match cli.command {
         Cmd::Proto { check } => proto::run(&root, check),
-        Cmd::Cluster { smoke, release, data_dir, ports_from_os } => {
-            cluster::run(&root, &cluster::Options { smoke, release, data_dir, ports_from_os: ports_from_os || smoke })
-        }
+        Cmd::Cluster { smoke, release, data_dir, ports_from_os, tls } => cluster::run(
+            &root,
+            &cluster::Options { smoke, release, data_dir, ports_from_os: ports_from_os || smoke, tls },
+        ),
         Cmd::Test { args } => test::run(&root, &args),
         Cmd::Deps => deps::run(&root),
         Cmd::Certs { dir, nodes, client } => {
@@ -190,6 +197,10 @@ fn certs(dir: &Path, nodes: &[String], client: &str) -> Result<()> {
     }
     println!("  raftkvctl {} get KEY", files.client_args().join(" "));
     println!("add --client-cert-auth to the nodes to require the client certificate; see docs/security.md");
+    println!(
+        "and --gossip-key-file {} to every node (with --gossip_addr) to seal gossip with the key written there",
+        files.gossip_key.display()
+    );
     Ok(())
 }
 

@@ -191,6 +191,19 @@ struct Args {
     )]
     gossip_phi_threshold: f64,
 
+    /// The cluster's gossip key: a file holding 32 random bytes in base64, readable by its
+    /// owner only (`head -c 32 /dev/urandom | base64 > gossip.key && chmod 600 gossip.key`).
+    /// Every datagram is then encrypted and authenticated with it, the cluster id bound in;
+    /// forged, replayed and foreign datagrams are dropped. Every node needs the same key.
+    #[arg(
+        long = "gossip-key-file",
+        alias = "gossip_key_file",
+        env = "RAFTKV_GOSSIP_KEY_FILE",
+        value_name = "PATH",
+        help_heading = "TLS (docs/security.md)"
+    )]
+    gossip_key_file: Option<PathBuf>,
+
     /// How long a dead node stays listed in gossip before it is forgotten.
     #[arg(long = "gossip_dead_grace", alias = "gossip-dead-grace", env = "RAFTKV_GOSSIP_DEAD_GRACE", default_value = "60m", value_parser = duration::parse, value_name = "DURATION")]
     gossip_dead_grace: Duration,
@@ -458,9 +471,12 @@ fn run(args: Args) -> Result<()> {
         g.interval = args.gossip_interval;
         g.phi_threshold = args.gossip_phi_threshold;
         g.dead_grace = args.gossip_dead_grace;
+        g.key_file = args.gossip_key_file;
         config.gossip = Some(g);
-    } else if !args.gossip_seeds.is_empty() || args.gossip_advertise_addr.is_some() {
-        anyhow::bail!("--gossip_seeds and --gossip_advertise_addr need --gossip_addr (empty: gossip is off)");
+    } else if !args.gossip_seeds.is_empty() || args.gossip_advertise_addr.is_some() || args.gossip_key_file.is_some() {
+        anyhow::bail!(
+            "--gossip_seeds, --gossip_advertise_addr and --gossip-key-file need --gossip_addr (empty: gossip is off)"
+        );
     }
     config.peers = args.peers;
     config.peers_file = args.peers_file;

@@ -372,7 +372,22 @@ pub(crate) fn gossip_json(s: &StatusResponse) -> Value {
             })
         })
         .collect();
-    json!({ "enabled": s.gossip_enabled, "nodes": nodes, "disagreements": s.disagreements })
+    let drops = s.gossip_drops.as_ref().map(|d| {
+        json!({
+            "unauthenticated": d.unauthenticated,
+            "replayed": d.replayed,
+            "stale": d.stale,
+            "malformed": d.malformed,
+            "oversize": d.oversize,
+        })
+    });
+    json!({
+        "enabled": s.gossip_enabled,
+        "sealed": s.gossip_sealed,
+        "dropped": drops,
+        "nodes": nodes,
+        "disagreements": s.disagreements,
+    })
 }
 
 /// Gossip's view (as the node that answered sees it), then each disagreement with the
@@ -411,6 +426,14 @@ pub(crate) fn print_gossip(out: &mut impl Write, s: &StatusResponse) -> std::io:
         for d in &s.disagreements {
             writeln!(out, "! {d}")?;
         }
+    }
+    match &s.gossip_drops {
+        Some(d) if s.gossip_sealed => writeln!(
+            out,
+            "Gossip is sealed; datagrams dropped: {} unauthenticated, {} replayed, {} stale, {} malformed, {} too large to send.",
+            d.unauthenticated, d.replayed, d.stale, d.malformed, d.oversize
+        )?,
+        _ => writeln!(out, "Gossip is not sealed (no --gossip-key-file).")?,
     }
     Ok(())
 }

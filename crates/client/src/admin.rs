@@ -15,8 +15,8 @@ use proto::admin::v1::{
     SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest, WriteStagesRequest,
 };
 pub use proto::admin::v1::{
-    BarrierResponse, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse, StatusResponse,
-    TransferLeaderResponse, VerifyLeaderResponse, WriteStage, WriteStagesResponse,
+    BarrierResponse, GossipDrops, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse,
+    StatusResponse, TransferLeaderResponse, VerifyLeaderResponse, WriteStage, WriteStagesResponse,
 };
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;

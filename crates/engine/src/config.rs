@@ -72,7 +72,8 @@ pub struct NodeConfig {
     /// TLS on the client and Raft ports (etcd's flag spelling); all unset: plaintext.
     pub tls: TlsFlags,
     /// Serve plaintext on a non-loopback address (`--insecure`); without it such a node
-    /// refuses to start unless TLS is on.
+    /// refuses to start unless TLS is on, and gossip on such an address unless it is sealed
+    /// (`--gossip-key-file`).
     pub insecure: bool,
     /// Where the metrics port listens (`--metrics-addr HOST:PORT`; port 0 picks a free one):
     /// Prometheus `/metrics`, `/livez`, `/readyz`, `/status.json` and the status page `/`
@@ -283,6 +284,14 @@ impl NodeConfig {
         }
         if let Some(g) = &self.gossip {
             g.validate().map_err(|e| EngineError::Config(e.to_string()))?;
+            if g.key_file.is_none() && !self.insecure && !rpc::tls::is_loopback(&g.listen_addr) {
+                return bad(format!(
+                    "--gossip_addr {} is not a loopback address, and gossip is not sealed: anyone who can send \
+                     it UDP could claim a node id's addresses. Give --gossip-key-file (docs/security.md), or \
+                     --insecure to gossip in the clear anyway",
+                    g.listen_addr
+                ));
+            }
         }
         self.static_peers()?;
         self.tls_files()?;

@@ -10,8 +10,10 @@
 //! 2. `Listeners::bind`: binds the client (`--grpc_addr`), Raft (`--raft_addr`) and, with
 //!    `--metrics-addr`, metrics listeners; one listener carries both when the addresses are equal; port 0 picks a
 //!    free port;
-//! 3. `start_gossip`: with `--gossip_addr`, starts gossip (chitchat on UDP; port 0 picks a
-//!    free port), publishing this node's metadata; then `resolver_chain` builds the resolver
+//! 3. `start_gossip`: with `--gossip_addr`, starts gossip (chitchat on UDP, every datagram
+//!    sealed with the key of `--gossip-key-file` when given, which is read here and refused
+//!    when the group or others can read it; port 0 picks a free port), publishing this
+//!    node's metadata; then `resolver_chain` builds the resolver
 //!    chain (gossip's live nodes, then static `--peers`, then the Raft membership, which a
 //!    task keeps current); the Raft network and leader forwarding resolve every peer by node
 //!    id through it;
@@ -63,7 +65,7 @@ use compat::{
     ExampleService, HashicorpAdmin, LeaderHealth, Operations, RaftAdminService, RaftManagerService, StopRequest,
 };
 use fsm::{Raft, StateMachine};
-use gossip::{Gossip, NodeMeta, UdpTransport};
+use gossip::{Gossip, NodeMeta};
 use openraft::async_runtime::WatchReceiver;
 use proto::compat::example::example_server::ExampleServer;
 use proto::kv::v1::kv_server::KvServer;
@@ -166,6 +168,7 @@ impl From<gossip::GossipError> for EngineError {
     fn from(e: gossip::GossipError) -> Self {
         match e {
             gossip::GossipError::Config(message) => EngineError::Config(message),
+            gossip::GossipError::Key(e) => EngineError::Config(e.to_string()),
             other => EngineError::Gossip(other),
         }
     }
@@ -490,7 +493,7 @@ async fn start_gossip(config: &NodeConfig, me: &NodeInfo) -> Result<Option<Gossi
         return Ok(None);
     };
     let meta = NodeMeta::new(config.id.clone(), me.clone(), env!("CARGO_PKG_VERSION"));
-    Ok(Some(Gossip::start(g.clone(), meta, &UdpTransport).await.map_err(EngineError::from)?))
+    Ok(Some(Gossip::start_udp(g.clone(), meta).await.map_err(EngineError::from)?))
 }
 
 /// Step 4: opens the log store and the state machine in the node's directory.

@@ -21,6 +21,11 @@
 //! Nodes with another cluster id are ignored by chitchat itself (the id travels in every
 //! message), so two clusters on one network never mix.
 //!
+//! With a key (`--gossip-key-file`, [`GossipConfig::key_file`]), [`Gossip::start_udp`]
+//! seals every datagram ([`seal`]: ChaCha20-Poly1305, the cluster id bound in, a replay
+//! window): forged, replayed, stale and foreign datagrams are dropped before chitchat sees
+//! them, and counted ([`Gossip::drops`]).
+//!
 //! **Gossip is advisory**: nothing here changes the Raft membership. The engine uses gossip
 //! to find addresses (the resolver), to find the cluster for `--join`, and to show liveness
 //! in `Status`.
@@ -30,6 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +50,9 @@ use tokio::task::JoinHandle;
 use types::{NodeId, NodeInfo};
 
 pub use chitchat::transport::{ChannelTransport, UdpTransport};
+pub use seal::{DropCounts, GossipKey, KeyError};
+
+pub mod seal;
 
 /// The gossip keys a node publishes about itself; the only place they are spelled.
 pub mod keys {
@@ -85,6 +94,9 @@ pub enum GossipError {
         /// Why.
         reason: String,
     },
+    /// The gossip key file cannot be used (the message names it, never its contents).
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// chitchat failed to start (typically: the UDP port is taken).
     #[error("gossip on {addr} failed to start: {reason}")]
     Start {
@@ -117,6 +129,9 @@ pub struct GossipConfig {
     pub phi_threshold: f64,
     /// How long a dead node is still listed before it is forgotten (`--gossip_dead_grace`).
     pub dead_grace: Duration,
+    /// The cluster's gossip key (`--gossip-key-file`): with it, every datagram is sealed
+    /// ([`seal`]) and [`Gossip::start_udp`] reads the file when gossip starts.
+    pub key_file: Option<PathBuf>,
 }
 
 impl GossipConfig {
@@ -132,6 +147,7 @@ impl GossipConfig {
             interval: Duration::from_millis(500),
             phi_threshold: 8.0,
             dead_grace: Duration::from_secs(3600),
+            key_file: None,
         }
     }
 
@@ -325,6 +341,8 @@ pub struct Gossip {
 struct Inner {
     config: GossipConfig,
     me: ChitchatId,
+    /// With a key: the datagrams dropped, by reason.
+    drops: Option<Arc<seal::DropCounters>>,
     handle: Mutex<Option<ChitchatHandle>>,
     chitchat: Arc<Mutex<Chitchat>>,
     resolver: Arc<AddressMap>,
@@ -364,10 +382,38 @@ fn free_udp_port(addr: SocketAddr) -> Result<SocketAddr, GossipError> {
 const PORT_ZERO_ATTEMPTS: usize = 5;
 
 impl Gossip {
-    /// Starts gossiping `me` with `config` over `transport` ([`UdpTransport`] for real
-    /// nodes). With port 0 in `--gossip_addr` a free port is picked (see
+    /// Starts gossiping `me` with `config` over UDP: sealed with the key of
+    /// [`GossipConfig::key_file`] when it is set ([`seal::SealedUdpTransport`]), else plain
+    /// chitchat ([`UdpTransport`]). With port 0 in `--gossip_addr` a free port is picked (see
     /// [`Gossip::advertise_addr`] for the one chosen).
+    pub async fn start_udp(config: GossipConfig, me: NodeMeta) -> Result<Self, GossipError> {
+        let Some(path) = &config.key_file else {
+            return Self::start_on(config, me, &UdpTransport, None).await;
+        };
+        let key = GossipKey::from_file(path)?;
+        let drops = Arc::new(seal::DropCounters::default());
+        let transport = seal::SealedUdpTransport::new(key, &config.cluster_id, drops.clone());
+        Self::start_on(config, me, &transport, Some(drops)).await
+    }
+
+    /// Starts gossiping `me` with `config` over any chitchat `transport` (the unit tests use
+    /// the in-process [`ChannelTransport`]), unsealed; nodes use [`Gossip::start_udp`].
+    ///
+    /// # Errors
+    /// As [`Gossip::start_udp`]; a [`GossipConfig::key_file`] is refused here.
     pub async fn start(config: GossipConfig, me: NodeMeta, transport: &dyn Transport) -> Result<Self, GossipError> {
+        if config.key_file.is_some() {
+            return Err(GossipError::Config("a gossip key needs the sealed UDP transport (Gossip::start_udp)".into()));
+        }
+        Self::start_on(config, me, transport, None).await
+    }
+
+    async fn start_on(
+        config: GossipConfig,
+        me: NodeMeta,
+        transport: &dyn Transport,
+        drops: Option<Arc<seal::DropCounters>>,
+    ) -> Result<Self, GossipError> {
         config.validate()?;
         let listen = resolve("--gossip_addr", &config.listen_addr).await?;
         let advertise_given = match &config.advertise_addr {
@@ -392,14 +438,20 @@ impl Gossip {
             let id = ChitchatId::new(me.id.to_string(), generation, advertise);
             let chitchat_config = config.chitchat_config(id.clone(), bind);
             match spawn_chitchat(chitchat_config, me.key_values(), transport).await {
-                Ok(handle) => return Ok(Self::follow(config, id, handle, &me)),
+                Ok(handle) => return Ok(Self::follow(config, id, handle, &me, drops)),
                 Err(e) => last_error = Some(GossipError::Start { addr: bind, reason: format!("{e:#}") }),
             }
         }
         Err(last_error.unwrap_or(GossipError::Start { addr: listen, reason: "no attempt made".into() }))
     }
 
-    fn follow(config: GossipConfig, me: ChitchatId, handle: ChitchatHandle, meta: &NodeMeta) -> Self {
+    fn follow(
+        config: GossipConfig,
+        me: ChitchatId,
+        handle: ChitchatHandle,
+        meta: &NodeMeta,
+        drops: Option<Arc<seal::DropCounters>>,
+    ) -> Self {
         let chitchat = handle.chitchat();
         let resolver = Arc::new(AddressMap::gossip());
         resolver.set(meta.id.clone(), meta.addrs.clone());
@@ -410,12 +462,14 @@ impl Gossip {
             gossip_addr = %me.gossip_advertise_addr,
             cluster_id = %config.cluster_id,
             seeds = ?config.seeds,
+            sealed = drops.is_some(),
             "gossip started"
         );
         Self {
             inner: Arc::new(Inner {
                 config,
                 me,
+                drops,
                 handle: Mutex::new(Some(handle)),
                 chitchat,
                 resolver,
@@ -436,6 +490,13 @@ impl Gossip {
     #[must_use]
     pub fn config(&self) -> &GossipConfig {
         &self.inner.config
+    }
+
+    /// With a gossip key: the datagrams dropped since gossip started, by reason; `None`
+    /// when gossip is not sealed.
+    #[must_use]
+    pub fn drops(&self) -> Option<DropCounts> {
+        self.inner.drops.as_ref().map(|d| d.snapshot())
     }
 
     /// Node id → addresses of the live nodes (this one included), kept current.

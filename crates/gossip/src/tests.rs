@@ -242,3 +242,90 @@ async fn a_restarted_node_is_resolved_at_its_new_addresses() {
     .await;
     assert_eq!(a.view().await.get(&id("b")).map(|p| p.liveness), Some(Liveness::Live));
 }
+
+/// A key file of 32 bytes `b`, mode 0600.
+fn key_file(dir: &std::path::Path, name: &str, b: u8) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let path = dir.join(name);
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode([b; seal::KEY_LEN]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    #[cfg(unix)]
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+async fn start_sealed(name: &str, seeds: &[SocketAddr], cluster: &str, key: &std::path::Path) -> Gossip {
+    let mut c = config(0, &[], cluster);
+    c.seeds = seeds.iter().map(ToString::to_string).collect();
+    c.key_file = Some(key.to_path_buf());
+    let meta = NodeMeta::new(id(name), info(&format!("{name}:1"), &format!("{name}:2")), "test");
+    Gossip::start_udp(c, meta).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn drops(g: &Gossip) -> DropCounts {
+    g.drops().unwrap_or_else(|| panic!("gossip is not sealed"))
+}
+
+async fn all_ids(g: &Gossip) -> Vec<String> {
+    g.view().await.keys().map(ToString::to_string).collect()
+}
+
+#[tokio::test]
+async fn sealed_gossip_admits_key_holders_and_drops_forged_replayed_and_foreign_datagrams() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (key, other_key) = (key_file(dir.path(), "k", 7), key_file(dir.path(), "other", 8));
+    // The test's own socket on 127.0.0.1: a seed of b, so it receives b's real datagrams.
+    let spy = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let spy_addr = spy.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let a = start_sealed("a", &[], "c", &key).await;
+    let b = start_sealed("b", &[a.advertise_addr(), spy_addr], "c", &key).await;
+    wait_until("a and b to see each other over sealed gossip", || async {
+        live(&a.view().await) == ["a", "b"] && live(&b.view().await) == ["a", "b"]
+    })
+    .await;
+    let mut buf = vec![0u8; 65_536];
+    let captured = loop {
+        let (n, from) = tokio::time::timeout(WAIT, spy.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("b sent nothing to its seed"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if from == b.advertise_addr() {
+            break buf[..n].to_vec();
+        }
+    };
+    let before = drops(&a);
+    let view_before = all_ids(&a).await;
+
+    // Forged: b's datagram with one ciphertext byte changed; and junk.
+    let mut forged = captured.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    spy.send_to(&forged, a.advertise_addr()).await.unwrap_or_else(|e| panic!("{e}"));
+    spy.send_to(b"not a gossip datagram", a.advertise_addr()).await.unwrap_or_else(|e| panic!("{e}"));
+    // Replayed: the same genuine datagram twice (the first is a relay of b's own message).
+    for _ in 0..2 {
+        spy.send_to(&captured, a.advertise_addr()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_until("a to count the forged, junk and replayed datagrams", || async {
+        let d = drops(&a);
+        d.unauthenticated > before.unauthenticated && d.malformed > before.malformed && d.replayed > before.replayed
+    })
+    .await;
+    assert_eq!(all_ids(&a).await, view_before, "dropped datagrams changed a's view");
+
+    // A node with another key and one of another cluster id with the same key, both seeded
+    // at a: a drops their datagrams and never admits them.
+    let before = drops(&a);
+    let stranger = start_sealed("stranger", &[a.advertise_addr()], "c", &other_key).await;
+    let foreign = start_sealed("foreign", &[a.advertise_addr()], "other-cluster", &key).await;
+    wait_until("a to drop a few rounds of the stranger's and the foreign node's datagrams", || async {
+        drops(&a).unauthenticated >= before.unauthenticated + 10
+    })
+    .await;
+    assert_eq!(all_ids(&a).await, view_before, "a admitted a node without the key or of another cluster");
+    assert_eq!(all_ids(&stranger).await, ["stranger"], "the stranger learnt of a");
+    assert_eq!(all_ids(&foreign).await, ["foreign"], "the foreign node learnt of a");
+    assert_eq!(drops(&a).stale, 0);
+    eprintln!("sealed gossip: a dropped {:?}", drops(&a));
+}

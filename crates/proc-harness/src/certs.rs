@@ -6,6 +6,9 @@
 //! alternative name (the node-id rule of the Raft port), plus `localhost`, `127.0.0.1` and
 //! `::1`, and may be used by a server and a client (the node presents it on its Raft port
 //! and on its connections to other nodes). Private keys are written with mode 0600.
+//!
+//! [`write_gossip_key`] writes a gossip key (`--gossip-key-file`): 32 random bytes in
+//! base64, mode 0600; [`generate`] writes one beside the certificates (`gossip.key`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -175,6 +178,8 @@ pub struct CertFiles {
     pub nodes: BTreeMap<String, (PathBuf, PathBuf)>,
     /// The client certificate and key: `<dir>/<client>.crt`, `<dir>/<client>.key`.
     pub client: (PathBuf, PathBuf),
+    /// The cluster's gossip key (`--gossip-key-file`): `<dir>/gossip.key`.
+    pub gossip_key: PathBuf,
 }
 
 impl CertFiles {
@@ -218,8 +223,8 @@ pub fn node_args(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
 }
 
 /// Makes a fresh CA (`ca.crt`; its key is not kept), a certificate per node id
-/// ([`Authority::node`]) and a client certificate named `client` ([`Authority::client`]),
-/// all in `dir` (created if missing). Returns the CA, so a test can issue more.
+/// ([`Authority::node`]), a client certificate named `client` ([`Authority::client`]) and a
+/// gossip key (`gossip.key`, [`write_gossip_key`]), all in `dir` (created if missing). Returns the CA, so a test can issue more.
 ///
 /// # Errors
 /// When a certificate cannot be made or a file cannot be written.
@@ -236,7 +241,24 @@ pub fn generate(dir: &Path, node_ids: &[&str], client: &str) -> Result<(Authorit
     }
     let client_files = (dir.join(format!("{client}.crt")), dir.join(format!("{client}.key")));
     ca.client(client)?.write(&client_files.0, &client_files.1)?;
-    Ok((ca, CertFiles { ca: ca_path, nodes, client: client_files }))
+    let gossip_key = dir.join("gossip.key");
+    write_gossip_key(&gossip_key)?;
+    Ok((ca, CertFiles { ca: ca_path, nodes, client: client_files, gossip_key }))
+}
+
+/// Writes a fresh gossip key to `path`: 32 random bytes in standard base64, mode 0600
+/// (what `--gossip-key-file` reads).
+///
+/// # Errors
+/// When the OS has no randomness or the file cannot be written.
+pub fn write_gossip_key(path: &Path) -> Result<(), CertError> {
+    use base64::Engine as _;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| CertError::Write { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+    let text = base64::engine::general_purpose::STANDARD.encode(key);
+    key.fill(0);
+    write_file(path, &format!("{text}\n"), true)
 }
 
 /// Writes `text` to `path` through a temporary file renamed over it; mode 0600 when
@@ -278,6 +300,7 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(key)?.permissions().mode() & 0o777, 0o600);
             assert_eq!(std::fs::metadata(&files.client.1)?.permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(&files.gossip_key)?.permissions().mode() & 0o777, 0o600);
         }
         assert!(files.node_args("n1").contains(&"--peer-trusted-ca-file".to_string()));
         assert!(files.node_args("n9").is_empty());

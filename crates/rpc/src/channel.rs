@@ -97,8 +97,15 @@ pub async fn connect(addr: &str, options: &ChannelOptions, security: Security<'_
 pub struct Pool {
     options: ChannelOptions,
     tls: Option<Arc<ClientTls>>,
-    /// Keyed by (address, name verified).
-    channels: Arc<Mutex<HashMap<(String, String), Channel>>>,
+    channels: Arc<Mutex<Channels>>,
+}
+
+/// A pool's channels, keyed by (address, name verified), and the generation of the TLS
+/// files they were built with ([`ClientTls::generation`]).
+#[derive(Debug, Default)]
+struct Channels {
+    generation: u64,
+    map: HashMap<(String, String), Channel>,
 }
 
 impl Pool {
@@ -128,11 +135,14 @@ impl Pool {
 
     fn cached(&self, key: &(String, String)) -> Option<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.tls.as_ref().is_some_and(|tls| tls.changed()) {
-            tracing::info!(channels = channels.len(), "client TLS files changed; reconnecting with the new ones");
-            channels.clear();
+        if let Some(generation) = self.tls.as_ref().map(|tls| tls.generation())
+            && generation != channels.generation
+        {
+            tracing::info!(channels = channels.map.len(), "client TLS files changed; reconnecting with the new ones");
+            channels.map.clear();
+            channels.generation = generation;
         }
-        channels.get(key).cloned()
+        channels.map.get(key).cloned()
     }
 
     /// The channel to `addr`, connected eagerly when there is none yet: a failure here means
@@ -148,7 +158,7 @@ impl Pool {
             return Ok(channel);
         }
         let channel = connect(addr, &self.options, self.security(&key)).await?;
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).map.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -164,12 +174,12 @@ impl Pool {
             return Ok(channel);
         }
         let channel = endpoint(addr, &self.options, self.security(&key))?.connect_lazy();
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(key, channel.clone());
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).map.insert(key, channel.clone());
         Ok(channel)
     }
 
     /// Drops the channels to `addr` (after a transport failure), so the next call reconnects.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).retain(|(a, _), _| a != addr);
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).map.retain(|(a, _), _| a != addr);
     }
 }

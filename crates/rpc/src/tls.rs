@@ -10,6 +10,9 @@
 //! - [`ClientTlsFiles`] / [`ClientTls`]: the CA a client trusts and, optionally, the
 //!   certificate it presents. The files are read whenever a new channel is built, and
 //!   [`Pool`](crate::channel::Pool) drops its channels when they change.
+//! - Private keys are read through [`secrets::read_private`]: a key file the group or
+//!   others may read is refused (at start, and on a rotation, which then keeps the previous
+//!   files), naming the file and the `chmod 600` to run.
 //! - The node-id rule: [`cert_names`] lists what a certificate names (its subject common
 //!   names and DNS subject alternative names); a peer that claims node id `X` on the Raft
 //!   port must present a certificate naming `X` ([`check_claimed_id`]), and a node
@@ -64,6 +67,10 @@ pub enum TlsError {
         /// rustls's reason.
         source: rustls::Error,
     },
+    /// A private key file cannot be used: unreadable, or readable by the group or others
+    /// (the message names the `chmod` to run).
+    #[error(transparent)]
+    KeyFile(#[from] secrets::SecretFileError),
     /// The client-certificate verifier could not be built from the CA file.
     #[error("the client CA in {}: {reason}", path.display())]
     Verifier {
@@ -139,9 +146,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// A private key, read through [`secrets::read_private`]: refused when the group or others
+/// may read the file.
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    PrivateKeyDer::from_pem_slice(&pem)
+    let pem = secrets::read_private(path)?;
+    PrivateKeyDer::from_pem_slice(pem.expose())
         .map_err(|e| TlsError::Pem { path: path.to_path_buf(), what: format!("holds no PEM private key: {e}") })
 }
 
@@ -351,17 +360,29 @@ impl ClientTlsFiles {
         if let Some((cert, key_path)) = &self.identity {
             certs(cert)?;
             key(key_path)?;
-            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key_path)?));
+            let key_pem = secrets::read_private(key_path)?;
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, key_pem.expose()));
         }
         Ok(config)
     }
 }
 
 /// A client's TLS: the files, checked at most every [`CLIENT_RELOAD_CHECK`] for changes.
+/// One `ClientTls` may serve several [`Pool`](crate::channel::Pool)s (a node's Raft
+/// network and its forwarding share one); each notices a change through
+/// [`generation`](Self::generation), so one pool seeing it does not hide it from another.
 #[derive(Debug)]
 pub struct ClientTls {
     files: ClientTlsFiles,
-    seen: Mutex<(Instant, Stamp)>,
+    seen: Mutex<Seen>,
+}
+
+/// When the files were last checked, what they were then, and how many changes were seen.
+#[derive(Debug)]
+struct Seen {
+    checked: Instant,
+    stamp: Stamp,
+    generation: u64,
 }
 
 impl ClientTls {
@@ -372,7 +393,7 @@ impl ClientTls {
     pub fn new(files: ClientTlsFiles) -> Result<Self, TlsError> {
         files.load("localhost")?;
         let stamp = stamp(&files.paths());
-        Ok(Self { files, seen: Mutex::new((Instant::now(), stamp)) })
+        Ok(Self { files, seen: Mutex::new(Seen { checked: Instant::now(), stamp, generation: 0 }) })
     }
 
     /// tonic's settings for a channel to `server_name`, from the files as they are now.
@@ -383,20 +404,20 @@ impl ClientTls {
         self.files.load(server_name)
     }
 
-    /// Whether a file changed since the last call that said so (checked at most every
-    /// [`CLIENT_RELOAD_CHECK`]).
-    pub fn changed(&self) -> bool {
+    /// How many times the files have been seen to change: a caller that remembers the
+    /// generation its connections were built with rebuilds them when this differs. The
+    /// files are checked at most every [`CLIENT_RELOAD_CHECK`].
+    pub fn generation(&self) -> u64 {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.0.elapsed() < CLIENT_RELOAD_CHECK {
-            return false;
+        if seen.checked.elapsed() >= CLIENT_RELOAD_CHECK {
+            let now = stamp(&self.files.paths());
+            seen.checked = Instant::now();
+            if seen.stamp != now {
+                seen.stamp = now;
+                seen.generation += 1;
+            }
         }
-        let now = stamp(&self.files.paths());
-        seen.0 = Instant::now();
-        if seen.1 == now {
-            return false;
-        }
-        seen.1 = now;
-        true
+        seen.generation
     }
 }
 
@@ -476,10 +497,18 @@ mod tests {
         assert_eq!(Arc::as_ptr(&tls.config()), first, "rebuilt without a change");
         // Half a rotation: a new key beside the old certificate. Refused; the old stays.
         let next = ca.node("n1")?;
-        replace(&key, &next.key_pem)?;
+        next.write(&dir.path().join("next.crt"), &key)?;
         assert_eq!(Arc::as_ptr(&tls.config()), first, "a key that does not match was taken");
-        // The whole rotation: the new configuration is built.
+        // The whole rotation, but the new key readable by others: refused; the old stays.
         replace(&cert, &next.cert_pem)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+            assert_eq!(Arc::as_ptr(&tls.config()), first, "a key others can read was taken");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        // The whole rotation: the new configuration is built.
         assert_ne!(Arc::as_ptr(&tls.config()), first, "the rotated files were not taken");
         Ok(())
     }
@@ -489,14 +518,15 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (ca, files) = proc_harness::certs::generate(dir.path(), &["n1"], "client")?;
         let tls = ClientTls::new(ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.client.clone()) })?;
-        assert!(!tls.changed());
+        assert_eq!(tls.generation(), 0);
         ca.client("client")?.write(&files.client.0, &files.client.1)?;
         let deadline = Instant::now() + CLIENT_RELOAD_CHECK * 5;
-        while !tls.changed() {
+        while tls.generation() == 0 {
             assert!(Instant::now() < deadline, "the change was not noticed");
             std::thread::sleep(CLIENT_RELOAD_CHECK / 10);
         }
-        assert!(!tls.changed(), "one change reported twice");
+        std::thread::sleep(CLIENT_RELOAD_CHECK);
+        assert_eq!(tls.generation(), 1, "one change counted twice");
         Ok(())
     }
 

@@ -13,10 +13,10 @@ use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
 use proto::admin::v1::{
     AddLearnerRequest, AddVoterRequest, AddVoterResponse, BackupHeader, BackupRequest, BarrierRequest, BarrierResponse,
-    DemoteRequest, GossipLiveness, GossipNode, Member, MembershipChangeResponse, PromoteRequest, RaftState,
-    RemoveRequest, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest,
-    TransferLeaderResponse, VerifyLeaderRequest, VerifyLeaderResponse, WriteStage, WriteStagesRequest,
-    WriteStagesResponse,
+    DemoteRequest, GossipDrops, GossipLiveness, GossipNode, Member, MembershipChangeResponse, PromoteRequest,
+    RaftState, RemoveRequest, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, Suffrage,
+    TransferLeaderRequest, TransferLeaderResponse, VerifyLeaderRequest, VerifyLeaderResponse, WriteStage,
+    WriteStagesRequest, WriteStagesResponse,
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -238,6 +238,13 @@ impl Admin for AdminService {
             Some(g) => gossip_status(&g.view().await, &m),
             None => (Vec::new(), Vec::new()),
         };
+        let gossip_drops = self.ctx.gossip.as_ref().and_then(gossip::Gossip::drops).map(|d| GossipDrops {
+            unauthenticated: d.unauthenticated,
+            replayed: d.replayed,
+            stale: d.stale,
+            malformed: d.malformed,
+            oversize: d.oversize,
+        });
         Ok(Response::new(StatusResponse {
             node_id: self.ctx.id.to_string(),
             state: state_of(m.state) as i32,
@@ -253,6 +260,8 @@ impl Admin for AdminService {
             gossip_enabled: self.ctx.gossip.is_some(),
             gossip_nodes,
             disagreements,
+            gossip_sealed: gossip_drops.is_some(),
+            gossip_drops,
         }))
     }
 

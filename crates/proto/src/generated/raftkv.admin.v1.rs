@@ -62,6 +62,33 @@ pub struct StatusResponse {
     /// membership records (restarted on other ports).
     #[prost(string, repeated, tag = "14")]
     pub disagreements: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// True when the answering node seals its gossip datagrams (--gossip-key-file).
+    #[prost(bool, tag = "15")]
+    pub gossip_sealed: bool,
+    /// With sealed gossip: the datagrams the answering node dropped since it started.
+    #[prost(message, optional, tag = "16")]
+    pub gossip_drops: ::core::option::Option<GossipDrops>,
+}
+/// Gossip datagrams a node dropped (sealed gossip only), by reason. A dropped datagram
+/// changes nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GossipDrops {
+    /// Failed authentication: forged or altered, sealed with another key, or for another
+    /// cluster id (a node without the key, or of another cluster, sends such datagrams).
+    #[prost(uint64, tag = "1")]
+    pub unauthenticated: u64,
+    /// Replayed: a datagram already received, older than the replay window, or the node's own.
+    #[prost(uint64, tag = "2")]
+    pub replayed: u64,
+    /// Sent more than the allowed clock skew (60 s) away from the node's clock.
+    #[prost(uint64, tag = "3")]
+    pub stale: u64,
+    /// Too short, of an unknown format, or not a gossip message once opened.
+    #[prost(uint64, tag = "4")]
+    pub malformed: u64,
+    /// Not sent: too large for one datagram once sealed.
+    #[prost(uint64, tag = "5")]
+    pub oversize: u64,
 }
 /// One node as the answering node's gossip sees it: what the node last published.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
