@@ -615,6 +615,7 @@ fn session_options() -> ClientOptions {
         auto_request_ids: true,
         no_forward: false,
         tls: None,
+        token: None,
     }
 }
 

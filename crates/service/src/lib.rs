@@ -23,6 +23,10 @@
 //!   state machine's change feed, woken by notification (never polling), bounded per
 //!   watcher, told when a snapshot install abandons their state, and ended with
 //!   `UNAVAILABLE` at shutdown.
+//! - Authentication ([`auth`], [`AuthService`]): users, roles and permissions replicated
+//!   through the log; [`AuthGuard`] wraps every client-port service and checks the token
+//!   and the root role, the KV service checks each request's key range, open watches are
+//!   closed when their permission is revoked.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
 //! - [`watch`]: also the helpers the compat crate's `/Example/Watch` shares.
@@ -32,6 +36,8 @@
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+pub mod auth;
+mod auth_service;
 mod backup;
 pub mod cluster;
 mod convert;
@@ -43,6 +49,8 @@ mod node;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
+pub use auth::AuthGuard;
+pub use auth_service::AuthService;
 pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{
     CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,
