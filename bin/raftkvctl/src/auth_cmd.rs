@@ -54,14 +54,14 @@ pub(crate) enum AuthSub {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum UserSub {
-    /// Add a user: NAME[:PASSWORD] (asked for on the terminal when not given).
+    /// Add a user: NAME:PASSWORD, or NAME to be asked for the password on the terminal.
     Add {
         #[arg(value_name = "NAME[:PASSWORD]")]
         account: String,
     },
     /// Delete a user.
     Delete { name: String },
-    /// Change a user's password: NAME[:PASSWORD] (asked for when not given).
+    /// Change a user's password: NAME:PASSWORD, or NAME to be asked for it.
     Passwd {
         #[arg(value_name = "NAME[:PASSWORD]")]
         account: String,
