@@ -77,3 +77,55 @@ impl<'a> BatchAuth<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::RaftSnapshotBuilder;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use types::auth::{AuthCommand, AuthOutcome, AuthRefusal, PasswordHash, ROOT_USER, TokenKey};
+    use types::{Command, Entry, LogId, NodeId};
+
+    use crate::StateMachine;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn entry(index: u64, cmd: AuthCommand) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId::from(1) };
+        Entry::new_normal(LogId::new(leader, index), Command::Auth(cmd))
+    }
+
+    async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Result<(), std::io::Error> {
+        sm.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await
+    }
+
+    fn user(name: &str) -> AuthCommand {
+        AuthCommand::UserAdd { name: name.into(), password: PasswordHash("$argon2id$h".into()) }
+    }
+
+    #[tokio::test]
+    async fn the_auth_state_is_applied_published_persisted_and_snapshotted() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut sm = StateMachine::open(&dir.path().join("a"))?;
+        let mut seen = sm.subscribe_auth();
+        let enable = AuthCommand::Enable { token_key: TokenKey(vec![3; 32]) };
+        let db = sm.db();
+        let results = sm.apply_batch(&db, &[entry(1, enable.clone()), entry(2, user(ROOT_USER)), entry(3, enable)])?;
+        let refused = types::CommandResult::Auth(AuthOutcome::Refused(AuthRefusal::NoRootUser));
+        assert_eq!(results[0], refused, "enable without root changes nothing");
+        assert_eq!(results[2], types::CommandResult::Auth(AuthOutcome::Done(3)));
+        assert!(seen.has_changed()? && seen.borrow_and_update().enabled);
+        drop(db);
+        apply(&mut sm, vec![entry(4, user("alice"))]).await?;
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+        let expected = sm.auth_state();
+        drop(sm);
+        // Reopened from its database, and installed from the snapshot on another node.
+        assert_eq!(StateMachine::open(&dir.path().join("a"))?.auth_state(), expected);
+        let mut other = StateMachine::open(&dir.path().join("b"))?;
+        other.install_snapshot(&snap.meta, snap.snapshot).await?;
+        assert_eq!(other.auth_state(), expected);
+        assert!(other.auth_state().users.contains_key("alice") && other.auth_state().revision == 4);
+        Ok(())
+    }
+}
