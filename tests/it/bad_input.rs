@@ -25,16 +25,17 @@
 //! | 16 | delete of a missing key | `kv_requests` | OK, `deleted = 0` |
 //! | 17 | linearizable read on a node cut off from the quorum | `kv_requests` (last) | `UNAVAILABLE` within the deadline; never stale data |
 //! | 18 | write with a 1 ms deadline, retried with its request id | `kv_requests` | `DEADLINE_EXCEEDED` (or tonic's `CANCELLED` "Timeout expired" when its timer wins), then OK; applied once |
+//! | 19 | no token, a bad token, a wrong password (auth on) | `auth::users_roles_tokens_and_revocation_on_every_node` | `UNAUTHENTICATED` "no credentials" / "invalid auth token" / "unknown user or wrong password"; no secret in any log |
+//! | 20 | valid token, key outside the role's prefix | `auth::users_roles_tokens_and_revocation_on_every_node` | `PERMISSION_DENIED` "no write permission on key ..., its roles grant ..."; value unchanged; still serves |
+//! | 21 | plaintext client on the TLS port, unknown CA, expired certificate | `tls::a_tls_cluster_serves_raftkvctl_and_refuses_clients_without_the_right_credentials`, `tls::expired_and_misnamed_certificates_are_refused_at_the_handshake` | refused at the handshake; other clients served |
 //! | 22 | watcher that never reads | `transport` | `RESOURCE_EXHAUSTED` "fell behind", `x-raftkv-resume-index`; resume has no gap |
 //! | 23 | 10,000 streams on one connection, rapid reset, 64 KiB header block | `transport` | 1,024 streams advertised; HTTP 431; RSS bounded; other clients' p99 < 1 s |
 //! | 24 | Raft vote from an unknown node id, undecodable Raft message; garbage and foreign-cluster gossip datagrams | `kv_requests`, `transport` | `FAILED_PRECONDITION` "not a member"; `INVALID_ARGUMENT` "undecodable"; dropped (BadCluster answer); no term or membership change |
 //!
-//! Not applicable, because the feature does not exist yet (`roadmap.md`; ARCHITECTURE.md,
-//! "What is not built yet"): **19** (no or bad token: there is no authentication), **20**
-//! (key outside the role's prefix: there is no RBAC), **21** (plaintext or bad certificate on
-//! the TLS port: there is no TLS). Of 24, the Raft port has no peer certificates either
-//! ("no peer cert"), and Raft messages carry no cluster id (gossip's `--cluster_id` is
-//! checked by chitchat; a Raft RPC of another cluster is refused by the membership check).
+//! Cases 19 to 21 need a cluster with authentication or TLS on, so they are in `auth.rs` and
+//! `tls.rs` (the rows above name the tests). Of 24, Raft messages carry no cluster id
+//! (gossip's `--cluster_id` is checked by chitchat; a Raft RPC of another cluster is refused
+//! by the membership check).
 //!
 //! Where raftkv's API differs from etcd's: there are no MVCC revision reads. #11 uses the
 //! blocking read (`min_index`, Consul's `?index=`): an index above the node's is what a

@@ -8,6 +8,7 @@
 //! time (test group `cluster`).
 
 mod admin;
+mod auth;
 mod bad_input;
 mod chaos;
 mod clock;

@@ -711,6 +711,7 @@ pub fn session_options() -> ClientOptions {
         auto_request_ids: true,
         no_forward: false,
         tls: None,
+        token: None,
     }
 }
 

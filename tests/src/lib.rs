@@ -139,15 +139,21 @@ impl Cluster {
     /// Starts `n` nodes named `n1..`: the first bootstraps, the others are added as voters.
     /// Returns once all are voters and a leader is known on every node.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Self, BoxError> {
+        Self::start_logging(n, extra, &log_filter()).await
+    }
+
+    /// [`Cluster::start`] with the nodes' log filter `rust_log` (`RUST_LOG` syntax).
+    pub async fn start_logging(n: usize, extra: &[&str], rust_log: &str) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
-        let mut nodes = vec![node("n1", dir.path()).bootstrap(true).args(extra).start()?];
+        let node = |id: &str| node(id, dir.path()).rust_log(rust_log);
+        let mut nodes = vec![node("n1").bootstrap(true).args(extra).start()?];
         let first = nodes[0].client()?;
         wait_for("n1 to lead", Duration::from_secs(30), || async {
             first.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
         })
         .await?;
         for i in 2..=n {
-            let node = node(&format!("n{i}"), dir.path()).args(extra).start()?;
+            let node = node(&format!("n{i}")).args(extra).start()?;
             first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
             nodes.push(node);
         }

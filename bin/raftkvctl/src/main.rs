@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin_cmd;
+mod auth_cmd;
 mod bench;
 mod etcd;
 mod kv_cmd;
@@ -74,6 +75,30 @@ struct Cli {
     )]
     key: Option<PathBuf>,
 
+    /// Authenticate as this user before the command: NAME:PASSWORD, or NAME alone to be
+    /// asked for the password on the terminal. Needed once the cluster has auth enabled.
+    #[arg(
+        long,
+        env = "RAFTKV_USER",
+        value_name = "NAME[:PASSWORD]",
+        global = true,
+        help_heading = "Authentication",
+        hide_env_values = true
+    )]
+    user: Option<String>,
+
+    /// Send this bearer token (from an earlier Authenticate) instead of --user.
+    #[arg(
+        long,
+        env = "RAFTKV_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        conflicts_with = "user",
+        help_heading = "Authentication",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +118,8 @@ Examples:
   raftkvctl status --cluster --watch
   raftkvctl snapshot save backup.rkvs
   raftkvctl --cacert certs/ca.crt --cert certs/client.crt --key certs/client.key get greeting
+  raftkvctl user add root:secret && raftkvctl auth enable
+  raftkvctl --user root:secret role grant-permission app readwrite app/ --prefix
 
 Durations (--command-timeout, --timeout, --wait, --interval, --progress-interval) are a whole
 number and a unit: 500ms, 2s or 1m; a bare number is refused.
@@ -121,6 +148,8 @@ enum Command {
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Admin(admin_cmd::AdminCommand),
+    #[command(flatten)]
+    Auth(auth_cmd::AuthCommand),
     /// Print the changes to a key or a prefix as they come (until interrupted). After a
     /// disconnect it resumes on another endpoint without losing or repeating a change.
     #[command(after_help = "\
@@ -163,13 +192,20 @@ pub(crate) enum Outcome {
 async fn execute(cli: &Cli) -> Result<Outcome> {
     let tls =
         cli.cacert.clone().map(|ca| rpc::tls::ClientTlsFiles { ca, identity: cli.cert.clone().zip(cli.key.clone()) });
-    let options = ClientOptions {
+    let mut options = ClientOptions {
         request_timeout: cli.command_timeout,
         no_forward: cli.no_forward,
         tls,
+        token: cli.token.clone(),
         ..ClientOptions::default()
     };
-    let client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
+    let mut client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
+    if let Some(user) = &cli.user {
+        // Every client made below (watch, bench) carries the token.
+        let (name, password) = auth_cmd::name_and_password(user, "Password")?;
+        options.token = Some(client.authenticate(&name, &password).await?);
+        client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
+    }
     let mut out = std::io::stdout().lock();
     let json = cli.output == Output::Json;
     match &cli.command {
@@ -204,6 +240,7 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
             }
         }
         Command::Admin(cmd) => admin_cmd::execute(cmd, &client, cli.output, &mut out).await?,
+        Command::Auth(cmd) => auth_cmd::execute(cmd, &client, cli.output, &mut out).await?,
         Command::Watch(args) => {
             // A watch outlives any one request: keep trying endpoints for a while.
             let options = ClientOptions { max_retries: options.max_retries.max(30), ..options };

@@ -61,7 +61,7 @@ impl Client {
             grpc_addr: grpc_addr.into(),
             if_membership_index: None,
         };
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
             async move { admin(ch).add_learner(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -72,7 +72,7 @@ impl Client {
     /// Makes a learner a voter once it has caught up.
     pub async fn promote(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
         let req = PromoteRequest { id: id.into(), if_membership_index: None };
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
             async move { admin(ch).promote(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -83,7 +83,7 @@ impl Client {
     /// Makes a voter a learner (never the last voter).
     pub async fn demote(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
         let req = DemoteRequest { id: id.into(), if_membership_index: None };
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
             async move { admin(ch).demote(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -94,7 +94,7 @@ impl Client {
     /// Takes a node out of the cluster (never the last voter).
     pub async fn remove(&self, id: &str, timeout: Duration) -> Result<MembershipChangeResponse, ClientError> {
         let req = RemoveRequest { id: id.into(), if_membership_index: None };
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
             async move { admin(ch).remove(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -112,7 +112,7 @@ impl Client {
         let req = TransferLeaderRequest { to: to.unwrap_or_default().into() };
         // Named: idempotent. Unnamed: a second transfer would move leadership again.
         let kind = if to.is_some() { Kind::Read } else { Kind::Write };
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(kind, timeout, |ch, t| {
             let req = req.clone();
             async move { admin(ch).transfer_leader(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -122,7 +122,7 @@ impl Client {
 
     /// Makes the first reachable node take a snapshot; returns its index.
     pub async fn snapshot(&self, timeout: Duration) -> Result<SnapshotResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| async move {
             admin(ch).snapshot(Self::request(SnapshotRequest {}, t, nf)).await.map(tonic::Response::into_inner)
         })
@@ -131,7 +131,7 @@ impl Client {
 
     /// Waits until the first reachable node has applied everything committed before the call.
     pub async fn barrier(&self, timeout: Duration) -> Result<BarrierResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| async move {
             admin(ch).barrier(Self::request(BarrierRequest {}, t, nf)).await.map(tonic::Response::into_inner)
         })
@@ -141,7 +141,7 @@ impl Client {
     /// Finds the leader (following the leader hints) and has it confirm its leadership with a
     /// quorum.
     pub async fn verify_leader(&self) -> Result<VerifyLeaderResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, self.options.request_timeout, |ch, t| async move {
             admin(ch).verify_leader(Self::request(VerifyLeaderRequest {}, t, nf)).await.map(tonic::Response::into_inner)
         })
@@ -152,7 +152,8 @@ impl Client {
     /// failover.
     pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
         let timeout = self.options.request_timeout;
-        self.once_at(addr, |mut a| async move { a.status(Self::request(StatusRequest {}, timeout, false)).await }).await
+        let nf = self.meta().here();
+        self.once_at(addr, |mut a| async move { a.status(Self::request(StatusRequest {}, timeout, nf)).await }).await
     }
 
     /// The per-stage timing of the writes proposed on the node at `addr` exactly (ask the
@@ -160,8 +161,9 @@ impl Client {
     /// after this answer. One attempt, no failover.
     pub async fn write_stages_of(&self, addr: &str, reset: bool) -> Result<WriteStagesResponse, ClientError> {
         let timeout = self.options.request_timeout;
+        let nf = self.meta().here();
         self.once_at(addr, |mut a| async move {
-            a.write_stages(Self::request(WriteStagesRequest { reset }, timeout, false)).await
+            a.write_stages(Self::request(WriteStagesRequest { reset }, timeout, nf)).await
         })
         .await
     }
@@ -201,11 +203,12 @@ impl Client {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<BackupInfo, ClientError> {
         let started = tokio::time::Instant::now();
+        let nf = self.meta().here();
         let mut stream = self
             .run(Kind::Read, timeout, |ch, t| async move {
                 admin(ch)
                     .max_decoding_message_size(MAX_BACKUP_MESSAGE_BYTES)
-                    .backup(Self::request(BackupRequest {}, t, false))
+                    .backup(Self::request(BackupRequest {}, t, nf))
                     .await
                     .map(tonic::Response::into_inner)
             })

@@ -15,17 +15,22 @@
 //! for nodes with `--client-cert-auth`, the client's certificate and key
 //! ([`ClientTlsFiles`]); each node's certificate is verified for the host of its endpoint.
 //!
+//! Authentication: [`ClientOptions::token`], or [`Client::authenticate`] with a user name
+//! and password, puts a token in the `authorization` metadata of every later call; the
+//! calls that manage users and roles are in [`auth`].
+//!
 //! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
 //! resume on another endpoint after a disconnect with no gap and no repeat, are in [`watch`].
 //!
 //! This crate must never depend on the server side (openraft, redb, the engine).
 
 pub mod admin;
+pub mod auth;
 mod retry;
 pub mod watch;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use proto::admin::v1::admin_client::AdminClient;
@@ -38,6 +43,7 @@ use proto::kv::v1::{
 use retry::{Attempts, Kind, Step};
 use rpc::channel::{ChannelOptions, Pool};
 use rpc::metadata::{NO_FORWARD_HEADER, RETRYABLE_HEADER};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 pub use proto::admin::v1::{Member, MembershipChangeResponse, RaftState, Suffrage};
@@ -78,6 +84,12 @@ pub enum ClientError {
     /// The TLS files cannot be used (the message names the file).
     #[error("TLS: {0}")]
     Tls(#[from] rpc::tls::TlsError),
+    /// The token given cannot be sent (the message never repeats it).
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// A token was already set on this client.
+    #[error("this client already has a token; make another client to authenticate again")]
+    AlreadyAuthenticated,
     /// A local file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -144,6 +156,9 @@ pub struct ClientOptions {
     /// node's certificate is verified for the host of its endpoint (an IP address or a
     /// name).
     pub tls: Option<rpc::tls::ClientTlsFiles>,
+    /// A bearer token (from `Auth.Authenticate`) sent with every call, when the cluster has
+    /// authentication on; [`Client::authenticate`] sets one from a user name and password.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -155,6 +170,7 @@ impl Default for ClientOptions {
             auto_request_ids: true,
             no_forward: false,
             tls: None,
+            token: None,
         }
     }
 }
@@ -169,6 +185,30 @@ pub struct Client {
     /// Prefix of the request ids this client assigns.
     client_id: String,
     next_request: AtomicU64,
+    /// The `authorization` value of every call, once known.
+    token: OnceLock<MetadataValue<Ascii>>,
+}
+
+/// What every request of one client carries besides its message: the no-forward flag and
+/// the token. Cheap to copy into each attempt.
+#[derive(Clone, Copy)]
+pub(crate) struct CallMeta<'a> {
+    no_forward: bool,
+    token: Option<&'a MetadataValue<Ascii>>,
+}
+
+impl CallMeta<'_> {
+    /// The same, for a call that must be answered by the node asked (never forwarded).
+    fn here(self) -> Self {
+        Self { no_forward: false, ..self }
+    }
+}
+
+/// The `authorization` value for `token`; the error never repeats the token.
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, ClientError> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ClientError::InvalidToken("it holds characters a gRPC header cannot carry".into()))
 }
 
 impl Client {
@@ -190,6 +230,10 @@ impl Client {
         }
         let tls = options.tls.clone().map(rpc::tls::ClientTls::new).transpose()?.map(std::sync::Arc::new);
         let channel_options = ChannelOptions { connect_timeout: Some(options.connect_timeout), keepalive: None };
+        let token = OnceLock::new();
+        if let Some(t) = options.token.as_deref() {
+            let _ = token.set(bearer(t)?);
+        }
         Ok(Self {
             endpoints: Mutex::new(endpoints),
             channels: Pool::with_tls(channel_options, tls),
@@ -197,6 +241,7 @@ impl Client {
             options,
             client_id: client_id(),
             next_request: AtomicU64::new(1),
+            token,
         })
     }
 
@@ -287,11 +332,19 @@ impl Client {
         }
     }
 
-    fn request<T>(message: T, timeout: Duration, no_forward: bool) -> tonic::Request<T> {
+    /// What this client's requests carry.
+    pub(crate) fn meta(&self) -> CallMeta<'_> {
+        CallMeta { no_forward: self.options.no_forward, token: self.token.get() }
+    }
+
+    fn request<T>(message: T, timeout: Duration, meta: CallMeta<'_>) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         r.set_timeout(timeout);
-        if no_forward {
+        if meta.no_forward {
             r.metadata_mut().insert(NO_FORWARD_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+        }
+        if let Some(token) = meta.token {
+            r.metadata_mut().insert(rpc::metadata::AUTHORIZATION_HEADER, token.clone());
         }
         r
     }
@@ -323,7 +376,7 @@ impl Client {
     /// a request id one is assigned when [`ClientOptions::auto_request_ids`] is on.
     pub async fn put_request(&self, mut req: PutRequest) -> Result<PutResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).put(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -338,7 +391,7 @@ impl Client {
 
     /// Reads one key at the consistency level the request names.
     pub async fn get_request(&self, req: GetRequest) -> Result<GetResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).get(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -355,7 +408,7 @@ impl Client {
     /// values, request id).
     pub async fn delete_request(&self, mut req: DeleteRequest) -> Result<DeleteResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).delete(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -365,7 +418,7 @@ impl Client {
 
     /// Reads one page of a range.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).range(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -393,7 +446,7 @@ impl Client {
     /// Sends a transaction.
     pub async fn txn(&self, mut req: TxnRequest) -> Result<TxnResponse, ClientError> {
         req.request_id = self.request_id(req.request_id);
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Self::write_kind(&req.request_id), self.options.request_timeout, |ch, t| {
             let req = req.clone();
             async move { Self::kv(ch).txn(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
@@ -403,7 +456,7 @@ impl Client {
 
     /// The status of the first reachable endpoint.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, self.options.request_timeout, |ch, t| async move {
             AdminClient::new(ch).status(Self::request(StatusRequest {}, t, nf)).await.map(tonic::Response::into_inner)
         })
@@ -426,7 +479,7 @@ impl Client {
             if_membership_index: None,
         };
         // Adding a voter is idempotent, so it may be retried like a read.
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         self.run(Kind::Read, timeout, |ch, t| {
             let req = req.clone();
             async move { AdminClient::new(ch).add_voter(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }

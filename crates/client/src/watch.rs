@@ -165,7 +165,11 @@ impl WatchStream<'_> {
             let last_error = match self.client.connect(&addr).await {
                 Ok(ch) => {
                     let mut kv = KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                    match kv.watch(tonic::Request::new(request)).await {
+                    let mut call = tonic::Request::new(request);
+                    if let Some(token) = self.client.meta().token {
+                        call.metadata_mut().insert(rpc::metadata::AUTHORIZATION_HEADER, token.clone());
+                    }
+                    match kv.watch(call).await {
                         Ok(resp) => {
                             self.stream = Some(resp.into_inner());
                             self.serving = Some(addr);

@@ -292,6 +292,8 @@ impl Example for ExampleService {
             consistency: native::Consistency::Linearizable.into(),
             ..Default::default()
         };
+        // The later pages carry the caller's metadata too (its token, when auth is on).
+        let later = metadata.clone();
         let mut read = Some(Request::from_parts(metadata, extensions, page.clone()));
         let mut read_at_index = None;
         let mut words = Vec::new();
@@ -307,7 +309,7 @@ impl Example for ExampleService {
                 page.range_end = resp.range_end;
                 page.prefix = false;
                 page.consistency = native::Consistency::Stale.into();
-                read = Some(Request::new(page.clone()));
+                read = Some(Request::from_parts(later.clone(), tonic::Extensions::default(), page.clone()));
             }
         }
         Ok(Response::new(GetWordsResponse { read_at_index: read_at_index.unwrap_or(0), best_words: best_words(words) }))

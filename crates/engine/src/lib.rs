@@ -23,8 +23,9 @@
 //! 5. `build_raft`: starts openraft with the gRPC transport ([`raft_network`]); then
 //!    `bootstrap` makes a one-node cluster if asked and the node has no state (idempotent:
 //!    restarting with `--raft_bootstrap` on existing state just starts);
-//! 6. `start_servers`: serves KV, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
-//!    `RaftManager` ([`compat`]), gRPC health (`quis.RaftLeader` SERVING only on the leader:
+//! 6. `start_servers`: serves KV, Auth, Admin, Raft, the Go seeds' `Example`, `RaftAdmin` and
+//!    `RaftManager` ([`compat`]), every client-port service but health and reflection behind
+//!    [`service::AuthGuard`], gRPC health (`quis.RaftLeader` SERVING only on the leader:
 //!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
 //!    (the Raft port with mutual TLS, through [`rpc::server::serve`]); the whole server's
 //!    health (`""`) follows the node's readiness ([`service::readiness`], a task started
@@ -76,7 +77,7 @@ use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
-use service::{AdminService, Forwarder, KvService, NodeContext};
+use service::{AdminService, AuthGuard, AuthService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -606,12 +607,15 @@ fn client_routes(
         .map_err(|e| EngineError::Config(format!("gRPC reflection (v1alpha): {e}")))?;
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
     let mut routes = RoutesBuilder::default();
+    // Every service but health and reflection behind the one authentication check.
+    let sm = &ctx.sm;
     routes
-        .add_service(KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server())
-        .add_service(ExampleService::new(ctx.clone(), me.clone()).into_server())
-        .add_service(AdminService::new(ctx.clone()).into_server())
-        .add_service(RaftAdminService::new(hashicorp.clone()).into_server())
-        .add_service(RaftManagerService::new(hashicorp).into_server())
+        .add_service(AuthGuard::new(sm, KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server()))
+        .add_service(AuthGuard::new(sm, AuthService::new(ctx.clone()).into_server()))
+        .add_service(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server()))
+        .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))
+        .add_service(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server()))
+        .add_service(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server()))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -33,6 +33,10 @@
 //!   transaction commits ([`StateMachine::watch`]). Installing a snapshot clears the
 //!   history and tells every watcher its state was **abandoned**; [`StateMachine::close_watches`]
 //!   ends them all at shutdown.
+//! - Authentication ([`StateMachine::auth_state`]): users, roles and permissions are
+//!   changed by [`Command::Auth`] entries, stored in `sm_meta` in the same apply
+//!   transaction, carried in snapshots, and published on a tokio `watch` before the
+//!   batch's changes reach any watcher ([`StateMachine::subscribe_auth`]).
 //!
 //! # Files, under the directory given to [`StateMachine::open`]
 //! - `state.redb`: the live database; `state.redb.installing` while a snapshot is installed.
@@ -43,6 +47,7 @@
 //! layer: it is pure state, driven by openraft.
 
 mod applier;
+mod auth;
 pub mod changes;
 mod error;
 pub mod snapshot;
@@ -179,6 +184,8 @@ struct Inner {
     applier: applier::Applier,
     /// The node's per-stage clock of writes.
     stages: Arc<latency::WriteStages>,
+    /// The authentication state as last applied.
+    auth: watch::Sender<Arc<types::auth::AuthState>>,
 }
 
 #[derive(Clone)]
@@ -257,6 +264,7 @@ impl StateMachine {
                 hub: Arc::new(Hub::new(0, history)),
                 applier: applier::Applier::start()?,
                 stages,
+                auth: watch::channel(Arc::default()).0,
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -273,6 +281,7 @@ impl StateMachine {
         }
         let (applied, _) = sm.read_applied_state()?;
         let applied = types::index_of(applied.as_ref());
+        sm.reload_auth()?;
         // The history starts empty: only changes applied from now on can be replayed.
         sm.inner.hub.abandon(applied);
         sm.inner.applied.send_replace(applied);
@@ -341,6 +350,28 @@ impl StateMachine {
     #[must_use]
     pub fn watch_stats(&self) -> WatchStats {
         self.inner.hub.stats()
+    }
+
+    /// The authentication state as applied here.
+    #[must_use]
+    pub fn auth_state(&self) -> Arc<types::auth::AuthState> {
+        self.inner.auth.borrow().clone()
+    }
+
+    /// A receiver that sees the authentication state each time an apply batch or a snapshot
+    /// install changes it; it changes before the batch's events reach any watcher.
+    #[must_use]
+    pub fn subscribe_auth(&self) -> watch::Receiver<Arc<types::auth::AuthState>> {
+        self.inner.auth.subscribe()
+    }
+
+    /// Reads the authentication state from the live database into the published copy.
+    fn reload_auth(&self) -> Result<(), Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let state = auth::read(&txn.open_table(META)?)?;
+        self.inner.auth.send_replace(Arc::new(state));
+        Ok(())
     }
 
     /// The index of the last applied log entry (0 before any).
@@ -422,6 +453,7 @@ impl StateMachine {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
+        let mut auth = auth::BatchAuth::new(&self.inner.auth);
         {
             let mut tables = store::ApplyTables::open(&txn)?;
             for entry in entries {
@@ -430,6 +462,7 @@ impl StateMachine {
                     EntryPayload::Normal(Command::Write(w)) => {
                         CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
                     }
+                    EntryPayload::Normal(Command::Auth(a)) => CommandResult::Auth(auth.apply(entry.log_id.index, a)),
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
                         CommandResult::None
@@ -442,7 +475,10 @@ impl StateMachine {
             }
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref())?;
+        auth.write(&txn)?;
         txn.commit()?;
+        // Before the events: a watcher that sees a change after a revocation can see it.
+        auth.publish();
         self.inner.stages.applied(entries[0].log_id.index..=last.log_id.index);
         // Watchers hear of the changes only once a read can see them.
         self.inner.hub.publish(last.log_id.index, events);
@@ -497,6 +533,10 @@ impl StateMachine {
                 if decoded.index >= oldest {
                     writer.request(id.value(), outcome.value())?;
                 }
+            }
+            let auth_state = auth::read(&meta_table)?;
+            if auth_state != types::auth::AuthState::default() {
+                writer.auth(&codec::encode(&auth_state)?)?;
             }
             let out = writer.finish()?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
@@ -601,6 +641,11 @@ impl StateMachine {
                                 bytes += id.len() + outcome.len();
                                 requests.insert(id.as_str(), outcome.as_slice())?;
                             }
+                            Some(snapshot::Item::Auth(body)) => {
+                                auth::check_encoded(&body)?;
+                                bytes += body.len();
+                                txn.open_table(META)?.insert(auth::META_AUTH, body.as_slice())?;
+                            }
                             None => {
                                 done = true;
                                 break;
@@ -638,6 +683,7 @@ impl StateMachine {
         sync_dir(dir)?;
         *slot = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
         drop(slot);
+        self.reload_auth()?;
         self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())

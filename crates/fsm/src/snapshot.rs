@@ -9,7 +9,9 @@
 //! `meta` is the [`codec`]-encoded openraft [`SnapshotMeta`]. A record with tag 1 is a key
 //! (name) and its stored value and indexes (body, see `store.rs`), in key order; tag 2 is a
 //! remembered request id (name) and the encoded outcome of its write (body), so at-most-once
-//! writes survive a snapshot. Every length is
+//! writes survive a snapshot; tag 4, present once authentication was ever configured, is the
+//! authentication state (name `auth`, body an encoded `types::auth::AuthState`: users with
+//! their password hashes, roles, the token key). Every length is
 //! bounded ([`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_RECORD_LEN`]), so a corrupt file can not
 //! make a reader allocate without limit; the reader never holds more than one record.
 
@@ -35,6 +37,8 @@ pub const MAX_RECORD_LEN: u32 = 64 << 20;
 
 const TAG_RECORD: u8 = 1;
 const TAG_REQUEST: u8 = 2;
+/// Tag 3 is kept for the alarms record.
+const TAG_AUTH: u8 = 4;
 const TAG_END: u8 = 0;
 
 /// One record of a snapshot.
@@ -44,6 +48,8 @@ pub(crate) enum Item {
     Kv(Vec<u8>, Vec<u8>),
     /// A request id and the encoded outcome of its write.
     Request(String, Vec<u8>),
+    /// The encoded authentication state.
+    Auth(Vec<u8>),
 }
 
 /// A snapshot on disk: the data openraft hands between the state machine and the network.
@@ -145,6 +151,11 @@ impl<W: Write> SnapshotWriter<W> {
         self.item(TAG_REQUEST, id.as_bytes(), outcome)
     }
 
+    /// Appends the encoded authentication state.
+    pub(crate) fn auth(&mut self, encoded: &[u8]) -> Result<(), Error> {
+        self.item(TAG_AUTH, b"auth", encoded)
+    }
+
     fn item(&mut self, tag: u8, name: &[u8], body: &[u8]) -> Result<(), Error> {
         let name_len = u32::try_from(name.len()).ok().filter(|l| *l <= MAX_KEY_LEN && *l > 0);
         let body_len = u32::try_from(body.len()).ok().filter(|l| *l <= MAX_RECORD_LEN);
@@ -243,7 +254,7 @@ impl<R: Read> SnapshotReader<R> {
         let mut tag = [0u8; 1];
         read_exact(&mut self.input, &mut self.crc, &mut tag, "record tag")?;
         match tag[0] {
-            TAG_RECORD | TAG_REQUEST => {
+            TAG_RECORD | TAG_REQUEST | TAG_AUTH => {
                 let name_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
                 if name_len == 0 || name_len > MAX_KEY_LEN {
                     return Err(corrupt(format!("key length {name_len} is out of bounds")));
@@ -259,6 +270,8 @@ impl<R: Read> SnapshotReader<R> {
                 self.count += 1;
                 if tag[0] == TAG_RECORD {
                     Ok(Some(Item::Kv(name, body)))
+                } else if tag[0] == TAG_AUTH {
+                    Ok(Some(Item::Auth(body)))
                 } else {
                     let id = String::from_utf8(name).map_err(|_| corrupt("a request id is not UTF-8"))?;
                     Ok(Some(Item::Request(id, body)))

@@ -10,6 +10,7 @@
 //! - [`kv::v1`] (`raftkv.v1`): the client key-value API.
 //! - [`admin::v1`] (`raftkv.admin.v1`): status and membership administration.
 //! - [`raft::v1`] (`raftkv.raft.v1`): Raft traffic between nodes.
+//! - [`auth::v1`] (`raftkv.auth.v1`): users, roles, permissions and tokens.
 //! - [`compat`]: the Go seeds' package-less services (`Example`, `RaftAdmin`, `RaftManager`), one
 //!   module each.
 //!
@@ -40,6 +41,14 @@ pub mod raft {
     /// Version 1.
     pub mod v1 {
         include!("generated/raftkv.raft.v1.rs");
+    }
+}
+
+/// `raftkv.auth.v1`: users, roles, permissions and tokens.
+pub mod auth {
+    /// Version 1.
+    pub mod v1 {
+        include!("generated/raftkv.auth.v1.rs");
     }
 }
 

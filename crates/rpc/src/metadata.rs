@@ -20,3 +20,6 @@ pub const FORWARDED_HEADER: &str = "x-raftkv-forwarded";
 /// A client sets it to `true` to ask for no forwarding: a non-leader then answers
 /// `UNAVAILABLE` with the leader's id and address.
 pub const NO_FORWARD_HEADER: &str = "x-raftkv-no-forward";
+/// The bearer token of an authenticated call (`Bearer <token>`), when the cluster has
+/// authentication on. Never logged.
+pub const AUTHORIZATION_HEADER: &str = "authorization";

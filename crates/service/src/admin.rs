@@ -25,7 +25,7 @@ use types::{NodeId, NodeInfo, TypeConfig};
 
 use crate::backup::{BackupStream, stream_file};
 use crate::cluster::{self, MemberState, MembershipChange};
-use crate::forward::{Effect, Forwarding, Hop, Leader, Routed, deadline, to_leader};
+use crate::forward::{Effect, Forwarding, Leader, Routed, deadline, to_leader};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::{NodeContext, ServiceError};
 
@@ -181,7 +181,7 @@ fn change_response(c: MembershipChange) -> MembershipChangeResponse {
 /// seeing only its own timeout.
 fn budget<T>(request: &Request<T>, max: Duration) -> Forwarding {
     let until = Instant::now() + deadline(request.metadata(), max).mul_f32(0.8);
-    Forwarding { hop: Hop::of(request.metadata()), effect: Effect::Change, until }
+    Forwarding::of(request.metadata(), Effect::Change, until)
 }
 
 impl AdminService {
@@ -364,7 +364,7 @@ impl Admin for AdminService {
     async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let route = budget(&request, MAX_ADMIN_TIMEOUT);
         // Everything committed before the call is applied here, then snapshotted.
-        let index = self.barrier_index(route).await?;
+        let index = self.barrier_index(route.clone()).await?;
         cluster::wait_applied(&self.ctx, index, route.until).await?;
         cluster::snapshot(&self.ctx, route.until).await?;
         let snapshot = self
@@ -394,7 +394,7 @@ impl Admin for AdminService {
 
     async fn barrier(&self, request: Request<BarrierRequest>) -> Result<Response<BarrierResponse>, Status> {
         let route = budget(&request, MAX_ADMIN_TIMEOUT);
-        let index = self.barrier_index(route).await?;
+        let index = self.barrier_index(route.clone()).await?;
         Ok(Response::new(self.barrier_here(index, route.until).await?))
     }
 

@@ -94,6 +94,14 @@ pub enum ServiceError {
     /// The node serves as many watchers as it may; nothing was started.
     #[error("too many watchers on this node (the limit, MAX_WATCHERS, is {0}); retry later or on another node")]
     TooManyWatchers(usize),
+    /// Authentication is on and the call carries no valid token. Nothing was done; the
+    /// message says why, never the token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is authenticated but lacks the permission or role the call needs. Nothing
+    /// was done; the message says what is missing.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A storage or internal failure. The error beneath is kept as the source; a failure
     /// with no error beneath is built from its message (`Internal("...".into())`).
     #[error("internal error: {0}")]
@@ -174,6 +182,8 @@ impl ServiceError {
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Internal(_) => Code::Internal,
         }
     }
@@ -252,6 +262,8 @@ mod tests {
             (ServiceError::ResourceExhausted("x".into()), Code::ResourceExhausted, false),
             (ServiceError::ShuttingDown, Code::Unavailable, true),
             (ServiceError::Internal("x".into()), Code::Internal, false),
+            (ServiceError::Unauthenticated("x".into()), Code::Unauthenticated, false),
+            (ServiceError::PermissionDenied("x".into()), Code::PermissionDenied, false),
             (ServiceError::Compacted { requested: 1, oldest: 2 }, Code::OutOfRange, false),
             (ServiceError::WatchOverflow { resume_index: 1 }, Code::ResourceExhausted, false),
             (ServiceError::WatchClosed { resume_index: 1 }, Code::Unavailable, false),

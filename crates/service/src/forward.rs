@@ -11,7 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use rpc::channel::{ChannelError, ChannelOptions, Keepalive, Pool};
 use rpc::tls::ClientTls;
 use tokio::time::Instant;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use types::{NodeId, NodeInfo};
@@ -143,7 +143,7 @@ enum Delivery {
 }
 
 /// How one request goes to the leader.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Forwarding {
     /// Whether it may.
     pub(crate) hop: Hop,
@@ -151,6 +151,18 @@ pub(crate) struct Forwarding {
     pub(crate) effect: Effect,
     /// The instant the leader must answer by (sent as the request's timeout).
     pub(crate) until: Instant,
+    /// The caller's `authorization` value, sent on so the leader authenticates the caller
+    /// itself (a token is valid on every node).
+    pub(crate) credentials: Option<MetadataValue<Ascii>>,
+}
+
+impl Forwarding {
+    /// How a request with metadata `md` goes to the leader: its hop, what it does, by when,
+    /// with its credentials.
+    pub(crate) fn of(md: &MetadataMap, effect: Effect, until: Instant) -> Self {
+        let credentials = md.get(crate::auth::AUTHORIZATION_HEADER).cloned();
+        Forwarding { hop: Hop::of(md), effect, until, credentials }
+    }
 }
 
 /// The counter of requests this node sent on to the leader (the metrics reference,
@@ -182,13 +194,20 @@ where
     let channel = ctx.forwarder.channel(&addr, &leader.id).await.map_err(|e| failed(Delivery::NotSent, &e))?;
     let timeout = how.until.saturating_duration_since(Instant::now());
     metrics::counter!(FORWARDED_METRIC).increment(1);
-    match call(channel, forwarded_request(req, timeout)).await {
+    let mut request = forwarded_request(req, timeout);
+    if let Some(credentials) = how.credentials {
+        request.metadata_mut().insert(crate::auth::AUTHORIZATION_HEADER, credentials);
+    }
+    match call(channel, request).await {
         Ok(resp) => Ok(resp),
         // An answer from the leader's service (it carries the retryable header, or is a
         // decoding refusal) passes through unchanged; anything else came from the transport.
         Err(s)
             if s.metadata().get(RETRYABLE_HEADER).is_some()
-                || matches!(s.code(), Code::InvalidArgument | Code::OutOfRange) =>
+                || matches!(
+                    s.code(),
+                    Code::InvalidArgument | Code::OutOfRange | Code::Unauthenticated | Code::PermissionDenied
+                ) =>
         {
             Err(s)
         }

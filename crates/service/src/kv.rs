@@ -12,12 +12,17 @@ use proto::kv::v1::{
     RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest, WatchResponse,
 };
 use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use types::{Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, WriteOp, WriteOutcome, WriteResult};
+use types::auth::Access;
+use types::{
+    Command, CommandResult, Expect, KeyRange, RangeOp, Txn, TxnOp, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+};
 
+use crate::auth::{self, Caller};
 use crate::convert;
-use crate::forward::{Effect, Forwarding, Hop, Routed, deadline, to_leader};
+use crate::forward::{Effect, Forwarding, Routed, deadline, to_leader};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::slow::{DEFAULT_SLOW_REQUEST_THRESHOLD, SlowLog};
 use crate::watch::{self, ResponseStream, WatchParams};
@@ -84,7 +89,28 @@ impl KvService {
         limits::check_request_size(request.get_ref().encoded_len())?;
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
         let until = Instant::now() + timeout;
-        Ok(WriteCall { timeout, route: Forwarding { hop: Hop::of(request.metadata()), effect: Effect::Write, until } })
+        Ok(WriteCall { timeout, route: Forwarding::of(request.metadata(), Effect::Write, until) })
+    }
+
+    /// The caller of `request` may access `ranges` (built only when authentication is on),
+    /// or the call is refused ([`auth::authorize`]).
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        ranges: impl FnOnce() -> Vec<(KeyRange, Access)>,
+    ) -> Result<Caller, ServiceError> {
+        self.authorize_md(request.metadata(), ranges)
+    }
+
+    fn authorize_md(
+        &self,
+        md: &MetadataMap,
+        ranges: impl FnOnce() -> Vec<(KeyRange, Access)>,
+    ) -> Result<Caller, ServiceError> {
+        if !self.ctx.sm.auth_state().enabled {
+            return Ok(Caller::Anyone);
+        }
+        auth::authorize(&self.ctx.sm, md, &ranges())
     }
 
     /// Proposes a write here; [`Routed::Leader`] when it must go to the leader.
@@ -97,6 +123,17 @@ impl KvService {
             Routed::Leader(leader) => Routed::Leader(leader),
         })
     }
+}
+
+/// The key ranges a transaction reads (its compares and range operations) and writes.
+fn txn_ranges(txn: &Txn) -> Vec<(KeyRange, Access)> {
+    let compares = txn.compares.iter().map(|c| (KeyRange::Key(c.key.clone()), Access::Read));
+    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+        TxnOp::Put(p) => (KeyRange::Key(p.key.clone()), Access::Write),
+        TxnOp::Delete(d) => (d.range.clone(), Access::Write),
+        TxnOp::Range(r) => (r.range.clone(), Access::Read),
+    });
+    compares.chain(ops).collect()
 }
 
 /// A KV client on a channel to the leader, with the decode limit both ways.
@@ -155,8 +192,9 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let _slow = self.slow.start("KV/Put", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
+        let op = convert::put_op(request.get_ref())?;
+        self.authorize(&request, || vec![(KeyRange::Key(op.key.clone()), Access::Write)])?;
         let req = request.into_inner();
-        let op = convert::put_op(&req)?;
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Put(op) };
         match self.propose(&call, cmd).await? {
             Routed::Done(outcome) => match outcome.result {
@@ -183,11 +221,14 @@ impl Kv for KvService {
         // A blocking read may outlast the default request timeout, but never the caller's
         // deadline: it answers with the current value a little before it.
         let caller = deadline(request.metadata(), limits::MAX_BLOCKING_WAIT * 2);
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         limits::check_key(&req.key)?;
         let level = consistency(req.consistency)?;
         let wait = limits::check_blocking_wait(req.wait_ms)?.min(caller.mul_f32(0.9));
         self.ctx.read_index(level, timeout).await?;
+        // After the barrier: the node has applied every auth change committed before the
+        // read arrived, so a revoked permission is refused on every node alike.
+        self.authorize_md(&md, || vec![(KeyRange::Key(req.key.to_vec()), Access::Read)])?;
         let mut header = self.read_header(level);
         if req.min_index > 0 {
             let wait = wait.saturating_sub(started.elapsed());
@@ -212,13 +253,18 @@ impl Kv for KvService {
     type WatchStream = ResponseStream<WatchResponse>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let req = request.into_inner();
-        let range = if req.prefix {
-            convert::key_range(&req.key, &[], true)?
-        } else {
-            limits::check_key(&req.key)?;
-            KeyRange::Key(req.key.to_vec())
+        let range = {
+            let req = request.get_ref();
+            if req.prefix {
+                convert::key_range(&req.key, &[], true)?
+            } else {
+                limits::check_key(&req.key)?;
+                KeyRange::Key(req.key.to_vec())
+            }
         };
+        let caller = self.authorize(&request, || vec![(range.clone(), Access::Read)])?;
+        let req = request.into_inner();
+        let permit = auth::WatchPermit::new(&self.ctx.sm, caller, &range);
         let params = WatchParams {
             range,
             start_index: req.start_index,
@@ -226,6 +272,7 @@ impl Kv for KvService {
             progress: limits::check_progress_interval(req.progress_interval_ms)?,
             timeout: limits::check_watch_timeout(req.timeout_seconds)?,
             node_id: self.ctx.id.to_string(),
+            permit,
         };
         Ok(Response::new(watch::native_stream(self.ctx.sm.clone(), params)?))
     }
@@ -233,8 +280,9 @@ impl Kv for KvService {
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let _slow = self.slow.start("KV/Delete", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
+        let op = convert::delete_op(request.get_ref())?;
+        self.authorize(&request, || vec![(op.range.clone(), Access::Write)])?;
         let req = request.into_inner();
-        let op = convert::delete_op(&req)?;
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Delete(op) };
         match self.propose(&call, cmd).await? {
             Routed::Done(outcome) => match outcome.result {
@@ -258,10 +306,11 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let _slow = self.slow.start("KV/Range", request.metadata(), &request.get_ref().key);
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         let op: RangeOp = convert::range_op(&req)?;
         let level = consistency(req.consistency)?;
         self.ctx.read_index(level, timeout).await?;
+        self.authorize_md(&md, || vec![(op.range.clone(), Access::Read)])?;
         let header = self.read_header(level);
         let range: KeyRange = op.range.clone();
         let found = self.ctx.sm.range(&op, limits::MAX_RANGE_PAGE_BYTES).map_err(ServiceError::from)?;
@@ -271,8 +320,9 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let _slow = self.slow.start("KV/Txn", request.metadata(), txn_key(request.get_ref()));
         let call = Self::write_call(&request)?;
+        let txn = convert::txn(request.get_ref())?;
+        self.authorize(&request, || txn_ranges(&txn))?;
         let req = request.into_inner();
-        let txn = convert::txn(&req)?;
         let cmd =
             WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Txn(txn.clone()) };
         match self.propose(&call, cmd).await? {

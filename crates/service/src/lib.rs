@@ -25,6 +25,10 @@
 //!   `UNAVAILABLE` at shutdown.
 //! - [`readiness`]: whether the node has caught up with the leader it knows (one
 //!   linearizable read barrier after it starts or rejoins), for `/readyz` and gRPC health.
+//! - Authentication ([`auth`], [`AuthService`]): users, roles and permissions replicated
+//!   through the log; [`AuthGuard`] wraps every client-port service and checks the token
+//!   and the root role, the KV service checks each request's key range, open watches are
+//!   closed when their permission is revoked.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
 //! - [`slow`]: the slow-request log (a KV request slower than a threshold, logged once at
@@ -36,6 +40,8 @@
 //! `fsm` keeps its redb tables to itself); `cargo xtask deps` checks this.
 
 mod admin;
+pub mod auth;
+mod auth_service;
 mod backup;
 pub mod cluster;
 mod convert;
@@ -49,6 +55,8 @@ pub mod readiness;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};
+pub use auth::AuthGuard;
+pub use auth_service::AuthService;
 pub use backup::BACKUP_CHUNK_BYTES;
 pub use error::{
     CURRENT_INDEX_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, OLDEST_INDEX_HEADER, RESUME_INDEX_HEADER,

@@ -22,6 +22,7 @@ use tonic::Status;
 use types::{KeyRange, KeyValue, RangeOp};
 
 use crate::ServiceError;
+use crate::auth::WatchPermit;
 use crate::convert;
 use crate::limits::WATCH_MESSAGE_BYTES;
 
@@ -97,6 +98,9 @@ pub(crate) struct WatchParams {
     pub(crate) progress: Duration,
     pub(crate) timeout: Option<Duration>,
     pub(crate) node_id: String,
+    /// The caller's read permission on `range`, re-checked when the auth state changes
+    /// (none while authentication is off).
+    pub(crate) permit: Option<WatchPermit>,
 }
 
 /// Starts a native watch stream. Fails before the stream starts when `start_index` is
@@ -124,10 +128,19 @@ pub(crate) fn native_stream(
         timeout: p.timeout,
         last_sent: now,
         done: false,
+        permit: p.permit,
     };
     stream.pending.push_back((stream.message(Kind::Created, start.after), Some(start.after)));
     tracing::debug!(start = p.start_index, after = start.after, "watch started");
     Ok(Box::pin(futures::stream::unfold(stream, |mut s| async move { s.next().await.map(|item| (item, s)) })))
+}
+
+/// Resolves when the permit's auth state changes; never without a permit.
+async fn permit_changed(permit: Option<&mut WatchPermit>) {
+    match permit {
+        Some(p) => p.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a native watch woke.
@@ -156,6 +169,8 @@ struct NativeWatch {
     timeout: Option<Duration>,
     last_sent: Instant,
     done: bool,
+    /// The caller's permission, when authentication is on.
+    permit: Option<WatchPermit>,
 }
 
 impl NativeWatch {
@@ -165,6 +180,16 @@ impl NativeWatch {
 
     async fn next(&mut self) -> Option<Result<pb::WatchResponse, Status>> {
         loop {
+            // Before anything is sent: the auth state is published before the events of the
+            // batch that changed it, so no event after a revocation gets out.
+            if !self.done
+                && let Some(permit) = self.permit.as_mut()
+                && let Err(e) = permit.recheck()
+            {
+                self.done = true;
+                tracing::info!(reason = %e, "watch closed: its permission was revoked");
+                return Some(Err(e.into()));
+            }
             if let Some((msg, delivered)) = self.pending.pop_front() {
                 if let Some(d) = delivered {
                     self.delivered = self.delivered.max(d);
@@ -185,6 +210,7 @@ impl NativeWatch {
                 s = self.watcher.mailbox().recv() => Wake::Signal(s),
                 _ = self.progress.tick() => Wake::Progress,
                 () = sleep_until(timeout_at), if timeout_at.is_some() => Wake::Timeout,
+                () = permit_changed(self.permit.as_mut()) => continue,
             };
             let resume_index = self.delivered + 1;
             match wake {
@@ -386,6 +412,7 @@ mod tests {
             progress: Duration::from_secs(3600),
             timeout: None,
             node_id: "n2".into(),
+            permit: None,
         };
         let mut stream = native_stream(lagging.clone(), params)?;
         let first = stream.next().await.ok_or("no message")??;

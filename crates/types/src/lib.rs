@@ -9,12 +9,15 @@
 //!   preconditions, ranges, transactions, request ids for at-most-once writes).
 //! - [`TypeConfig`]: the openraft type configuration binding these together, and aliases
 //!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
+//! - [`auth`]: users, roles and permissions, changed through the log by
+//!   [`Command::Auth`].
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
 //!   the state machine's metadata and Raft messages on the wire.
 //!
 //! This crate depends on openraft and serde only. It must never depend on tonic, redb,
 //! chitchat or any other crate of ours: everything else depends on it.
 
+pub mod auth;
 pub mod codec;
 mod ids;
 pub mod kv;
@@ -53,6 +56,8 @@ impl std::fmt::Display for NodeInfo {
 pub enum Command {
     /// A client write: put, delete or transaction, with an optional request id.
     Write(WriteCommand),
+    /// A change to users, roles, permissions or whether authentication is on.
+    Auth(auth::AuthCommand),
 }
 
 impl std::fmt::Display for Command {
@@ -74,6 +79,7 @@ impl std::fmt::Display for Command {
                     None => f.write_str(&op),
                 }
             }
+            Command::Auth(a) => write!(f, "{a}"),
         }
     }
 }
@@ -86,6 +92,8 @@ pub enum CommandResult {
     None,
     /// A client write.
     Write(WriteOutcome),
+    /// An auth change.
+    Auth(auth::AuthOutcome),
 }
 
 openraft::declare_raft_types!(

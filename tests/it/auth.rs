@@ -1,0 +1,217 @@
+//! Authentication and permissions on a real three-node cluster, driven through `raftkvctl`
+//! (and the client library where a token must move between nodes or a watch stay open):
+//! enabling needs a root user; no credentials, a bad token and a wrong password are
+//! `UNAUTHENTICATED`; a user outside its prefix and a non-root user on the admin API are
+//! `PERMISSION_DENIED` saying what is missing, and change nothing; a token issued by one
+//! node works on the others; a revoked permission takes effect on every node and closes an
+//! open watch; and no password, token or hash appears in any log line or output. Bad-input
+//! cases 19 and 20 of reliability-anchors §7.3 are here (21 is in `tls.rs`).
+
+#![allow(clippy::print_stderr)] // tests report what they measured on stderr
+
+use std::process::Output;
+use std::time::Duration;
+
+use client::kv::watch_response::Kind;
+use client::{Client, ClientOptions, RaftState, WatchOptions};
+use tests::{BoxError, Cluster, FAST_TIMING, TestResult, code, message, raftkvctl, test_options, wait_for};
+use tonic::Code;
+
+const ROOT_PASSWORD: &str = "r00t-Pw-7f3a";
+const ALICE_PASSWORD: &str = "alice-Pw-91c2";
+
+/// Every output of the test, scanned for secrets at the end.
+#[derive(Default)]
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    /// Runs `raftkvctl ARGS` against `endpoints`; keeps its output.
+    fn ctl(&mut self, endpoints: &[String], args: &[&str]) -> Result<Output, BoxError> {
+        let out = raftkvctl(endpoints, args)?;
+        self.0.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        self.0.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        Ok(out)
+    }
+
+    /// Runs it and requires success; returns stdout.
+    fn ok(&mut self, endpoints: &[String], args: &[&str]) -> Result<String, BoxError> {
+        let out = self.ctl(endpoints, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "raftkvctl {args:?} failed: {stderr}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs it and requires a refusal (exit 2) whose message holds every one of `words`.
+    fn refused(&mut self, endpoints: &[String], args: &[&str], words: &[&str]) -> Result<String, BoxError> {
+        let out = self.ctl(endpoints, args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "raftkvctl {args:?} should be refused: {stderr}");
+        for w in words {
+            assert!(stderr.contains(w), "raftkvctl {args:?}: the refusal should say {w:?}: {stderr}");
+        }
+        eprintln!("refused as expected: {}", stderr.trim());
+        Ok(stderr)
+    }
+}
+
+fn client_with_token(endpoint: &str, token: &str) -> Result<Client, BoxError> {
+    Ok(Client::new([endpoint.to_string()], ClientOptions { token: Some(token.into()), ..test_options() })?)
+}
+
+/// A root token, issued by the node at `addr`.
+async fn issuer_root_token(addr: &str) -> Result<String, BoxError> {
+    Ok(Client::new([addr.to_string()], test_options())?.authenticate("root", ROOT_PASSWORD).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_roles_tokens_and_revocation_on_every_node() -> TestResult {
+    // Debug logging on our crates, so the secret scan covers the most log lines.
+    let log = "debug,openraft=warn,h2=info,hyper=info,tower=info,chitchat=info";
+    let mut cluster = Cluster::start_logging(3, &FAST_TIMING, log).await?;
+    let all = cluster.endpoints();
+    let one = |i: usize| vec![all[i].clone()];
+    let root = format!("root:{ROOT_PASSWORD}");
+    let alice = format!("alice:{ALICE_PASSWORD}");
+    let mut t = Transcript::default();
+
+    // Enabling refuses until a root user exists; users and roles can be set up before.
+    t.refused(&all, &["auth", "enable"], &["not in a state required", "user \"root\" does not exist"])?;
+    t.ok(&all, &["user", "add", &root])?;
+    t.ok(&all, &["user", "add", &alice])?;
+    t.ok(&all, &["role", "add", "app"])?;
+    t.ok(&all, &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"])?;
+    t.ok(&all, &["user", "grant-role", "alice", "app"])?;
+    t.ok(&all, &["put", "other/k", "before"])?;
+    assert_eq!(t.ok(&all, &["auth", "enable"])?.trim(), "Authentication Enabled");
+
+    // Case 19: no credentials, a bad token, a wrong password.
+    t.refused(&all, &["get", "app/x"], &["valid authentication credentials", "no credentials"])?;
+    t.refused(
+        &all,
+        &["--token", "bm90LWEtdG9rZW4.AAAA", "put", "app/x", "1"],
+        &["valid authentication credentials", "invalid auth token"],
+    )?;
+    t.refused(
+        &all,
+        &["--user", "alice:wrong", "get", "app/x"],
+        &["valid authentication credentials", "unknown user or wrong password"],
+    )?;
+    t.refused(
+        &all,
+        &["--user", "nobody:pw", "get", "app/x"],
+        &["valid authentication credentials", "unknown user or wrong password"],
+    )?;
+
+    // Inside its prefix alice reads and writes, on a follower too (forwarded with her token).
+    for i in 0..3 {
+        t.ok(&one(i), &["--user", &alice, "put", "app/x", &format!("v{i}")])?;
+        let got = t.ok(&one(i), &["--user", &alice, "get", "app/x"])?;
+        assert_eq!(got.lines().last(), Some(format!("v{i}").as_str()), "{got}");
+    }
+    // Case 20: outside it, refused with what is missing; nothing changes; still served.
+    let before = t.ok(&all, &["--user", &root, "-o", "json", "get", "other/k"])?;
+    for i in 0..3 {
+        t.refused(
+            &one(i),
+            &["--user", &alice, "put", "other/k", "after"],
+            &["does not have permission", "no write permission on key \"other/k\"", "readwrite on prefix \"app/\""],
+        )?;
+        t.refused(&one(i), &["--user", &alice, "get", "other/k"], &["does not have permission", "no read permission"])?;
+        t.refused(
+            &one(i),
+            &["--user", &alice, "get", "--prefix", "app"],
+            &["does not have permission", "prefix \"app\""],
+        )?;
+    }
+    assert_eq!(
+        t.ok(&all, &["--user", &root, "-o", "json", "get", "other/k"])?,
+        before,
+        "a refused write changed nothing"
+    );
+    t.ok(&all, &["--user", &alice, "get", "app/x"])?;
+
+    // The admin API and the auth changes need the root role.
+    t.refused(&all, &["--user", &alice, "status"], &["does not have permission", "root role", "alice"])?;
+    t.refused(&all, &["--user", &alice, "user", "list"], &["does not have permission", "root role"])?;
+    t.ok(&all, &["--user", &root, "status"])?;
+    assert!(t.ok(&all, &["--user", &root, "user", "list"])?.contains("alice"));
+
+    // A token issued by one node is accepted by every other.
+    let issuer = Client::new([all[0].clone()], test_options())?;
+    let token = issuer.authenticate("alice", ALICE_PASSWORD).await?;
+    for addr in &all[1..] {
+        let c = client_with_token(addr, &token)?;
+        c.put("app/token", addr.as_str()).await?;
+        assert!(c.get("app/token").await?.found, "{addr}");
+    }
+
+    // An open watch of alice's on a follower, then the permission is revoked.
+    let root_token = issuer_root_token(&all[0]).await?;
+    let mut leader = None;
+    for (i, addr) in all.iter().enumerate() {
+        if client_with_token(addr, &root_token)?.status().await?.state == RaftState::Leader as i32 {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.ok_or("no leader")?;
+    let follower = (leader + 1) % 3;
+    let watcher = client_with_token(&all[follower], &token)?;
+    let mut watch = watcher.watch("app/", WatchOptions { prefix: true, ..WatchOptions::default() });
+    assert_eq!(watch.next().await?.kind, Kind::Created as i32);
+    t.ok(&one(leader), &["--user", &alice, "put", "app/w", "1"])?;
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next()).await??;
+    assert_eq!(event.kind, Kind::Events as i32);
+    t.ok(&all, &["--user", &root, "role", "revoke-permission", "app", "app/", "--prefix"])?;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Ok(m) if m.kind == Kind::Progress as i32 => {}
+                other => return other,
+            }
+        }
+    })
+    .await?;
+    assert_eq!(code(&closed), Some(Code::PermissionDenied), "{closed:?}");
+    assert!(message(&closed).contains("no read permission on prefix \"app/\""), "{}", message(&closed));
+    // Reads are checked after the read barrier: the revocation holds on every node at once.
+    for addr in &all {
+        let r = client_with_token(addr, &token)?.get("app/x").await;
+        assert_eq!(code(&r), Some(Code::PermissionDenied), "{addr}: {r:?}");
+        let r = client_with_token(addr, &token)?.put("app/x", "no").await;
+        assert_eq!(code(&r), Some(Code::PermissionDenied), "{addr}: {r:?}");
+    }
+
+    // A new password ends the old tokens.
+    t.ok(&all, &["--user", &root, "user", "passwd", "alice:alice-new-Pw-5e"])?;
+    let old = client_with_token(&all[2], &token)?.get("app/x").await;
+    assert_eq!(code(&old), Some(Code::Unauthenticated), "{old:?}");
+
+    // Disabling lets anyone in again.
+    t.ok(&all, &["--user", &root, "auth", "disable"])?;
+    for addr in &all {
+        let anyone = Client::new([addr.clone()], test_options())?;
+        wait_for("the node to apply auth disable", Duration::from_secs(10), || async {
+            anyone.put("app/open", "1").await.is_ok()
+        })
+        .await?;
+    }
+
+    // No secret in any log line or output of the test.
+    cluster.stop_all();
+    let mut texts = t.0;
+    for node in &cluster.nodes {
+        texts.push(node.log());
+    }
+    let lines: usize = texts.iter().map(|t| t.lines().count()).sum();
+    for secret in [ROOT_PASSWORD, ALICE_PASSWORD, "alice-new-Pw-5e", token.as_str(), root_token.as_str(), "$argon2"] {
+        for text in &texts {
+            assert!(!text.contains(secret), "a secret ({} bytes) appears in the output or a log", secret.len());
+        }
+    }
+    // The signature part of the token alone (a log could print that without the rest).
+    let signature = token.rsplit('.').next().unwrap_or_default();
+    assert!(signature.len() > 20 && texts.iter().all(|t| !t.contains(signature)));
+    eprintln!("secret scan: {lines} lines of logs and output, none holds a password, token or hash");
+    assert!(lines > 100, "the scan must cover the nodes' logs ({lines} lines)");
+    Ok(())
+}
