@@ -12,6 +12,7 @@ mod bad_input;
 mod chaos;
 mod cluster;
 mod compat;
+mod disk;
 mod etcd;
 mod faults;
 mod gossip;

@@ -17,6 +17,7 @@ pub mod chaos;
 pub mod checker;
 pub mod proxy;
 pub mod record;
+pub mod tmpfs;
 pub mod watch_check;
 
 use std::path::{Path, PathBuf};
@@ -134,7 +135,12 @@ impl Cluster {
     /// Starts `n` nodes named `n1..`: the first bootstraps, the others are added as voters.
     /// Returns once all are voters and a leader is known on every node.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Self, BoxError> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, n, extra).await
+    }
+
+    /// [`Cluster::start`] in `dir` (whose `n1..` subdirectories may be prepared first, for
+    /// example as mount points of small filesystems).
+    pub async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str]) -> Result<Self, BoxError> {
         let mut nodes = vec![node("n1", dir.path()).bootstrap(true).args(extra).start()?];
         let first = nodes[0].client()?;
         wait_for("n1 to lead", Duration::from_secs(30), || async {

@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// Serve plaintext on a non-loopback address (`--insecure`); without it such a node
     /// refuses to start unless TLS is on.
     pub insecure: bool,
+    /// The storage quota and free-space reserve behind the NOSPACE alarm
+    /// (`--quota_backend_bytes`, `--disk_reserve_bytes`; see [`crate::disk`]).
+    pub disk: crate::disk::DiskLimits,
 }
 
 /// The TLS flags of a node, as given (etcd's spelling). [`NodeConfig::tls_files`] checks
@@ -153,6 +156,7 @@ impl NodeConfig {
             log_caches: raft_storage::LogOptions::default(),
             tls: TlsFlags::default(),
             insecure: false,
+            disk: crate::disk::DiskLimits::default(),
         }
     }
 

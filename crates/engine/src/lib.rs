@@ -29,7 +29,8 @@
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
 //!    role, leader and applied index, and, with `--join` on a node without state, auto-join
-//!    (asking the members named, and with gossip on also those gossip finds).
+//!    (asking the members named, and with gossip on also those gossip finds); and the
+//!    storage guard ([`disk`]: the quota, the free-space reserve and the NOSPACE alarm).
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
@@ -47,6 +48,7 @@
 
 mod background;
 mod config;
+pub mod disk;
 pub mod offline;
 
 use std::collections::BTreeMap;
@@ -78,6 +80,7 @@ use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
+pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
@@ -242,7 +245,8 @@ impl Node {
             pid: std::process::id(),
         };
         announce(&config, &dir, &listen)?;
-        let background = start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop);
+        let mut background = start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop);
+        background.push(tokio::spawn(disk::guard(ctx.clone(), dir.clone(), config.disk, stop.subscribe())));
         Ok(Node {
             config,
             raft,

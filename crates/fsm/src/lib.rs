@@ -93,6 +93,7 @@ pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
 use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
 pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
+pub use types::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 pub use types::{Command, KeyValue, RangeOp, RangeResult};
 
 /// A snapshot as openraft sees it: metadata and the file.
@@ -160,6 +161,9 @@ struct Inner {
     applier: applier::Applier,
     /// The node's per-stage clock of writes.
     stages: Arc<latency::WriteStages>,
+    /// The active alarms as last applied (a copy of `sm_meta`'s, for the write path's
+    /// check without a read transaction).
+    alarms: RwLock<Arc<Vec<Alarm>>>,
 }
 
 #[derive(Clone)]
@@ -238,6 +242,7 @@ impl StateMachine {
                 hub: Arc::new(Hub::new(0, history)),
                 applier: applier::Applier::start()?,
                 stages,
+                alarms: RwLock::new(Arc::new(Vec::new())),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -254,10 +259,20 @@ impl StateMachine {
         }
         let (applied, _) = sm.read_applied_state()?;
         let applied = types::index_of(applied.as_ref());
+        sm.reload_alarms()?;
         // The history starts empty: only changes applied from now on can be replayed.
         sm.inner.hub.abandon(applied);
         sm.inner.applied.send_replace(applied);
         Ok(sm)
+    }
+
+    /// A storage error that names the database file, for the message the node stops with.
+    fn file_error(&self, doing: &str, e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io { source, .. } => source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("{doing} {}: {e}", self.inner.dir.join(DB_FILE).display()))
     }
 
     fn db(&self) -> Arc<Database> {
@@ -348,6 +363,69 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The active alarms, as applied here (see [`types::alarm`]).
+    #[must_use]
+    pub fn alarms(&self) -> Arc<Vec<Alarm>> {
+        match self.inner.alarms.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_alarms(&self, alarms: Vec<Alarm>) {
+        let mut slot = match self.inner.alarms.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *slot = Arc::new(alarms);
+    }
+
+    /// Reads the alarms from the live database into memory.
+    fn reload_alarms(&self) -> Result<(), Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let alarms = store::read_alarms(&txn.open_table(META)?)?;
+        self.set_alarms(alarms);
+        Ok(())
+    }
+
+    /// The size of the state machine's database file, `state.redb`, in bytes: what the
+    /// storage quota (`--quota_backend_bytes`) is compared with.
+    pub fn db_file_bytes(&self) -> Result<u64, Error> {
+        let path = self.inner.dir.join(DB_FILE);
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))
+    }
+
+    /// Gives the space that deleted keys left free inside `state.redb` back to the
+    /// filesystem (redb's compaction), so the file shrinks. Waits at most `wait` for the
+    /// reads and the apply in progress to end; returns whether it compacted. Reads and
+    /// applies wait while it runs.
+    pub fn compact(&self, wait: Duration) -> Result<bool, Error> {
+        let mut slot = match self.inner.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let deadline = Instant::now() + wait;
+        while Arc::strong_count(&slot) > 1 {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(db) = Arc::get_mut(&mut slot) else { return Ok(false) };
+        let before = self.db_file_bytes()?;
+        let mut compacted = false;
+        while db.compact().map_err(redb::Error::from)? {
+            compacted = true;
+        }
+        if compacted {
+            tracing::info!(before, after = self.db_file_bytes()?, "state machine database compacted");
+        }
+        Ok(compacted)
+    }
+
     /// Number of keys stored (a full count; for tests and status, not for hot paths).
     pub fn len(&self) -> Result<u64, Error> {
         let db = self.db();
@@ -403,6 +481,7 @@ impl StateMachine {
         let mut txn = db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
+        let mut alarms: Option<Vec<Alarm>> = None;
         {
             let mut tables = store::ApplyTables::open(&txn)?;
             for entry in entries {
@@ -410,6 +489,13 @@ impl StateMachine {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Normal(Command::Write(w)) => {
                         CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
+                    }
+                    EntryPayload::Normal(Command::Alarm(a)) => {
+                        let list = alarms.get_or_insert_with(|| self.alarms().as_ref().clone());
+                        if types::alarm::apply_alarm(list, a, entry.log_id.index) {
+                            tracing::warn!(index = entry.log_id.index, alarm = %a.kind, member = %a.member, action = ?a.action, "alarm changed");
+                        }
+                        CommandResult::None
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
@@ -422,8 +508,11 @@ impl StateMachine {
                 tables.forget_old_requests()?;
             }
         }
-        store::write_applied(&txn, &last.log_id, membership.as_ref())?;
+        store::write_applied(&txn, &last.log_id, membership.as_ref(), alarms.as_deref())?;
         txn.commit()?;
+        if let Some(a) = alarms {
+            self.set_alarms(a);
+        }
         self.inner.stages.applied(entries[0].log_id.index..=last.log_id.index);
         // Watchers hear of the changes only once a read can see them.
         self.inner.hub.publish(last.log_id.index, events);
@@ -473,6 +562,10 @@ impl StateMachine {
                 if decoded.index >= oldest {
                     writer.request(id.value(), outcome.value())?;
                 }
+            }
+            let alarms = store::read_alarms(&meta_table)?;
+            if !alarms.is_empty() {
+                writer.alarms(&codec::encode(&alarms)?)?;
             }
             let out = writer.finish()?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
@@ -556,6 +649,7 @@ impl StateMachine {
                 )));
             }
             let db = open_db(&new_path, self.inner.db_cache_bytes)?;
+            let mut alarms: Option<Vec<u8>> = None;
             let mut done = false;
             while !done {
                 let mut txn = db.begin_write()?;
@@ -577,6 +671,11 @@ impl StateMachine {
                                 bytes += id.len() + outcome.len();
                                 requests.insert(id.as_str(), outcome.as_slice())?;
                             }
+                            Some(snapshot::Item::Alarms(encoded)) => {
+                                let _: Vec<Alarm> = codec::decode(&encoded)
+                                    .map_err(|e| Error::CorruptSnapshot(format!("alarms: {e}")))?;
+                                alarms = Some(encoded);
+                            }
                             None => {
                                 done = true;
                                 break;
@@ -595,6 +694,9 @@ impl StateMachine {
                     m.insert(META_LAST_APPLIED, codec::encode(last)?.as_slice())?;
                 }
                 m.insert(META_MEMBERSHIP, codec::encode(&meta.last_membership)?.as_slice())?;
+                if let Some(a) = &alarms {
+                    m.insert(store::META_ALARMS, a.as_slice())?;
+                }
             }
             txn.commit()?;
             drop(db);
@@ -614,6 +716,7 @@ impl StateMachine {
         sync_dir(dir)?;
         *slot = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
         drop(slot);
+        self.reload_alarms()?;
         self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
@@ -746,7 +849,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let db = this.db();
                 this.apply_batch(&db, &batch)
             })
-            .await??;
+            .await
+            .and_then(|r| r)
+            .map_err(|e| self.file_error("applying committed entries to", e))?;
         crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {

@@ -246,6 +246,7 @@ impl LogStore {
             written_seq: 0,
             saved_committed: committed,
             stages: stages.clone(),
+            path: path.to_path_buf(),
         };
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())

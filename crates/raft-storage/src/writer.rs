@@ -69,6 +69,8 @@ pub(crate) struct Writer {
     pub(crate) saved_committed: Option<LogId>,
     /// The node's per-stage clock of writes: appends are stamped durable after the commit.
     pub(crate) stages: Arc<latency::WriteStages>,
+    /// The database file, named in errors.
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl Writer {
@@ -80,7 +82,7 @@ impl Writer {
             ops.extend(queue.try_iter());
             let result = match &failed {
                 Some(e) => Err(e.clone()),
-                None => self.commit(&ops).map_err(|e| e.to_string()),
+                None => self.commit(&ops).map_err(|e| format!("writing the Raft log to {}: {e}", self.path.display())),
             };
             if let Err(e) = &result
                 && failed.is_none()

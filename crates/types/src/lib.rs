@@ -9,17 +9,21 @@
 //!   preconditions, ranges, transactions, request ids for at-most-once writes).
 //! - [`TypeConfig`]: the openraft type configuration binding these together, and aliases
 //!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
+//! - [`alarm`]: alarms (NOSPACE) a member raises through the log, [`Command::Alarm`].
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
 //!   the state machine's metadata and Raft messages on the wire.
 //!
 //! This crate depends on openraft and serde only. It must never depend on tonic, redb,
 //! chitchat or any other crate of ours: everything else depends on it.
 
+pub mod alarm;
 pub mod codec;
 mod ids;
 pub mod kv;
 
 use serde::{Deserialize, Serialize};
+
+pub use alarm::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 
 pub use ids::{InvalidNodeId, NodeId};
 pub use kv::{
@@ -53,6 +57,9 @@ impl std::fmt::Display for NodeInfo {
 pub enum Command {
     /// A client write: put, delete or transaction, with an optional request id.
     Write(WriteCommand),
+    /// Raise or clear an alarm ([`alarm`]): replicated so every node refuses writes from
+    /// the same index on.
+    Alarm(AlarmCommand),
 }
 
 impl std::fmt::Display for Command {
@@ -73,6 +80,13 @@ impl std::fmt::Display for Command {
                     Some(id) => write!(f, "{op} request_id={id}"),
                     None => f.write_str(&op),
                 }
+            }
+            Command::Alarm(a) => {
+                let action = match a.action {
+                    AlarmAction::Raise { .. } => "raise",
+                    AlarmAction::Clear => "clear",
+                };
+                write!(f, "alarm {action} {} member={}", a.kind, a.member)
             }
         }
     }
