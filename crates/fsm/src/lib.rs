@@ -88,6 +88,19 @@ macro_rules! error_point {
     };
 }
 
+/// A failing fsync: with feature `failpoints`, a `fail` point that, once armed
+/// (`RAFTKV_CRASH_AT`), makes a durable apply commit fail with `EIO`, where redb's commit runs
+/// `fsync`/`fdatasync`. Without the feature, nothing.
+macro_rules! fsync_error_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            tracing::error!(point = $name, "error point reached: fsync fails with EIO");
+            Err(Error::Redb(redb::Error::Io(io::Error::from_raw_os_error(5))))
+        });
+    };
+}
+
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
@@ -161,6 +174,8 @@ struct Inner {
     applier: applier::Applier,
     /// The node's per-stage clock of writes.
     stages: Arc<latency::WriteStages>,
+    /// Set once an apply failed: nothing is committed any more (see [`StateMachine::flush`]).
+    failed: std::sync::atomic::AtomicBool,
     /// The active alarms as last applied (a copy of `sm_meta`'s, for the write path's
     /// check without a read transaction).
     alarms: RwLock<Arc<Vec<Alarm>>>,
@@ -243,6 +258,7 @@ impl StateMachine {
                 applier: applier::Applier::start()?,
                 stages,
                 alarms: RwLock::new(Arc::new(Vec::new())),
+                failed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -353,8 +369,12 @@ impl StateMachine {
     }
 
     /// Makes every applied commit durable now (one fsync). Called on a clean stop, so a
-    /// restart has nothing to re-apply.
+    /// restart has nothing to re-apply. Never after an apply failed ([`Error::Failed`]):
+    /// a failed commit's fsync is not retried.
     pub fn flush(&self) -> Result<(), Error> {
+        if self.inner.failed.load(Ordering::SeqCst) {
+            return Err(Error::Failed);
+        }
         let db = self.db();
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -509,6 +529,9 @@ impl StateMachine {
             }
         }
         store::write_applied(&txn, &last.log_id, membership.as_ref(), alarms.as_deref())?;
+        if durable {
+            fsync_error_point!("fsm::fsync-fails");
+        }
         txn.commit()?;
         if let Some(a) = alarms {
             self.set_alarms(a);
@@ -851,7 +874,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await
             .and_then(|r| r)
-            .map_err(|e| self.file_error("applying committed entries to", e))?;
+            .map_err(|e| {
+                self.inner.failed.store(true, Ordering::SeqCst);
+                self.file_error("applying committed entries to", e)
+            })?;
         crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {

@@ -134,6 +134,11 @@ impl Writer {
         if ops.iter().any(|op| matches!(op, Op::Append { .. })) {
             crate::crash_point!("raft-storage::append-written");
         }
+        // The commit's fsync. A failure is final (see the module docs): the writer never
+        // commits again, so the fsync is never retried (the PostgreSQL "fsyncgate" lesson:
+        // after a failed fsync the kernel may have dropped the dirty pages, and a later
+        // fsync that succeeds proves nothing).
+        crate::fsync_error_point!("raft-storage::fsync-fails");
         txn.commit()?;
         if let Some(last) = ops.last() {
             self.written_seq = last.seq();
