@@ -217,3 +217,39 @@ async fn a_real_enospc_stops_the_node_naming_the_file_and_it_recovers_after() ->
     drop(small);
     Ok(())
 }
+
+/// Bytes flipped in a stopped follower's state machine database (`sm/state.redb`), then the
+/// file truncated: on each restart the node sets the damaged file aside, says so, rebuilds
+/// the state from its snapshot and the Raft log, and serves every key with its right value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_machine_file_is_set_aside_and_rebuilt() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let client = cluster.client()?;
+    let keys: Vec<usize> = (0..10).collect();
+    for &i in &keys {
+        client.put(format!("big/{i:04}"), value(i)).await?;
+    }
+    let follower = (cluster.leader().await.ok_or("no leader")? + 1) % 3;
+    for damage in ["flip", "truncate"] {
+        let node = &mut cluster.nodes[follower];
+        assert!(node.stop(), "{} did not stop cleanly", node.id);
+        let file = node.data_dir.join(&node.id).join("sm").join("state.redb");
+        let mut bytes = std::fs::read(&file)?;
+        let len = bytes.len();
+        if damage == "flip" {
+            for b in &mut bytes[len / 2..len / 2 + 64] {
+                *b ^= 0xff;
+            }
+        } else {
+            bytes.truncate(len / 3);
+        }
+        std::fs::write(&file, &bytes)?;
+        node.restart(false)?;
+        let log = node.log_tail_lines(200);
+        assert!(log.contains("the state machine database is damaged: set aside"), "{damage}: not set aside:\n{log}");
+        check_acked(&node.client()?, &keys).await?;
+        eprintln!("{damage}: set aside and rebuilt; {} keys read back from {}", keys.len(), node.id);
+    }
+    cluster.stop_all();
+    Ok(())
+}

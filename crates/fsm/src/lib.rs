@@ -244,7 +244,7 @@ impl StateMachine {
             remove_if_exists(&old.path)?;
         }
 
-        let db = open_db(&dir.join(DB_FILE), db_cache_bytes)?;
+        let db = open_checked(&dir.join(DB_FILE), db_cache_bytes)?;
         let sm = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -811,6 +811,36 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     }
     txn.commit()?;
     Ok(db)
+}
+
+/// Opens the live database and verifies every page's checksum (redb's `check_integrity`). A
+/// database that fails is **set aside** (renamed `state.redb.damaged-<nanos>`, kept for
+/// inspection) and a fresh one is opened: the state machine is derived data, rebuilt from the
+/// newest snapshot (by [`StateMachine::open`]) and the Raft log (re-applied by openraft), or
+/// from the leader's snapshot. Never served: a damaged value.
+fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
+    let checked = open_db(path, cache_bytes).and_then(|mut db| match db.check_integrity() {
+        Ok(true) => Ok(db),
+        Ok(false) => Err(Error::Invariant("its checksums do not match (it was repaired from an older commit)".into())),
+        Err(e) => Err(Error::Redb(e.into())),
+    });
+    match checked {
+        Ok(db) => Ok(db),
+        Err(e) if path.exists() => {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let aside = path.with_extension(format!("redb.damaged-{nanos}"));
+            fs::rename(path, &aside)
+                .map_err(|re| Error::io(format!("{} is damaged ({e}); setting it aside", path.display()), re))?;
+            tracing::error!(
+                file = %path.display(),
+                set_aside = %aside.display(),
+                error = %e,
+                "the state machine database is damaged: set aside; rebuilding it from the snapshot and the Raft log (remove the damaged copy once the node serves)"
+            );
+            open_db(path, cache_bytes)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
