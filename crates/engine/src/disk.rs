@@ -8,7 +8,7 @@
 //! is not enough, raises a NOSPACE alarm **through the Raft log** (`Admin.Alarm` ACTIVATE,
 //! forwarded to the leader): every node applies it at the same index, and from then on
 //! every node refuses writes that add data with `RESOURCE_EXHAUSTED` "no space left on
-//! <node>: …", while deletes, reads, watches and elections go on. Raising it before the
+//! `<node>`: …", while deletes, reads, watches and elections go on. Raising it before the
 //! disk is actually full keeps the reserve for what cannot be refused: the writes already
 //! in flight, deletes, the log's compaction and snapshots.
 //!
