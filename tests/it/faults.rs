@@ -7,6 +7,9 @@
 //! - Each error point (an injected I/O error on a log write or an apply, as a failing disk)
 //!   must make the node exit with the error instead of serving on with a stopped Raft core;
 //!   it restarts without the point and every check runs.
+//! - Each fsync error point (EIO where a durable commit's fsync runs, log and state machine)
+//!   must make the node exit at once, reached once (never retried), and nothing acknowledged
+//!   may be lost.
 //! - Each planted bug, armed with `RAFTKV_PLANTED_BUG`, must make the fault harness report a
 //!   violation: the suite proves it catches them. The bugs: a stale follower read, an
 //!   acknowledgement before fsync, a dropped watch event.
@@ -87,6 +90,21 @@ async fn a_log_write_error_stops_the_node_and_it_recovers_on_restart() -> TestRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_error_stops_the_node_and_it_recovers_on_restart() -> TestResult {
     crash("fsm::apply-fails", CrashTrigger::Load, &[]).await
+}
+
+/// A failing fsync of the log (EIO from the commit's fsync, the PostgreSQL "fsyncgate"
+/// case): the node stops at once, never retries the fsync (the point is reached once) and
+/// never acknowledges the write; restarted, it recovers, and every acknowledged write of the
+/// concurrent load is there (the harness's checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_log_fsync_stops_the_node_and_nothing_acknowledged_is_lost() -> TestResult {
+    crash("raft-storage::fsync-fails", CrashTrigger::Load, &[]).await
+}
+
+/// The same for the state machine's durable apply commit (every 500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_state_machine_fsync_stops_the_node_and_nothing_acknowledged_is_lost() -> TestResult {
+    crash("fsm::fsync-fails", CrashTrigger::Load, &[]).await
 }
 
 async fn canary(bug: &str, kinds: &[FaultKind], seed: u64) -> TestResult {

@@ -1160,6 +1160,14 @@ async fn crash_point_schedule(
         // An error point: the operation failed, openraft stopped, and the node must exit
         // with the error (fail-stop) instead of serving what it had; when the point is hit
         // while the node re-applies its log on start, the start itself fails.
+        // A failed fsync is never retried: the point is reached once.
+        Some(false) if point.contains("fsync") && log.matches("error point reached").count() > 1 => {
+            report.violations.push(format!(
+                "{} reached {point} {} times: a failed fsync was retried",
+                net.nodes[target].id,
+                log.matches("error point reached").count()
+            ));
+        }
         Some(false) if log.contains("error point reached") && log.contains("raftkv: error:") => {
             report.faults.push(format!("{} failed at {point} and stopped", net.nodes[target].id));
         }

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nscluster;
 pub mod proxy;
 pub mod record;
+pub mod tmpfs;
 pub mod watch_check;
 
 use std::path::{Path, PathBuf};
@@ -144,7 +145,22 @@ impl Cluster {
 
     /// [`Cluster::start`] with the nodes' log filter `rust_log` (`RUST_LOG` syntax).
     pub async fn start_logging(n: usize, extra: &[&str], rust_log: &str) -> Result<Self, BoxError> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in_logging(tempfile::tempdir()?, n, extra, rust_log).await
+    }
+
+    /// [`Cluster::start`] in `dir` (whose `n1..` subdirectories may be prepared first, for
+    /// example as mount points of small filesystems).
+    pub async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str]) -> Result<Self, BoxError> {
+        Self::start_in_logging(dir, n, extra, &log_filter()).await
+    }
+
+    /// [`Cluster::start_in`] with the nodes' log filter `rust_log`.
+    async fn start_in_logging(
+        dir: tempfile::TempDir,
+        n: usize,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> Result<Self, BoxError> {
         let node = |id: &str| node(id, dir.path()).rust_log(rust_log);
         let mut nodes = vec![node("n1").bootstrap(true).args(extra).start()?];
         let first = nodes[0].client()?;

@@ -21,7 +21,8 @@ pub(crate) const POINTS: [&str; 8] = [
 ];
 
 /// Every error point that can be armed.
-pub(crate) const ERROR_POINTS: [&str; 2] = ["raft-storage::commit-fails", "fsm::apply-fails"];
+pub(crate) const ERROR_POINTS: [&str; 4] =
+    ["raft-storage::commit-fails", "fsm::apply-fails", "raft-storage::fsync-fails", "fsm::fsync-fails"];
 
 /// Arms the crash point named by `RAFTKV_CRASH_AT`, if set. An unknown name or a bad count
 /// is an error, so a typo never runs a test without its crash.

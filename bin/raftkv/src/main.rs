@@ -275,6 +275,27 @@ struct Args {
     )]
     log_cache_bytes: usize,
 
+    /// The storage quota: when the state machine database (sm/state.redb) grows past this
+    /// many bytes the node raises a NOSPACE alarm and the cluster refuses writes that add
+    /// data until the alarm is cleared (`raftkvctl alarm disarm`); 0 turns it off.
+    #[arg(
+        long = "quota_backend_bytes",
+        alias = "quota-backend-bytes",
+        env = "RAFTKV_QUOTA_BACKEND_BYTES",
+        default_value_t = engine::DEFAULT_QUOTA_BACKEND_BYTES
+    )]
+    quota_backend_bytes: u64,
+
+    /// The free space, in bytes, kept on the filesystem of the data directory: below it the
+    /// node raises a NOSPACE alarm, before the disk is actually full; 0 turns it off.
+    #[arg(
+        long = "disk_reserve_bytes",
+        alias = "disk-reserve-bytes",
+        env = "RAFTKV_DISK_RESERVE_BYTES",
+        default_value_t = engine::DEFAULT_DISK_RESERVE_BYTES
+    )]
+    disk_reserve_bytes: u64,
+
     /// The client port's TLS certificate (PEM, leaf first). TLS is on both ports or neither:
     /// with it give --key-file, --peer-cert-file, --peer-key-file and --peer-trusted-ca-file.
     #[arg(long = "cert-file", env = "RAFTKV_CERT_FILE", value_name = "PATH", help_heading = "TLS (docs/security.md)")]
@@ -488,6 +509,8 @@ fn run(args: Args) -> Result<()> {
         cache_entries: args.log_cache_entries,
         cache_bytes: args.log_cache_bytes,
     };
+    config.disk =
+        engine::DiskLimits { quota_backend_bytes: args.quota_backend_bytes, reserve_bytes: args.disk_reserve_bytes };
     config.tls = engine::TlsFlags {
         cert_file: args.cert_file,
         key_file: args.key_file,

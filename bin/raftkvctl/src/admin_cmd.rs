@@ -1,4 +1,4 @@
-//! The admin commands of `raftkvctl`: `member`, `leader`, `status`, `snapshot`.
+//! The admin commands of `raftkvctl`: `member`, `leader`, `status`, `snapshot`, `alarm`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::progress::{Progress, Unit};
 use anyhow::Result;
 use clap::Subcommand;
-use client::admin::{GossipLiveness, StatusResponse, WriteStagesResponse};
+use client::admin::{AlarmMember, AlarmType, GossipLiveness, StatusResponse, WriteStagesResponse};
 use client::{Client, Member, MembershipChangeResponse, RaftState, Suffrage};
 use serde_json::{Value, json};
 
@@ -58,6 +58,58 @@ pub(crate) enum AdminCommand {
         #[arg(long, default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
+    /// Alarms (etcdctl's verbs): `list` the active ones, `disarm` them. A NOSPACE alarm makes
+    /// the cluster refuse writes that add data; free space first (delete keys, grow the
+    /// disk), then disarm.
+    #[command(
+        after_help = "Examples:\n  raftkvctl alarm list\n  raftkvctl alarm disarm\n  raftkvctl alarm disarm --member n2"
+    )]
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AlarmCommand {
+    /// List the active alarms: one line per alarm, `memberID:<id> alarm:<TYPE>`.
+    List,
+    /// Clear the active alarms (of one member with --member), through the Raft log. A member
+    /// still short of space raises its alarm again at its next check (within a second).
+    Disarm {
+        /// Clear this member's alarms only.
+        #[arg(long)]
+        member: Option<String>,
+    },
+}
+
+fn alarm_name(a: i32) -> &'static str {
+    match AlarmType::try_from(a) {
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        _ => "NONE",
+    }
+}
+
+fn alarm_json(a: &AlarmMember) -> Value {
+    json!({ "member_id": a.member_id, "alarm": alarm_name(a.alarm), "detail": a.detail, "index": a.index })
+}
+
+/// Prints alarms as etcdctl does (`memberID:<id> alarm:<TYPE>`), with what was measured.
+fn print_alarms(out: &mut impl Write, output: Output, alarms: &[AlarmMember]) -> std::io::Result<()> {
+    if output == Output::Json {
+        return writeln!(out, "{}", json!({ "alarms": alarms.iter().map(alarm_json).collect::<Vec<_>>() }));
+    }
+    for a in alarms {
+        writeln!(
+            out,
+            "memberID:{} alarm:{} ({}; raised at index {})",
+            a.member_id,
+            alarm_name(a.alarm),
+            a.detail,
+            a.index
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -484,6 +536,7 @@ fn status_json(s: &StatusResponse) -> Value {
         "membership_index": s.membership_index,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         "gossip": gossip_json(s),
+        "alarms": s.alarms.iter().map(alarm_json).collect::<Vec<_>>(),
     })
 }
 
@@ -505,6 +558,12 @@ async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl W
                 writeln!(out, "committed:   {}", s.committed_index)?;
                 writeln!(out, "applied:     {}", s.applied_index)?;
                 writeln!(out, "snapshot:    {}", s.snapshot_index)?;
+                if s.alarms.is_empty() {
+                    writeln!(out, "alarms:      (none)")?;
+                }
+                for a in &s.alarms {
+                    writeln!(out, "alarm:       {} on {}: {}", alarm_name(a.alarm), a.member_id, a.detail)?;
+                }
                 writeln!(out)?;
                 print_members(out, &s.members)?;
                 print_gossip(out, &s)?;
@@ -618,6 +677,28 @@ pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output,
                 .await?;
         }
         AdminCommand::Status { cluster, stages: false, watch: false } => status(client, output, *cluster, out).await?,
+        AdminCommand::Alarm { command: AlarmCommand::List } => {
+            print_alarms(out, output, &client.alarm_list().await?.alarms)?;
+        }
+        AdminCommand::Alarm { command: AlarmCommand::Disarm { member } } => {
+            let before = client.alarm_list().await?.alarms;
+            let after = client.alarm_disarm(member.as_deref()).await?.alarms;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "disarmed": before.iter().map(alarm_json).collect::<Vec<_>>(), "alarms": after.iter().map(alarm_json).collect::<Vec<_>>() })
+                )?;
+            } else {
+                for a in &before {
+                    writeln!(out, "memberID:{} alarm:{} disarmed", a.member_id, alarm_name(a.alarm))?;
+                }
+                if !after.is_empty() {
+                    writeln!(out, "still active:")?;
+                    print_alarms(out, output, &after)?;
+                }
+            }
+        }
         AdminCommand::Snapshot { command: None, timeout } => {
             let resp = client.snapshot(*timeout).await?;
             if json {

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::admin::v1::admin_client::AdminClient;
+use proto::admin::v1::alarm_request::AlarmAction;
 use proto::admin::v1::backup_chunk::Chunk;
 use proto::admin::v1::{
-    AddLearnerRequest, BackupChunk, BackupRequest, BarrierRequest, DemoteRequest, PromoteRequest, RemoveRequest,
-    SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest, WriteStagesRequest,
+    AddLearnerRequest, AlarmRequest, BackupChunk, BackupRequest, BarrierRequest, DemoteRequest, PromoteRequest,
+    RemoveRequest, SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest, WriteStagesRequest,
 };
+pub use proto::admin::v1::{AlarmMember, AlarmResponse, AlarmType};
 pub use proto::admin::v1::{
     BarrierResponse, GossipDrops, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse,
     StatusResponse, TransferLeaderResponse, VerifyLeaderResponse, WriteStage, WriteStagesResponse,
@@ -144,6 +146,34 @@ impl Client {
         let nf = self.meta();
         self.run(Kind::Read, self.options.request_timeout, |ch, t| async move {
             admin(ch).verify_leader(Self::request(VerifyLeaderRequest {}, t, nf)).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// The alarms active in the cluster, as the first reachable node has applied them.
+    pub async fn alarm_list(&self) -> Result<AlarmResponse, ClientError> {
+        self.alarm(AlarmAction::Get, None).await
+    }
+
+    /// Clears the alarms of `member` (every member for `None`) through the log (etcd's
+    /// `alarm disarm`); returns the alarms still active. A member still short of space raises
+    /// its alarm again at its next check. Clearing what is not active changes nothing, so it
+    /// is retried like a read.
+    pub async fn alarm_disarm(&self, member: Option<&str>) -> Result<AlarmResponse, ClientError> {
+        self.alarm(AlarmAction::Deactivate, member).await
+    }
+
+    async fn alarm(&self, action: AlarmAction, member: Option<&str>) -> Result<AlarmResponse, ClientError> {
+        let nf = self.options.no_forward;
+        let req = AlarmRequest {
+            action: action as i32,
+            member_id: member.unwrap_or_default().to_string(),
+            alarm: AlarmType::None as i32,
+            detail: String::new(),
+        };
+        self.run(Kind::Read, self.options.request_timeout, |ch, t| {
+            let req = req.clone();
+            async move { admin(ch).alarm(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
         })
         .await
     }

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// Prometheus `/metrics`, `/livez`, `/readyz`, `/status.json` and the status page `/`
     /// (plain HTTP, read-only). `None`: no metrics port.
     pub metrics_addr: Option<String>,
+    /// The storage quota and free-space reserve behind the NOSPACE alarm
+    /// (`--quota_backend_bytes`, `--disk_reserve_bytes`; see [`crate::disk`]).
+    pub disk: crate::disk::DiskLimits,
 }
 
 /// The TLS flags of a node, as given (etcd's spelling). [`NodeConfig::tls_files`] checks
@@ -163,6 +166,7 @@ impl NodeConfig {
             tls: TlsFlags::default(),
             insecure: false,
             metrics_addr: None,
+            disk: crate::disk::DiskLimits::default(),
         }
     }
 

@@ -37,7 +37,8 @@
 //! 8. `start_background`: the background work (the `background` module): the periodic
 //!    snapshot check (`--snapshot_interval`), with gossip the task publishing this node's
 //!    role, leader and applied index, and, with `--join` on a node without state, auto-join
-//!    (asking the members named, and with gossip on also those gossip finds).
+//!    (asking the members named, and with gossip on also those gossip finds); and the
+//!    storage guard ([`disk`]: the quota, the free-space reserve and the NOSPACE alarm).
 //!
 //! [`Node::shutdown`] first hands leadership to a caught-up voter if this node leads (bounded
 //! by `shutdown_grace`), so a planned stop costs the cluster no election timeout; then it
@@ -55,6 +56,7 @@
 
 mod background;
 mod config;
+pub mod disk;
 pub mod offline;
 
 use std::collections::BTreeMap;
@@ -86,6 +88,7 @@ use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
+pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
@@ -264,6 +267,7 @@ impl Node {
         }
         announce(&config, &dir, &listen)?;
         background.extend(start_background(&config, &raft, gossip.as_ref(), tls.as_ref(), me, &stop));
+        background.push(tokio::spawn(disk::guard(ctx.clone(), dir.clone(), config.disk, stop.subscribe())));
         Ok(Node {
             config,
             raft,
@@ -610,7 +614,10 @@ fn client_routes(
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
     routes
-        .add_service(AuthGuard::new(sm, KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server()))
+        .add_service(AuthGuard::new(
+            sm,
+            KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server(),
+        ))
         .add_service(AuthGuard::new(sm, AuthService::new(ctx.clone()).into_server()))
         .add_service(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server()))
         .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))

@@ -52,6 +52,10 @@ pub enum Error {
     /// The apply thread is gone (an apply panicked); no batch can be applied any more.
     #[error("the state machine's apply thread has stopped")]
     ApplyThread,
+    /// An apply failed earlier (a failed write or fsync): the state machine commits nothing
+    /// more, so a failed fsync is never retried; a restart re-applies from the log.
+    #[error("an earlier apply failed; the state machine commits nothing more until the node restarts")]
+    Failed,
     /// A blocking task panicked or was cancelled.
     #[error("state machine task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

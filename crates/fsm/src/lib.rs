@@ -112,11 +112,25 @@ macro_rules! error_point {
     };
 }
 
+/// A failing fsync: with feature `failpoints`, a `fail` point that, once armed
+/// (`RAFTKV_CRASH_AT`), makes a durable apply commit fail with `EIO`, where redb's commit runs
+/// `fsync`/`fdatasync`. Without the feature, nothing.
+macro_rules! fsync_error_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            tracing::error!(point = $name, "error point reached: fsync fails with EIO");
+            Err(Error::Redb(redb::Error::Io(io::Error::from_raw_os_error(5))))
+        });
+    };
+}
+
 pub use error::Error;
 pub use snapshot::SnapshotFile;
 use snapshot::{SnapshotReader, SnapshotWriter};
 use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
 pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
+pub use types::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 pub use types::{Command, KeyValue, RangeOp, RangeResult};
 
 /// A snapshot as openraft sees it: metadata and the file.
@@ -186,6 +200,11 @@ struct Inner {
     stages: Arc<latency::WriteStages>,
     /// The authentication state as last applied.
     auth: watch::Sender<Arc<types::auth::AuthState>>,
+    /// Set once an apply failed: nothing is committed any more (see [`StateMachine::flush`]).
+    failed: std::sync::atomic::AtomicBool,
+    /// The active alarms as last applied (a copy of `sm_meta`'s, for the write path's
+    /// check without a read transaction).
+    alarms: RwLock<Arc<Vec<Alarm>>>,
 }
 
 #[derive(Clone)]
@@ -251,7 +270,7 @@ impl StateMachine {
             remove_if_exists(&old.path)?;
         }
 
-        let db = open_db(&dir.join(DB_FILE), db_cache_bytes)?;
+        let db = open_checked(&dir.join(DB_FILE), db_cache_bytes)?;
         let sm = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -265,6 +284,8 @@ impl StateMachine {
                 applier: applier::Applier::start()?,
                 stages,
                 auth: watch::channel(Arc::default()).0,
+                alarms: RwLock::new(Arc::new(Vec::new())),
+                failed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -282,10 +303,20 @@ impl StateMachine {
         let (applied, _) = sm.read_applied_state()?;
         let applied = types::index_of(applied.as_ref());
         sm.reload_auth()?;
+        sm.reload_alarms()?;
         // The history starts empty: only changes applied from now on can be replayed.
         sm.inner.hub.abandon(applied);
         sm.inner.applied.send_replace(applied);
         Ok(sm)
+    }
+
+    /// A storage error that names the database file, for the message the node stops with.
+    fn file_error(&self, doing: &str, e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io { source, .. } => source.kind(),
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("{doing} {}: {e}", self.inner.dir.join(DB_FILE).display()))
     }
 
     fn db(&self) -> Arc<Database> {
@@ -388,14 +419,81 @@ impl StateMachine {
     }
 
     /// Makes every applied commit durable now (one fsync). Called on a clean stop, so a
-    /// restart has nothing to re-apply.
+    /// restart has nothing to re-apply. Never after an apply failed ([`Error::Failed`]):
+    /// a failed commit's fsync is not retried.
     pub fn flush(&self) -> Result<(), Error> {
+        if self.inner.failed.load(Ordering::SeqCst) {
+            return Err(Error::Failed);
+        }
         let db = self.db();
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
         *self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         Ok(())
+    }
+
+    /// The active alarms, as applied here (see [`types::alarm`]).
+    #[must_use]
+    pub fn alarms(&self) -> Arc<Vec<Alarm>> {
+        match self.inner.alarms.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_alarms(&self, alarms: Vec<Alarm>) {
+        let mut slot = match self.inner.alarms.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *slot = Arc::new(alarms);
+    }
+
+    /// Reads the alarms from the live database into memory.
+    fn reload_alarms(&self) -> Result<(), Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let alarms = store::read_alarms(&txn.open_table(META)?)?;
+        self.set_alarms(alarms);
+        Ok(())
+    }
+
+    /// The size of the state machine's database file, `state.redb`, in bytes: what the
+    /// storage quota (`--quota_backend_bytes`) is compared with.
+    pub fn db_file_bytes(&self) -> Result<u64, Error> {
+        let path = self.inner.dir.join(DB_FILE);
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))
+    }
+
+    /// Gives the space that deleted keys left free inside `state.redb` back to the
+    /// filesystem (redb's compaction), so the file shrinks. Waits at most `wait` for the
+    /// reads and the apply in progress to end; returns whether it compacted. Reads and
+    /// applies wait while it runs.
+    pub fn compact(&self, wait: Duration) -> Result<bool, Error> {
+        let mut slot = match self.inner.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let deadline = Instant::now() + wait;
+        while Arc::strong_count(&slot) > 1 {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(db) = Arc::get_mut(&mut slot) else { return Ok(false) };
+        let before = self.db_file_bytes()?;
+        let mut compacted = false;
+        while db.compact().map_err(redb::Error::from)? {
+            compacted = true;
+        }
+        if compacted {
+            tracing::info!(before, after = self.db_file_bytes()?, "state machine database compacted");
+        }
+        Ok(compacted)
     }
 
     /// Number of keys stored (a full count; for tests and status, not for hot paths).
@@ -454,6 +552,7 @@ impl StateMachine {
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         let mut membership = None;
         let mut auth = auth::BatchAuth::new(&self.inner.auth);
+        let mut alarms: Option<Vec<Alarm>> = None;
         {
             let mut tables = store::ApplyTables::open(&txn)?;
             for entry in entries {
@@ -463,6 +562,13 @@ impl StateMachine {
                         CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
                     }
                     EntryPayload::Normal(Command::Auth(a)) => CommandResult::Auth(auth.apply(entry.log_id.index, a)),
+                    EntryPayload::Normal(Command::Alarm(a)) => {
+                        let list = alarms.get_or_insert_with(|| self.alarms().as_ref().clone());
+                        if types::alarm::apply_alarm(list, a, entry.log_id.index) {
+                            tracing::warn!(index = entry.log_id.index, alarm = %a.kind, member = %a.member, action = ?a.action, "alarm changed");
+                        }
+                        CommandResult::None
+                    }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
                         CommandResult::None
@@ -474,9 +580,15 @@ impl StateMachine {
                 tables.forget_old_requests()?;
             }
         }
-        store::write_applied(&txn, &last.log_id, membership.as_ref())?;
+        store::write_applied(&txn, &last.log_id, membership.as_ref(), alarms.as_deref())?;
         auth.write(&txn)?;
+        if durable {
+            fsync_error_point!("fsm::fsync-fails");
+        }
         txn.commit()?;
+        if let Some(a) = alarms {
+            self.set_alarms(a);
+        }
         // Before the events: a watcher that sees a change after a revocation can see it.
         auth.publish();
         self.inner.stages.applied(entries[0].log_id.index..=last.log_id.index);
@@ -537,6 +649,10 @@ impl StateMachine {
             let auth_state = auth::read(&meta_table)?;
             if auth_state != types::auth::AuthState::default() {
                 writer.auth(&codec::encode(&auth_state)?)?;
+            }
+            let alarms = store::read_alarms(&meta_table)?;
+            if !alarms.is_empty() {
+                writer.alarms(&codec::encode(&alarms)?)?;
             }
             let out = writer.finish()?;
             let file = out.into_inner().map_err(|e| Error::io("flushing snapshot", e.into_error()))?;
@@ -620,6 +736,7 @@ impl StateMachine {
                 )));
             }
             let db = open_db(&new_path, self.inner.db_cache_bytes)?;
+            let mut alarms: Option<Vec<u8>> = None;
             let mut done = false;
             while !done {
                 let mut txn = db.begin_write()?;
@@ -646,6 +763,11 @@ impl StateMachine {
                                 bytes += body.len();
                                 txn.open_table(META)?.insert(auth::META_AUTH, body.as_slice())?;
                             }
+                            Some(snapshot::Item::Alarms(encoded)) => {
+                                let _: Vec<Alarm> = codec::decode(&encoded)
+                                    .map_err(|e| Error::CorruptSnapshot(format!("alarms: {e}")))?;
+                                alarms = Some(encoded);
+                            }
                             None => {
                                 done = true;
                                 break;
@@ -664,6 +786,9 @@ impl StateMachine {
                     m.insert(META_LAST_APPLIED, codec::encode(last)?.as_slice())?;
                 }
                 m.insert(META_MEMBERSHIP, codec::encode(&meta.last_membership)?.as_slice())?;
+                if let Some(a) = &alarms {
+                    m.insert(store::META_ALARMS, a.as_slice())?;
+                }
             }
             txn.commit()?;
             drop(db);
@@ -684,6 +809,7 @@ impl StateMachine {
         *slot = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
         drop(slot);
         self.reload_auth()?;
+        self.reload_alarms()?;
         self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
@@ -757,6 +883,36 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     Ok(db)
 }
 
+/// Opens the live database and verifies every page's checksum (redb's `check_integrity`). A
+/// database that fails is **set aside** (renamed `state.redb.damaged-<nanos>`, kept for
+/// inspection) and a fresh one is opened: the state machine is derived data, rebuilt from the
+/// newest snapshot (by [`StateMachine::open`]) and the Raft log (re-applied by openraft), or
+/// from the leader's snapshot. Never served: a damaged value.
+fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
+    let checked = open_db(path, cache_bytes).and_then(|mut db| match db.check_integrity() {
+        Ok(true) => Ok(db),
+        Ok(false) => Err(Error::Invariant("its checksums do not match (it was repaired from an older commit)".into())),
+        Err(e) => Err(Error::Redb(e.into())),
+    });
+    match checked {
+        Ok(db) => Ok(db),
+        Err(e) if path.exists() => {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let aside = path.with_extension(format!("redb.damaged-{nanos}"));
+            fs::rename(path, &aside)
+                .map_err(|re| Error::io(format!("{} is damaged ({e}); setting it aside", path.display()), re))?;
+            tracing::error!(
+                file = %path.display(),
+                set_aside = %aside.display(),
+                error = %e,
+                "the state machine database is damaged: set aside; rebuilding it from the snapshot and the Raft log (remove the damaged copy once the node serves)"
+            );
+            open_db(path, cache_bytes)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))? {
@@ -821,7 +977,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let db = this.db();
                 this.apply_batch(&db, &batch)
             })
-            .await??;
+            .await
+            .and_then(|r| r)
+            .map_err(|e| {
+                self.inner.failed.store(true, Ordering::SeqCst);
+                self.file_error("applying committed entries to", e)
+            })?;
         crash_point!("fsm::apply-committed");
         self.inner.applied.send_replace(last);
         for (responder, result) in responders.into_iter().zip(results) {

@@ -9,9 +9,11 @@
 //! `meta` is the [`codec`]-encoded openraft [`SnapshotMeta`]. A record with tag 1 is a key
 //! (name) and its stored value and indexes (body, see `store.rs`), in key order; tag 2 is a
 //! remembered request id (name) and the encoded outcome of its write (body), so at-most-once
-//! writes survive a snapshot; tag 4, present once authentication was ever configured, is the
-//! authentication state (name `auth`, body an encoded `types::auth::AuthState`: users with
-//! their password hashes, roles, the token key). Every length is
+//! writes survive a snapshot; tag 3, present only while an alarm is active, is the active
+//! alarms (name `alarms`, body an encoded `Vec<types::Alarm>`); tag 4, present once
+//! authentication was ever configured, is the authentication state (name `auth`, body an
+//! encoded `types::auth::AuthState`: users with their password hashes, roles, the token
+//! key). Every length is
 //! bounded ([`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_RECORD_LEN`]), so a corrupt file can not
 //! make a reader allocate without limit; the reader never holds more than one record.
 
@@ -37,7 +39,8 @@ pub const MAX_RECORD_LEN: u32 = 64 << 20;
 
 const TAG_RECORD: u8 = 1;
 const TAG_REQUEST: u8 = 2;
-/// Tag 3 is kept for the alarms record.
+const TAG_ALARMS: u8 = 3;
+/// The authentication state.
 const TAG_AUTH: u8 = 4;
 const TAG_END: u8 = 0;
 
@@ -50,6 +53,8 @@ pub(crate) enum Item {
     Request(String, Vec<u8>),
     /// The encoded authentication state.
     Auth(Vec<u8>),
+    /// The active alarms, encoded.
+    Alarms(Vec<u8>),
 }
 
 /// A snapshot on disk: the data openraft hands between the state machine and the network.
@@ -156,6 +161,11 @@ impl<W: Write> SnapshotWriter<W> {
         self.item(TAG_AUTH, b"auth", encoded)
     }
 
+    /// Appends the active alarms, encoded.
+    pub(crate) fn alarms(&mut self, encoded: &[u8]) -> Result<(), Error> {
+        self.item(TAG_ALARMS, b"alarms", encoded)
+    }
+
     fn item(&mut self, tag: u8, name: &[u8], body: &[u8]) -> Result<(), Error> {
         let name_len = u32::try_from(name.len()).ok().filter(|l| *l <= MAX_KEY_LEN && *l > 0);
         let body_len = u32::try_from(body.len()).ok().filter(|l| *l <= MAX_RECORD_LEN);
@@ -254,7 +264,7 @@ impl<R: Read> SnapshotReader<R> {
         let mut tag = [0u8; 1];
         read_exact(&mut self.input, &mut self.crc, &mut tag, "record tag")?;
         match tag[0] {
-            TAG_RECORD | TAG_REQUEST | TAG_AUTH => {
+            TAG_RECORD | TAG_REQUEST | TAG_ALARMS | TAG_AUTH => {
                 let name_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
                 if name_len == 0 || name_len > MAX_KEY_LEN {
                     return Err(corrupt(format!("key length {name_len} is out of bounds")));
@@ -272,6 +282,8 @@ impl<R: Read> SnapshotReader<R> {
                     Ok(Some(Item::Kv(name, body)))
                 } else if tag[0] == TAG_AUTH {
                     Ok(Some(Item::Auth(body)))
+                } else if tag[0] == TAG_ALARMS {
+                    Ok(Some(Item::Alarms(body)))
                 } else {
                     let id = String::from_utf8(name).map_err(|_| corrupt("a request id is not UTF-8"))?;
                     Ok(Some(Item::Request(id, body)))

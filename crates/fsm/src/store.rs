@@ -23,6 +23,9 @@ pub(crate) const REQUESTS_BY_INDEX: TableDefinition<'_, u64, &str> = TableDefini
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
 /// The last membership applied, written in the same transaction as the entry carrying it.
 pub(crate) const META_MEMBERSHIP: &str = "membership";
+/// The active alarms (an encoded `Vec<types::Alarm>`), written in the same transaction as
+/// the entry that changed them.
+pub(crate) const META_ALARMS: &str = "alarms";
 
 /// How far back request ids are remembered for at-most-once writes, in log entries: a
 /// write with an id applied at index `j` is answered as a duplicate by a write with the same
@@ -336,16 +339,28 @@ impl<'t> ApplyTables<'t> {
     }
 }
 
-/// Records the last applied log id and, when given, the membership, in `txn`.
+/// Records the last applied log id and, when given, the membership and the alarms, in `txn`.
 pub(crate) fn write_applied(
     txn: &WriteTransaction,
     last_applied: &LogId,
     membership: Option<&StoredMembership>,
+    alarms: Option<&[types::Alarm]>,
 ) -> Result<(), Error> {
     let mut meta = txn.open_table(META)?;
     meta.insert(META_LAST_APPLIED, codec::encode(last_applied)?.as_slice())?;
     if let Some(m) = membership {
         meta.insert(META_MEMBERSHIP, codec::encode(m)?.as_slice())?;
     }
+    if let Some(a) = alarms {
+        meta.insert(META_ALARMS, codec::encode(&a.to_vec())?.as_slice())?;
+    }
     Ok(())
+}
+
+/// The active alarms stored in `meta` (none when the key is absent: older files).
+pub(crate) fn read_alarms<T: ReadableTable<&'static str, &'static [u8]>>(meta: &T) -> Result<Vec<types::Alarm>, Error> {
+    match meta.get(META_ALARMS)? {
+        Some(v) => Ok(codec::decode(v.value())?),
+        None => Ok(Vec::new()),
+    }
 }

@@ -81,6 +81,21 @@ macro_rules! error_point {
 }
 pub(crate) use error_point;
 
+/// A failing fsync: with feature `failpoints`, a `fail` point that, once armed
+/// (`RAFTKV_CRASH_AT`), makes a durable commit fail with `EIO` after its data is written,
+/// where redb's commit runs `fsync`/`fdatasync`: the disk reported the write lost. Without
+/// the feature, nothing.
+macro_rules! fsync_error_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            tracing::error!(point = $name, "error point reached: fsync fails with EIO");
+            Err(redb::Error::Io(std::io::Error::from_raw_os_error(5)).into())
+        });
+    };
+}
+pub(crate) use fsync_error_point;
+
 /// Whether the planted bug "ack before fsync" is armed (feature `planted-bugs` and
 /// `RAFTKV_PLANTED_BUG=ack-before-fsync`): the writer commits a group of appends alone
 /// without an fsync (`Durability::None`, which redb forgets on a crash) and reports it
@@ -248,6 +263,7 @@ impl LogStore {
             written_seq: 0,
             saved_committed: committed,
             stages: stages.clone(),
+            path: path.to_path_buf(),
         };
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())

@@ -76,6 +76,8 @@ pub(crate) struct Writer {
     pub(crate) saved_committed: Option<LogId>,
     /// The node's per-stage clock of writes: appends are stamped durable after the commit.
     pub(crate) stages: Arc<latency::WriteStages>,
+    /// The database file, named in errors.
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl Writer {
@@ -88,7 +90,7 @@ impl Writer {
             let started = Instant::now();
             let result = match &failed {
                 Some(e) => Err(e.clone()),
-                None => self.commit(&ops).map_err(|e| e.to_string()),
+                None => self.commit(&ops).map_err(|e| format!("writing the Raft log to {}: {e}", self.path.display())),
             };
             if result.is_ok() {
                 metrics::histogram!(FSYNC_METRIC).record(started.elapsed());
@@ -144,6 +146,11 @@ impl Writer {
         if ops.iter().any(|op| matches!(op, Op::Append { .. })) {
             crate::crash_point!("raft-storage::append-written");
         }
+        // The commit's fsync. A failure is final (see the module docs): the writer never
+        // commits again, so the fsync is never retried (the PostgreSQL "fsyncgate" lesson:
+        // after a failed fsync the kernel may have dropped the dirty pages, and a later
+        // fsync that succeeds proves nothing).
+        crate::fsync_error_point!("raft-storage::fsync-fails");
         txn.commit()?;
         if let Some(last) = ops.last() {
             self.written_seq = last.seq();

@@ -11,17 +11,18 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{RaftMetrics, ServerState};
 use proto::admin::v1::admin_client::AdminClient;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
+use proto::admin::v1::alarm_request::AlarmAction as WireAlarmAction;
 use proto::admin::v1::{
-    AddLearnerRequest, AddVoterRequest, AddVoterResponse, BackupHeader, BackupRequest, BarrierRequest, BarrierResponse,
-    DemoteRequest, GossipDrops, GossipLiveness, GossipNode, Member, MembershipChangeResponse, PromoteRequest,
-    RaftState, RemoveRequest, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, Suffrage,
-    TransferLeaderRequest, TransferLeaderResponse, VerifyLeaderRequest, VerifyLeaderResponse, WriteStage,
-    WriteStagesRequest, WriteStagesResponse,
+    AddLearnerRequest, AddVoterRequest, AddVoterResponse, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    BackupHeader, BackupRequest, BarrierRequest, BarrierResponse, DemoteRequest, GossipDrops, GossipLiveness,
+    GossipNode, Member, MembershipChangeResponse, PromoteRequest, RaftState, RemoveRequest, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest, TransferLeaderResponse,
+    VerifyLeaderRequest, VerifyLeaderResponse, WriteStage, WriteStagesRequest, WriteStagesResponse,
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use types::{NodeId, NodeInfo, TypeConfig};
+use types::{Alarm, AlarmAction, AlarmCommand, AlarmKind, NodeId, NodeInfo, TypeConfig};
 
 use crate::backup::{BackupStream, stream_file};
 use crate::cluster::{self, MemberState, MembershipChange};
@@ -129,6 +130,55 @@ fn write_stages_of(node_id: String, r: &latency::Report) -> WriteStagesResponse 
                 overtaken: s.overtaken,
             })
             .collect(),
+    }
+}
+
+/// Active alarms as the Admin API sends them.
+fn wire_alarms(alarms: &[Alarm]) -> Vec<AlarmMember> {
+    alarms
+        .iter()
+        .map(|a| AlarmMember {
+            member_id: a.member.to_string(),
+            alarm: match a.kind {
+                AlarmKind::NoSpace => AlarmType::Nospace,
+            } as i32,
+            detail: a.detail.clone(),
+            index: a.index,
+        })
+        .collect()
+}
+
+/// The alarm kind a request names; `None` for every kind.
+fn alarm_kind(alarm: i32) -> Result<Option<AlarmKind>, ServiceError> {
+    match AlarmType::try_from(alarm) {
+        Ok(AlarmType::None) => Ok(None),
+        Ok(AlarmType::Nospace) => Ok(Some(AlarmKind::NoSpace)),
+        Err(_) => Err(ServiceError::InvalidArgument(format!("alarm {alarm} is not a known alarm type (NOSPACE is 1)"))),
+    }
+}
+
+/// The alarm changes a request asks for, given the alarms active here: one raise, or one
+/// clear per matching active alarm (none: nothing to do).
+fn alarm_changes(req: &AlarmRequest, active: &[Alarm]) -> Result<Vec<AlarmCommand>, ServiceError> {
+    let kind = alarm_kind(req.alarm)?;
+    let member = if req.member_id.is_empty() { None } else { Some(node_id("member_id", &req.member_id)?) };
+    match WireAlarmAction::try_from(req.action) {
+        Ok(WireAlarmAction::Get) => Ok(Vec::new()),
+        Ok(WireAlarmAction::Activate) => {
+            let (Some(member), Some(kind)) = (member, kind) else {
+                return Err(ServiceError::InvalidArgument("ACTIVATE needs a member_id and an alarm type".into()));
+            };
+            Ok(vec![AlarmCommand { member, kind, action: AlarmAction::Raise { detail: req.detail.clone() } }])
+        }
+        Ok(WireAlarmAction::Deactivate) => Ok(active
+            .iter()
+            .filter(|a| member.as_ref().is_none_or(|m| *m == a.member) && kind.is_none_or(|k| k == a.kind))
+            .map(|a| AlarmCommand { member: a.member.clone(), kind: a.kind, action: AlarmAction::Clear })
+            .collect()),
+        Err(_) => Err(ServiceError::InvalidArgument(format!(
+            "action {} is not GET (0), ACTIVATE (1) or DEACTIVATE (2)",
+            req.action
+        ))),
     }
 }
 
@@ -262,6 +312,30 @@ impl Admin for AdminService {
             disagreements,
             gossip_sealed: gossip_drops.is_some(),
             gossip_drops,
+            alarms: wire_alarms(&self.ctx.sm.alarms()),
+        }))
+    }
+
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let route = budget(&request, DEFAULT_REQUEST_TIMEOUT);
+        let req = request.into_inner();
+        let get = WireAlarmAction::try_from(req.action) == Ok(WireAlarmAction::Get);
+        let changes = alarm_changes(&req, &self.ctx.sm.alarms())?;
+        if !get && changes.is_empty() {
+            // Nothing active here to clear; the leader may know of more (this node may lag).
+            if let Routed::Leader(leader) = cluster::barrier(&self.ctx, route.until).await? {
+                return self.forward(leader, route, req, |mut c, r| async move { c.alarm(r).await }).await;
+            }
+        }
+        for cmd in changes {
+            tracing::info!(member = %cmd.member, alarm = %cmd.kind, action = ?cmd.action, "alarm change requested");
+            if let Routed::Leader(leader) = cluster::change_alarm(&self.ctx, cmd, route.until).await? {
+                return self.forward(leader, route, req, |mut c, r| async move { c.alarm(r).await }).await;
+            }
+        }
+        Ok(Response::new(AlarmResponse {
+            node_id: self.ctx.id.to_string(),
+            alarms: wire_alarms(&self.ctx.sm.alarms()),
         }))
     }
 

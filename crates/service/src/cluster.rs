@@ -25,7 +25,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, PreconditionFaile
 use openraft::raft::{ClientWriteResponse, Precondition};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tokio::time::Instant;
-use types::{NodeId, NodeInfo, TypeConfig};
+use types::{AlarmCommand, Command, NodeId, NodeInfo, TypeConfig};
 
 use crate::forward::{Leader, Routed};
 use crate::{NodeContext, ServiceError};
@@ -669,6 +669,19 @@ pub async fn barrier(ctx: &NodeContext, deadline: Instant) -> Result<Routed<u64>
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Raises or clears an alarm through the log; returns the entry's index once it is applied
+/// here, or the leader to forward to.
+pub async fn change_alarm(
+    ctx: &NodeContext,
+    cmd: AlarmCommand,
+    deadline: Instant,
+) -> Result<Routed<u64>, ServiceError> {
+    Ok(match ctx.write(Command::Alarm(cmd), remaining(deadline)).await? {
+        Routed::Done((index, _)) => Routed::Done(index),
+        Routed::Leader(l) => Routed::Leader(l),
+    })
 }
 
 /// Waits until this node has applied `index` ([`linearizable::wait_applied`]).

@@ -50,8 +50,8 @@ pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
-pub mod slow;
 pub mod readiness;
+pub mod slow;
 pub mod watch;
 
 pub use admin::{AdminService, DEFAULT_ADD_VOTER_TIMEOUT, MAX_ADMIN_TIMEOUT, check_addr, members_of, node_id};

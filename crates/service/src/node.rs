@@ -9,7 +9,7 @@ use linearizable::Consistency;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use resolver::Resolver;
-use types::{Command, CommandResult, NodeId};
+use types::{AlarmKind, Command, CommandResult, NodeId, TxnOp, WriteOp};
 
 use raft_network::LeaderContact;
 use raft_network::calls::LeaderReadIndex;
@@ -98,6 +98,7 @@ impl NodeContext {
         cmd: Command,
         timeout: Duration,
     ) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
+        self.check_space(&cmd)?;
         if let Some(leader) = self.other_leader() {
             return Ok(Routed::Leader(leader));
         }
@@ -154,6 +155,25 @@ impl NodeContext {
         }
     }
 
+    /// Refuses a write that adds data while a NOSPACE alarm is active, as this node has
+    /// applied the alarms (the leader, which proposes every write, checks again when the
+    /// write is forwarded there). Deletes, and transactions without a put, go through: they
+    /// are how space is freed.
+    fn check_space(&self, cmd: &Command) -> Result<(), ServiceError> {
+        let Command::Write(w) = cmd else { return Ok(()) };
+        if !adds_data(&w.op) {
+            return Ok(());
+        }
+        let alarms = self.sm.alarms();
+        match alarms.iter().find(|a| a.kind == AlarmKind::NoSpace) {
+            None => Ok(()),
+            Some(a) => Err(ServiceError::ResourceExhausted(format!(
+                "no space left on {}: {}; writes that add data are refused until space is freed and the alarm is cleared (`raftkvctl alarm disarm`); deletes still work",
+                a.member, a.detail
+            ))),
+        }
+    }
+
     /// Makes this node ready to serve a read at `level` and returns the index the read will
     /// reflect at least: [`linearizable::read_index`], asking the leader over the Raft port
     /// ([`LeaderReadIndex`]) on a follower. A node that cannot confirm the read index within
@@ -162,5 +182,33 @@ impl NodeContext {
         let leader = LeaderReadIndex { resolver: self.resolver.as_ref(), pool: self.forwarder.pool() };
         let applied = self.sm.subscribe_applied();
         Ok(linearizable::read_index(&self.raft, &self.id, applied, &leader, level, timeout).await?)
+    }
+}
+
+/// Whether a write may make the stored data grow: a put, or a transaction with a put in
+/// either branch.
+fn adds_data(op: &WriteOp) -> bool {
+    match op {
+        WriteOp::Put(_) => true,
+        WriteOp::Delete(_) => false,
+        WriteOp::Txn(t) => t.success.iter().chain(&t.failure).any(|op| matches!(op, TxnOp::Put(_))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use types::{DeleteOp, KeyRange, PutOp, Txn};
+
+    use super::*;
+
+    #[test]
+    fn only_puts_add_data() {
+        let put = PutOp { key: b"k".to_vec(), value: vec![1], expect: None, prev_kv: false };
+        let del = DeleteOp { range: KeyRange::Key(b"k".to_vec()), expect: None, prev_kv: false };
+        assert!(adds_data(&WriteOp::Put(put.clone())));
+        assert!(!adds_data(&WriteOp::Delete(del.clone())));
+        let txn = |success, failure| WriteOp::Txn(Txn { compares: vec![], success, failure });
+        assert!(!adds_data(&txn(vec![TxnOp::Delete(del.clone())], vec![])));
+        assert!(adds_data(&txn(vec![TxnOp::Delete(del)], vec![TxnOp::Put(put)])));
     }
 }

@@ -11,18 +11,22 @@
 //!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
 //! - [`auth`]: users, roles and permissions, changed through the log by
 //!   [`Command::Auth`].
+//! - [`alarm`]: alarms (NOSPACE) a member raises through the log, [`Command::Alarm`].
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
 //!   the state machine's metadata and Raft messages on the wire.
 //!
 //! This crate depends on openraft and serde only. It must never depend on tonic, redb,
 //! chitchat or any other crate of ours: everything else depends on it.
 
+pub mod alarm;
 pub mod auth;
 pub mod codec;
 mod ids;
 pub mod kv;
 
 use serde::{Deserialize, Serialize};
+
+pub use alarm::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 
 pub use ids::{InvalidNodeId, NodeId};
 pub use kv::{
@@ -58,6 +62,9 @@ pub enum Command {
     Write(WriteCommand),
     /// A change to users, roles, permissions or whether authentication is on.
     Auth(auth::AuthCommand),
+    /// Raise or clear an alarm ([`alarm`]): replicated so every node refuses writes from
+    /// the same index on.
+    Alarm(AlarmCommand),
 }
 
 impl std::fmt::Display for Command {
@@ -80,6 +87,13 @@ impl std::fmt::Display for Command {
                 }
             }
             Command::Auth(a) => write!(f, "{a}"),
+            Command::Alarm(a) => {
+                let action = match a.action {
+                    AlarmAction::Raise { .. } => "raise",
+                    AlarmAction::Clear => "clear",
+                };
+                write!(f, "alarm {action} {} member={}", a.kind, a.member)
+            }
         }
     }
 }

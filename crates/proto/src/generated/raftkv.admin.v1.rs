@@ -68,6 +68,9 @@ pub struct StatusResponse {
     /// With sealed gossip: the datagrams the answering node dropped since it started.
     #[prost(message, optional, tag = "16")]
     pub gossip_drops: ::core::option::Option<GossipDrops>,
+    /// The alarms active in the cluster, as this node has applied them (see Alarm).
+    #[prost(message, repeated, tag = "17")]
+    pub alarms: ::prost::alloc::vec::Vec<AlarmMember>,
 }
 /// Gossip datagrams a node dropped (sealed gossip only), by reason. A dropped datagram
 /// changes nothing.
@@ -368,6 +371,75 @@ pub struct WriteStage {
     #[prost(uint64, tag = "10")]
     pub overtaken: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlarmRequest {
+    #[prost(enumeration = "alarm_request::AlarmAction", tag = "1")]
+    pub action: i32,
+    /// The member concerned. Empty with GET and DEACTIVATE: every member.
+    #[prost(string, tag = "2")]
+    pub member_id: ::prost::alloc::string::String,
+    /// With ACTIVATE: required.
+    #[prost(enumeration = "AlarmType", tag = "3")]
+    pub alarm: i32,
+    /// With ACTIVATE: what was measured, one sentence.
+    #[prost(string, tag = "4")]
+    pub detail: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `AlarmRequest`.
+pub mod alarm_request {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+    #[repr(i32)]
+    pub enum AlarmAction {
+        Get = 0,
+        Activate = 1,
+        Deactivate = 2,
+    }
+    impl AlarmAction {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Get => "ALARM_ACTION_GET",
+                Self::Activate => "ALARM_ACTION_ACTIVATE",
+                Self::Deactivate => "ALARM_ACTION_DEACTIVATE",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "ALARM_ACTION_GET" => Some(Self::Get),
+                "ALARM_ACTION_ACTIVATE" => Some(Self::Activate),
+                "ALARM_ACTION_DEACTIVATE" => Some(Self::Deactivate),
+                _ => None,
+            }
+        }
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlarmMember {
+    #[prost(string, tag = "1")]
+    pub member_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "AlarmType", tag = "2")]
+    pub alarm: i32,
+    /// What the member measured when it raised the alarm.
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+    /// The log index of the entry that raised it.
+    #[prost(uint64, tag = "4")]
+    pub index: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AlarmResponse {
+    /// The node that answered.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// With GET: the active alarms. With ACTIVATE and DEACTIVATE: those active once the change
+    /// is applied on the answering node.
+    #[prost(message, repeated, tag = "2")]
+    pub alarms: ::prost::alloc::vec::Vec<AlarmMember>,
+}
 /// What a member may do in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -471,6 +543,34 @@ impl GossipLiveness {
             "GOSSIP_LIVENESS_LIVE" => Some(Self::Live),
             "GOSSIP_LIVENESS_LEFT" => Some(Self::Left),
             "GOSSIP_LIVENESS_DEAD" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AlarmType {
+    /// With GET and DEACTIVATE: every kind.
+    None = 0,
+    /// A member is out of storage: writes that add data are refused.
+    Nospace = 1,
+}
+impl AlarmType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::None => "ALARM_TYPE_NONE",
+            Self::Nospace => "ALARM_TYPE_NOSPACE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ALARM_TYPE_NONE" => Some(Self::None),
+            "ALARM_TYPE_NOSPACE" => Some(Self::Nospace),
             _ => None,
         }
     }
@@ -753,6 +853,28 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "WriteStages"));
             self.inner.unary(req, path, codec).await
         }
+        /// Alarm lists, raises or clears alarms (etcd's Maintenance.Alarm). Alarms are entries of
+        /// the Raft log, so every node acts on them from the same index: while a NOSPACE alarm is
+        /// active the cluster refuses writes that add data (RESOURCE_EXHAUSTED); deletes, reads,
+        /// watches and leadership go on. GET is served by the answering node (the alarms it has
+        /// applied); ACTIVATE and DEACTIVATE are forwarded to the leader. A member raises NOSPACE
+        /// by itself when its storage passes --quota_backend_bytes or its filesystem's free space
+        /// falls below --disk_reserve_bytes, and raises it again after a DEACTIVATE while that is
+        /// still so.
+        pub async fn alarm(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AlarmRequest>,
+        ) -> std::result::Result<tonic::Response<super::AlarmResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/Alarm");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Alarm"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -844,6 +966,18 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::WriteStagesRequest>,
         ) -> std::result::Result<tonic::Response<super::WriteStagesResponse>, tonic::Status>;
+        /// Alarm lists, raises or clears alarms (etcd's Maintenance.Alarm). Alarms are entries of
+        /// the Raft log, so every node acts on them from the same index: while a NOSPACE alarm is
+        /// active the cluster refuses writes that add data (RESOURCE_EXHAUSTED); deletes, reads,
+        /// watches and leadership go on. GET is served by the answering node (the alarms it has
+        /// applied); ACTIVATE and DEACTIVATE are forwarded to the leader. A member raises NOSPACE
+        /// by itself when its storage passes --quota_backend_bytes or its filesystem's free space
+        /// falls below --disk_reserve_bytes, and raises it again after a DEACTIVATE while that is
+        /// still so.
+        async fn alarm(
+            &self,
+            request: tonic::Request<super::AlarmRequest>,
+        ) -> std::result::Result<tonic::Response<super::AlarmResponse>, tonic::Status>;
     }
     /// Cluster administration.
     #[derive(Debug)]
@@ -1244,6 +1378,34 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WriteStagesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/Alarm" => {
+                    #[allow(non_camel_case_types)]
+                    struct AlarmSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::AlarmRequest> for AlarmSvc<T> {
+                        type Response = super::AlarmResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::AlarmRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::alarm(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AlarmSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
