@@ -164,7 +164,7 @@ impl Client {
     }
 
     async fn alarm(&self, action: AlarmAction, member: Option<&str>) -> Result<AlarmResponse, ClientError> {
-        let nf = self.options.no_forward;
+        let nf = self.meta();
         let req = AlarmRequest {
             action: action as i32,
             member_id: member.unwrap_or_default().to_string(),
