@@ -41,13 +41,24 @@ impl Transcript {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Runs it and requires a refusal (exit 2) whose message holds every one of `words`.
+    /// Runs it with `-o json` and requires a refusal (exit 2) with the status code that
+    /// gRPC describes as `words[0]`, and a message holding every other one of `words`.
     fn refused(&mut self, endpoints: &[String], args: &[&str], words: &[&str]) -> Result<String, BoxError> {
-        let out = self.ctl(endpoints, args)?;
+        let json_args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+        let out = self.ctl(endpoints, &json_args)?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(2), "raftkvctl {args:?} should be refused: {stderr}");
-        for w in words {
-            assert!(stderr.contains(w), "raftkvctl {args:?}: the refusal should say {w:?}: {stderr}");
+        let error: serde_json::Value = serde_json::from_str(stderr.trim())?;
+        let (code, message) = (error["error"]["code"].as_str(), error["error"]["message"].as_str().unwrap_or(""));
+        let expected = match words.first().copied() {
+            Some("not in a state required") => "FAILED_PRECONDITION",
+            Some("valid authentication credentials") => "UNAUTHENTICATED",
+            Some("does not have permission") => "PERMISSION_DENIED",
+            other => panic!("no code for {other:?}"),
+        };
+        assert_eq!(code, Some(expected), "raftkvctl {args:?}: {stderr}");
+        for w in &words[1..] {
+            assert!(message.contains(w), "raftkvctl {args:?}: the refusal should say {w:?}: {stderr}");
         }
         eprintln!("refused as expected: {}", stderr.trim());
         Ok(stderr)

@@ -59,8 +59,8 @@ pub(crate) const OUR_CRATES: &[&str] = &[
 pub(crate) const RULES: &[Rule] = &[
     Rule { krate: "duration", never: &["tonic", "openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client"], never_direct: &[] },
     Rule { krate: "latency", never: &["tokio", "tonic", "openraft", "redb", "chitchat", "proto", "types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "secrets"], never_direct: &[] },
-    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets"], never_direct: &[] },
-    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets"], never_direct: &[] },
+    Rule { krate: "proto", never: &["types", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets", "telemetry"], never_direct: &[] },
+    Rule { krate: "types", never: &["tonic", "redb", "chitchat", "proto", "raft-storage", "fsm", "resolver", "gossip", "linearizable", "blocking-query", "raft-network", "rpc", "service", "compat", "engine", "client", "duration", "proc-harness", "latency", "secrets", "telemetry"], never_direct: &[] },
     Rule { krate: "raft-storage", never: &["tonic", "fsm", "service", "engine", "chitchat"], never_direct: &[] },
     Rule { krate: "fsm", never: &["tonic", "chitchat", "gossip", "raft-storage", "service", "engine"], never_direct: &[] },
     Rule { krate: "resolver", never: &["tonic", "chitchat", "gossip"], never_direct: &["openraft"] },
