@@ -442,10 +442,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Sends log lines to stderr in `format`, filtered by `RUST_LOG`.
+/// Sends log lines to stderr in `format`, filtered by `RUST_LOG`; colours only when stderr
+/// is a terminal (a log file or a supervisor's journal gets plain text).
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
