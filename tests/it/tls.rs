@@ -195,6 +195,13 @@ async fn peer_allowed_cn_closes_the_raft_port_to_other_names() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (_, files) = proc_harness::certs::generate(&dir.path().join("certs"), &["n1", "n2", "n3"], "client")?;
     let n1 = tls_node("n1", dir.path(), &files, true, &["--peer-allowed-cn", "n1,n2"])?;
+    // A node with no membership yet refuses no vote (it may be waiting to be added): wait
+    // until the bootstrap's membership is applied, or the vote below could be granted.
+    let client = Client::new([n1.grpc_addr.clone()], tls_options(&files))?;
+    wait_for("n1 to lead", Duration::from_secs(30), || async {
+        client.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
+    })
+    .await?;
     let as_node = |id: &str| ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.nodes[id].clone()) };
     // n2 is allowed: its vote reaches the service, which refuses a non-member's vote.
     let allowed = vote_claiming(&n1.raft_addr, &as_node("n2"), "n1", "n2", 0).await;
