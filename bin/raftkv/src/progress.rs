@@ -16,9 +16,10 @@ pub(crate) const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// The renderer of a restore's progress: a bar on a terminal, log lines otherwise.
 pub(crate) fn restore() -> (RestoreProgress, Option<ProgressBar>) {
     if std::io::stderr().is_terminal() {
-        let style = ProgressStyle::with_template("restore [{bar:40}] {bytes}/{total_bytes}, {bytes_per_sec}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("restore [{bar:40}] {bytes}/{total_bytes}, {bytes_per_sec}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         let bar = ProgressBar::new(0).with_style(style);
         let shown = bar.clone();
         let progress = RestoreProgress::new(move |done, total| {

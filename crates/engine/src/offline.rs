@@ -424,7 +424,11 @@ mod tests {
         std::fs::write(&file, b"RKVSNAP\0garbage")?;
         let id = NodeId::new("r")?;
         let me = NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() };
-        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("is not an intact raftkv backup") && e.contains("nothing was written"), "{e}");
         assert!(!dir.path().join("r").exists(), "a refused restore wrote something");
 
@@ -447,7 +451,11 @@ mod tests {
 
         std::fs::create_dir_all(dir.path().join("r"))?;
         std::fs::write(dir.path().join("r").join("something"), b"x")?;
-        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("already has data"), "{e}");
         std::fs::remove_dir_all(dir.path().join("r"))?;
 
