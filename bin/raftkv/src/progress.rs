@@ -52,7 +52,7 @@ fn mib(bytes: u64) -> f64 {
 
 /// `done` of `total` in whole percent (100 when there is nothing to do).
 fn percent(done: u64, total: u64) -> u64 {
-    if total == 0 { 100 } else { done.saturating_mul(100) / total }
+    done.saturating_mul(100).checked_div(total).unwrap_or(100)
 }
 
 #[cfg(test)]
