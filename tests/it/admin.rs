@@ -531,6 +531,11 @@ async fn a_backup_restores_into_a_fresh_cluster_key_by_key() -> TestResult {
     let out = run_raftkv(&restore_args(&backup))?;
     assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("as a new one-node cluster of r1"));
+    // Off a terminal, progress is logged (here only the last line: a small backup is quick).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.contains("restore progress")).ok_or("no progress line")?;
+    eprintln!("restore logged: {line}");
+    assert!(line.contains("percent") && line.trim_end().ends_with("100"), "{line}");
     // Restoring again into the same place is refused.
     let out = run_raftkv(&restore_args(&backup))?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("already has data"));

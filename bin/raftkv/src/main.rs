@@ -11,6 +11,7 @@ mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod offline;
+mod progress;
 
 use std::path::PathBuf;
 use std::time::Duration;

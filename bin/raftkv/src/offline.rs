@@ -105,8 +105,18 @@ pub(crate) fn run(cmd: Offline) -> Result<()> {
         }
         Offline::Restore(args) => {
             let me = NodeInfo { raft_addr: args.raft_addr.clone(), grpc_addr: args.grpc_addr.clone() };
-            let forced =
-                runtime.block_on(engine::offline::restore(&args.file, &args.raft_data_dir, &args.raft_id, me))?;
+            let (progress, bar) = crate::progress::restore();
+            let restored = runtime.block_on(engine::offline::restore(
+                &args.file,
+                &args.raft_data_dir,
+                &args.raft_id,
+                me,
+                progress,
+            ));
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let forced = restored?;
             println!(
                 "Restored {} (snapshot at index {}, term {}) as a new one-node cluster of {}.",
                 args.file.display(),

@@ -36,6 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fsm::StateMachine;
 use openraft::entry::RaftEntry;
@@ -47,6 +49,39 @@ use raft_storage::{LOG_FILE, LogStore};
 use types::{Entry, LogId, Membership, NodeId, NodeInfo, TypeConfig, Vote};
 
 use crate::{EngineError, LISTEN_FILE};
+
+/// Where a [`restore`] is: it is called after every read of the backup with the bytes read so
+/// far and the total. The backup is read twice (verified whole, then installed), so the total
+/// is twice its size. The caller renders it (a bar, log lines); clones share it.
+#[derive(Clone)]
+pub struct RestoreProgress(Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl RestoreProgress {
+    /// Calls `f(done, total)` after every read.
+    pub fn new(f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// No report.
+    #[must_use]
+    pub fn none() -> Self {
+        Self::new(|_, _| {})
+    }
+
+    /// The read callback for a backup of `size` bytes: it adds up the reads of both passes.
+    fn counter(&self, size: u64) -> fsm::ReadProgress {
+        let total = size.saturating_mul(2);
+        let done = Arc::new(AtomicU64::new(0));
+        let report = self.0.clone();
+        fsm::ReadProgress::new(move |n| report(done.fetch_add(n, Ordering::Relaxed) + n, total))
+    }
+}
+
+impl std::fmt::Debug for RestoreProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestoreProgress")
+    }
+}
 
 /// What [`recover`] or [`restore`] wrote.
 #[derive(Debug, Clone)]
@@ -197,12 +232,21 @@ pub async fn recover(
 /// Seeds a new one-node cluster of `id` (at `me`) in `data_dir` from the backup `file`: the
 /// file is verified whole first (format, bounds, record count, CRC32), installed as the state
 /// machine's snapshot, and the membership is forced to this node alone. The node directory
-/// must not exist or be empty.
-pub async fn restore(file: &Path, data_dir: &Path, id: &NodeId, me: NodeInfo) -> Result<Forced, EngineError> {
-    if let Err(e) = std::fs::File::open(file) {
-        return Err(EngineError::Refused(format!("cannot read the backup {}: {e}", file.display())));
-    }
-    let (meta, records) = fsm::snapshot::verify_file(file).map_err(|e| match e {
+/// must not exist or be empty. `progress` is told the bytes read so far of the total (see
+/// [`RestoreProgress`]).
+pub async fn restore(
+    file: &Path,
+    data_dir: &Path,
+    id: &NodeId,
+    me: NodeInfo,
+    progress: RestoreProgress,
+) -> Result<Forced, EngineError> {
+    let size = match std::fs::File::open(file).and_then(|f| f.metadata()) {
+        Ok(m) => m.len(),
+        Err(e) => return Err(EngineError::Refused(format!("cannot read the backup {}: {e}", file.display()))),
+    };
+    let reads = progress.counter(size);
+    let (meta, records) = fsm::snapshot::verify_file_with(file, Some(reads.clone())).map_err(|e| match e {
         fsm::Error::CorruptSnapshot(why) => EngineError::Refused(format!(
             "{} is not an intact raftkv backup: {why}; nothing was written",
             file.display()
@@ -226,7 +270,7 @@ pub async fn restore(file: &Path, data_dir: &Path, id: &NodeId, me: NodeInfo) ->
     }
     std::fs::create_dir_all(&dir)
         .map_err(|source| EngineError::Io { context: format!("creating {}", dir.display()), source })?;
-    let result = seed(file, &dir, id, me, &meta, &last).await;
+    let result = seed(file, reads, &dir, id, me, &meta, &last).await;
     if result.is_err() {
         // Leave no half-seeded node behind: a new attempt needs an empty directory.
         let _ = std::fs::remove_dir_all(&dir);
@@ -238,6 +282,7 @@ pub async fn restore(file: &Path, data_dir: &Path, id: &NodeId, me: NodeInfo) ->
 
 async fn seed(
     file: &Path,
+    reads: fsm::ReadProgress,
     dir: &Path,
     id: &NodeId,
     me: NodeInfo,
@@ -245,7 +290,7 @@ async fn seed(
     last: &LogId,
 ) -> Result<Forced, EngineError> {
     let mut sm = StateMachine::open(&dir.join("sm"))?;
-    let snapshot = fsm::SnapshotFile::open(file)?;
+    let snapshot = fsm::SnapshotFile::open(file)?.with_progress(reads);
     sm.install_snapshot(meta, snapshot).await.map_err(|e| raft_err("installing the backup", e))?;
     let mut log = open_log(dir)?;
     log.purge(last.clone()).await.map_err(|e| raft_err("recording the backup's position", e))?;
@@ -379,7 +424,11 @@ mod tests {
         std::fs::write(&file, b"RKVSNAP\0garbage")?;
         let id = NodeId::new("r")?;
         let me = NodeInfo { raft_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:2".into() };
-        let e = restore(&file, dir.path(), &id, me.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("is not an intact raftkv backup") && e.contains("nothing was written"), "{e}");
         assert!(!dir.path().join("r").exists(), "a refused restore wrote something");
 
@@ -402,14 +451,28 @@ mod tests {
 
         std::fs::create_dir_all(dir.path().join("r"))?;
         std::fs::write(dir.path().join("r").join("something"), b"x")?;
-        let e = restore(&file, dir.path(), &id, me.clone()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let e = restore(&file, dir.path(), &id, me.clone(), RestoreProgress::none())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("already has data"), "{e}");
         std::fs::remove_dir_all(dir.path().join("r"))?;
 
         let mut c = config(dir.path(), "r")?;
         c.raft_addr = "127.0.0.1:0".into();
-        let forced = restore(&file, dir.path(), &id, me).await?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let progress = {
+            let seen = seen.clone();
+            RestoreProgress::new(move |done, total| seen.lock().map(|mut s| s.push((done, total))).unwrap_or(()))
+        };
+        let forced = restore(&file, dir.path(), &id, me, progress).await?;
         assert_eq!(forced.voters.len(), 1);
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let total = 2 * bytes.len() as u64;
+        assert!(seen.len() >= 2, "both passes report: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[1].1 == total), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(total, total)), "verified and installed, every byte counted once a pass");
         let node = Node::start(c).await?;
         wait_leader(&node).await?;
         assert!(node.state_machine().get(b"kept")?.is_some());

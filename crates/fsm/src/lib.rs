@@ -126,7 +126,7 @@ macro_rules! fsync_error_point {
 }
 
 pub use error::Error;
-pub use snapshot::SnapshotFile;
+pub use snapshot::{ReadProgress, SnapshotFile};
 use snapshot::{SnapshotReader, SnapshotWriter};
 use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
 pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};

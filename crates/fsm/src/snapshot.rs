@@ -65,6 +65,46 @@ pub(crate) enum Item {
 pub struct SnapshotFile {
     file: File,
     len: u64,
+    /// Told how many bytes each sequential read ([`SnapshotFile::reader`]) returned.
+    on_read: Option<ReadProgress>,
+}
+
+/// A callback told the number of bytes of each read of a snapshot file, for progress
+/// reports of long reads (`raftkv restore`); clones share it.
+#[derive(Clone)]
+pub struct ReadProgress(std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl ReadProgress {
+    /// Calls `f` with the size of every read.
+    pub fn new(f: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    fn read(&self, n: usize) {
+        (self.0)(n as u64);
+    }
+}
+
+impl std::fmt::Debug for ReadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadProgress")
+    }
+}
+
+/// A reader that reports the size of every read to a [`ReadProgress`].
+struct Counting<R> {
+    inner: R,
+    on_read: Option<ReadProgress>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(p) = &self.on_read {
+            p.read(n);
+        }
+        Ok(n)
+    }
 }
 
 impl SnapshotFile {
@@ -72,7 +112,14 @@ impl SnapshotFile {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let file = File::open(path).map_err(|e| Error::io(format!("opening snapshot {}", path.display()), e))?;
         let len = file.metadata().map_err(|e| Error::io(format!("reading metadata of {}", path.display()), e))?.len();
-        Ok(Self { file, len })
+        Ok(Self { file, len, on_read: None })
+    }
+
+    /// Reports the bytes of every sequential read ([`SnapshotFile::reader`]) to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: ReadProgress) -> Self {
+        self.on_read = Some(progress);
+        self
     }
 
     /// The file's size in bytes.
@@ -94,13 +141,14 @@ impl SnapshotFile {
 
     /// A sequential reader from the start of the file.
     pub fn reader(&self) -> io::Result<impl Read + '_> {
-        Ok(BufReader::with_capacity(256 << 10, PositionedReader { file: self, pos: 0 }))
+        let positioned = PositionedReader { file: self, pos: 0 };
+        Ok(BufReader::with_capacity(256 << 10, Counting { inner: positioned, on_read: self.on_read.clone() }))
     }
 
     /// Another handle on the same file.
     pub fn try_clone(&self) -> Result<Self, Error> {
         let file = self.file.try_clone().map_err(|e| Error::io("cloning a snapshot handle", e))?;
-        Ok(Self { file, len: self.len })
+        Ok(Self { file, len: self.len, on_read: self.on_read.clone() })
     }
 }
 
@@ -344,8 +392,14 @@ pub(crate) fn read_meta(path: &Path) -> Result<SnapshotMeta, Error> {
 /// checksum, and returns its metadata and number of records. A file that is not a complete,
 /// intact snapshot of this format is refused with [`Error::CorruptSnapshot`].
 pub fn verify_file(path: &Path) -> Result<(SnapshotMeta, u64), Error> {
+    verify_file_with(path, None)
+}
+
+/// [`verify_file`], reporting the bytes of every read to `progress`.
+pub fn verify_file_with(path: &Path, progress: Option<ReadProgress>) -> Result<(SnapshotMeta, u64), Error> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let mut reader = SnapshotReader::new(BufReader::with_capacity(256 << 10, file))?;
+    let counting = Counting { inner: file, on_read: progress };
+    let mut reader = SnapshotReader::new(BufReader::with_capacity(256 << 10, counting))?;
     while reader.next_record()?.is_some() {}
     Ok((reader.meta, reader.count))
 }
@@ -369,6 +423,33 @@ mod tests {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn reads_of_a_file_are_counted_to_the_last_byte() -> Result<(), Box<dyn std::error::Error>> {
+        let big = vec![7u8; 600 << 10];
+        let bytes = sample(&[(b"a", &big), (b"b", b"2")])?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.rkvs");
+        std::fs::write(&path, &bytes)?;
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let progress = {
+            let (counted, calls) = (counted.clone(), calls.clone());
+            ReadProgress::new(move |n| {
+                counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+        let (_, records) = verify_file_with(&path, Some(progress.clone()))?;
+        assert_eq!(records, 2);
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), bytes.len() as u64, "verify");
+        assert!(calls.load(std::sync::atomic::Ordering::Relaxed) > 1, "a 600 KiB file is read in parts");
+        counted.store(0, std::sync::atomic::Ordering::Relaxed);
+        let file = SnapshotFile::open(&path)?.with_progress(progress).try_clone()?;
+        io::copy(&mut file.reader()?, &mut io::sink())?;
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), bytes.len() as u64, "reader of a clone");
+        Ok(())
     }
 
     #[test]
