@@ -1556,23 +1556,31 @@ async fn resolve_unknown(net: &Net, history: &History, report: &mut ScheduleRepo
 async fn final_reads(net: &Net, history: &History, keys: &[String]) -> Result<(), BoxError> {
     let client = Client::new(net.endpoints(), crate::test_options())?;
     for key in keys {
-        let invoke = history.now();
-        let outcome = execute(&client, key, Input::Get, "").await;
-        if let Outcome::Fail(e) = &outcome {
-            return Err(format!("final read of {key} failed after healing: {e}").into());
-        }
-        let complete = history.now();
-        history.record(Operation {
-            client: usize::MAX,
-            key: key.clone(),
-            input: Input::Get,
-            request_id: String::new(),
-            invoke,
-            complete,
-            outcome,
-        });
+        let op = final_read(&client, history, key).await.map_err(|e| format!("{e} after healing"))?;
+        history.record(op);
     }
     Ok(())
+}
+
+/// One linearizable read of `key` by `client`, timed on `history`'s clock, as the operation
+/// the checker sees (client `usize::MAX`: no session of the workload); a failed read is an
+/// error, since the cluster must answer once its faults are healed.
+pub(crate) async fn final_read(client: &Client, history: &History, key: &str) -> Result<Operation, String> {
+    let invoke = history.now();
+    let outcome = execute(client, key, Input::Get, "").await;
+    if let Outcome::Fail(e) = &outcome {
+        return Err(format!("final read of {key} failed: {e}"));
+    }
+    let complete = history.now();
+    Ok(Operation {
+        client: usize::MAX,
+        key: key.to_string(),
+        input: Input::Get,
+        request_id: String::new(),
+        invoke,
+        complete,
+        outcome,
+    })
 }
 
 /// Every replica's full scan of the schedule's keys, read `STALE` once all have applied the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use client::{Client, RaftState};
 
-use crate::checker::{self, History, Input, Operation, Outcome};
+use crate::checker::{self, History, Outcome};
 use crate::netns::{Fabric, GOSSIP_PORT, GRPC_PORT, RAFT_PORT, node_ip};
 use crate::{BoxError, NodeProc, chaos};
 
@@ -138,21 +138,7 @@ impl Recorder {
             }
         }
         for key in self.keys.iter() {
-            let invoke = self.history.now();
-            let outcome = chaos::execute(&client, key, Input::Get, "").await;
-            if let Outcome::Fail(e) = &outcome {
-                return Err(format!("final read of {key} failed: {e}").into());
-            }
-            let complete = self.history.now();
-            ops.push(Operation {
-                client: usize::MAX,
-                key: key.clone(),
-                input: Input::Get,
-                request_id: String::new(),
-                invoke,
-                complete,
-                outcome,
-            });
+            ops.push(chaos::final_read(&client, &self.history, key).await?);
         }
         Ok(checker::check(&ops, Duration::from_secs(60)))
     }
