@@ -139,6 +139,34 @@ async fn vote_claiming(
     RaftClient::new(channel).vote(RaftMessage { payload: payload.into() }).await
 }
 
+/// One AppendEntries (no entries) on a `StreamAppend` stream to the Raft port at
+/// `raft_addr`, over a connection with the certificate `files`, claiming to come from the
+/// leader `claimed` of term `term`: the follower's first answer, or the status the stream
+/// ended with.
+async fn append_claiming(
+    raft_addr: &str,
+    files: &ClientTlsFiles,
+    server: &str,
+    claimed: &str,
+    term: u64,
+) -> Result<Option<RaftMessage>, tonic::Status> {
+    let tls = rpc::tls::ClientTls::new(files.clone()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let security = rpc::channel::Security::Tls { tls: &tls, name: server };
+    let channel = rpc::channel::connect(raft_addr, &rpc::channel::ChannelOptions::default(), security)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let id = types::NodeId::new(claimed).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let request = openraft::raft::AppendEntriesRequest::<types::TypeConfig> {
+        vote: types::Vote::new_committed(term, id),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let payload = types::codec::encode(&request).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let messages = futures::stream::iter([RaftMessage { payload: payload.into() }]);
+    RaftClient::new(channel).stream_append(messages).await?.into_inner().message().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_certificate_names_another_node_cannot_join_or_vote() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -177,8 +205,19 @@ async fn a_node_whose_certificate_names_another_node_cannot_join_or_vote() -> Te
     let n1 = ClientTlsFiles { ca: files.ca.clone(), identity: Some(files.nodes["n1"].clone()) };
     let honest = vote_claiming(&nodes[1].raft_addr, &n1, "n2", "n1", 0).await;
     assert!(honest.is_ok(), "a vote from n1's own certificate was refused: {honest:?}");
+    // Replication on the pipelined stream is checked the same way: an AppendEntries with a
+    // higher term, claiming n1 on n3's connection, ends the stream with PERMISSION_DENIED
+    // before it reaches Raft.
+    let refused = append_claiming(&nodes[1].raft_addr, &n3, "n2", "n1", before.term + 10).await;
+    let status = refused.err().ok_or("an append claiming another node's id was answered")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"n1\"") && status.message().contains("n3"), "{}", status.message());
+    // From n1's own certificate, an AppendEntries of an old term reaches Raft, which answers
+    // it (refusing the stale leader): the check is the certificate's name, nothing else.
+    let honest = append_claiming(&nodes[1].raft_addr, &n1, "n2", "n1", 0).await;
+    assert!(matches!(honest, Ok(Some(_))), "an append from n1's own certificate was not answered: {honest:?}");
     let after = client.status().await?;
-    assert_eq!(after.term, before.term, "the refused vote moved the term");
+    assert_eq!(after.term, before.term, "the refused vote or append moved the term");
 
     // A certificate of another CA is refused at the Raft port's handshake.
     let stranger = Authority::new("stranger CA")?.node("n1")?;

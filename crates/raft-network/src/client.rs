@@ -1,17 +1,19 @@
 //! The client side of the Raft transport: what openraft calls to reach a peer.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::network::RaftNetworkFactory;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use proto::raft::v1::raft_client::RaftClient;
 use proto::raft::v1::snapshot_chunk::Chunk;
@@ -21,6 +23,9 @@ use rpc::channel::{ChannelError, ChannelOptions, Keepalive, Pool};
 use rpc::tls::ClientTls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use types::{NodeId, NodeInfo, TypeConfig, Vote, codec};
 
@@ -152,6 +157,38 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             .await
     }
 
+    /// Replication, pipelined: every request openraft yields goes out at once on one
+    /// `StreamAppend` stream, without waiting for the answers to those before it, and the
+    /// answers come back in order. openraft's default sends one request and waits for its
+    /// answer before it sends the next. Each request must be answered within
+    /// [`append_timeout`] of being sent, as a unary call would be.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let asked = option.hard_ttl();
+            let pending = Arc::new(Pending::default());
+            let outgoing = outgoing(input, pending.clone(), asked);
+            let mut client = self.client()?;
+            // Only the answer's headers are awaited here: the follower sends them at once.
+            let call = tokio::time::timeout(append_timeout(asked, 0), client.stream_append(outgoing)).await;
+            let answers = match call {
+                Ok(Ok(resp)) => resp.into_inner(),
+                Ok(Err(status)) => return Err(unreachable_or_network(&status)),
+                Err(_) => return Err(network_error(format!("peer {} did not open the stream in time", self.target))),
+            };
+            Ok(answers_of(answers, pending, self.target.clone()).boxed())
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -205,6 +242,111 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             other => to_network(&other),
         })?;
         codec::decode(&resp.into_inner().payload).map_err(|e| to_network(&e))
+    }
+}
+
+fn network_error(message: String) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&TransportError(message)))
+}
+
+/// The requests of one `StreamAppend` stream that are sent and not answered yet, by the
+/// instant each must be answered by (oldest first), plus what makes the reader look again.
+#[derive(Default)]
+struct Pending {
+    deadlines: Mutex<VecDeque<Instant>>,
+    /// Set when a request could not be encoded: the stream ends there.
+    failed: Mutex<Option<String>>,
+    /// Wakes the reader when a request is sent (or the sending ends) while it waits with
+    /// nothing pending.
+    changed: Notify,
+}
+
+impl Pending {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The encoded requests, each recorded in `pending` with its deadline as it is sent.
+fn outgoing<S>(input: S, pending: Arc<Pending>, asked: Duration) -> impl Stream<Item = RaftMessage> + Send + 'static
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold((input, pending), move |(mut input, pending)| async move {
+        let req = input.next().await?;
+        match codec::encode(&req) {
+            Ok(payload) => {
+                Pending::lock(&pending.deadlines).push_back(Instant::now() + append_timeout(asked, payload.len()));
+                pending.changed.notify_one();
+                Some((RaftMessage { payload: payload.into() }, (input, pending)))
+            }
+            Err(e) => {
+                *Pending::lock(&pending.failed) = Some(format!("encoding an append-entries request: {e}"));
+                pending.changed.notify_one();
+                None
+            }
+        }
+    })
+}
+
+/// The follower's answers, decoded, in order. A request not answered by its deadline, a
+/// stream that ends while requests are pending, and a failed request end it with an error.
+fn answers_of(
+    answers: Streaming<RaftMessage>,
+    pending: Arc<Pending>,
+    peer: NodeId,
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> + Send + 'static {
+    futures::stream::unfold(Some((answers, pending)), move |state| {
+        let peer = peer.clone();
+        async move {
+            let (mut answers, pending) = state?;
+            let next = match next_answer(&mut answers, &pending).await {
+                Ok(Some(message)) => {
+                    Pending::lock(&pending.deadlines).pop_front();
+                    codec::decode::<StreamAppendResult<TypeConfig>>(&message.payload)
+                        .map_err(|e| network_error(format!("undecodable answer from peer {peer}: {e}")))
+                }
+                Ok(None) => {
+                    let unanswered = Pending::lock(&pending.deadlines).len();
+                    match Pending::lock(&pending.failed).take() {
+                        Some(failed) => Err(network_error(failed)),
+                        None if unanswered > 0 => Err(network_error(format!(
+                            "peer {peer} ended the append stream with {unanswered} requests unanswered"
+                        ))),
+                        None => return None,
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let go_on = next.is_ok();
+            Some((next, go_on.then_some((answers, pending))))
+        }
+    })
+}
+
+/// The next answer: within the oldest pending request's deadline, or, with nothing pending,
+/// whenever it comes (the follower may still end the stream) or a request is sent.
+async fn next_answer(
+    answers: &mut Streaming<RaftMessage>,
+    pending: &Pending,
+) -> Result<Option<RaftMessage>, RPCError<TypeConfig>> {
+    loop {
+        if Pending::lock(&pending.failed).is_some() {
+            return Ok(None);
+        }
+        let oldest = Pending::lock(&pending.deadlines).front().copied();
+        let answer = match oldest {
+            Some(deadline) => match tokio::time::timeout_at(deadline, answers.message()).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(network_error("no answer to an append-entries request in time".into())),
+            },
+            // `Streaming::message` is cancel-safe: a message half read stays buffered.
+            None => tokio::select! {
+                answer = answers.message() => answer,
+                () = pending.changed.notified() => continue,
+            },
+        };
+        return answer.map_err(|status| unreachable_or_network(&status));
     }
 }
 

@@ -1,8 +1,10 @@
 //! The server side of the Raft transport: each handler decodes, calls openraft, encodes.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use fsm::{Raft, Snapshot, StateMachine};
+use futures::{Stream, StreamExt};
 use linearizable::{BarrierError, Consistency, ReadIndexRequest, ReadIndexResponse};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -104,8 +106,73 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft is not running: {e}"))
 }
 
+/// The answers of one `StreamAppend` stream.
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
+/// The requests of one `StreamAppend` stream, decoded and checked as the unary
+/// `AppendEntries` checks them. A message refused ends the requests; the refusal is kept in
+/// `refused`, to end the answers with it.
+fn checked_requests(
+    inbound: Streaming<RaftMessage>,
+    identity: tonic::Extensions,
+    contact: Arc<LeaderContact>,
+    refused: Arc<Mutex<Option<Status>>>,
+) -> impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
+    // The last sender whose identity was checked: the certificate of a connection does not
+    // change, so a sender is checked once per stream.
+    let state = (inbound, identity, contact, refused, None::<NodeId>);
+    futures::stream::unfold(state, |(mut inbound, identity, contact, refused, mut checked)| async move {
+        // A transport error means the leader went away: the requests end, with no answer due.
+        let message = inbound.message().await.ok()??;
+        let refuse = |status: Status| {
+            *refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+        };
+        let rpc: AppendEntriesRequest<TypeConfig> = match decode("append-entries request", &message.payload) {
+            Ok(rpc) => rpc,
+            Err(status) => {
+                refuse(status);
+                return None;
+            }
+        };
+        let sender = &rpc.vote.leader_id().node_id;
+        if checked.as_ref() != Some(sender) {
+            let request = Request::from_parts(Default::default(), identity.clone(), ());
+            if let Err(status) = check_identity(&request, "append-entries request", sender) {
+                refuse(status);
+                return None;
+            }
+            checked = Some(sender.clone());
+        }
+        contact.touch();
+        Some((rpc, (inbound, identity, contact, refused, checked)))
+    })
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    type StreamAppendStream = AnswerStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let identity = request.extensions().clone();
+        let refused = Arc::new(Mutex::new(None));
+        let requests = checked_requests(request.into_inner(), identity, self.leader_contact.clone(), refused.clone());
+        let answers = self.raft.stream_append(requests).map(|answer| match answer {
+            Ok(result) => codec::encode(&result)
+                .map(|payload| RaftMessage { payload: payload.into() })
+                .map_err(|e| Status::internal(format!("encoding the answer: {e}"))),
+            Err(fatal) => Err(stopped(fatal)),
+        });
+        // After the last answer, a refused request ends the stream with its status.
+        let refusal = futures::stream::once(async move {
+            refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().map(Err)
+        })
+        .filter_map(std::future::ready);
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
+    }
+
     async fn identify(&self, _request: Request<IdentifyRequest>) -> Result<Response<IdentifyResponse>, Status> {
         Ok(Response::new(self.me.clone()))
     }

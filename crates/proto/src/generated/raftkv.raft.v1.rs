@@ -234,6 +234,25 @@ pub mod raft_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "Identify"));
             self.inner.unary(req, path, codec).await
         }
+        /// Replication, pipelined: the leader sends AppendEntries requests one after another on
+        /// one stream without waiting, and the follower answers each, in order
+        /// (openraft::raft::StreamAppendResult per request). The stream ends after an answer that
+        /// is not a success (a conflict or a higher vote), or with a status when the follower
+        /// refuses a message (undecodable, or a sender its certificate does not name) or stops.
+        pub async fn stream_append(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::RaftMessage>,
+        ) -> std::result::Result<tonic::Response<tonic::codec::Streaming<super::RaftMessage>>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.raft.v1.Raft/StreamAppend");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.raft.v1.Raft", "StreamAppend"));
+            self.inner.streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -277,6 +296,19 @@ pub mod raft_server {
             &self,
             request: tonic::Request<super::IdentifyRequest>,
         ) -> std::result::Result<tonic::Response<super::IdentifyResponse>, tonic::Status>;
+        /// Server streaming response type for the StreamAppend method.
+        type StreamAppendStream: tonic::codegen::tokio_stream::Stream<Item = std::result::Result<super::RaftMessage, tonic::Status>>
+            + std::marker::Send
+            + 'static;
+        /// Replication, pipelined: the leader sends AppendEntries requests one after another on
+        /// one stream without waiting, and the follower answers each, in order
+        /// (openraft::raft::StreamAppendResult per request). The stream ends after an answer that
+        /// is not a success (a conflict or a higher vote), or with a status when the follower
+        /// refuses a message (undecodable, or a sender its certificate does not name) or stops.
+        async fn stream_append(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::RaftMessage>>,
+        ) -> std::result::Result<tonic::Response<Self::StreamAppendStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct RaftServer<T> {
@@ -543,6 +575,38 @@ pub mod raft_server {
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
                             .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.raft.v1.Raft/StreamAppend" => {
+                    #[allow(non_camel_case_types)]
+                    struct StreamAppendSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::StreamingService<super::RaftMessage> for StreamAppendSvc<T> {
+                        type Response = super::RaftMessage;
+                        type ResponseStream = T::StreamAppendStream;
+                        type Future = BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::RaftMessage>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Raft>::stream_append(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StreamAppendSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
