@@ -2,7 +2,9 @@
 //!
 //! - [`client`]: openraft's [`RaftNetworkFactory`](openraft::network::RaftNetworkFactory)
 //!   and [`RaftNetworkV2`](openraft::network::v2::RaftNetworkV2): one reused HTTP/2
-//!   connection per peer address, TCP_NODELAY on, a deadline on every RPC.
+//!   connection per peer address, TCP_NODELAY on, a deadline on every RPC. Replication is
+//!   pipelined: openraft's `stream_append` sends each session's AppendEntries requests on one
+//!   bidirectional `StreamAppend` call without waiting for earlier answers.
 //! - [`server`]: the handlers, each one call into openraft (and [`LeaderContact`], touched
 //!   by every AppendEntries).
 //! - [`calls`]: the calls a node's services make to another node's Raft port: a follower's
