@@ -460,9 +460,28 @@ fn init_logging(format: LogFormat) {
 fn fatal(e: &anyhow::Error) -> std::process::ExitCode {
     #[allow(clippy::print_stderr)] // the one place the node reports a fatal error outside the log
     {
-        eprintln!("raftkv: error: {e:#}");
+        eprintln!("raftkv: error: {}", describe(e));
     }
     std::process::ExitCode::FAILURE
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause that the text before it
+/// already says: many errors put their source in their own message too, and printing the
+/// chain as it is said the same thing twice ("Address already in use (os error 98): Address
+/// already in use (os error 98)").
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn run(args: Args) -> Result<()> {
@@ -535,6 +554,20 @@ fn run(args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fatal_error_says_each_cause_once() {
+        let bind = engine::EngineError::Bind {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let once = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+        let text = describe(&anyhow::Error::new(bind).context("starting the node"));
+        assert_eq!(text, format!("starting the node: cannot listen on 127.0.0.1:1: {once}"));
+        // A cause that adds something is kept.
+        let chained = anyhow::anyhow!("the disk is full").context("opening the log").context("starting the node");
+        assert_eq!(describe(&chained), "starting the node: opening the log: the disk is full");
+    }
 
     #[test]
     fn durations() {
