@@ -340,7 +340,11 @@ fn code_name(code: tonic::Code) -> String {
 /// A hint on what to change when an error looks like a TLS mismatch between raftkvctl's
 /// flags and the node's (the transport's own words are terse); empty otherwise.
 fn tls_hint(tls: bool, cert: bool, error: &str) -> &'static str {
-    if !tls
+    // Nothing answered at all (no node there, or unreachable): TLS is not the question.
+    let no_connection = ["tcp connect error", "Connection refused", "dns error", "timed out"];
+    if no_connection.iter().any(|e| error.contains(e)) {
+        ""
+    } else if !tls
         && (error.contains("h2 protocol error")
             || error.contains("transport error")
             || error.contains("connection reset"))
@@ -362,6 +366,15 @@ fn tls_hint(tls: bool, cert: bool, error: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_tls_hint_when_nothing_answered() {
+        let refused = "no endpoint reachable (127.0.0.1:1): 127.0.0.1:1: transport error: tcp connect error: Connection refused (os error 111)";
+        assert_eq!(tls_hint(false, false, refused), "");
+        assert_eq!(tls_hint(true, true, refused), "");
+        // A plaintext client whose connection a TLS node closed still gets the hint.
+        assert!(tls_hint(false, false, "transport error: h2 protocol error: connection reset").contains("--cacert"));
+    }
 
     #[test]
     fn code_names_are_the_canonical_ones() {
