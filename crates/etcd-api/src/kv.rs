@@ -27,6 +27,10 @@ use crate::{EtcdError, Node, signed, txn};
 /// before it gives up (each attempt is one compare-and-set through the log).
 pub const MAX_IGNORE_VALUE_ATTEMPTS: usize = 16;
 
+/// How long a read at a past revision waits for the changes it read to reach the change
+/// feed's history (normally no time at all: they are published right after the commit).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
 /// The `etcdserverpb.KV` service of one node.
 #[derive(Debug, Clone)]
 pub struct EtcdKv {
@@ -153,7 +157,7 @@ impl EtcdKv {
     /// the watch history, so it answers a past revision exactly when that history shows no
     /// change to the range after it (the state then is the state now), and refuses it as
     /// compacted otherwise.
-    fn check_revision(&self, revision: i64, applied: u64, range: &KeyRange) -> Result<(), EtcdError> {
+    async fn check_revision(&self, revision: i64, applied: u64, range: &KeyRange) -> Result<(), EtcdError> {
         let revision = u64::try_from(revision).unwrap_or(0);
         if revision > applied {
             return Err(EtcdError::FutureRevision);
@@ -161,12 +165,17 @@ impl EtcdKv {
         if revision == applied {
             return Ok(());
         }
+        // The state machine publishes a batch's changes to the history just before it
+        // publishes its applied index: once the index shows `applied` (at once, or within
+        // the moment between the two), every change up to it is in the history.
+        let mut published = self.node.ctx.sm.subscribe_applied();
+        let _ = tokio::time::timeout(PUBLISH_WAIT, published.wait_for(|a| *a >= applied)).await;
         let (watcher, start) = match self.node.ctx.sm.watch(range.clone(), revision + 1) {
             Ok(w) => w,
             Err(fsm::Error::Compacted { .. }) => return Err(EtcdError::Compacted),
             Err(e) => return Err(e.into()),
         };
-        // Changes applied but not yet published are not in the backlog: unknown, so refused.
+        // Changes applied but still not published are not in the backlog: unknown, so refused.
         let unchanged = watcher.published() >= applied && start.backlog.iter().all(|c| c.index > applied);
         if unchanged { Ok(()) } else { Err(EtcdError::Compacted) }
     }
@@ -184,7 +193,7 @@ impl EtcdKv {
             )));
         }
         if req.revision != 0 {
-            self.check_revision(req.revision, applied, &plan.op.range)?;
+            self.check_revision(req.revision, applied, &plan.op.range).await?;
         }
         let answer = plan.finish(found);
         Ok(RangeResponse {

@@ -183,10 +183,10 @@ fn check_branch(ops: &[TxnOp]) -> Result<(), EtcdError> {
         ops.iter().filter_map(|op| if let TxnOp::Delete(d) = op { Some(&d.range) } else { None }).collect();
     let mut puts = std::collections::BTreeSet::new();
     for op in ops {
-        if let TxnOp::Put(p) = op {
-            if !puts.insert(p.key.as_slice()) || deletes.iter().any(|r| r.contains(&p.key)) {
-                return Err(EtcdError::DuplicateKey);
-            }
+        if let TxnOp::Put(p) = op
+            && (!puts.insert(p.key.as_slice()) || deletes.iter().any(|r| r.contains(&p.key)))
+        {
+            return Err(EtcdError::DuplicateKey);
         }
     }
     Ok(())
