@@ -593,7 +593,8 @@ async fn start_servers(
 }
 
 /// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
-/// `RaftManager`, gRPC health and reflection. KV requests slower than `slow_request` are
+/// `RaftManager`, etcd's v3 `KV`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
+/// and reflection. KV requests slower than `slow_request` are
 /// logged.
 fn client_routes(
     ctx: &NodeContext,
@@ -610,6 +611,8 @@ fn client_routes(
         .build_v1alpha()
         .map_err(|e| EngineError::Config(format!("gRPC reflection (v1alpha): {e}")))?;
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
+    let cluster_name = ctx.gossip.as_ref().map_or(gossip::DEFAULT_CLUSTER_ID, |g| g.config().cluster_id.as_str());
+    let etcd = etcd_api::EtcdApi::new(ctx.clone(), cluster_name);
     let mut routes = RoutesBuilder::default();
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
@@ -623,6 +626,9 @@ fn client_routes(
         .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))
         .add_service(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server()))
         .add_service(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server()))
+        .add_service(AuthGuard::new(sm, etcd.kv.into_server()))
+        .add_service(AuthGuard::new(sm, etcd.cluster.into_server()))
+        .add_service(AuthGuard::new(sm, etcd.maintenance.into_server()))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -11,6 +11,8 @@
 //! - [`admin::v1`] (`raftkv.admin.v1`): status and membership administration.
 //! - [`raft::v1`] (`raftkv.raft.v1`): Raft traffic between nodes.
 //! - [`auth::v1`] (`raftkv.auth.v1`): users, roles, permissions and tokens.
+//! - [`etcd`]: etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`), as etcd 3.4 numbers it,
+//!   served by the `etcd-api` crate.
 //! - [`compat`]: the Go seeds' package-less services (`Example`, `RaftAdmin`, `RaftManager`), one
 //!   module each.
 //!
@@ -49,6 +51,23 @@ pub mod auth {
     /// Version 1.
     pub mod v1 {
         include!("generated/raftkv.auth.v1.rs");
+    }
+}
+
+/// etcd's v3 API: the packages `etcdserverpb`, `mvccpb` and `authpb` (`proto/etcd/`), with
+/// etcd's message names, field numbers and method paths.
+pub mod etcd {
+    /// `etcdserverpb`: the KV, Cluster and Maintenance services.
+    pub mod etcdserverpb {
+        include!("generated/etcdserverpb.rs");
+    }
+    /// `mvccpb`: key-values and events.
+    pub mod mvccpb {
+        include!("generated/mvccpb.rs");
+    }
+    /// `authpb`: users, roles and permissions.
+    pub mod authpb {
+        include!("generated/authpb.rs");
     }
 }
 

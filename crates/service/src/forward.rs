@@ -124,7 +124,7 @@ impl Hop {
 
 /// What a forwarded request does, which decides what a failure after sending means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Effect {
+pub enum Effect {
     /// It changes nothing (a barrier): any failure is "not the leader", to retry.
     Read,
     /// A KV write: a failure after sending leaves its outcome unknown.
@@ -144,22 +144,22 @@ enum Delivery {
 
 /// How one request goes to the leader.
 #[derive(Debug, Clone)]
-pub(crate) struct Forwarding {
+pub struct Forwarding {
     /// Whether it may.
-    pub(crate) hop: Hop,
+    pub hop: Hop,
     /// What it does.
-    pub(crate) effect: Effect,
+    pub effect: Effect,
     /// The instant the leader must answer by (sent as the request's timeout).
-    pub(crate) until: Instant,
+    pub until: Instant,
     /// The caller's `authorization` value, sent on so the leader authenticates the caller
     /// itself (a token is valid on every node).
-    pub(crate) credentials: Option<MetadataValue<Ascii>>,
+    pub credentials: Option<MetadataValue<Ascii>>,
 }
 
 impl Forwarding {
     /// How a request with metadata `md` goes to the leader: its hop, what it does, by when,
     /// with its credentials.
-    pub(crate) fn of(md: &MetadataMap, effect: Effect, until: Instant) -> Self {
+    pub fn of(md: &MetadataMap, effect: Effect, until: Instant) -> Self {
         let credentials = md.get(crate::auth::AUTHORIZATION_HEADER).cloned();
         Forwarding { hop: Hop::of(md), effect, until, credentials }
     }
@@ -173,7 +173,7 @@ pub const FORWARDED_METRIC: &str = "raftkv_forwarded_requests_total";
 /// the route carried or the membership's), marked as forwarded, with what is left until
 /// `how.until`, through `call` (a client method on the channel). Refused hops, unknown
 /// addresses and failed calls become [`ServiceError`]s here, for every service.
-pub(crate) async fn to_leader<Req, Resp, F, Fut>(
+pub async fn to_leader<Req, Resp, F, Fut>(
     ctx: &NodeContext,
     leader: Leader,
     how: Forwarding,

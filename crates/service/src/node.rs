@@ -93,11 +93,7 @@ impl NodeContext {
     /// `timeout`) for a leader; if the leader is another node it routes there (the caller
     /// forwards with [`crate::forward::to_leader`]); a follower that knows the leader routes
     /// there without proposing.
-    pub(crate) async fn write(
-        &self,
-        cmd: Command,
-        timeout: Duration,
-    ) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
+    pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<Routed<(u64, CommandResult)>, ServiceError> {
         self.check_space(&cmd)?;
         if let Some(leader) = self.other_leader() {
             return Ok(Routed::Leader(leader));
@@ -178,7 +174,7 @@ impl NodeContext {
     /// reflect at least: [`linearizable::read_index`], asking the leader over the Raft port
     /// ([`LeaderReadIndex`]) on a follower. A node that cannot confirm the read index within
     /// most of the caller's deadline answers UNAVAILABLE, never stale data.
-    pub(crate) async fn read_index(&self, level: Consistency, timeout: Duration) -> Result<u64, ServiceError> {
+    pub async fn read_index(&self, level: Consistency, timeout: Duration) -> Result<u64, ServiceError> {
         let leader = LeaderReadIndex { resolver: self.resolver.as_ref(), pool: self.forwarder.pool() };
         let applied = self.sm.subscribe_applied();
         Ok(linearizable::read_index(&self.raft, &self.id, applied, &leader, level, timeout).await?)

@@ -1,0 +1,102 @@
+//! [`EtcdError`]: the failures etcd's clients recognise by message and code, and the one
+//! mapping of this crate's errors to gRPC statuses.
+
+use service::ServiceError;
+use tonic::{Code, Status};
+
+/// An etcd API call's failure. The etcd variants carry etcd 3.4's exact message and code
+/// (`rpctypes` in etcd's source), which clients match; raftkv's own failures
+/// ([`EtcdError::Service`]) keep the native mapping, with its retry and leader hints.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// An empty key (etcd's `ErrGRPCEmptyKey`).
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// A put with `ignore_value` of a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A put with `ignore_value` and a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A put with `ignore_lease` and a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A transaction past `MAX_TXN_OPS` compares or operations in a branch.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A transaction branch that writes one key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A read at a revision this node cannot serve (older than what it keeps).
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A read at a revision past the newest one.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A lease id (raftkv has no leases yet, so every lease is unknown).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A sort order or target that is not one of etcd's.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// A request etcd accepts but raftkv does not serve yet; the message says what and
+    /// what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A range whose answer would exceed [`crate::MAX_RANGE_RESPONSE_BYTES`].
+    #[error("{0}")]
+    TooLarge(String),
+    /// raftkv's own failure (no leader, no quorum, deadline, limits, ...).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<fsm::Error> for EtcdError {
+    fn from(e: fsm::Error) -> Self {
+        EtcdError::Service(e.into())
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Self {
+        if let EtcdError::Service(s) = e {
+            return s.into();
+        }
+        let code = match &e {
+            EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::InvalidSortOption
+            | EtcdError::Unsupported(_) => Code::InvalidArgument,
+            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::LeaseNotFound => Code::NotFound,
+            EtcdError::TooLarge(_) => Code::ResourceExhausted,
+            // Answered above with the native mapping.
+            EtcdError::Service(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcds_messages_and_codes() {
+        let s = Status::from(EtcdError::TooManyOps);
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: too many operations in txn request"));
+        let s = Status::from(EtcdError::Compacted);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        );
+        let s = Status::from(EtcdError::LeaseNotFound);
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        let s = Status::from(EtcdError::Service(ServiceError::NoLeader));
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+}

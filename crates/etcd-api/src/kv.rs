@@ -1,0 +1,298 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange and Txn over raftkv's write and read paths.
+
+use std::time::Duration;
+
+use linearizable::Consistency;
+use prost::Message;
+use proto::etcd::etcdserverpb::kv_client::KvClient;
+use proto::etcd::etcdserverpb::kv_server::{Kv, KvServer};
+use proto::etcd::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+use service::forward::{Effect, Forwarding, deadline, to_leader};
+use service::{DEFAULT_REQUEST_TIMEOUT, MAX_DECODE_BYTES, Routed, ServiceError, limits};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use types::{
+    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, PutOp, RangeOp, Txn, TxnOp,
+    TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+};
+
+use crate::range::{self, MAX_RANGE_RESPONSE_BYTES, key_value};
+use crate::{EtcdError, Node, signed, txn};
+
+/// How many times a put with `ignore_value` re-reads a key that keeps changing under it
+/// before it gives up (each attempt is one compare-and-set through the log).
+pub const MAX_IGNORE_VALUE_ATTEMPTS: usize = 16;
+
+/// How long a read at a past revision waits for the changes it read to reach the change
+/// feed's history (normally no time at all: they are published right after the commit).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// The `etcdserverpb.KV` service of one node.
+#[derive(Debug, Clone)]
+pub struct EtcdKv {
+    node: Node,
+}
+
+/// A client of the leader's etcd KV service, with the decode limit both ways.
+fn leader_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES).max_encoding_message_size(MAX_DECODE_BYTES)
+}
+
+fn unexpected(result: &WriteResult) -> EtcdError {
+    EtcdError::Service(ServiceError::Internal(format!("unexpected write result {result:?}").into()))
+}
+
+/// The deadline of a write request and how it goes to the leader; its size checked.
+fn write_call<T: Message>(request: &Request<T>) -> Result<(Duration, Forwarding), EtcdError> {
+    limits::check_request_size(request.get_ref().encoded_len())?;
+    let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
+    Ok((timeout, Forwarding::of(request.metadata(), Effect::Write, Instant::now() + timeout)))
+}
+
+impl EtcdKv {
+    pub(crate) fn new(node: Node) -> Self {
+        Self { node }
+    }
+
+    /// The tonic server for this service, with the decode limit applied.
+    #[must_use]
+    pub fn into_server(self) -> KvServer<Self> {
+        KvServer::new(self).max_decoding_message_size(MAX_DECODE_BYTES)
+    }
+
+    /// Proposes `op` here; [`Routed::Leader`] when it must go to the leader.
+    async fn write(&self, op: WriteOp, timeout: Duration) -> Result<Routed<WriteOutcome>, EtcdError> {
+        let cmd = Command::Write(WriteCommand { request_id: None, op });
+        Ok(match self.node.ctx.write(cmd, timeout).await? {
+            Routed::Done((_, CommandResult::Write(outcome))) => Routed::Done(outcome),
+            Routed::Done((index, other)) => {
+                return Err(
+                    ServiceError::Internal(format!("the write at index {index} answered {other:?}").into()).into()
+                );
+            }
+            Routed::Leader(leader) => Routed::Leader(leader),
+        })
+    }
+
+    /// A put with `ignore_value`: the key keeps its value and gets a new revision. raftkv's
+    /// put always carries a value, so this is a compare-and-set on the key's mod revision
+    /// with the value last seen; when the key changed meanwhile, the transaction's failure
+    /// branch reads it again, and the put is retried (at most [`MAX_IGNORE_VALUE_ATTEMPTS`]
+    /// times). A key absent when the transaction applies is etcd's "key not found".
+    async fn put_keeping_value(
+        &self,
+        op: PutOp,
+        timeout: Duration,
+    ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
+        let until = Instant::now() + timeout;
+        // A local read: it may be stale, which only costs an attempt (the compare decides).
+        let mut seen = self.node.ctx.sm.get(&op.key)?;
+        let read = TxnOp::Range(RangeOp {
+            range: KeyRange::Key(op.key.clone()),
+            limit: 1,
+            keys_only: false,
+            count_only: false,
+        });
+        for _ in 0..MAX_IGNORE_VALUE_ATTEMPTS {
+            let txn = match &seen {
+                None => Txn {
+                    compares: vec![Compare {
+                        key: op.key.clone(),
+                        op: CompareOp::Equal,
+                        target: CompareTarget::Exists(false),
+                    }],
+                    success: vec![],
+                    failure: vec![read.clone()],
+                },
+                Some(kv) => Txn {
+                    compares: vec![Compare {
+                        key: op.key.clone(),
+                        op: CompareOp::Equal,
+                        target: CompareTarget::ModifyIndex(kv.modify_index),
+                    }],
+                    success: vec![TxnOp::Put(PutOp { value: kv.value.clone(), ..op.clone() })],
+                    failure: vec![read.clone()],
+                },
+            };
+            let remaining = until.saturating_duration_since(Instant::now());
+            let outcome = match self.write(WriteOp::Txn(txn), remaining).await? {
+                Routed::Done(outcome) => outcome,
+                Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
+            };
+            match (outcome.result, &seen) {
+                (WriteResult::Txn { succeeded: true, .. }, None) => return Err(EtcdError::KeyNotFound),
+                (WriteResult::Txn { succeeded: true, mut results }, Some(_)) => match results.pop() {
+                    Some(TxnOpResult::Put { prev }) => return Ok(Routed::Done((outcome.index, prev))),
+                    other => {
+                        return Err(unexpected(&WriteResult::Txn {
+                            succeeded: true,
+                            results: other.into_iter().collect(),
+                        }));
+                    }
+                },
+                (WriteResult::Txn { succeeded: false, mut results }, _) => match results.pop() {
+                    Some(TxnOpResult::Range(found)) => seen = found.kvs.into_iter().next(),
+                    other => {
+                        return Err(unexpected(&WriteResult::Txn {
+                            succeeded: false,
+                            results: other.into_iter().collect(),
+                        }));
+                    }
+                },
+                (other, _) => return Err(unexpected(&other)),
+            }
+        }
+        Err(ServiceError::FailedPrecondition(format!(
+            "put with ignore_value: the key changed under each of {MAX_IGNORE_VALUE_ATTEMPTS} attempts (MAX_IGNORE_VALUE_ATTEMPTS); retry"
+        ))
+        .into())
+    }
+
+    /// Whether a read at `revision` can be answered from the state at `applied` for `range`:
+    /// etcd keeps every old revision until a compaction; raftkv keeps the current state and
+    /// the watch history, so it answers a past revision exactly when that history shows no
+    /// change to the range after it (the state then is the state now), and refuses it as
+    /// compacted otherwise.
+    async fn check_revision(&self, revision: i64, applied: u64, range: &KeyRange) -> Result<(), EtcdError> {
+        let revision = u64::try_from(revision).unwrap_or(0);
+        if revision > applied {
+            return Err(EtcdError::FutureRevision);
+        }
+        if revision == applied {
+            return Ok(());
+        }
+        // The state machine publishes a batch's changes to the history just before it
+        // publishes its applied index: once the index shows `applied` (at once, or within
+        // the moment between the two), every change up to it is in the history.
+        let mut published = self.node.ctx.sm.subscribe_applied();
+        let _ = tokio::time::timeout(PUBLISH_WAIT, published.wait_for(|a| *a >= applied)).await;
+        let (watcher, start) = match self.node.ctx.sm.watch(range.clone(), revision + 1) {
+            Ok(w) => w,
+            Err(fsm::Error::Compacted { .. }) => return Err(EtcdError::Compacted),
+            Err(e) => return Err(e.into()),
+        };
+        // Changes applied but still not published are not in the backlog: unknown, so refused.
+        let unchanged = watcher.published() >= applied && start.backlog.iter().all(|c| c.index > applied);
+        if unchanged { Ok(()) } else { Err(EtcdError::Compacted) }
+    }
+
+    async fn do_range(&self, request: Request<RangeRequest>) -> Result<RangeResponse, EtcdError> {
+        let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
+        let req = request.into_inner();
+        let plan = range::plan(&req)?;
+        let level = if req.serializable { Consistency::Stale } else { Consistency::Linearizable };
+        self.node.ctx.read_index(level, timeout).await?;
+        let (found, applied) = self.node.ctx.sm.range_at(&plan.op, MAX_RANGE_RESPONSE_BYTES)?;
+        if plan.truncated(&found) {
+            return Err(EtcdError::TooLarge(format!(
+                "the range holds more than {MAX_RANGE_RESPONSE_BYTES} bytes of keys and values (MAX_RANGE_RESPONSE_BYTES); read it in pages with a limit"
+            )));
+        }
+        if req.revision != 0 {
+            self.check_revision(req.revision, applied, &plan.op.range).await?;
+        }
+        let answer = plan.finish(found);
+        Ok(RangeResponse {
+            header: Some(self.node.header(applied)),
+            kvs: answer.kvs,
+            more: answer.more,
+            count: answer.count,
+        })
+    }
+
+    async fn do_put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let (timeout, how) = write_call(&request)?;
+        let req = request.into_inner();
+        let op = txn::put_op(&req)?;
+        let done = if req.ignore_value {
+            self.put_keeping_value(op, timeout).await?
+        } else {
+            match self.write(WriteOp::Put(op), timeout).await? {
+                Routed::Done(WriteOutcome { index, result: WriteResult::Put { prev }, .. }) => {
+                    Routed::Done((index, prev))
+                }
+                Routed::Done(other) => return Err(unexpected(&other.result).into()),
+                Routed::Leader(leader) => Routed::Leader(leader),
+            }
+        };
+        match done {
+            Routed::Done((index, prev)) => {
+                Ok(Response::new(PutResponse { header: Some(self.node.header(index)), prev_kv: prev.map(key_value) }))
+            }
+            Routed::Leader(leader) => {
+                to_leader(&self.node.ctx, leader, how, req, |ch, r| async move { leader_client(ch).put(r).await }).await
+            }
+        }
+    }
+
+    async fn do_delete(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let (timeout, how) = write_call(&request)?;
+        let req = request.into_inner();
+        let op = txn::delete_op(&req)?;
+        match self.write(WriteOp::Delete(op), timeout).await? {
+            Routed::Done(WriteOutcome { index, result: WriteResult::Delete { deleted, prev }, .. }) => {
+                Ok(Response::new(DeleteRangeResponse {
+                    header: Some(self.node.header(index)),
+                    deleted: signed(deleted),
+                    prev_kvs: prev.into_iter().map(key_value).collect(),
+                }))
+            }
+            Routed::Done(other) => Err(unexpected(&other.result).into()),
+            Routed::Leader(leader) => {
+                to_leader(
+                    &self.node.ctx,
+                    leader,
+                    how,
+                    req,
+                    |ch, r| async move { leader_client(ch).delete_range(r).await },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn do_txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let (timeout, how) = write_call(&request)?;
+        let req = request.into_inner();
+        let checked = txn::txn(&req)?;
+        match self.write(WriteOp::Txn(checked.txn.clone()), timeout).await? {
+            Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded, results }, .. }) => {
+                Ok(Response::new(TxnResponse {
+                    header: Some(self.node.header(index)),
+                    succeeded,
+                    responses: checked.responses(succeeded, results, index),
+                }))
+            }
+            Routed::Done(other) => Err(unexpected(&other.result).into()),
+            Routed::Leader(leader) => {
+                to_leader(&self.node.ctx, leader, how, req, |ch, r| async move { leader_client(ch).txn(r).await }).await
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for EtcdKv {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.do_range(request).await?))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.do_put(request).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.do_delete(request).await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.do_txn(request).await
+    }
+}
