@@ -460,9 +460,24 @@ fn init_logging(format: LogFormat) {
 fn fatal(e: &anyhow::Error) -> std::process::ExitCode {
     #[allow(clippy::print_stderr)] // the one place the node reports a fatal error outside the log
     {
-        eprintln!("raftkv: error: {e:#}");
+        eprintln!("raftkv: error: {}", one_line(e));
     }
     std::process::ExitCode::FAILURE
+}
+
+/// The error and its causes on one line, each cause once: many of our errors already print
+/// their source in their own message (`redb: {0}`), and anyhow's `{:#}` would print it again
+/// for every layer of the chain, so a cause whose text is already in the line is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn run(args: Args) -> Result<()> {
@@ -535,6 +550,40 @@ fn run(args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fatal_line_names_each_cause_once() {
+        // Each prints its source in its own message, as `#[error("...: {0}")]` with `#[from]`.
+        #[derive(Debug)]
+        struct Low(std::io::Error);
+        impl std::fmt::Display for Low {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "disk: {}", self.0)
+            }
+        }
+        impl std::error::Error for Low {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        #[derive(Debug)]
+        struct High(Low);
+        impl std::fmt::Display for High {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "opening the store: {}", self.0)
+            }
+        }
+        impl std::error::Error for High {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(High(Low(std::io::Error::other("bad page"))));
+        let e = e.context("starting");
+        assert_eq!(one_line(&e), "starting: opening the store: disk: bad page");
+        let plain = anyhow::anyhow!("no cause").context("top");
+        assert_eq!(one_line(&plain), "top: no cause");
+    }
 
     #[test]
     fn durations() {

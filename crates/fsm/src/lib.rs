@@ -254,13 +254,14 @@ impl StateMachine {
         let mut snapshots = Vec::new();
         for path in read_dir(&snap_dir)? {
             match path.extension().and_then(|e| e.to_str()) {
-                Some(SNAPSHOT_EXT) => match snapshot::read_meta(&path) {
-                    Ok(meta) => snapshots.push(CurrentSnapshot { meta, path }),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "removing unreadable snapshot");
-                        remove_if_exists(&path)?;
-                    }
+                // The whole file is read and its checksum verified: a snapshot is what a lagging
+                // follower is sent, so a damaged one must never leave this node.
+                Some(SNAPSHOT_EXT) => match snapshot::verify_file(&path) {
+                    Ok((meta, _)) => snapshots.push(CurrentSnapshot { meta, path }),
+                    Err(Error::CorruptSnapshot(why)) => set_aside_snapshot(&path, &why)?,
+                    Err(e) => return Err(e),
                 },
+                _ if is_set_aside(&path) => {}
                 _ => remove_if_exists(&path)?,
             }
         }
@@ -897,8 +898,7 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     match checked {
         Ok(db) => Ok(db),
         Err(e) if path.exists() => {
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            let aside = path.with_extension(format!("redb.damaged-{nanos}"));
+            let aside = aside_path(path);
             fs::rename(path, &aside)
                 .map_err(|re| Error::io(format!("{} is damaged ({e}); setting it aside", path.display()), re))?;
             tracing::error!(
@@ -911,6 +911,42 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The suffix of a damaged file set aside: `<name>.damaged-<nanos>`, kept for inspection and
+/// never read again.
+const DAMAGED_SUFFIX: &str = ".damaged-";
+
+/// Whether `path` is a damaged file set aside (see [`DAMAGED_SUFFIX`]).
+fn is_set_aside(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(DAMAGED_SUFFIX))
+}
+
+/// `path` renamed `<name>.damaged-<nanos>`, beside it.
+fn aside_path(path: &Path) -> PathBuf {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!("{name}{DAMAGED_SUFFIX}{nanos}"))
+}
+
+/// Sets a damaged snapshot file aside (renamed, kept). The snapshot is derived data: the
+/// state machine holds at least what it held (building a snapshot first makes the state it
+/// holds durable), so openraft builds a fresh one at start when the log has been purged; if
+/// the state machine is behind it too, the engine refuses to start (see `engine`).
+fn set_aside_snapshot(path: &Path, why: &str) -> Result<(), Error> {
+    let aside = aside_path(path);
+    fs::rename(path, &aside)
+        .map_err(|e| Error::io(format!("snapshot {} is damaged ({why}); setting it aside", path.display()), e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    tracing::error!(
+        file = %path.display(),
+        set_aside = %aside.display(),
+        error = %why,
+        "a snapshot file is damaged: set aside; a fresh snapshot is built from the state machine (remove the damaged copy once the node serves)"
+    );
+    Ok(())
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
