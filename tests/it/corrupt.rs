@@ -207,3 +207,60 @@ async fn a_damaged_raft_log_stops_the_node_with_one_message_and_the_remedy_works
     cluster.stop_all();
     Ok(())
 }
+
+/// Changes one byte of the value of `key` in a stopped node's state machine database, through
+/// redb: a valid write that passes every checksum, as a bug or bad memory would make it.
+fn change_value_silently(sm_file: &Path, key: &str) -> TestResult {
+    use redb::ReadableTable;
+    const KV: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("kv");
+    let db = redb::Database::open(sm_file)?;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(KV)?;
+        let mut record = table
+            .get(key.as_bytes())?
+            .ok_or_else(|| format!("{key} is not in {}", sm_file.display()))?
+            .value()
+            .to_vec();
+        let last = record.len() - 1;
+        record[last] ^= 0x01;
+        table.insert(key.as_bytes(), record.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// `raftkvctl check` (etcd's `endpoint hashkv --cluster`): on a healthy three-node cluster
+/// every member answers at one index with one hash, and the check succeeds. Then one value in
+/// a stopped follower's state machine is changed where no checksum can see it; the node
+/// starts and would serve it, and the check names that member as mismatched and exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_compares_the_members_state_and_names_the_one_that_differs() -> TestResult {
+    let mut cluster = Cluster::start(3, &FAST_TIMING).await?;
+    write_keys(&cluster.client()?).await?;
+    let endpoints = cluster.endpoints();
+    let out = tests::raftkvctl(&endpoints, &["check"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("healthy:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "check failed on a healthy cluster: {out:?}");
+    assert_eq!(stdout.lines().filter(|l| l.trim_end().ends_with("match")).count(), 3, "{stdout}");
+
+    let follower = (cluster.leader().await.ok_or("no leader")? + 1) % 3;
+    let n = &mut cluster.nodes[follower];
+    n.client()?.barrier(Duration::from_secs(10)).await?;
+    assert!(n.stop(), "{} did not stop cleanly", n.id);
+    change_value_silently(&n.data_dir.join(&n.id).join("sm").join("state.redb"), "c/0007")?;
+    n.restart(false)?;
+    let id = n.id.clone();
+    let out = tests::raftkvctl(&endpoints, &["check"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("after the change:\n{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let row = stdout.lines().find(|l| l.starts_with(&id)).ok_or_else(|| format!("no row for {id}: {stdout}"))?;
+    assert!(row.ends_with("MISMATCH"), "{row}");
+    assert_eq!(stdout.lines().filter(|l| l.trim_end().ends_with("match")).count(), 2, "{stdout}");
+    assert!(stderr.contains(&format!("{id} (MISMATCH)")), "{stderr}");
+    cluster.stop_all();
+    Ok(())
+}
