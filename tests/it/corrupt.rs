@@ -83,7 +83,8 @@ fn snapshot_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), tests::Box
 /// snapshot, truncated). The log behind the snapshot is purged (`--trailing_logs 0`), so the
 /// snapshot is the only copy of those entries in the node's log directory. On restart the
 /// node sets the file aside (renamed, kept), names it in its log, builds a fresh snapshot from
-/// its state machine, and serves every key with its right value.
+/// its state machine, and serves every key with its right value. Last, with the state machine
+/// damaged too, it refuses to start, naming the gap and the remedy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_file_is_set_aside_and_built_again() -> TestResult {
     let mut args = FAST_TIMING.to_vec();
@@ -120,6 +121,30 @@ async fn a_damaged_snapshot_file_is_set_aside_and_built_again() -> TestResult {
         check_keys(&node.client()?).await?;
         eprintln!("{how}: snapshot at index {} set aside and built again: {line}", snap.index);
     }
+
+    // Both the snapshot and the state machine damaged, the log purged behind the snapshot:
+    // nothing on this node holds the purged entries. It must refuse to start, saying so.
+    let node = &mut cluster.nodes[follower];
+    let snap_dir = node.data_dir.join(&node.id).join("sm").join("snapshots");
+    assert!(node.stop(), "{} did not stop cleanly", node.id);
+    let (live, _) = snapshot_files(&snap_dir)?;
+    for f in &live {
+        damage(f, "flip")?;
+    }
+    damage(&node.data_dir.join(&node.id).join("sm").join("state.redb"), "truncate")?;
+    let before = node.log().len();
+    match node.restart(false) {
+        Err(proc_harness::Error::ExitedEarly { status, .. }) => assert!(!status.success(), "exited with {status}"),
+        Err(e) => return Err(format!("both: the node did not exit by itself: {e}").into()),
+        Ok(()) => return Err("both: the node started with no copy of its purged entries".into()),
+    }
+    let whole = node.log();
+    let log = whole.get(before..).unwrap_or(&whole);
+    let line = log.lines().find(|l| l.contains("raftkv: error:")).ok_or_else(|| format!("both: no error:\n{log}"))?;
+    assert!(line.contains("cannot rebuild its state from its own files"), "both: {line}");
+    assert!(line.contains("member remove"), "both: no remedy: {line}");
+    assert!(!log.contains("panicked"), "both: a panic:\n{log}");
+    eprintln!("both: {line}");
     cluster.stop_all();
     Ok(())
 }

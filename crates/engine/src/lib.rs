@@ -519,7 +519,7 @@ fn open_storage(
                 "{e}: this node's Raft log cannot be trusted (its vote and entries are promises to the cluster, \
              so it is not discarded); remove the node from the cluster (`raftkvctl member remove {id}`), \
              move its data directory {dir} away, and add it back as a new member with an empty directory \
-             (`raftkvctl member add {id} ...`, or start it with --join); see \"Damaged files\" in docs/reference.md",
+             (`raftkvctl member add {id} --raft-addr ... --grpc-addr ...`, or start it with --join); see \"Failing disks and damaged files\" in docs/reference.md",
                 id = config.id,
                 dir = dir.display(),
             )),
