@@ -23,7 +23,12 @@
 //!   writes go on), written to a file with a header, a format version and a CRC32, and
 //!   installed by building a **fresh** database file and swapping it in with an atomic
 //!   rename. A corrupt snapshot is refused with [`Error::CorruptSnapshot`] and changes
-//!   nothing.
+//!   nothing. At open, every snapshot file is read whole and verified; a damaged one is set
+//!   aside (`<name>.damaged-<nanos>`, kept) and openraft builds a fresh one from the state,
+//!   which holds at least what the snapshot held. A damaged `state.redb` is set aside too and
+//!   rebuilt from the snapshot and the log.
+//! - [`StateMachine::hash_kv`] hashes the key-value state at its applied index (one read
+//!   transaction), for comparing replicas (`Admin.HashKV`, `raftkvctl check`).
 //! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
 //!   readers wait for an index without polling.
 //! - Each apply batch stamps its entries applied on the node's [`latency::WriteStages`]

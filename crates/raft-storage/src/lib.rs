@@ -3,7 +3,9 @@
 //! [`LogStore`] implements openraft's [`RaftLogStorage`] and [`RaftLogReader`]: the log
 //! entries, the vote and the committed log id live in one redb file
 //! (`<node dir>/raft-log.redb`). It passes openraft's own storage test suite
-//! (`tests/suite.rs`).
+//! (`tests/suite.rs`). At open every page checksum is verified; a damaged file is refused
+//! with [`Error::Damaged`] and left as it is: the log's vote and entries are promises to the
+//! cluster, never discarded here.
 //!
 //! # Write path and durability contract
 //! Nothing on openraft's path waits for redb, except a vote.
