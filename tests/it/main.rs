@@ -15,6 +15,7 @@ mod clock;
 mod cluster;
 mod compat;
 mod config;
+mod corrupt;
 mod disk;
 mod etcd;
 mod faults;

@@ -570,6 +570,40 @@ mod tests {
     }
 
     #[test]
+    fn a_fatal_line_names_each_cause_once_through_layers() {
+        // Each prints its source in its own message, as `#[error("...: {0}")]` with `#[from]`.
+        #[derive(Debug)]
+        struct Low(std::io::Error);
+        impl std::fmt::Display for Low {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "disk: {}", self.0)
+            }
+        }
+        impl std::error::Error for Low {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        #[derive(Debug)]
+        struct High(Low);
+        impl std::fmt::Display for High {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "opening the store: {}", self.0)
+            }
+        }
+        impl std::error::Error for High {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(High(Low(std::io::Error::other("bad page"))));
+        let e = e.context("starting");
+        assert_eq!(describe(&e), "starting: opening the store: disk: bad page");
+        let plain = anyhow::anyhow!("no cause").context("top");
+        assert_eq!(describe(&plain), "top: no cause");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(duration::parse("2s"), Ok(Duration::from_secs(2)));

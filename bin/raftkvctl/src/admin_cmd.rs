@@ -1,4 +1,4 @@
-//! The admin commands of `raftkvctl`: `member`, `leader`, `status`, `snapshot`, `alarm`.
+//! The admin commands of `raftkvctl`: `member`, `leader`, `status`, `snapshot`, `alarm`, `check`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +56,20 @@ pub(crate) enum AdminCommand {
         command: Option<SnapshotCommand>,
         /// How long to wait for the snapshot to be built.
         #[arg(long, default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
+        timeout: Duration,
+    },
+    /// Compare the members' key-value state (etcdctl's `endpoint hashkv --cluster`): every
+    /// member hashes its state at the same applied index; prints one row per member and
+    /// exits with status 2 when a member's hash differs from the others', or when the members
+    /// could not be compared (unreachable, or writes kept them at different indexes).
+    #[command(after_help = "Each member is asked at its own address for the hash of its state once it has applied\n\
+                      everything committed before the check (a barrier on the leader). Hashes are compared\n\
+                      only between members at the same index: while writes go on, members may answer at\n\
+                      different indexes; the check then asks again at the highest (up to 5 rounds). Run it\n\
+                      when writes pause for a certain answer.\n\nExamples:\n  raftkvctl check\n  raftkvctl -o json check")]
+    Check {
+        /// How long each member may take to reach the index and hash its state.
+        #[arg(long, default_value = "60s", value_parser = duration::parse, value_name = "DURATION")]
         timeout: Duration,
     },
     /// Alarms (etcdctl's verbs): `list` the active ones, `disarm` them. A NOSPACE alarm makes
@@ -599,9 +613,90 @@ async fn status(client: &Client, output: Output, cluster: bool, out: &mut impl W
     Ok(())
 }
 
+/// How many times `check` asks every member again at a higher index when they answered at
+/// different indexes (writes in flight).
+const CHECK_ROUNDS: usize = 5;
+
+/// One member's answer to `check`.
+struct Checked {
+    id: String,
+    answer: std::result::Result<client::admin::HashKvResponse, String>,
+}
+
+/// `raftkvctl check`: see [`AdminCommand::Check`].
+async fn check(client: &Client, output: Output, out: &mut impl Write, timeout: Duration) -> Result<()> {
+    let status = members(client).await?;
+    let mut target = client.barrier(timeout).await?.index;
+    let mut answers = Vec::new();
+    for round in 1..=CHECK_ROUNDS {
+        answers.clear();
+        for m in &status.members {
+            let answer = client.hash_kv_of(&m.grpc_addr, target, timeout).await.map_err(|e| e.to_string());
+            answers.push(Checked { id: m.id.clone(), answer });
+        }
+        let indexes: std::collections::BTreeSet<u64> =
+            answers.iter().filter_map(|c| c.answer.as_ref().ok().map(|h| h.index)).collect();
+        match indexes.last() {
+            Some(&highest) if indexes.len() > 1 && round < CHECK_ROUNDS => target = highest,
+            _ => break,
+        }
+    }
+    // The reference: the hash most members gave at the most common index.
+    let mut tally: std::collections::BTreeMap<(u64, u32), usize> = std::collections::BTreeMap::new();
+    for h in answers.iter().filter_map(|c| c.answer.as_ref().ok()) {
+        *tally.entry((h.index, h.hash)).or_default() += 1;
+    }
+    let reference = tally.iter().max_by_key(|(_, n)| **n).map(|(k, _)| *k);
+    let verdict = |c: &Checked| match (&c.answer, reference) {
+        (Err(_), _) => "unreachable",
+        (Ok(h), Some((index, _))) if h.index != index => "other index",
+        (Ok(h), Some((_, hash))) if h.hash == hash => "match",
+        _ => "MISMATCH",
+    };
+    let all_match = answers.iter().all(|c| verdict(c) == "match");
+    if output == Output::Json {
+        let rows: Vec<Value> = answers
+            .iter()
+            .map(|c| match &c.answer {
+                Ok(h) => json!({ "id": c.id, "index": h.index, "hash": h.hash, "keys": h.keys, "result": verdict(c) }),
+                Err(e) => json!({ "id": c.id, "error": e, "result": verdict(c) }),
+            })
+            .collect();
+        writeln!(out, "{}", json!({ "consistent": all_match, "members": rows }))?;
+    } else {
+        let rows: Vec<[String; 5]> = answers
+            .iter()
+            .map(|c| match &c.answer {
+                Ok(h) => [
+                    c.id.clone(),
+                    h.index.to_string(),
+                    format!("{:#010x}", h.hash),
+                    h.keys.to_string(),
+                    verdict(c).to_string(),
+                ],
+                Err(e) => [c.id.clone(), "-".into(), "-".into(), "-".into(), format!("unreachable: {e}")],
+            })
+            .collect();
+        print_table(out, ["MEMBER", "INDEX", "HASH", "KEYS", "RESULT"], &rows)?;
+    }
+    if all_match {
+        return Ok(());
+    }
+    let bad: Vec<String> =
+        answers.iter().filter(|c| verdict(c) != "match").map(|c| format!("{} ({})", c.id, verdict(c))).collect();
+    if answers.iter().any(|c| verdict(c) == "MISMATCH") {
+        anyhow::bail!("the members' state differs: {}", bad.join(", "));
+    }
+    anyhow::bail!(
+        "not every member could be compared: {} (members answer at one index only when no write is in flight; run again when writes pause)",
+        bad.join(", ")
+    )
+}
+
 pub(crate) async fn execute(cmd: &AdminCommand, client: &Client, output: Output, out: &mut impl Write) -> Result<()> {
     let json = output == Output::Json;
     match cmd {
+        AdminCommand::Check { timeout } => check(client, output, out, *timeout).await?,
         AdminCommand::Member { command } => match command {
             MemberCommand::Add { id, raft_addr, grpc_addr, learner: false, timeout } => {
                 let resp = client.add_voter(id, raft_addr, grpc_addr, *timeout).await?;

@@ -15,7 +15,7 @@ use proto::admin::v1::{
     AddLearnerRequest, AlarmRequest, BackupChunk, BackupRequest, BarrierRequest, DemoteRequest, PromoteRequest,
     RemoveRequest, SnapshotRequest, StatusRequest, TransferLeaderRequest, VerifyLeaderRequest, WriteStagesRequest,
 };
-pub use proto::admin::v1::{AlarmMember, AlarmResponse, AlarmType};
+pub use proto::admin::v1::{AlarmMember, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse};
 pub use proto::admin::v1::{
     BarrierResponse, GossipDrops, GossipLiveness, GossipNode, MembershipChangeResponse, SnapshotResponse,
     StatusResponse, TransferLeaderResponse, VerifyLeaderResponse, WriteStage, WriteStagesResponse,
@@ -184,6 +184,22 @@ impl Client {
         let timeout = self.options.request_timeout;
         let nf = self.meta().here();
         self.once_at(addr, |mut a| async move { a.status(Self::request(StatusRequest {}, timeout, nf)).await }).await
+    }
+
+    /// The hash of the key-value state of the node at `addr` exactly, once it has applied
+    /// `min_index` (Admin.HashKV), waiting at most `timeout`. One attempt, no failover.
+    pub async fn hash_kv_of(
+        &self,
+        addr: &str,
+        min_index: u64,
+        timeout: Duration,
+    ) -> Result<HashKvResponse, ClientError> {
+        let nf = self.meta().here();
+        self.once_at(
+            addr,
+            |mut a| async move { a.hash_kv(Self::request(HashKvRequest { min_index }, timeout, nf)).await },
+        )
+        .await
     }
 
     /// The per-stage timing of the writes proposed on the node at `addr` exactly (ask the

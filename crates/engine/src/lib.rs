@@ -153,6 +153,11 @@ pub enum EngineError {
     /// A server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// A file of this node's storage is damaged in a way the node cannot recover from by
+    /// itself; the message names the file, the cause and what the operator should do. It
+    /// carries no source: the cause is in the message once.
+    #[error("{0}")]
+    Damaged(String),
     /// An offline operation ([`offline`]) refused to run; the message says why and what to do.
     /// Nothing was written.
     #[error("{0}")]
@@ -241,7 +246,8 @@ impl Node {
         let membership = Arc::new(AddressMap::membership());
         let resolver = resolver_chain(gossip.as_ref(), config.static_peers()?, membership.clone());
         let stages = Arc::new(latency::WriteStages::new());
-        let (log, sm) = open_storage(&config, &dir, &stages)?;
+        let (mut log, sm) = open_storage(&config, &dir, &stages)?;
+        check_coverage(&config, &dir, &mut log, &sm).await?;
         let raft = build_raft(&config, resolver.clone(), tls.as_ref(), log, sm.clone()).await?;
         let membership_task = tokio::spawn(follow_membership(raft.clone(), membership));
         if config.bootstrap {
@@ -507,10 +513,53 @@ fn open_storage(
     dir: &std::path::Path,
     stages: &Arc<latency::WriteStages>,
 ) -> Result<(LogStore, StateMachine), EngineError> {
-    let log = LogStore::open_with_stages(&dir.join(LOG_FILE), config.log_caches, stages.clone())?;
+    let log =
+        LogStore::open_with_stages(&dir.join(LOG_FILE), config.log_caches, stages.clone()).map_err(|e| match e {
+            raft_storage::Error::Damaged { .. } => EngineError::Damaged(format!(
+                "{e}: this node's Raft log cannot be trusted (its vote and entries are promises to the cluster, \
+             so it is not discarded); remove the node from the cluster (`raftkvctl member remove {id}`), \
+             move its data directory {dir} away, and add it back as a new member with an empty directory \
+             (`raftkvctl member add {id} --raft-addr ... --grpc-addr ...`, or start it with --join); see \"Failing disks and damaged files\" in docs/reference.md",
+                id = config.id,
+                dir = dir.display(),
+            )),
+            other => EngineError::Log(other),
+        })?;
     let sm_options = fsm::Options { history: config.watch_history, db_cache_bytes: config.sm_db_cache_bytes };
     let sm = StateMachine::open_with_stages(&dir.join("sm"), sm_options, stages.clone())?;
     Ok((log, sm))
+}
+
+/// Part of step 4: the state machine must reach the Raft log. openraft re-applies the
+/// entries after the state machine's applied index from the log; if the log was purged past
+/// it (its entries live in a snapshot) and no intact snapshot covers the gap (the snapshot
+/// file was damaged and set aside, and the state machine was damaged too), this node cannot
+/// rebuild its state from its own files. It refuses to start, naming the files and the
+/// remedy, rather than fail inside openraft.
+async fn check_coverage(
+    config: &NodeConfig,
+    dir: &std::path::Path,
+    log: &mut LogStore,
+    sm: &StateMachine,
+) -> Result<(), EngineError> {
+    use openraft::storage::RaftLogStorage;
+    let state = log.get_log_state().await.map_err(|e| EngineError::raft("reading the log state", e))?;
+    let purged = types::index_of(state.last_purged_log_id.as_ref());
+    let applied = sm.applied_index();
+    if applied < purged {
+        return Err(EngineError::Damaged(format!(
+            "the state machine {sm} is at index {applied}, but the Raft log {log} holds no entries up to \
+             index {purged} and no intact snapshot covers them (a damaged state machine or snapshot file \
+             was set aside; see the log above): this node cannot rebuild its state from its own files; \
+             remove it from the cluster (`raftkvctl member remove {id}`), move its data directory {dir} \
+             away, and add it back as a new member with an empty directory (`raftkvctl member add {id} ...`)",
+            sm = dir.join("sm").join("state.redb").display(),
+            log = dir.join(LOG_FILE).display(),
+            id = config.id,
+            dir = dir.display(),
+        )));
+    }
+    Ok(())
 }
 
 /// Step 5: starts openraft on the stores, with the gRPC Raft network resolving peers

@@ -23,7 +23,12 @@
 //!   writes go on), written to a file with a header, a format version and a CRC32, and
 //!   installed by building a **fresh** database file and swapping it in with an atomic
 //!   rename. A corrupt snapshot is refused with [`Error::CorruptSnapshot`] and changes
-//!   nothing.
+//!   nothing. At open, every snapshot file is read whole and verified; a damaged one is set
+//!   aside (`<name>.damaged-<nanos>`, kept) and openraft builds a fresh one from the state,
+//!   which holds at least what the snapshot held. A damaged `state.redb` is set aside too and
+//!   rebuilt from the snapshot and the log.
+//! - [`StateMachine::hash_kv`] hashes the key-value state at its applied index (one read
+//!   transaction), for comparing replicas (`Admin.HashKV`, `raftkvctl check`).
 //! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
 //!   readers wait for an index without polling.
 //! - Each apply batch stamps its entries applied on the node's [`latency::WriteStages`]
@@ -207,6 +212,17 @@ struct Inner {
     alarms: RwLock<Arc<Vec<Alarm>>>,
 }
 
+/// A hash of the key-value state at an applied index ([`StateMachine::hash_kv`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvHash {
+    /// The applied index the state reflects.
+    pub index: u64,
+    /// CRC32 of every key and its stored record, in key order.
+    pub hash: u32,
+    /// The number of keys.
+    pub keys: u64,
+}
+
 #[derive(Clone)]
 struct CurrentSnapshot {
     meta: SnapshotMeta,
@@ -254,13 +270,14 @@ impl StateMachine {
         let mut snapshots = Vec::new();
         for path in read_dir(&snap_dir)? {
             match path.extension().and_then(|e| e.to_str()) {
-                Some(SNAPSHOT_EXT) => match snapshot::read_meta(&path) {
-                    Ok(meta) => snapshots.push(CurrentSnapshot { meta, path }),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "removing unreadable snapshot");
-                        remove_if_exists(&path)?;
-                    }
+                // The whole file is read and its checksum verified: a snapshot is what a lagging
+                // follower is sent, so a damaged one must never leave this node.
+                Some(SNAPSHOT_EXT) => match snapshot::verify_file(&path) {
+                    Ok((meta, _)) => snapshots.push(CurrentSnapshot { meta, path }),
+                    Err(Error::CorruptSnapshot(why)) => set_aside_snapshot(&path, &why)?,
+                    Err(e) => return Err(e),
                 },
+                _ if is_set_aside(&path) => {}
                 _ => remove_if_exists(&path)?,
             }
         }
@@ -357,6 +374,35 @@ impl StateMachine {
             None => None,
         };
         Ok((found, types::index_of(applied.as_ref())))
+    }
+
+    /// Hashes the key-value state (etcd's `hashkv`) from one read transaction: CRC32 over
+    /// every key in key order, each as its length (u32 LE), the key, the stored record's
+    /// length (u32 LE) and the record (create index, modify index, version, value). Returns
+    /// the applied index that state reflects, the hash and the number of keys. Replicas at the
+    /// same index must have the same hash; reads while it runs never wait (redb is MVCC).
+    pub fn hash_kv(&self) -> Result<KvHash, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let applied: Option<LogId> = match meta.get(META_LAST_APPLIED)? {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        };
+        let table = txn.open_table(KV)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut keys = 0u64;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (k, v) = (k.value(), v.value());
+            for part in [k, v] {
+                let len = u32::try_from(part.len()).map_err(|_| Error::CorruptRecord("longer than 4 GiB"))?;
+                crc.update(&len.to_le_bytes());
+                crc.update(part);
+            }
+            keys += 1;
+        }
+        Ok(KvHash { index: types::index_of(applied.as_ref()), hash: crc.finalize(), keys })
     }
 
     /// Registers a watcher of `range` for every change at or after `start_index` (0: the
@@ -897,8 +943,7 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     match checked {
         Ok(db) => Ok(db),
         Err(e) if path.exists() => {
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            let aside = path.with_extension(format!("redb.damaged-{nanos}"));
+            let aside = aside_path(path);
             fs::rename(path, &aside)
                 .map_err(|re| Error::io(format!("{} is damaged ({e}); setting it aside", path.display()), re))?;
             tracing::error!(
@@ -911,6 +956,42 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The suffix of a damaged file set aside: `<name>.damaged-<nanos>`, kept for inspection and
+/// never read again.
+const DAMAGED_SUFFIX: &str = ".damaged-";
+
+/// Whether `path` is a damaged file set aside (see [`DAMAGED_SUFFIX`]).
+fn is_set_aside(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(DAMAGED_SUFFIX))
+}
+
+/// `path` renamed `<name>.damaged-<nanos>`, beside it.
+fn aside_path(path: &Path) -> PathBuf {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!("{name}{DAMAGED_SUFFIX}{nanos}"))
+}
+
+/// Sets a damaged snapshot file aside (renamed, kept). The snapshot is derived data: the
+/// state machine holds at least what it held (building a snapshot first makes the state it
+/// holds durable), so openraft builds a fresh one at start when the log has been purged; if
+/// the state machine is behind it too, the engine refuses to start (see `engine`).
+fn set_aside_snapshot(path: &Path, why: &str) -> Result<(), Error> {
+    let aside = aside_path(path);
+    fs::rename(path, &aside)
+        .map_err(|e| Error::io(format!("snapshot {} is damaged ({why}); setting it aside", path.display()), e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    tracing::error!(
+        file = %path.display(),
+        set_aside = %aside.display(),
+        error = %why,
+        "a snapshot file is damaged: set aside; a fresh snapshot is built from the state machine (remove the damaged copy once the node serves)"
+    );
+    Ok(())
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {

@@ -382,12 +382,6 @@ fn read_u32<R: Read>(input: &mut R, crc: &mut crc32fast::Hasher, what: &str) -> 
     Ok(u32::from_le_bytes(b))
 }
 
-/// Reads the header of the snapshot file at `path` and returns its metadata.
-pub(crate) fn read_meta(path: &Path) -> Result<SnapshotMeta, Error> {
-    let file = File::open(path).map_err(|e| Error::io(format!("opening snapshot {}", path.display()), e))?;
-    Ok(SnapshotReader::new(BufReader::new(file))?.meta)
-}
-
 /// Reads the whole snapshot file at `path`, checking every bound, the record count and the
 /// checksum, and returns its metadata and number of records. A file that is not a complete,
 /// intact snapshot of this format is refused with [`Error::CorruptSnapshot`].

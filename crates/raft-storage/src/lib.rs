@@ -3,7 +3,9 @@
 //! [`LogStore`] implements openraft's [`RaftLogStorage`] and [`RaftLogReader`]: the log
 //! entries, the vote and the committed log id live in one redb file
 //! (`<node dir>/raft-log.redb`). It passes openraft's own storage test suite
-//! (`tests/suite.rs`).
+//! (`tests/suite.rs`). At open every page checksum is verified; a damaged file is refused
+//! with [`Error::Damaged`] and left as it is: the log's vote and entries are promises to the
+//! cluster, never discarded here.
 //!
 //! # Write path and durability contract
 //! Nothing on openraft's path waits for redb, except a vote.
@@ -136,6 +138,52 @@ pub enum Error {
     /// A blocking task panicked or was cancelled.
     #[error("log store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The log file exists but is damaged: redb cannot open it, or a page fails its checksum.
+    /// The file is left as it is: the Raft log is not derived data (its vote and entries
+    /// are promises this node made to the cluster), so it is never discarded or repaired
+    /// here. `cause` is redb's error, once, as text.
+    #[error("raft log {} is damaged ({cause})", path.display())]
+    Damaged {
+        /// The log file.
+        path: std::path::PathBuf,
+        /// What redb found.
+        cause: String,
+    },
+}
+
+/// Whether redb's error says the file's bytes are wrong (as opposed to an error of the
+/// system, such as a permission or a lock held by another process).
+fn is_damage(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_) => true,
+        redb::Error::Io(io) => matches!(io.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData),
+        _ => false,
+    }
+}
+
+/// Opens the log database at `path` and verifies every page's checksum (redb's
+/// `check_integrity`, which reads the whole file). A file that fails is reported as
+/// [`Error::Damaged`], untouched by this function beyond what redb's own open does.
+fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
+    let existed = path.exists();
+    let damaged = |e: redb::Error| -> Error {
+        if existed && is_damage(&e) {
+            Error::Damaged { path: path.to_path_buf(), cause: e.to_string() }
+        } else {
+            Error::Redb(e)
+        }
+    };
+    let mut db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| damaged(e.into()))?;
+    match db.check_integrity() {
+        Ok(true) => Ok(db),
+        Ok(false) => Err(Error::Damaged {
+            path: path.to_path_buf(),
+            cause: "pages failed their checksums; redb rolled the file back to an earlier commit, which may \
+                    have dropped entries or a vote this node had acknowledged"
+                .into(),
+        }),
+        Err(e) => Err(damaged(e.into())),
+    }
 }
 
 macro_rules! from_redb {
@@ -240,7 +288,7 @@ impl LogStore {
     /// [`LogStore::open_with`], stamping the appended, durable and committed moments of each
     /// entry on `stages`, the node's clock of writes.
     pub fn open_with_stages(path: &Path, options: LogOptions, stages: Arc<WriteStages>) -> Result<Self, Error> {
-        let db = Database::builder().set_cache_size(options.db_cache_bytes).create(path)?;
+        let db = open_checked(path, options.db_cache_bytes)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(LOGS)?;
@@ -484,6 +532,63 @@ mod tests {
     use openraft::type_config::TypeConfigExt;
 
     use super::*;
+
+    /// A log file with 64 rows of 4 KiB of a recognizable pattern, closed.
+    fn sample_log(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let pattern = b"damage-me-".repeat(410);
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut logs = txn.open_table(LOGS)?;
+            // Rows whose bytes the test can find; the last row a real entry, which opening decodes.
+            for i in 0..64u64 {
+                logs.insert(i, pattern.as_slice())?;
+            }
+            logs.insert(64, codec::encode(&Entry::new_blank(id(1, 64)))?.as_slice())?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        drop(db);
+        Ok(pattern)
+    }
+
+    #[test]
+    fn a_damaged_log_file_is_refused_naming_it_and_left_in_place() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        let pattern = sample_log(&path)?;
+        drop(LogStore::open(&path)?);
+        let intact = std::fs::read(&path)?;
+
+        // Bytes of live rows flipped.
+        let mut bytes = intact.clone();
+        let mut flipped = 0;
+        let mut at = 0;
+        while let Some(pos) = bytes[at..].windows(64).position(|w| w == &pattern[..64]) {
+            let start = at + pos;
+            bytes[start..start + 64].iter_mut().for_each(|b| *b ^= 0xff);
+            flipped += 1;
+            at = start + 64;
+        }
+        assert!(flipped > 0);
+        // The file truncated to a third.
+        let truncated = intact[..intact.len() / 3].to_vec();
+        for (how, damaged) in [("flip", bytes), ("truncate", truncated)] {
+            std::fs::write(&path, &damaged)?;
+            match LogStore::open(&path) {
+                Err(Error::Damaged { path: named, cause }) => {
+                    assert_eq!(named, path, "{how}");
+                    assert!(!cause.is_empty(), "{how}");
+                    let text = Error::Damaged { path: named, cause }.to_string();
+                    assert!(text.starts_with(&format!("raft log {} is damaged (", path.display())), "{how}: {text}");
+                }
+                Err(other) => panic!("{how}: not reported as damage: {other}"),
+                Ok(_) => panic!("{how}: a damaged log was opened"),
+            }
+            assert!(path.exists(), "{how}: the damaged log was removed");
+        }
+        Ok(())
+    }
 
     #[tokio::test]
     async fn reopen_keeps_entries_vote_and_committed() -> Result<(), Box<dyn std::error::Error>> {

@@ -15,9 +15,10 @@ use proto::admin::v1::alarm_request::AlarmAction as WireAlarmAction;
 use proto::admin::v1::{
     AddLearnerRequest, AddVoterRequest, AddVoterResponse, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     BackupHeader, BackupRequest, BarrierRequest, BarrierResponse, DemoteRequest, GossipDrops, GossipLiveness,
-    GossipNode, Member, MembershipChangeResponse, PromoteRequest, RaftState, RemoveRequest, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest, TransferLeaderResponse,
-    VerifyLeaderRequest, VerifyLeaderResponse, WriteStage, WriteStagesRequest, WriteStagesResponse,
+    GossipNode, HashKvRequest, HashKvResponse, Member, MembershipChangeResponse, PromoteRequest, RaftState,
+    RemoveRequest, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, Suffrage, TransferLeaderRequest,
+    TransferLeaderResponse, VerifyLeaderRequest, VerifyLeaderResponse, WriteStage, WriteStagesRequest,
+    WriteStagesResponse,
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -313,6 +314,23 @@ impl Admin for AdminService {
             gossip_sealed: gossip_drops.is_some(),
             gossip_drops,
             alarms: wire_alarms(&self.ctx.sm.alarms()),
+        }))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let route = budget(&request, MAX_ADMIN_TIMEOUT);
+        let min_index = request.into_inner().min_index;
+        cluster::wait_applied(&self.ctx, min_index, route.until).await?;
+        let sm = self.ctx.sm.clone();
+        let h = tokio::task::spawn_blocking(move || sm.hash_kv())
+            .await
+            .map_err(|e| ServiceError::Internal(format!("hashing the state: {e}").into()))?
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(HashKvResponse {
+            node_id: self.ctx.id.to_string(),
+            index: h.index,
+            hash: h.hash,
+            keys: h.keys,
         }))
     }
 

@@ -440,6 +440,30 @@ pub struct AlarmResponse {
     #[prost(message, repeated, tag = "2")]
     pub alarms: ::prost::alloc::vec::Vec<AlarmMember>,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HashKvRequest {
+    /// Wait until this index is applied on the answering node before hashing (0: hash at
+    /// once). The wait ends with the call's deadline (DEADLINE_EXCEEDED).
+    #[prost(uint64, tag = "1")]
+    pub min_index: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HashKvResponse {
+    /// The node that answered.
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// The applied index the hash reflects (at least min_index).
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    /// CRC32 (IEEE, as etcd's hashkv) over every key in order: the key's length (u32 LE), the
+    /// key, the stored record's length (u32 LE) and the record (create index, modify index and
+    /// version as u64 LE, then the value).
+    #[prost(uint32, tag = "3")]
+    pub hash: u32,
+    /// The number of keys hashed.
+    #[prost(uint64, tag = "4")]
+    pub keys: u64,
+}
 /// What a member may do in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -875,6 +899,25 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "Alarm"));
             self.inner.unary(req, path, codec).await
         }
+        /// HashKV (etcd's Maintenance.HashKV) waits until the answering node has applied
+        /// `min_index`, then hashes its key-value state (every key with its value, create index,
+        /// modify index and version) in one read transaction and returns the hash with the applied
+        /// index it reflects. Not forwarded: every member is asked at its own address
+        /// (`raftkvctl check`). Two replicas' hashes are comparable only at the same index.
+        pub async fn hash_kv(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HashKvRequest>,
+        ) -> std::result::Result<tonic::Response<super::HashKvResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/raftkv.admin.v1.Admin/HashKV");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("raftkv.admin.v1.Admin", "HashKV"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -978,6 +1021,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::AlarmRequest>,
         ) -> std::result::Result<tonic::Response<super::AlarmResponse>, tonic::Status>;
+        /// HashKV (etcd's Maintenance.HashKV) waits until the answering node has applied
+        /// `min_index`, then hashes its key-value state (every key with its value, create index,
+        /// modify index and version) in one read transaction and returns the hash with the applied
+        /// index it reflects. Not forwarded: every member is asked at its own address
+        /// (`raftkvctl check`). Two replicas' hashes are comparable only at the same index.
+        async fn hash_kv(
+            &self,
+            request: tonic::Request<super::HashKvRequest>,
+        ) -> std::result::Result<tonic::Response<super::HashKvResponse>, tonic::Status>;
     }
     /// Cluster administration.
     #[derive(Debug)]
@@ -1406,6 +1458,34 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AlarmSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(accept_compression_encodings, send_compression_encodings)
+                            .apply_max_message_size_config(max_decoding_message_size, max_encoding_message_size);
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/raftkv.admin.v1.Admin/HashKV" => {
+                    #[allow(non_camel_case_types)]
+                    struct HashKVSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::HashKvRequest> for HashKVSvc<T> {
+                        type Response = super::HashKvResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(&mut self, request: tonic::Request<super::HashKvRequest>) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Admin>::hash_kv(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HashKVSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(accept_compression_encodings, send_compression_encodings)
