@@ -224,7 +224,19 @@ fn run(cli: Cli) -> Result<()> {
             if duration.is_zero() || fault_every.is_zero() || sample_every.is_zero() {
                 bail!("--minutes (or --seconds), --fault-every and --sample-every must be more than 0");
             }
-            soak::run(&root, &soak::Options { duration, out, release, bin_dir, fault_every, sample_every, warmup })
+            soak::run(
+                &root,
+                &soak::Options {
+                    duration,
+                    out,
+                    release,
+                    bin_dir,
+                    fault_every,
+                    sample_every,
+                    warmup,
+                    keys_per_client: soak::KEYS_PER_CLIENT,
+                },
+            )
         }
     }
 }

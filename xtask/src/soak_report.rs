@@ -267,7 +267,7 @@ mod tests {
     }
 
     fn flat(node: &str) -> Vec<Sample> {
-        (0..20)
+        (0_u32..20)
             .map(|i| (f64::from(i) * 10.0, 50_000 + u64::from(i % 3) * 100, 40, 8 << 20))
             .map(|p| series(node, &[p]).remove(0))
             .collect()
@@ -279,8 +279,8 @@ mod tests {
         let text = csv(&samples);
         assert!(text.starts_with("t_secs,node,pid,rss_kib,fds,disk_bytes\n"));
         assert_eq!(text.lines().count(), 21);
-        assert_eq!(parse_csv(&text).unwrap(), samples);
-        let err = parse_csv(&format!("{text}1.0,nodeA,7,x,40,1\n")).unwrap_err();
+        assert_eq!(parse_csv(&text).expect("should succeed"), samples);
+        let err = parse_csv(&format!("{text}1.0,nodeA,7,x,40,1\n")).expect_err("should fail");
         assert!(format!("{err:#}").contains("line 22: bad rss_kib"), "{err:#}");
         assert!(parse_csv("t,node\n").is_err());
     }
@@ -292,7 +292,7 @@ mod tests {
         let v = verdict(&samples, &nodes, 50.0);
         assert!(v.exceeded.is_empty(), "{:?}", v.exceeded);
         assert_eq!(v.nodes.len(), 2);
-        assert_eq!(v.nodes[0].rss, [50_000, 50_000, 50_200]);
+        assert_eq!(v.nodes[0].rss, [50_000, 50_100, 50_200]);
         assert_eq!(v.nodes[0].fds, [40, 40, 40]);
         assert!(summary_table(&v).contains("nodeA"));
     }
@@ -324,14 +324,14 @@ mod tests {
     #[test]
     fn the_plot_is_a_png_of_the_stated_size() {
         let dir = std::env::temp_dir().join(format!("xtask-soak-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("should succeed");
         let path = dir.join("soak.png");
         let nodes: Vec<String> = ["nodeA", "nodeB", "nodeC"].map(String::from).to_vec();
         let samples: Vec<Sample> = nodes.iter().flat_map(|n| flat(n)).collect();
-        plot(&path, &samples, &nodes, &[30.0, 60.0], 50.0).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
+        plot(&path, &samples, &nodes, &[30.0, 60.0], 50.0).expect("should succeed");
+        let bytes = std::fs::read(&path).expect("should succeed");
         assert_eq!(png_size(&bytes), Some((1200, 900)));
         assert_eq!(png_size(b"GIF89a............................"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("should succeed");
     }
 }
