@@ -209,6 +209,7 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
         })
         .collect();
 
+    let csv = out.join("soak.csv");
     let mut samples = Vec::new();
     let mut fault_times = Vec::new();
     let mut errors = Vec::new();
@@ -232,6 +233,10 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
             let t = start.elapsed().as_secs_f64();
             for (id, node) in running.nodes_mut() {
                 samples.extend(sample(id, node, t));
+            }
+            // Written as it goes, so that a run cut short still leaves its figures.
+            if let Err(e) = std::fs::write(&csv, soak_report::csv(&samples)) {
+                errors.push(format!("writing {}: {e}", csv.display()));
             }
             next_sample += o.sample_every;
         }
@@ -266,7 +271,6 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
     errors.extend(watch.finish(&acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
     let stop_problems = running.stop();
 
-    let csv = out.join("soak.csv");
     std::fs::write(&csv, soak_report::csv(&samples)).with_context(|| format!("writing {}", csv.display()))?;
     let png = out.join("soak.png");
     soak_report::plot(&png, &samples, &ids, &fault_times, warmup.as_secs_f64())?;
