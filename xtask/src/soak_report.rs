@@ -83,10 +83,17 @@ pub(crate) const NODE_COLOURS: [(&str, (u8, u8, u8)); 3] =
 /// (font-kit and system fonts, or a bundled font), which this command does without; the
 /// summary printed with the plot gives the scales.
 pub(crate) fn plot(path: &Path, samples: &[Sample], nodes: &[String], fault_times: &[f64], warmup: f64) -> Result<()> {
+    let mut pixels = vec![0_u8; (PLOT_SIZE.0 * PLOT_SIZE.1 * 3) as usize];
+    draw(&mut pixels, samples, nodes, fault_times, warmup)?;
+    write_png(path, &pixels, PLOT_SIZE).with_context(|| format!("writing the plot {}", path.display()))
+}
+
+/// [`plot`]'s drawing, into RGB `pixels` of [`PLOT_SIZE`].
+fn draw(pixels: &mut [u8], samples: &[Sample], nodes: &[String], fault_times: &[f64], warmup: f64) -> Result<()> {
     use plotters::prelude::*;
 
     let t_max = samples.iter().map(|s| s.t_secs).fold(1.0_f64, f64::max);
-    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(pixels, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     let panels = root.split_evenly((3, 1));
     let metrics: [fn(&Sample) -> f64; 3] = [|s| s.rss_kib as f64, |s| s.fds as f64, |s| s.disk_bytes as f64];
@@ -119,18 +126,32 @@ pub(crate) fn plot(path: &Path, samples: &[Sample], nodes: &[String], fault_time
             chart.draw_series(LineSeries::new(points, style)).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         }
     }
-    root.present().map_err(|e| anyhow::anyhow!("writing the plot {}: {e}", path.display()))?;
+    root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     Ok(())
 }
 
-/// Whether `bytes` are a PNG file (signature, then an `IHDR` chunk); its width and height.
+/// The plot's width and height, pixels.
+pub(crate) const PLOT_SIZE: (u32, u32) = (1200, 900);
+
+/// Encodes RGB `pixels` of `size` as a PNG file at `path` (the `png` crate: plotters' own
+/// encoder would bring the whole `image` crate).
+fn write_png(path: &Path, pixels: &[u8], size: (u32, u32)) -> Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(pixels)?;
+    writer.finish()?;
+    Ok(())
+}
+
+/// Whether `bytes` are a valid PNG file (decoded in full); its width and height.
 pub(crate) fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    if bytes.len() < 24 || !bytes.starts_with(SIGNATURE) || &bytes[12..16] != b"IHDR" {
-        return None;
-    }
-    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    Some((be(&bytes[16..20]), be(&bytes[20..24])))
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().ok()?;
+    let mut buf = vec![0; reader.output_buffer_size()?];
+    let frame = reader.next_frame(&mut buf).ok()?;
+    Some((frame.width, frame.height))
 }
 
 /// One node's figures over the run.
@@ -332,6 +353,7 @@ mod tests {
         let bytes = std::fs::read(&path).expect("should succeed");
         assert_eq!(png_size(&bytes), Some((1200, 900)));
         assert_eq!(png_size(b"GIF89a............................"), None);
+        assert_eq!(png_size(&bytes[..bytes.len() / 2]), None, "a truncated PNG");
         std::fs::remove_dir_all(&dir).expect("should succeed");
     }
 }
