@@ -120,7 +120,14 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         ctl.tls_args = files.client_args();
     }
 
-    let mut cluster = Cluster { raftkv, data_dir, nodes: Vec::new(), interrupted: Arc::clone(&interrupted), tls };
+    let mut cluster = Cluster {
+        raftkv,
+        data_dir,
+        nodes: Vec::new(),
+        interrupted: Arc::clone(&interrupted),
+        tls,
+        extra_args: Vec::new(),
+    };
     let outcome = bring_up(&mut cluster, &ctl, opts);
     match outcome {
         Ok(()) => {
@@ -179,10 +186,26 @@ impl Running {
     pub(crate) fn stop(mut self) -> Vec<String> {
         self.cluster.stop()
     }
+
+    /// The nodes' ids and processes, in start order, for a command that injects faults
+    /// (`cargo xtask soak`: kill, restart, pause by PID).
+    pub(crate) fn nodes_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut NodeProc)> {
+        self.cluster.nodes.iter_mut().map(|n| (n.id, &mut n.proc))
+    }
 }
 
 /// Steps 2 to 5 of the module docs for another command; see [`Running`].
 pub(crate) fn start(bin_dir: &Path, data_dir: &Path, interrupted: &Arc<AtomicBool>) -> Result<Running> {
+    start_with_args(bin_dir, data_dir, interrupted, &[])
+}
+
+/// [`start`], with `extra_args` for every node (e.g. `--snapshot_threshold=N`).
+pub(crate) fn start_with_args(
+    bin_dir: &Path,
+    data_dir: &Path,
+    interrupted: &Arc<AtomicBool>,
+    extra_args: &[String],
+) -> Result<Running> {
     let data_dir = absolute(data_dir)?;
     prepare_data_dir(&data_dir)?;
     let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(interrupted), tls_args: Vec::new() };
@@ -192,6 +215,7 @@ pub(crate) fn start(bin_dir: &Path, data_dir: &Path, interrupted: &Arc<AtomicBoo
         nodes: Vec::new(),
         interrupted: Arc::clone(interrupted),
         tls: None,
+        extra_args: extra_args.to_vec(),
     };
     let opts = Options { smoke: true, release: true, data_dir: None, ports_from_os: true, tls: false };
     if let Err(err) = bring_up(&mut cluster, &ctl, &opts) {
@@ -494,6 +518,8 @@ struct Cluster {
     interrupted: Arc<AtomicBool>,
     /// With `--tls`: the certificates and the gossip key.
     tls: Option<CertFiles>,
+    /// Given to every node, after the others.
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -522,6 +548,7 @@ impl Cluster {
             ]);
             args.extend(gossip_seed.map(|s| format!("--gossip_seeds={s}")));
         }
+        args.extend(self.extra_args.iter().cloned());
         let proc = NodeProc::builder(&self.raftkv, id, &self.data_dir)
             .addrs(format!("{HOST}:{grpc_port}"), format!("{HOST}:{raft_port}"))
             .args(args)

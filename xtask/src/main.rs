@@ -10,6 +10,9 @@
 //! - `chaos --schedules N`: the long fault-injection tier.
 //! - `certs [--dir D] [--nodes IDS] [--client NAME]`: a throwaway CA, node and client
 //!   certificates for a TLS cluster (rcgen; no `openssl`).
+//! - `soak --minutes N [--out DIR] [--release] [--fault-every 30s] [--sample-every 10s]`: a
+//!   three-node cluster under mixed load with a fault every 30 s; RSS, open fds and disk use
+//!   per node to CSV and a PNG plot, and a growth verdict.
 //! - `bench [--runs N] [--scale F]`: raftkv against etcd, both on this machine, one load
 //!   generator, figures as ratios with their spread.
 //!
@@ -23,6 +26,8 @@ mod chaos;
 mod cluster;
 mod deps;
 mod proto;
+mod soak;
+mod soak_report;
 mod test;
 
 use std::ffi::OsString;
@@ -145,6 +150,38 @@ enum Cmd {
         #[arg(long)]
         wan_secs: Option<u64>,
     },
+    /// A soak: a three-node cluster of real `raftkv` processes under mixed load (puts, gets,
+    /// deletes, a watch; a bounded key space) with a fault every --fault-every; RSS, open
+    /// file descriptors and disk use per node sampled every --sample-every into
+    /// DIR/soak.csv and DIR/soak.png; prints a summary and fails if growth after the warm-up
+    /// passes the stated bounds or the load saw a wrong value or a lost write.
+    Soak {
+        /// How long the load runs, in minutes (a fraction is fine).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// How long the load runs, in seconds (instead of --minutes).
+        #[arg(long, conflicts_with = "minutes")]
+        seconds: Option<u64>,
+        /// Where the CSV, the plot, the summary and the nodes' data and logs go.
+        /// Default: soak in cargo's target directory (target/soak).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Build and run the release binaries.
+        #[arg(long)]
+        release: bool,
+        /// Take `raftkv` and `raftkvctl` from this directory instead of building them.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Time between two faults.
+        #[arg(long, default_value = "30s", value_parser = soak::parse_duration)]
+        fault_every: std::time::Duration,
+        /// Time between two samples.
+        #[arg(long, default_value = "10s", value_parser = soak::parse_duration)]
+        sample_every: std::time::Duration,
+        /// The warm-up the growth is measured after (at most half the run).
+        #[arg(long, default_value = "5m", value_parser = soak::parse_duration)]
+        warmup: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -177,6 +214,29 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Chaos { schedules, seed, secs, debug, clock, client_links, wan_secs } => {
             let options = chaos::Options { schedules, seed, secs, release: !debug, clock, client_links, wan_secs };
             chaos::run(&root, &options)
+        }
+        Cmd::Soak { minutes, seconds, out, release, bin_dir, fault_every, sample_every, warmup } => {
+            let duration = match seconds {
+                Some(secs) => std::time::Duration::from_secs(secs),
+                None => std::time::Duration::try_from_secs_f64(minutes * 60.0)
+                    .map_err(|e| anyhow::anyhow!("--minutes {minutes}: {e}"))?,
+            };
+            if duration.is_zero() || fault_every.is_zero() || sample_every.is_zero() {
+                bail!("--minutes (or --seconds), --fault-every and --sample-every must be more than 0");
+            }
+            soak::run(
+                &root,
+                &soak::Options {
+                    duration,
+                    out,
+                    release,
+                    bin_dir,
+                    fault_every,
+                    sample_every,
+                    warmup,
+                    keys_per_client: soak::KEYS_PER_CLIENT,
+                },
+            )
         }
     }
 }
