@@ -185,6 +185,18 @@ fn denied(state: &AuthState, user: &str, range: &KeyRange, wanted: Access) -> Re
     }
 }
 
+/// The refusal of a write whose permission was gone when it was applied at `index` (it
+/// was checked before it was proposed; [`AuthState::check_write`]): nothing changed.
+pub(crate) fn denied_at_apply(index: u64, user: Option<&str>, range: &KeyRange, wanted: Access) -> ServiceError {
+    let who = match user {
+        Some(user) => format!("user {user:?} no longer has {wanted} permission on {}", RangeDisplay(range)),
+        None => "authentication was enabled after the write was accepted without credentials".to_string(),
+    };
+    ServiceError::PermissionDenied(format!(
+        "permission denied when the write was applied at index {index}: {who}; nothing was written; authenticate as a user with that permission (a root user can grant one: raftkvctl role grant-permission)"
+    ))
+}
+
 /// The KV service's check: the caller (from `md`) may access every key of `range` with
 /// `wanted`, or the call is refused with `UNAUTHENTICATED` or `PERMISSION_DENIED`.
 pub fn authorize(sm: &StateMachine, md: &MetadataMap, ranges: &[(KeyRange, Access)]) -> Result<Caller, ServiceError> {
