@@ -344,7 +344,8 @@ async fn an_expired_token_is_refused_and_a_client_with_the_password_authenticate
     // raftkvctl --user: a run longer than several token lifetimes, writing all along.
     let started = std::time::Instant::now();
     let alice_arg = format!("alice:{ALICE_PASSWORD}");
-    let args = ["--user", &alice_arg, "bench", "watch", "--total", "60", "--interval", "60ms", "--prefix", "app/b"];
+    let args: [&str; 10] =
+        ["--user", &alice_arg, "bench", "watch", "--total", "60", "--interval", "60ms", "--prefix", "app/b"];
     let out = tokio::task::spawn_blocking({
         let all = all.clone();
         let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();

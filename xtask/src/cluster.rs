@@ -374,8 +374,8 @@ fn enable_auth(cluster: &Cluster, ctl: &Ctl, via: &str) -> Result<()> {
         bail!("after `auth enable`, a get without --user was not refused: {}", refused.stderr.trim());
     }
     println!(
-        "cluster: authentication {}: user root, password in {} (a get without --user is refused)",
-        enabled.trim().to_lowercase(),
+        "cluster: {}: user root, password in {} (a get without --user is refused)",
+        enabled.trim(),
         relative_to_cwd(&file).display()
     );
     Ok(())

@@ -177,7 +177,6 @@ impl WatchStream<'_> {
                             self.serving = Some(addr);
                             return Ok(());
                         }
-                        Err(status) if is_final(status.code()) => return Err(ClientError::Status(status)),
                         // The token expired: authenticate again (once) and reopen here.
                         Err(status)
                             if status.code() == tonic::Code::Unauthenticated && !refreshed && sent.is_some() =>
@@ -188,9 +187,7 @@ impl WatchStream<'_> {
                             }
                             return Err(ClientError::Status(status));
                         }
-                        Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                            return Err(ClientError::Status(status));
-                        }
+                        Err(status) if is_final(status.code()) => return Err(ClientError::Status(status)),
                         Err(status) => {
                             self.client.forget(&addr);
                             format!("{addr}: {}: {}", status.code(), status.message())

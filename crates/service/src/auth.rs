@@ -102,8 +102,8 @@ pub fn verify_password(password: &str, hash: &PasswordHash) -> bool {
     PhcHash::new(&hash.0).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn now_millis() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
 fn mac(key: &TokenKey, payload: &[u8]) -> Result<HmacSha256, ServiceError> {
@@ -120,7 +120,8 @@ pub fn issue_token(state: &AuthState, user: &str, ttl: Duration) -> Result<Strin
     let (Some(key), Some(u)) = (state.token_key.as_ref(), state.users.get(user)) else {
         return Err(ServiceError::FailedPrecondition("authentication is not enabled".into()));
     };
-    let expiry = now_secs() + ttl.as_secs().max(1);
+    // Whole seconds, rounded up: a token lasts at least `ttl` (and less than a second more).
+    let expiry = (now_millis() + ttl.as_millis()).div_ceil(1000);
     let payload = format!("{user}\n{expiry}\n{}", u.generation);
     let tag = mac(key, payload.as_bytes())?.finalize().into_bytes();
     Ok(format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag)))
@@ -152,8 +153,8 @@ pub fn verify_token(state: &AuthState, token: &str) -> Result<String, ServiceErr
     else {
         return Err(invalid("it is malformed"));
     };
-    let expiry: u64 = expiry.parse().map_err(|_| invalid("it is malformed"))?;
-    if expiry <= now_secs() {
+    let expiry: u128 = expiry.parse().map_err(|_| invalid("it is malformed"))?;
+    if expiry.saturating_mul(1000) <= now_millis() {
         return Err(invalid("it has expired (tokens last the issuing node's --auth-token-ttl, 300 s by default)"));
     }
     match state.users.get(user) {
@@ -371,6 +372,8 @@ mod tests {
         let mut s = enabled(PasswordHash("$argon2id$x".into()));
         let token = issue_token(&s, "alice", TOKEN_TTL)?;
         assert_eq!(verify_token(&s, &token)?, "alice");
+        // A one-second token is valid at once (its expiry is rounded up, never down).
+        assert_eq!(verify_token(&s, &issue_token(&s, "alice", MIN_TOKEN_TTL)?)?, "alice");
         assert_eq!(identify(&s, Some(format!("Bearer {token}").as_bytes()))?, Caller::User("alice".into()));
         // Tampered: another user name under the same MAC.
         let (payload, tag) = token.split_once('.').unwrap_or_default();
