@@ -226,3 +226,210 @@ async fn users_roles_tokens_and_revocation_on_every_node() -> TestResult {
     assert!(lines > 100, "the scan must cover the nodes' logs ({lines} lines)");
     Ok(())
 }
+
+/// Sets up `root` and `alice` (readwrite on `app/`) and enables authentication.
+fn enable_with_alice(t: &mut Transcript, all: &[String]) -> Result<(), BoxError> {
+    t.ok(all, &["user", "add", &format!("root:{ROOT_PASSWORD}")])?;
+    t.ok(all, &["user", "add", &format!("alice:{ALICE_PASSWORD}")])?;
+    t.ok(all, &["role", "add", "app"])?;
+    t.ok(all, &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"])?;
+    t.ok(all, &["user", "grant-role", "alice", "app"])?;
+    t.ok(all, &["auth", "enable"])?;
+    Ok(())
+}
+
+/// The permission of a write is checked again when it is applied (as etcd does): while
+/// alice writes as fast as she can from every node, her permission is revoked; no write of
+/// hers is acknowledged at or after the revocation's index, none is stored there, and the
+/// writes that were checked before it but reached the log after it are refused with
+/// `PERMISSION_DENIED` saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_checked_before_a_revocation_does_not_apply_after_it() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let all = cluster.endpoints();
+    let mut t = Transcript::default();
+    enable_with_alice(&mut t, &all)?;
+    let writers = 12;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = Client::new([all[w % 3].clone()], test_options())?;
+        client.authenticate("alice", ALICE_PASSWORD).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0.. {
+                match client.put(format!("app/{w}/{n}"), "v").await {
+                    Ok(r) => acked.push(r.header.map_or(0, |h| h.index)),
+                    Err(e) if e.status().map(tonic::Status::code) == Some(Code::PermissionDenied) => {
+                        return Ok::<_, client::ClientError>((acked, e.message()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((acked, String::new()))
+        }));
+    }
+    let root = Client::new(all.clone(), test_options())?;
+    root.authenticate("root", ROOT_PASSWORD).await?;
+    wait_for("alice's writers to be under way", Duration::from_secs(20), || async {
+        root.range(client::kv::RangeRequest {
+            key: "app/".into(),
+            prefix: true,
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .is_ok_and(|r| r.count >= 60)
+    })
+    .await?;
+    let revoked = root.role_revoke_permission("app", b"app/", b"", true).await?.index;
+    let mut at_apply = 0;
+    let mut acked = 0;
+    for task in tasks {
+        let (indexes, refusal) = task.await??;
+        acked += indexes.len();
+        assert!(
+            indexes.iter().all(|i| *i > 0 && *i < revoked),
+            "an acknowledged write at or after {revoked}: {indexes:?}"
+        );
+        if refusal.contains("when the write was applied") {
+            assert!(refusal.contains("user \"alice\" no longer has write permission on key \"app/"), "{refusal}");
+            at_apply += 1;
+        } else {
+            assert!(refusal.contains("no write permission on key"), "{refusal}");
+        }
+    }
+    // What is stored agrees on every node: nothing of alice's from the revocation on.
+    let stored =
+        root.range_all(client::kv::RangeRequest { key: "app/".into(), prefix: true, ..Default::default() }).await?;
+    assert!(stored.iter().all(|kv| kv.modify_index < revoked), "a write stored at or after {revoked}");
+    assert_eq!(stored.len(), acked, "every acknowledged write, and only those, is stored");
+    eprintln!(
+        "revoked at index {revoked}: {acked} writes acknowledged before it; {at_apply} of {writers} writers refused at apply, the others before proposing"
+    );
+    Ok(())
+}
+
+/// Tokens expire after `--auth-token-ttl`; a client that knows the password (the client
+/// crate after `authenticate`, `raftkvctl --user`) authenticates again by itself, once,
+/// and its calls (and watches) go on; one with only the token gets `UNAUTHENTICATED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refused_and_a_client_with_the_password_authenticates_again() -> TestResult {
+    let mut flags = FAST_TIMING.to_vec();
+    flags.extend(["--auth-token-ttl", "1s"]);
+    let cluster = Cluster::start(3, &flags).await?;
+    let all = cluster.endpoints();
+    let mut t = Transcript::default();
+    enable_with_alice(&mut t, &all)?;
+    let alice = Client::new(all.clone(), test_options())?;
+    let token = alice.authenticate("alice", ALICE_PASSWORD).await?;
+    alice.put("app/a", "1").await?;
+    // Only the token: refused once it expires, saying so.
+    let only_token = client_with_token(&all[1], &token)?;
+    wait_for("the token to expire", Duration::from_secs(10), || async {
+        let r = only_token.get("app/a").await;
+        code(&r) == Some(Code::Unauthenticated) && message(&r).contains("it has expired")
+    })
+    .await?;
+    // With the password: the same expired token is replaced, on every call kind.
+    alice.put("app/a", "2").await?;
+    assert_eq!(alice.get("app/a").await?.kv.map(|kv| kv.value.to_vec()), Some(b"2".to_vec()));
+    let options = ClientOptions {
+        token: Some(token.clone()),
+        credentials: Some(client::Credentials { name: "alice".into(), password: ALICE_PASSWORD.into() }),
+        ..test_options()
+    };
+    let watcher = Client::new([all[2].clone()], options)?;
+    let mut watch = watcher.watch("app/a", WatchOptions::default());
+    assert_eq!(watch.next().await?.kind, Kind::Created as i32, "the watch opened with a refreshed token");
+    // raftkvctl --user: a run longer than several token lifetimes, writing all along.
+    let started = std::time::Instant::now();
+    let alice_arg = format!("alice:{ALICE_PASSWORD}");
+    let args: [&str; 10] =
+        ["--user", &alice_arg, "bench", "watch", "--total", "60", "--interval", "60ms", "--prefix", "app/b"];
+    let out = tokio::task::spawn_blocking({
+        let all = all.clone();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
+        move || raftkvctl(&all, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "raftkvctl bench with expiring tokens failed: {stderr}");
+    assert!(started.elapsed() > Duration::from_secs(3), "the run must outlast a few tokens");
+    eprintln!("raftkvctl wrote for {:?} with 1 s tokens", started.elapsed());
+    // A wrong password is not retried forever: refused once, clearly.
+    let wrong = ClientOptions {
+        token: Some(token),
+        credentials: Some(client::Credentials { name: "alice".into(), password: "wrong".into() }),
+        ..test_options()
+    };
+    let r = Client::new([all[0].clone()], wrong)?.get("app/a").await;
+    assert_eq!(code(&r), Some(Code::Unauthenticated), "{r:?}");
+    assert!(message(&r).contains("unknown user or wrong password"), "{}", message(&r));
+    Ok(())
+}
+
+/// `--join` on a cluster with authentication on: a node without credentials is refused
+/// (`UNAUTHENTICATED`) and says which flags to give; one whose `--join-user` lacks the root
+/// role (password from `RAFTKV_JOIN_PASSWORD`) is refused `PERMISSION_DENIED`; neither is
+/// added. A node with `--join-user root` and a private `--join-password-file` joins as a
+/// voter. No password reaches a log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_an_auth_cluster_with_join_credentials_and_is_refused_clearly_without() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let all = cluster.endpoints();
+    let mut t = Transcript::default();
+    enable_with_alice(&mut t, &all)?;
+    let root = Client::new(all.clone(), test_options())?;
+    root.authenticate("root", ROOT_PASSWORD).await?;
+    let mut join: Vec<String> = FAST_TIMING.iter().map(ToString::to_string).collect();
+    join.extend(["--join".to_string(), all[1].clone()]);
+    let dir = cluster.dir.path();
+
+    let bare = tests::node("n4", dir).args(&join).start()?;
+    let alice = tests::node("n5", dir)
+        .args(&join)
+        .args(["--join-user", "alice"])
+        .env("RAFTKV_JOIN_PASSWORD", ALICE_PASSWORD)
+        .start()?;
+    let password_file = dir.join("root-password");
+    std::fs::write(&password_file, format!("{ROOT_PASSWORD}\n"))?;
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))?;
+    let file_arg = password_file.display().to_string();
+    let joiner =
+        tests::node("n6", dir).args(&join).args(["--join-user", "root", "--join-password-file", &file_arg]).start()?;
+
+    wait_for("n4 and n5 to log why they are refused", Duration::from_secs(30), || async {
+        bare.log().contains("give --join-user") && alice.log().contains("check --join-user")
+    })
+    .await?;
+    assert!(bare.log().contains("Unauthenticated") && bare.log().contains("no credentials"), "{}", bare.log());
+    assert!(alice.log().contains("PermissionDenied") && alice.log().contains("root role"), "{}", alice.log());
+    wait_for("n6 to join as a voter", Duration::from_secs(60), || async {
+        root.status()
+            .await
+            .is_ok_and(|s| s.members.iter().any(|m| m.id == "n6" && m.suffrage == client::Suffrage::Voter as i32))
+    })
+    .await?;
+    let members = root.status().await?.members;
+    assert!(members.iter().all(|m| m.id != "n4" && m.id != "n5"), "a refused node was added: {members:?}");
+    for n in [&bare, &alice, &joiner] {
+        let log = n.log();
+        assert!(!log.contains(ROOT_PASSWORD) && !log.contains(ALICE_PASSWORD), "a password in {}'s log", n.id);
+    }
+    // A password file others may read is refused at start, naming the chmod.
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644))?;
+    let refused = tests::refused_start(&[
+        "--raft_id",
+        "n7",
+        "--join",
+        &all[0],
+        "--join-user",
+        "root",
+        "--join-password-file",
+        &file_arg,
+    ])?;
+    assert!(refused.contains("chmod 600"), "{refused}");
+    Ok(())
+}

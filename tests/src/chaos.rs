@@ -712,6 +712,7 @@ pub fn session_options() -> ClientOptions {
         no_forward: false,
         tls: None,
         token: None,
+        credentials: None,
     }
 }
 

@@ -16,7 +16,10 @@
 //!    `--cacert --cert --key`, and step 4 also waits for every node's gossip to be sealed
 //!    and to see the three nodes.
 //! 4. Wait until nodeA says it is the leader, `member add` nodeB and nodeC through nodeA,
-//!    wait until `member list` through every node shows three voters and one leader.
+//!    wait until `member list` through every node shows three voters and one leader. With
+//!    `--tls`, then turn authentication on: a `root` user with a fresh random password,
+//!    written to `<data-dir>/root.password` (mode 600), and `auth enable`; every later
+//!    `raftkvctl` runs as root (`RAFTKV_USER`, so the password is not on a command line).
 //! 5. Write `xtask/<id> = hello-from-<id>` through each node and read every key back through
 //!    every node.
 //! 6. Print the endpoints and commands to try; without `--smoke`, run until Ctrl-C.
@@ -106,7 +109,12 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     built?;
     let bin_dir = target_dir(root).join(profile);
     let raftkv = bin_dir.join("raftkv");
-    let mut ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(&interrupted), tls_args: Vec::new() };
+    let mut ctl = Ctl {
+        path: bin_dir.join("raftkvctl"),
+        interrupted: Arc::clone(&interrupted),
+        tls_args: Vec::new(),
+        user: std::cell::OnceCell::new(),
+    };
     for bin in [&raftkv, &ctl.path] {
         if !bin.is_file() {
             bail!("{} was not built", bin.display());
@@ -208,7 +216,12 @@ pub(crate) fn start_with_args(
 ) -> Result<Running> {
     let data_dir = absolute(data_dir)?;
     prepare_data_dir(&data_dir)?;
-    let ctl = Ctl { path: bin_dir.join("raftkvctl"), interrupted: Arc::clone(interrupted), tls_args: Vec::new() };
+    let ctl = Ctl {
+        path: bin_dir.join("raftkvctl"),
+        interrupted: Arc::clone(interrupted),
+        tls_args: Vec::new(),
+        user: std::cell::OnceCell::new(),
+    };
     let mut cluster = Cluster {
         raftkv: bin_dir.join("raftkv"),
         data_dir,
@@ -305,9 +318,9 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
         }
         println!("cluster: every node's gossip is sealed and sees the 3 nodes");
     }
-    // Authentication (issue 18, users and roles) hooks in here: with --tls, enable auth
-    // through nodeA (a root user and an admin role), then add `--user` to `ctl.tls_args`, so
-    // that the checks below and the printed commands run as that user.
+    if cluster.tls.is_some() {
+        enable_auth(cluster, ctl, &first.grpc)?;
+    }
 
     for node in &addrs {
         let key = format!("xtask/{}", node.id);
@@ -352,6 +365,43 @@ fn bring_up(cluster: &mut Cluster, ctl: &Ctl, opts: &Options) -> Result<()> {
     }
 
     print_summary(cluster, &ctl.path, serving);
+    Ok(())
+}
+
+/// The file `--tls` writes root's password to, in the data directory.
+const ROOT_PASSWORD_FILE: &str = "root.password";
+
+/// `--tls`: adds the user `root` with a fresh random password (saved, mode 600, in
+/// [`ROOT_PASSWORD_FILE`]), enables authentication through `via`, and makes every later
+/// `raftkvctl` of `ctl` run as root.
+fn enable_auth(cluster: &Cluster, ctl: &Ctl, via: &str) -> Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::PermissionsExt;
+
+    // RandomState is seeded by the OS: two 64-bit draws make a throwaway password.
+    let draw = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let password = format!("{:016x}{:016x}", draw(), draw());
+    let file = cluster.data_dir.join(ROOT_PASSWORD_FILE);
+    fs::write(&file, format!("{password}\n")).with_context(|| format!("writing {}", file.display()))?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600))?;
+    let user = format!("root:{password}");
+    // Not `ok`: its error would repeat the arguments, password included.
+    let added = ctl.run(via, &["user", "add", &user]).map_err(anyhow::Error::msg)?;
+    if !added.status.success() {
+        bail!("`raftkvctl user add root:<password>` via {via} failed ({}): {}", added.status, added.stderr.trim());
+    }
+    let enabled = ctl.ok(via, &["auth", "enable"]).map_err(anyhow::Error::msg)?;
+    ctl.user.set(user).map_err(|_| anyhow::anyhow!("the raftkvctl user was already set"))?;
+    // Root's token is needed from now on: a call without it is refused.
+    let refused = ctl.run_as_anyone(via, &["get", "xtask/probe"]).map_err(anyhow::Error::msg)?;
+    if refused.status.success() || !refused.stderr.contains("no credentials") {
+        bail!("after `auth enable`, a get without --user was not refused: {}", refused.stderr.trim());
+    }
+    println!(
+        "cluster: {}: user root, password in {} (a get without --user is refused)",
+        enabled.trim(),
+        relative_to_cwd(&file).display()
+    );
     Ok(())
 }
 
@@ -415,11 +465,14 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
                 relative_to_cwd(&files.client.1).display()
             );
             println!("    gossip key {}", relative_to_cwd(&files.gossip_key).display());
+            let password = relative_to_cwd(&cluster.data_dir.join(ROOT_PASSWORD_FILE));
+            println!("  authentication on: user root, password in {}", password.display());
             format!(
-                " --cacert {} --cert {} --key {}",
+                " --cacert {} --cert {} --key {} --user \"root:$(cat {})\"",
                 relative_to_cwd(&files.ca).display(),
                 relative_to_cwd(&files.client.0).display(),
-                relative_to_cwd(&files.client.1).display()
+                relative_to_cwd(&files.client.1).display(),
+                password.display()
             )
         }
         None => String::new(),
@@ -438,10 +491,11 @@ fn print_summary(cluster: &Cluster, ctl: &Path, serving: Duration) {
     }
     match &cluster.tls {
         Some(files) => println!(
-            "or: export RAFTKV_ENDPOINTS={endpoints} RAFTKV_CACERT={} RAFTKV_CERT={} RAFTKV_KEY={}; {ctl} get hello",
+            "or: export RAFTKV_ENDPOINTS={endpoints} RAFTKV_CACERT={} RAFTKV_CERT={} RAFTKV_KEY={} RAFTKV_USER=\"root:$(cat {})\"; {ctl} get hello",
             relative_to_cwd(&files.ca).display(),
             relative_to_cwd(&files.client.0).display(),
-            relative_to_cwd(&files.client.1).display()
+            relative_to_cwd(&files.client.1).display(),
+            relative_to_cwd(&cluster.data_dir.join(ROOT_PASSWORD_FILE)).display()
         ),
         None => println!("or: export RAFTKV_ENDPOINTS={endpoints}; {ctl} get hello"),
     }
@@ -704,6 +758,8 @@ struct Ctl {
     interrupted: Arc<AtomicBool>,
     /// `--cacert --cert --key` with `--tls`; empty otherwise.
     tls_args: Vec<String>,
+    /// `NAME:PASSWORD` once authentication is on (`--tls`), passed as `RAFTKV_USER`.
+    user: std::cell::OnceCell<String>,
 }
 
 struct CtlOutput {
@@ -716,7 +772,20 @@ impl Ctl {
     /// Runs `raftkvctl --endpoints ENDPOINTS ARGS`; the process is killed after
     /// [`CTL_TIMEOUT`] or on Ctrl-C.
     fn run(&self, endpoints: &str, args: &[&str]) -> Result<CtlOutput, String> {
+        self.run_with_user(endpoints, args, self.user.get().map(String::as_str))
+    }
+
+    /// [`Ctl::run`] without a user, even once authentication is on.
+    fn run_as_anyone(&self, endpoints: &str, args: &[&str]) -> Result<CtlOutput, String> {
+        self.run_with_user(endpoints, args, None)
+    }
+
+    fn run_with_user(&self, endpoints: &str, args: &[&str], user: Option<&str>) -> Result<CtlOutput, String> {
         let mut cmd = Command::new(&self.path);
+        cmd.env_remove("RAFTKV_USER").env_remove("RAFTKV_TOKEN");
+        if let Some(user) = user {
+            cmd.env("RAFTKV_USER", user);
+        }
         cmd.arg("--endpoints")
             .arg(endpoints)
             .args(&self.tls_args)
@@ -724,7 +793,13 @@ impl Ctl {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let line = display_cmd(&cmd);
+        // `user add NAME:PASSWORD`: the password never reaches a message.
+        let mut line = display_cmd(&cmd);
+        if args.first() == Some(&"user") {
+            for arg in args.iter().filter(|a| a.contains(':')) {
+                line = line.replace(arg, "<NAME:PASSWORD>");
+            }
+        }
         let mut child = cmd.spawn().map_err(|e| format!("cannot start `{line}`: {e}"))?;
         let stdout = read_in_background(child.stdout.take());
         let stderr = read_in_background(child.stderr.take());

@@ -33,6 +33,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Start the first node with --raft_bootstrap; start the others without it and add them
 /// with `raftkvctl member add`. Data lives in <raft_data_dir>/<raft_id>/.
+/// The environment variable that may hold the password of `--join-user` (instead of
+/// `--join-password-file`).
+const JOIN_PASSWORD_ENV: &str = "RAFTKV_JOIN_PASSWORD";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "raftkv",
@@ -144,6 +148,12 @@ struct Args {
     #[arg(long = "slow-request-threshold", alias = "slow_request_threshold", env = "RAFTKV_SLOW_REQUEST_THRESHOLD", default_value = "1s", value_parser = duration::parse, value_name = "DURATION")]
     slow_request_threshold: Duration,
 
+    /// How long an authentication token this node issues stays valid (whole seconds, 1s
+    /// to 24h; etcd's --auth-token-ttl). Clients given a password authenticate again when
+    /// theirs expires.
+    #[arg(long = "auth-token-ttl", alias = "auth_token_ttl", env = "RAFTKV_AUTH_TOKEN_TTL", default_value = "300s", value_parser = duration::parse, value_name = "DURATION")]
+    auth_token_ttl: Duration,
+
     /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
     /// to add this node as a voter, retrying until it is one. With gossip on, the members
     /// gossip finds are asked too, and a bare `--join` (no addresses) finds the cluster
@@ -151,6 +161,22 @@ struct Args {
     /// --raft_bootstrap.
     #[arg(long = "join", env = "RAFTKV_JOIN", value_delimiter = ',', value_name = "HOST:PORT", num_args = 0..)]
     join: Option<Vec<String>>,
+
+    /// The user --join authenticates as when the cluster has authentication on (it needs
+    /// the root role); its password comes from --join-password-file, or the
+    /// RAFTKV_JOIN_PASSWORD environment variable. Never logged.
+    #[arg(long = "join-user", alias = "join_user", env = "RAFTKV_JOIN_USER", value_name = "NAME")]
+    join_user: Option<String>,
+
+    /// A file holding the password of --join-user (its final line break is ignored); it must
+    /// be readable by its owner only (chmod 600).
+    #[arg(
+        long = "join-password-file",
+        alias = "join_password_file",
+        env = "RAFTKV_JOIN_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    join_password_file: Option<PathBuf>,
 
     /// UDP address to gossip on (host:port; port 0 picks a free port); empty turns gossip
     /// off. Gossip finds nodes and their addresses and watches their liveness; it never
@@ -502,10 +528,22 @@ fn run(args: Args) -> Result<()> {
     config.trailing_logs = args.trailing_logs;
     config.shutdown_grace = args.shutdown_grace;
     config.slow_request_threshold = args.slow_request_threshold;
+    config.auth_token_ttl = args.auth_token_ttl;
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;
     config.join_via_gossip = args.join.as_ref().is_some_and(Vec::is_empty);
     config.join = args.join.unwrap_or_default();
+    config.join_credentials = match (args.join_user, args.join_password_file) {
+        (None, None) => None,
+        (None, Some(_)) => anyhow::bail!("--join-password-file is the password of --join-user; give --join-user too"),
+        (Some(user), Some(path)) => Some(engine::JoinCredentials::from_file(user, &path)?),
+        (Some(user), None) => match std::env::var(JOIN_PASSWORD_ENV) {
+            Ok(password) if !password.is_empty() => Some(engine::JoinCredentials { user, password }),
+            _ => anyhow::bail!(
+                "--join-user {user} needs its password: --join-password-file PATH (chmod 600), or {JOIN_PASSWORD_ENV}"
+            ),
+        },
+    };
     if !args.gossip_addr.is_empty() {
         let mut g = GossipConfig::new(args.gossip_addr);
         g.seeds = args.gossip_seeds;

@@ -91,7 +91,7 @@ impl BenchArgs {
 
 /// One simulated client's connection.
 enum Conn {
-    Raftkv(Client),
+    Raftkv(Box<Client>),
     Etcd(crate::etcd::EtcdKv),
 }
 
@@ -193,7 +193,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         let shift = i % eps.len();
         eps.rotate_left(shift);
         clients.push(match args.target {
-            Target::Raftkv => Conn::Raftkv(Client::new(eps, options.clone())?),
+            Target::Raftkv => Conn::Raftkv(Box::new(Client::new(eps, options.clone())?)),
             Target::Etcd => Conn::Etcd(
                 crate::etcd::EtcdKv::connect(&eps[0])
                     .await

@@ -201,9 +201,11 @@ async fn execute(cli: &Cli) -> Result<Outcome> {
     };
     let mut client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
     if let Some(user) = &cli.user {
-        // Every client made below (watch, bench) carries the token.
+        // Every client made below (watch, bench) carries the token, and authenticates
+        // again with the password when it expires (a long watch or benchmark).
         let (name, password) = auth_cmd::name_and_password(user, "Password")?;
         options.token = Some(client.authenticate(&name, &password).await?);
+        options.credentials = Some(client::Credentials { name, password });
         client = Client::new(cli.endpoints.iter().cloned(), options.clone())?;
     }
     let mut out = std::io::stdout().lock();

@@ -2,9 +2,10 @@
 //! (`raftkv.auth.v1.Auth`), in etcdctl's vocabulary.
 //!
 //! [`Client::authenticate`] trades a user name and password for a token, which every later
-//! call of the client carries. A token lasts the server's `TOKEN_TTL` (300 s); a client that
-//! runs longer makes a new client and authenticates again. Changes are not retried after an
-//! unknown outcome (adding a user twice is refused); lists are retried like reads.
+//! call of the client carries. A token lasts the server's `--auth-token-ttl` (300 s by
+//! default); the client keeps the password and authenticates again when a call is refused
+//! with an expired token. Changes are not retried after an unknown outcome (adding a user
+//! twice is refused); lists are retried like reads.
 
 use proto::auth::v1::auth_client::AuthClient;
 use proto::auth::v1::{
@@ -18,7 +19,7 @@ use tonic::transport::Channel;
 pub use proto::auth::v1::{Access, Permission, Role, User};
 
 use crate::retry::Kind;
-use crate::{Client, ClientError, bearer};
+use crate::{Client, ClientError, Credentials, bearer};
 
 fn auth(ch: Channel) -> AuthClient<Channel> {
     AuthClient::new(ch)
@@ -43,13 +44,30 @@ impl Client {
     /// every later call of this client; returns the token too, for
     /// [`ClientOptions::token`](crate::ClientOptions::token) of other clients (keep it
     /// secret). Fails with `UNAUTHENTICATED` on a wrong password or an unknown user.
+    ///
+    /// The client keeps `name` and `password` and authenticates again by itself when a call
+    /// is refused `UNAUTHENTICATED` with the token (it expired).
     pub async fn authenticate(&self, name: &str, password: &str) -> Result<String, ClientError> {
-        if self.token.get().is_some() {
+        if self.current_token().is_some() {
             return Err(ClientError::AlreadyAuthenticated);
         }
+        let token = self.fetch_token(name, password).await?;
+        self.set_token(bearer(&token)?);
+        let creds = Credentials { name: name.into(), password: password.into() };
+        *self.credentials.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(creds);
+        Ok(token)
+    }
+
+    /// One Authenticate call (retried like a read, never refreshed): the token.
+    pub(crate) async fn fetch_token(&self, name: &str, password: &str) -> Result<String, ClientError> {
         let req = AuthenticateRequest { name: name.into(), password: password.into() };
-        let resp = auth_call!(self, Kind::Read, req, authenticate)?;
-        let _ = self.token.set(bearer(&resp.token)?);
+        let nf = self.meta();
+        let resp = self
+            .run_with(Kind::Read, self.options.request_timeout, false, |ch, t| {
+                let req = req.clone();
+                async move { auth(ch).authenticate(Self::request(req, t, nf)).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
         Ok(resp.token)
     }
 

@@ -17,7 +17,11 @@
 //!
 //! Authentication: [`ClientOptions::token`], or [`Client::authenticate`] with a user name
 //! and password, puts a token in the `authorization` metadata of every later call; the
-//! calls that manage users and roles are in [`auth`].
+//! calls that manage users and roles are in [`auth`]. A client that knows the password
+//! ([`Client::authenticate`], or [`ClientOptions::credentials`]) authenticates again, once
+//! per call, when a call is refused `UNAUTHENTICATED` with a token (it expired after the
+//! server's `--auth-token-ttl`, or authentication was re-enabled), then repeats the call:
+//! such a refusal comes before anything is done, so repeating it is safe for every call.
 //!
 //! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
 //! resume on another endpoint after a disconnect with no gap and no repeat, are in [`watch`].
@@ -29,8 +33,10 @@ pub mod auth;
 mod retry;
 pub mod watch;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use proto::admin::v1::admin_client::AdminClient;
@@ -88,7 +94,7 @@ pub enum ClientError {
     #[error("invalid token: {0}")]
     InvalidToken(String),
     /// A token was already set on this client.
-    #[error("this client already has a token; make another client to authenticate again")]
+    #[error("this client already has a token; it authenticates again by itself when it expires")]
     AlreadyAuthenticated,
     /// A local file operation failed.
     #[error("{context}: {source}")]
@@ -159,6 +165,25 @@ pub struct ClientOptions {
     /// A bearer token (from `Auth.Authenticate`) sent with every call, when the cluster has
     /// authentication on; [`Client::authenticate`] sets one from a user name and password.
     pub token: Option<String>,
+    /// A user name and password to authenticate again with when the token expires (or to
+    /// get the first token with, on the first call that needs one, when
+    /// [`ClientOptions::token`] is none).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("name", &self.name).field("password", &"<redacted>").finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -171,6 +196,7 @@ impl Default for ClientOptions {
             no_forward: false,
             tls: None,
             token: None,
+            credentials: None,
         }
     }
 }
@@ -185,8 +211,12 @@ pub struct Client {
     /// Prefix of the request ids this client assigns.
     client_id: String,
     next_request: AtomicU64,
-    /// The `authorization` value of every call, once known.
-    token: OnceLock<MetadataValue<Ascii>>,
+    /// The `authorization` value of every call, once known; replaced when it is refreshed.
+    token: RwLock<Option<MetadataValue<Ascii>>>,
+    /// What the token is refreshed with, once known.
+    credentials: Mutex<Option<Credentials>>,
+    /// Held while the token is refreshed, so calls refused together authenticate once.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// What every request of one client carries besides its message: the no-forward flag and
@@ -194,7 +224,8 @@ pub struct Client {
 #[derive(Clone, Copy)]
 pub(crate) struct CallMeta<'a> {
     no_forward: bool,
-    token: Option<&'a MetadataValue<Ascii>>,
+    /// The client's token, read when each attempt is sent (so a refreshed one is used).
+    token: &'a RwLock<Option<MetadataValue<Ascii>>>,
 }
 
 impl CallMeta<'_> {
@@ -230,10 +261,8 @@ impl Client {
         }
         let tls = options.tls.clone().map(rpc::tls::ClientTls::new).transpose()?.map(std::sync::Arc::new);
         let channel_options = ChannelOptions { connect_timeout: Some(options.connect_timeout), keepalive: None };
-        let token = OnceLock::new();
-        if let Some(t) = options.token.as_deref() {
-            let _ = token.set(bearer(t)?);
-        }
+        let token = RwLock::new(options.token.as_deref().map(bearer).transpose()?);
+        let credentials = Mutex::new(options.credentials.clone());
         Ok(Self {
             endpoints: Mutex::new(endpoints),
             channels: Pool::with_tls(channel_options, tls),
@@ -242,6 +271,8 @@ impl Client {
             client_id: client_id(),
             next_request: AtomicU64::new(1),
             token,
+            credentials,
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -264,7 +295,18 @@ impl Client {
         F: Fn(Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        self.run_with(kind, timeout, true, call).await
+    }
+
+    /// [`Client::run`]; with `refresh`, a call refused `UNAUTHENTICATED` with a token is
+    /// repeated once after authenticating again, when the client knows the password.
+    async fn run_with<T, F, Fut>(&self, kind: Kind, timeout: Duration, refresh: bool, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         let mut at = Attempts::new(self.endpoints(), self.preferred.load(Ordering::Relaxed));
+        let mut refreshed = !refresh;
         loop {
             if at.round_done() {
                 if at.retries >= self.options.max_retries
@@ -292,6 +334,7 @@ impl Client {
                     continue;
                 }
             };
+            let sent = self.current_token();
             let status = match call(channel, timeout).await {
                 Ok(v) => {
                     self.preferred.store(idx, Ordering::Relaxed);
@@ -299,6 +342,13 @@ impl Client {
                 }
                 Err(status) => status,
             };
+            // Refused before anything was done: authenticate again and repeat, once.
+            if status.code() == tonic::Code::Unauthenticated && !refreshed && sent.is_some() {
+                refreshed = true;
+                if self.refresh_token(sent).await? {
+                    continue;
+                }
+            }
             let decision = retry::decide(kind, &status, at.retries, self.options.max_retries);
             if decision.forget_channel {
                 self.forget(&addr);
@@ -334,7 +384,40 @@ impl Client {
 
     /// What this client's requests carry.
     pub(crate) fn meta(&self) -> CallMeta<'_> {
-        CallMeta { no_forward: self.options.no_forward, token: self.token.get() }
+        CallMeta { no_forward: self.options.no_forward, token: &self.token }
+    }
+
+    /// The `authorization` value calls carry now.
+    pub(crate) fn current_token(&self) -> Option<MetadataValue<Ascii>> {
+        self.token.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_token(&self, token: MetadataValue<Ascii>) {
+        *self.token.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token);
+    }
+
+    fn credentials(&self) -> Option<Credentials> {
+        self.credentials.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// After a call carrying `failed` was refused `UNAUTHENTICATED`: authenticates again
+    /// with the client's credentials, unless another call already did. Returns whether the
+    /// call should be repeated (false: the client knows no password).
+    pub(crate) fn refresh_token(
+        &self,
+        failed: Option<MetadataValue<Ascii>>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, ClientError>> + Send + '_>> {
+        Box::pin(async move {
+            let Some(creds) = self.credentials() else { return Ok(false) };
+            let _one = self.refreshing.lock().await;
+            if self.current_token() != failed {
+                return Ok(true);
+            }
+            let token = self.fetch_token(&creds.name, &creds.password).await?;
+            self.set_token(bearer(&token)?);
+            tracing::info!(user = %creds.name, "the token was refused; authenticated again");
+            Ok(true)
+        })
     }
 
     fn request<T>(message: T, timeout: Duration, meta: CallMeta<'_>) -> tonic::Request<T> {
@@ -343,7 +426,7 @@ impl Client {
         if meta.no_forward {
             r.metadata_mut().insert(NO_FORWARD_HEADER, tonic::metadata::MetadataValue::from_static("true"));
         }
-        if let Some(token) = meta.token {
+        if let Some(token) = meta.token.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             r.metadata_mut().insert(rpc::metadata::AUTHORIZATION_HEADER, token.clone());
         }
         r

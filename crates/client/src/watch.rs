@@ -157,6 +157,7 @@ impl WatchStream<'_> {
     /// Opens the stream on the next endpoint that serves it, from the resume index.
     async fn connect(&mut self) -> Result<(), ClientError> {
         let mut backoff = Duration::from_millis(50);
+        let mut refreshed = false;
         loop {
             let endpoints = self.client.endpoints();
             let addr = endpoints[self.endpoint % endpoints.len()].clone();
@@ -166,7 +167,8 @@ impl WatchStream<'_> {
                 Ok(ch) => {
                     let mut kv = KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES);
                     let mut call = tonic::Request::new(request);
-                    if let Some(token) = self.client.meta().token {
+                    let sent = self.client.current_token();
+                    if let Some(token) = &sent {
                         call.metadata_mut().insert(rpc::metadata::AUTHORIZATION_HEADER, token.clone());
                     }
                     match kv.watch(call).await {
@@ -174,6 +176,16 @@ impl WatchStream<'_> {
                             self.stream = Some(resp.into_inner());
                             self.serving = Some(addr);
                             return Ok(());
+                        }
+                        // The token expired: authenticate again (once) and reopen here.
+                        Err(status)
+                            if status.code() == tonic::Code::Unauthenticated && !refreshed && sent.is_some() =>
+                        {
+                            refreshed = true;
+                            if self.client.refresh_token(sent).await? {
+                                continue;
+                            }
+                            return Err(ClientError::Status(status));
                         }
                         Err(status) if is_final(status.code()) => return Err(ClientError::Status(status)),
                         Err(status) => {

@@ -8,6 +8,8 @@ use gossip::{Gossip, Liveness};
 use openraft::async_runtime::WatchReceiver;
 use proto::admin::v1::AddVoterRequest;
 use proto::admin::v1::admin_client::AdminClient;
+use proto::auth::v1::AuthenticateRequest;
+use proto::auth::v1::auth_client::AuthClient;
 use rpc::channel::{ChannelOptions, Security};
 use rpc::tls::ClientTls;
 use service::NodeContext;
@@ -85,6 +87,9 @@ pub(crate) struct JoinSeeds {
     pub(crate) gossip: Option<Gossip>,
     /// The node's outbound TLS, when on (each seed's certificate is verified for its host).
     pub(crate) tls: Option<std::sync::Arc<ClientTls>>,
+    /// The user this node authenticates as when the cluster has authentication on
+    /// (`--join-user`; it needs the root role).
+    pub(crate) credentials: Option<crate::config::JoinCredentials>,
 }
 
 impl JoinSeeds {
@@ -131,7 +136,7 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
                 tracing::info!(node = %id, "this node is a voter; auto-join done");
                 return;
             }
-            let attempt = join_once(seed, &id, &me, seeds.tls.as_deref());
+            let attempt = join_once(seed, &id, &me, seeds.tls.as_deref(), seeds.credentials.as_ref());
             let result = tokio::select! {
                 r = attempt => r,
                 _ = stop.wait_for(|s| *s) => return,
@@ -142,8 +147,17 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
                     return;
                 }
                 Err(status) => {
+                    let denied = matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied);
                     let fatal = matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument);
-                    if fatal {
+                    if denied {
+                        let fix = if seeds.credentials.is_some() {
+                            "check --join-user and its password (the user needs the root role)"
+                        } else {
+                            "the cluster has authentication enabled: give --join-user NAME (a user with the root role) and its password (--join-password-file or RAFTKV_JOIN_PASSWORD)"
+                        };
+                        tracing::error!(node = %id, via = %seed, code = ?status.code(), error = %status.message(), fix,
+                            "the cluster refused to add this node: not authorized (it will keep asking)");
+                    } else if fatal {
                         tracing::error!(node = %id, via = %seed, code = ?status.code(), error = %status.message(),
                             "the cluster refused to add this node; fix the cause (it will keep asking)");
                     } else {
@@ -162,8 +176,15 @@ pub(crate) async fn auto_join(raft: Raft, id: NodeId, me: NodeInfo, seeds: JoinS
     }
 }
 
-/// One AddVoter call to `seed`; returns the membership index.
-async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo, tls: Option<&ClientTls>) -> Result<u64, tonic::Status> {
+/// One AddVoter call to `seed`; returns the membership index. With `credentials`, it first
+/// authenticates at `seed` and sends the token (none when the cluster has auth off).
+async fn join_once(
+    seed: &str,
+    id: &NodeId,
+    me: &NodeInfo,
+    tls: Option<&ClientTls>,
+    credentials: Option<&crate::config::JoinCredentials>,
+) -> Result<u64, tonic::Status> {
     let options = ChannelOptions { connect_timeout: Some(Duration::from_secs(2)), keepalive: None };
     let security = match tls {
         Some(tls) => Security::Tls { tls, name: rpc::tls::host_of(seed) },
@@ -181,7 +202,22 @@ async fn join_once(seed: &str, id: &NodeId, me: &NodeInfo, tls: Option<&ClientTl
         if_membership_index: None,
     });
     request.set_timeout(JOIN_CALL_TIMEOUT);
-    tracing::info!(node = %id, via = %seed, raft_addr = %me.raft_addr, grpc_addr = %me.grpc_addr, "asking to join the cluster");
+    if let Some(c) = credentials {
+        let mut auth = tonic::Request::new(AuthenticateRequest { name: c.user.clone(), password: c.password.clone() });
+        auth.set_timeout(JOIN_CALL_TIMEOUT);
+        match AuthClient::new(channel.clone()).authenticate(auth).await {
+            Ok(resp) => {
+                let value = format!("Bearer {}", resp.into_inner().token)
+                    .parse()
+                    .map_err(|_| tonic::Status::internal("the token answered cannot be sent as a header"))?;
+                request.metadata_mut().insert(rpc::metadata::AUTHORIZATION_HEADER, value);
+            }
+            // Authentication is off: AddVoter needs no token.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+            Err(s) => return Err(s),
+        }
+    }
+    tracing::info!(node = %id, via = %seed, raft_addr = %me.raft_addr, grpc_addr = %me.grpc_addr, user = credentials.map(|c| c.user.as_str()), "asking to join the cluster");
     Ok(AdminClient::new(channel).add_voter(request).await?.into_inner().index)
 }
 

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// A KV request slower than this is logged once at warn (`--slow-request-threshold`;
     /// [`service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD`]).
     pub slow_request_threshold: Duration,
+    /// How long a token this node issues stays valid (`--auth-token-ttl`, from
+    /// [`service::auth::MIN_TOKEN_TTL`] to [`service::auth::MAX_TOKEN_TTL`]).
+    pub auth_token_ttl: Duration,
     /// How often to check whether a snapshot is due: one is taken when any entry was applied
     /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
     /// `snapshot_threshold` policy applies either way.
@@ -51,6 +54,10 @@ pub struct NodeConfig {
     /// Members to ask, at their gRPC address, to add this node as a voter when it starts
     /// with no Raft state (`--join`). Ignored, with a log line, on a node that has state.
     pub join: Vec<String>,
+    /// The user `--join` authenticates as when the cluster has authentication on
+    /// (`--join-user`, with its password from `--join-password-file` or
+    /// `RAFTKV_JOIN_PASSWORD`); it needs the root role, as AddVoter does.
+    pub join_credentials: Option<JoinCredentials>,
     /// With gossip on: also ask the members gossip finds (bare `--join`: only those), so a
     /// new node finds the cluster through its gossip seeds alone.
     pub join_via_gossip: bool,
@@ -130,6 +137,39 @@ pub struct TlsFiles {
     pub outbound: rpc::tls::ClientTlsFiles,
 }
 
+/// The user name and password a joining node authenticates with (`--join-user`). Its
+/// `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinCredentials {
+    /// The user (it needs the root role).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for JoinCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinCredentials").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
+}
+
+impl JoinCredentials {
+    /// `user`, with the password held in the file `path` (without its final line break),
+    /// read like a key file: refused when the group or others may read it.
+    pub fn from_file(user: String, path: &std::path::Path) -> Result<Self, EngineError> {
+        let secret =
+            secrets::read_private(path).map_err(|e| EngineError::Config(format!("--join-password-file: {e}")))?;
+        let text = std::str::from_utf8(secret.expose()).map_err(|_| {
+            EngineError::Config(format!("--join-password-file {}: the password is not UTF-8 text", path.display()))
+        })?;
+        let password = text.trim_end_matches(['\n', '\r']).to_string();
+        if password.is_empty() {
+            return Err(EngineError::Config(format!("--join-password-file {} is empty", path.display())));
+        }
+        Ok(Self { user, password })
+    }
+}
+
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
 pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// The largest `max_append_entries` accepted (hashicorp/raft's limit).
@@ -153,9 +193,11 @@ impl NodeConfig {
             trailing_logs: 10240,
             shutdown_grace: Duration::from_secs(5),
             slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,
+            auth_token_ttl: service::auth::TOKEN_TTL,
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),
+            join_credentials: None,
             join_via_gossip: false,
             gossip: None,
             peers: String::new(),
@@ -280,7 +322,15 @@ impl NodeConfig {
         if mae == 0 || mae > MAX_APPEND_ENTRIES_LIMIT {
             return bad(format!("--max_append_entries is {mae}; it must be from 1 to {MAX_APPEND_ENTRIES_LIMIT}"));
         }
+        let ttl = self.auth_token_ttl;
+        let (min, max) = (service::auth::MIN_TOKEN_TTL, service::auth::MAX_TOKEN_TTL);
+        if ttl < min || ttl > max || ttl.subsec_nanos() != 0 {
+            return bad(format!("--auth-token-ttl is {ttl:?}; it must be whole seconds from {min:?} to {max:?}"));
+        }
         let joins = !self.join.is_empty() || self.join_via_gossip;
+        if self.join_credentials.is_some() && !joins {
+            return bad("--join-user is the user --join authenticates as; it needs --join".into());
+        }
         if self.join_via_gossip && self.gossip.is_none() {
             return bad("--join without addresses finds the cluster through gossip; give --gossip_addr and \
                  --gossip_seeds too, or name members: --join HOST:PORT"
@@ -460,6 +510,20 @@ mod tests {
         c.snapshot_interval = Duration::from_millis(5);
         let msg = refused(&c);
         assert!(msg.contains("--snapshot_interval is 5ms") && msg.contains("0s (off) or at least 100ms"), "{msg}");
+    }
+
+    #[test]
+    fn the_token_ttl_is_bounded() {
+        let mut c = cfg();
+        for bad in [Duration::ZERO, Duration::from_millis(1500), Duration::from_secs(24 * 3600 + 1)] {
+            c.auth_token_ttl = bad;
+            let msg = refused(&c);
+            assert!(msg.contains("--auth-token-ttl") && msg.contains("whole seconds from 1s to 86400s"), "{msg}");
+        }
+        for good in [Duration::from_secs(1), Duration::from_secs(24 * 3600)] {
+            c.auth_token_ttl = good;
+            assert!(c.validate().is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
-pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
+pub use config::{JoinCredentials, MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
 pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
@@ -620,7 +620,7 @@ async fn start_servers(
     let stop_request = StopRequest::default();
     let raft_svc =
         RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
-    let mut client_routes = client_routes(ctx, me, health, &stop_request, config.slow_request_threshold)?;
+    let mut client_routes = client_routes(ctx, me, health, &stop_request, config)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
@@ -643,15 +643,16 @@ async fn start_servers(
 
 /// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
 /// `RaftManager`, etcd's v3 `KV`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
-/// and reflection. KV requests slower than `slow_request` are
-/// logged.
+/// and reflection. KV requests slower than the config's `slow_request_threshold` are
+/// logged; tokens last its `auth_token_ttl`.
 fn client_routes(
     ctx: &NodeContext,
     me: &NodeInfo,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stop_request: &StopRequest,
-    slow_request: std::time::Duration,
+    config: &NodeConfig,
 ) -> Result<RoutesBuilder, EngineError> {
+    let slow_request = config.slow_request_threshold;
     let reflection =
         reflection_builder().build_v1().map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
     // grpcurl and many GUI clients still ask the v1alpha protocol first; both describe the
@@ -670,7 +671,10 @@ fn client_routes(
             sm,
             KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server(),
         ))
-        .add_service(AuthGuard::new(sm, AuthService::new(ctx.clone()).into_server()))
+        .add_service(AuthGuard::new(
+            sm,
+            AuthService::new(ctx.clone()).with_token_ttl(config.auth_token_ttl).into_server(),
+        ))
         .add_service(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server()))
         .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))
         .add_service(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server()))
@@ -758,6 +762,7 @@ fn start_background(
             named: config.join.clone(),
             gossip: gossip.cloned(),
             tls: tls.map(|t| t.outbound.clone()),
+            credentials: config.join_credentials.clone(),
         };
         let join = background::auto_join(raft.clone(), config.id.clone(), me, seeds, stop.subscribe());
         background.push(tokio::spawn(join));

@@ -607,6 +607,15 @@ impl StateMachine {
                     EntryPayload::Normal(Command::Write(w)) => {
                         CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
                     }
+                    EntryPayload::Normal(Command::CheckedWrite(c)) => {
+                        let index = entry.log_id.index;
+                        CommandResult::Write(match auth.check_write(index, c) {
+                            // Refused: nothing changes, and the request id is not
+                            // remembered (a retry once permitted applies).
+                            Some(result) => types::WriteOutcome { index, duplicate: false, result },
+                            None => tables.apply_write(index, &c.write, &mut events)?,
+                        })
+                    }
                     EntryPayload::Normal(Command::Auth(a)) => CommandResult::Auth(auth.apply(entry.log_id.index, a)),
                     EntryPayload::Normal(Command::Alarm(a)) => {
                         let list = alarms.get_or_insert_with(|| self.alarms().as_ref().clone());

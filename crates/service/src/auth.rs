@@ -11,7 +11,8 @@
 //! - Tokens ([`issue_token`], [`verify_token`]): HMAC-SHA256 over the user name, the expiry
 //!   and the user's generation, keyed by the token key that `auth enable` drew and the Raft
 //!   log replicated; so a token issued by one node is valid on every node that has applied
-//!   that enablement, is compared in constant time, expires after [`TOKEN_TTL`], and stops
+//!   that enablement, is compared in constant time, expires after the issuing node's
+//!   `--auth-token-ttl` ([`TOKEN_TTL`] by default), and stops
 //!   being valid when the user is deleted, its password changes, or auth is disabled.
 //! - Passwords ([`hash_password`], [`verify_password`]): Argon2id (default parameters) with
 //!   a random salt; only the hash is proposed to the log.
@@ -43,8 +44,13 @@ use types::auth::{Access, AuthState, PasswordHash, RangeDisplay, TokenKey};
 
 use crate::ServiceError;
 
-/// How long a token stays valid after it is issued (etcd's `--auth-token-ttl` default).
+/// How long a token stays valid after it is issued, by default (etcd's `--auth-token-ttl`
+/// default); a node's `--auth-token-ttl` sets it, from [`MIN_TOKEN_TTL`] to [`MAX_TOKEN_TTL`].
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// The shortest `--auth-token-ttl` accepted (tokens carry whole seconds).
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
+/// The longest `--auth-token-ttl` accepted: a day (a stolen token should not last longer).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub use rpc::metadata::AUTHORIZATION_HEADER;
 /// The length of a token key, in bytes.
 pub const TOKEN_KEY_BYTES: usize = 32;
@@ -96,8 +102,8 @@ pub fn verify_password(password: &str, hash: &PasswordHash) -> bool {
     PhcHash::new(&hash.0).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn now_millis() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
 fn mac(key: &TokenKey, payload: &[u8]) -> Result<HmacSha256, ServiceError> {
@@ -108,12 +114,14 @@ fn mac(key: &TokenKey, payload: &[u8]) -> Result<HmacSha256, ServiceError> {
     Ok(mac)
 }
 
-/// Issues a token for `user` (who exists in `state`, with auth on), valid for [`TOKEN_TTL`].
-pub fn issue_token(state: &AuthState, user: &str) -> Result<String, ServiceError> {
+/// Issues a token for `user` (who exists in `state`, with auth on), valid for `ttl` (whole
+/// seconds; the node's `--auth-token-ttl`, [`TOKEN_TTL`] by default).
+pub fn issue_token(state: &AuthState, user: &str, ttl: Duration) -> Result<String, ServiceError> {
     let (Some(key), Some(u)) = (state.token_key.as_ref(), state.users.get(user)) else {
         return Err(ServiceError::FailedPrecondition("authentication is not enabled".into()));
     };
-    let expiry = now_secs() + TOKEN_TTL.as_secs();
+    // Whole seconds, rounded up: a token lasts at least `ttl` (and less than a second more).
+    let expiry = (now_millis() + ttl.as_millis()).div_ceil(1000);
     let payload = format!("{user}\n{expiry}\n{}", u.generation);
     let tag = mac(key, payload.as_bytes())?.finalize().into_bytes();
     Ok(format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag)))
@@ -145,9 +153,9 @@ pub fn verify_token(state: &AuthState, token: &str) -> Result<String, ServiceErr
     else {
         return Err(invalid("it is malformed"));
     };
-    let expiry: u64 = expiry.parse().map_err(|_| invalid("it is malformed"))?;
-    if expiry <= now_secs() {
-        return Err(invalid(&format!("it has expired (tokens last {} s, TOKEN_TTL)", TOKEN_TTL.as_secs())));
+    let expiry: u128 = expiry.parse().map_err(|_| invalid("it is malformed"))?;
+    if expiry.saturating_mul(1000) <= now_millis() {
+        return Err(invalid("it has expired (tokens last the issuing node's --auth-token-ttl, 300 s by default)"));
     }
     match state.users.get(user) {
         Some(u) if generation.parse() == Ok(u.generation) => Ok(user.to_string()),
@@ -183,6 +191,18 @@ fn denied(state: &AuthState, user: &str, range: &KeyRange, wanted: Access) -> Re
             )))
         }
     }
+}
+
+/// The refusal of a write whose permission was gone when it was applied at `index` (it
+/// was checked before it was proposed; [`AuthState::check_write`]): nothing changed.
+pub(crate) fn denied_at_apply(index: u64, user: Option<&str>, range: &KeyRange, wanted: Access) -> ServiceError {
+    let who = match user {
+        Some(user) => format!("user {user:?} no longer has {wanted} permission on {}", RangeDisplay(range)),
+        None => "authentication was enabled after the write was accepted without credentials".to_string(),
+    };
+    ServiceError::PermissionDenied(format!(
+        "permission denied when the write was applied at index {index}: {who}; nothing was written; authenticate as a user with that permission (a root user can grant one: raftkvctl role grant-permission)"
+    ))
 }
 
 /// The KV service's check: the caller (from `md`) may access every key of `range` with
@@ -350,8 +370,10 @@ mod tests {
     #[test]
     fn a_token_is_valid_until_the_user_or_key_changes() -> Result<(), ServiceError> {
         let mut s = enabled(PasswordHash("$argon2id$x".into()));
-        let token = issue_token(&s, "alice")?;
+        let token = issue_token(&s, "alice", TOKEN_TTL)?;
         assert_eq!(verify_token(&s, &token)?, "alice");
+        // A one-second token is valid at once (its expiry is rounded up, never down).
+        assert_eq!(verify_token(&s, &issue_token(&s, "alice", MIN_TOKEN_TTL)?)?, "alice");
         assert_eq!(identify(&s, Some(format!("Bearer {token}").as_bytes()))?, Caller::User("alice".into()));
         // Tampered: another user name under the same MAC.
         let (payload, tag) = token.split_once('.').unwrap_or_default();
@@ -364,7 +386,7 @@ mod tests {
         assert!(matches!(verify_token(&s, &forged), Err(ServiceError::Unauthenticated(m)) if m.contains("not issued")));
         s.apply(7, &AuthCommand::UserChangePassword { name: "alice".into(), password: PasswordHash("y".into()) });
         assert!(matches!(verify_token(&s, &token), Err(ServiceError::Unauthenticated(m)) if m.contains("changed")));
-        let token = issue_token(&s, "alice")?;
+        let token = issue_token(&s, "alice", TOKEN_TTL)?;
         s.apply(8, &AuthCommand::Disable);
         s.apply(9, &AuthCommand::Enable { token_key: TokenKey(vec![1; TOKEN_KEY_BYTES]) });
         assert!(verify_token(&s, &token).is_err());
@@ -378,11 +400,11 @@ mod tests {
         assert!(matches!(none, Err(ServiceError::Unauthenticated(m)) if m.contains("no credentials")));
         assert!(matches!(gate(&s, "/raftkv.v1.KV/Put", Some(b"Bearer nope")), Err(ServiceError::Unauthenticated(_))));
         gate(&s, AUTHENTICATE_PATH, None)?;
-        let alice = format!("Bearer {}", issue_token(&s, "alice")?);
+        let alice = format!("Bearer {}", issue_token(&s, "alice", TOKEN_TTL)?);
         gate(&s, "/raftkv.v1.KV/Put", Some(alice.as_bytes()))?;
         let admin = gate(&s, "/raftkv.admin.v1.Admin/Status", Some(alice.as_bytes()));
         assert!(matches!(admin, Err(ServiceError::PermissionDenied(m)) if m.contains("root role")));
-        let root = format!("Bearer {}", issue_token(&s, ROOT_USER)?);
+        let root = format!("Bearer {}", issue_token(&s, ROOT_USER, TOKEN_TTL)?);
         gate(&s, "/RaftAdmin/Leader", Some(root.as_bytes()))?;
         Ok(())
     }

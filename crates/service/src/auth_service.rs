@@ -24,13 +24,21 @@ use crate::{NodeContext, ServiceError, convert, limits};
 #[derive(Debug, Clone)]
 pub struct AuthService {
     ctx: NodeContext,
+    token_ttl: Duration,
 }
 
 impl AuthService {
     /// An Auth service over `ctx`.
     #[must_use]
     pub fn new(ctx: NodeContext) -> Self {
-        Self { ctx }
+        Self { ctx, token_ttl: TOKEN_TTL }
+    }
+
+    /// The service issuing tokens valid for `ttl` (`--auth-token-ttl`; whole seconds).
+    #[must_use]
+    pub fn with_token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
     }
 
     /// The tonic server for this service.
@@ -181,9 +189,9 @@ impl Auth for AuthService {
                 ServiceError::Unauthenticated("authentication failed: unknown user or wrong password".into()).into()
             );
         }
-        let token = gate::issue_token(&state, &req.name)?;
+        let token = gate::issue_token(&state, &req.name, self.token_ttl)?;
         tracing::debug!(user = %req.name, "token issued");
-        Ok(Response::new(pb::AuthenticateResponse { token, ttl_seconds: TOKEN_TTL.as_secs() }))
+        Ok(Response::new(pb::AuthenticateResponse { token, ttl_seconds: self.token_ttl.as_secs() }))
     }
 
     async fn auth_enable(

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use types::auth::Access;
+use types::auth::{Access, write_ranges};
 use types::{
-    Command, CommandResult, Expect, KeyRange, RangeOp, Txn, TxnOp, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+    CheckedWrite, Command, CommandResult, Expect, KeyRange, RangeOp, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
 
 use crate::auth::{self, Caller};
@@ -113,27 +113,33 @@ impl KvService {
         auth::authorize(&self.ctx.sm, md, &ranges())
     }
 
-    /// Proposes a write here; [`Routed::Leader`] when it must go to the leader.
-    async fn propose(&self, call: &WriteCall, cmd: WriteCommand) -> Result<Routed<WriteOutcome>, ServiceError> {
-        Ok(match self.ctx.write(Command::Write(cmd), call.timeout).await? {
-            Routed::Done((_, CommandResult::Write(outcome))) => Routed::Done(outcome),
+    /// Proposes a write here, with the user `caller` whose permission was checked (the
+    /// state machine checks it again when it applies the write); [`Routed::Leader`] when it
+    /// must go to the leader. A write refused at apply answers `PERMISSION_DENIED`.
+    async fn propose(
+        &self,
+        call: &WriteCall,
+        caller: Caller,
+        cmd: WriteCommand,
+    ) -> Result<Routed<WriteOutcome>, ServiceError> {
+        let user = match caller {
+            Caller::Anyone => None,
+            Caller::User(user) => Some(user),
+        };
+        let cmd = Command::CheckedWrite(CheckedWrite { user, write: cmd });
+        Ok(match self.ctx.write(cmd, call.timeout).await? {
+            Routed::Done((_, CommandResult::Write(outcome))) => match outcome.result {
+                WriteResult::PermissionDenied { user, range, access } => {
+                    return Err(auth::denied_at_apply(outcome.index, user.as_deref(), &range, access));
+                }
+                _ => Routed::Done(outcome),
+            },
             Routed::Done((index, other)) => {
                 return Err(ServiceError::Internal(format!("the write at index {index} answered {other:?}").into()));
             }
             Routed::Leader(leader) => Routed::Leader(leader),
         })
     }
-}
-
-/// The key ranges a transaction reads (its compares and range operations) and writes.
-fn txn_ranges(txn: &Txn) -> Vec<(KeyRange, Access)> {
-    let compares = txn.compares.iter().map(|c| (KeyRange::Key(c.key.clone()), Access::Read));
-    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
-        TxnOp::Put(p) => (KeyRange::Key(p.key.clone()), Access::Write),
-        TxnOp::Delete(d) => (d.range.clone(), Access::Write),
-        TxnOp::Range(r) => (r.range.clone(), Access::Read),
-    });
-    compares.chain(ops).collect()
 }
 
 /// A KV client on a channel to the leader, with the decode limit both ways.
@@ -193,10 +199,10 @@ impl Kv for KvService {
         let _slow = self.slow.start("KV/Put", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
         let op = convert::put_op(request.get_ref())?;
-        self.authorize(&request, || vec![(KeyRange::Key(op.key.clone()), Access::Write)])?;
+        let caller = self.authorize(&request, || vec![(KeyRange::Key(op.key.clone()), Access::Write)])?;
         let req = request.into_inner();
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Put(op) };
-        match self.propose(&call, cmd).await? {
+        match self.propose(&call, caller, cmd).await? {
             Routed::Done(outcome) => match outcome.result {
                 WriteResult::Put { prev } => Ok(Response::new(PutResponse {
                     header: Some(self.header(outcome.index)),
@@ -281,10 +287,10 @@ impl Kv for KvService {
         let _slow = self.slow.start("KV/Delete", request.metadata(), &request.get_ref().key);
         let call = Self::write_call(&request)?;
         let op = convert::delete_op(request.get_ref())?;
-        self.authorize(&request, || vec![(op.range.clone(), Access::Write)])?;
+        let caller = self.authorize(&request, || vec![(op.range.clone(), Access::Write)])?;
         let req = request.into_inner();
         let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Delete(op) };
-        match self.propose(&call, cmd).await? {
+        match self.propose(&call, caller, cmd).await? {
             Routed::Done(outcome) => match outcome.result {
                 WriteResult::Delete { deleted, prev } => Ok(Response::new(DeleteResponse {
                     header: Some(self.header(outcome.index)),
@@ -321,11 +327,11 @@ impl Kv for KvService {
         let _slow = self.slow.start("KV/Txn", request.metadata(), txn_key(request.get_ref()));
         let call = Self::write_call(&request)?;
         let txn = convert::txn(request.get_ref())?;
-        self.authorize(&request, || txn_ranges(&txn))?;
+        let op = WriteOp::Txn(txn.clone());
+        let caller = self.authorize(&request, || write_ranges(&op))?;
         let req = request.into_inner();
-        let cmd =
-            WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op: WriteOp::Txn(txn.clone()) };
-        match self.propose(&call, cmd).await? {
+        let cmd = WriteCommand { request_id: limits::check_request_id(&req.request_id)?, op };
+        match self.propose(&call, caller, cmd).await? {
             Routed::Done(outcome) => match outcome.result {
                 WriteResult::Txn { succeeded, results } => {
                     let branch = if succeeded { &txn.success } else { &txn.failure };

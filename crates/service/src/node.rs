@@ -156,7 +156,7 @@ impl NodeContext {
     /// write is forwarded there). Deletes, and transactions without a put, go through: they
     /// are how space is freed.
     fn check_space(&self, cmd: &Command) -> Result<(), ServiceError> {
-        let Command::Write(w) = cmd else { return Ok(()) };
+        let Some(w) = cmd.write() else { return Ok(()) };
         if !adds_data(&w.op) {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::KeyRange;
+use crate::{CheckedWrite, KeyRange, TxnOp, WriteOp, WriteResult};
 
 /// The role that may do everything (every key, every administrative call), as in etcd.
 /// It always exists and holds no explicit permission.
@@ -418,6 +418,47 @@ impl AuthState {
     }
 }
 
+/// The key ranges a write touches and the access each needs: a put's key and a delete's
+/// range (write); a transaction's compares and reads (read) and its puts and deletes
+/// (write), in both branches. The leader checks these before it proposes the write, and the
+/// state machine again when it applies it ([`AuthState::check_write`]).
+#[must_use]
+pub fn write_ranges(op: &WriteOp) -> Vec<(KeyRange, Access)> {
+    match op {
+        WriteOp::Put(p) => vec![(KeyRange::Key(p.key.clone()), Access::Write)],
+        WriteOp::Delete(d) => vec![(d.range.clone(), Access::Write)],
+        WriteOp::Txn(txn) => {
+            let compares = txn.compares.iter().map(|c| (KeyRange::Key(c.key.clone()), Access::Read));
+            let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+                TxnOp::Put(p) => (KeyRange::Key(p.key.clone()), Access::Write),
+                TxnOp::Delete(d) => (d.range.clone(), Access::Write),
+                TxnOp::Range(r) => (r.range.clone(), Access::Read),
+            });
+            compares.chain(ops).collect()
+        }
+    }
+}
+
+impl AuthState {
+    /// The check of a [`CheckedWrite`] when it is applied: with authentication off,
+    /// anything goes; with it on, the write's user must still exist and hold every
+    /// permission the write needs ([`write_ranges`]), else the answer is the
+    /// [`WriteResult::PermissionDenied`] to apply instead of the write (nothing changes).
+    /// Deterministic: every node gets the same answer at the same index.
+    #[must_use]
+    pub fn check_write(&self, cmd: &CheckedWrite) -> Option<WriteResult> {
+        if !self.enabled {
+            return None;
+        }
+        let ranges = write_ranges(&cmd.write.op);
+        let refused = match &cmd.user {
+            None => ranges.into_iter().next(),
+            Some(user) => ranges.into_iter().find(|(range, access)| self.check(user, range, *access).is_err()),
+        };
+        refused.map(|(range, access)| WriteResult::PermissionDenied { user: cmd.user.clone(), range, access })
+    }
+}
+
 /// Whether every key of `inner` is in `outer`.
 #[must_use]
 pub fn covers(outer: &KeyRange, inner: &KeyRange) -> bool {
@@ -503,6 +544,38 @@ mod tests {
         assert!(matches!(s.apply(6, &revoke), AuthOutcome::Refused(AuthRefusal::NoPermission { .. })));
         assert_eq!(s.apply(7, &AuthCommand::RoleDelete { name: "r".into() }), AuthOutcome::Done(7));
         assert!(s.users["u"].roles.is_empty());
+    }
+
+    #[test]
+    fn a_checked_write_is_refused_once_its_permission_is_gone_or_auth_came_on_without_a_user() {
+        let perm = Permission { access: Access::ReadWrite, range: KeyRange::prefix(b"a/") };
+        let mut s = state_with("u", perm.clone());
+        let put = |user: Option<&str>, key: &[u8]| CheckedWrite {
+            user: user.map(String::from),
+            write: crate::WriteCommand {
+                request_id: None,
+                op: WriteOp::Put(crate::PutOp { key: key.to_vec(), value: vec![], expect: None, prev_kv: false }),
+            },
+        };
+        // Off: anything goes, with or without a user.
+        assert_eq!(s.check_write(&put(None, b"b")), None);
+        s.apply(5, &AuthCommand::UserAdd { name: ROOT_USER.into(), password: hash() });
+        s.apply(6, &AuthCommand::Enable { token_key: TokenKey(vec![1; 32]) });
+        assert_eq!(s.check_write(&put(Some("u"), b"a/1")), None);
+        assert_eq!(s.check_write(&put(Some(ROOT_USER), b"z")), None);
+        let denied = |user: Option<&str>, key: &[u8]| {
+            Some(WriteResult::PermissionDenied {
+                user: user.map(String::from),
+                range: KeyRange::Key(key.to_vec()),
+                access: Access::Write,
+            })
+        };
+        assert_eq!(s.check_write(&put(Some("u"), b"b")), denied(Some("u"), b"b"));
+        assert_eq!(s.check_write(&put(None, b"a/1")), denied(None, b"a/1"), "accepted while auth was off");
+        s.apply(7, &AuthCommand::RoleRevokePermission { role: "r".into(), range: perm.range });
+        assert_eq!(s.check_write(&put(Some("u"), b"a/1")), denied(Some("u"), b"a/1"));
+        s.apply(8, &AuthCommand::UserDelete { name: "u".into() });
+        assert_eq!(s.check_write(&put(Some("u"), b"a/1")), denied(Some("u"), b"a/1"));
     }
 
     #[test]

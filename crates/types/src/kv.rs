@@ -196,6 +196,19 @@ pub struct WriteCommand {
     pub op: WriteOp,
 }
 
+/// A client write with the identity whose permission the leader checked before proposing
+/// it ([`crate::Command::CheckedWrite`]). The state machine checks that permission again at
+/// the index the write is applied ([`crate::auth::AuthState::check_write`]), as etcd does,
+/// so a write checked just before a revocation commits does not apply after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckedWrite {
+    /// The authenticated user; none when authentication was off when the write was
+    /// checked (such a write is refused if authentication is on when it is applied).
+    pub user: Option<String>,
+    /// The write.
+    pub write: WriteCommand,
+}
+
 /// The write operations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
@@ -267,6 +280,17 @@ pub enum WriteResult {
         expected: Expect,
         /// The key's `modify_index` now (0 when absent).
         current_modify_index: u64,
+    },
+    /// The user (of a [`CheckedWrite`]) no longer had the permission the write needs when
+    /// it was applied (revoked, or authentication enabled, after the leader checked it):
+    /// nothing changed.
+    PermissionDenied {
+        /// The user, or none when the write was accepted while authentication was off.
+        user: Option<String>,
+        /// The first key range the user may no longer access.
+        range: KeyRange,
+        /// The access it needs there.
+        access: crate::auth::Access,
     },
 }
 

@@ -30,8 +30,8 @@ pub use alarm::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 
 pub use ids::{InvalidNodeId, NodeId};
 pub use kv::{
-    Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, PutOp, RangeOp, RangeResult, Txn, TxnOp,
-    TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+    CheckedWrite, Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, PutOp, RangeOp, RangeResult,
+    Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
 
 /// The addresses of one member, stored in the Raft membership.
@@ -65,27 +65,46 @@ pub enum Command {
     /// Raise or clear an alarm ([`alarm`]): replicated so every node refuses writes from
     /// the same index on.
     Alarm(AlarmCommand),
+    /// A client write with the user whose permission was checked before it was proposed;
+    /// the permission is checked again when it is applied. What every build since writes
+    /// instead of [`Command::Write`], which older logs hold and which applies unchecked.
+    CheckedWrite(CheckedWrite),
+}
+
+impl Command {
+    /// The client write this command carries, if it is one.
+    #[must_use]
+    pub fn write(&self) -> Option<&WriteCommand> {
+        match self {
+            Command::Write(w) | Command::CheckedWrite(CheckedWrite { write: w, .. }) => Some(w),
+            Command::Auth(_) | Command::Alarm(_) => None,
+        }
+    }
+}
+
+/// How a write command is logged: its operation's kind and sizes, never a key or value.
+fn write_summary(w: &WriteCommand) -> String {
+    let op = match &w.op {
+        WriteOp::Put(p) => format!("put key_len={} value_len={}", p.key.len(), p.value.len()),
+        WriteOp::Delete(_) => "delete".to_string(),
+        WriteOp::Txn(t) => {
+            format!("txn compares={} success={} failure={}", t.compares.len(), t.success.len(), t.failure.len())
+        }
+    };
+    match &w.request_id {
+        Some(id) => format!("{op} request_id={id}"),
+        None => op,
+    }
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Write(w) => {
-                let op = match &w.op {
-                    WriteOp::Put(p) => format!("put key_len={} value_len={}", p.key.len(), p.value.len()),
-                    WriteOp::Delete(_) => "delete".to_string(),
-                    WriteOp::Txn(t) => format!(
-                        "txn compares={} success={} failure={}",
-                        t.compares.len(),
-                        t.success.len(),
-                        t.failure.len()
-                    ),
-                };
-                match &w.request_id {
-                    Some(id) => write!(f, "{op} request_id={id}"),
-                    None => f.write_str(&op),
-                }
-            }
+            Command::Write(w) => f.write_str(&write_summary(w)),
+            Command::CheckedWrite(c) => match &c.user {
+                Some(user) => write!(f, "{} user={user:?}", write_summary(&c.write)),
+                None => f.write_str(&write_summary(&c.write)),
+            },
             Command::Auth(a) => write!(f, "{a}"),
             Command::Alarm(a) => {
                 let action = match a.action {
