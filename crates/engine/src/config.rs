@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// A KV request slower than this is logged once at warn (`--slow-request-threshold`;
     /// [`service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD`]).
     pub slow_request_threshold: Duration,
+    /// The client port's overload limits (`--max-in-flight-requests`,
+    /// `--max-in-flight-request-bytes`, `--request-timeout`; [`service::overload`]).
+    pub overload: service::overload::OverloadLimits,
     /// How often to check whether a snapshot is due: one is taken when any entry was applied
     /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
     /// `snapshot_threshold` policy applies either way.
@@ -153,6 +156,7 @@ impl NodeConfig {
             trailing_logs: 10240,
             shutdown_grace: Duration::from_secs(5),
             slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,
+            overload: service::overload::OverloadLimits::default(),
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),
@@ -304,6 +308,7 @@ impl NodeConfig {
                  --join asks an existing one to add this node; give only one"
                 .into());
         }
+        self.overload.validate().map_err(EngineError::Config)?;
         let wh = self.watch_history;
         if wh.max_events == 0 || wh.max_bytes == 0 {
             return bad(format!(

@@ -79,6 +79,7 @@ use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
+use service::overload::Overload;
 use service::{AdminService, AuthGuard, AuthService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -89,6 +90,7 @@ use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
 pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
+pub use service::overload::{DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
@@ -571,7 +573,8 @@ async fn start_servers(
     let stop_request = StopRequest::default();
     let raft_svc =
         RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
-    let mut client_routes = client_routes(ctx, me, health, &stop_request, config.slow_request_threshold)?;
+    let overload = Overload::new(config.id.to_string(), config.overload);
+    let mut client_routes = client_routes(ctx, me, health, &stop_request, config.slow_request_threshold, &overload)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
@@ -594,13 +597,15 @@ async fn start_servers(
 
 /// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
 /// `RaftManager`, gRPC health and reflection. KV requests slower than `slow_request` are
-/// logged.
+/// logged. Every service but health and reflection is behind the overload guard
+/// (outermost, so a shed call costs no token check) and the authentication check.
 fn client_routes(
     ctx: &NodeContext,
     me: &NodeInfo,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stop_request: &StopRequest,
     slow_request: std::time::Duration,
+    overload: &Overload,
 ) -> Result<RoutesBuilder, EngineError> {
     let reflection =
         reflection_builder().build_v1().map_err(|e| EngineError::Config(format!("gRPC reflection: {e}")))?;
@@ -614,15 +619,15 @@ fn client_routes(
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
     routes
-        .add_service(AuthGuard::new(
+        .add_service(overload.guard(AuthGuard::new(
             sm,
             KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server(),
-        ))
-        .add_service(AuthGuard::new(sm, AuthService::new(ctx.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server()))
+        )))
+        .add_service(overload.guard(AuthGuard::new(sm, AuthService::new(ctx.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server())))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
