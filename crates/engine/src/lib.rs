@@ -90,7 +90,6 @@ use types::{NodeId, NodeInfo};
 
 pub use config::{MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
 pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
-pub use service::overload::{DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
@@ -99,6 +98,7 @@ pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
 pub use raft_storage::{
     DEFAULT_DB_CACHE_BYTES as DEFAULT_LOG_DB_CACHE_BYTES, LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogOptions,
 };
+pub use service::overload::{DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits};
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";

@@ -90,10 +90,7 @@ impl OverloadLimits {
     /// Checks the limits; the error names the flag to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_in_flight_requests == 0 || self.max_in_flight_requests > Semaphore::MAX_PERMITS {
-            return Err(format!(
-                "--max-in-flight-requests is {}; it must be at least 1",
-                self.max_in_flight_requests
-            ));
+            return Err(format!("--max-in-flight-requests is {}; it must be at least 1", self.max_in_flight_requests));
         }
         let b = self.max_in_flight_request_bytes;
         if b < MIN_IN_FLIGHT_REQUEST_BYTES || b > Semaphore::MAX_PERMITS {
@@ -260,7 +257,11 @@ where
 }
 
 /// One call through the guard.
-async fn guarded<S>(overload: Overload, mut inner: S, req: http::Request<Body>) -> Result<http::Response<Body>, Infallible>
+async fn guarded<S>(
+    overload: Overload,
+    mut inner: S,
+    req: http::Request<Body>,
+) -> Result<http::Response<Body>, Infallible>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {
@@ -478,7 +479,8 @@ mod tests {
     async fn calls_past_the_limit_are_shed_at_once_and_retryable() {
         let overload = Overload::new("n1", limits(2, 8 << 20));
         let guard = overload.guard(Echo { wait: Duration::from_millis(300) });
-        let running: Vec<_> = (0..2).map(|_| tokio::spawn(guarded(overload.clone(), guard.inner.clone(), grpc_request(10)))).collect();
+        let running: Vec<_> =
+            (0..2).map(|_| tokio::spawn(guarded(overload.clone(), guard.inner.clone(), grpc_request(10)))).collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(overload.in_flight().0, 2);
         let started = Instant::now();
@@ -486,7 +488,8 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(200), "shed at once, not queued");
         assert_eq!(code(&shed), tonic::Code::ResourceExhausted);
         assert_eq!(header(&shed, crate::RETRYABLE_HEADER).as_deref(), Some("true"));
-        let message = tonic::Status::from_header_map(shed.headers()).map(|s| s.message().to_string()).unwrap_or_default();
+        let message =
+            tonic::Status::from_header_map(shed.headers()).map(|s| s.message().to_string()).unwrap_or_default();
         assert!(message.contains("--max-in-flight-requests") && message.contains("retry"), "{message}");
         for r in running {
             let Ok(Ok(resp)) = r.await else { panic!("the call failed") };
@@ -508,7 +511,8 @@ mod tests {
         assert_eq!(overload.in_flight(), (1, big + PREFIX_BYTES));
         let Ok(shed) = guarded(overload.clone(), echo.clone(), grpc_request(big)).await;
         assert_eq!(code(&shed), tonic::Code::ResourceExhausted);
-        let message = tonic::Status::from_header_map(shed.headers()).map(|s| s.message().to_string()).unwrap_or_default();
+        let message =
+            tonic::Status::from_header_map(shed.headers()).map(|s| s.message().to_string()).unwrap_or_default();
         assert!(message.contains("--max-in-flight-request-bytes"), "{message}");
         // A small one still fits beside the first.
         let Ok(small) = guarded(overload.clone(), echo.clone(), grpc_request(100)).await;
