@@ -93,7 +93,7 @@ impl OverloadLimits {
             return Err(format!("--max-in-flight-requests is {}; it must be at least 1", self.max_in_flight_requests));
         }
         let b = self.max_in_flight_request_bytes;
-        if b < MIN_IN_FLIGHT_REQUEST_BYTES || b > Semaphore::MAX_PERMITS {
+        if !(MIN_IN_FLIGHT_REQUEST_BYTES..=Semaphore::MAX_PERMITS).contains(&b) {
             return Err(format!(
                 "--max-in-flight-request-bytes is {b}; it must be at least {MIN_IN_FLIGHT_REQUEST_BYTES} (MIN_IN_FLIGHT_REQUEST_BYTES, one message of the largest size)"
             ));
@@ -202,7 +202,10 @@ pub const SHED_METRIC: &str = "raftkv_overload_shed_total";
 /// The place a call holds while it is served: its share of the concurrency limit and of the
 /// byte budget. Put in the request's extensions; [`release`] gives it back early.
 #[derive(Debug, Clone)]
-pub struct Slot(Arc<Mutex<Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>>>);
+pub struct Slot(Arc<Mutex<Option<Held>>>);
+
+/// The permits a call holds: its place under the concurrency limit, and its bytes.
+type Held = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
 
 impl Slot {
     fn released(&self) -> bool {
