@@ -24,6 +24,7 @@ mod hashicorp;
 mod kv;
 mod netns;
 mod observability;
+mod overload;
 mod stages;
 mod terminal;
 mod tls;

@@ -153,6 +153,22 @@ struct Args {
     /// theirs expires.
     #[arg(long = "auth-token-ttl", alias = "auth_token_ttl", env = "RAFTKV_AUTH_TOKEN_TTL", default_value = "300s", value_parser = duration::parse, value_name = "DURATION")]
     auth_token_ttl: Duration,
+    /// The most client calls (KV, Admin, Auth, the compat services) served at once; a call
+    /// past it is answered RESOURCE_EXHAUSTED at once (retryable, never queued). Open watch
+    /// streams and waiting blocking reads do not count. The Raft port is never limited.
+    #[arg(long = "max-in-flight-requests", alias = "max_in_flight_requests", env = "RAFTKV_MAX_IN_FLIGHT_REQUESTS", default_value_t = engine::DEFAULT_MAX_IN_FLIGHT_REQUESTS)]
+    max_in_flight_requests: usize,
+
+    /// The most bytes of client request messages held at once (at least 2 MiB, the largest
+    /// message); a call whose message does not fit is answered RESOURCE_EXHAUSTED at once
+    /// (retryable).
+    #[arg(long = "max-in-flight-request-bytes", alias = "max_in_flight_request_bytes", env = "RAFTKV_MAX_IN_FLIGHT_REQUEST_BYTES", default_value_t = engine::DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES)]
+    max_in_flight_request_bytes: usize,
+
+    /// The longest a client call may run: a longer caller deadline is lowered to it, and a
+    /// call still running 1 s past it is answered DEADLINE_EXCEEDED.
+    #[arg(long = "request-timeout", alias = "request_timeout", env = "RAFTKV_REQUEST_TIMEOUT", default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
+    request_timeout: Duration,
 
     /// On a node with no Raft state: ask these members (their --grpc_addr, comma-separated)
     /// to add this node as a voter, retrying until it is one. With gossip on, the members
@@ -529,6 +545,11 @@ fn run(args: Args) -> Result<()> {
     config.shutdown_grace = args.shutdown_grace;
     config.slow_request_threshold = args.slow_request_threshold;
     config.auth_token_ttl = args.auth_token_ttl;
+    config.overload = engine::OverloadLimits {
+        max_in_flight_requests: args.max_in_flight_requests,
+        max_in_flight_request_bytes: args.max_in_flight_request_bytes,
+        request_timeout: args.request_timeout,
+    };
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;
     config.join_via_gossip = args.join.as_ref().is_some_and(Vec::is_empty);

@@ -663,6 +663,8 @@ macro_rules! hashicorp_service {
             }
 
             async fn r#await(&self, r: Request<$pb::Future>) -> Result<Response<$pb::AwaitResponse>, Status> {
+                // Await waits without working: it gives its place under the overload limits back.
+                service::overload::release(r.extensions());
                 let index = self.core.wait(r.metadata(), &r.get_ref().operation_token).await?;
                 Ok(Response::new($pb::AwaitResponse { error: String::new(), index }))
             }

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// How long a token this node issues stays valid (`--auth-token-ttl`, from
     /// [`service::auth::MIN_TOKEN_TTL`] to [`service::auth::MAX_TOKEN_TTL`]).
     pub auth_token_ttl: Duration,
+    /// The client port's overload limits (`--max-in-flight-requests`,
+    /// `--max-in-flight-request-bytes`, `--request-timeout`; [`service::overload`]).
+    pub overload: service::overload::OverloadLimits,
     /// How often to check whether a snapshot is due: one is taken when any entry was applied
     /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
     /// `snapshot_threshold` policy applies either way.
@@ -194,6 +197,7 @@ impl NodeConfig {
             shutdown_grace: Duration::from_secs(5),
             slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,
             auth_token_ttl: service::auth::TOKEN_TTL,
+            overload: service::overload::OverloadLimits::default(),
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),
@@ -354,6 +358,7 @@ impl NodeConfig {
                  --join asks an existing one to add this node; give only one"
                 .into());
         }
+        self.overload.validate().map_err(EngineError::Config)?;
         let wh = self.watch_history;
         if wh.max_events == 0 || wh.max_bytes == 0 {
             return bad(format!(

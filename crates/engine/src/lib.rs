@@ -79,6 +79,7 @@ use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
 use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
+use service::overload::Overload;
 use service::{AdminService, AuthGuard, AuthService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -97,6 +98,7 @@ pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
 pub use raft_storage::{
     DEFAULT_DB_CACHE_BYTES as DEFAULT_LOG_DB_CACHE_BYTES, LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogOptions,
 };
+pub use service::overload::{DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits};
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";
@@ -620,7 +622,8 @@ async fn start_servers(
     let stop_request = StopRequest::default();
     let raft_svc =
         RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
-    let mut client_routes = client_routes(ctx, me, health, &stop_request, config)?;
+    let overload = Overload::new(config.id.to_string(), config.overload);
+    let mut client_routes = client_routes(ctx, me, health, &stop_request, config, &overload)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
@@ -644,13 +647,16 @@ async fn start_servers(
 /// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
 /// `RaftManager`, etcd's v3 `KV`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
 /// and reflection. KV requests slower than the config's `slow_request_threshold` are
-/// logged; tokens last its `auth_token_ttl`.
+/// logged; tokens last its `auth_token_ttl`. Every service but health and reflection is
+/// behind the overload guard (outermost, so a shed call costs no token check) and the
+/// authentication check.
 fn client_routes(
     ctx: &NodeContext,
     me: &NodeInfo,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     stop_request: &StopRequest,
     config: &NodeConfig,
+    overload: &Overload,
 ) -> Result<RoutesBuilder, EngineError> {
     let slow_request = config.slow_request_threshold;
     let reflection =
@@ -667,21 +673,21 @@ fn client_routes(
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
     routes
-        .add_service(AuthGuard::new(
+        .add_service(overload.guard(AuthGuard::new(
             sm,
             KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server(),
-        ))
-        .add_service(AuthGuard::new(
+        )))
+        .add_service(overload.guard(AuthGuard::new(
             sm,
             AuthService::new(ctx.clone()).with_token_ttl(config.auth_token_ttl).into_server(),
-        ))
-        .add_service(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server()))
-        .add_service(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server()))
-        .add_service(AuthGuard::new(sm, etcd.kv.into_server()))
-        .add_service(AuthGuard::new(sm, etcd.cluster.into_server()))
-        .add_service(AuthGuard::new(sm, etcd.maintenance.into_server()))
+        )))
+        .add_service(overload.guard(AuthGuard::new(sm, ExampleService::new(ctx.clone(), me.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, AdminService::new(ctx.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, RaftAdminService::new(hashicorp.clone()).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, RaftManagerService::new(hashicorp).into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.kv.into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.cluster.into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.maintenance.into_server())))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

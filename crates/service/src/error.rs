@@ -61,6 +61,10 @@ pub enum ServiceError {
     /// done; the message says what to free.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The node is past one of its overload limits (`service::overload`): the call was shed
+    /// before it ran. Nothing was done; the message names the limit.
+    #[error("{0}")]
+    Overloaded(String),
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -163,6 +167,7 @@ impl ServiceError {
                 | ServiceError::MembershipBusy(_)
                 | ServiceError::ShuttingDown
                 | ServiceError::TooManyWatchers(_)
+                | ServiceError::Overloaded(_)
         )
     }
 
@@ -181,7 +186,7 @@ impl ServiceError {
             ServiceError::FailedPrecondition(_) | ServiceError::PreconditionFailed { .. } => Code::FailedPrecondition,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServiceError::ResourceExhausted(_) | ServiceError::Overloaded(_) => Code::ResourceExhausted,
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Internal(_) => Code::Internal,
@@ -268,6 +273,7 @@ mod tests {
             (ServiceError::WatchOverflow { resume_index: 1 }, Code::ResourceExhausted, false),
             (ServiceError::WatchClosed { resume_index: 1 }, Code::Unavailable, false),
             (ServiceError::TooManyWatchers(1), Code::ResourceExhausted, true),
+            (ServiceError::Overloaded("x".into()), Code::ResourceExhausted, true),
         ];
         for (e, code, retryable) in cases {
             let what = format!("{e:?}");

@@ -227,7 +227,7 @@ impl Kv for KvService {
         // A blocking read may outlast the default request timeout, but never the caller's
         // deadline: it answers with the current value a little before it.
         let caller = deadline(request.metadata(), limits::MAX_BLOCKING_WAIT * 2);
-        let (md, _, req) = request.into_parts();
+        let (md, extensions, req) = request.into_parts();
         limits::check_key(&req.key)?;
         let level = consistency(req.consistency)?;
         let wait = limits::check_blocking_wait(req.wait_ms)?.min(caller.mul_f32(0.9));
@@ -237,6 +237,9 @@ impl Kv for KvService {
         self.authorize_md(&md, || vec![(KeyRange::Key(req.key.to_vec()), Access::Read)])?;
         let mut header = self.read_header(level);
         if req.min_index > 0 {
+            // A blocking read waits without working: it gives its place under the overload
+            // limits back (watchers are bounded by MAX_WATCHERS instead).
+            crate::overload::release(&extensions);
             let wait = wait.saturating_sub(started.elapsed());
             let read = watch::blocking_get(&self.ctx.sm, &req.key, req.min_index, wait).await?;
             header.index = read.index;

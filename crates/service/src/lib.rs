@@ -31,6 +31,8 @@
 //!   closed when their permission is revoked.
 //! - [`ServiceError`]: every failure, and the one table mapping it to gRPC codes.
 //! - [`limits`]: the named input limits.
+//! - [`overload`]: the client port's concurrency limit, load shedding, byte budget of
+//!   request bodies in flight and request timeout ([`overload::OverloadGuard`]).
 //! - [`slow`]: the slow-request log (a KV request slower than a threshold, logged once at
 //!   warn with its method and key prefix, never its value).
 //! - [`watch`]: also the helpers the compat crate's `/Example/Watch` shares.
@@ -50,6 +52,7 @@ pub mod forward;
 mod kv;
 pub mod limits;
 mod node;
+pub mod overload;
 pub mod readiness;
 pub mod slow;
 pub mod watch;

@@ -175,6 +175,13 @@ pub const METRICS: &[Metric] = &[
         "Time from a gRPC call's arrival to its status (a stream's whole life).",
     ),
     m("raftkv_forwarded_requests_total", Counter, &[], Facade, "Requests this node sent on to the leader."),
+    m(
+        "raftkv_overload_shed_total",
+        Counter,
+        &["limit"],
+        Facade,
+        "Client calls shed (answered RESOURCE_EXHAUSTED at once) by the overload guard, by the limit met: requests or bytes.",
+    ),
     m(WATCHERS, Gauge, &[], Scrape, "Watch streams and blocking reads registered on this node."),
     m(
         "raftkv_watchers_dropped_total",
