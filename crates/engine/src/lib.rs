@@ -620,8 +620,9 @@ async fn start_servers(
 ) -> Result<Servers, EngineError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let stop_request = StopRequest::default();
-    let raft_svc =
-        RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me).into_server();
+    let raft_svc = RaftService::new(ctx.raft.clone(), ctx.sm.clone(), ctx.leader_contact.clone(), &config.id, me)
+        .with_stop(stop.subscribe())
+        .into_server();
     let overload = Overload::new(config.id.to_string(), config.overload);
     let mut client_routes = client_routes(ctx, me, health, &stop_request, config, &overload)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];

@@ -26,6 +26,9 @@ pub struct RaftService {
     sm: StateMachine,
     leader_contact: Arc<LeaderContact>,
     me: IdentifyResponse,
+    /// Becomes true when the node stops: open `StreamAppend` streams end then, or a graceful
+    /// drain of the Raft port would wait for the leader's replication stream forever.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RaftService {
@@ -38,7 +41,15 @@ impl RaftService {
             raft_addr: me.raft_addr.clone(),
             grpc_addr: me.grpc_addr.clone(),
         };
-        Self { raft, sm, leader_contact, me }
+        Self { raft, sm, leader_contact, me, stopping: None }
+    }
+
+    /// Ends every open `StreamAppend` stream (UNAVAILABLE, "stopping") once `stopping` is
+    /// true, so that a graceful stop of the server does not wait for them.
+    #[must_use]
+    pub fn with_stop(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// The tonic server, with the Raft message size limit.
@@ -106,6 +117,16 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft is not running: {e}"))
 }
 
+/// Completes once `stopping` is true; never without one (or once its sender is gone).
+async fn until_stopping(stopping: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut stopping) = stopping
+        && stopping.wait_for(|s| *s).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
+}
+
 /// The answers of one `StreamAppend` stream.
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
@@ -165,12 +186,16 @@ impl RaftRpc for RaftService {
                 .map_err(|e| Status::internal(format!("encoding the answer: {e}"))),
             Err(fatal) => Err(stopped(fatal)),
         });
-        // After the last answer, a refused request ends the stream with its status.
-        let refusal = futures::stream::once(async move {
-            refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().map(Err)
+        let stopping = self.stopping.clone();
+        let answers = answers.take_until(until_stopping(stopping.clone()));
+        // After the last answer, a refused request or a stop ends the stream with its status.
+        let last = futures::stream::once(async move {
+            let refusal = refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let stopped = stopping.is_some_and(|s| *s.borrow());
+            refusal.or_else(|| stopped.then(|| Status::unavailable("the node is stopping"))).map(Err)
         })
         .filter_map(std::future::ready);
-        Ok(Response::new(Box::pin(answers.chain(refusal))))
+        Ok(Response::new(Box::pin(answers.chain(last))))
     }
 
     async fn identify(&self, _request: Request<IdentifyRequest>) -> Result<Response<IdentifyResponse>, Status> {

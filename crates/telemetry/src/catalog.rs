@@ -216,6 +216,11 @@ pub fn describe_all() {
             }
         }
     }
+    // A labelled counter whose label values are known ahead exists from the start too: the
+    // overload guard's, by the limit met.
+    for limit in ["requests", "bytes"] {
+        metrics::counter!("raftkv_overload_shed_total", "limit" => limit).increment(0);
+    }
 }
 
 /// The metric named `name`.
