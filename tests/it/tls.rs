@@ -118,6 +118,23 @@ async fn a_tls_cluster_serves_raftkvctl_and_refuses_clients_without_the_right_cr
     Ok(())
 }
 
+/// A channel to the Raft port at `raft_addr` (node `server`) with the certificate `files`,
+/// and the node id `claimed` that the message sent on it will name.
+async fn raft_port_as(
+    raft_addr: &str,
+    files: &ClientTlsFiles,
+    server: &str,
+    claimed: &str,
+) -> Result<(tonic::transport::Channel, types::NodeId), tonic::Status> {
+    let tls = rpc::tls::ClientTls::new(files.clone()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let security = rpc::channel::Security::Tls { tls: &tls, name: server };
+    let channel = rpc::channel::connect(raft_addr, &rpc::channel::ChannelOptions::default(), security)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let id = types::NodeId::new(claimed).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok((channel, id))
+}
+
 /// A raw Raft vote from a connection with `presenting`'s certificate, claiming to be
 /// `claimed`, to the Raft port at `raft_addr`.
 async fn vote_claiming(
@@ -127,12 +144,7 @@ async fn vote_claiming(
     claimed: &str,
     term: u64,
 ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-    let tls = rpc::tls::ClientTls::new(files.clone()).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let security = rpc::channel::Security::Tls { tls: &tls, name: server };
-    let channel = rpc::channel::connect(raft_addr, &rpc::channel::ChannelOptions::default(), security)
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let id = types::NodeId::new(claimed).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let (channel, id) = raft_port_as(raft_addr, files, server, claimed).await?;
     let vote = types::Vote::new(term, id);
     let request = openraft::raft::VoteRequest::<types::TypeConfig>::new(vote, None);
     let payload = types::codec::encode(&request).map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -150,12 +162,7 @@ async fn append_claiming(
     claimed: &str,
     term: u64,
 ) -> Result<Option<RaftMessage>, tonic::Status> {
-    let tls = rpc::tls::ClientTls::new(files.clone()).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let security = rpc::channel::Security::Tls { tls: &tls, name: server };
-    let channel = rpc::channel::connect(raft_addr, &rpc::channel::ChannelOptions::default(), security)
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let id = types::NodeId::new(claimed).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let (channel, id) = raft_port_as(raft_addr, files, server, claimed).await?;
     let request = openraft::raft::AppendEntriesRequest::<types::TypeConfig> {
         vote: types::Vote::new_committed(term, id),
         prev_log_id: None,
