@@ -434,6 +434,119 @@ async fn followers_forward_and_without_forwarding_name_the_leader() -> TestResul
     Ok(())
 }
 
+/// The writes a follower forwards go to the leader over one stream
+/// (`raftkv.forward.v1.Forward/Writes`): answers are matched to writes by id, whatever their
+/// order; each write is served as its unary call (a refused one gets its own status, the
+/// others are unaffected); a precondition failure comes back through the follower as it is;
+/// after a leader change the follower's writes reach the new leader; an open stream ends
+/// with UNAVAILABLE when the node stops, and does not hold up the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_stream_to_the_leader_and_follow_a_leader_change() -> TestResult {
+    use proto::kv::forward::v1::forward_client::ForwardClient;
+    use proto::kv::forward::v1::forwarded_answer::Answer;
+    use proto::kv::forward::v1::{ForwardedWrite, forwarded_write};
+
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(["--shutdown_grace", "60s"]);
+    let mut cluster = Cluster::start(3, &extra).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+
+    // The stream as a follower opens it: ids out of order, two refused writes among them.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let put = |id: u64, key: &str| ForwardedWrite {
+        id,
+        timeout_micros: 10_000_000,
+        authorization: String::new(),
+        write: Some(forwarded_write::Write::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: format!("v{id}").into_bytes().into(),
+            ..Default::default()
+        })),
+    };
+    for write in [put(7, "s-7"), put(3, "s-3"), put(5, ""), ForwardedWrite { id: 9, ..put(9, "s-9") }] {
+        tx.send(write)?;
+    }
+    tx.send(ForwardedWrite { id: 11, timeout_micros: 10_000_000, ..Default::default() })?;
+    let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|w| (w, rx)) });
+    let mut answers =
+        ForwardClient::new(tests::channel(&cluster.nodes[leader].grpc_addr)?).writes(outbound).await?.into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 5 {
+        let answer = answers.message().await?.ok_or("the stream ended with writes unanswered")?;
+        got.insert(answer.id, answer.answer.ok_or("an answer with nothing in it")?);
+    }
+    for id in [7, 3, 9] {
+        assert!(matches!(got.get(&id), Some(Answer::Put(r)) if r.header.is_some()), "write {id}: {got:?}");
+    }
+    let refused = |id| match got.get(&id) {
+        Some(Answer::Status(s)) => Some((s.code, s.message.clone())),
+        _ => None,
+    };
+    let (code5, message5) = refused(5).ok_or("the empty key was not refused")?;
+    assert_eq!(code5, Code::InvalidArgument as i32);
+    assert!(message5.contains("key is empty"), "{message5}");
+    assert_eq!(refused(11).map(|r| r.0), Some(Code::InvalidArgument as i32), "a message without a write");
+    let client = cluster.client()?;
+    for id in [7, 3, 9] {
+        let kv = client.get(format!("s-{id}")).await?.kv.ok_or("a streamed write is missing")?;
+        assert_eq!(kv.value.to_vec(), format!("v{id}").into_bytes());
+    }
+
+    // Through a follower: concurrent writes, each answered with its own outcome.
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let via = Arc::new(cluster.nodes[follower].client()?);
+    let writes: Vec<_> = (0..32)
+        .map(|i| {
+            let via = via.clone();
+            tokio::spawn(async move { via.put(format!("f-{i}"), format!("w{i}")).await })
+        })
+        .collect();
+    let mut indexes = std::collections::BTreeSet::new();
+    for w in writes {
+        indexes.insert(w.await??.header.ok_or("no header")?.index);
+    }
+    assert_eq!(indexes.len(), 32, "every forwarded write got its own answer");
+    let cas = via
+        .put_request(PutRequest {
+            key: b"f-0".to_vec().into(),
+            value: b"x".to_vec().into(),
+            if_absent: true,
+            ..Default::default()
+        })
+        .await;
+    let status = cas.as_ref().err().and_then(ClientError::status).ok_or("the compare did not fail")?;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.metadata().get("x-raftkv-current-index").is_some(), "{status:?}");
+
+    // Leadership moves to the other follower: the follower's writes follow it.
+    let new_leader = cluster.nodes[other].id.clone();
+    client.transfer_leader(Some(&new_leader), Duration::from_secs(20)).await?;
+    wait_for("the follower to know the new leader", Duration::from_secs(20), || async {
+        via.status().await.is_ok_and(|s| s.leader_id == new_leader)
+    })
+    .await?;
+    let after = via.put("f-after", "moved").await?;
+    assert_eq!(after.header.ok_or("no header")?.node_id, new_leader, "served by the new leader");
+
+    // The old leader stops: our open stream ends with UNAVAILABLE, and does not hold it up.
+    let started = Instant::now();
+    let node = &mut cluster.nodes[leader];
+    assert!(node.stop(), "the node did not stop cleanly; log:\n{}", node.log_tail());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}: the drain waited for the stream");
+    let end = loop {
+        match answers.message().await {
+            Ok(Some(a)) => return Err(format!("an answer nobody asked for: {a:?}").into()),
+            Ok(None) => break None,
+            Err(status) => break Some(status.code()),
+        }
+    };
+    assert!(matches!(end, Some(Code::Unavailable) | None), "the stream ended with {end:?}");
+    drop(tx);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raftkvctl_kv_commands_end_to_end() -> TestResult {
     let cluster = Cluster::start(3, &FAST_TIMING).await?;

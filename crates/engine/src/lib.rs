@@ -80,7 +80,7 @@ use resolver::{AddressMap, Chain, Resolver};
 use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
 use service::overload::Overload;
-use service::{AdminService, AuthGuard, AuthService, Forwarder, KvService, NodeContext};
+use service::{AdminService, AuthGuard, AuthService, ForwardService, Forwarder, KvService, NodeContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -624,7 +624,7 @@ async fn start_servers(
         .with_stop(stop.subscribe())
         .into_server();
     let overload = Overload::new(config.id.to_string(), config.overload);
-    let mut client_routes = client_routes(ctx, me, health, &stop_request, config, &overload)?;
+    let mut client_routes = client_routes(ctx, me, health, &stop_request, config, &overload, stop)?;
     let served = [KvServer::<KvService>::NAME, ExampleServer::<ExampleService>::NAME];
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
@@ -645,7 +645,7 @@ async fn start_servers(
     Ok(Servers { handles, leader_health, stop_request })
 }
 
-/// The services of the client port: KV, Admin, the Go seeds' `Example`, `RaftAdmin` and
+/// The services of the client port: KV (and the followers' streams of forwarded KV writes), Admin, the Go seeds' `Example`, `RaftAdmin` and
 /// `RaftManager`, etcd's v3 `KV`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
 /// and reflection. KV requests slower than the config's `slow_request_threshold` are
 /// logged; tokens last its `auth_token_ttl`. Every service but health and reflection is
@@ -658,6 +658,7 @@ fn client_routes(
     stop_request: &StopRequest,
     config: &NodeConfig,
     overload: &Overload,
+    stop: &watch::Sender<bool>,
 ) -> Result<RoutesBuilder, EngineError> {
     let slow_request = config.slow_request_threshold;
     let reflection =
@@ -673,11 +674,14 @@ fn client_routes(
     let mut routes = RoutesBuilder::default();
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
+    let kv = KvService::new(ctx.clone()).with_slow_request_threshold(slow_request);
+    // The followers' streams of forwarded KV writes: behind the overload guard (each write
+    // takes its own place), not the authentication check (each write is checked by the KV
+    // service on its own credentials; the stream is no user's).
+    let forward = ForwardService::new(kv.clone(), overload.clone()).with_stop(stop.subscribe());
     routes
-        .add_service(overload.guard(AuthGuard::new(
-            sm,
-            KvService::new(ctx.clone()).with_slow_request_threshold(slow_request).into_server(),
-        )))
+        .add_service(overload.guard(AuthGuard::new(sm, kv.into_server())))
+        .add_service(overload.guard(forward.into_server()))
         .add_service(overload.guard(AuthGuard::new(
             sm,
             AuthService::new(ctx.clone()).with_token_ttl(config.auth_token_ttl).into_server(),

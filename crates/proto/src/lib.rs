@@ -11,6 +11,9 @@
 //! - [`admin::v1`] (`raftkv.admin.v1`): status and membership administration.
 //! - [`raft::v1`] (`raftkv.raft.v1`): Raft traffic between nodes.
 //! - [`auth::v1`] (`raftkv.auth.v1`): users, roles, permissions and tokens.
+//! - [`kv::forward::v1`] (`raftkv.forward.v1`): the stream of writes a follower forwards to
+//!   the leader. It sits under `kv` because its messages carry `raftkv.v1`'s, which the
+//!   generated code reaches as its parent's `v1`.
 //! - [`etcd`]: etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`), as etcd 3.4 numbers it,
 //!   served by the `etcd-api` crate.
 //! - [`compat`]: the Go seeds' package-less services (`Example`, `RaftAdmin`, `RaftManager`), one
@@ -27,6 +30,13 @@ pub mod kv {
     /// Version 1.
     pub mod v1 {
         include!("generated/raftkv.v1.rs");
+    }
+    /// `raftkv.forward.v1`: the stream of writes a follower forwards to the leader.
+    pub mod forward {
+        /// Version 1.
+        pub mod v1 {
+            include!("generated/raftkv.forward.v1.rs");
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use types::{
 
 use crate::auth::{self, Caller};
 use crate::convert;
-use crate::forward::{Effect, Forwarding, Routed, deadline, to_leader};
+use crate::forward::{Effect, Forwarding, Routed, deadline, write_to_leader};
 use crate::node::DEFAULT_REQUEST_TIMEOUT;
 use crate::slow::{DEFAULT_SLOW_REQUEST_THRESHOLD, SlowLog};
 use crate::watch::{self, ResponseStream, WatchParams};
@@ -214,8 +214,14 @@ impl Kv for KvService {
                 other => Err(unexpected(&other)),
             },
             Routed::Leader(leader) => {
-                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).put(r).await })
-                    .await
+                write_to_leader(
+                    &self.ctx,
+                    leader,
+                    call.route,
+                    req,
+                    |ch, r| async move { leader_client(ch).put(r).await },
+                )
+                .await
             }
         }
     }
@@ -306,8 +312,14 @@ impl Kv for KvService {
                 other => Err(unexpected(&other)),
             },
             Routed::Leader(leader) => {
-                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).delete(r).await })
-                    .await
+                write_to_leader(
+                    &self.ctx,
+                    leader,
+                    call.route,
+                    req,
+                    |ch, r| async move { leader_client(ch).delete(r).await },
+                )
+                .await
             }
         }
     }
@@ -344,8 +356,14 @@ impl Kv for KvService {
                 other => Err(unexpected(&other)),
             },
             Routed::Leader(leader) => {
-                to_leader(&self.ctx, leader, call.route, req, |ch, r| async move { leader_client(ch).txn(r).await })
-                    .await
+                write_to_leader(
+                    &self.ctx,
+                    leader,
+                    call.route,
+                    req,
+                    |ch, r| async move { leader_client(ch).txn(r).await },
+                )
+                .await
             }
         }
     }

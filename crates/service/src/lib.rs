@@ -17,7 +17,9 @@
 //!   leader's gRPC address, looked up by the leader's id through the resolver chain
 //!   (gossip, static peers, the Raft membership; the error's own address last), with
 //!   the caller's deadline and a hop guard. A client may opt out; it then gets
-//!   `UNAVAILABLE` with the leader's id and address in the metadata.
+//!   `UNAVAILABLE` with the leader's id and address in the metadata. KV writes go over one
+//!   long-lived stream per follower ([`ForwardService`] serves it on the leader), the rest
+//!   as one unary call each.
 //! - Watch and blocking reads (the `watch` module): `KV.Watch` streams and `Get` with
 //!   `min_index`, and the seed's `/Example/Watch`, all served by the node asked from its own
 //!   state machine's change feed, woken by notification (never polling), bounded per
@@ -49,6 +51,7 @@ pub mod cluster;
 mod convert;
 mod error;
 pub mod forward;
+mod forward_writes;
 mod kv;
 pub mod limits;
 mod node;
@@ -66,6 +69,7 @@ pub use error::{
     RETRYABLE_HEADER, ServiceError, UNKNOWN_METHOD_MESSAGE, unknown_method_status,
 };
 pub use forward::{Forwarder, Hop, Leader, Routed};
+pub use forward_writes::ForwardService;
 pub use kv::KvService;
 pub use limits::MAX_DECODE_BYTES;
 pub use node::{DEFAULT_REQUEST_TIMEOUT, HeaderInfo, NodeContext};

@@ -167,6 +167,11 @@ impl Overload {
 
     /// The answer to a shed call, logged (a warning at most every [`WARN_EVERY`]).
     fn shed(&self, limit: Limit, path: &str, message_bytes: usize) -> http::Response<Body> {
+        self.shed_status(limit, path, message_bytes).into_http()
+    }
+
+    /// [`Overload::shed`]'s status.
+    fn shed_status(&self, limit: Limit, path: &str, message_bytes: usize) -> tonic::Status {
         let s = &self.shared;
         let error = match limit {
             Limit::Requests => ServiceError::Overloaded(format!(
@@ -192,7 +197,40 @@ impl Overload {
         } else {
             tracing::debug!(node = %s.node, path, reason = %error, "call shed");
         }
-        tonic::Status::from(error).into_http()
+        tonic::Status::from(error)
+    }
+
+    /// A place for one call that is not an HTTP/2 request of its own: a write forwarded on a
+    /// follower's stream (`raftkv.forward.v1.Forward/Writes`), counted under the same limits
+    /// as the unary call to `path` with a `message_bytes`-byte message would be. Refused
+    /// with the status a shed unary call gets. The caller holds the [`Slot`] while it serves
+    /// the call, lowers the call's deadline to [`Overload::request_timeout`] and cuts it off
+    /// [`TIMEOUT_GRACE`] after that ([`Overload::timed_out`]), as the guard does.
+    pub fn admit(&self, path: &str, message_bytes: usize) -> Result<Slot, tonic::Status> {
+        let shared = &self.shared;
+        let Ok(call_permit) = shared.requests.clone().try_acquire_owned() else {
+            return Err(self.shed_status(Limit::Requests, path, 0));
+        };
+        let charge = message_bytes.saturating_add(PREFIX_BYTES).min(MAX_DECODE_BYTES);
+        let Ok(permits) = u32::try_from(charge) else {
+            return Err(self.shed_status(Limit::Bytes, path, charge));
+        };
+        match shared.bytes.clone().try_acquire_many_owned(permits) {
+            Ok(p) => Ok(Slot(Arc::new(Mutex::new(Some((call_permit, Some(p))))))),
+            Err(_) => Err(self.shed_status(Limit::Bytes, path, charge)),
+        }
+    }
+
+    /// The longest a call may hold its place (`--request-timeout`).
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.limits.request_timeout
+    }
+
+    /// The status of a call still running [`TIMEOUT_GRACE`] past the request timeout.
+    #[must_use]
+    pub fn timed_out(&self) -> tonic::Status {
+        timed_out_status(self.shared.limits.request_timeout)
     }
 }
 
@@ -318,10 +356,14 @@ fn lower_deadline(headers: &mut http::HeaderMap, max: Duration) {
 
 /// The answer to a call still running past the request timeout.
 fn timed_out(timeout: Duration) -> http::Response<Body> {
+    timed_out_status(timeout).into_http()
+}
+
+/// [`timed_out`]'s status.
+fn timed_out_status(timeout: Duration) -> tonic::Status {
     tonic::Status::from(ServiceError::DeadlineExceeded(format!(
         "the request ran longer than this node's request timeout (--request-timeout, {timeout:?}); a write's outcome is unknown: read the key before retrying"
     )))
-    .into_http()
 }
 
 /// A request body whose first frames were read (to learn the message's length) and are
