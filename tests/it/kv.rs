@@ -463,7 +463,7 @@ async fn forwarded_writes_stream_to_the_leader_and_follow_a_leader_change() -> T
             ..Default::default()
         })),
     };
-    for write in [put(7, "s-7"), put(3, "s-3"), put(5, ""), ForwardedWrite { id: 9, ..put(9, "s-9") }] {
+    for write in [put(7, "s-7"), put(3, "s-3"), put(5, ""), put(9, "s-9")] {
         tx.send(write)?;
     }
     tx.send(ForwardedWrite { id: 11, timeout_micros: 10_000_000, ..Default::default() })?;
@@ -535,12 +535,10 @@ async fn forwarded_writes_stream_to_the_leader_and_follow_a_leader_change() -> T
     assert!(node.stop(), "the node did not stop cleanly; log:\n{}", node.log_tail());
     let took = started.elapsed();
     assert!(took < Duration::from_secs(10), "stopping took {took:?}: the drain waited for the stream");
-    let end = loop {
-        match answers.message().await {
-            Ok(Some(a)) => return Err(format!("an answer nobody asked for: {a:?}").into()),
-            Ok(None) => break None,
-            Err(status) => break Some(status.code()),
-        }
+    let end = match answers.message().await {
+        Ok(Some(a)) => return Err(format!("an answer nobody asked for: {a:?}").into()),
+        Ok(None) => None,
+        Err(status) => Some(status.code()),
     };
     assert!(matches!(end, Some(Code::Unavailable) | None), "the stream ended with {end:?}");
     drop(tx);
