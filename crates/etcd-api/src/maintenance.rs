@@ -416,7 +416,7 @@ impl Maintenance for EtcdMaintenance {
                 Some(Ok(SnapshotResponse {
                     header: header.take(),
                     remaining_bytes: etcd_total(size).saturating_sub(sent),
-                    blob: blob.into(),
+                    blob,
                 }))
             }
             Ok(admin::BackupChunk { chunk: Some(Chunk::Trailer(_)) }) => Some(Ok(SnapshotResponse {
