@@ -84,7 +84,7 @@ impl Cluster for EtcdCluster {
     /// address are fixed as `members` says (id: the new member id in hex; client address: the
     /// peer address). A voter is added learner-first and promoted once caught up, within the
     /// call's deadline (the Admin service's AddVoter); a node not running by then stays a
-    /// learner, and the error says how to start and promote it.
+    /// learner, and the error (`FAILED_PRECONDITION`) says how to start and promote it.
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         let (md, _, req) = request.into_parts();
         let addr = peer_addr(&req.peer_ur_ls)?;
@@ -118,8 +118,10 @@ impl Cluster for EtcdCluster {
                     let r = r.into_inner();
                     (r.index, r.members)
                 }
+                // FAILED_PRECONDITION, not DEADLINE_EXCEEDED: the learner was added, and a
+                // client retrying the add would only find its peer URL taken.
                 Err(s) if s.code() == Code::DeadlineExceeded => {
-                    return Err(EtcdError::from(ServiceError::DeadlineExceeded(format!(
+                    return Err(EtcdError::from(ServiceError::FailedPrecondition(format!(
                         "{}; member {name} stays a learner: start raftkv with --raft_id {name} --raft_addr {addr} \
                          --grpc_addr {addr}, then promote it (etcdctl member promote {name})",
                         s.message()
