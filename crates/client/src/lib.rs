@@ -356,7 +356,8 @@ impl Client {
             match decision.next {
                 Step::NextEndpoint => {
                     tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
-                    at.unreachable(format!("{addr}: {}", status.message()));
+                    let why = rpc::status::refusal(&status).unwrap_or_else(|| status.message().to_string());
+                    at.unreachable(format!("{addr}: {why}"));
                 }
                 Step::Fail => return Err(ClientError::Status(status)),
                 Step::Retry { leader } => {
