@@ -442,7 +442,17 @@ struct Secure {
     /// root's token and when it was issued, shared by the harness's admin clients so that
     /// each does not authenticate (an Argon2 hash on a node) on its first call.
     root_token: Mutex<Option<(String, Instant)>>,
+    /// The last attempt to fetch root's token and how many there were: a failed attempt
+    /// (no quorum, a paused node) is not repeated for [`ROOT_TOKEN_RETRY`], and each
+    /// attempt starts at another node.
+    root_attempt: Mutex<(Option<Instant>, usize)>,
 }
+
+/// How long after a failed attempt to fetch root's shared token the harness tries again
+/// (meanwhile each admin client authenticates by itself when it needs to).
+const ROOT_TOKEN_RETRY: Duration = Duration::from_secs(1);
+/// How long one attempt to fetch root's shared token may take.
+const ROOT_TOKEN_TIMEOUT: Duration = Duration::from_millis(1500);
 
 impl Secure {
     /// Certificates in `dir`: node `i`'s names its node id (the Raft port's node-id rule),
@@ -458,7 +468,14 @@ impl Secure {
             files.nodes.insert(id, (cert, key));
         }
         let ttl = if cfg.clock { SECURE_TOKEN_TTL_CLOCK } else { SECURE_TOKEN_TTL };
-        Ok(Self { files, prefix: key_prefix(cfg.seed), seed: cfg.seed, ttl, root_token: Mutex::new(None) })
+        Ok(Self {
+            files,
+            prefix: key_prefix(cfg.seed),
+            seed: cfg.seed,
+            ttl,
+            root_token: Mutex::new(None),
+            root_attempt: Mutex::new((None, 0)),
+        })
     }
 
     fn name(who: Who) -> &'static str {
@@ -745,18 +762,29 @@ impl Net {
     }
 
     /// Fetches root's shared token when it is missing or about to expire. A failure (no
-    /// node answers within a few seconds) leaves it missing: each admin client then
-    /// authenticates by itself on its first call.
+    /// node answers within [`ROOT_TOKEN_TIMEOUT`]) leaves it missing: each admin client
+    /// then authenticates by itself when a call needs it.
     async fn refresh_root_token(&self) {
         let Some(secure) = &self.secure else { return };
         let root = secure.options(Who::Root, quick_options());
         if root.token.is_some() {
             return;
         }
-        let Ok(c) = Client::new(self.endpoints(), ClientOptions { credentials: None, ..root }) else { return };
+        let attempt = {
+            let mut last = secure.root_attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.0.is_some_and(|at| at.elapsed() < ROOT_TOKEN_RETRY) {
+                return;
+            }
+            *last = (Some(Instant::now()), last.1 + 1);
+            last.1
+        };
+        let mut endpoints = self.endpoints();
+        let first = attempt % endpoints.len().max(1);
+        endpoints.rotate_left(first);
+        let Ok(c) = Client::new(endpoints, ClientOptions { credentials: None, ..root }) else { return };
         let issued = Instant::now();
         let fetched = tokio::time::timeout(
-            Duration::from_secs(3),
+            ROOT_TOKEN_TIMEOUT,
             c.authenticate(types::auth::ROOT_USER, &secure.password(Who::Root)),
         )
         .await;
