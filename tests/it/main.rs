@@ -18,6 +18,7 @@ mod config;
 mod corrupt;
 mod disk;
 mod etcd;
+mod etcd_watch;
 mod faults;
 mod gossip;
 mod hashicorp;
