@@ -406,3 +406,22 @@ async fn an_etcdctl_watch_survives_a_leader_kill() -> TestResult {
     assert_eq!(lines_end.len(), 36, "{lines_end:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
+async fn an_open_etcd_watch_does_not_hold_up_a_graceful_stop() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(["--shutdown_grace", "60s"]);
+    let mut cluster = Cluster::start(1, &extra).await?;
+    let ep = cluster.nodes[0].grpc_addr.clone();
+    let rev = put_rev(&ep, "s", "1")?;
+    let watch = Watching::start(&ep, &["--rev", &rev.to_string(), "s"])?;
+    watch.until(3).await?;
+    let started = std::time::Instant::now();
+    let node = &mut cluster.nodes[0];
+    assert!(node.stop(), "the node did not stop cleanly; log:\n{}", node.log_tail());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}: the drain waited for the etcd watch stream");
+    eprintln!("stopped with an open etcd watch stream in {took:?}");
+    Ok(())
+}
