@@ -425,3 +425,54 @@ async fn an_open_etcd_watch_does_not_hold_up_a_graceful_stop() -> TestResult {
     eprintln!("stopped with an open etcd watch stream in {took:?}");
     Ok(())
 }
+
+/// What Debian's `python3-etcd3` (0.12, grpcio) does against raftkv, unchanged: put, get,
+/// a transaction, a prefix watch (created, then three events), get_prefix. Leases are left
+/// out: raftkv does not serve etcd's Lease service yet.
+const PYTHON_ETCD3: &str = r#"
+import os, sys, threading
+threading.Timer(30, lambda: (print("timed out", flush=True), os._exit(2))).start()
+import etcd3
+host, port = sys.argv[1].rsplit(":", 1)
+c = etcd3.client(host=host, port=int(port), timeout=10)
+c.put("py/a", "1")
+value, meta = c.get("py/a")
+assert value == b"1" and meta.version == 1, (value, meta.version)
+events, cancel = c.watch_prefix("py/")
+ok, _ = c.transaction(
+    compare=[c.transactions.value("py/a") == "1"],
+    success=[c.transactions.put("py/b", "2")],
+    failure=[c.transactions.put("py/b", "x")],
+)
+assert ok, "the compare holds"
+c.put("py/c", "3")
+c.delete("py/a")
+got = []
+for ev in events:
+    got.append((type(ev).__name__, ev.key.decode(), ev.value.decode()))
+    if len(got) == 3:
+        break
+cancel()
+assert got == [("PutEvent", "py/b", "2"), ("PutEvent", "py/c", "3"), ("DeleteEvent", "py/a", "")], got
+keys = sorted((m.key.decode(), v.decode()) for v, m in c.get_prefix("py/"))
+assert keys == [("py/b", "2"), ("py/c", "3")], keys
+print("ok", flush=True)
+os._exit(0)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
+async fn pythons_etcd3_client_puts_gets_txns_and_watches_against_raftkv() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let follower = &cluster.nodes[(leader + 1) % 3];
+    let python = Path::new("/usr/bin/python3");
+    let probe = Command::new(python).args(["-c", "import etcd3"]).output()?;
+    if !probe.status.success() {
+        return Err("python3-etcd3 is missing: apt-get install python3-etcd3 (.ci/run installs it)".into());
+    }
+    let out = Command::new(python).args(["-c", PYTHON_ETCD3, &follower.grpc_addr]).stdin(Stdio::null()).output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim() == "ok", "python3-etcd3: {stdout}\n{stderr}");
+    Ok(())
+}
