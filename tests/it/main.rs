@@ -19,6 +19,7 @@ mod corrupt;
 mod disk;
 mod etcd;
 mod etcd_maint;
+mod etcd_watch;
 mod faults;
 mod gossip;
 mod hashicorp;

@@ -705,6 +705,7 @@ fn client_routes(
         .add_service(overload.guard(AuthGuard::new(sm, etcd.kv.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.cluster.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.maintenance.into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.watch.into_server())))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -8,6 +8,9 @@
 //!   unless the request is `serializable`). Sorting and the revision filters of Range are
 //!   applied here, as etcd applies them (`range`); transactions are checked and translated
 //!   onto `types::WriteOp::Txn` (`txn`).
+//! - [`EtcdWatch`] (`etcdserverpb.Watch`): the bidirectional watch stream over the node's
+//!   change feed (`fsm`'s history and watchers, as raftkv's native watch); `KV.Compact`
+//!   compacts that history through the log.
 //! - [`EtcdCluster`] (`etcdserverpb.Cluster`): MemberList, from the Raft membership;
 //!   MemberAdd (a voter or a learner), MemberRemove, MemberPromote and MemberUpdate, mapped
 //!   onto `service`'s membership operations (`members`: how an added member's node id and
@@ -35,12 +38,14 @@ mod maintenance;
 mod members;
 mod range;
 mod txn;
+mod watch;
 
 pub use error::EtcdError;
 pub use kv::{EtcdKv, MAX_IGNORE_VALUE_ATTEMPTS};
 pub use maintenance::{ETCD_VERSION, EtcdCluster, EtcdMaintenance};
 pub use range::MAX_RANGE_RESPONSE_BYTES;
 pub use txn::MAX_TXN_OPS;
+pub use watch::{EtcdWatch, PROGRESS_NOTIFY_INTERVAL, WATCH_CATCH_UP_TIMEOUT};
 
 use proto::etcd::etcdserverpb::ResponseHeader;
 use service::NodeContext;
@@ -105,6 +110,8 @@ pub struct EtcdApi {
     pub cluster: EtcdCluster,
     /// `etcdserverpb.Maintenance`.
     pub maintenance: EtcdMaintenance,
+    /// `etcdserverpb.Watch`.
+    pub watch: EtcdWatch,
 }
 
 impl EtcdApi {
@@ -116,6 +123,7 @@ impl EtcdApi {
         Self {
             kv: EtcdKv::new(node.clone()),
             cluster: EtcdCluster::new(node.clone()),
+            watch: EtcdWatch::new(node.clone()),
             maintenance: EtcdMaintenance::new(node),
         }
     }
