@@ -360,7 +360,8 @@ mod tests {
 
     #[test]
     fn a_key_space_smaller_than_the_clients_or_on_gets_is_refused() {
-        let err = keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "3"])).expect_err("should be refused");
+        let err =
+            keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "3"])).expect_err("should be refused");
         assert!(err.to_string().contains("smaller than --clients 4"), "{err}");
         let err = keys_per_client(&args(&["get", "--key-space-size", "8"])).expect_err("should be refused");
         assert!(err.to_string().contains("bench put only"), "{err}");
