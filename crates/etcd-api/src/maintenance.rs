@@ -397,7 +397,7 @@ impl Maintenance for EtcdMaintenance {
 
     /// The Admin service's Backup, as etcd's stream: the same snapshot file, holding every
     /// write committed before the call, in `blob`s with the bytes still to come, then etcd's
-    /// trailer ([`etcd_trailer`]); the first message's header revision is the snapshot's
+    /// trailer (`etcd_trailer`); the first message's header revision is the snapshot's
     /// index.
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let (md, _, _) = request.into_parts();
