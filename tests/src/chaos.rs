@@ -1367,12 +1367,27 @@ async fn finish(net: &mut Net, workload: Workload, mut report: ScheduleReport) -
     report.watch = watch_check::check(&logs, &ops);
     report.violations.extend(report.watch.violations.iter().map(ToString::to_string));
 
+    // Secrets stay out of the logs: the users' passwords, password hashes and the root
+    // token's signature (a log could print that part alone).
+    let secrets: Vec<String> = net.secure.as_ref().map_or_else(Vec::new, |secure| {
+        let mut secrets: Vec<String> = [Who::Root, Who::Session, Who::Watcher].map(|w| secure.password(w)).into();
+        secrets.push("$argon2".into());
+        let root = secure.root_token.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        secrets.extend(root.as_ref().and_then(|(t, _)| t.rsplit('.').next()).map(str::to_string));
+        secrets
+    });
     for node in &mut net.nodes {
         if node.pid().is_some() && !node.stop() {
             report.violations.push(format!("node {} did not stop cleanly; log:\n{}", node.id, node.log_tail()));
         }
         // A node's log spans its restarts (it is appended to).
         let log = node.log();
+        if let Some(n) = secrets.iter().position(|s| log.contains(s.as_str())) {
+            report.violations.push(format!(
+                "node {}'s log holds a secret (number {n} of the scan's list: passwords, hash prefix, root token)",
+                node.id
+            ));
+        }
         report.snapshots_built += log.matches("snapshot built").count();
         report.snapshots_installed += log.matches("snapshot installed").count();
         report.tokens_issued += log.matches("token issued").count();
