@@ -328,7 +328,8 @@ mod tests {
         let at = series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 130_000, 56, (48 << 20) + DISK_GROWTH_SLACK)]);
         assert!(verdict(&at, &nodes, 50.0).exceeded.is_empty(), "{:?}", verdict(&at, &nodes, 50.0).exceeded);
         // Past each: one message per figure.
-        let past = series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 131_000, 57, (48 << 20) + DISK_GROWTH_SLACK + 1)]);
+        let past =
+            series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 131_000, 57, (48 << 20) + DISK_GROWTH_SLACK + 1)]);
         let v = verdict(&past, &nodes, 50.0);
         assert_eq!(v.exceeded.len(), 3, "{:?}", v.exceeded);
         assert!(v.exceeded[0].contains("RSS grew 31.0 %"), "{}", v.exceeded[0]);
