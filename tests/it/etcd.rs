@@ -81,7 +81,7 @@ impl EtcdCluster {
 }
 
 impl Etcd {
-    fn start() -> Result<Self, BoxError> {
+    pub(crate) fn start() -> Result<Self, BoxError> {
         // etcd takes its ports on the command line: two the OS picked, released just before.
         let (client, peer) = two_ports()?;
         Self::member("e0", client, peer, &format!("e0=http://127.0.0.1:{peer}"), "new")

@@ -9,8 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,89 +17,18 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{BoxError, Cluster, FAST_TIMING, TestResult, wait_for};
 
-fn on_path(name: &str) -> Result<PathBuf, BoxError> {
-    std::env::var("PATH")?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file()).ok_or_else(|| {
-        format!("`{name}` is not on PATH: install etcd 3.4 (Debian: apt-get install etcd-server etcd-client)").into()
+use crate::etcd::{Etcd, etcdctl, etcdctl_run, on_path};
+
+/// A one-member etcd that answers (`etcd.rs`'s, waited for).
+async fn started_etcd() -> Result<Etcd, BoxError> {
+    let etcd = Etcd::start()?;
+    let e = etcd.endpoint.clone();
+    wait_for("etcd to answer", Duration::from_secs(30), || {
+        let e = e.clone();
+        async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
     })
-}
-
-/// One etcd member on 127.0.0.1, stopped by PID when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    async fn start() -> Result<Self, BoxError> {
-        let dir = tempfile::tempdir()?;
-        let (client, peer) = {
-            let a = TcpListener::bind("127.0.0.1:0")?;
-            let b = TcpListener::bind("127.0.0.1:0")?;
-            (a.local_addr()?.port(), b.local_addr()?.port())
-        };
-        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let child = Command::new(on_path("etcd")?)
-            .args(["--name", "e0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-cluster")
-            .arg(format!("e0=http://127.0.0.1:{peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let etcd = Self { child, endpoint: format!("127.0.0.1:{client}"), _dir: dir };
-        let e = etcd.endpoint.clone();
-        wait_for("etcd to answer", Duration::from_secs(30), || {
-            let e = e.clone();
-            async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
-        })
-        .await?;
-        Ok(etcd)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one `etcdctl` run answered.
-#[derive(Debug)]
-struct Ctl {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn etcdctl_run(endpoints: &str, args: &[&str]) -> Result<Ctl, BoxError> {
-    let out = Command::new(on_path("etcdctl")?)
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoints)
-        .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    Ok(Ctl { ok: out.status.success(), stdout: String::from_utf8(out.stdout)?, stderr: String::from_utf8(out.stderr)? })
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String, BoxError> {
-    let out = etcdctl_run(endpoints, args)?;
-    if !out.ok {
-        return Err(format!("etcdctl {args:?} against {endpoints}: {}", out.stderr).into());
-    }
-    Ok(out.stdout)
+    .await?;
+    Ok(etcd)
 }
 
 /// The header revision of `etcdctl put KEY VALUE -w json`.
@@ -236,7 +164,7 @@ fn json_events(lines: &[String]) -> Result<Vec<Value>, BoxError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
 async fn etcdctl_watch_and_compact_match_etcd() -> TestResult {
-    let etcd = Etcd::start().await?;
+    let etcd = started_etcd().await?;
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     // Through a follower: the watch is served from its own history, writes are forwarded.
@@ -309,7 +237,7 @@ async fn etcdctl_watch_and_compact_match_etcd() -> TestResult {
     let (o, t) = (from(&ours, at[0])?, from(&theirs, at[1])?);
     assert_eq!(o.until(5 * 3).await?, t.until(5 * 3).await?, "watch from the compaction point");
     let refused = |endpoint: &str, args: &[&str]| -> Result<String, BoxError> {
-        let out = etcdctl_run(endpoint, args)?;
+        let out = etcdctl_run(endpoint, args, "")?;
         assert!(!out.ok, "etcdctl {args:?} should fail: {out:?}");
         Ok(out.stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string())
     };
