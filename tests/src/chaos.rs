@@ -1837,13 +1837,19 @@ fn progress_of(s: &proto::admin::v1::StatusResponse) -> String {
     format!("{} {} {} {} {members:?}", s.node_id, s.term, s.last_log_index, s.membership_index)
 }
 
-async fn wait_settled(net: &Net) -> Result<(), BoxError> {
+/// A client per node, each to that node only, as root in a secure schedule.
+async fn root_clients(net: &Net) -> Result<Vec<Client>, BoxError> {
     net.refresh_root_token().await;
     let clients = net
         .nodes
         .iter()
         .map(|node| Client::new([node.grpc_addr.clone()], net.options(Who::Root, crate::test_options())))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(clients)
+}
+
+async fn wait_settled(net: &Net) -> Result<(), BoxError> {
+    let clients = root_clients(net).await?;
     crate::wait_clients_settled(&clients, Duration::from_secs(60)).await
 }
 
@@ -1903,12 +1909,7 @@ async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
     let prefix = keys.first().map(|k| k.trim_end_matches(|c: char| c != '-').to_string()).unwrap_or_default();
     let mut last = String::new();
     let agreed = AtomicU64::new(0);
-    net.refresh_root_token().await;
-    let clients = net
-        .nodes
-        .iter()
-        .map(|node| Client::new([node.grpc_addr.clone()], net.options(Who::Root, crate::test_options())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients = root_clients(net).await?;
     let result = wait_for("every replica to hold the same data", Duration::from_secs(30), || async {
         let mut scans = Vec::new();
         let mut applied = Vec::new();
