@@ -4,7 +4,13 @@
 //!   20, each its own test so a failure names its seed: 3 nodes, 20 s of traffic, 8 client
 //!   sessions and 4 watchers, 7 overlapping faults planned. About 35 s each on 2 cores.
 //!   Every third seed runs with `SNAPSHOT_OFTEN` (`ChaosConfig::tier`), so lagging
-//!   followers install snapshots under the faults and their watchers see it.
+//!   followers install snapshots under the faults and their watchers see it. Every third
+//!   seed from 1 (7 of the 20) runs secure (`ChaosConfig::secure`): TLS on both ports,
+//!   client certificates required, authentication on with 5 s tokens; the sessions are a
+//!   user held to the schedule's key prefix, the watchers a read-only user, the admin
+//!   faults and final reads root. `quick_tier_runs_a_third_with_tls_and_auth` prints how
+//!   many and fails below a third; each secure schedule proves first that it is secured,
+//!   and that its clients' tokens expired and were renewed during it.
 //! - **Long tier**: `chaos_long`, ignored by default, run by `cargo xtask chaos --schedules N
 //!   [--seed S] [--secs T] [--clock]` (release build). Schedules alternate 3 and 5 nodes;
 //!   `--clock` mixes in the clock faults (libfaketime). `cargo xtask chaos --wan-secs 300`
@@ -25,8 +31,15 @@ async fn quick(seed: u64) -> TestResult {
     eprintln!("{report}");
     assert!(report.faults.len() >= 5, "seed {seed}: only {} faults injected", report.faults.len());
     assert!(report.passed(), "seed {seed} failed:\n{report}");
+    assert_eq!(report.secure, cfg.secure);
+    if cfg.secure {
+        assert!(report.tokens_expired > 0, "seed {seed}: no token expired during the schedule:\n{report}");
+    }
     Ok(())
 }
+
+/// The quick tier's seeds.
+const QUICK_SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
 
 macro_rules! quick_tier {
     ($($name:ident = $seed:expr),* $(,)?) => {
@@ -66,7 +79,7 @@ quick_tier!(
 #[test]
 fn quick_tier_plans_every_fault_kind() {
     let mut seen = std::collections::BTreeSet::new();
-    for seed in 1..=20 {
+    for seed in QUICK_SEEDS {
         let c = ChaosConfig::quick(seed);
         seen.extend(tests::chaos::Plan::draw(seed, c.duration, c.faults).faults.iter().map(|f| f.kind));
     }
@@ -74,14 +87,25 @@ fn quick_tier_plans_every_fault_kind() {
     assert!(missing.is_empty(), "never planned: {missing:?}");
 }
 
+/// The quick tier's summary of security: how many of its schedules run with TLS and
+/// authentication (each of those checks that it really is secured); at least a third must.
+#[test]
+fn quick_tier_runs_a_third_with_tls_and_auth() {
+    let secure: Vec<u64> = QUICK_SEEDS.filter(|s| ChaosConfig::tier(*s).secure).collect();
+    let total = QUICK_SEEDS.count();
+    eprintln!("quick tier: {total} schedules, {} with TLS+auth (seeds {secure:?})", secure.len());
+    assert!(secure.len() * 3 >= total, "only {} of {total} quick schedules run with TLS+auth", secure.len());
+}
+
 /// The sessions reach the nodes through proxy links that reset and stall mid-request (with
 /// leader isolation and kills): every check passes, and writes whose answer was lost are
-/// settled by their request ids.
+/// settled by their request ids. With TLS and authentication: the links forward the TLS
+/// bytes, and the nodes' certificates name the links' address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_link_faults() -> TestResult {
     let mut kinds = FaultKind::CLIENT.to_vec();
     kinds.extend([FaultKind::IsolateLeader, FaultKind::KillLeader]);
-    let cfg = ChaosConfig { client_links: true, kinds, faults: 8, ..ChaosConfig::quick(41) };
+    let cfg = ChaosConfig { client_links: true, kinds, faults: 8, secure: true, ..ChaosConfig::quick(41) };
     let report = run_schedule(&cfg).await?;
     eprintln!("{report}");
     for kind in FaultKind::CLIENT {
@@ -113,6 +137,7 @@ async fn chaos_long() -> TestResult {
     let (mut ops, mut faults, mut failed) = (0, 0, Vec::new());
     let (mut events, mut resumed, mut compacted, mut abandons) = (0, 0, 0, 0);
     let (mut built, mut installed) = (0, 0);
+    let (mut secure, mut issued, mut expired) = (0, 0, 0);
     let mut kinds = std::collections::BTreeMap::new();
     for seed in first..first + count {
         let mut cfg = ChaosConfig::tier(seed);
@@ -143,6 +168,11 @@ async fn chaos_long() -> TestResult {
         abandons += report.watch.abandons;
         built += report.snapshots_built;
         installed += report.snapshots_installed;
+        if report.secure {
+            secure += 1;
+            issued += report.tokens_issued;
+            expired += report.tokens_expired;
+        }
         for k in &report.kinds {
             *kinds.entry(format!("{k:?}")).or_insert(0) += 1;
         }
@@ -151,7 +181,7 @@ async fn chaos_long() -> TestResult {
         }
     }
     eprintln!(
-        "chaos summary: {count} schedules (seeds {first}..{}), {ops} operations checked, {faults} faults injected, {} failed {failed:?}, {:.0}s",
+        "chaos summary: {count} schedules (seeds {first}..{}), {secure} with TLS+auth, {ops} operations checked, {faults} faults injected, {} failed {failed:?}, {:.0}s",
         first + count - 1,
         failed.len(),
         started.elapsed().as_secs_f64()
@@ -160,6 +190,7 @@ async fn chaos_long() -> TestResult {
         "watchers: {events} events checked, {resumed} resumed streams, {compacted} compacted restarts, {abandons} abandons"
     );
     eprintln!("snapshots: {built} built, {installed} installed on lagging nodes");
+    eprintln!("auth: {issued} tokens issued, {expired} calls refused with an expired token (clients re-authenticated)");
     eprintln!("faults by kind: {kinds:?}");
     assert!(
         failed.is_empty(),

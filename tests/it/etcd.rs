@@ -23,32 +23,78 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{BoxError, Cluster, FAST_TIMING, TestResult, raftkvctl, wait_for};
 
-fn on_path(name: &str) -> Result<PathBuf, BoxError> {
+pub(crate) fn on_path(name: &str) -> Result<PathBuf, BoxError> {
     std::env::var("PATH")?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file()).ok_or_else(|| {
         format!("`{name}` is not on PATH: install etcd 3.4 (Debian: apt-get install etcd-server etcd-client)").into()
     })
 }
 
 /// One etcd member on 127.0.0.1, stopped by PID when dropped.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
     _dir: tempfile::TempDir,
 }
 
+/// Two ports the OS picked, released just before etcd takes them.
+pub(crate) fn two_ports() -> Result<(u16, u16), BoxError> {
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+/// A cluster of etcd members on 127.0.0.1, on ports the OS picked, each stopped by PID when
+/// dropped.
+pub(crate) struct EtcdCluster {
+    pub(crate) members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// `n` members `e0`..: a new cluster. Wait with [`EtcdCluster::wait_ready`].
+    pub(crate) fn start(n: usize) -> Result<Self, BoxError> {
+        let ports = (0..n).map(|_| two_ports()).collect::<Result<Vec<_>, _>>()?;
+        let initial =
+            ports.iter().enumerate().map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}")).collect::<Vec<_>>();
+        let initial = initial.join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| Etcd::member(&format!("e{i}"), *c, *p, &initial, "new"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { members })
+    }
+
+    /// Every member's client endpoint, comma-separated (`--endpoints`).
+    pub(crate) fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.endpoint.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until the cluster takes a put.
+    pub(crate) async fn wait_ready(&self) -> TestResult {
+        let e = self.endpoints();
+        wait_for("etcd to take a put", Duration::from_secs(30), || {
+            let e = e.clone();
+            async move { etcdctl(&e, &["put", "ready", "1"]).is_ok() }
+        })
+        .await
+    }
+}
+
 impl Etcd {
-    fn start() -> Result<Self, BoxError> {
+    pub(crate) fn start() -> Result<Self, BoxError> {
+        // etcd takes its ports on the command line: two the OS picked, released just before.
+        let (client, peer) = two_ports()?;
+        Self::member("e0", client, peer, &format!("e0=http://127.0.0.1:{peer}"), "new")
+    }
+
+    /// Member `name` on `client` and `peer`, with etcd's `--initial-cluster` and
+    /// `--initial-cluster-state` (`new`, or `existing` for a member added with `member add`).
+    pub(crate) fn member(name: &str, client: u16, peer: u16, initial: &str, state: &str) -> Result<Self, BoxError> {
         let etcd = on_path("etcd")?;
         let dir = tempfile::tempdir()?;
-        // etcd takes its ports on the command line: two the OS picked, released just before.
-        let (client, peer) = {
-            let a = TcpListener::bind("127.0.0.1:0")?;
-            let b = TcpListener::bind("127.0.0.1:0")?;
-            (a.local_addr()?.port(), b.local_addr()?.port())
-        };
         let log = std::fs::File::create(dir.path().join("etcd.log"))?;
         let child = Command::new(etcd)
-            .args(["--name", "e0", "--data-dir"])
+            .args(["--name", name, "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")
             .arg(format!("http://127.0.0.1:{client}"))
@@ -59,7 +105,9 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(format!("http://127.0.0.1:{peer}"))
             .arg("--initial-cluster")
-            .arg(format!("e0=http://127.0.0.1:{peer}"))
+            .arg(initial)
+            .arg("--initial-cluster-state")
+            .arg(state)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -74,14 +122,14 @@ impl Etcd {
 
 /// What one `etcdctl` run answered.
 #[derive(Debug)]
-struct Ctl {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ctl {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `ETCDCTL_API=3 etcdctl --endpoints ENDPOINTS ARGS`, with `stdin` as its input.
-fn etcdctl_run(endpoints: &str, args: &[&str], stdin: &str) -> Result<Ctl, BoxError> {
+pub(crate) fn etcdctl_run(endpoints: &str, args: &[&str], stdin: &str) -> Result<Ctl, BoxError> {
     let mut child = Command::new(on_path("etcdctl")?)
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
@@ -98,7 +146,7 @@ fn etcdctl_run(endpoints: &str, args: &[&str], stdin: &str) -> Result<Ctl, BoxEr
 }
 
 /// `etcdctl ARGS`' output; an error with its stderr when it fails.
-fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String, BoxError> {
+pub(crate) fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String, BoxError> {
     let out = etcdctl_run(endpoints, args, "")?;
     if !out.ok {
         return Err(format!("etcdctl {args:?} against {endpoints}: {}", out.stderr).into());
@@ -108,7 +156,7 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String, BoxError> {
 
 /// The `Error: ...` line etcdctl prints for a failed command (its retry warnings are JSON
 /// log lines before it).
-fn error_line(out: &Ctl) -> String {
+pub(crate) fn error_line(out: &Ctl) -> String {
     out.stderr.lines().find(|l| l.starts_with("Error:")).unwrap_or_default().to_string()
 }
 

@@ -18,6 +18,8 @@ mod config;
 mod corrupt;
 mod disk;
 mod etcd;
+mod etcd_maint;
+mod etcd_watch;
 mod faults;
 mod gossip;
 mod hashicorp;

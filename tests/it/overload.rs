@@ -3,7 +3,8 @@
 //! `--max-in-flight-request-bytes`) are set low enough to reach. Calls past a limit are shed
 //! with `RESOURCE_EXHAUSTED` (retryable) at once, the node's memory stays under a bound,
 //! Raft is not starved (same leader, same term), every acknowledged write reads back, and the
-//! node serves normally afterwards.
+//! node serves normally afterwards. Connections past `--max-client-connections` are refused
+//! at accept with an HTTP/2 GOAWAY, and served again once one closes.
 
 #![allow(clippy::print_stderr)]
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientOptions};
+use client::{Client, ClientError, ClientOptions};
 use tests::{Cluster, NodeClient, TestResult, test_options};
 
 /// One overload run: the node's limits, the writers, and the memory bound.
@@ -34,8 +35,13 @@ struct Figure {
 const CI: Figure =
     Figure { limits: Some((32, 8 << 20)), small_writers: 300, small_puts: 3, big_writers: 64, rss_bound: 512 << 20 };
 
-/// The issue's figure, run by hand (`--run-ignored only`): 5,000 writers of 64 KiB values,
-/// then 500 of 1 MiB, at the default limits (1,024 calls, 64 MiB).
+/// The issue's figure, run by hand: 5,000 writers of 64 KiB values, then 500 of 1 MiB, at
+/// the default limits (1,024 connections, 1,024 calls, 64 MiB):
+/// `cargo build --bins && RAFTKV_BIN_DIR=$PWD/target/debug cargo nextest run -p tests
+/// --run-ignored only --no-capture -E 'test(=overload::the_issue_figure_5000_clients)'`.
+/// On the shared 2-core machine (load average 15 to 19) it does not pass: about 8,000
+/// connections are refused at once and peak RSS is 412 to 462 MiB, but the leader changes
+/// (docs/reference.md, Overload, has the figures and what bounds them).
 const ISSUE: Figure = Figure { limits: None, small_writers: 5000, small_puts: 2, big_writers: 500, rss_bound: 1 << 30 };
 
 /// The client's deadline per call; shed answers must come far sooner.
@@ -46,6 +52,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 struct Seen {
     acked: Vec<(String, usize)>,
     shed: Vec<Duration>,
+    /// Calls whose connection the node refused (past `--max-client-connections`): the client
+    /// reports them unreachable, never sent.
+    refused: Vec<Duration>,
     other: Vec<String>,
 }
 
@@ -70,6 +79,8 @@ async fn writers(endpoint: &str, prefix: &str, n: usize, puts: usize, size: usiz
                         assert!(text.contains("--max-in-flight-request") && text.contains("retry"), "{text}");
                         seen.shed.push(started.elapsed());
                     }
+                    // Refused at accept (--max-client-connections): never sent.
+                    Err(ClientError::Unreachable { .. }) => seen.refused.push(started.elapsed()),
                     Err(e) => seen.other.push(e.to_string()),
                 }
             }
@@ -81,6 +92,7 @@ async fn writers(endpoint: &str, prefix: &str, n: usize, puts: usize, size: usiz
         let s = t.await?;
         all.acked.extend(s.acked);
         all.shed.extend(s.shed);
+        all.refused.extend(s.refused);
         all.other.extend(s.other);
     }
     Ok(all)
@@ -155,14 +167,18 @@ async fn run(f: &Figure) -> TestResult {
     sampler.await?;
     let peak = peak.load(Ordering::Relaxed);
     eprintln!(
-        "term {}: 64 KiB: {} acked, {} shed (median {:?}); 1 MiB: {} acked, {} shed (median {:?}); other errors {}; peak RSS {} MiB",
+        "term {}: 64 KiB: {} acked, {} shed (median {:?}), {} refused connections (median {:?}); 1 MiB: {} acked, {} shed (median {:?}), {} refused (median {:?}); other errors {}; peak RSS {} MiB",
         before.term,
         small.acked.len(),
         small.shed.len(),
         median(small.shed.clone()),
+        small.refused.len(),
+        median(small.refused.clone()),
         big.acked.len(),
         big.shed.len(),
         median(big.shed.clone()),
+        big.refused.len(),
+        median(big.refused.clone()),
         small.other.len() + big.other.len(),
         peak >> 20
     );
@@ -172,7 +188,7 @@ async fn run(f: &Figure) -> TestResult {
     assert!(!big.shed.is_empty(), "{} 1 MiB writers never passed the byte budget", f.big_writers);
     assert!(!small.acked.is_empty() && !big.acked.is_empty(), "nothing was accepted");
     // Shed answers come at once: far sooner than the deadline a queued call would wait for.
-    for shed in [&small.shed, &big.shed] {
+    for shed in [&small.shed, &big.shed, &small.refused, &big.refused] {
         let m = median(shed.clone());
         assert!(m < CLIENT_TIMEOUT / 4, "the median shed answer took {m:?}, a quarter of the deadline or more");
     }
@@ -192,5 +208,71 @@ async fn run(f: &Figure) -> TestResult {
     reader.put("after", "normal").await?;
     let got = reader.get("after").await?;
     assert_eq!(got.kv.map(|kv| kv.value.to_vec()), Some(b"normal".to_vec()));
+    Ok(())
+}
+
+/// The connection limit end to end: with `--max-client-connections 3` and three clients
+/// holding their connections, a fourth connection is answered at once with the HTTP/2
+/// server preface and a GOAWAY (last stream 0, `REFUSED_STREAM`) naming the flag, a client
+/// call on it fails as never sent, and once a holder goes away a new client is served.
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_at_accept_and_served_again_once_one_closes() -> TestResult {
+    const LIMIT: usize = 3;
+    let cluster = Cluster::start(1, &["--max-client-connections", &LIMIT.to_string()]).await?;
+    let addr = cluster.nodes[0].grpc_addr.clone();
+    // Each holder keeps its connection (a client's channel is pooled); the harness's own
+    // connections may still count for a moment, so each retries until it is in.
+    let mut holders = Vec::new();
+    for _ in 0..LIMIT {
+        let c = Client::new([addr.clone()], test_options())?;
+        c.status().await?;
+        holders.push(c);
+    }
+
+    // A raw connection past the limit: the preface (an empty SETTINGS frame), then a GOAWAY
+    // naming the limit, then the end of the stream, without a byte sent by us.
+    let raw_addr = addr.clone();
+    let started = Instant::now();
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut tcp = std::net::TcpStream::connect(&raw_addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut bytes = Vec::new();
+        tcp.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    })
+    .await??;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the refusal took {took:?}");
+    assert_eq!(bytes.get(..9), Some(&[0u8, 0, 0, 4, 0, 0, 0, 0, 0][..]), "an empty SETTINGS frame first: {bytes:?}");
+    let goaway = bytes.get(9..).unwrap_or_default();
+    assert_eq!(goaway.get(3), Some(&7u8), "then a GOAWAY frame: {bytes:?}");
+    assert_eq!(goaway.get(9..13), Some(&[0u8, 0, 0, 0][..]), "last stream id 0: nothing was processed");
+    assert_eq!(goaway.get(13..17), Some(&[0u8, 0, 0, 7][..]), "REFUSED_STREAM");
+    let debug = String::from_utf8_lossy(goaway.get(17..).unwrap_or_default()).to_string();
+    assert!(debug.contains("--max-client-connections") && debug.contains("retry"), "{debug}");
+
+    // A client call past the limit fails at once, as never sent (so safe to retry).
+    let options = ClientOptions { max_retries: 0, request_timeout: CLIENT_TIMEOUT, ..ClientOptions::default() };
+    let refused = Client::new([addr.clone()], options)?;
+    let started = Instant::now();
+    match refused.put("refused", "x").await {
+        // hyper dropped the request before sending it ("operation was canceled"), or sent
+        // it and got the GOAWAY back, whose reason the client reports.
+        Err(ClientError::Unreachable { last, .. }) => {
+            assert!(last.contains("--max-client-connections") || last.contains("operation was canceled"), "{last}");
+        }
+        other => panic!("expected the connection to be refused, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "the refusal took {:?}", started.elapsed());
+
+    // The holders are still served; once one goes, a new client gets in.
+    holders[0].put("held", "yes").await?;
+    drop(holders.pop());
+    let newcomer = Client::new([addr], test_options())?;
+    newcomer.put("after", "in").await?;
+    let got = newcomer.get("after").await?;
+    assert_eq!(got.kv.map(|kv| kv.value.to_vec()), Some(b"in".to_vec()));
+    assert!(newcomer.get("refused").await?.kv.is_none(), "the refused put was never done");
     Ok(())
 }

@@ -44,19 +44,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use client::auth::{Access, Permission};
 use client::kv::{
     Compare, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
     request_op,
 };
-use client::{Client, ClientError, ClientOptions, RaftState, Suffrage};
+use client::{Client, ClientError, ClientOptions, Credentials, RaftState, Suffrage};
+use proc_harness::certs::CertFiles;
+use rpc::tls::ClientTlsFiles;
 
 use crate::checker::{self, History, Input, Operation, Outcome, Output, ValueId, Violation};
 use crate::proxy::{Link, Mode};
 use crate::record::{self, Journal};
 use crate::watch_check::{self, Change, WatchLog, WatchRecord};
-use crate::{BoxError, NodeClient, NodeProc, wait_for};
+use crate::{BoxError, NodeProc, wait_for};
 
 pub mod lease;
 
@@ -253,6 +256,11 @@ pub struct ChaosConfig {
     /// The recording sessions reach each node through a proxy link of the harness, and,
     /// when `kinds` is empty, the client-link faults ([`FaultKind::CLIENT`]) are drawn too.
     pub client_links: bool,
+    /// TLS on both ports (mutual TLS on the Raft port, `--client-cert-auth` on the client
+    /// port) and authentication on, with tokens lasting [`SECURE_TOKEN_TTL`]: the sessions
+    /// are [`SESSION_USER`] (readwrite on the schedule's key prefix only), the watchers
+    /// [`WATCH_USER`] (read on it), everything else `root`.
+    pub secure: bool,
 }
 
 impl ChaosConfig {
@@ -275,19 +283,22 @@ impl ChaosConfig {
             bin_dir: None,
             clock: false,
             client_links: false,
+            secure: false,
         }
     }
 
-    /// The tiers' schedule for `seed`: [`ChaosConfig::quick`], and every third seed with
+    /// The tiers' schedule for `seed`: [`ChaosConfig::quick`], every third seed with
     /// [`SNAPSHOT_OFTEN`], so that lagging followers install snapshots (and their watchers
-    /// see them) under the faults. The quick tier and the long tier both draw from it, so a
-    /// seed replays the same way in either.
+    /// see them) under the faults, and every third seed from 1 (1, 4, 7, ...)
+    /// [`secure`](ChaosConfig::secure): TLS and authentication. The quick tier and the long
+    /// tier both draw from it, so a seed replays the same way in either.
     #[must_use]
     pub fn tier(seed: u64) -> Self {
         let mut cfg = Self::quick(seed);
         if seed.is_multiple_of(3) {
             cfg.node_args = SNAPSHOT_OFTEN.iter().map(|s| (*s).to_string()).collect();
         }
+        cfg.secure = seed % 3 == 1;
         cfg
     }
 }
@@ -304,6 +315,13 @@ pub struct ScheduleReport {
     pub seed: u64,
     /// Nodes.
     pub nodes: usize,
+    /// Whether it ran with TLS and authentication ([`ChaosConfig::secure`]).
+    pub secure: bool,
+    /// Tokens the nodes issued (a secure schedule; from the nodes' logs).
+    pub tokens_issued: usize,
+    /// Calls refused because their token had expired, after which the client
+    /// authenticated again (a secure schedule; from the nodes' logs).
+    pub tokens_expired: usize,
     /// Faults injected, in order, as `t+SECONDS kind target`.
     pub faults: Vec<String>,
     /// Fault kinds injected (planned faults that found no target are not counted).
@@ -342,9 +360,10 @@ impl fmt::Display for ScheduleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "schedule seed={} nodes={}: {} operations ({} ok, {} unknown, {} resolved by resending), {} faults, {}",
+            "schedule seed={} nodes={}{}: {} operations ({} ok, {} unknown, {} resolved by resending), {} faults, {}",
             self.seed,
             self.nodes,
+            if self.secure { " tls+auth" } else { "" },
             self.operations,
             self.ok,
             self.unknown,
@@ -358,6 +377,13 @@ impl fmt::Display for ScheduleReport {
             self.watch.events, self.watch.reconnects, self.watch.compactions, self.watch.abandons
         )?;
         writeln!(f, "    snapshots: {} built, {} installed", self.snapshots_built, self.snapshots_installed)?;
+        if self.secure {
+            writeln!(
+                f,
+                "    auth: {} tokens issued, {} calls refused with an expired token",
+                self.tokens_issued, self.tokens_expired
+            )?;
+        }
         if let Some(after) = self.promoted_after {
             writeln!(f, "    healed: every node a voter {:.1}s after the faults ended", after.as_secs_f64())?;
         }
@@ -375,6 +401,135 @@ impl fmt::Display for ScheduleReport {
         }
         Ok(())
     }
+}
+
+/// The user of the recording sessions in a secure schedule: role [`SESSION_USER`],
+/// readwrite on the schedule's key prefix (`chaos-SEED-`) and nothing else.
+pub const SESSION_USER: &str = "chaos-rw";
+/// The user of the watchers in a secure schedule: role [`WATCH_USER`], read on the
+/// schedule's key prefix.
+pub const WATCH_USER: &str = "chaos-ro";
+/// How long a token lasts in a secure schedule (`--auth-token-ttl`): a fraction of the
+/// traffic phase, so every session's and watcher's token expires during the schedule and
+/// the client authenticates again by itself.
+pub const SECURE_TOKEN_TTL: Duration = Duration::from_secs(5);
+/// The token lifetime of a secure schedule with clock faults: longer than a
+/// [`FaultKind::ClockJump`], since a node compares a token's expiry with its own clock, and
+/// a token issued by another node looks expired to a node a minute ahead, however often the
+/// client authenticates again.
+pub const SECURE_TOKEN_TTL_CLOCK: Duration = Duration::from_secs(90);
+
+/// Who a harness client is, in a secure schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// `root`: setup, status, admin faults, healing, final reads and the replicas' scans.
+    Root,
+    /// [`SESSION_USER`]: the recording sessions and the resending of unknown writes.
+    Session,
+    /// [`WATCH_USER`]: the watchers.
+    Watcher,
+}
+
+/// The TLS files and users of a secure schedule ([`ChaosConfig::secure`]).
+struct Secure {
+    /// A throwaway CA, a certificate per node and the harness's client certificate.
+    files: CertFiles,
+    /// The schedule's key prefix: the only keys its users may touch.
+    prefix: String,
+    seed: u64,
+    /// `--auth-token-ttl`.
+    ttl: Duration,
+    /// root's token and when it was issued, shared by the harness's admin clients so that
+    /// each does not authenticate (an Argon2 hash on a node) on its first call.
+    root_token: Mutex<Option<(String, Instant)>>,
+    /// The last attempt to fetch root's token and how many there were: a failed attempt
+    /// (no quorum, a paused node) is not repeated for [`ROOT_TOKEN_RETRY`], and each
+    /// attempt starts at another node.
+    root_attempt: Mutex<(Option<Instant>, usize)>,
+}
+
+/// How long after a failed attempt to fetch root's shared token the harness tries again
+/// (meanwhile each admin client authenticates by itself when it needs to).
+const ROOT_TOKEN_RETRY: Duration = Duration::from_secs(1);
+/// How long one attempt to fetch root's shared token may take.
+const ROOT_TOKEN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+impl Secure {
+    /// Certificates in `dir`: node `i`'s names its node id (the Raft port's node-id rule),
+    /// `localhost`, `127.0.0.1` (the proxy links' address: clients reaching a node through a
+    /// link verify it for that address) and its own address, `127.0.0.(11 + i)`.
+    fn new(dir: &std::path::Path, cfg: &ChaosConfig) -> Result<Self, BoxError> {
+        let certs = dir.join("certs");
+        let (ca, mut files) = proc_harness::certs::generate(&certs, &[], "chaos-client")?;
+        for i in 0..cfg.nodes {
+            let (id, ip) = (node_id(i), node_ip(i));
+            let (cert, key) = (certs.join(format!("{id}.crt")), certs.join(format!("{id}.key")));
+            ca.issue(&id, &[&id, "localhost", "127.0.0.1", &ip], true)?.write(&cert, &key)?;
+            files.nodes.insert(id, (cert, key));
+        }
+        let ttl = if cfg.clock { SECURE_TOKEN_TTL_CLOCK } else { SECURE_TOKEN_TTL };
+        Ok(Self {
+            files,
+            prefix: key_prefix(cfg.seed),
+            seed: cfg.seed,
+            ttl,
+            root_token: Mutex::new(None),
+            root_attempt: Mutex::new((None, 0)),
+        })
+    }
+
+    fn name(who: Who) -> &'static str {
+        match who {
+            Who::Root => types::auth::ROOT_USER,
+            Who::Session => SESSION_USER,
+            Who::Watcher => WATCH_USER,
+        }
+    }
+
+    fn password(&self, who: Who) -> String {
+        format!("{}-pw-{:x}", Self::name(who), self.seed.wrapping_mul(0x9e37_79b9))
+    }
+
+    /// Node `id`'s flags: TLS on both ports with its certificate, client certificates
+    /// required on the client port too, and the schedule's token lifetime.
+    fn node_args(&self, id: &str) -> Vec<String> {
+        let mut args = self.files.node_args(id);
+        args.extend(["--client-cert-auth".into(), "--auth-token-ttl".into(), format!("{}s", self.ttl.as_secs())]);
+        args
+    }
+
+    /// The harness's TLS files: the CA and its client certificate.
+    fn tls(&self) -> ClientTlsFiles {
+        ClientTlsFiles { ca: self.files.ca.clone(), identity: Some(self.files.client.clone()) }
+    }
+
+    /// `base` with TLS and `who`'s credentials (the client authenticates on its first call
+    /// and again whenever its token expired), and root's shared token while it is fresh.
+    fn options(&self, who: Who, base: ClientOptions) -> ClientOptions {
+        let fresh =
+            |(token, at): &(String, Instant)| (at.elapsed() + Duration::from_secs(1) < self.ttl).then(|| token.clone());
+        let token = if who == Who::Root {
+            self.root_token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(fresh)
+        } else {
+            None
+        };
+        ClientOptions {
+            tls: Some(self.tls()),
+            token,
+            credentials: Some(Credentials { name: Self::name(who).into(), password: self.password(who) }),
+            ..base
+        }
+    }
+}
+
+/// The address node `i` binds.
+fn node_ip(i: usize) -> String {
+    format!("127.0.0.{}", 11 + i)
+}
+
+/// The prefix of every key of the schedule of `seed`.
+fn key_prefix(seed: u64) -> String {
+    format!("chaos-{seed}-")
 }
 
 /// The nodes and the links between them.
@@ -395,6 +550,8 @@ struct Net {
     clocks: Vec<crate::clock::FakeClock>,
     /// What the harness did, kept with the nodes' logs when the schedule fails.
     journal: Journal,
+    /// TLS and authentication, in a secure schedule.
+    secure: Option<Secure>,
     _dir: tempfile::TempDir,
 }
 
@@ -434,7 +591,8 @@ impl Net {
             grpc.push(g);
         }
         let journal = Journal::new();
-        journal.note(format_args!("seed {} nodes {} args {:?}", cfg.seed, n, cfg.node_args));
+        journal.note(format_args!("seed {} nodes {} args {:?} secure {}", cfg.seed, n, cfg.node_args, cfg.secure));
+        let secure = if cfg.secure { Some(Secure::new(dir.path(), cfg)?) } else { None };
         let clocks = if cfg.clock {
             (0..n)
                 .map(|i| {
@@ -460,6 +618,7 @@ impl Net {
             demoted: Vec::new(),
             clocks,
             journal,
+            secure,
             _dir: dir,
         };
         for i in 0..n {
@@ -475,10 +634,16 @@ impl Net {
                 .chain(["--peers".into(), peers.join(",")])
                 .collect();
             args.extend(cfg.node_args.iter().cloned());
-            let host = format!("127.0.0.{}:0", 11 + i);
+            let mut log_filter = crate::log_filter();
+            if let Some(secure) = &net.secure {
+                args.extend(secure.node_args(&node_id(i)));
+                // Tokens issued and calls refused with an expired token, for the report.
+                log_filter.push_str(",service::auth=debug,service::auth_service=debug");
+            }
+            let host = format!("{}:0", node_ip(i));
             let program = cfg.bin_dir.as_ref().map_or_else(|| crate::binary("raftkv"), |dir| dir.join("raftkv"));
             let node = NodeProc::builder(program, node_id(i), net._dir.path())
-                .rust_log(crate::log_filter())
+                .rust_log(log_filter)
                 .addrs(&host, &host)
                 .bootstrap(i == 0)
                 .args(&args)
@@ -496,7 +661,7 @@ impl Net {
             }
             net.nodes.push(node);
         }
-        let first = net.nodes[0].client()?;
+        let first = Client::new([net.nodes[0].grpc_addr.clone()], net.options(Who::Root, crate::test_options()))?;
         wait_for("n1 to lead", Duration::from_secs(30), || async {
             first.status().await.is_ok_and(|s| s.state == RaftState::Leader as i32)
         })
@@ -505,7 +670,127 @@ impl Net {
             first.add_voter(&node.id, &node.raft_addr, &node.grpc_addr, Duration::from_secs(60)).await?;
             net.journal.note(format_args!("add_voter {}: ok", node.id));
         }
+        if net.secure.is_some() {
+            net.enable_auth(&first).await?;
+            net.check_secured().await?;
+        }
         Ok(net)
+    }
+
+    /// Adds root, [`SESSION_USER`] and [`WATCH_USER`] with their roles, then turns
+    /// authentication on (through `first`, before it is on).
+    async fn enable_auth(&self, first: &Client) -> Result<(), BoxError> {
+        let Some(secure) = &self.secure else { return Ok(()) };
+        let prefix = secure.prefix.as_bytes().to_vec();
+        for (who, access) in [(Who::Session, Access::Readwrite), (Who::Watcher, Access::Read)] {
+            let name = Secure::name(who);
+            first.user_add(name, &secure.password(who)).await?;
+            first.role_add(name).await?;
+            let permission = Permission {
+                access: access as i32,
+                key: prefix.clone().into(),
+                range_end: Vec::new().into(),
+                prefix: true,
+            };
+            first.role_grant_permission(name, permission).await?;
+            first.user_grant_role(name, name).await?;
+        }
+        first.user_add(types::auth::ROOT_USER, &secure.password(Who::Root)).await?;
+        first.auth_enable().await?;
+        self.journal.note(format_args!(
+            "auth enabled: users root, {SESSION_USER} (readwrite on {:?}), {WATCH_USER} (read on it); tokens last {:?}",
+            secure.prefix, secure.ttl
+        ));
+        Ok(())
+    }
+
+    /// Proves the schedule is secured before its traffic starts: a plaintext client is
+    /// refused, a TLS client without credentials is `UNAUTHENTICATED`, and the sessions'
+    /// and watchers' users are `PERMISSION_DENIED` outside what they were granted.
+    async fn check_secured(&self) -> Result<(), BoxError> {
+        let Some(secure) = &self.secure else { return Ok(()) };
+        let addr = vec![self.nodes[0].grpc_addr.clone()];
+        let once = ClientOptions { max_retries: 0, ..quick_options() };
+        if let Ok(s) = Client::new(addr.clone(), once.clone())?.status().await {
+            return Err(format!("a plaintext client was served by a TLS node: {s:?}").into());
+        }
+        let anonymous = ClientOptions { tls: Some(secure.tls()), ..crate::test_options() };
+        let key = format!("{}k0", secure.prefix);
+        let get = |c: Client, key: String| async move {
+            c.get_request(GetRequest { key: key.into_bytes().into(), ..Default::default() }).await.map(|_| ())
+        };
+        let put = |c: Client, key: String| async move { c.put(key.into_bytes(), b"x".to_vec()).await.map(|_| ()) };
+        let expect = |what: &str, r: Result<(), ClientError>, code: tonic::Code| -> Result<(), BoxError> {
+            match r {
+                Err(e) if e.status().is_some_and(|s| s.code() == code) => Ok(()),
+                other => Err(format!("{what}: expected {code:?}, got {other:?}").into()),
+            }
+        };
+        expect(
+            "a get without credentials",
+            get(Client::new(addr.clone(), anonymous)?, key.clone()).await,
+            tonic::Code::Unauthenticated,
+        )?;
+        let session = Client::new(addr.clone(), self.options(Who::Session, crate::test_options()))?;
+        let outside = format!("outside-{}", secure.seed);
+        expect(
+            "a put by the sessions' user outside its prefix",
+            put(session, outside).await,
+            tonic::Code::PermissionDenied,
+        )?;
+        let watcher = Client::new(addr, self.options(Who::Watcher, crate::test_options()))?;
+        expect("a put by the watchers' user", put(watcher, key).await, tonic::Code::PermissionDenied)?;
+        self.journal
+            .note("secured: plaintext refused, no credentials unauthenticated, users held to their permissions");
+        Ok(())
+    }
+
+    /// Client options for `who`: `base` as it is in a plaintext schedule, with TLS and the
+    /// user's credentials in a secure one ([`Secure::options`]).
+    fn options(&self, who: Who, base: ClientOptions) -> ClientOptions {
+        match &self.secure {
+            Some(secure) => secure.options(who, base),
+            None => base,
+        }
+    }
+
+    /// A root client of `endpoints` (in a secure schedule, with root's shared token, fetched
+    /// again first when it is about to expire).
+    async fn admin(&self, endpoints: Vec<String>, base: ClientOptions) -> Result<Client, ClientError> {
+        self.refresh_root_token().await;
+        Client::new(endpoints, self.options(Who::Root, base))
+    }
+
+    /// Fetches root's shared token when it is missing or about to expire. A failure (no
+    /// node answers within [`ROOT_TOKEN_TIMEOUT`]) leaves it missing: each admin client
+    /// then authenticates by itself when a call needs it.
+    async fn refresh_root_token(&self) {
+        let Some(secure) = &self.secure else { return };
+        let root = secure.options(Who::Root, quick_options());
+        if root.token.is_some() {
+            return;
+        }
+        let attempt = {
+            let mut last = secure.root_attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.0.is_some_and(|at| at.elapsed() < ROOT_TOKEN_RETRY) {
+                return;
+            }
+            *last = (Some(Instant::now()), last.1 + 1);
+            last.1
+        };
+        let mut endpoints = self.endpoints();
+        let first = attempt % endpoints.len().max(1);
+        endpoints.rotate_left(first);
+        let Ok(c) = Client::new(endpoints, ClientOptions { credentials: None, ..root }) else { return };
+        let issued = Instant::now();
+        let fetched = tokio::time::timeout(
+            ROOT_TOKEN_TIMEOUT,
+            c.authenticate(types::auth::ROOT_USER, &secure.password(Who::Root)),
+        )
+        .await;
+        if let Ok(Ok(token)) = fetched {
+            *secure.root_token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((token, issued));
+        }
     }
 
     fn link<'a>(&self, links: &'a [Vec<Option<Link>>], i: usize, j: usize) -> &'a Link {
@@ -572,7 +857,7 @@ impl Net {
             if node.pid().is_none() || paused.contains(&i) {
                 continue;
             }
-            let c = Client::new([node.grpc_addr.clone()], quick_options()).ok()?;
+            let c = self.admin(vec![node.grpc_addr.clone()], quick_options()).await.ok()?;
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), c.status()).await
                 && s.state == RaftState::Leader as i32
             {
@@ -594,7 +879,7 @@ impl Net {
     async fn leader_view(&self) -> Option<proto::admin::v1::StatusResponse> {
         let mut best: Option<proto::admin::v1::StatusResponse> = None;
         for node in self.nodes.iter().filter(|node| node.pid().is_some()) {
-            let Ok(c) = Client::new([node.grpc_addr.clone()], quick_options()) else { continue };
+            let Ok(c) = self.admin(vec![node.grpc_addr.clone()], quick_options()).await else { continue };
             let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(3), c.status()).await else { continue };
             if s.state == RaftState::Leader as i32 && best.as_ref().is_none_or(|b| s.term > b.term) {
                 best = Some(s);
@@ -606,7 +891,7 @@ impl Net {
     /// Notes every running node's own view of the cluster in the journal.
     async fn note_statuses(&self) {
         for node in &self.nodes {
-            let seen = match Client::new([node.grpc_addr.clone()], quick_options()) {
+            let seen = match self.admin(vec![node.grpc_addr.clone()], quick_options()).await {
                 Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.status()).await {
                     Ok(Ok(s)) => describe(&s),
                     Ok(Err(e)) => format!("status failed: {e}"),
@@ -836,11 +1121,12 @@ fn lock(log: &Mutex<WatchLog>) -> std::sync::MutexGuard<'_, WatchLog> {
 }
 
 /// One watcher until aborted: a [`client::WatchStream`] over every node (starting at a
-/// different one per watcher), recording each message it delivers. When no node can serve
+/// different one per watcher), with `options` (TLS and credentials in a secure schedule;
+/// its timeouts are [`quick_options`]'s), recording each message it delivers. When no node can serve
 /// it for a while it opens a new stream from where it got to. When every node that answers
 /// says its resume index is compacted (a restarted node keeps no history), it records the
 /// explicit gap and restarts from the oldest index a node offered.
-async fn watcher(w: usize, endpoints: Vec<String>, log: Arc<Mutex<WatchLog>>) {
+async fn watcher(w: usize, endpoints: Vec<String>, options: ClientOptions, log: Arc<Mutex<WatchLog>>) {
     let (key, prefix) = {
         let l = lock(&log);
         (l.key.clone(), l.prefix)
@@ -854,7 +1140,7 @@ async fn watcher(w: usize, endpoints: Vec<String>, log: Arc<Mutex<WatchLog>>) {
     loop {
         let mut eps = endpoints.clone();
         eps.rotate_left(first % n);
-        let options = ClientOptions { max_retries: u32::try_from(2 * n).unwrap_or(6), ..quick_options() };
+        let options = ClientOptions { max_retries: u32::try_from(2 * n).unwrap_or(6), ..options.clone() };
         let Ok(client) = Client::new(eps, options) else { return };
         let resume = lock(&log).resume_index();
         let mut stream = client.watch(
@@ -943,7 +1229,8 @@ fn record_message(msg: &client::kv::WatchResponse, partial: &mut Vec<(String, Ch
 /// Runs one schedule and every check. `Err` only when the harness itself could not run
 /// (a node would not start); a broken property is a violation in the report.
 pub async fn run_schedule(cfg: &ChaosConfig) -> Result<ScheduleReport, BoxError> {
-    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let mut report =
+        ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, secure: cfg.secure, ..ScheduleReport::default() };
     let mut net = Net::start(cfg).await?;
     let mut kinds: Vec<FaultKind> = cfg.kinds.clone();
     if kinds.is_empty() && (cfg.clock || cfg.client_links) {
@@ -978,14 +1265,15 @@ struct Workload {
 impl Workload {
     async fn start(net: &Net, cfg: &ChaosConfig) -> Result<Self, BoxError> {
         let history = Arc::new(History::new());
-        let prefix = format!("chaos-{}-", cfg.seed);
+        let prefix = key_prefix(cfg.seed);
         let keys: Arc<Vec<String>> = Arc::new((0..cfg.keys).map(|k| format!("{prefix}k{k}")).collect());
         let values = Arc::new(AtomicU32::new(1));
         let stop = Arc::new(AtomicBool::new(false));
         let endpoints = net.endpoints();
         // The watchers start at an index before any write to the schedule's keys, so they
         // know every key starts absent and must see every change.
-        let applied = Client::new(endpoints.clone(), crate::test_options())?.status().await?.applied_index;
+        let applied = net.admin(endpoints.clone(), crate::test_options()).await?.status().await?.applied_index;
+        let watch_options = net.options(Who::Watcher, quick_options());
         let mut watch_logs = Vec::new();
         let mut watchers = Vec::new();
         for w in 0..cfg.watchers {
@@ -993,7 +1281,7 @@ impl Workload {
                 if w % 2 == 0 { (prefix.clone(), true) } else { (keys[(w / 2) % keys.len()].clone(), false) };
             let log = Arc::new(Mutex::new(WatchLog::new(w, key, prefix, applied + 1)));
             watch_logs.push(log.clone());
-            watchers.push(tokio::spawn(watcher(w, endpoints.clone(), log)));
+            watchers.push(tokio::spawn(watcher(w, endpoints.clone(), watch_options.clone(), log)));
         }
         let session_endpoints = net.session_endpoints();
         let sessions = (0..cfg.clients)
@@ -1002,7 +1290,7 @@ impl Workload {
                 let mut eps = session_endpoints.clone();
                 let len = eps.len();
                 eps.rotate_left(c % len);
-                let client = Client::new(eps, session_options());
+                let client = Client::new(eps, net.options(Who::Session, session_options()));
                 let (h, k, v, s) = (history.clone(), keys.clone(), values.clone(), stop.clone());
                 let seed = cfg.seed;
                 tokio::spawn(async move {
@@ -1079,14 +1367,31 @@ async fn finish(net: &mut Net, workload: Workload, mut report: ScheduleReport) -
     report.watch = watch_check::check(&logs, &ops);
     report.violations.extend(report.watch.violations.iter().map(ToString::to_string));
 
+    // Secrets stay out of the logs: the users' passwords, password hashes and the root
+    // token's signature (a log could print that part alone).
+    let secrets: Vec<String> = net.secure.as_ref().map_or_else(Vec::new, |secure| {
+        let mut secrets: Vec<String> = [Who::Root, Who::Session, Who::Watcher].map(|w| secure.password(w)).into();
+        secrets.push("$argon2".into());
+        let root = secure.root_token.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        secrets.extend(root.as_ref().and_then(|(t, _)| t.rsplit('.').next()).map(str::to_string));
+        secrets
+    });
     for node in &mut net.nodes {
         if node.pid().is_some() && !node.stop() {
             report.violations.push(format!("node {} did not stop cleanly; log:\n{}", node.id, node.log_tail()));
         }
         // A node's log spans its restarts (it is appended to).
         let log = node.log();
+        if let Some(n) = secrets.iter().position(|s| log.contains(s.as_str())) {
+            report.violations.push(format!(
+                "node {}'s log holds a secret (number {n} of the scan's list: passwords, hash prefix, root token)",
+                node.id
+            ));
+        }
         report.snapshots_built += log.matches("snapshot built").count();
         report.snapshots_installed += log.matches("snapshot installed").count();
+        report.tokens_issued += log.matches("token issued").count();
+        report.tokens_expired += log.matches("it has expired").count();
     }
     Ok(report)
 }
@@ -1123,15 +1428,17 @@ async fn crash_point_schedule(
     point: &str,
     trigger: CrashTrigger,
 ) -> Result<ScheduleReport, BoxError> {
-    let mut report = ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, ..ScheduleReport::default() };
+    let mut report =
+        ScheduleReport { seed: cfg.seed, nodes: cfg.nodes, secure: cfg.secure, ..ScheduleReport::default() };
     let workload = Workload::start(net, cfg).await?;
     workload.progress(100, Duration::from_secs(60)).await?;
     let leader = net.leader(&[]).await.ok_or("no leader")?;
     let target = (leader + 1) % net.nodes.len();
     let leader_addr = net.nodes[leader].grpc_addr.clone();
+    let options = net.options(Who::Root, quick_options());
     let status = || {
-        let addr = leader_addr.clone();
-        async move { Client::new([addr], quick_options())?.status().await.map_err(BoxError::from) }
+        let (addr, options) = (leader_addr.clone(), options.clone());
+        async move { Client::new([addr], options)?.status().await.map_err(BoxError::from) }
     };
     net.nodes[target].kill();
     if trigger == CrashTrigger::SnapshotTransfer {
@@ -1238,7 +1545,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
                     net.journal.note(format_args!("resume {}", net.nodes[i].id));
                 }
                 Ending::Promote(i) => {
-                    let c = Client::new(net.endpoints(), quick_options());
+                    let c = net.admin(net.endpoints(), quick_options()).await;
                     let promoted = match c {
                         Ok(c) => c.promote(&net.nodes[i].id, Duration::from_secs(5)).await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
@@ -1367,7 +1674,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             FaultKind::TransferLeader => {
                 let to = (target + 1 + usize::try_from(rng.below(n as u64 - 1)).unwrap_or(0)) % n;
                 what = format!("TransferLeader {id} -> {}", net.nodes[to].id);
-                if let Ok(c) = Client::new([net.nodes[target].grpc_addr.clone()], quick_options()) {
+                if let Ok(c) = net.admin(vec![net.nodes[target].grpc_addr.clone()], quick_options()).await {
                     let r = c.transfer_leader(Some(&net.nodes[to].id), Duration::from_secs(3)).await;
                     if let Err(e) = r {
                         what.push_str(&format!(" (refused: {e})"));
@@ -1376,7 +1683,7 @@ async fn run_faults(net: &mut Net, plan: &Plan, cfg: &ChaosConfig, report: &mut 
             }
             FaultKind::Membership => {
                 what = format!("Membership demote {id}");
-                if let Ok(c) = Client::new(net.endpoints(), quick_options()) {
+                if let Ok(c) = net.admin(net.endpoints(), quick_options()).await {
                     match c.demote(&id, Duration::from_secs(3)).await {
                         Ok(_) => {
                             net.demoted.push(target);
@@ -1495,7 +1802,7 @@ async fn promote_all(net: &Net) -> Result<(), BoxError> {
             if let Some(i) = net.nodes.iter().position(|node| node.id == s.node_id) {
                 endpoints.rotate_left(i);
             }
-            let c = Client::new(endpoints, quick_options())?;
+            let c = net.admin(endpoints, quick_options()).await?;
             for id in learners {
                 let promoted = c.promote(id, Duration::from_secs(10)).await.map_err(|e| e.to_string());
                 let answer = format!("promote {id}: {}", result_of(&promoted));
@@ -1530,15 +1837,27 @@ fn progress_of(s: &proto::admin::v1::StatusResponse) -> String {
     format!("{} {} {} {} {members:?}", s.node_id, s.term, s.last_log_index, s.membership_index)
 }
 
-async fn wait_settled(net: &Net) -> Result<(), BoxError> {
-    let nodes: Vec<&NodeProc> = net.nodes.iter().collect();
-    crate::wait_nodes_settled(&nodes, Duration::from_secs(60)).await
+/// A client per node, each to that node only, as root in a secure schedule.
+async fn root_clients(net: &Net) -> Result<Vec<Client>, BoxError> {
+    net.refresh_root_token().await;
+    let clients = net
+        .nodes
+        .iter()
+        .map(|node| Client::new([node.grpc_addr.clone()], net.options(Who::Root, crate::test_options())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(clients)
 }
 
-/// Sends every write of unknown outcome again with its request id; returns the records to
-/// replace (index in the history, the resolved operation).
+async fn wait_settled(net: &Net) -> Result<(), BoxError> {
+    let clients = root_clients(net).await?;
+    crate::wait_clients_settled(&clients, Duration::from_secs(60)).await
+}
+
+/// Sends every write of unknown outcome again with its request id (as the sessions' user);
+/// returns the records to replace (index in the history, the resolved operation).
 async fn resolve_unknown(net: &Net, history: &History, report: &mut ScheduleReport) -> Vec<(usize, Operation)> {
-    let Ok(client) = Client::new(net.endpoints(), crate::test_options()) else { return Vec::new() };
+    let options = net.options(Who::Session, crate::test_options());
+    let Ok(client) = Client::new(net.endpoints(), options) else { return Vec::new() };
     let mut resolved = Vec::new();
     for (i, op) in history.operations().into_iter().enumerate() {
         if !matches!(op.outcome, Outcome::Unknown(_)) {
@@ -1555,7 +1874,7 @@ async fn resolve_unknown(net: &Net, history: &History, report: &mut ScheduleRepo
 
 /// A linearizable read of every key, after everything else, by a session of its own.
 async fn final_reads(net: &Net, history: &History, keys: &[String]) -> Result<(), BoxError> {
-    let client = Client::new(net.endpoints(), crate::test_options())?;
+    let client = net.admin(net.endpoints(), crate::test_options()).await?;
     for key in keys {
         let op = final_read(&client, history, key).await.map_err(|e| format!("{e} after healing"))?;
         history.record(op);
@@ -1590,11 +1909,11 @@ async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
     let prefix = keys.first().map(|k| k.trim_end_matches(|c: char| c != '-').to_string()).unwrap_or_default();
     let mut last = String::new();
     let agreed = AtomicU64::new(0);
+    let clients = root_clients(net).await?;
     let result = wait_for("every replica to hold the same data", Duration::from_secs(30), || async {
         let mut scans = Vec::new();
         let mut applied = Vec::new();
-        for node in &net.nodes {
-            let Ok(c) = node.client() else { return false };
+        for c in &clients {
             let Ok(s) = c.status().await else { return false };
             let req = RangeRequest {
                 key: prefix.as_bytes().to_vec().into(),
@@ -1615,10 +1934,8 @@ async fn converged(net: &Net, keys: &[String]) -> Result<u64, BoxError> {
     })
     .await;
     if result.is_err() {
-        for node in &net.nodes {
-            if let Ok(c) = node.client()
-                && let Ok(s) = c.status().await
-            {
+        for (node, c) in net.nodes.iter().zip(&clients) {
+            if let Ok(s) = c.status().await {
                 last.push_str(&format!(" {}: applied {}", node.id, s.applied_index));
             }
         }

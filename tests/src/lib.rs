@@ -419,24 +419,48 @@ impl Cluster {
 /// index), and has applied as far as the leader has committed.
 pub async fn wait_nodes_settled(nodes: &[&NodeProc], timeout: Duration) -> TestResult {
     wait_for("the cluster to settle", timeout, || async {
-        let mut seen = Vec::new();
-        let mut committed = 0;
-        let mut applied = Vec::new();
+        let mut statuses = Vec::new();
         for node in nodes {
             let Ok(c) = node.client() else { return false };
             let Ok(s) = c.status().await else { return false };
-            if s.leader_id.is_empty() {
-                return false;
-            }
-            if s.state == RaftState::Leader as i32 {
-                committed = s.committed_index;
-            }
-            seen.push((s.leader_id, s.membership_index));
-            applied.push(s.applied_index);
+            statuses.push(s);
         }
-        committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
+        settled(statuses)
     })
     .await
+}
+
+/// [`wait_nodes_settled`], asking each node through its own client of `clients` (one
+/// node each, reused between checks): for clients that need TLS or credentials.
+pub async fn wait_clients_settled(clients: &[Client], timeout: Duration) -> TestResult {
+    wait_for("the cluster to settle", timeout, || async {
+        let mut statuses = Vec::new();
+        for c in clients {
+            let Ok(s) = c.status().await else { return false };
+            statuses.push(s);
+        }
+        settled(statuses)
+    })
+    .await
+}
+
+/// Whether every node's status names the same leader and membership (by index), and every
+/// node has applied as far as the leader has committed.
+fn settled(statuses: Vec<proto::admin::v1::StatusResponse>) -> bool {
+    let mut seen = Vec::new();
+    let mut committed = 0;
+    let mut applied = Vec::new();
+    for s in statuses {
+        if s.leader_id.is_empty() {
+            return false;
+        }
+        if s.state == RaftState::Leader as i32 {
+            committed = s.committed_index;
+        }
+        seen.push((s.leader_id, s.membership_index));
+        applied.push(s.applied_index);
+    }
+    committed > 0 && seen.windows(2).all(|w| w[0] == w[1]) && applied.iter().all(|a| *a >= committed)
 }
 
 /// Runs `raftkv` with `args` (plus a fresh data directory and port-0 addresses), expecting it

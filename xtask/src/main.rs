@@ -181,6 +181,10 @@ enum Cmd {
         /// The warm-up the growth is measured after (at most half the run).
         #[arg(long, default_value = "5m", value_parser = soak::parse_duration)]
         warmup: std::time::Duration,
+        /// Clients of the bulk writer (`raftkvctl bench put` over a fixed key set, for
+        /// volume; 0: none).
+        #[arg(long, default_value_t = 4)]
+        bulk_clients: usize,
     },
 }
 
@@ -215,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = chaos::Options { schedules, seed, secs, release: !debug, clock, client_links, wan_secs };
             chaos::run(&root, &options)
         }
-        Cmd::Soak { minutes, seconds, out, release, bin_dir, fault_every, sample_every, warmup } => {
+        Cmd::Soak { minutes, seconds, out, release, bin_dir, fault_every, sample_every, warmup, bulk_clients } => {
             let duration = match seconds {
                 Some(secs) => std::time::Duration::from_secs(secs),
                 None => std::time::Duration::try_from_secs_f64(minutes * 60.0)
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
                     sample_every,
                     warmup,
                     keys_per_client: soak::KEYS_PER_CLIENT,
+                    bulk_clients,
                 },
             )
         }

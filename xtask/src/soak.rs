@@ -11,6 +11,8 @@
 //!    should plateau), doing puts (50 %, [`VALUE_SIZE`]-byte values, each unique), linearizable
 //!    gets (35 %) and deletes (15 %), each `raftkvctl` run with the endpoints rotated so that a
 //!    paused node does not hold every request up; and one `raftkvctl watch --prefix soak/`.
+//!    Beside them, for volume, the bulk writer ([`Bulk`], `--bulk-clients`): `raftkvctl bench
+//!    put` over [`BULK_KEYS`] keys, run after run, unchecked.
 //!    Every get is checked against the client's model of its keys: the last acknowledged
 //!    value, or any value of a write whose outcome was unknown (a failed `put`/`del`) in the
 //!    last [`UNKNOWN_WINDOW`]. A value outside that set is a correctness error (an
@@ -73,6 +75,11 @@ const PAUSE: Duration = Duration::from_secs(5);
 const DOWN: Duration = Duration::from_secs(1);
 /// After the load stops: how long the watch may take to deliver the last puts.
 const WATCH_CATCH_UP: Duration = Duration::from_secs(15);
+/// Keys the bulk writer overwrites (`soak-bulk/…`, beside the checked clients' `soak/`).
+const BULK_KEYS: usize = 256;
+/// Puts per `raftkvctl bench put` run of the bulk writer (short, so that a run a fault
+/// breaks loses little and the writer stops soon after the load does).
+const BULK_RUN: usize = 400;
 /// Given to every node: compaction (snapshot and log purge) cycles many times in a soak.
 const NODE_ARGS: [&str; 2] = ["--snapshot_threshold=2000", "--trailing_logs=1000"];
 /// The faults, in turn.
@@ -99,6 +106,8 @@ pub(crate) struct Options {
     pub(crate) warmup: Duration,
     /// Keys per client ([`KEYS_PER_CLIENT`]; fewer in the test, whose final reads are quicker).
     pub(crate) keys_per_client: usize,
+    /// Clients of the bulk writer (0: none); see [`Bulk`].
+    pub(crate) bulk_clients: usize,
 }
 
 /// What a run found.
@@ -208,6 +217,10 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
             thread::spawn(move || client.run())
         })
         .collect();
+    let bulk = (o.bulk_clients > 0).then(|| {
+        let bulk = Bulk { clients: o.bulk_clients, ctl: ctl.clone(), addrs: addrs.clone(), stop: Arc::clone(&stop) };
+        thread::spawn(move || bulk.run())
+    });
 
     let csv = out.join("soak.csv");
     let mut samples = Vec::new();
@@ -266,6 +279,7 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
             Err(_) => errors.push("a load client panicked".into()),
         }
     }
+    let bulk_runs = bulk.map(|b| b.join().unwrap_or_default());
     // A last sample after the load.
     let t = start.elapsed().as_secs_f64();
     for (id, node) in running.nodes_mut() {
@@ -295,6 +309,13 @@ pub(crate) fn soak(root: &Path, o: &Options) -> Result<Outcome> {
         watch.restarts,
         fault_times.len(),
     );
+    if let Some((ok, failed)) = bulk_runs {
+        let _ = writeln!(
+            summary,
+            "bulk writer: {} puts acknowledged over {BULK_KEYS} keys in {ok} runs, {failed} runs broken by faults (not checked: it is there for volume)",
+            ok * BULK_RUN as u64
+        );
+    }
     summary.push_str(&fault_log);
     summary.push_str(&soak_report::summary_table(&verdict));
     let colours: Vec<String> =
@@ -484,6 +505,55 @@ impl KeyModel {
 /// A value's unique part (`cI-SEQ`), without the padding.
 fn token(value: &str) -> String {
     value.split('.').next().unwrap_or(value).to_string()
+}
+
+/// The bulk writer: `raftkvctl bench put` over [`BULK_KEYS`] keys, run after run until the
+/// load stops. The checked clients start a process per request, a few dozen writes a
+/// second; this adds hundreds, so that what is bounded by a count of writes rather than by
+/// the data (the request ids the state machine remembers, `fsm::MAX_REQUEST_IDS` entries;
+/// the log between two snapshots; the snapshots themselves) reaches its ceiling within the
+/// warm-up, and growth after it means a leak. Its values are not checked.
+struct Bulk {
+    clients: usize,
+    ctl: PathBuf,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Bulk {
+    /// Runs until `stop`: the runs that ended well and those that did not.
+    fn run(self) -> (u64, u64) {
+        let (mut ok, mut failed) = (0, 0);
+        let (clients, total, value_size, keys) =
+            (self.clients.to_string(), BULK_RUN.to_string(), VALUE_SIZE.to_string(), BULK_KEYS.to_string());
+        let mut addrs = self.addrs.clone();
+        while !self.stop.load(Ordering::SeqCst) {
+            addrs.rotate_left(1);
+            let args = [
+                "bench",
+                "put",
+                "--clients",
+                &clients,
+                "--total",
+                &total,
+                "--value-size",
+                &value_size,
+                "--key-space-size",
+                &keys,
+                "--prefix",
+                "soak-bulk",
+            ];
+            match raftkvctl(&self.ctl, &addrs, &args) {
+                Ok((0, _, _)) => ok += 1,
+                _ => {
+                    failed += 1;
+                    // A fault: leave the cluster a moment rather than hammer it with new runs.
+                    thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        (ok, failed)
+    }
 }
 
 /// One load client: its own keys, one `raftkvctl` run per request.
@@ -751,6 +821,7 @@ mod tests {
             sample_every: Duration::from_secs(2),
             warmup: Duration::from_secs(8),
             keys_per_client: 8,
+            bulk_clients: 1,
         };
         let outcome = soak(&root, &o).expect("should succeed");
         assert!(outcome.errors.is_empty(), "{:?}\n{}", outcome.errors, outcome.summary);
@@ -771,6 +842,7 @@ mod tests {
         assert_eq!(soak_report::png_size(&std::fs::read(&outcome.png).expect("should succeed")), Some((1200, 900)));
         assert_eq!(outcome.verdict.nodes.len(), 3, "{}", outcome.summary);
         assert!(outcome.summary.contains("kill -9"), "{}", outcome.summary);
+        assert!(outcome.summary.contains("bulk writer: "), "{}", outcome.summary);
         std::fs::remove_dir_all(&out).expect("should succeed");
     }
 

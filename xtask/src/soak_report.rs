@@ -16,8 +16,11 @@ pub(crate) const FD_GROWTH_MAX: u64 = 16;
 /// Disk use of a node's data directory may grow at most this much (percent) after the
 /// warm-up, plus [`DISK_GROWTH_SLACK`] (redb grows its files in steps).
 pub(crate) const DISK_GROWTH_MAX_PCT: u64 = 50;
-/// Added to the disk bound: one redb growth step or two.
-pub(crate) const DISK_GROWTH_SLACK: u64 = 16 << 20;
+/// Added to the disk bound: a redb growth step. It was 16 MiB, larger than the whole store
+/// of a soak whose warm-up never reached its ceilings; with the bulk writer the store levels
+/// off at about 17 MiB within the warm-up (release build), and a snapshot file beside
+/// another adds about 3 MiB for a moment.
+pub(crate) const DISK_GROWTH_SLACK: u64 = 4 << 20;
 
 /// The CSV header; one row per node per sample.
 pub(crate) const CSV_HEADER: &str = "t_secs,node,pid,rss_kib,fds,disk_bytes";
@@ -321,11 +324,12 @@ mod tests {
     #[test]
     fn growth_past_each_bound_is_reported_and_at_the_bound_is_not() {
         let nodes = vec!["n".to_string()];
-        // At the bounds exactly: RSS +30 %, fds +16, disk +50 % + 16 MiB.
-        let at = series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 130_000, 56, (48 << 20) + (16 << 20))]);
+        // At the bounds exactly: RSS +30 %, fds +16, disk +50 % + DISK_GROWTH_SLACK.
+        let at = series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 130_000, 56, (48 << 20) + DISK_GROWTH_SLACK)]);
         assert!(verdict(&at, &nodes, 50.0).exceeded.is_empty(), "{:?}", verdict(&at, &nodes, 50.0).exceeded);
         // Past each: one message per figure.
-        let past = series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 131_000, 57, (64 << 20) + 1)]);
+        let past =
+            series("n", &[(0.0, 100_000, 40, 32 << 20), (100.0, 131_000, 57, (48 << 20) + DISK_GROWTH_SLACK + 1)]);
         let v = verdict(&past, &nodes, 50.0);
         assert_eq!(v.exceeded.len(), 3, "{:?}", v.exceeded);
         assert!(v.exceeded[0].contains("RSS grew 31.0 %"), "{}", v.exceeded[0]);

@@ -165,6 +165,12 @@ struct Args {
     #[arg(long = "max-in-flight-request-bytes", alias = "max_in_flight_request_bytes", env = "RAFTKV_MAX_IN_FLIGHT_REQUEST_BYTES", default_value_t = engine::DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES)]
     max_in_flight_request_bytes: usize,
 
+    /// The most client connections open at once; a connection past it is refused at accept
+    /// (in plaintext with an HTTP/2 GOAWAY, REFUSED_STREAM: clients see UNAVAILABLE and may
+    /// retry, nothing was done). The Raft port is never limited.
+    #[arg(long = "max-client-connections", alias = "max_client_connections", env = "RAFTKV_MAX_CLIENT_CONNECTIONS", default_value_t = engine::DEFAULT_MAX_CLIENT_CONNECTIONS)]
+    max_client_connections: usize,
+
     /// The longest a client call may run: a longer caller deadline is lowered to it, and a
     /// call still running 1 s past it is answered DEADLINE_EXCEEDED.
     #[arg(long = "request-timeout", alias = "request_timeout", env = "RAFTKV_REQUEST_TIMEOUT", default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
@@ -549,6 +555,7 @@ fn run(args: Args) -> Result<()> {
         max_in_flight_requests: args.max_in_flight_requests,
         max_in_flight_request_bytes: args.max_in_flight_request_bytes,
         request_timeout: args.request_timeout,
+        max_client_connections: args.max_client_connections,
     };
     config.snapshot_interval = args.snapshot_interval;
     config.max_append_entries = args.max_append_entries;

@@ -61,6 +61,12 @@ pub(crate) struct BenchArgs {
     /// Key prefix.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// `bench put` only: write over this many keys, again and again, rather than a new key
+    /// each time (etcd's `benchmark put --key-space-size`); the keys are shared out among the
+    /// clients, each overwriting its own. The data then stays the same size however long the
+    /// run (`cargo xtask soak` relies on it).
+    #[arg(long = "key-space-size", value_name = "N")]
+    key_space_size: Option<usize>,
     /// `bench watch` only: a pause between writes (e.g. 20ms), so that each write's commit
     /// reaches the follower on its own rather than with the next write.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "0ms")]
@@ -184,6 +190,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
     if endpoints.is_empty() {
         bail!("no endpoints to load");
     }
+    let keys_per_client = keys_per_client(args)?;
     let value = Arc::new(vec![b'x'; args.value_size]);
     let per_client = args.total.div_ceil(args.clients);
     let mut clients = Vec::with_capacity(args.clients);
@@ -223,7 +230,7 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
             for n in 0..count {
                 let t = Instant::now();
                 match op {
-                    Op::Put => client.put(key(&prefix, c, n), value.as_slice()).await?,
+                    Op::Put => client.put(key(&prefix, c, n % keys_per_client), value.as_slice()).await?,
                     // Measured apart, by `watch` above.
                     Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100), serializable).await?,
                 }
@@ -308,6 +315,55 @@ async fn watch(endpoints: &[String], options: &ClientOptions, args: &BenchArgs) 
     Ok(Summary { total: latencies.len(), elapsed, latencies })
 }
 
+/// How many keys each client of `bench put` writes over: `--key-space-size` shared out among
+/// the clients (at least one each), or a new key every time without it.
+fn keys_per_client(args: &BenchArgs) -> Result<usize> {
+    match args.key_space_size {
+        None => Ok(usize::MAX),
+        Some(_) if args.op != Op::Put => bail!("--key-space-size applies to bench put only"),
+        Some(n) if n < args.clients => {
+            bail!("--key-space-size {n} is smaller than --clients {}: give each client at least one key", args.clients)
+        }
+        Some(n) => Ok(n / args.clients),
+    }
+}
+
 fn key(prefix: &str, client: usize, n: usize) -> String {
     format!("{prefix}/{client}/{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{BenchArgs, keys_per_client};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(line: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(line);
+        Cli::parse_from(argv).bench
+    }
+
+    #[test]
+    fn the_key_space_is_shared_out_among_the_clients() {
+        assert_eq!(keys_per_client(&args(&["put", "--clients", "4"])).ok(), Some(usize::MAX));
+        assert_eq!(keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "256"])).ok(), Some(64));
+        // At the limit: one key each.
+        assert_eq!(keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "4"])).ok(), Some(1));
+    }
+
+    #[test]
+    fn a_key_space_smaller_than_the_clients_or_on_gets_is_refused() {
+        let err =
+            keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "3"])).expect_err("should be refused");
+        assert!(err.to_string().contains("smaller than --clients 4"), "{err}");
+        let err = keys_per_client(&args(&["get", "--key-space-size", "8"])).expect_err("should be refused");
+        assert!(err.to_string().contains("bench put only"), "{err}");
+    }
 }

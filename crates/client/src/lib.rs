@@ -20,7 +20,8 @@
 //! calls that manage users and roles are in [`auth`]. A client that knows the password
 //! ([`Client::authenticate`], or [`ClientOptions::credentials`]) authenticates again, once
 //! per call, when a call is refused `UNAUTHENTICATED` with a token (it expired after the
-//! server's `--auth-token-ttl`, or authentication was re-enabled), then repeats the call:
+//! server's `--auth-token-ttl`, or authentication was re-enabled) or, given only
+//! [`ClientOptions::credentials`], without one yet, then repeats the call:
 //! such a refusal comes before anything is done, so repeating it is safe for every call.
 //!
 //! Admin calls (membership, leadership, snapshots, backups) are in [`admin`]. Watches, which
@@ -342,8 +343,12 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            // Refused before anything was done: authenticate again and repeat, once.
-            if status.code() == tonic::Code::Unauthenticated && !refreshed && sent.is_some() {
+            // Refused before anything was done: authenticate again and repeat, once. With
+            // credentials but no token yet, this is where the first token is fetched.
+            if status.code() == tonic::Code::Unauthenticated
+                && !refreshed
+                && (sent.is_some() || self.credentials().is_some())
+            {
                 refreshed = true;
                 if self.refresh_token(sent).await? {
                     continue;
@@ -356,7 +361,8 @@ impl Client {
             match decision.next {
                 Step::NextEndpoint => {
                     tracing::debug!(endpoint = %addr, error = %status.message(), "cannot reconnect");
-                    at.unreachable(format!("{addr}: {}", status.message()));
+                    let why = rpc::status::refusal(&status).unwrap_or_else(|| status.message().to_string());
+                    at.unreachable(format!("{addr}: {why}"));
                 }
                 Step::Fail => return Err(ClientError::Status(status)),
                 Step::Retry { leader } => {

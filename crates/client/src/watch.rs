@@ -177,9 +177,12 @@ impl WatchStream<'_> {
                             self.serving = Some(addr);
                             return Ok(());
                         }
-                        // The token expired: authenticate again (once) and reopen here.
+                        // The token expired (or there is none yet, only credentials):
+                        // authenticate again (once) and reopen here.
                         Err(status)
-                            if status.code() == tonic::Code::Unauthenticated && !refreshed && sent.is_some() =>
+                            if status.code() == tonic::Code::Unauthenticated
+                                && !refreshed
+                                && (sent.is_some() || self.client.credentials().is_some()) =>
                         {
                             refreshed = true;
                             if self.client.refresh_token(sent).await? {

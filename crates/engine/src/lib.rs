@@ -77,6 +77,7 @@ use raft_network::client::NetworkFactory;
 use raft_network::server::RaftService;
 use raft_storage::{LOG_FILE, LogStore};
 use resolver::{AddressMap, Chain, Resolver};
+use rpc::server::PortLimits;
 use rpc::tls::{ClientTls, ServerTls};
 use serde::Serialize;
 use service::overload::Overload;
@@ -98,7 +99,9 @@ pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
 pub use raft_storage::{
     DEFAULT_DB_CACHE_BYTES as DEFAULT_LOG_DB_CACHE_BYTES, LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogOptions,
 };
-pub use service::overload::{DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits};
+pub use service::overload::{
+    DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits,
+};
 
 /// The name of the file, in the node's directory, that holds the bound addresses.
 pub const LISTEN_FILE: &str = "listen.json";
@@ -418,9 +421,10 @@ fn serve(
     routes: RoutesBuilder,
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
+    limits: PortLimits,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    rpc::server::serve(routes, listener, tls, async move {
+    rpc::server::serve(routes, listener, tls, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
 }
@@ -629,17 +633,29 @@ async fn start_servers(
     let leader_health =
         LeaderHealth::new(health_reporter, served).start(ctx.raft.server_metrics(), ready, stop.subscribe()).await;
     let mut handles = Vec::new();
+    let max = config.overload.max_client_connections;
+    let client_limits = PortLimits {
+        max_connections: Some(max),
+        refusal: format!(
+            "node {} has {max} client connections open, its limit (--max-client-connections); nothing was done, retry with backoff or on another node",
+            config.id
+        ),
+        window_bytes: Some(rpc::limits::CLIENT_PORT_WINDOW_BYTES),
+    };
     match raft_listener {
-        // One listener for both happens only without TLS (`NodeConfig::tls_files`).
+        // One listener for both happens only without TLS (`NodeConfig::tls_files`): the
+        // connection limit then counts the peers' connections too.
         None => {
             client_routes.add_service(raft_svc);
-            handles.push(serve(client_routes, grpc, None, stop.subscribe()));
+            handles.push(serve(client_routes, grpc, None, client_limits, stop.subscribe()));
         }
         Some(raft_listener) => {
-            handles.push(serve(client_routes, grpc, tls.map(|t| t.client_port.clone()), stop.subscribe()));
+            let client_tls = tls.map(|t| t.client_port.clone());
+            handles.push(serve(client_routes, grpc, client_tls, client_limits, stop.subscribe()));
             let mut raft_routes = RoutesBuilder::default();
             raft_routes.add_service(raft_svc);
-            handles.push(serve(raft_routes, raft_listener, tls.map(|t| t.raft_port.clone()), stop.subscribe()));
+            let raft_tls = tls.map(|t| t.raft_port.clone());
+            handles.push(serve(raft_routes, raft_listener, raft_tls, PortLimits::default(), stop.subscribe()));
         }
     }
     Ok(Servers { handles, leader_health, stop_request })
@@ -693,6 +709,7 @@ fn client_routes(
         .add_service(overload.guard(AuthGuard::new(sm, etcd.kv.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.cluster.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.maintenance.into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.watch.into_server())))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -39,6 +39,26 @@ pub enum EtcdError {
     /// A sort order or target that is not one of etcd's.
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A member id that is not in the membership (etcd's `ErrGRPCMemberNotFound`).
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// A MemberAdd or MemberUpdate with a peer URL another member has
+    /// (`ErrGRPCPeerURLExist`).
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// Peer URLs that are not `http(s)://HOST:PORT` (`ErrGRPCMemberBadURLs`).
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// A MemberPromote of a voter (`ErrGRPCMemberNotLearner`).
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// A MoveLeader sent to a member that is not the leader (`ErrGRPCNotLeader`).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// A MoveLeader to a member that cannot lead: not a member, or a learner
+    /// (`ErrGRPCBadLeaderTransferee`).
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// A request etcd accepts but raftkv does not serve yet; the message says what and
     /// what to do instead.
     #[error("{0}")]
@@ -72,7 +92,12 @@ impl From<EtcdError> for Status {
             | EtcdError::InvalidSortOption
             | EtcdError::Unsupported(_) => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
-            EtcdError::LeaseNotFound => Code::NotFound,
+            EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
+            EtcdError::MemberBadUrls => Code::InvalidArgument,
+            EtcdError::PeerUrlExists
+            | EtcdError::MemberNotLearner
+            | EtcdError::NotLeader
+            | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
             EtcdError::TooLarge(_) => Code::ResourceExhausted,
             // Answered above with the native mapping.
             EtcdError::Service(_) => Code::Internal,

@@ -7,8 +7,8 @@ use prost::Message;
 use proto::etcd::etcdserverpb::kv_client::KvClient;
 use proto::etcd::etcdserverpb::kv_server::{Kv, KvServer};
 use proto::etcd::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use service::forward::{Effect, Forwarding, deadline, to_leader};
 use service::{DEFAULT_REQUEST_TIMEOUT, MAX_DECODE_BYTES, Routed, ServiceError, limits};
@@ -162,6 +162,9 @@ impl EtcdKv {
         if revision > applied {
             return Err(EtcdError::FutureRevision);
         }
+        if revision < self.node.ctx.sm.compacted_revision() {
+            return Err(EtcdError::Compacted);
+        }
         if revision == applied {
             return Ok(());
         }
@@ -255,6 +258,37 @@ impl EtcdKv {
         }
     }
 
+    /// Compacts the change history at `revision` on every node, through the log
+    /// (`Command::Compact`): watches and reads at a revision before it are refused as
+    /// compacted from then on. The current state is untouched (raftkv keeps no old values);
+    /// `physical` changes nothing (there is nothing to remove from disk).
+    async fn do_compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let (timeout, how) = write_call(&request)?;
+        let req = request.into_inner();
+        let revision = u64::try_from(req.revision).unwrap_or(0);
+        let sm = &self.node.ctx.sm;
+        if revision > sm.applied_index() {
+            // This node may only lag: catch up with the leader's commit before refusing.
+            self.node.ctx.read_index(Consistency::Linearizable, timeout).await.map_err(EtcdError::from)?;
+            if revision > sm.applied_index() {
+                return Err(EtcdError::FutureRevision.into());
+            }
+        }
+        if revision <= sm.compacted_revision() || revision == 0 {
+            return Err(EtcdError::Compacted.into());
+        }
+        match self.node.ctx.write(Command::Compact(revision), timeout).await.map_err(EtcdError::from)? {
+            Routed::Done((index, _)) => {
+                tracing::info!(revision, index, "etcd compaction applied");
+                Ok(Response::new(CompactionResponse { header: Some(self.node.header(index)) }))
+            }
+            Routed::Leader(leader) => {
+                to_leader(&self.node.ctx, leader, how, req, |ch, r| async move { leader_client(ch).compact(r).await })
+                    .await
+            }
+        }
+    }
+
     async fn do_txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let (timeout, how) = write_call(&request)?;
         let req = request.into_inner();
@@ -294,5 +328,9 @@ impl Kv for EtcdKv {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.do_txn(request).await
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        self.do_compact(request).await
     }
 }

@@ -8,8 +8,16 @@
 //!   unless the request is `serializable`). Sorting and the revision filters of Range are
 //!   applied here, as etcd applies them (`range`); transactions are checked and translated
 //!   onto `types::WriteOp::Txn` (`txn`).
-//! - [`EtcdCluster`] (`etcdserverpb.Cluster`): MemberList, from the Raft membership.
-//! - [`EtcdMaintenance`] (`etcdserverpb.Maintenance`): Status.
+//! - [`EtcdWatch`] (`etcdserverpb.Watch`): the bidirectional watch stream over the node's
+//!   change feed (`fsm`'s history and watchers, as raftkv's native watch); `KV.Compact`
+//!   compacts that history through the log.
+//! - [`EtcdCluster`] (`etcdserverpb.Cluster`): MemberList, from the Raft membership;
+//!   MemberAdd (a voter or a learner), MemberRemove, MemberPromote and MemberUpdate, mapped
+//!   onto `service`'s membership operations (`members`: how an added member's node id and
+//!   addresses are fixed).
+//! - [`EtcdMaintenance`] (`etcdserverpb.Maintenance`): Status; Hash and HashKV, Snapshot,
+//!   Alarm through the native Admin service's handlers (the same state hash, backup file
+//!   and alarms); MoveLeader through `service::cluster`; Defragment, a no-op.
 //! - [`EtcdError`]: etcd's own error messages and codes, and the one mapping to gRPC statuses
 //!   of this crate (raftkv's own failures keep `service`'s mapping).
 //!
@@ -27,14 +35,17 @@
 mod error;
 mod kv;
 mod maintenance;
+mod members;
 mod range;
 mod txn;
+mod watch;
 
 pub use error::EtcdError;
 pub use kv::{EtcdKv, MAX_IGNORE_VALUE_ATTEMPTS};
 pub use maintenance::{ETCD_VERSION, EtcdCluster, EtcdMaintenance};
 pub use range::MAX_RANGE_RESPONSE_BYTES;
 pub use txn::MAX_TXN_OPS;
+pub use watch::{EtcdWatch, PROGRESS_NOTIFY_INTERVAL, WATCH_CATCH_UP_TIMEOUT};
 
 use proto::etcd::etcdserverpb::ResponseHeader;
 use service::NodeContext;
@@ -42,8 +53,15 @@ use service::NodeContext;
 /// The etcd member id of a raftkv node id (or the cluster id of a cluster name): the 64-bit
 /// FNV-1a hash of its bytes, never 0 (etcd reads 0 as "no member"). Stable: the same id
 /// always gives the same number, on every node and across restarts.
+///
+/// A node id of exactly 16 lowercase hex digits, the first not 0, is the member id it spells
+/// (`8e9e05c52164694d` is member `0x8e9e05c52164694d`): etcd's `MemberAdd` names the nodes it
+/// adds so (see `members`), and `etcdctl` prints member ids in that form.
 #[must_use]
 pub fn member_id(name: &str) -> u64 {
+    if let Some(id) = members::spelled_member_id(name) {
+        return id;
+    }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.as_bytes() {
         hash ^= u64::from(*b);
@@ -92,6 +110,8 @@ pub struct EtcdApi {
     pub cluster: EtcdCluster,
     /// `etcdserverpb.Maintenance`.
     pub maintenance: EtcdMaintenance,
+    /// `etcdserverpb.Watch`.
+    pub watch: EtcdWatch,
 }
 
 impl EtcdApi {
@@ -103,6 +123,7 @@ impl EtcdApi {
         Self {
             kv: EtcdKv::new(node.clone()),
             cluster: EtcdCluster::new(node.clone()),
+            watch: EtcdWatch::new(node.clone()),
             maintenance: EtcdMaintenance::new(node),
         }
     }

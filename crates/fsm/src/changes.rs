@@ -59,6 +59,8 @@ pub struct Event {
     pub kind: EventKind,
     /// The key after the change.
     pub kv: KeyValue,
+    /// The key as it was before the change (none if it did not exist): etcd's `prev_kv`.
+    pub prev: Option<KeyValue>,
 }
 
 impl Event {
@@ -71,7 +73,8 @@ impl Event {
     /// What the event weighs for the history and buffer bounds.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        self.kv.key.len() + self.kv.value.len() + EVENT_OVERHEAD_BYTES
+        let prev = self.prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
+        self.kv.key.len() + self.kv.value.len() + prev + EVENT_OVERHEAD_BYTES
     }
 }
 
@@ -153,6 +156,8 @@ struct HubState {
     /// How many watchers `keys` and `ranges` hold.
     count: usize,
     closed: bool,
+    /// The newest compaction point ([`Hub::compact`]): no change before it is replayed.
+    compacted: u64,
 }
 
 impl HubState {
@@ -186,6 +191,8 @@ pub(crate) struct Hub {
     published: AtomicU64,
     /// How many times a watcher's mailbox was handed changes (a measure of wake-ups).
     notifications: AtomicU64,
+    /// Set once the hub is closed, for streams that hold no watcher to wait on.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// How a new watch starts.
@@ -254,9 +261,11 @@ impl Hub {
                 ranges: HashMap::new(),
                 count: 0,
                 closed: false,
+                compacted: 0,
             }),
             published: AtomicU64::new(applied),
             notifications: AtomicU64::new(0),
+            closed: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -383,8 +392,37 @@ impl Hub {
         }
     }
 
+    /// Compacts the history at `revision`: every change before it is dropped, and a watch
+    /// from before it is refused as compacted from then on. An older or equal compaction
+    /// point than the last one changes nothing.
+    pub(crate) fn compact(&self, revision: u64) {
+        let mut s = self.lock();
+        if revision <= s.compacted {
+            return;
+        }
+        s.compacted = revision;
+        while s.history.events.front().is_some_and(|e| e.index() < revision) {
+            if let Some(e) = s.history.events.pop_front() {
+                s.history.bytes -= e.bytes();
+            }
+        }
+        s.history.complete_from = s.history.complete_from.max(revision);
+        tracing::info!(revision, oldest = s.history.complete_from, "watch history compacted");
+    }
+
+    /// The newest compaction point (0: none since the node started).
+    pub(crate) fn compacted(&self) -> u64 {
+        self.lock().compacted
+    }
+
+    /// Becomes `true` when the hub is closed.
+    pub(crate) fn subscribe_closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     /// Closes every watcher (shutdown) and refuses new ones.
     pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
         let mut s = self.lock();
         s.closed = true;
         for mb in s.keys.values().flat_map(HashMap::values).chain(s.ranges.values().map(|(_, mb)| mb)) {
@@ -431,7 +469,7 @@ mod tests {
             modify_index: index,
             version: 1,
         };
-        Event { kind: EventKind::Put, kv }
+        Event { kind: EventKind::Put, kv, prev: None }
     }
 
     fn hub(limits: HistoryLimits) -> Arc<Hub> {
@@ -535,10 +573,28 @@ mod tests {
     }
 
     #[test]
+    fn compaction_drops_older_changes_and_refuses_watches_from_before_it() -> Result<(), Error> {
+        let hub = hub(HistoryLimits::default());
+        hub.publish(4, vec![put(1, "a"), put(2, "a"), put(3, "a"), put(4, "b")]);
+        hub.compact(3);
+        assert_eq!((hub.compacted(), hub.stats().oldest_index, hub.stats().history_events), (3, 3, 2));
+        assert!(matches!(hub.watch(key("a"), 2), Err(Error::Compacted { requested: 2, oldest: 3 })));
+        let (_, start) = hub.watch(key("a"), 3)?;
+        assert_eq!(indexes(&start.backlog), [3], "at the compaction point");
+        // An older compaction point changes nothing.
+        hub.compact(2);
+        assert_eq!(hub.compacted(), 3);
+        Ok(())
+    }
+
+    #[test]
     fn close_ends_watchers_and_refuses_new_ones() -> Result<(), Error> {
         let hub = hub(HistoryLimits::default());
         let (w, _) = hub.watch(key("a"), 0)?;
+        let closed = hub.subscribe_closed();
+        assert!(!*closed.borrow());
         hub.close();
+        assert!(*closed.borrow());
         assert_eq!(w.mailbox().try_recv(), Some(Signal::Closed));
         assert!(matches!(hub.watch(key("a"), 0), Err(Error::Closed)));
         Ok(())

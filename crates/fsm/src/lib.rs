@@ -423,6 +423,20 @@ impl StateMachine {
         self.inner.hub.close();
     }
 
+    /// Becomes `true` once [`StateMachine::close_watches`] ran: a stream that holds no
+    /// watcher (an etcd watch stream between watches) ends on it.
+    #[must_use]
+    pub fn subscribe_watches_closed(&self) -> watch::Receiver<bool> {
+        self.inner.hub.subscribe_closed()
+    }
+
+    /// The newest point the history was compacted at through the log
+    /// ([`types::Command::Compact`]); 0 when none was applied since the node started.
+    #[must_use]
+    pub fn compacted_revision(&self) -> u64 {
+        self.inner.hub.compacted()
+    }
+
     /// Figures about the watchers and the history.
     #[must_use]
     pub fn watch_stats(&self) -> WatchStats {
@@ -599,6 +613,7 @@ impl StateMachine {
         let mut membership = None;
         let mut auth = auth::BatchAuth::new(&self.inner.auth);
         let mut alarms: Option<Vec<Alarm>> = None;
+        let mut compact_at: Option<u64> = None;
         {
             let mut tables = store::ApplyTables::open(&txn)?;
             for entry in entries {
@@ -622,6 +637,12 @@ impl StateMachine {
                         if types::alarm::apply_alarm(list, a, entry.log_id.index) {
                             tracing::warn!(index = entry.log_id.index, alarm = %a.kind, member = %a.member, action = ?a.action, "alarm changed");
                         }
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(Command::Compact(revision)) => {
+                        // Never past the entry itself: nothing after it is known yet.
+                        let at = (*revision).min(entry.log_id.index);
+                        compact_at = Some(compact_at.map_or(at, |c| c.max(at)));
                         CommandResult::None
                     }
                     EntryPayload::Membership(m) => {
@@ -649,6 +670,9 @@ impl StateMachine {
         self.inner.stages.applied(entries[0].log_id.index..=last.log_id.index);
         // Watchers hear of the changes only once a read can see them.
         self.inner.hub.publish(last.log_id.index, events);
+        if let Some(revision) = compact_at {
+            self.inner.hub.compact(revision);
+        }
         if durable {
             *self.inner.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         }

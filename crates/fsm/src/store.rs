@@ -181,6 +181,7 @@ fn put(
             modify_index: index,
             version,
         },
+        prev: current.clone(),
     });
     Ok(WriteResult::Put { prev: if op.prev_kv { current } else { None } })
 }
@@ -199,7 +200,8 @@ fn delete(
     }
     let found = range(
         kv,
-        &RangeOp { range: op.range.clone(), limit: 0, keys_only: !op.prev_kv, count_only: false },
+        // With the values: the events carry each key's last value (etcd's `prev_kv`).
+        &RangeOp { range: op.range.clone(), limit: 0, keys_only: false, count_only: false },
         usize::MAX,
     )?;
     for k in &found.kvs {
@@ -207,6 +209,7 @@ fn delete(
         events.push(Event {
             kind: EventKind::Delete,
             kv: KeyValue { key: k.key.clone(), value: Vec::new(), create_index: 0, modify_index: index, version: 0 },
+            prev: Some(k.clone()),
         });
     }
     let deleted = found.kvs.len() as u64;

@@ -17,3 +17,14 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 /// (HTTP/2 rapid reset, CVE-2023-44487); past it the connection is closed with
 /// `ENHANCE_YOUR_CALM`.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// The HTTP/2 flow-control window of each client-port connection and stream, in bytes
+/// (256 KiB; hyper's default is 1 MiB): the most request bytes one connection can push
+/// before the node reads them, so the client port's buffers stay under
+/// `--max-client-connections` times this. A 1 MiB value takes four window updates.
+pub const CLIENT_PORT_WINDOW_BYTES: u32 = 256 << 10;
+/// The most connections refused past a port's connection limit that are answered (a
+/// GOAWAY) at once; past it a refused connection is just closed.
+pub const MAX_REFUSING_CONNECTIONS: usize = 256;
+/// How long a refused connection is kept, after its GOAWAY, for the client to read it and
+/// close first.
+pub const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);

@@ -6,9 +6,11 @@ use tonic::Code;
 use crate::limits::MAX_DECODE_BYTES;
 
 /// Whether a transport failure happened before the request was sent: the connection could
-/// not be made (refused, found in the error's source chain, or hyper's connector failed), or
+/// not be made (refused, found in the error's source chain, or hyper's connector failed),
 /// hyper dropped the request from its queue because the connection closed first (its
-/// "operation was canceled", which hyper produces only for requests it never sent).
+/// "operation was canceled", which hyper produces only for requests it never sent), or the
+/// server refused the stream before processing it (a remote `REFUSED_STREAM` reset or
+/// GOAWAY, RFC 9113 §8.7: as a node past its connection limit answers, `rpc::server`).
 #[must_use]
 pub fn never_sent(status: &tonic::Status) -> bool {
     const HYPER_CANCELED: &str = "operation was canceled";
@@ -22,7 +24,7 @@ pub fn never_sent(status: &tonic::Status) -> bool {
             }
             let mut source = std::error::Error::source(status);
             while let Some(e) = source {
-                if refused(e) {
+                if refused(e) || refused_stream(e).is_some() {
                     return true;
                 }
                 source = e.source();
@@ -32,6 +34,26 @@ pub fn never_sent(status: &tonic::Status) -> bool {
         Code::Cancelled => status.message().starts_with(HYPER_CANCELED),
         _ => false,
     }
+}
+
+/// The remote `REFUSED_STREAM` error (a reset or a GOAWAY) `e` is, if it is one.
+fn refused_stream<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    e.downcast_ref::<h2::Error>().filter(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// What the server said when it refused the stream before processing it (h2's text of the
+/// reset or GOAWAY, with its debug data), from a status's source chain; `None` when it did
+/// not. tonic's own message for such a status says only "h2 protocol error: http2 error".
+#[must_use]
+pub fn refusal(status: &tonic::Status) -> Option<String> {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h2) = refused_stream(e) {
+            return Some(h2.to_string());
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// Rewrites tonic's answer to a message over [`MAX_DECODE_BYTES`] (`OUT_OF_RANGE`, "decoded

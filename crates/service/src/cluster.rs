@@ -518,6 +518,32 @@ pub async fn remove(
     propose_membership(ctx, deadline, &what, change).await
 }
 
+/// Changes the addresses the membership records for the member `id` (etcd's MemberUpdate),
+/// through openraft's `SetNodes`, which replaces the member's entry; its suffrage stays. The
+/// node itself must be (re)started at the new addresses.
+pub async fn update_addresses(
+    ctx: &NodeContext,
+    id: &NodeId,
+    info: &NodeInfo,
+    deadline: Instant,
+) -> Result<Routed<MembershipChange>, ServiceError> {
+    let (m, pre) = match lead(ctx, None, deadline).await? {
+        Routed::Done(v) => v,
+        Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
+    };
+    let Some(existing) = m.membership_config.membership().get_node(id) else {
+        return Err(not_a_member(id));
+    };
+    if existing == info {
+        return Ok(Routed::Done(membership_change(&m, false, None)));
+    }
+    tracing::info!(node = %id, raft_addr = %info.raft_addr, grpc_addr = %info.grpc_addr, "changing a member's addresses");
+    let what = format!("changing the addresses of {id}");
+    let nodes = BTreeMap::from([(id.clone(), info.clone())]);
+    let change = || ctx.raft.change_membership_if(ChangeMembers::SetNodes(nodes.clone()), true, pre.clone());
+    propose_membership(ctx, deadline, &what, change).await
+}
+
 /// Chooses whom to hand leadership to: `to` if given (it must be another voter), else the
 /// voter other than this leader whose log matches furthest.
 fn transfer_target(m: &Metrics, me: &NodeId, to: Option<&NodeId>) -> Result<NodeId, ServiceError> {

@@ -19,6 +19,16 @@
 //!   words before it, and a call still running [`TIMEOUT_GRACE`] after it is answered
 //!   `DEADLINE_EXCEEDED` (for a write: outcome unknown, as for any deadline).
 //!
+//! - **Connections.** At most `max_client_connections` ([`DEFAULT_MAX_CLIENT_CONNECTIONS`],
+//!   `--max-client-connections`) client connections are open at once; one past it is refused
+//!   at accept, before any HTTP/2 or TLS work (`rpc::server`: in plaintext an HTTP/2 GOAWAY
+//!   with `REFUSED_STREAM`, which gRPC clients see as `UNAVAILABLE` and may retry, writes
+//!   included, since nothing was processed). Each connection may push at most
+//!   `rpc::limits::CLIENT_PORT_WINDOW_BYTES` (256 KiB) before the node reads it, so the
+//!   bytes buffered on the client port are bounded too. Without this limit a flood of
+//!   connections costs the node their HTTP/2 work and buffers before any call reaches the
+//!   guard below.
+//!
 //! A call holds its place until its handler has answered: for a unary call, the whole call;
 //! for a stream (`KV.Watch`, `Admin.Backup`, the seed's `Example/Watch`), only until the
 //! stream is set up, so open streams are never counted against the limit (watches are bounded
@@ -46,6 +56,11 @@ use tonic::server::NamedService;
 use crate::ServiceError;
 use crate::limits::MAX_DECODE_BYTES;
 
+/// The default most client connections open at once (`--max-client-connections`): the
+/// common soft limit on a process's open files, past which a node would fail `accept`
+/// anyway; Consul limits connections per client address (200 for HTTP, 100 for RPC),
+/// etcd leaves them unbounded.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 1024;
 /// The default most calls served at once on the client port (`--max-in-flight-requests`).
 pub const DEFAULT_MAX_IN_FLIGHT_REQUESTS: usize = 1024;
 /// The default budget of request-body bytes in flight on the client port, in bytes (64 MiB,
@@ -74,6 +89,9 @@ pub struct OverloadLimits {
     pub max_in_flight_request_bytes: usize,
     /// The longest a call may hold its place.
     pub request_timeout: Duration,
+    /// The most client connections open at once (at least 1), applied by the client port's
+    /// accept loop (`rpc::server::PortLimits`).
+    pub max_client_connections: usize,
 }
 
 impl Default for OverloadLimits {
@@ -82,6 +100,7 @@ impl Default for OverloadLimits {
             max_in_flight_requests: DEFAULT_MAX_IN_FLIGHT_REQUESTS,
             max_in_flight_request_bytes: DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES,
             request_timeout: DEFAULT_SERVER_REQUEST_TIMEOUT,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
         }
     }
 }
@@ -97,6 +116,9 @@ impl OverloadLimits {
             return Err(format!(
                 "--max-in-flight-request-bytes is {b}; it must be at least {MIN_IN_FLIGHT_REQUEST_BYTES} (MIN_IN_FLIGHT_REQUEST_BYTES, one message of the largest size)"
             ));
+        }
+        if self.max_client_connections == 0 || self.max_client_connections > Semaphore::MAX_PERMITS {
+            return Err(format!("--max-client-connections is {}; it must be at least 1", self.max_client_connections));
         }
         if self.request_timeout < Duration::from_millis(100) {
             return Err(format!("--request-timeout is {:?}; it must be at least 100ms", self.request_timeout));
@@ -517,6 +539,7 @@ mod tests {
             max_in_flight_requests: requests,
             max_in_flight_request_bytes: bytes,
             request_timeout: Duration::from_secs(5),
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
         }
     }
 
@@ -607,5 +630,10 @@ mod tests {
         let mut l = limits(1, MIN_IN_FLIGHT_REQUEST_BYTES);
         l.request_timeout = Duration::from_millis(99);
         assert!(l.validate().err().unwrap_or_default().contains("--request-timeout"));
+        let mut l = limits(1, MIN_IN_FLIGHT_REQUEST_BYTES);
+        l.max_client_connections = 1;
+        assert!(l.validate().is_ok());
+        l.max_client_connections = 0;
+        assert!(l.validate().err().unwrap_or_default().contains("--max-client-connections"));
     }
 }

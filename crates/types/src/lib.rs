@@ -69,6 +69,11 @@ pub enum Command {
     /// the permission is checked again when it is applied. What every build since writes
     /// instead of [`Command::Write`], which older logs hold and which applies unchecked.
     CheckedWrite(CheckedWrite),
+    /// Compact the change history (etcd's `KV.Compact`): every change before this index is
+    /// dropped from the watch history, and a watch or a read at a past revision from before
+    /// it is refused as compacted. Replicated so every node compacts at the same point of
+    /// the log; the current state is untouched.
+    Compact(u64),
 }
 
 impl Command {
@@ -77,7 +82,7 @@ impl Command {
     pub fn write(&self) -> Option<&WriteCommand> {
         match self {
             Command::Write(w) | Command::CheckedWrite(CheckedWrite { write: w, .. }) => Some(w),
-            Command::Auth(_) | Command::Alarm(_) => None,
+            Command::Auth(_) | Command::Alarm(_) | Command::Compact(_) => None,
         }
     }
 }
@@ -106,6 +111,7 @@ impl std::fmt::Display for Command {
                 None => f.write_str(&write_summary(&c.write)),
             },
             Command::Auth(a) => write!(f, "{a}"),
+            Command::Compact(revision) => write!(f, "compact revision={revision}"),
             Command::Alarm(a) => {
                 let action = match a.action {
                     AlarmAction::Raise { .. } => "raise",
