@@ -209,6 +209,42 @@ async fn bench_puts_and_reads_through_etcds_own_api() -> TestResult {
     Ok(())
 }
 
+/// `raftkvctl bench --target etcd` loads raftkv through its etcd API (what `cargo xtask
+/// bench --etcd-api` measures), and `--no-request-ids` loads raftkv's own API without
+/// request ids; both write what they say, and `--no-request-ids` is refused for etcd.
+#[tokio::test]
+async fn bench_loads_raftkv_through_its_etcd_api_and_without_request_ids() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    // Through a follower, so the etcd API's writes are forwarded as the native ones are.
+    let follower = cluster.nodes[(leader + 1) % 3].grpc_addr.clone();
+    let eps = cluster.endpoints();
+
+    let puts = bench(&follower, &["put", "--total", "30", "--clients", "3", "--value-size", "16", "--prefix", "e"])?;
+    assert_eq!(puts["requests"], 30, "{puts}");
+    let gets = bench(&follower, &["get", "--total", "20", "--clients", "2", "--prefix", "eg"])?;
+    assert_eq!(gets["requests"], 20, "{gets}");
+
+    let native = ["-o", "json", "bench", "put", "--total", "20", "--clients", "2", "--prefix", "n"];
+    let out = raftkvctl(&eps, &[&native[..], &["--no-request-ids"]].concat())?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["requests"], 20, "{summary}");
+
+    // What both wrote, read back through raftkv's own API.
+    for (prefix, count) in [("e/", 30), ("n/", 20)] {
+        let out = raftkvctl(&eps, &["-o", "json", "get", prefix, "--prefix"])?;
+        let listed: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(listed["count"], count, "{listed}");
+    }
+
+    let refused = raftkvctl(&eps, &[&native[..], &["--no-request-ids", "--target", "etcd"]].concat())?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--no-request-ids is for --target raftkv"), "{err}");
+    Ok(())
+}
+
 /// The same `etcdctl` command against raftkv (through `raftkv`, any node) and against etcd:
 /// both must succeed and print the same.
 fn same(raftkv: &str, etcd: &str, args: &[&str]) -> Result<String, BoxError> {

@@ -21,6 +21,10 @@
 //!    `target/xtask-bench/results.json`.
 //! 5. Stop both clusters by PID, whatever happened.
 //!
+//! With `--etcd-api`, a third store is loaded in the same turn: the same raftkv cluster
+//! through its etcd v3 API (`raftkvctl bench --target etcd` against raftkv's client port),
+//! and a second table gives raftkv-over-etcd-API against raftkv-native, run by run.
+//!
 //! Both stores get the same load: each simulated client has its own connection to one
 //! member (clients spread over the members, or all to the leader: etcd's from `etcdctl
 //! endpoint status`, raftkv's nodeA, which bootstraps the cluster), sends one request after
@@ -107,7 +111,12 @@ pub(crate) struct Options {
     /// Use the `raftkv` and `raftkvctl` in this directory (another build, to compare
     /// builds) rather than building them.
     pub(crate) bin_dir: Option<PathBuf>,
+    /// Also load raftkv through its etcd v3 API ([`RAFTKV_ETCD_API`]).
+    pub(crate) etcd_api: bool,
 }
+
+/// The results key of raftkv loaded through its etcd v3 API.
+const RAFTKV_ETCD_API: &str = "raftkv-etcd-api";
 
 impl Options {
     fn shapes(&self) -> impl Iterator<Item = &'static Shape> + '_ {
@@ -117,7 +126,10 @@ impl Options {
 
 /// One store under load: where its clients connect and which processes serve it.
 struct Store {
+    /// The results key: `etcd`, `raftkv` or [`RAFTKV_ETCD_API`].
     name: &'static str,
+    /// The protocol `raftkvctl bench --target` speaks to it.
+    target: &'static str,
     /// Every member's client address, comma-separated.
     endpoints: String,
     /// The leader's client address.
@@ -160,7 +172,10 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         }
     };
     let outcome = etcd.wait_ready(&ctl, &interrupted).and_then(|()| {
-        let stores = [etcd.store()?, raftkv_store(&raftkv)];
+        let mut stores = vec![etcd.store()?, raftkv_store(&raftkv, "raftkv", "raftkv")];
+        if opts.etcd_api {
+            stores.push(raftkv_store(&raftkv, RAFTKV_ETCD_API, "etcd"));
+        }
         println!("bench: leaders: etcd {}, raftkv {}", stores[0].leader, stores[1].leader);
         measure(&ctl, &stores, opts, &interrupted)
     });
@@ -179,26 +194,26 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// raftkv's store: nodeA bootstraps the cluster and is its leader, first in the endpoints.
-fn raftkv_store(raftkv: &cluster::Running) -> Store {
+/// raftkv's store, loaded through `target`'s protocol: nodeA bootstraps the cluster and is
+/// its leader, first in the endpoints.
+fn raftkv_store(raftkv: &cluster::Running, name: &'static str, target: &'static str) -> Store {
     let endpoints = raftkv.endpoints();
     let leader = endpoints.split(',').next().unwrap_or_default().to_string();
-    Store { name: "raftkv", endpoints, leader, pids: raftkv.pids() }
+    Store { name, target, endpoints, leader, pids: raftkv.pids() }
 }
 
 /// Every measurement: `results[shape][store]` is one summary per run (`raftkvctl -o json
 /// bench` output, with `server_cpu_us_per_op` added).
-fn measure(ctl: &Path, stores: &[Store; 2], opts: &Options, interrupted: &AtomicBool) -> Result<Vec<Value>> {
+fn measure(ctl: &Path, stores: &[Store], opts: &Options, interrupted: &AtomicBool) -> Result<Vec<Value>> {
     let shapes: Vec<&Shape> = opts.shapes().collect();
     let mut results: Vec<Value> = shapes
         .iter()
-        .map(|s| json!({ "shape": s.name, "value_size": s.value_size, "etcd": [], "raftkv": [] }))
+        .map(|s| json!({ "shape": s.name, "value_size": s.value_size, "etcd": [], "raftkv": [], RAFTKV_ETCD_API: [] }))
         .collect();
     let ticks = clock_ticks_per_second();
     for run in 0..opts.runs {
         for (i, shape) in shapes.iter().enumerate() {
-            let order = if run % 2 == 0 { [&stores[0], &stores[1]] } else { [&stores[1], &stores[0]] };
-            for store in order {
+            for store in run_order(stores, run) {
                 if interrupted.load(Ordering::SeqCst) {
                     bail!("interrupted");
                 }
@@ -208,7 +223,7 @@ fn measure(ctl: &Path, stores: &[Store; 2], opts: &Options, interrupted: &Atomic
                 let requests = summary["requests"].as_f64().unwrap_or(0.0).max(1.0);
                 summary["server_cpu_us_per_op"] = json!(cpu * 1e6 / requests);
                 println!(
-                    "bench: run {}/{} {:<32} {:<6} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.0} us/op",
+                    "bench: run {}/{} {:<32} {:<15} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.0} us/op",
                     run + 1,
                     opts.runs,
                     shape.name,
@@ -227,12 +242,19 @@ fn measure(ctl: &Path, stores: &[Store; 2], opts: &Options, interrupted: &Atomic
     Ok(results)
 }
 
+/// The order the stores are loaded in, run `run`: rotated by one each run, so that none
+/// always goes first on a machine that warms up or slows down.
+fn run_order(stores: &[Store], run: usize) -> impl Iterator<Item = &Store> {
+    let n = stores.len().max(1);
+    (0..stores.len()).map(move |i| &stores[(i + run) % n])
+}
+
 /// One `raftkvctl -o json bench` run.
 fn bench(ctl: &Path, store: &Store, shape: &Shape, run: usize, scale: f64) -> Result<Value> {
     let total = ((shape.total as f64 * scale).round() as usize).max(shape.clients);
     let endpoints = if shape.route == Route::Leader { &store.leader } else { &store.endpoints };
     let mut cmd = Command::new(ctl);
-    cmd.args(["--endpoints", endpoints, "-o", "json", "bench", shape.op, "--target", store.name])
+    cmd.args(["--endpoints", endpoints, "-o", "json", "bench", shape.op, "--target", store.target])
         .args(["--total", &total.to_string(), "--clients", &shape.clients.to_string()])
         .args(["--value-size", &shape.value_size.to_string()])
         .args(["--prefix", &format!("bench-{run}-{}-{}-{}", shape.op, shape.clients, shape.value_size)]);
@@ -310,8 +332,26 @@ fn spread(xs: &mut [f64]) -> (f64, f64, f64) {
     (xs[0], median, xs[n - 1])
 }
 
-/// The table of module docs step 4.
+/// The table of module docs step 4, and with `--etcd-api` the second one.
 fn report(results: &[Value], opts: &Options) -> String {
+    let mut out = format!(
+        "raftkv against etcd, {} run(s) each, one load generator; median [lowest, highest] of the runs\n",
+        opts.runs
+    );
+    out.push_str(&table(results, ("etcd", "etcd"), ("raftkv", "raftkv")));
+    if opts.etcd_api {
+        out.push_str(&format!(
+            "\nraftkv through its etcd v3 API against raftkv's own API, same cluster, same {} run(s)\n",
+            opts.runs
+        ));
+        out.push_str(&table(results, ("raftkv", "native"), (RAFTKV_ETCD_API, "etcd API")));
+    }
+    out
+}
+
+/// One table: per shape, each store's requests per second, the ratio `b`/`a` taken run by
+/// run, and the medians of p50, p99 and CPU per operation. `(key, label)` name a store.
+fn table(results: &[Value], (a, a_label): (&str, &str), (b, b_label): (&str, &str)) -> String {
     let field = |runs: &Value, name: &str| -> Vec<f64> {
         runs.as_array().map(|a| a.iter().filter_map(|r| r[name].as_f64()).collect()).unwrap_or_default()
     };
@@ -320,26 +360,30 @@ fn report(results: &[Value], opts: &Options) -> String {
         if xs.is_empty() { f64::NAN } else { spread(&mut xs).1 }
     };
     let mut out = format!(
-        "raftkv against etcd, {} run(s) each, one load generator; median [lowest, highest] of the runs\n\
-         {:<32} {:>20} {:>20} {:>19} {:>11} {:>11} {:>13}\n",
-        opts.runs, "shape", "etcd req/s", "raftkv req/s", "raftkv/etcd", "p50 ms e/r", "p99 ms e/r", "cpu us/op e/r"
+        "{:<32} {:>20} {:>20} {:>19} {:>11} {:>11} {:>13}\n",
+        "shape",
+        format!("{a_label} req/s"),
+        format!("{b_label} req/s"),
+        format!("{b_label}/{a_label}"),
+        "p50 ms a/b",
+        "p99 ms a/b",
+        "cpu us/op a/b"
     );
     for r in results {
-        let (mut e, mut k) = (field(&r["etcd"], "requests_per_second"), field(&r["raftkv"], "requests_per_second"));
-        let mut ratios: Vec<f64> = e.iter().zip(&k).map(|(e, k)| k / e).collect();
-        if e.is_empty() || k.is_empty() {
+        let (mut x, mut y) = (field(&r[a], "requests_per_second"), field(&r[b], "requests_per_second"));
+        let mut ratios: Vec<f64> = x.iter().zip(&y).map(|(x, y)| y / x).collect();
+        if x.is_empty() || y.is_empty() {
             continue;
         }
         let fmt = |(lo, mid, hi): (f64, f64, f64)| format!("{mid:.0} [{lo:.0}, {hi:.0}]");
-        let pair = |name: &str, digits: usize| {
-            format!("{:.digits$}/{:.digits$}", median(&r["etcd"], name), median(&r["raftkv"], name))
-        };
+        let pair =
+            |name: &str, digits: usize| format!("{:.digits$}/{:.digits$}", median(&r[a], name), median(&r[b], name));
         let (rlo, rmid, rhi) = spread(&mut ratios);
         out.push_str(&format!(
             "{:<32} {:>20} {:>20} {:>19} {:>11} {:>11} {:>13}\n",
             r["shape"].as_str().unwrap_or("?"),
-            fmt(spread(&mut e)),
-            fmt(spread(&mut k)),
+            fmt(spread(&mut x)),
+            fmt(spread(&mut y)),
             format!("{rmid:.2} [{rlo:.2}, {rhi:.2}]"),
             pair("p50_ms", 2),
             pair("p99_ms", 1),
@@ -424,7 +468,7 @@ impl EtcdCluster {
             .and_then(|m| m["Endpoint"].as_str())
             .context("etcdctl endpoint status names no leader")?;
         let pids = self.children.iter().map(Child::id).collect();
-        Ok(Store { name: "etcd", endpoints: self.endpoints.clone(), leader: leader.to_string(), pids })
+        Ok(Store { name: "etcd", target: "etcd", endpoints: self.endpoints.clone(), leader: leader.to_string(), pids })
     }
 
     /// Waits until a put through every member succeeds.
@@ -500,10 +544,27 @@ mod tests {
             "shape": "put, 1 client",
             "etcd": [{"requests_per_second": 100.0, "p99_ms": 2.0}, {"requests_per_second": 200.0, "p99_ms": 4.0}],
             "raftkv": [{"requests_per_second": 300.0, "p99_ms": 1.0}, {"requests_per_second": 200.0, "p99_ms": 1.0}],
+            "raftkv-etcd-api": [{"requests_per_second": 150.0}, {"requests_per_second": 160.0}],
         })];
-        let text = report(&results, &Options { runs: 2, scale: 1.0, only: Vec::new(), bin_dir: None });
+        let opts = |etcd_api| Options { runs: 2, scale: 1.0, only: Vec::new(), bin_dir: None, etcd_api };
+        let text = report(&results, &opts(false));
         // Ratios 3.0 and 1.0: median 2.00, not 250/150.
         assert!(text.contains("2.00 [1.00, 3.00]"), "{text}");
         assert!(text.contains("150 [100, 200]"), "{text}");
+        assert!(!text.contains("etcd API"), "{text}");
+        // The second table: etcd API over native, run by run (0.5 and 0.8).
+        let text = report(&results, &opts(true));
+        assert!(text.contains("etcd API/native"), "{text}");
+        assert!(text.contains("0.65 [0.50, 0.80]"), "{text}");
+    }
+
+    #[test]
+    fn every_store_goes_first_in_turn() {
+        let store = |name| Store { name, target: name, endpoints: String::new(), leader: String::new(), pids: vec![] };
+        let stores = [store("a"), store("b"), store("c")];
+        let names = |run| run_order(&stores, run).map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names(0), ["a", "b", "c"]);
+        assert_eq!(names(1), ["b", "c", "a"]);
+        assert_eq!(names(3), ["a", "b", "c"]);
     }
 }

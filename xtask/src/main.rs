@@ -118,6 +118,10 @@ enum Cmd {
         /// building them.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Also load raftkv through its etcd v3 API (`raftkvctl bench --target etcd` against
+        /// raftkv's client port) and print raftkv-over-etcd-API against raftkv-native.
+        #[arg(long)]
+        etcd_api: bool,
     },
     /// The long fault-injection tier: N seeded schedules against a release build, each
     /// checked (linearizability, lost writes, duplicates, convergence); prints a summary and
@@ -214,7 +218,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Certs { dir, nodes, client } => {
             certs(&dir.unwrap_or_else(|| target_dir(&root).join("certs")), &nodes, &client)
         }
-        Cmd::Bench { runs, scale, only, bin_dir } => bench::run(&root, &bench::Options { runs, scale, only, bin_dir }),
+        Cmd::Bench { runs, scale, only, bin_dir, etcd_api } => {
+            bench::run(&root, &bench::Options { runs, scale, only, bin_dir, etcd_api })
+        }
         Cmd::Chaos { schedules, seed, secs, debug, clock, client_links, wan_secs } => {
             let options = chaos::Options { schedules, seed, secs, release: !debug, clock, client_links, wan_secs };
             chaos::run(&root, &options)

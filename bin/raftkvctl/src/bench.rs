@@ -83,6 +83,10 @@ pub(crate) struct BenchArgs {
     /// are reset when the run starts. raftkv only; `bench put` or `bench watch`.
     #[arg(long)]
     pub(crate) stages: bool,
+    /// `--target raftkv` only: send writes without request ids, as etcd's clients do, to
+    /// measure what the ids cost. A write whose outcome is unknown is then not resent.
+    #[arg(long)]
+    no_request_ids: bool,
 }
 
 impl BenchArgs {
@@ -190,6 +194,11 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
     if endpoints.is_empty() {
         bail!("no endpoints to load");
     }
+    if args.no_request_ids && args.target != Target::Raftkv {
+        bail!("--no-request-ids is for --target raftkv (etcd's API has no request ids)");
+    }
+    let mut options = options.clone();
+    options.auto_request_ids &= !args.no_request_ids;
     let keys_per_client = keys_per_client(args)?;
     let value = Arc::new(vec![b'x'; args.value_size]);
     let per_client = args.total.div_ceil(args.clients);
