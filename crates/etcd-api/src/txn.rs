@@ -16,6 +16,7 @@ use proto::etcd::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest,
 };
 use service::limits;
+use types::auth::Access;
 use types::{Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, PutOp, Txn, TxnOp, TxnOpResult};
 
 use crate::range::{self, Plan, key_value};
@@ -190,6 +191,32 @@ fn check_branch(ops: &[TxnOp]) -> Result<(), EtcdError> {
         }
     }
     Ok(())
+}
+
+/// The permissions a transaction needs, as etcd's `checkTxnAuth` lists them: read on each
+/// compare's keys and each range, write on each put and delete (and read for a delete's
+/// prev_kv), in both branches, nested transactions included. Call it on a checked request.
+pub(crate) fn permissions(req: &TxnRequest) -> Result<Vec<(KeyRange, Access)>, EtcdError> {
+    let mut needed = Vec::new();
+    for c in &req.compare {
+        needed.push((range::key_range(&c.key, &c.range_end)?, Access::Read));
+    }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(Request::RequestRange(r)) => needed.push((range::plan(r)?.op.range, Access::Read)),
+            Some(Request::RequestPut(p)) => needed.push((KeyRange::Key(p.key.to_vec()), Access::Write)),
+            Some(Request::RequestDeleteRange(d)) => {
+                let keys = range::key_range(&d.key, &d.range_end)?;
+                if d.prev_kv {
+                    needed.push((keys.clone(), Access::Read));
+                }
+                needed.push((keys, Access::Write));
+            }
+            Some(Request::RequestTxn(t)) => needed.extend(permissions(t)?),
+            None => {}
+        }
+    }
+    Ok(needed)
 }
 
 /// A checked transaction: the log's, and the plans of its ranges for shaping their answers.
