@@ -162,7 +162,12 @@ impl From<EtcdError> for Status {
             // Answered above with the native mapping.
             EtcdError::Service(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        // The node's own answer, never a transport failure: a follower that forwarded the
+        // request passes it back unchanged (`service::forward` tells them apart by this
+        // header), and raftkv's clients do not retry it elsewhere.
+        status.metadata_mut().insert(service::RETRYABLE_HEADER, tonic::metadata::MetadataValue::from_static("false"));
+        status
     }
 }
 
@@ -190,6 +195,9 @@ mod tests {
             (s.code(), s.message()),
             (Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")
         );
+        // Marked as the node's own answer, so a follower passes it back as it is.
+        let s = Status::from(EtcdError::RoleAlreadyExist);
+        assert_eq!(s.metadata().get(service::RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("false"));
         let s = Status::from(EtcdError::Service(ServiceError::NoLeader));
         assert_eq!(s.code(), Code::Unavailable);
     }

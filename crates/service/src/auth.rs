@@ -4,7 +4,9 @@
 //!   authentication is on, a call must carry a valid token in the `authorization` metadata
 //!   (`Bearer <token>`), except `Auth.Authenticate`; every call outside `raftkv.v1.KV` (the
 //!   Admin API, the Auth changes, the compat services `Example`, `RaftAdmin`, `RaftManager`)
-//!   also needs the `root` role.
+//!   also needs the `root` role. Another protocol's services take their own
+//!   [`GuardRule`] ([`AuthGuard::with_rule`]): etcd's API reads etcd's `token` metadata and
+//!   answers etcd's refusals (`etcd_api::guard_rule`), over the same users and tokens.
 //! - [`authorize`]: the KV service's per-request check of the key range against the
 //!   caller's roles; [`WatchPermit`] repeats it on an open watch each time the auth state
 //!   changes, and ends the stream with `PERMISSION_DENIED` once the permission is gone.
