@@ -311,6 +311,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_txn_needs_read_on_compares_and_ranges_and_write_on_puts_and_deletes() -> Result<(), EtcdError> {
+        let mut prev_del = del("d", b"e");
+        if let Some(Request::RequestDeleteRange(d)) = prev_del.request.as_mut() {
+            d.prev_kv = true;
+        }
+        let range = RequestOp {
+            request: Some(Request::RequestRange(RangeRequest { key: b"r".to_vec().into(), ..Default::default() })),
+        };
+        let nested = RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest { success: vec![put("n")], ..Default::default() })),
+        };
+        let req = TxnRequest {
+            compare: vec![cmp(EtcdTarget::Version, CompareResult::Equal, TargetUnion::Version(0))],
+            success: vec![put("p"), range],
+            failure: vec![prev_del, nested],
+        };
+        let key = |k: &[u8]| KeyRange::Key(k.to_vec());
+        let de = KeyRange::Range { start: b"d".to_vec(), end: Some(b"e".to_vec()) };
+        assert_eq!(
+            permissions(&req)?,
+            vec![
+                (key(b"k"), Access::Read),
+                (key(b"p"), Access::Write),
+                (key(b"r"), Access::Read),
+                (de.clone(), Access::Read),
+                (de, Access::Write),
+                (key(b"n"), Access::Write),
+            ]
+        );
+        Ok(())
+    }
+
     fn cmp(target: EtcdTarget, result: CompareResult, union: TargetUnion) -> EtcdCompare {
         EtcdCompare {
             result: result as i32,
