@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tests::{BoxError, Cluster, FAST_TIMING, TestResult, wait_for};
+use tests::{BoxError, Cluster, FAST_TIMING, TestResult, raftkvctl, wait_for};
 
 use crate::etcd::{Ctl, Etcd, error_line, etcdctl, etcdctl_run, on_path};
 
@@ -125,11 +125,18 @@ async fn etcdctl_users_roles_and_permissions_work_against_raftkv_as_against_etcd
     assert!(o.ok && t.ok && o.stdout == t.stdout, "raftkv {o:?} etcd {t:?}");
     let (o, t) = txn("version(\"a/1\") = \"0\"\n\nput b x\n\n\n")?;
     assert!(!o.ok && !t.ok && error_line(&o) == error_line(&t) && error_line(&o) == denied, "raftkv {o:?} etcd {t:?}");
-    // A watch outside her range is cancelled at once with etcd's reason.
-    let (o, t) = both(&ours, &theirs, Some(ALICE), &["watch", "b"], "")?;
-    assert!(!o.ok && !t.ok && o.stderr.contains("PermissionDenied desc = etcdserver: permission denied"), "{o:?}");
-    assert_eq!(o.stdout, t.stdout);
-    assert_eq!(error_line(&o), error_line(&t), "raftkv {o:?} etcd {t:?}");
+    // A watch outside her range, or without a user, is cancelled at once with etcd's reason.
+    let watch_refused = |user: Option<&str>, reason: &str| -> TestResult {
+        let (o, t) = both(&ours, &theirs, user, &["watch", "b"], "")?;
+        let canceled = |c: &Ctl| c.stderr.lines().find(|l| l.starts_with("watch was canceled")).map(str::to_string);
+        assert!(!o.ok && !t.ok && o.stdout == t.stdout, "raftkv {o:?} etcd {t:?}");
+        assert_eq!(canceled(&o), canceled(&t), "raftkv {o:?} etcd {t:?}");
+        assert_eq!(canceled(&o), Some(format!("watch was canceled ({reason})")));
+        assert_eq!(error_line(&o), error_line(&t), "raftkv {o:?} etcd {t:?}");
+        Ok(())
+    };
+    watch_refused(Some(ALICE), "rpc error: code = PermissionDenied desc = etcdserver: permission denied")?;
+    watch_refused(None, "rpc error: code = InvalidArgument desc = etcdserver: user name is empty")?;
     // A wrong password, administration without root.
     let failed = same_error(&ours, &theirs, Some("alice:wrong"), &["get", "a/1"])?;
     assert_eq!(failed, "Error: etcdserver: authentication failed, invalid user ID or password");
@@ -147,6 +154,17 @@ async fn etcdctl_users_roles_and_permissions_work_against_raftkv_as_against_etcd
         assert!(o.ok && t.ok, "member list as {user:?}: raftkv {o:?} etcd {t:?}");
         let (o, t) = both(&ours, &theirs, user, &["endpoint", "status"], "")?;
         assert!(o.ok && t.ok, "endpoint status as {user:?}: raftkv {o:?} etcd {t:?}");
+    }
+
+    // An etcd user is a raftkv user: raftkv's own API and raftkvctl take the same password,
+    // and check the same permissions.
+    let native = |args: &[&str]| raftkvctl(std::slice::from_ref(&ours), args);
+    let got = native(&["--user", ALICE, "get", "a/2"])?;
+    assert!(got.status.success(), "raftkvctl get as alice: {}", String::from_utf8_lossy(&got.stderr));
+    for args in [&["--user", ALICE, "put", "b", "v"][..], &["--user", ALICE, "user", "list"]] {
+        let out = native(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("permission denied"), "raftkvctl {args:?}: {stderr}");
     }
 
     // What root sees.
