@@ -59,6 +59,52 @@ pub enum EtcdError {
     /// (`ErrGRPCBadLeaderTransferee`).
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// Authenticate while authentication is off (`ErrGRPCAuthNotEnabled`); etcd's clients
+    /// then go on without a token.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// An unknown user or a wrong password (`ErrGRPCAuthFailed`).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// A token raftkv does not accept: expired, not this cluster's, of a deleted user or of
+    /// an earlier password (`ErrGRPCInvalidAuthToken`); etcd's clients authenticate again.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// No token while authentication is on, or an empty user name (`ErrGRPCUserEmpty`).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// The caller's roles do not allow the call (`ErrGRPCPermissionDenied`).
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// AuthEnable without a root user (`ErrGRPCRootUserNotExist`).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// UserAdd of an existing user (`ErrGRPCUserAlreadyExist`).
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// A user that does not exist (`ErrGRPCUserNotFound`).
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing role (`ErrGRPCRoleAlreadyExist`).
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// A role that does not exist (`ErrGRPCRoleNotFound`).
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// RoleAdd with an empty name (`ErrGRPCRoleEmpty`).
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// UserRevokeRole of a role the user does not have (`ErrGRPCRoleNotGranted`).
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a range the role holds no permission on
+    /// (`ErrGRPCPermissionNotGranted`).
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Deleting the root user, or taking the root role from it, while authentication is
+    /// on; deleting or changing the root role (`ErrGRPCInvalidAuthMgmt`).
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
     /// A request etcd accepts but raftkv does not serve yet; the message says what and
     /// what to do instead.
     #[error("{0}")]
@@ -90,7 +136,21 @@ impl From<EtcdError> for Status {
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
             | EtcdError::InvalidSortOption
-            | EtcdError::Unsupported(_) => Code::InvalidArgument,
+            | EtcdError::Unsupported(_)
+            | EtcdError::AuthFailed
+            | EtcdError::UserEmpty
+            | EtcdError::RoleEmpty
+            | EtcdError::InvalidAuthMgmt => Code::InvalidArgument,
+            EtcdError::AuthNotEnabled
+            | EtcdError::RootUserNotExist
+            | EtcdError::UserAlreadyExist
+            | EtcdError::UserNotFound
+            | EtcdError::RoleAlreadyExist
+            | EtcdError::RoleNotFound
+            | EtcdError::RoleNotGranted
+            | EtcdError::PermissionNotGranted => Code::FailedPrecondition,
+            EtcdError::InvalidAuthToken => Code::Unauthenticated,
+            EtcdError::PermissionDenied => Code::PermissionDenied,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::MemberBadUrls => Code::InvalidArgument,
@@ -102,7 +162,12 @@ impl From<EtcdError> for Status {
             // Answered above with the native mapping.
             EtcdError::Service(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        // The node's own answer, never a transport failure: a follower that forwarded the
+        // request passes it back unchanged (`service::forward` tells them apart by this
+        // header), and raftkv's clients do not retry it elsewhere.
+        status.metadata_mut().insert(service::RETRYABLE_HEADER, tonic::metadata::MetadataValue::from_static("false"));
+        status
     }
 }
 
@@ -121,6 +186,18 @@ mod tests {
         );
         let s = Status::from(EtcdError::LeaseNotFound);
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        let s = Status::from(EtcdError::InvalidAuthToken);
+        assert_eq!((s.code(), s.message()), (Code::Unauthenticated, "etcdserver: invalid auth token"));
+        let s = Status::from(EtcdError::PermissionDenied);
+        assert_eq!((s.code(), s.message()), (Code::PermissionDenied, "etcdserver: permission denied"));
+        let s = Status::from(EtcdError::AuthFailed);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")
+        );
+        // Marked as the node's own answer, so a follower passes it back as it is.
+        let s = Status::from(EtcdError::RoleAlreadyExist);
+        assert_eq!(s.metadata().get(service::RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("false"));
         let s = Status::from(EtcdError::Service(ServiceError::NoLeader));
         assert_eq!(s.code(), Code::Unavailable);
     }

@@ -15,13 +15,14 @@ use service::{DEFAULT_REQUEST_TIMEOUT, MAX_DECODE_BYTES, Routed, ServiceError, l
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use types::auth::Access;
 use types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, PutOp, RangeOp, Txn, TxnOp,
-    TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+    CheckedWrite, Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, PutOp, RangeOp, Txn,
+    TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
 
 use crate::range::{self, MAX_RANGE_RESPONSE_BYTES, key_value};
-use crate::{EtcdError, Node, signed, txn};
+use crate::{EtcdError, Node, auth, signed, txn};
 
 /// How many times a put with `ignore_value` re-reads a key that keeps changing under it
 /// before it gives up (each attempt is one compare-and-set through the log).
@@ -64,11 +65,38 @@ impl EtcdKv {
         KvServer::new(self).max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
-    /// Proposes `op` here; [`Routed::Leader`] when it must go to the leader.
-    async fn write(&self, op: WriteOp, timeout: Duration) -> Result<Routed<WriteOutcome>, EtcdError> {
-        let cmd = Command::Write(WriteCommand { request_id: None, op });
+    /// The caller may access `ranges` (built only while authentication is on), as etcd
+    /// checks it ([`auth::authorize`]); the caller, `None` while authentication is off.
+    fn authorize(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        ranges: impl FnOnce() -> Result<Vec<(KeyRange, Access)>, EtcdError>,
+    ) -> Result<Option<String>, EtcdError> {
+        let state = self.node.ctx.sm.auth_state();
+        if !state.enabled {
+            return Ok(None);
+        }
+        auth::authorize(&state, md, &ranges()?)
+    }
+
+    /// Proposes `op` here, as `user`'s (checked again when it is applied, as raftkv's own
+    /// writes: a permission revoked meanwhile refuses it); [`Routed::Leader`] when it must
+    /// go to the leader.
+    async fn write(
+        &self,
+        user: Option<String>,
+        op: WriteOp,
+        timeout: Duration,
+    ) -> Result<Routed<WriteOutcome>, EtcdError> {
+        let cmd = Command::CheckedWrite(CheckedWrite { user, write: WriteCommand { request_id: None, op } });
         Ok(match self.node.ctx.write(cmd, timeout).await? {
-            Routed::Done((_, CommandResult::Write(outcome))) => Routed::Done(outcome),
+            Routed::Done((_, CommandResult::Write(outcome))) => {
+                if let WriteResult::PermissionDenied { user, range, access } = &outcome.result {
+                    tracing::info!(index = outcome.index, ?user, range = %types::auth::RangeDisplay(range), %access, "etcd write refused at apply: its permission was gone");
+                    return Err(EtcdError::PermissionDenied);
+                }
+                Routed::Done(outcome)
+            }
             Routed::Done((index, other)) => {
                 return Err(
                     ServiceError::Internal(format!("the write at index {index} answered {other:?}").into()).into()
@@ -85,6 +113,7 @@ impl EtcdKv {
     /// times). A key absent when the transaction applies is etcd's "key not found".
     async fn put_keeping_value(
         &self,
+        user: Option<String>,
         op: PutOp,
         timeout: Duration,
     ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
@@ -119,7 +148,7 @@ impl EtcdKv {
                 },
             };
             let remaining = until.saturating_duration_since(Instant::now());
-            let outcome = match self.write(WriteOp::Txn(txn), remaining).await? {
+            let outcome = match self.write(user.clone(), WriteOp::Txn(txn), remaining).await? {
                 Routed::Done(outcome) => outcome,
                 Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
             };
@@ -185,10 +214,13 @@ impl EtcdKv {
 
     async fn do_range(&self, request: Request<RangeRequest>) -> Result<RangeResponse, EtcdError> {
         let timeout = deadline(request.metadata(), DEFAULT_REQUEST_TIMEOUT);
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         let plan = range::plan(&req)?;
         let level = if req.serializable { Consistency::Stale } else { Consistency::Linearizable };
         self.node.ctx.read_index(level, timeout).await?;
+        // After the barrier, as raftkv's own reads: every auth change committed before the
+        // read arrived is applied here, so a revoked permission is refused on every node.
+        self.authorize(&md, || Ok(vec![(plan.op.range.clone(), Access::Read)]))?;
         let (found, applied) = self.node.ctx.sm.range_at(&plan.op, MAX_RANGE_RESPONSE_BYTES)?;
         if plan.truncated(&found) {
             return Err(EtcdError::TooLarge(format!(
@@ -209,12 +241,22 @@ impl EtcdKv {
 
     async fn do_put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let (timeout, how) = write_call(&request)?;
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         let op = txn::put_op(&req)?;
+        // etcd: write on the key, and read for prev_kv. raftkv also reads the key to keep
+        // its value for ignore_value (a compare-and-set of the value it read).
+        let user = self.authorize(&md, || {
+            let key = KeyRange::Key(op.key.clone());
+            let mut ranges = vec![(key.clone(), Access::Write)];
+            if req.prev_kv || req.ignore_value {
+                ranges.push((key, Access::Read));
+            }
+            Ok(ranges)
+        })?;
         let done = if req.ignore_value {
-            self.put_keeping_value(op, timeout).await?
+            self.put_keeping_value(user, op, timeout).await?
         } else {
-            match self.write(WriteOp::Put(op), timeout).await? {
+            match self.write(user, WriteOp::Put(op), timeout).await? {
                 Routed::Done(WriteOutcome { index, result: WriteResult::Put { prev }, .. }) => {
                     Routed::Done((index, prev))
                 }
@@ -234,9 +276,17 @@ impl EtcdKv {
 
     async fn do_delete(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let (timeout, how) = write_call(&request)?;
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         let op = txn::delete_op(&req)?;
-        match self.write(WriteOp::Delete(op), timeout).await? {
+        // etcd: write on the range, and read for prev_kv.
+        let user = self.authorize(&md, || {
+            let mut ranges = vec![(op.range.clone(), Access::Write)];
+            if req.prev_kv {
+                ranges.push((op.range.clone(), Access::Read));
+            }
+            Ok(ranges)
+        })?;
+        match self.write(user, WriteOp::Delete(op), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Delete { deleted, prev }, .. }) => {
                 Ok(Response::new(DeleteRangeResponse {
                     header: Some(self.node.header(index)),
@@ -291,9 +341,10 @@ impl EtcdKv {
 
     async fn do_txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let (timeout, how) = write_call(&request)?;
-        let req = request.into_inner();
+        let (md, _, req) = request.into_parts();
         let checked = txn::txn(&req)?;
-        match self.write(WriteOp::Txn(checked.txn.clone()), timeout).await? {
+        let user = self.authorize(&md, || txn::permissions(&req))?;
+        match self.write(user, WriteOp::Txn(checked.txn.clone()), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded, results }, .. }) => {
                 Ok(Response::new(TxnResponse {
                     header: Some(self.node.header(index)),

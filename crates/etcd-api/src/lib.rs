@@ -18,6 +18,10 @@
 //! - [`EtcdMaintenance`] (`etcdserverpb.Maintenance`): Status; Hash and HashKV, Snapshot,
 //!   Alarm through the native Admin service's handlers (the same state hash, backup file
 //!   and alarms); MoveLeader through `service::cluster`; Defragment, a no-op.
+//! - [`EtcdAuth`] (`etcdserverpb.Auth`): Authenticate and the user and role RPCs over
+//!   raftkv's users, roles and tokens (`auth`), and [`guard_rule`], etcd's rule of who may
+//!   call what, which `service::AuthGuard` applies to every etcd service: etcd's `token`
+//!   metadata, per-key permissions for KV and Watch, the root role for administration.
 //! - [`EtcdError`]: etcd's own error messages and codes, and the one mapping to gRPC statuses
 //!   of this crate (raftkv's own failures keep `service`'s mapping).
 //!
@@ -32,6 +36,7 @@
 //! This crate sits beside `compat`, over `service`; nothing below depends on it, and it
 //! must never depend on `engine`, `raft-storage`, `client` or `compat`, nor directly on redb.
 
+mod auth;
 mod error;
 mod kv;
 mod maintenance;
@@ -40,6 +45,7 @@ mod range;
 mod txn;
 mod watch;
 
+pub use auth::{EtcdAuth, TOKEN_METADATA, guard_rule};
 pub use error::EtcdError;
 pub use kv::{EtcdKv, MAX_IGNORE_VALUE_ATTEMPTS};
 pub use maintenance::{ETCD_VERSION, EtcdCluster, EtcdMaintenance};
@@ -101,9 +107,11 @@ impl Node {
     }
 }
 
-/// The three etcd services of one node.
+/// The etcd services of one node.
 #[derive(Debug, Clone)]
 pub struct EtcdApi {
+    /// `etcdserverpb.Auth`.
+    pub auth: EtcdAuth,
     /// `etcdserverpb.KV`.
     pub kv: EtcdKv,
     /// `etcdserverpb.Cluster`.
@@ -124,8 +132,17 @@ impl EtcdApi {
             kv: EtcdKv::new(node.clone()),
             cluster: EtcdCluster::new(node.clone()),
             watch: EtcdWatch::new(node.clone()),
+            auth: EtcdAuth::new(node.clone()),
             maintenance: EtcdMaintenance::new(node),
         }
+    }
+
+    /// The services, with Authenticate's tokens valid for `ttl` (the node's
+    /// `--auth-token-ttl`).
+    #[must_use]
+    pub fn with_token_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.auth = self.auth.with_token_ttl(ttl);
+        self
     }
 }
 

@@ -16,6 +16,7 @@ use proto::etcd::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest,
 };
 use service::limits;
+use types::auth::Access;
 use types::{Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, PutOp, Txn, TxnOp, TxnOpResult};
 
 use crate::range::{self, Plan, key_value};
@@ -192,6 +193,32 @@ fn check_branch(ops: &[TxnOp]) -> Result<(), EtcdError> {
     Ok(())
 }
 
+/// The permissions a transaction needs, as etcd's `checkTxnAuth` lists them: read on each
+/// compare's keys and each range, write on each put and delete (and read for a delete's
+/// prev_kv), in both branches, nested transactions included. Call it on a checked request.
+pub(crate) fn permissions(req: &TxnRequest) -> Result<Vec<(KeyRange, Access)>, EtcdError> {
+    let mut needed = Vec::new();
+    for c in &req.compare {
+        needed.push((range::key_range(&c.key, &c.range_end)?, Access::Read));
+    }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(Request::RequestRange(r)) => needed.push((range::plan(r)?.op.range, Access::Read)),
+            Some(Request::RequestPut(p)) => needed.push((KeyRange::Key(p.key.to_vec()), Access::Write)),
+            Some(Request::RequestDeleteRange(d)) => {
+                let keys = range::key_range(&d.key, &d.range_end)?;
+                if d.prev_kv {
+                    needed.push((keys.clone(), Access::Read));
+                }
+                needed.push((keys, Access::Write));
+            }
+            Some(Request::RequestTxn(t)) => needed.extend(permissions(t)?),
+            None => {}
+        }
+    }
+    Ok(needed)
+}
+
 /// A checked transaction: the log's, and the plans of its ranges for shaping their answers.
 #[derive(Debug)]
 pub(crate) struct Checked {
@@ -282,6 +309,39 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn a_txn_needs_read_on_compares_and_ranges_and_write_on_puts_and_deletes() -> Result<(), EtcdError> {
+        let mut prev_del = del("d", b"e");
+        if let Some(Request::RequestDeleteRange(d)) = prev_del.request.as_mut() {
+            d.prev_kv = true;
+        }
+        let range = RequestOp {
+            request: Some(Request::RequestRange(RangeRequest { key: b"r".to_vec().into(), ..Default::default() })),
+        };
+        let nested = RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest { success: vec![put("n")], ..Default::default() })),
+        };
+        let req = TxnRequest {
+            compare: vec![cmp(EtcdTarget::Version, CompareResult::Equal, TargetUnion::Version(0))],
+            success: vec![put("p"), range],
+            failure: vec![prev_del, nested],
+        };
+        let key = |k: &[u8]| KeyRange::Key(k.to_vec());
+        let de = KeyRange::Range { start: b"d".to_vec(), end: Some(b"e".to_vec()) };
+        assert_eq!(
+            permissions(&req)?,
+            vec![
+                (key(b"k"), Access::Read),
+                (key(b"p"), Access::Write),
+                (key(b"r"), Access::Read),
+                (de.clone(), Access::Read),
+                (de, Access::Write),
+                (key(b"n"), Access::Write),
+            ]
+        );
+        Ok(())
     }
 
     fn cmp(target: EtcdTarget, result: CompareResult, union: TargetUnion) -> EtcdCompare {

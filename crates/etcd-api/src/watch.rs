@@ -29,7 +29,7 @@ use proto::etcd::etcdserverpb::watch_request::RequestUnion;
 use proto::etcd::etcdserverpb::watch_server::{Watch, WatchServer};
 use proto::etcd::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use proto::etcd::mvccpb;
-use service::auth::{self, WatchPermit};
+use service::auth::{Caller, WatchPermit};
 use service::limits::WATCH_MESSAGE_BYTES;
 use service::{MAX_DECODE_BYTES, ServiceError};
 use tokio::sync::{mpsc, watch};
@@ -97,6 +97,12 @@ impl Watch for EtcdWatch {
 
 /// The etcd watch range of a create request: etcd's `key`/`range_end`, where an empty key
 /// with `range_end` `"\0"` is every key.
+/// A status as etcd's Go server writes an error into a watch's `cancel_reason`
+/// (`err.Error()` of a gRPC status).
+fn go_error(status: &Status) -> String {
+    format!("rpc error: code = {:?} desc = {}", status.code(), status.message())
+}
+
 fn watch_range(key: &[u8], range_end: &[u8]) -> Result<KeyRange, EtcdError> {
     if key.is_empty() && range_end == [0] {
         return Ok(KeyRange::Range { start: Vec::new(), end: None });
@@ -269,18 +275,16 @@ impl EtcdStream {
                 return self.send(msg).await;
             }
         };
-        // As the native watch: the caller's read permission on the range, checked now and
-        // again whenever the auth state changes.
-        let permit = if sm.auth_state().enabled {
-            match auth::authorize(sm, &self.md, &[(range.clone(), Access::Read)]) {
-                Ok(caller) => WatchPermit::new(sm, caller, &range),
-                Err(e) => {
-                    let msg = refuse(self, Status::from(e).message().to_string());
-                    return self.send(msg).await;
-                }
+        // As etcd: the caller's read permission on the range (etcd's refusal, as
+        // `rpc error: ...`, in cancel_reason); as raftkv's native watch, checked again
+        // whenever the auth state changes.
+        let permit = match crate::auth::authorize(&sm.auth_state(), &self.md, &[(range.clone(), Access::Read)]) {
+            Ok(None) => None,
+            Ok(Some(user)) => WatchPermit::new(sm, Caller::User(user), &range),
+            Err(e) => {
+                let msg = refuse(self, go_error(&Status::from(e)));
+                return self.send(msg).await;
             }
-        } else {
-            None
         };
         let (watcher, begin) = match sm.watch(range, start) {
             Ok(w) => w,
@@ -422,7 +426,7 @@ impl EtcdStream {
                 self.subs.remove(i);
                 let mut msg = self.response(id, self.node.ctx.sm.applied_index());
                 msg.canceled = true;
-                msg.cancel_reason = Status::from(e).message().to_string();
+                msg.cancel_reason = go_error(&Status::from(EtcdError::PermissionDenied));
                 self.sent(self.send(msg).await)?;
                 return Ok(false);
             }

@@ -67,7 +67,7 @@ pub mod auth {
 /// etcd's v3 API: the packages `etcdserverpb`, `mvccpb` and `authpb` (`proto/etcd/`), with
 /// etcd's message names, field numbers and method paths.
 pub mod etcd {
-    /// `etcdserverpb`: the KV, Cluster and Maintenance services.
+    /// `etcdserverpb`: the KV, Watch, Cluster, Maintenance and Auth services.
     pub mod etcdserverpb {
         include!("generated/etcdserverpb.rs");
     }

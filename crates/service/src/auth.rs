@@ -4,7 +4,9 @@
 //!   authentication is on, a call must carry a valid token in the `authorization` metadata
 //!   (`Bearer <token>`), except `Auth.Authenticate`; every call outside `raftkv.v1.KV` (the
 //!   Admin API, the Auth changes, the compat services `Example`, `RaftAdmin`, `RaftManager`)
-//!   also needs the `root` role.
+//!   also needs the `root` role. Another protocol's services take their own
+//!   [`GuardRule`] ([`AuthGuard::with_rule`]): etcd's API reads etcd's `token` metadata and
+//!   answers etcd's refusals (`etcd_api::guard_rule`), over the same users and tokens.
 //! - [`authorize`]: the KV service's per-request check of the key range against the
 //!   caller's roles; [`WatchPermit`] repeats it on an open watch each time the auth state
 //!   changes, and ends the stream with `PERMISSION_DENIED` once the permission is gone.
@@ -234,17 +236,37 @@ fn gate(state: &AuthState, path: &str, authorization: Option<&[u8]>) -> Result<(
     )))
 }
 
+/// The check [`AuthGuard`] makes of a call, before the service sees it: whether a call to
+/// the method `path` with the request `headers` may go on under the auth state, else the
+/// status to answer. It may rewrite the headers (etcd's rule hands etcd's `token` on as
+/// `authorization`, where every layer below looks for the credentials).
+pub type GuardRule = fn(&AuthState, &str, &mut http::HeaderMap) -> Result<(), tonic::Status>;
+
+/// raftkv's own rule ([`gate`]): Authenticate is open; KV needs a valid token; everything
+/// else also the root role.
+fn raftkv_rule(state: &AuthState, path: &str, headers: &mut http::HeaderMap) -> Result<(), tonic::Status> {
+    let authorization = headers.get(AUTHORIZATION_HEADER).map(http::HeaderValue::as_bytes);
+    gate(state, path, authorization).map_err(tonic::Status::from)
+}
+
 /// A service of the client port behind the authentication check (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AuthGuard<S> {
     inner: S,
     auth: watch::Receiver<Arc<AuthState>>,
+    rule: GuardRule,
 }
 
 impl<S> AuthGuard<S> {
-    /// `inner`, checked against the auth state of `sm`.
+    /// `inner`, checked against the auth state of `sm` by raftkv's rule (see the module docs).
     pub fn new(sm: &StateMachine, inner: S) -> Self {
-        Self { inner, auth: sm.subscribe_auth() }
+        Self::with_rule(sm, inner, raftkv_rule)
+    }
+
+    /// `inner`, checked against the auth state of `sm` by `rule` (another protocol's, as the
+    /// etcd API's, whose clients send their credentials and expect their refusals otherwise).
+    pub fn with_rule(sm: &StateMachine, inner: S, rule: GuardRule) -> Self {
+        Self { inner, auth: sm.subscribe_auth(), rule }
     }
 }
 
@@ -266,16 +288,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
         let checked = {
             let state = self.auth.borrow();
-            let authorization = req.headers().get(AUTHORIZATION_HEADER).map(http::HeaderValue::as_bytes);
-            gate(&state, req.uri().path(), authorization)
+            (self.rule)(&state, parts.uri.path(), &mut parts.headers)
         };
         match checked {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => {
-                tracing::debug!(path = req.uri().path(), reason = %e, "call refused by authentication");
-                let status: tonic::Status = e.into();
+            Ok(()) => Box::pin(self.inner.call(http::Request::from_parts(parts, body))),
+            Err(status) => {
+                tracing::debug!(path = parts.uri.path(), reason = status.message(), "call refused by authentication");
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
