@@ -662,7 +662,7 @@ async fn start_servers(
 }
 
 /// The services of the client port: KV (and the followers' streams of forwarded KV writes), Admin, the Go seeds' `Example`, `RaftAdmin` and
-/// `RaftManager`, etcd's v3 `KV`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
+/// `RaftManager`, etcd's v3 `KV`, `Watch`, `Lease`, `Cluster` and `Maintenance` ([`etcd_api`]), gRPC health
 /// and reflection. KV requests slower than the config's `slow_request_threshold` are
 /// logged; tokens last its `auth_token_ttl`. Every service but health and reflection is
 /// behind the overload guard (outermost, so a shed call costs no token check) and the
@@ -687,6 +687,8 @@ fn client_routes(
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
     let cluster_name = ctx.gossip.as_ref().map_or(gossip::DEFAULT_CLUSTER_ID, |g| g.config().cluster_id.as_str());
     let etcd = etcd_api::EtcdApi::new(ctx.clone(), cluster_name);
+    // The leader's lease expiry; it ends when the node stops (`stop`).
+    drop(etcd.lease.start_expiry(stop.subscribe()));
     let mut routes = RoutesBuilder::default();
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
@@ -710,6 +712,7 @@ fn client_routes(
         .add_service(overload.guard(AuthGuard::new(sm, etcd.cluster.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.maintenance.into_server())))
         .add_service(overload.guard(AuthGuard::new(sm, etcd.watch.into_server())))
+        .add_service(overload.guard(AuthGuard::new(sm, etcd.lease.into_server())))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -1,5 +1,6 @@
 //! `etcdserverpb.KV`: Range, Put, DeleteRange and Txn over raftkv's write and read paths.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use linearizable::Consistency;
@@ -16,8 +17,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, PutOp, RangeOp, Txn, TxnOp,
-    TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+    CheckedWrite, Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, LeaseAttach,
+    LeasedWrite, PutOp, RangeOp, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
 
 use crate::range::{self, MAX_RANGE_RESPONSE_BYTES, key_value};
@@ -64,10 +65,25 @@ impl EtcdKv {
         KvServer::new(self).max_decoding_message_size(MAX_DECODE_BYTES)
     }
 
-    /// Proposes `op` here; [`Routed::Leader`] when it must go to the leader.
-    async fn write(&self, op: WriteOp, timeout: Duration) -> Result<Routed<WriteOutcome>, EtcdError> {
-        let cmd = Command::Write(WriteCommand { request_id: None, op });
+    /// Proposes `op` here, its puts doing with their keys' leases what `leases` says;
+    /// [`Routed::Leader`] when it must go to the leader. A lease that does not exist when
+    /// the write applies is etcd's "requested lease not found".
+    async fn write(
+        &self,
+        op: WriteOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
+        timeout: Duration,
+    ) -> Result<Routed<WriteOutcome>, EtcdError> {
+        let write = WriteCommand { request_id: None, op };
+        let cmd = if leases.is_empty() {
+            Command::Write(write)
+        } else {
+            Command::LeasedWrite(LeasedWrite { write: CheckedWrite { user: None, write }, leases })
+        };
         Ok(match self.node.ctx.write(cmd, timeout).await? {
+            Routed::Done((_, CommandResult::Write(WriteOutcome { result: WriteResult::LeaseNotFound { .. }, .. }))) => {
+                return Err(EtcdError::LeaseNotFound);
+            }
             Routed::Done((_, CommandResult::Write(outcome))) => Routed::Done(outcome),
             Routed::Done((index, other)) => {
                 return Err(
@@ -86,6 +102,7 @@ impl EtcdKv {
     async fn put_keeping_value(
         &self,
         op: PutOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
         timeout: Duration,
     ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
         let until = Instant::now() + timeout;
@@ -119,7 +136,7 @@ impl EtcdKv {
                 },
             };
             let remaining = until.saturating_duration_since(Instant::now());
-            let outcome = match self.write(WriteOp::Txn(txn), remaining).await? {
+            let outcome = match self.write(WriteOp::Txn(txn), leases.clone(), remaining).await? {
                 Routed::Done(outcome) => outcome,
                 Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
             };
@@ -211,10 +228,11 @@ impl EtcdKv {
         let (timeout, how) = write_call(&request)?;
         let req = request.into_inner();
         let op = txn::put_op(&req)?;
+        let leases: BTreeMap<_, _> = txn::put_lease(&req).map(|a| (op.key.clone(), a)).into_iter().collect();
         let done = if req.ignore_value {
-            self.put_keeping_value(op, timeout).await?
+            self.put_keeping_value(op, leases, timeout).await?
         } else {
-            match self.write(WriteOp::Put(op), timeout).await? {
+            match self.write(WriteOp::Put(op), leases, timeout).await? {
                 Routed::Done(WriteOutcome { index, result: WriteResult::Put { prev }, .. }) => {
                     Routed::Done((index, prev))
                 }
@@ -236,7 +254,7 @@ impl EtcdKv {
         let (timeout, how) = write_call(&request)?;
         let req = request.into_inner();
         let op = txn::delete_op(&req)?;
-        match self.write(WriteOp::Delete(op), timeout).await? {
+        match self.write(WriteOp::Delete(op), BTreeMap::new(), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Delete { deleted, prev }, .. }) => {
                 Ok(Response::new(DeleteRangeResponse {
                     header: Some(self.node.header(index)),
@@ -293,7 +311,7 @@ impl EtcdKv {
         let (timeout, how) = write_call(&request)?;
         let req = request.into_inner();
         let checked = txn::txn(&req)?;
-        match self.write(WriteOp::Txn(checked.txn.clone()), timeout).await? {
+        match self.write(WriteOp::Txn(checked.txn.clone()), checked.leases.clone(), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded, results }, .. }) => {
                 Ok(Response::new(TxnResponse {
                     header: Some(self.node.header(index)),

@@ -11,6 +11,10 @@
 //! - [`EtcdWatch`] (`etcdserverpb.Watch`): the bidirectional watch stream over the node's
 //!   change feed (`fsm`'s history and watchers, as raftkv's native watch); `KV.Compact`
 //!   compacts that history through the log.
+//! - [`EtcdLease`] (`etcdserverpb.Lease`): Grant, Revoke, KeepAlive, TimeToLive and Leases.
+//!   Leases and their keys are replicated state (`types::lease`); their deadlines are the
+//!   leader's, in memory, and the leader revokes an expired lease through the log
+//!   (`lease`: expiry, extension on a new leader, keep-alives on followers).
 //! - [`EtcdCluster`] (`etcdserverpb.Cluster`): MemberList, from the Raft membership;
 //!   MemberAdd (a voter or a learner), MemberRemove, MemberPromote and MemberUpdate, mapped
 //!   onto `service`'s membership operations (`members`: how an added member's node id and
@@ -34,6 +38,7 @@
 
 mod error;
 mod kv;
+mod lease;
 mod maintenance;
 mod members;
 mod range;
@@ -42,6 +47,7 @@ mod watch;
 
 pub use error::EtcdError;
 pub use kv::{EtcdKv, MAX_IGNORE_VALUE_ATTEMPTS};
+pub use lease::{EXPIRY_CHECK_INTERVAL, EtcdLease, MAX_LEASE_TTL, MAX_REVOKES_PER_CHECK, MIN_LEASE_TTL};
 pub use maintenance::{ETCD_VERSION, EtcdCluster, EtcdMaintenance};
 pub use range::MAX_RANGE_RESPONSE_BYTES;
 pub use txn::MAX_TXN_OPS;
@@ -101,7 +107,7 @@ impl Node {
     }
 }
 
-/// The three etcd services of one node.
+/// The etcd services of one node.
 #[derive(Debug, Clone)]
 pub struct EtcdApi {
     /// `etcdserverpb.KV`.
@@ -112,6 +118,8 @@ pub struct EtcdApi {
     pub maintenance: EtcdMaintenance,
     /// `etcdserverpb.Watch`.
     pub watch: EtcdWatch,
+    /// `etcdserverpb.Lease`; its expiry loop is started with [`EtcdLease::start_expiry`].
+    pub lease: EtcdLease,
 }
 
 impl EtcdApi {
@@ -124,6 +132,7 @@ impl EtcdApi {
             kv: EtcdKv::new(node.clone()),
             cluster: EtcdCluster::new(node.clone()),
             watch: EtcdWatch::new(node.clone()),
+            lease: EtcdLease::new(node.clone()),
             maintenance: EtcdMaintenance::new(node),
         }
     }
