@@ -18,6 +18,7 @@ mod config;
 mod corrupt;
 mod disk;
 mod etcd;
+mod etcd_lease;
 mod etcd_maint;
 mod etcd_watch;
 mod faults;

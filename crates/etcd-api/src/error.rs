@@ -1,7 +1,8 @@
 //! [`EtcdError`]: the failures etcd's clients recognise by message and code, and the one
 //! mapping of this crate's errors to gRPC statuses.
 
-use service::ServiceError;
+use service::{RETRYABLE_HEADER, ServiceError};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 /// An etcd API call's failure. The etcd variants carry etcd 3.4's exact message and code
@@ -109,7 +110,12 @@ impl From<EtcdError> for Status {
             // Answered above with the native mapping.
             EtcdError::Service(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        // Marked as this service's own answer (not retryable as it is), as raftkv's own
+        // failures are: a follower that forwarded the request passes it through unchanged
+        // rather than reading it as a failure to reach the leader.
+        let mut status = Status::new(code, e.to_string());
+        status.metadata_mut().insert(RETRYABLE_HEADER, MetadataValue::from_static("false"));
+        status
     }
 }
 
@@ -128,6 +134,7 @@ mod tests {
         );
         let s = Status::from(EtcdError::LeaseNotFound);
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        assert_eq!(s.metadata().get(RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("false"));
         let s = Status::from(EtcdError::LeaseExists);
         assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
         let s = Status::from(EtcdError::LeaseTtlTooLarge);

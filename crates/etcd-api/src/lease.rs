@@ -320,11 +320,7 @@ impl EtcdLease {
     }
 
     /// Proposes a lease command here; [`Routed::Leader`] when only the leader can.
-    async fn propose(
-        &self,
-        cmd: LeaseCommand,
-        timeout: Duration,
-    ) -> Result<Routed<(u64, LeaseOutcome)>, EtcdError> {
+    async fn propose(&self, cmd: LeaseCommand, timeout: Duration) -> Result<Routed<(u64, LeaseOutcome)>, EtcdError> {
         Ok(match self.node.ctx.write(Command::Lease(cmd), timeout).await? {
             Routed::Done((index, CommandResult::Lease(outcome))) => Routed::Done((index, outcome)),
             Routed::Done((index, other)) => {
@@ -409,9 +405,13 @@ impl EtcdLease {
             ))
             .into()),
             Routed::Leader(leader) => {
-                to_leader(&self.node.ctx, leader, how, req, |ch, r| async move {
-                    leader_client(ch).lease_revoke(r).await
-                })
+                to_leader(
+                    &self.node.ctx,
+                    leader,
+                    how,
+                    req,
+                    |ch, r| async move { leader_client(ch).lease_revoke(r).await },
+                )
                 .await
             }
         }
@@ -456,9 +456,9 @@ impl EtcdLease {
                     let mut answers = leader_client(ch).lease_keep_alive(once).await?.into_inner();
                     match answers.message().await? {
                         Some(answer) => Ok(Response::new(answer)),
-                        None => Err(Status::unavailable(
-                            "the leader ended the keep-alive stream without an answer; retry",
-                        )),
+                        None => {
+                            Err(Status::unavailable("the leader ended the keep-alive stream without an answer; retry"))
+                        }
                     }
                 })
                 .await?;
@@ -587,7 +587,10 @@ impl Lease for EtcdLease {
         self.do_time_to_live(request).await
     }
 
-    async fn lease_leases(&self, request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         Ok(Response::new(self.do_leases(request).await?))
     }
 }

@@ -491,9 +491,11 @@ mod tests {
             checked.leases,
             BTreeMap::from([(b"a".to_vec(), LeaseAttach::Lease(7)), (b"c".to_vec(), LeaseAttach::Lease(8))])
         );
-        let differ = TxnRequest { success: vec![leased_put("a", 7)], failure: vec![leased_put("a", 8)], ..Default::default() };
+        let differ =
+            TxnRequest { success: vec![leased_put("a", 7)], failure: vec![leased_put("a", 8)], ..Default::default() };
         assert!(matches!(txn(&differ), Err(EtcdError::Unsupported(m)) if m.contains("same lease")));
-        let one_without = TxnRequest { success: vec![put("a")], failure: vec![leased_put("a", 8)], ..Default::default() };
+        let one_without =
+            TxnRequest { success: vec![put("a")], failure: vec![leased_put("a", 8)], ..Default::default() };
         assert!(matches!(txn(&one_without), Err(EtcdError::Unsupported(_))));
         let keep = PutRequest { key: b"k".to_vec().into(), ignore_lease: true, ..Default::default() };
         assert_eq!(put_lease(&keep), Some(LeaseAttach::Keep));

@@ -342,7 +342,8 @@ impl<R: Read> SnapshotReader<R> {
                 } else if tag[0] == TAG_AUTH {
                     Ok(Some(Item::Auth(body)))
                 } else if tag[0] == TAG_LEASE {
-                    let (Ok(id), Ok(ttl)) = (<[u8; 8]>::try_from(name.as_slice()), <[u8; 8]>::try_from(body.as_slice()))
+                    let (Ok(id), Ok(ttl)) =
+                        (<[u8; 8]>::try_from(name.as_slice()), <[u8; 8]>::try_from(body.as_slice()))
                     else {
                         return Err(corrupt("a lease record is not an 8-byte id and an 8-byte TTL"));
                     };

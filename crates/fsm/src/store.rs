@@ -103,7 +103,8 @@ impl Record {
             return Err(Error::CorruptRecord("shorter than its 24-byte header"));
         }
         let version = u64::from_le_bytes(Self::word(rec, 2));
-        let indexes = (u64::from_le_bytes(Self::word(rec, 0)), u64::from_le_bytes(Self::word(rec, 1)), version & !LEASED);
+        let indexes =
+            (u64::from_le_bytes(Self::word(rec, 0)), u64::from_le_bytes(Self::word(rec, 1)), version & !LEASED);
         if version & LEASED == 0 {
             return Ok((indexes, 0, HEADER));
         }
@@ -249,7 +250,11 @@ pub(crate) struct Data<'t> {
 
 impl Data<'_> {
     /// The first lease a put of `ops` names that does not exist.
-    fn missing_lease<'o>(&self, puts: impl Iterator<Item = &'o PutOp>, leases: Leases<'_>) -> Result<Option<LeaseId>, Error> {
+    fn missing_lease<'o>(
+        &self,
+        puts: impl Iterator<Item = &'o PutOp>,
+        leases: Leases<'_>,
+    ) -> Result<Option<LeaseId>, Error> {
         for p in puts {
             if let Some(LeaseAttach::Lease(id)) = leases.get(&p.key)
                 && self.leases.get(*id)?.is_none()
@@ -274,7 +279,13 @@ impl Data<'_> {
         Ok(())
     }
 
-    fn put(&mut self, index: u64, op: &PutOp, leases: Leases<'_>, events: &mut Vec<Event>) -> Result<WriteResult, Error> {
+    fn put(
+        &mut self,
+        index: u64,
+        op: &PutOp,
+        leases: Leases<'_>,
+        events: &mut Vec<Event>,
+    ) -> Result<WriteResult, Error> {
         let current = get(&self.kv, &op.key)?;
         if let Some(failed) = precondition(current.as_ref(), op.expect, &op.key) {
             return Ok(failed);
@@ -447,11 +458,8 @@ pub(crate) struct ApplyTables<'t> {
 
 impl<'t> ApplyTables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, Error> {
-        let data = Data {
-            kv: txn.open_table(KV)?,
-            leases: txn.open_table(LEASES)?,
-            lease_keys: txn.open_table(LEASE_KEYS)?,
-        };
+        let data =
+            Data { kv: txn.open_table(KV)?, leases: txn.open_table(LEASES)?, lease_keys: txn.open_table(LEASE_KEYS)? };
         Ok(Self { data, requests: txn.open_table(REQUESTS)?, newest: 0 })
     }
 

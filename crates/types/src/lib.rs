@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 pub use alarm::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 
 pub use ids::{InvalidNodeId, NodeId};
-pub use lease::{LeaseAttach, LeaseCommand, LeaseId, LeaseOutcome, LeasedWrite};
 pub use kv::{
     CheckedWrite, Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, PutOp, RangeOp, RangeResult,
     Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
+pub use lease::{LeaseAttach, LeaseCommand, LeaseId, LeaseOutcome, LeasedWrite};
 
 /// The addresses of one member, stored in the Raft membership.
 ///
