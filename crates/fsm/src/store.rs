@@ -72,6 +72,10 @@ pub const TXN_READ_BUDGET_BYTES: usize = 1 << 20;
 pub(crate) struct Record;
 
 const HEADER: usize = 24;
+/// What a stored record holds besides its value: (create_index, modify_index, version),
+/// the lease (0 for none), and where the value starts.
+type Parts = ((u64, u64, u64), LeaseId, usize);
+
 /// Set in the stored version word of a record that carries a lease (a version never gets
 /// near 2^63).
 const LEASED: u64 = 1 << 63;
@@ -98,7 +102,7 @@ impl Record {
     }
 
     /// The indexes, the lease (0 for none) and where the value starts.
-    fn parts(rec: &[u8]) -> Result<((u64, u64, u64), LeaseId, usize), Error> {
+    fn parts(rec: &[u8]) -> Result<Parts, Error> {
         if rec.len() < HEADER {
             return Err(Error::CorruptRecord("shorter than its 24-byte header"));
         }
