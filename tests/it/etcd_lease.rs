@@ -130,6 +130,12 @@ async fn etcdctl_leases_match_etcd_and_expire_on_every_member() -> TestResult {
     };
     assert_eq!(format!("{:016x}", lease_of(&ours)?), our_id);
     assert_eq!(format!("{:016x}", lease_of(&theirs)?), their_id);
+    // A put with --ignore-lease keeps the key's lease; a plain put would detach it.
+    for e in [&ours, &theirs] {
+        assert_eq!(etcdctl(e, &["put", "--ignore-lease", "l/k", "v2"])?, "OK\n");
+    }
+    assert_eq!(format!("{:016x}", lease_of(&ours)?), our_id);
+    assert_eq!(format!("{:016x}", lease_of(&theirs)?), their_id);
 
     // keep-alive (through a follower) keeps the key past its TTL.
     let keep = [KeepAlive::start(&ours, &our_id)?, KeepAlive::start(&theirs, &their_id)?];
@@ -183,6 +189,7 @@ async fn etcdctl_leases_match_etcd_and_expire_on_every_member() -> TestResult {
 
     // etcd's errors, word for word.
     for args in [
+        vec!["put", "--ignore-lease", "r/missing", "v"],
         vec!["lease", "revoke", id.as_str()],
         vec!["put", "--lease", id.as_str(), "r/4", "v"],
         vec!["lease", "grant", "9000000001"],

@@ -169,6 +169,37 @@ impl EtcdKv {
         .into())
     }
 
+    /// A put with `ignore_lease` (and a value): the key keeps its lease, and must exist
+    /// when the put applies (etcd's "key not found" otherwise): a transaction whose one
+    /// compare is the key's existence.
+    async fn put_keeping_lease(
+        &self,
+        op: PutOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
+        timeout: Duration,
+    ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
+        let txn = Txn {
+            compares: vec![Compare { key: op.key.clone(), op: CompareOp::Equal, target: CompareTarget::Exists(true) }],
+            success: vec![TxnOp::Put(op)],
+            failure: vec![],
+        };
+        match self.write(WriteOp::Txn(txn), leases, timeout).await? {
+            Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded: true, mut results }, .. }) => {
+                match results.pop() {
+                    Some(TxnOpResult::Put { prev }) => Ok(Routed::Done((index, prev))),
+                    other => {
+                        Err(unexpected(&WriteResult::Txn { succeeded: true, results: other.into_iter().collect() }))
+                    }
+                }
+            }
+            Routed::Done(WriteOutcome { result: WriteResult::Txn { succeeded: false, .. }, .. }) => {
+                Err(EtcdError::KeyNotFound)
+            }
+            Routed::Done(other) => Err(unexpected(&other.result)),
+            Routed::Leader(leader) => Ok(Routed::Leader(leader)),
+        }
+    }
+
     /// Whether a read at `revision` can be answered from the state at `applied` for `range`:
     /// etcd keeps every old revision until a compaction; raftkv keeps the current state and
     /// the watch history, so it answers a past revision exactly when that history shows no
@@ -231,6 +262,8 @@ impl EtcdKv {
         let leases: BTreeMap<_, _> = txn::put_lease(&req).map(|a| (op.key.clone(), a)).into_iter().collect();
         let done = if req.ignore_value {
             self.put_keeping_value(op, leases, timeout).await?
+        } else if req.ignore_lease {
+            self.put_keeping_lease(op, leases, timeout).await?
         } else {
             match self.write(WriteOp::Put(op), leases, timeout).await? {
                 Routed::Done(WriteOutcome { index, result: WriteResult::Put { prev }, .. }) => {
