@@ -253,7 +253,9 @@ async fn etcd_leases_outlive_a_leader_kill() -> TestResult {
 }
 
 /// What Debian's `python3-etcd3` (0.12, grpcio) does with a lease against raftkv, unchanged:
-/// grant, put with it, refresh (a keep-alive), remaining and granted TTL, keys, revoke.
+/// grant, put with it, refresh (a keep-alive), remaining and granted TTL, keys, a second
+/// grant of the same id (refused), revoke. The same script runs against etcd first, so what
+/// it expects is etcd's behaviour.
 const PYTHON_LEASE: &str = r#"
 import os, sys, threading
 threading.Timer(30, lambda: (print("timed out", flush=True), os._exit(2))).start()
@@ -271,6 +273,11 @@ assert refreshed[0].ID == lease.id and refreshed[0].TTL == 5, refreshed
 assert 0 <= lease.remaining_ttl <= 5, lease.remaining_ttl
 assert lease.granted_ttl == 5, lease.granted_ttl
 assert sorted(lease.keys) == [b"pyl/a", b"pyl/b"], lease.keys
+try:
+    c.lease(5, lease_id=lease.id)
+    raise SystemExit("a second grant of the same id was accepted")
+except etcd3.exceptions.PreconditionFailedError:
+    pass  # FAILED_PRECONDITION "etcdserver: lease already exists"
 lease.revoke()
 assert c.get("pyl/a") == (None, None)
 assert lease.remaining_ttl == -1, lease.remaining_ttl
@@ -281,6 +288,7 @@ os._exit(0)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
 async fn pythons_etcd3_client_uses_a_lease_against_raftkv() -> TestResult {
+    let etcd = started_etcd().await?;
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let follower = &cluster.nodes[(leader + 1) % 3];
@@ -289,8 +297,10 @@ async fn pythons_etcd3_client_uses_a_lease_against_raftkv() -> TestResult {
     if !probe.status.success() {
         return Err("python3-etcd3 is missing: apt-get install python3-etcd3 (.ci/run installs it)".into());
     }
-    let out = Command::new(python).args(["-c", PYTHON_LEASE, &follower.grpc_addr]).stdin(Stdio::null()).output()?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.trim() == "ok", "python3-etcd3: {stdout}\n{stderr}");
+    for (who, endpoint) in [("etcd", &etcd.endpoint), ("raftkv", &follower.grpc_addr)] {
+        let out = Command::new(python).args(["-c", PYTHON_LEASE, endpoint]).stdin(Stdio::null()).output()?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && stdout.trim() == "ok", "python3-etcd3 against {who}: {stdout}\n{stderr}");
+    }
     Ok(())
 }
