@@ -304,3 +304,25 @@ async fn pythons_etcd3_client_uses_a_lease_against_raftkv() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
+async fn an_open_keep_alive_stream_does_not_hold_up_a_graceful_stop() -> TestResult {
+    let mut extra = FAST_TIMING.to_vec();
+    extra.extend(["--shutdown_grace", "60s"]);
+    let mut cluster = Cluster::start(1, &extra).await?;
+    let ep = cluster.nodes[0].grpc_addr.clone();
+    let (id, _) = grant(&ep, "2")?;
+    etcdctl(&ep, &["put", "--lease", &id, "s", "1"])?;
+    let _keep = KeepAlive::start(&ep, &id)?;
+    // The stream is open and answering: the lease outlives its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(present_on(&ep, "s")?, "the kept-alive lease expired");
+    let started = Instant::now();
+    let node = &mut cluster.nodes[0];
+    assert!(node.stop(), "the node did not stop cleanly; log:\n{}", node.log_tail());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}: the drain waited for the keep-alive stream");
+    eprintln!("stopped with an open etcd keep-alive stream in {took:?}");
+    Ok(())
+}
