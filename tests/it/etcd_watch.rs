@@ -355,8 +355,8 @@ async fn an_open_etcd_watch_does_not_hold_up_a_graceful_stop() -> TestResult {
 }
 
 /// What Debian's `python3-etcd3` (0.12, grpcio) does against raftkv, unchanged: put, get,
-/// a transaction, a prefix watch (created, then three events), get_prefix. Leases are left
-/// out: raftkv does not serve etcd's Lease service yet.
+/// a transaction, a prefix watch (created, then three events), get_prefix. Its leases are in
+/// `etcd_lease.rs`.
 const PYTHON_ETCD3: &str = r#"
 import os, sys, threading
 threading.Timer(30, lambda: (print("timed out", flush=True), os._exit(2))).start()

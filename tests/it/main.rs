@@ -19,6 +19,7 @@ mod corrupt;
 mod disk;
 mod etcd;
 mod etcd_auth;
+mod etcd_lease;
 mod etcd_maint;
 mod etcd_watch;
 mod faults;

@@ -662,7 +662,7 @@ async fn start_servers(
 }
 
 /// The services of the client port: KV (and the followers' streams of forwarded KV writes), Admin, the Go seeds' `Example`, `RaftAdmin` and
-/// `RaftManager`, etcd's v3 `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth` ([`etcd_api`]), gRPC health
+/// `RaftManager`, etcd's v3 `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth` ([`etcd_api`]), gRPC health
 /// and reflection. KV requests slower than the config's `slow_request_threshold` are
 /// logged; tokens last its `auth_token_ttl`. Every service but health and reflection is
 /// behind the overload guard (outermost, so a shed call costs no token check) and the
@@ -687,6 +687,8 @@ fn client_routes(
     let hashicorp = HashicorpAdmin::new(ctx.clone(), Operations::default(), stop_request.clone());
     let cluster_name = ctx.gossip.as_ref().map_or(gossip::DEFAULT_CLUSTER_ID, |g| g.config().cluster_id.as_str());
     let etcd = etcd_api::EtcdApi::new(ctx.clone(), cluster_name).with_token_ttl(config.auth_token_ttl);
+    // The leader's lease expiry; it ends when the node stops (`stop`).
+    drop(etcd.lease.start_expiry(stop.subscribe()));
     let mut routes = RoutesBuilder::default();
     // Every service but health and reflection behind the one authentication check.
     let sm = &ctx.sm;
@@ -713,6 +715,7 @@ fn client_routes(
         .add_service(overload.guard(AuthGuard::with_rule(sm, etcd.maintenance.into_server(), etcd_api::guard_rule)))
         .add_service(overload.guard(AuthGuard::with_rule(sm, etcd.watch.into_server(), etcd_api::guard_rule)))
         .add_service(overload.guard(AuthGuard::with_rule(sm, etcd.auth.into_server(), etcd_api::guard_rule)))
+        .add_service(overload.guard(AuthGuard::with_rule(sm, etcd.lease.into_server(), etcd_api::guard_rule)))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

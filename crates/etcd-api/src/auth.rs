@@ -88,7 +88,15 @@ fn need(path: &str) -> Need {
         | "/etcdserverpb.KV/Txn"
         | "/etcdserverpb.KV/Compact"
         | "/etcdserverpb.Auth/UserGet"
-        | "/etcdserverpb.Auth/RoleGet" => Need::User,
+        | "/etcdserverpb.Auth/RoleGet"
+        // Leases: etcd 3.4 checks none of these (a lease holds no key until a put, which is
+        // checked per key); raftkv asks for a valid token. LeaseRevoke deletes the lease's
+        // keys, which etcd allows to a user with write on every one of them: raftkv asks for
+        // root (not listed here).
+        | "/etcdserverpb.Lease/LeaseGrant"
+        | "/etcdserverpb.Lease/LeaseKeepAlive"
+        | "/etcdserverpb.Lease/LeaseTimeToLive"
+        | "/etcdserverpb.Lease/LeaseLeases" => Need::User,
         _ => Need::Root,
     }
 }
@@ -697,10 +705,17 @@ mod tests {
             "/etcdserverpb.Auth/UserAdd",
             "/etcdserverpb.Maintenance/Snapshot",
             "/etcdserverpb.Cluster/MemberAdd",
-            "/etcdserverpb.Lease/LeaseGrant",
+            "/etcdserverpb.Lease/LeaseRevoke",
+            "/etcdserverpb.Unknown/Method",
         ] {
             assert_eq!(refusal(guard_rule(&s, admin, &mut headers(Some(&alice)))).0, Code::PermissionDenied, "{admin}");
             assert_eq!(refusal(guard_rule(&s, admin, &mut headers(Some(&root)))).0, Code::Ok, "{admin}");
+        }
+        // Leases but revoke: any user with a valid token, no one without.
+        for lease in ["LeaseGrant", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"] {
+            let path = format!("/etcdserverpb.Lease/{lease}");
+            assert_eq!(refusal(guard_rule(&s, &path, &mut headers(Some(&alice)))).0, Code::Ok, "{path}");
+            assert_eq!(refusal(guard_rule(&s, &path, &mut headers(None))).0, Code::InvalidArgument, "{path}");
         }
         // Off: everything goes.
         let off = AuthState::default();

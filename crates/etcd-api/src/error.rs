@@ -33,9 +33,15 @@ pub enum EtcdError {
     /// A read at a revision past the newest one.
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
-    /// A lease id (raftkv has no leases yet, so every lease is unknown).
+    /// A lease that does not exist (never granted, expired or revoked).
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant of a lease id that exists (`ErrGRPCLeaseExist`).
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant past `crate::MAX_LEASE_TTL` (`ErrGRPCLeaseTTLTooLarge`).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A sort order or target that is not one of etcd's.
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
@@ -151,10 +157,11 @@ impl From<EtcdError> for Status {
             | EtcdError::PermissionNotGranted => Code::FailedPrecondition,
             EtcdError::InvalidAuthToken => Code::Unauthenticated,
             EtcdError::PermissionDenied => Code::PermissionDenied,
-            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::MemberBadUrls => Code::InvalidArgument,
             EtcdError::PeerUrlExists
+            | EtcdError::LeaseExists
             | EtcdError::MemberNotLearner
             | EtcdError::NotLeader
             | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
@@ -198,6 +205,10 @@ mod tests {
         // Marked as the node's own answer, so a follower passes it back as it is.
         let s = Status::from(EtcdError::RoleAlreadyExist);
         assert_eq!(s.metadata().get(service::RETRYABLE_HEADER).and_then(|v| v.to_str().ok()), Some("false"));
+        let s = Status::from(EtcdError::LeaseExists);
+        assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
+        let s = Status::from(EtcdError::LeaseTtlTooLarge);
+        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
         let s = Status::from(EtcdError::Service(ServiceError::NoLeader));
         assert_eq!(s.code(), Code::Unavailable);
     }

@@ -1,5 +1,6 @@
 //! `etcdserverpb.KV`: Range, Put, DeleteRange and Txn over raftkv's write and read paths.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use linearizable::Consistency;
@@ -17,8 +18,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use types::auth::Access;
 use types::{
-    CheckedWrite, Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, PutOp, RangeOp, Txn,
-    TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
+    CheckedWrite, Command, CommandResult, Compare, CompareOp, CompareTarget, KeyRange, KeyValue, LeaseAttach,
+    LeasedWrite, PutOp, RangeOp, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
 
 use crate::range::{self, MAX_RANGE_RESPONSE_BYTES, key_value};
@@ -80,16 +81,26 @@ impl EtcdKv {
     }
 
     /// Proposes `op` here, as `user`'s (checked again when it is applied, as raftkv's own
-    /// writes: a permission revoked meanwhile refuses it); [`Routed::Leader`] when it must
-    /// go to the leader.
+    /// writes: a permission revoked meanwhile refuses it), its puts doing with their keys'
+    /// leases what `leases` says; [`Routed::Leader`] when it must go to the leader. A lease
+    /// that does not exist when the write applies is etcd's "requested lease not found".
     async fn write(
         &self,
         user: Option<String>,
         op: WriteOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
         timeout: Duration,
     ) -> Result<Routed<WriteOutcome>, EtcdError> {
-        let cmd = Command::CheckedWrite(CheckedWrite { user, write: WriteCommand { request_id: None, op } });
+        let write = CheckedWrite { user, write: WriteCommand { request_id: None, op } };
+        let cmd = if leases.is_empty() {
+            Command::CheckedWrite(write)
+        } else {
+            Command::LeasedWrite(LeasedWrite { write, leases })
+        };
         Ok(match self.node.ctx.write(cmd, timeout).await? {
+            Routed::Done((_, CommandResult::Write(WriteOutcome { result: WriteResult::LeaseNotFound { .. }, .. }))) => {
+                return Err(EtcdError::LeaseNotFound);
+            }
             Routed::Done((_, CommandResult::Write(outcome))) => {
                 if let WriteResult::PermissionDenied { user, range, access } = &outcome.result {
                     tracing::info!(index = outcome.index, ?user, range = %types::auth::RangeDisplay(range), %access, "etcd write refused at apply: its permission was gone");
@@ -115,6 +126,7 @@ impl EtcdKv {
         &self,
         user: Option<String>,
         op: PutOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
         timeout: Duration,
     ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
         let until = Instant::now() + timeout;
@@ -148,7 +160,7 @@ impl EtcdKv {
                 },
             };
             let remaining = until.saturating_duration_since(Instant::now());
-            let outcome = match self.write(user.clone(), WriteOp::Txn(txn), remaining).await? {
+            let outcome = match self.write(user.clone(), WriteOp::Txn(txn), leases.clone(), remaining).await? {
                 Routed::Done(outcome) => outcome,
                 Routed::Leader(leader) => return Ok(Routed::Leader(leader)),
             };
@@ -179,6 +191,38 @@ impl EtcdKv {
             "put with ignore_value: the key changed under each of {MAX_IGNORE_VALUE_ATTEMPTS} attempts (MAX_IGNORE_VALUE_ATTEMPTS); retry"
         ))
         .into())
+    }
+
+    /// A put with `ignore_lease` (and a value): the key keeps its lease, and must exist
+    /// when the put applies (etcd's "key not found" otherwise): a transaction whose one
+    /// compare is the key's existence.
+    async fn put_keeping_lease(
+        &self,
+        user: Option<String>,
+        op: PutOp,
+        leases: BTreeMap<Vec<u8>, LeaseAttach>,
+        timeout: Duration,
+    ) -> Result<Routed<(u64, Option<KeyValue>)>, EtcdError> {
+        let txn = Txn {
+            compares: vec![Compare { key: op.key.clone(), op: CompareOp::Equal, target: CompareTarget::Exists(true) }],
+            success: vec![TxnOp::Put(op)],
+            failure: vec![],
+        };
+        match self.write(user, WriteOp::Txn(txn), leases, timeout).await? {
+            Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded: true, mut results }, .. }) => {
+                match results.pop() {
+                    Some(TxnOpResult::Put { prev }) => Ok(Routed::Done((index, prev))),
+                    other => {
+                        Err(unexpected(&WriteResult::Txn { succeeded: true, results: other.into_iter().collect() }))
+                    }
+                }
+            }
+            Routed::Done(WriteOutcome { result: WriteResult::Txn { succeeded: false, .. }, .. }) => {
+                Err(EtcdError::KeyNotFound)
+            }
+            Routed::Done(other) => Err(unexpected(&other.result)),
+            Routed::Leader(leader) => Ok(Routed::Leader(leader)),
+        }
     }
 
     /// Whether a read at `revision` can be answered from the state at `applied` for `range`:
@@ -253,10 +297,13 @@ impl EtcdKv {
             }
             Ok(ranges)
         })?;
+        let leases: BTreeMap<_, _> = txn::put_lease(&req).map(|a| (op.key.clone(), a)).into_iter().collect();
         let done = if req.ignore_value {
-            self.put_keeping_value(user, op, timeout).await?
+            self.put_keeping_value(user, op, leases, timeout).await?
+        } else if req.ignore_lease {
+            self.put_keeping_lease(user, op, leases, timeout).await?
         } else {
-            match self.write(user, WriteOp::Put(op), timeout).await? {
+            match self.write(user, WriteOp::Put(op), leases, timeout).await? {
                 Routed::Done(WriteOutcome { index, result: WriteResult::Put { prev }, .. }) => {
                     Routed::Done((index, prev))
                 }
@@ -286,7 +333,7 @@ impl EtcdKv {
             }
             Ok(ranges)
         })?;
-        match self.write(user, WriteOp::Delete(op), timeout).await? {
+        match self.write(user, WriteOp::Delete(op), BTreeMap::new(), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Delete { deleted, prev }, .. }) => {
                 Ok(Response::new(DeleteRangeResponse {
                     header: Some(self.node.header(index)),
@@ -344,7 +391,7 @@ impl EtcdKv {
         let (md, _, req) = request.into_parts();
         let checked = txn::txn(&req)?;
         let user = self.authorize(&md, || txn::permissions(&req))?;
-        match self.write(user, WriteOp::Txn(checked.txn.clone()), timeout).await? {
+        match self.write(user, WriteOp::Txn(checked.txn.clone()), checked.leases.clone(), timeout).await? {
             Routed::Done(WriteOutcome { index, result: WriteResult::Txn { succeeded, results }, .. }) => {
                 Ok(Response::new(TxnResponse {
                     header: Some(self.node.header(index)),

@@ -11,6 +11,10 @@
 //! - [`EtcdWatch`] (`etcdserverpb.Watch`): the bidirectional watch stream over the node's
 //!   change feed (`fsm`'s history and watchers, as raftkv's native watch); `KV.Compact`
 //!   compacts that history through the log.
+//! - [`EtcdLease`] (`etcdserverpb.Lease`): Grant, Revoke, KeepAlive, TimeToLive and Leases.
+//!   Leases and their keys are replicated state (`types::lease`); their deadlines are the
+//!   leader's, in memory, and the leader revokes an expired lease through the log
+//!   (`lease`: expiry, extension on a new leader, keep-alives on followers).
 //! - [`EtcdCluster`] (`etcdserverpb.Cluster`): MemberList, from the Raft membership;
 //!   MemberAdd (a voter or a learner), MemberRemove, MemberPromote and MemberUpdate, mapped
 //!   onto `service`'s membership operations (`members`: how an added member's node id and
@@ -39,6 +43,7 @@
 mod auth;
 mod error;
 mod kv;
+mod lease;
 mod maintenance;
 mod members;
 mod range;
@@ -48,6 +53,7 @@ mod watch;
 pub use auth::{EtcdAuth, TOKEN_METADATA, guard_rule};
 pub use error::EtcdError;
 pub use kv::{EtcdKv, MAX_IGNORE_VALUE_ATTEMPTS};
+pub use lease::{EXPIRY_CHECK_INTERVAL, EtcdLease, MAX_LEASE_TTL, MAX_REVOKES_PER_CHECK, MIN_LEASE_TTL};
 pub use maintenance::{ETCD_VERSION, EtcdCluster, EtcdMaintenance};
 pub use range::MAX_RANGE_RESPONSE_BYTES;
 pub use txn::MAX_TXN_OPS;
@@ -120,6 +126,8 @@ pub struct EtcdApi {
     pub maintenance: EtcdMaintenance,
     /// `etcdserverpb.Watch`.
     pub watch: EtcdWatch,
+    /// `etcdserverpb.Lease`; its expiry loop is started with [`EtcdLease::start_expiry`].
+    pub lease: EtcdLease,
 }
 
 impl EtcdApi {
@@ -133,6 +141,7 @@ impl EtcdApi {
             cluster: EtcdCluster::new(node.clone()),
             watch: EtcdWatch::new(node.clone()),
             auth: EtcdAuth::new(node.clone()),
+            lease: EtcdLease::new(node.clone()),
             maintenance: EtcdMaintenance::new(node),
         }
     }

@@ -156,7 +156,7 @@ impl Plan {
     }
 }
 
-/// A raftkv key-value as etcd's: revisions are log indexes; raftkv has no leases (0).
+/// A raftkv key-value as etcd's: revisions are log indexes.
 pub(crate) fn key_value(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key.into(),
@@ -164,7 +164,7 @@ pub(crate) fn key_value(kv: KeyValue) -> mvccpb::KeyValue {
         mod_revision: signed(kv.modify_index),
         version: signed(kv.version),
         value: kv.value.into(),
-        lease: 0,
+        lease: kv.lease,
     }
 }
 
@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: &str, create: u64, modify: u64, version: u64) -> KeyValue {
-        KeyValue { key: key.into(), value: value.into(), create_index: create, modify_index: modify, version }
+        KeyValue { key: key.into(), value: value.into(), create_index: create, modify_index: modify, version, lease: 0 }
     }
 
     /// Four keys in key order, as the state machine answers.

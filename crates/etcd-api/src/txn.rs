@@ -4,9 +4,11 @@
 //! A transaction's compares map onto raftkv's, which hold the same meaning for a missing key
 //! (its version and revisions are 0), with two translations: etcd's value compare never
 //! holds on a missing key (raftkv's `NOT_EQUAL` would), so each gets an "exists" compare
-//! beside it; and a lease compare, decided by a key's lease, which is always 0 in raftkv
-//! (no leases yet), is decided here, becoming nothing when it holds and a compare that never
-//! holds when it does not.
+//! beside it; and negative revision targets (raftkv's are unsigned) are decided here.
+//!
+//! A put's lease travels beside the write, per key ([`types::LeasedWrite`]): a put with a
+//! lease attaches its key, one with `ignore_lease` keeps the key's lease, any other put
+//! detaches it, as in etcd. Whether the lease exists is decided when the write is applied.
 
 use proto::etcd::etcdserverpb::compare::{CompareResult, CompareTarget as EtcdTarget, TargetUnion};
 use proto::etcd::etcdserverpb::request_op::Request;
@@ -16,8 +18,10 @@ use proto::etcd::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest,
 };
 use service::limits;
+use std::collections::BTreeMap;
+
 use types::auth::Access;
-use types::{Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, PutOp, Txn, TxnOp, TxnOpResult};
+use types::{Compare, CompareOp, CompareTarget, DeleteOp, KeyRange, LeaseAttach, PutOp, Txn, TxnOp, TxnOpResult};
 
 use crate::range::{self, Plan, key_value};
 use crate::{EtcdError, signed};
@@ -38,12 +42,49 @@ pub(crate) fn put_op(req: &PutRequest) -> Result<PutOp, EtcdError> {
     if req.ignore_lease && req.lease != 0 {
         return Err(EtcdError::LeaseProvided);
     }
-    if req.lease != 0 {
-        return Err(EtcdError::LeaseNotFound);
-    }
     limits::check_key(&req.key)?;
     limits::check_value(&req.value)?;
     Ok(PutOp { key: req.key.to_vec(), value: req.value.to_vec(), expect: None, prev_kv: req.prev_kv })
+}
+
+/// What a put does with its key's lease: none for a plain put (it detaches the key).
+pub(crate) fn put_lease(req: &PutRequest) -> Option<LeaseAttach> {
+    if req.ignore_lease {
+        Some(LeaseAttach::Keep)
+    } else if req.lease != 0 {
+        Some(LeaseAttach::Lease(req.lease))
+    } else {
+        None
+    }
+}
+
+/// Adds what a put of `key` does with its lease to `leases`. One write holds one choice
+/// per key: a key put in both branches of a transaction with two different choices is
+/// refused.
+fn add_lease(
+    leases: &mut BTreeMap<Vec<u8>, LeaseAttach>,
+    key: &[u8],
+    attach: Option<LeaseAttach>,
+    other_puts: &[&PutOp],
+) -> Result<(), EtcdError> {
+    let conflict = || {
+        EtcdError::Unsupported(
+            "a key put in both branches of a txn must be put with the same lease (or both without one) in raftkv"
+                .into(),
+        )
+    };
+    match (attach, leases.get(key)) {
+        (Some(a), Some(b)) if a != *b => Err(conflict()),
+        (Some(a), None) => {
+            if other_puts.iter().any(|p| p.key == key) {
+                return Err(conflict());
+            }
+            leases.insert(key.to_vec(), a);
+            Ok(())
+        }
+        (None, Some(_)) => Err(conflict()),
+        _ => Ok(()),
+    }
 }
 
 /// A delete, checked.
@@ -123,9 +164,9 @@ fn compare(c: &EtcdCompare) -> Result<Translated, EtcdError> {
             CompareTarget::ModifyIndex,
         ),
         EtcdTarget::Lease => {
-            // Every key's lease is 0 in raftkv (a missing key's too, as in etcd).
+            // A missing key's lease is 0, as in etcd.
             let lease = number(|u| if let TargetUnion::Lease(v) = u { Some(*v) } else { None });
-            if holds(op, 0, lease) { Translated::Holds } else { Translated::Fails }
+            Translated::Compares(vec![Compare { key, op, target: CompareTarget::Lease(lease) }])
         }
         EtcdTarget::Value => {
             let value = match &c.target_union {
@@ -223,6 +264,8 @@ pub(crate) fn permissions(req: &TxnRequest) -> Result<Vec<(KeyRange, Access)>, E
 #[derive(Debug)]
 pub(crate) struct Checked {
     pub(crate) txn: Txn,
+    /// What each put does with its key's lease (empty: every put detaches its key).
+    pub(crate) leases: BTreeMap<Vec<u8>, LeaseAttach>,
     success: Vec<Option<Plan>>,
     failure: Vec<Option<Plan>>,
 }
@@ -247,7 +290,25 @@ pub(crate) fn txn(req: &TxnRequest) -> Result<Checked, EtcdError> {
     };
     let (success, success_plans) = branch(&req.success)?;
     let (failure, failure_plans) = branch(&req.failure)?;
-    Ok(Checked { txn: Txn { compares, success, failure }, success: success_plans, failure: failure_plans })
+    let mut leases = BTreeMap::new();
+    let puts = |ops: &[TxnOp]| -> Vec<PutOp> {
+        ops.iter().filter_map(|op| if let TxnOp::Put(p) = op { Some(p.clone()) } else { None }).collect()
+    };
+    let (success_puts, failure_puts) = (puts(&success), puts(&failure));
+    let requested = |ops: &[RequestOp]| -> Vec<Option<LeaseAttach>> {
+        ops.iter()
+            .filter_map(|op| if let Some(Request::RequestPut(p)) = &op.request { Some(put_lease(p)) } else { None })
+            .collect()
+    };
+    let (success_leases, failure_leases) = (requested(&req.success), requested(&req.failure));
+    for (put, attach) in success_puts.iter().zip(success_leases) {
+        add_lease(&mut leases, &put.key, attach, &[])?;
+    }
+    let before: Vec<&PutOp> = success_puts.iter().collect();
+    for (put, attach) in failure_puts.iter().zip(failure_leases) {
+        add_lease(&mut leases, &put.key, attach, &before)?;
+    }
+    Ok(Checked { txn: Txn { compares, success, failure }, leases, success: success_plans, failure: failure_plans })
 }
 
 impl Checked {
@@ -405,9 +466,15 @@ mod tests {
                 target: CompareTarget::ModifyIndex(4)
             }])
         );
-        // Leases are all 0; negative targets are decided at once.
-        assert_eq!(compare(&cmp(EtcdTarget::Lease, CompareResult::Equal, TargetUnion::Lease(0)))?, Translated::Holds);
-        assert_eq!(compare(&cmp(EtcdTarget::Lease, CompareResult::Equal, TargetUnion::Lease(7)))?, Translated::Fails);
+        // Lease compares are the key's lease; negative revision targets are decided at once.
+        assert_eq!(
+            compare(&cmp(EtcdTarget::Lease, CompareResult::Equal, TargetUnion::Lease(7)))?,
+            Translated::Compares(vec![Compare {
+                key: b"k".to_vec(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Lease(7)
+            }])
+        );
         assert_eq!(
             compare(&cmp(EtcdTarget::Version, CompareResult::Greater, TargetUnion::Version(-1)))?,
             Translated::Holds
@@ -458,8 +525,40 @@ mod tests {
             }),
             Err(EtcdError::LeaseProvided)
         ));
-        assert!(matches!(p(|r| r.lease = 5), Err(EtcdError::LeaseNotFound)));
+        assert!(p(|r| r.lease = 5).is_ok(), "whether the lease exists is decided when the put applies");
         assert!(p(|r| r.ignore_lease = true).is_ok());
+    }
+
+    fn leased_put(key: &str, lease: i64) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                lease,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn puts_carry_their_lease_per_key() {
+        let t = TxnRequest {
+            success: vec![leased_put("a", 7), put("b")],
+            failure: vec![leased_put("a", 7), leased_put("c", 8)],
+            ..Default::default()
+        };
+        let checked = txn(&t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            checked.leases,
+            BTreeMap::from([(b"a".to_vec(), LeaseAttach::Lease(7)), (b"c".to_vec(), LeaseAttach::Lease(8))])
+        );
+        let differ =
+            TxnRequest { success: vec![leased_put("a", 7)], failure: vec![leased_put("a", 8)], ..Default::default() };
+        assert!(matches!(txn(&differ), Err(EtcdError::Unsupported(m)) if m.contains("same lease")));
+        let one_without =
+            TxnRequest { success: vec![put("a")], failure: vec![leased_put("a", 8)], ..Default::default() };
+        assert!(matches!(txn(&one_without), Err(EtcdError::Unsupported(_))));
+        let keep = PutRequest { key: b"k".to_vec().into(), ignore_lease: true, ..Default::default() };
+        assert_eq!(put_lease(&keep), Some(LeaseAttach::Keep));
     }
 
     #[test]

@@ -468,6 +468,7 @@ mod tests {
             create_index: index,
             modify_index: index,
             version: 1,
+            lease: 0,
         };
         Event { kind: EventKind::Put, kv, prev: None }
     }

@@ -133,10 +133,24 @@ macro_rules! fsync_error_point {
 pub use error::Error;
 pub use snapshot::{ReadProgress, SnapshotFile};
 use snapshot::{SnapshotReader, SnapshotWriter};
-use store::{KV, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
+use store::{KV, LEASE_KEYS, LEASES, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
 pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
 pub use types::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 pub use types::{Command, KeyValue, RangeOp, RangeResult};
+
+/// The lease map of a write that attaches no key to a lease.
+static NO_LEASES: std::collections::BTreeMap<Vec<u8>, types::LeaseAttach> = std::collections::BTreeMap::new();
+
+/// One etcd lease as the state machine holds it ([`StateMachine::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The lease id.
+    pub id: types::LeaseId,
+    /// The TTL it was granted with, in seconds.
+    pub ttl: i64,
+    /// The keys attached to it, in key order (when asked for).
+    pub keys: Vec<Vec<u8>>,
+}
 
 /// A snapshot as openraft sees it: metadata and the file.
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -374,6 +388,29 @@ impl StateMachine {
             None => None,
         };
         Ok((found, types::index_of(applied.as_ref())))
+    }
+
+    /// The etcd lease `id` as applied here, with its attached keys when `with_keys`; none
+    /// when it does not exist.
+    pub fn lease(&self, id: types::LeaseId, with_keys: bool) -> Result<Option<LeaseState>, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let Some(ttl) = txn.open_table(LEASES)?.get(id)?.map(|v| v.value()) else { return Ok(None) };
+        let keys = if with_keys { store::lease_keys(&txn.open_table(LEASE_KEYS)?, id)? } else { Vec::new() };
+        Ok(Some(LeaseState { id, ttl, keys }))
+    }
+
+    /// Every etcd lease applied here, as (id, granted TTL in seconds), in id order.
+    pub fn leases(&self) -> Result<Vec<(types::LeaseId, i64)>, Error> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (id, ttl) = row?;
+            out.push((id.value(), ttl.value()));
+        }
+        Ok(out)
     }
 
     /// Hashes the key-value state (etcd's `hashkv`) from one read transaction: CRC32 over
@@ -620,7 +657,7 @@ impl StateMachine {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Normal(Command::Write(w)) => {
-                        CommandResult::Write(tables.apply_write(entry.log_id.index, w, &mut events)?)
+                        CommandResult::Write(tables.apply_write(entry.log_id.index, w, &NO_LEASES, &mut events)?)
                     }
                     EntryPayload::Normal(Command::CheckedWrite(c)) => {
                         let index = entry.log_id.index;
@@ -628,8 +665,20 @@ impl StateMachine {
                             // Refused: nothing changes, and the request id is not
                             // remembered (a retry once permitted applies).
                             Some(result) => types::WriteOutcome { index, duplicate: false, result },
-                            None => tables.apply_write(index, &c.write, &mut events)?,
+                            None => tables.apply_write(index, &c.write, &NO_LEASES, &mut events)?,
                         })
+                    }
+                    EntryPayload::Normal(Command::LeasedWrite(l)) => {
+                        let index = entry.log_id.index;
+                        CommandResult::Write(match auth.check_write(index, &l.write) {
+                            Some(result) => types::WriteOutcome { index, duplicate: false, result },
+                            None => tables.apply_write(index, &l.write.write, &l.leases, &mut events)?,
+                        })
+                    }
+                    EntryPayload::Normal(Command::Lease(l)) => {
+                        let outcome = tables.apply_lease(entry.log_id.index, l, &mut events)?;
+                        tracing::debug!(index = entry.log_id.index, command = %l, outcome = ?outcome, "lease command applied");
+                        CommandResult::Lease(outcome)
                     }
                     EntryPayload::Normal(Command::Auth(a)) => CommandResult::Auth(auth.apply(entry.log_id.index, a)),
                     EntryPayload::Normal(Command::Alarm(a)) => {
@@ -724,6 +773,10 @@ impl StateMachine {
                 if decoded.index >= oldest {
                     writer.request(id.value(), outcome.value())?;
                 }
+            }
+            for item in txn.open_table(LEASES)?.iter()? {
+                let (id, ttl) = item?;
+                writer.lease(id.value(), ttl.value())?;
             }
             let auth_state = auth::read(&meta_table)?;
             if auth_state != types::auth::AuthState::default() {
@@ -823,11 +876,16 @@ impl StateMachine {
                 {
                     let mut kv = txn.open_table(KV)?;
                     let mut requests = txn.open_table(REQUESTS)?;
+                    let mut leases = txn.open_table(LEASES)?;
+                    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
                     let mut bytes = 0;
                     while bytes < INSTALL_BATCH_BYTES {
                         match reader.next_record()? {
                             Some(snapshot::Item::Kv(k, rec)) => {
-                                Record::indexes(&rec)?;
+                                let lease = Record::lease(&rec)?;
+                                if lease != 0 {
+                                    lease_keys.insert(store::lease_key(lease, &k).as_slice(), ())?;
+                                }
                                 bytes += k.len() + rec.len();
                                 kv.insert(k.as_slice(), rec.as_slice())?;
                             }
@@ -841,6 +899,10 @@ impl StateMachine {
                                 auth::check_encoded(&body)?;
                                 bytes += body.len();
                                 txn.open_table(META)?.insert(auth::META_AUTH, body.as_slice())?;
+                            }
+                            Some(snapshot::Item::Lease(id, ttl)) => {
+                                bytes += 16;
+                                leases.insert(id, ttl)?;
                             }
                             Some(snapshot::Item::Alarms(encoded)) => {
                                 let _: Vec<Alarm> = codec::decode(&encoded)
@@ -954,6 +1016,8 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         txn.open_table(KV)?;
         txn.open_table(META)?;
         txn.open_table(REQUESTS)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(LEASE_KEYS)?;
         // Written by builds before request ids were remembered by log-index window; the
         // `requests` rows it indexed are a superset of the window's, so nothing is lost.
         txn.delete_table(REQUESTS_BY_INDEX)?;

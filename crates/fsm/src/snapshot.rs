@@ -13,7 +13,9 @@
 //! alarms (name `alarms`, body an encoded `Vec<types::Alarm>`); tag 4, present once
 //! authentication was ever configured, is the authentication state (name `auth`, body an
 //! encoded `types::auth::AuthState`: users with their password hashes, roles, the token
-//! key). Every length is
+//! key); tag 5 is one etcd lease (name: its id, i64 BE; body: its granted TTL in seconds, i64
+//! LE). The keys attached to a lease are the records that name it (see `store.rs`). Every
+//! length is
 //! bounded ([`MAX_META_LEN`], [`MAX_KEY_LEN`], [`MAX_RECORD_LEN`]), so a corrupt file can not
 //! make a reader allocate without limit; the reader never holds more than one record.
 
@@ -42,6 +44,8 @@ const TAG_REQUEST: u8 = 2;
 const TAG_ALARMS: u8 = 3;
 /// The authentication state.
 const TAG_AUTH: u8 = 4;
+/// One etcd lease.
+const TAG_LEASE: u8 = 5;
 const TAG_END: u8 = 0;
 
 /// One record of a snapshot.
@@ -55,6 +59,8 @@ pub(crate) enum Item {
     Auth(Vec<u8>),
     /// The active alarms, encoded.
     Alarms(Vec<u8>),
+    /// An etcd lease: its id and granted TTL.
+    Lease(i64, i64),
 }
 
 /// A snapshot on disk: the data openraft hands between the state machine and the network.
@@ -209,6 +215,11 @@ impl<W: Write> SnapshotWriter<W> {
         self.item(TAG_AUTH, b"auth", encoded)
     }
 
+    /// Appends one etcd lease.
+    pub(crate) fn lease(&mut self, id: i64, ttl: i64) -> Result<(), Error> {
+        self.item(TAG_LEASE, &id.to_be_bytes(), &ttl.to_le_bytes())
+    }
+
     /// Appends the active alarms, encoded.
     pub(crate) fn alarms(&mut self, encoded: &[u8]) -> Result<(), Error> {
         self.item(TAG_ALARMS, b"alarms", encoded)
@@ -312,7 +323,7 @@ impl<R: Read> SnapshotReader<R> {
         let mut tag = [0u8; 1];
         read_exact(&mut self.input, &mut self.crc, &mut tag, "record tag")?;
         match tag[0] {
-            TAG_RECORD | TAG_REQUEST | TAG_ALARMS | TAG_AUTH => {
+            TAG_RECORD | TAG_REQUEST | TAG_ALARMS | TAG_AUTH | TAG_LEASE => {
                 let name_len = read_u32(&mut self.input, &mut self.crc, "key length")?;
                 if name_len == 0 || name_len > MAX_KEY_LEN {
                     return Err(corrupt(format!("key length {name_len} is out of bounds")));
@@ -330,6 +341,13 @@ impl<R: Read> SnapshotReader<R> {
                     Ok(Some(Item::Kv(name, body)))
                 } else if tag[0] == TAG_AUTH {
                     Ok(Some(Item::Auth(body)))
+                } else if tag[0] == TAG_LEASE {
+                    let (Ok(id), Ok(ttl)) =
+                        (<[u8; 8]>::try_from(name.as_slice()), <[u8; 8]>::try_from(body.as_slice()))
+                    else {
+                        return Err(corrupt("a lease record is not an 8-byte id and an 8-byte TTL"));
+                    };
+                    Ok(Some(Item::Lease(i64::from_be_bytes(id), i64::from_le_bytes(ttl))))
                 } else if tag[0] == TAG_ALARMS {
                     Ok(Some(Item::Alarms(body)))
                 } else {

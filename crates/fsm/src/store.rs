@@ -1,9 +1,12 @@
 //! The state machine's redb tables and the pure logic of applying writes to them.
 
+use std::collections::BTreeMap;
+
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use types::{
-    Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, LogId, PutOp, RangeOp, RangeResult,
-    StoredMembership, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult, codec,
+    Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, LeaseAttach, LeaseCommand, LeaseId,
+    LeaseOutcome, LogId, PutOp, RangeOp, RangeResult, StoredMembership, Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp,
+    WriteOutcome, WriteResult, codec,
 };
 
 use crate::Error;
@@ -11,6 +14,13 @@ use crate::changes::{Event, EventKind};
 
 /// Key → stored record ([`Record`]).
 pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
+/// etcd lease id → its granted TTL in seconds ([`types::lease`]).
+pub(crate) const LEASES: TableDefinition<'_, i64, i64> = TableDefinition::new("leases");
+/// [`lease_key`] (lease id, key) → nothing: the keys attached to each lease, in key order per
+/// lease. An index of what the `kv` records say (each record names its lease); rebuilt from
+/// them when a snapshot is installed.
+pub(crate) const LEASE_KEYS: TableDefinition<'_, &[u8], ()> = TableDefinition::new("lease_keys");
+
 /// Named values: [`META_LAST_APPLIED`], [`META_MEMBERSHIP`].
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
 /// Request id → the encoded [`WriteOutcome`] of its first application.
@@ -52,41 +62,96 @@ pub(crate) fn sweep_due(first: u64, last: u64) -> bool {
 /// the earlier ones left, and always at least one key.
 pub const TXN_READ_BUDGET_BYTES: usize = 1 << 20;
 
-/// The stored form of one key: its indexes, then its value.
+/// The stored form of one key: its indexes, its lease when it has one, then its value.
 ///
-/// `create_index u64 LE | modify_index u64 LE | version u64 LE | value`
+/// `create_index u64 LE | modify_index u64 LE | version u64 LE | [lease i64 LE] | value`
+///
+/// The top bit of the version word ([`LEASED`]) says the lease is there: records written
+/// before leases existed (and every key without a lease) have no lease bytes, so they read
+/// as they always did.
 pub(crate) struct Record;
 
 const HEADER: usize = 24;
+/// What a stored record holds besides its value: (create_index, modify_index, version),
+/// the lease (0 for none), and where the value starts.
+type Parts = ((u64, u64, u64), LeaseId, usize);
+
+/// Set in the stored version word of a record that carries a lease (a version never gets
+/// near 2^63).
+const LEASED: u64 = 1 << 63;
 
 impl Record {
-    pub(crate) fn encode(create_index: u64, modify_index: u64, version: u64, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + value.len());
+    pub(crate) fn encode(create_index: u64, modify_index: u64, version: u64, lease: LeaseId, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + 8 + value.len());
         out.extend_from_slice(&create_index.to_le_bytes());
         out.extend_from_slice(&modify_index.to_le_bytes());
-        out.extend_from_slice(&version.to_le_bytes());
+        if lease == 0 {
+            out.extend_from_slice(&version.to_le_bytes());
+        } else {
+            out.extend_from_slice(&(version | LEASED).to_le_bytes());
+            out.extend_from_slice(&lease.to_le_bytes());
+        }
         out.extend_from_slice(value);
         out
     }
 
-    /// The indexes of a stored record: (create_index, modify_index, version).
-    pub(crate) fn indexes(rec: &[u8]) -> Result<(u64, u64, u64), Error> {
+    fn word(rec: &[u8], i: usize) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
+        b
+    }
+
+    /// The indexes, the lease (0 for none) and where the value starts.
+    fn parts(rec: &[u8]) -> Result<Parts, Error> {
         if rec.len() < HEADER {
             return Err(Error::CorruptRecord("shorter than its 24-byte header"));
         }
-        let word = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&rec[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(b)
-        };
-        Ok((word(0), word(1), word(2)))
+        let version = u64::from_le_bytes(Self::word(rec, 2));
+        let indexes =
+            (u64::from_le_bytes(Self::word(rec, 0)), u64::from_le_bytes(Self::word(rec, 1)), version & !LEASED);
+        if version & LEASED == 0 {
+            return Ok((indexes, 0, HEADER));
+        }
+        if rec.len() < HEADER + 8 {
+            return Err(Error::CorruptRecord("marked leased but shorter than its header and lease"));
+        }
+        Ok((indexes, i64::from_le_bytes(Self::word(rec, 3)), HEADER + 8))
+    }
+
+    /// The lease a stored record names (0 for none).
+    pub(crate) fn lease(rec: &[u8]) -> Result<LeaseId, Error> {
+        Ok(Self::parts(rec)?.1)
     }
 
     pub(crate) fn decode(key: &[u8], rec: &[u8], with_value: bool) -> Result<KeyValue, Error> {
-        let (create_index, modify_index, version) = Self::indexes(rec)?;
-        let value = if with_value { rec[HEADER..].to_vec() } else { Vec::new() };
-        Ok(KeyValue { key: key.to_vec(), value, create_index, modify_index, version })
+        let ((create_index, modify_index, version), lease, start) = Self::parts(rec)?;
+        let value = if with_value { rec[start..].to_vec() } else { Vec::new() };
+        Ok(KeyValue { key: key.to_vec(), value, create_index, modify_index, version, lease })
     }
+}
+
+/// The [`LEASE_KEYS`] key of `key` attached to lease `id`: the id (u64 BE, so one lease's
+/// keys are one contiguous range), then the key.
+pub(crate) fn lease_key(id: LeaseId, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&id.cast_unsigned().to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The keys attached to lease `id`, in key order, from the [`LEASE_KEYS`] index.
+pub(crate) fn lease_keys<T: ReadableTable<&'static [u8], ()>>(index: &T, id: LeaseId) -> Result<Vec<Vec<u8>>, Error> {
+    let start = id.cast_unsigned().to_be_bytes();
+    let mut keys = Vec::new();
+    let iter = match id.cast_unsigned().checked_add(1) {
+        Some(end) => index.range::<&[u8]>(start.as_slice()..end.to_be_bytes().as_slice())?,
+        None => index.range::<&[u8]>(start.as_slice()..)?,
+    };
+    for row in iter {
+        let (k, _) = row?;
+        keys.push(k.value()[8..].to_vec());
+    }
+    Ok(keys)
 }
 
 /// Reads one key from any table of the `KV` shape.
@@ -160,64 +225,128 @@ fn precondition(current: Option<&KeyValue>, expect: Option<Expect>, key: &[u8]) 
     })
 }
 
-fn put(
-    kv: &mut Table<'_, &[u8], &[u8]>,
-    index: u64,
-    op: &PutOp,
-    events: &mut Vec<Event>,
-) -> Result<WriteResult, Error> {
-    let current = get(kv, &op.key)?;
-    if let Some(failed) = precondition(current.as_ref(), op.expect, &op.key) {
-        return Ok(failed);
-    }
-    let (create, version) = current.as_ref().map_or((index, 1), |kv| (kv.create_index, kv.version + 1));
-    kv.insert(op.key.as_slice(), Record::encode(create, index, version, &op.value).as_slice())?;
-    events.push(Event {
-        kind: EventKind::Put,
+/// The event of `prev`'s deletion at `index`.
+fn deleted(prev: KeyValue, index: u64) -> Event {
+    Event {
+        kind: EventKind::Delete,
         kv: KeyValue {
-            key: op.key.clone(),
-            value: op.value.clone(),
-            create_index: create,
+            key: prev.key.clone(),
+            value: Vec::new(),
+            create_index: 0,
             modify_index: index,
-            version,
+            version: 0,
+            lease: 0,
         },
-        prev: current.clone(),
-    });
-    Ok(WriteResult::Put { prev: if op.prev_kv { current } else { None } })
+        prev: Some(prev),
+    }
 }
 
-fn delete(
-    kv: &mut Table<'_, &[u8], &[u8]>,
-    index: u64,
-    op: &DeleteOp,
-    events: &mut Vec<Event>,
-) -> Result<WriteResult, Error> {
-    if let (KeyRange::Key(key), Some(_)) = (&op.range, op.expect) {
-        let current = get(kv, key)?;
-        if let Some(failed) = precondition(current.as_ref(), op.expect, key) {
+/// What each put of one write does with its key's lease: the write's [`types::LeasedWrite`]
+/// map (empty for a plain write: every put detaches its key).
+type Leases<'a> = &'a BTreeMap<Vec<u8>, LeaseAttach>;
+
+/// The tables holding the keys and their leases.
+pub(crate) struct Data<'t> {
+    kv: Table<'t, &'static [u8], &'static [u8]>,
+    leases: Table<'t, LeaseId, i64>,
+    lease_keys: Table<'t, &'static [u8], ()>,
+}
+
+impl Data<'_> {
+    /// The first lease a put of `ops` names that does not exist.
+    fn missing_lease<'o>(
+        &self,
+        puts: impl Iterator<Item = &'o PutOp>,
+        leases: Leases<'_>,
+    ) -> Result<Option<LeaseId>, Error> {
+        for p in puts {
+            if let Some(LeaseAttach::Lease(id)) = leases.get(&p.key)
+                && self.leases.get(*id)?.is_none()
+            {
+                return Ok(Some(*id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves `key` from lease `old` to lease `new` in the index.
+    fn relink(&mut self, key: &[u8], old: LeaseId, new: LeaseId) -> Result<(), Error> {
+        if old == new {
+            return Ok(());
+        }
+        if old != 0 {
+            self.lease_keys.remove(lease_key(old, key).as_slice())?;
+        }
+        if new != 0 {
+            self.lease_keys.insert(lease_key(new, key).as_slice(), ())?;
+        }
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        index: u64,
+        op: &PutOp,
+        leases: Leases<'_>,
+        events: &mut Vec<Event>,
+    ) -> Result<WriteResult, Error> {
+        let current = get(&self.kv, &op.key)?;
+        if let Some(failed) = precondition(current.as_ref(), op.expect, &op.key) {
             return Ok(failed);
         }
-    }
-    let found = range(
-        kv,
-        // With the values: the events carry each key's last value (etcd's `prev_kv`).
-        &RangeOp { range: op.range.clone(), limit: 0, keys_only: false, count_only: false },
-        usize::MAX,
-    )?;
-    for k in &found.kvs {
-        kv.remove(k.key.as_slice())?;
+        let old_lease = current.as_ref().map_or(0, |kv| kv.lease);
+        let lease = match leases.get(&op.key) {
+            None => 0,
+            Some(LeaseAttach::Keep) => old_lease,
+            Some(LeaseAttach::Lease(id)) => *id,
+        };
+        let (create, version) = current.as_ref().map_or((index, 1), |kv| (kv.create_index, kv.version + 1));
+        self.kv.insert(op.key.as_slice(), Record::encode(create, index, version, lease, &op.value).as_slice())?;
+        self.relink(&op.key, old_lease, lease)?;
         events.push(Event {
-            kind: EventKind::Delete,
-            kv: KeyValue { key: k.key.clone(), value: Vec::new(), create_index: 0, modify_index: index, version: 0 },
-            prev: Some(k.clone()),
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: op.key.clone(),
+                value: op.value.clone(),
+                create_index: create,
+                modify_index: index,
+                version,
+                lease,
+            },
+            prev: current.clone(),
         });
+        Ok(WriteResult::Put { prev: if op.prev_kv { current } else { None } })
     }
-    let deleted = found.kvs.len() as u64;
-    Ok(WriteResult::Delete { deleted, prev: if op.prev_kv { found.kvs } else { Vec::new() } })
+
+    fn delete(&mut self, index: u64, op: &DeleteOp, events: &mut Vec<Event>) -> Result<WriteResult, Error> {
+        if let (KeyRange::Key(key), Some(_)) = (&op.range, op.expect) {
+            let current = get(&self.kv, key)?;
+            if let Some(failed) = precondition(current.as_ref(), op.expect, key) {
+                return Ok(failed);
+            }
+        }
+        let found = range(
+            &self.kv,
+            // With the values: the events carry each key's last value (etcd's `prev_kv`).
+            &RangeOp { range: op.range.clone(), limit: 0, keys_only: false, count_only: false },
+            usize::MAX,
+        )?;
+        for k in &found.kvs {
+            self.kv.remove(k.key.as_slice())?;
+            self.relink(&k.key, k.lease, 0)?;
+            events.push(deleted(k.clone(), index));
+        }
+        let deleted = found.kvs.len() as u64;
+        Ok(WriteResult::Delete { deleted, prev: if op.prev_kv { found.kvs } else { Vec::new() } })
+    }
 }
 
 fn compare(kv: &Table<'_, &[u8], &[u8]>, c: &Compare) -> Result<bool, Error> {
     let current = get(kv, &c.key)?;
+    compare_with(current.as_ref(), c)
+}
+
+fn compare_with(current: Option<&KeyValue>, c: &Compare) -> Result<bool, Error> {
     let ord = |a: u64, b: u64| match c.op {
         CompareOp::Equal => a == b,
         CompareOp::NotEqual => a != b,
@@ -234,9 +363,18 @@ fn compare(kv: &Table<'_, &[u8], &[u8]>, c: &Compare) -> Result<bool, Error> {
                 CompareOp::Less => kv.value < *v,
             },
         },
-        CompareTarget::ModifyIndex(i) => ord(current.as_ref().map_or(0, |kv| kv.modify_index), *i),
-        CompareTarget::CreateIndex(i) => ord(current.as_ref().map_or(0, |kv| kv.create_index), *i),
-        CompareTarget::Version(v) => ord(current.as_ref().map_or(0, |kv| kv.version), *v),
+        CompareTarget::ModifyIndex(i) => ord(current.map_or(0, |kv| kv.modify_index), *i),
+        CompareTarget::CreateIndex(i) => ord(current.map_or(0, |kv| kv.create_index), *i),
+        CompareTarget::Version(v) => ord(current.map_or(0, |kv| kv.version), *v),
+        CompareTarget::Lease(l) => {
+            let lease = current.map_or(0, |kv| kv.lease);
+            match c.op {
+                CompareOp::Equal => lease == *l,
+                CompareOp::NotEqual => lease != *l,
+                CompareOp::Greater => lease > *l,
+                CompareOp::Less => lease < *l,
+            }
+        }
         CompareTarget::Exists(e) => match c.op {
             CompareOp::Equal => current.is_some() == *e,
             CompareOp::NotEqual => current.is_some() != *e,
@@ -246,42 +384,77 @@ fn compare(kv: &Table<'_, &[u8], &[u8]>, c: &Compare) -> Result<bool, Error> {
     })
 }
 
-fn txn(kv: &mut Table<'_, &[u8], &[u8]>, index: u64, t: &Txn, events: &mut Vec<Event>) -> Result<WriteResult, Error> {
-    let mut succeeded = true;
-    for c in &t.compares {
-        if !compare(kv, c)? {
-            succeeded = false;
-            break;
+impl Data<'_> {
+    fn txn(&mut self, index: u64, t: &Txn, leases: Leases<'_>, events: &mut Vec<Event>) -> Result<WriteResult, Error> {
+        let mut succeeded = true;
+        for c in &t.compares {
+            if !compare(&self.kv, c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let branch = if succeeded { &t.success } else { &t.failure };
+        // etcd checks the leases of the branch that runs before any of it applies.
+        let puts = branch.iter().filter_map(|op| if let TxnOp::Put(p) = op { Some(p) } else { None });
+        if let Some(lease) = self.missing_lease(puts, leases)? {
+            return Ok(WriteResult::LeaseNotFound { lease });
+        }
+        let mut results = Vec::with_capacity(branch.len());
+        let mut budget = TXN_READ_BUDGET_BYTES;
+        for op in branch {
+            let r = match op {
+                TxnOp::Put(p) => match self.put(index, p, leases, events)? {
+                    WriteResult::Put { prev } => TxnOpResult::Put { prev },
+                    other => return Err(Error::Invariant(format!("a put answered {other:?}"))),
+                },
+                TxnOp::Delete(d) => match self.delete(index, d, events)? {
+                    WriteResult::Delete { deleted, prev } => TxnOpResult::Delete { deleted, prev },
+                    other => return Err(Error::Invariant(format!("a delete answered {other:?}"))),
+                },
+                TxnOp::Range(r) => {
+                    let found = range(&self.kv, r, budget)?;
+                    let used: usize = found.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+                    budget = budget.saturating_sub(used);
+                    TxnOpResult::Range(found)
+                }
+            };
+            results.push(r);
+        }
+        Ok(WriteResult::Txn { succeeded, results })
+    }
+
+    /// Grants or revokes a lease at `index`; a revoke deletes every key attached to it, each
+    /// with its delete event.
+    fn lease(&mut self, index: u64, cmd: &LeaseCommand, events: &mut Vec<Event>) -> Result<LeaseOutcome, Error> {
+        match *cmd {
+            LeaseCommand::Grant { id, ttl } => {
+                if self.leases.get(id)?.is_some() {
+                    return Ok(LeaseOutcome::Exists);
+                }
+                self.leases.insert(id, ttl)?;
+                Ok(LeaseOutcome::Granted { id, ttl })
+            }
+            LeaseCommand::Revoke { id } => {
+                if self.leases.remove(id)?.is_none() {
+                    return Ok(LeaseOutcome::NotFound);
+                }
+                let keys = lease_keys(&self.lease_keys, id)?;
+                for key in &keys {
+                    self.lease_keys.remove(lease_key(id, key).as_slice())?;
+                    if let Some(prev) = get(&self.kv, key)? {
+                        self.kv.remove(key.as_slice())?;
+                        events.push(deleted(prev, index));
+                    }
+                }
+                Ok(LeaseOutcome::Revoked { deleted: keys.len() as u64 })
+            }
         }
     }
-    let branch = if succeeded { &t.success } else { &t.failure };
-    let mut results = Vec::with_capacity(branch.len());
-    let mut budget = TXN_READ_BUDGET_BYTES;
-    for op in branch {
-        let r = match op {
-            TxnOp::Put(p) => match put(kv, index, p, events)? {
-                WriteResult::Put { prev } => TxnOpResult::Put { prev },
-                other => return Err(Error::Invariant(format!("a put answered {other:?}"))),
-            },
-            TxnOp::Delete(d) => match delete(kv, index, d, events)? {
-                WriteResult::Delete { deleted, prev } => TxnOpResult::Delete { deleted, prev },
-                other => return Err(Error::Invariant(format!("a delete answered {other:?}"))),
-            },
-            TxnOp::Range(r) => {
-                let found = range(kv, r, budget)?;
-                let used: usize = found.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
-                budget = budget.saturating_sub(used);
-                TxnOpResult::Range(found)
-            }
-        };
-        results.push(r);
-    }
-    Ok(WriteResult::Txn { succeeded, results })
 }
 
 /// The tables an apply batch writes, opened once per batch rather than once per entry.
 pub(crate) struct ApplyTables<'t> {
-    kv: Table<'t, &'static [u8], &'static [u8]>,
+    data: Data<'t>,
     requests: Table<'t, &'static str, &'static [u8]>,
     /// The newest write index seen, which says which ids have expired.
     newest: u64,
@@ -289,15 +462,29 @@ pub(crate) struct ApplyTables<'t> {
 
 impl<'t> ApplyTables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, Error> {
-        Ok(Self { kv: txn.open_table(KV)?, requests: txn.open_table(REQUESTS)?, newest: 0 })
+        let data =
+            Data { kv: txn.open_table(KV)?, leases: txn.open_table(LEASES)?, lease_keys: txn.open_table(LEASE_KEYS)? };
+        Ok(Self { data, requests: txn.open_table(REQUESTS)?, newest: 0 })
+    }
+
+    /// Applies a lease grant or revoke at log index `index`.
+    pub(crate) fn apply_lease(
+        &mut self,
+        index: u64,
+        cmd: &LeaseCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<LeaseOutcome, Error> {
+        self.data.lease(index, cmd, events)
     }
 
     /// Applies one client write at log index `index`: at most once per request id. Every
     /// key it changes is recorded in `events`, in order.
+    /// `leases` says what each put does with its key's lease (empty: every put detaches).
     pub(crate) fn apply_write(
         &mut self,
         index: u64,
         cmd: &WriteCommand,
+        leases: Leases<'_>,
         events: &mut Vec<Event>,
     ) -> Result<WriteOutcome, Error> {
         self.newest = self.newest.max(index);
@@ -312,9 +499,12 @@ impl<'t> ApplyTables<'t> {
             }
         }
         let result = match &cmd.op {
-            WriteOp::Put(p) => put(&mut self.kv, index, p, events)?,
-            WriteOp::Delete(d) => delete(&mut self.kv, index, d, events)?,
-            WriteOp::Txn(t) => self::txn(&mut self.kv, index, t, events)?,
+            WriteOp::Put(p) => match self.data.missing_lease(std::iter::once(p), leases)? {
+                Some(lease) => WriteResult::LeaseNotFound { lease },
+                None => self.data.put(index, p, leases, events)?,
+            },
+            WriteOp::Delete(d) => self.data.delete(index, d, events)?,
+            WriteOp::Txn(t) => self.data.txn(index, t, leases, events)?,
         };
         let outcome = WriteOutcome { index, duplicate: false, result };
         if let Some(id) = &cmd.request_id {

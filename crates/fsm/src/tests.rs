@@ -551,3 +551,180 @@ async fn compaction_gives_deleted_space_back() -> TestResult {
     assert_eq!(sm.get(b"after")?.map(|kv| kv.value), Some(b"compaction".to_vec()));
     Ok(())
 }
+
+fn lease_cmd(index: u64, cmd: types::LeaseCommand) -> Entry {
+    Entry::new_normal(log_id(index), Command::Lease(cmd))
+}
+
+fn grant(index: u64, id: i64, ttl: i64) -> Entry {
+    lease_cmd(index, types::LeaseCommand::Grant { id, ttl })
+}
+
+fn revoke(index: u64, id: i64) -> Entry {
+    lease_cmd(index, types::LeaseCommand::Revoke { id })
+}
+
+/// A put of `key` attached as `attach` says.
+fn leased_put(index: u64, key: &[u8], value: &[u8], attach: types::LeaseAttach) -> Entry {
+    leased(index, WriteOp::Put(put_op(key, value)), &[(key, attach)])
+}
+
+fn leased(index: u64, op: WriteOp, leases: &[(&[u8], types::LeaseAttach)]) -> Entry {
+    let write = types::CheckedWrite { user: None, write: WriteCommand { request_id: None, op } };
+    let leases = leases.iter().map(|(k, a)| (k.to_vec(), *a)).collect();
+    Entry::new_normal(log_id(index), Command::LeasedWrite(types::LeasedWrite { write, leases }))
+}
+
+fn results(sm: &StateMachine, entries: &[Entry]) -> Result<Vec<CommandResult>, Error> {
+    sm.apply_batch(&sm.db(), entries)
+}
+
+fn keys_of(sm: &StateMachine, id: i64) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+    Ok(sm.lease(id, true)?.ok_or("no such lease")?.keys)
+}
+
+#[test]
+fn leases_are_granted_once_and_attach_keys() -> TestResult {
+    use types::{LeaseAttach, LeaseOutcome};
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    let r = results(&sm, &[grant(1, 7, 5), grant(2, 7, 9), grant(3, 8, 3)])?;
+    assert_eq!(
+        r,
+        [
+            CommandResult::Lease(LeaseOutcome::Granted { id: 7, ttl: 5 }),
+            CommandResult::Lease(LeaseOutcome::Exists),
+            CommandResult::Lease(LeaseOutcome::Granted { id: 8, ttl: 3 }),
+        ]
+    );
+    assert_eq!(sm.leases()?, [(7, 5), (8, 3)], "a refused grant changes nothing");
+    // Attach, move to another lease, keep, detach by a plain put.
+    let r = apply_results(
+        &sm,
+        &[
+            leased_put(4, b"a", b"1", LeaseAttach::Lease(7)),
+            leased_put(5, b"b", b"1", LeaseAttach::Lease(7)),
+            leased_put(6, b"c", b"1", LeaseAttach::Lease(8)),
+            leased_put(7, b"c", b"2", LeaseAttach::Lease(7)),
+            leased_put(8, b"a", b"2", LeaseAttach::Keep),
+            put(9, b"b", b"2"),
+        ],
+    )?;
+    assert!(r.iter().all(|o| matches!(o.result, WriteResult::Put { .. })), "{r:?}");
+    assert_eq!(sm.get(b"a")?.ok_or("a")?.lease, 7);
+    assert_eq!((sm.get(b"a")?.ok_or("a")?.value, sm.get(b"a")?.ok_or("a")?.version), (b"2".to_vec(), 2));
+    assert_eq!(sm.get(b"b")?.ok_or("b")?.lease, 0);
+    assert_eq!(keys_of(&sm, 7)?, [b"a".to_vec(), b"c".to_vec()]);
+    assert_eq!(keys_of(&sm, 8)?, Vec::<Vec<u8>>::new());
+    assert_eq!(sm.lease(99, true)?, None);
+    // An unknown lease refuses the whole write; a txn checks the branch that runs only.
+    let r = apply_results(&sm, &[leased_put(10, b"d", b"1", LeaseAttach::Lease(99))])?;
+    assert_eq!(r[0].result, WriteResult::LeaseNotFound { lease: 99 });
+    assert_eq!(sm.get(b"d")?, None);
+    let txn = |succeed: bool| {
+        WriteOp::Txn(Txn {
+            compares: vec![Compare {
+                key: b"a".to_vec(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Lease(if succeed { 7 } else { 8 }),
+            }],
+            success: vec![TxnOp::Put(put_op(b"e", b"1")), TxnOp::Put(put_op(b"f", b"1"))],
+            failure: vec![TxnOp::Put(put_op(b"g", b"1"))],
+        })
+    };
+    let attach: &[(&[u8], LeaseAttach)] =
+        &[(b"e", LeaseAttach::Lease(8)), (b"f", LeaseAttach::Lease(99)), (b"g", LeaseAttach::Lease(8))];
+    let r = apply_results(&sm, &[leased(11, txn(true), attach), leased(12, txn(false), attach)])?;
+    assert_eq!(r[0].result, WriteResult::LeaseNotFound { lease: 99 });
+    assert!(matches!(r[1].result, WriteResult::Txn { succeeded: false, .. }), "{r:?}");
+    assert_eq!((sm.get(b"e")?, sm.get(b"g")?.ok_or("g")?.lease), (None, 8));
+    // A delete detaches.
+    apply_results(&sm, &[del(13, b"c")])?;
+    assert_eq!(keys_of(&sm, 7)?, [b"a".to_vec()]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoke_deletes_the_keys_with_their_events_at_one_index() -> TestResult {
+    use blocking_query::Signal;
+    use types::{LeaseAttach, LeaseOutcome};
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    results(&sm, &[grant(1, 7, 5)])?;
+    apply_results(
+        &sm,
+        &[
+            leased_put(2, b"k1", b"a", LeaseAttach::Lease(7)),
+            leased_put(3, b"k2", b"b", LeaseAttach::Lease(7)),
+            put(4, b"k3", b"c"),
+        ],
+    )?;
+    let (w, _) = sm.watch(KeyRange::prefix(b"k"), 0)?;
+    let r = results(&sm, &[revoke(5, 7), revoke(6, 7)])?;
+    assert_eq!(
+        r,
+        [CommandResult::Lease(LeaseOutcome::Revoked { deleted: 2 }), CommandResult::Lease(LeaseOutcome::NotFound)]
+    );
+    assert_eq!((sm.get(b"k1")?, sm.get(b"k2")?, sm.len()?, sm.leases()?), (None, None, 1, vec![]));
+    let mut seen = Vec::new();
+    while let Some(Signal::Item(c)) = w.mailbox().try_recv() {
+        for e in &c.events {
+            seen.push((c.index, e.kind, e.kv.key.clone(), e.prev.as_ref().map(|p| p.lease)));
+        }
+    }
+    assert_eq!(
+        seen,
+        [(5, EventKind::Delete, b"k1".to_vec(), Some(7)), (5, EventKind::Delete, b"k2".to_vec(), Some(7))]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn leases_survive_reopen_and_travel_in_snapshots() -> TestResult {
+    use types::LeaseAttach;
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut leader = StateMachine::open(d1.path())?;
+    apply(
+        &mut leader,
+        vec![
+            grant(1, 7, 5),
+            grant(2, i64::MAX, 9),
+            leased_put(3, b"a", b"1", LeaseAttach::Lease(7)),
+            leased_put(4, b"z", b"1", LeaseAttach::Lease(i64::MAX)),
+            put(5, b"plain", b"1"),
+        ],
+    )
+    .await?;
+    let snap = leader.get_snapshot_builder().await.build_snapshot().await?;
+    let mut follower = StateMachine::open(d2.path())?;
+    follower.install_snapshot(&snap.meta, snap.snapshot).await?;
+    for sm in [&leader, &follower] {
+        assert_eq!(sm.leases()?, [(7, 5), (i64::MAX, 9)]);
+        assert_eq!(keys_of(sm, 7)?, [b"a".to_vec()]);
+        assert_eq!(keys_of(sm, i64::MAX)?, [b"z".to_vec()]);
+        assert_eq!(sm.get(b"z")?.ok_or("z")?.lease, i64::MAX);
+        assert_eq!(sm.get(b"plain")?.ok_or("plain")?.lease, 0);
+    }
+    assert_eq!(leader.hash_kv()?, follower.hash_kv()?);
+    // The installed index works: a revoke on the follower deletes the key.
+    apply(&mut follower, vec![revoke(6, 7)]).await?;
+    assert_eq!(follower.get(b"a")?, None);
+    drop(leader);
+    let leader = StateMachine::open(d1.path())?;
+    assert_eq!(leader.leases()?, [(7, 5), (i64::MAX, 9)]);
+    assert_eq!(keys_of(&leader, 7)?, [b"a".to_vec()]);
+    Ok(())
+}
+
+#[test]
+fn records_without_a_lease_keep_their_old_encoding() -> TestResult {
+    let plain = Record::encode(1, 2, 3, 0, b"v");
+    assert_eq!(plain.len(), 24 + 1);
+    let kv = Record::decode(b"k", &plain, true)?;
+    assert_eq!((kv.create_index, kv.modify_index, kv.version, kv.lease, kv.value), (1, 2, 3, 0, b"v".to_vec()));
+    let leased = Record::encode(1, 2, 3, 42, b"v");
+    let kv = Record::decode(b"k", &leased, true)?;
+    assert_eq!((kv.create_index, kv.modify_index, kv.version, kv.lease, kv.value), (1, 2, 3, 42, b"v".to_vec()));
+    assert!(Record::decode(b"k", &leased[..28], true).is_err(), "a truncated lease is corrupt");
+    Ok(())
+}

@@ -17,6 +17,12 @@ pub struct KeyValue {
     pub modify_index: u64,
     /// Number of puts since the key was created: 1 after the first.
     pub version: u64,
+    /// The etcd lease the key is attached to ([`crate::lease`]), 0 for none. Stored with
+    /// the key in the state machine and filled in when it is read; not part of this type's
+    /// encoding (it was added after outcomes holding key-values were first stored), so a
+    /// stored outcome read back has 0 here.
+    #[serde(skip)]
+    pub lease: crate::lease::LeaseId,
 }
 
 /// A set of keys: one key, or a half-open interval.
@@ -138,6 +144,8 @@ pub enum CompareTarget {
     Version(u64),
     /// Whether the key exists (`Equal`/`NotEqual` only).
     Exists(bool),
+    /// The etcd lease the key is attached to (0 for none, and for a missing key).
+    Lease(crate::lease::LeaseId),
 }
 
 /// How the key's current state is compared with the target.
@@ -291,6 +299,12 @@ pub enum WriteResult {
         range: KeyRange,
         /// The access it needs there.
         access: crate::auth::Access,
+    },
+    /// A put named an etcd lease that does not exist when the write was applied (never
+    /// granted, expired or revoked): nothing changed.
+    LeaseNotFound {
+        /// The lease.
+        lease: crate::lease::LeaseId,
     },
 }
 

@@ -11,6 +11,8 @@
 //!   of the openraft types built from it ([`LogId`], [`Entry`], [`Vote`], ...).
 //! - [`auth`]: users, roles and permissions, changed through the log by
 //!   [`Command::Auth`].
+//! - [`lease`]: etcd's leases, granted and revoked by [`Command::Lease`]; writes that
+//!   attach keys to them, [`Command::LeasedWrite`].
 //! - [`alarm`]: alarms (NOSPACE) a member raises through the log, [`Command::Alarm`].
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
 //!   the state machine's metadata and Raft messages on the wire.
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod codec;
 mod ids;
 pub mod kv;
+pub mod lease;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +36,7 @@ pub use kv::{
     CheckedWrite, Compare, CompareOp, CompareTarget, DeleteOp, Expect, KeyRange, KeyValue, PutOp, RangeOp, RangeResult,
     Txn, TxnOp, TxnOpResult, WriteCommand, WriteOp, WriteOutcome, WriteResult,
 };
+pub use lease::{LeaseAttach, LeaseCommand, LeaseId, LeaseOutcome, LeasedWrite};
 
 /// The addresses of one member, stored in the Raft membership.
 ///
@@ -74,6 +78,11 @@ pub enum Command {
     /// it is refused as compacted. Replicated so every node compacts at the same point of
     /// the log; the current state is untouched.
     Compact(u64),
+    /// Grant or revoke an etcd lease ([`lease`]); a revoke deletes the lease's keys.
+    Lease(LeaseCommand),
+    /// A client write whose puts attach keys to leases (or keep their lease); checked as a
+    /// [`Command::CheckedWrite`] is, and refused whole when a lease it names does not exist.
+    LeasedWrite(LeasedWrite),
 }
 
 impl Command {
@@ -81,8 +90,10 @@ impl Command {
     #[must_use]
     pub fn write(&self) -> Option<&WriteCommand> {
         match self {
-            Command::Write(w) | Command::CheckedWrite(CheckedWrite { write: w, .. }) => Some(w),
-            Command::Auth(_) | Command::Alarm(_) | Command::Compact(_) => None,
+            Command::Write(w)
+            | Command::CheckedWrite(CheckedWrite { write: w, .. })
+            | Command::LeasedWrite(LeasedWrite { write: CheckedWrite { write: w, .. }, .. }) => Some(w),
+            Command::Auth(_) | Command::Alarm(_) | Command::Compact(_) | Command::Lease(_) => None,
         }
     }
 }
@@ -112,6 +123,8 @@ impl std::fmt::Display for Command {
             },
             Command::Auth(a) => write!(f, "{a}"),
             Command::Compact(revision) => write!(f, "compact revision={revision}"),
+            Command::Lease(l) => write!(f, "{l}"),
+            Command::LeasedWrite(l) => write!(f, "{} leases={}", write_summary(&l.write.write), l.leases.len()),
             Command::Alarm(a) => {
                 let action = match a.action {
                     AlarmAction::Raise { .. } => "raise",
@@ -133,6 +146,8 @@ pub enum CommandResult {
     Write(WriteOutcome),
     /// An auth change.
     Auth(auth::AuthOutcome),
+    /// A lease grant or revoke.
+    Lease(LeaseOutcome),
 }
 
 openraft::declare_raft_types!(
