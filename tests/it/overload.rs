@@ -123,6 +123,61 @@ async fn past_the_limits_calls_are_shed_at_once_and_raft_is_not_starved() -> Tes
     run(&CI).await
 }
 
+/// The threads of process `pid`: (name, nice value), from `/proc/<pid>/task/*/stat`.
+fn thread_nices(pid: u32) -> Result<Vec<(String, i32)>, tests::BoxError> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else { continue };
+        // `tid (name) state ppid ...`: the name may hold spaces and parentheses; field 19
+        // (the 17th after the name) is the nice value.
+        let (open, close) = (stat.find('(').ok_or("no name")?, stat.rfind(')').ok_or("no name")?);
+        let name = stat.get(open + 1..close).ok_or("no name")?.to_string();
+        let nice = stat.get(close + 1..).and_then(|rest| rest.split_whitespace().nth(16)).ok_or("no nice field")?;
+        threads.push((name, nice.parse()?));
+    }
+    Ok(threads)
+}
+
+/// The nice value of the Raft threads of `pid` (all equal, and equal to the process's),
+/// after checking that its client port's threads run `delta` steps lower (capped at 19).
+fn client_threads_run_lower(pid: u32, delta: i32) -> Result<i32, tests::BoxError> {
+    let threads = thread_nices(pid)?;
+    let of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, nice)| *nice).collect::<Vec<_>>();
+    let (raft, client) = (of("raftkv-raft"), of("raftkv-client"));
+    let base = *of("raftkv").first().ok_or_else(|| format!("no main thread in {threads:?}"))?;
+    assert!(
+        !raft.is_empty() && raft.iter().all(|&n| n == base),
+        "Raft's threads at the process's nice {base}: {threads:?}"
+    );
+    assert!(!client.is_empty(), "no client port threads: {threads:?}");
+    let expected = (base + delta).min(19);
+    assert!(client.iter().all(|&n| n == expected), "client port threads at nice {expected}: {threads:?}");
+    Ok(base)
+}
+
+/// The client port runs on its own threads, `--client-thread-nice` (default 10) steps below
+/// Raft's, on the leader and the followers alike; `--client-thread-nice 0` keeps it on
+/// Raft's threads. (Under a flood, `past_the_limits_...` checks that the leader holds.)
+#[tokio::test]
+async fn the_client_port_threads_run_below_raft() -> TestResult {
+    let cluster = Cluster::start(3, &[]).await?;
+    for node in &cluster.nodes {
+        let pid = node.pid().ok_or("a node is not running")?;
+        let base = client_threads_run_lower(pid, 10)?;
+        assert!(base < 19, "the tests run at nice {base}: nothing lower to check");
+    }
+    drop(cluster);
+    let cluster = Cluster::start(1, &["--client-thread-nice", "3"]).await?;
+    client_threads_run_lower(cluster.nodes[0].pid().ok_or("not running")?, 3)?;
+    cluster.nodes[0].client()?.put("k", "v").await?;
+    drop(cluster);
+    let cluster = Cluster::start(1, &["--client-thread-nice", "0"]).await?;
+    let threads = thread_nices(cluster.nodes[0].pid().ok_or("not running")?)?;
+    assert!(!threads.iter().any(|(n, _)| n == "raftkv-client"), "0: no client runtime: {threads:?}");
+    cluster.nodes[0].client()?.put("k", "v").await?;
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "the issue's figure, by hand: 5,000 clients"]
 async fn the_issue_figure_5000_clients() -> TestResult {
@@ -145,6 +200,11 @@ async fn run(f: &Figure) -> TestResult {
     let node = &cluster.nodes[leader];
     let pid = node.pid().ok_or("the leader is not running")?;
     let before = node.client()?.status().await?;
+    if std::env::var_os("RAFTKV_CLIENT_THREAD_NICE").is_none() {
+        for n in &cluster.nodes {
+            client_threads_run_lower(n.pid().ok_or("a node is not running")?, 10)?;
+        }
+    }
 
     // Sample the leader's memory all along.
     let peak = Arc::new(AtomicU64::new(0));
