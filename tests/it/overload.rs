@@ -39,9 +39,11 @@ const CI: Figure =
 /// the default limits (1,024 connections, 1,024 calls, 64 MiB):
 /// `cargo build --bins && RAFTKV_BIN_DIR=$PWD/target/debug cargo nextest run -p tests
 /// --run-ignored only --no-capture -E 'test(=overload::the_issue_figure_5000_clients)'`.
-/// On the shared 2-core machine (load average 15 to 19) it does not pass: about 8,000
-/// connections are refused at once and peak RSS is 412 to 462 MiB, but the leader changes
-/// (docs/reference.md, Overload, has the figures and what bounds them).
+/// On the shared 2-core machine (load average 8 to 21) it does not pass: about 8,000
+/// connections are refused at once and peak RSS is 412 to 523 MiB, but the term changes,
+/// with or without the client port's threads at a lower CPU priority (docs/reference.md,
+/// Overload, has the figures and what bounds them). It prints the term and leader before
+/// and after the load before it asserts anything.
 const ISSUE: Figure = Figure { limits: None, small_writers: 5000, small_puts: 2, big_writers: 500, rss_bound: 1 << 30 };
 
 /// The client's deadline per call; shed answers must come far sooner.
@@ -123,61 +125,6 @@ async fn past_the_limits_calls_are_shed_at_once_and_raft_is_not_starved() -> Tes
     run(&CI).await
 }
 
-/// The threads of process `pid`: (name, nice value), from `/proc/<pid>/task/*/stat`.
-fn thread_nices(pid: u32) -> Result<Vec<(String, i32)>, tests::BoxError> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else { continue };
-        // `tid (name) state ppid ...`: the name may hold spaces and parentheses; field 19
-        // (the 17th after the name) is the nice value.
-        let (open, close) = (stat.find('(').ok_or("no name")?, stat.rfind(')').ok_or("no name")?);
-        let name = stat.get(open + 1..close).ok_or("no name")?.to_string();
-        let nice = stat.get(close + 1..).and_then(|rest| rest.split_whitespace().nth(16)).ok_or("no nice field")?;
-        threads.push((name, nice.parse()?));
-    }
-    Ok(threads)
-}
-
-/// The nice value of the Raft threads of `pid` (all equal, and equal to the process's),
-/// after checking that its client port's threads run `delta` steps lower (capped at 19).
-fn client_threads_run_lower(pid: u32, delta: i32) -> Result<i32, tests::BoxError> {
-    let threads = thread_nices(pid)?;
-    let of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, nice)| *nice).collect::<Vec<_>>();
-    let (raft, client) = (of("raftkv-raft"), of("raftkv-client"));
-    let base = *of("raftkv").first().ok_or_else(|| format!("no main thread in {threads:?}"))?;
-    assert!(
-        !raft.is_empty() && raft.iter().all(|&n| n == base),
-        "Raft's threads at the process's nice {base}: {threads:?}"
-    );
-    assert!(!client.is_empty(), "no client port threads: {threads:?}");
-    let expected = (base + delta).min(19);
-    assert!(client.iter().all(|&n| n == expected), "client port threads at nice {expected}: {threads:?}");
-    Ok(base)
-}
-
-/// The client port runs on its own threads, `--client-thread-nice` (default 10) steps below
-/// Raft's, on the leader and the followers alike; `--client-thread-nice 0` keeps it on
-/// Raft's threads. (Under a flood, `past_the_limits_...` checks that the leader holds.)
-#[tokio::test]
-async fn the_client_port_threads_run_below_raft() -> TestResult {
-    let cluster = Cluster::start(3, &[]).await?;
-    for node in &cluster.nodes {
-        let pid = node.pid().ok_or("a node is not running")?;
-        let base = client_threads_run_lower(pid, 10)?;
-        assert!(base < 19, "the tests run at nice {base}: nothing lower to check");
-    }
-    drop(cluster);
-    let cluster = Cluster::start(1, &["--client-thread-nice", "3"]).await?;
-    client_threads_run_lower(cluster.nodes[0].pid().ok_or("not running")?, 3)?;
-    cluster.nodes[0].client()?.put("k", "v").await?;
-    drop(cluster);
-    let cluster = Cluster::start(1, &["--client-thread-nice", "0"]).await?;
-    let threads = thread_nices(cluster.nodes[0].pid().ok_or("not running")?)?;
-    assert!(!threads.iter().any(|(n, _)| n == "raftkv-client"), "0: no client runtime: {threads:?}");
-    cluster.nodes[0].client()?.put("k", "v").await?;
-    Ok(())
-}
-
 #[tokio::test]
 #[ignore = "the issue's figure, by hand: 5,000 clients"]
 async fn the_issue_figure_5000_clients() -> TestResult {
@@ -200,11 +147,6 @@ async fn run(f: &Figure) -> TestResult {
     let node = &cluster.nodes[leader];
     let pid = node.pid().ok_or("the leader is not running")?;
     let before = node.client()?.status().await?;
-    if std::env::var_os("RAFTKV_CLIENT_THREAD_NICE").is_none() {
-        for n in &cluster.nodes {
-            client_threads_run_lower(n.pid().ok_or("a node is not running")?, 10)?;
-        }
-    }
 
     // Sample the leader's memory all along.
     let peak = Arc::new(AtomicU64::new(0));
@@ -226,6 +168,18 @@ async fn run(f: &Figure) -> TestResult {
     done.store(true, Ordering::Relaxed);
     sampler.await?;
     let peak = peak.load(Ordering::Relaxed);
+    let after = node.client()?.status().await?;
+    let other: Vec<&String> = small.other.iter().chain(&big.other).collect();
+    let timeouts = other.iter().filter(|e| e.contains("Timeout expired")).count();
+    eprintln!(
+        "term {} -> {}, leader {} -> {}; other errors: {} client timeouts, {} else",
+        before.term,
+        after.term,
+        before.leader_id,
+        after.leader_id,
+        timeouts,
+        other.len() - timeouts
+    );
     eprintln!(
         "term {}: 64 KiB: {} acked, {} shed (median {:?}), {} refused connections (median {:?}); 1 MiB: {} acked, {} shed (median {:?}), {} refused (median {:?}); other errors {}; peak RSS {} MiB",
         before.term,
@@ -243,7 +197,7 @@ async fn run(f: &Figure) -> TestResult {
         peak >> 20
     );
 
-    assert!(small.other.is_empty() && big.other.is_empty(), "{:?} {:?}", small.other, big.other);
+    assert!(other.is_empty(), "{} other errors, the first: {:?}", other.len(), other.get(..5.min(other.len())));
     assert!(!small.shed.is_empty(), "{} writers never passed the concurrency limit", f.small_writers);
     assert!(!big.shed.is_empty(), "{} 1 MiB writers never passed the byte budget", f.big_writers);
     assert!(!small.acked.is_empty() && !big.acked.is_empty(), "nothing was accepted");
@@ -255,7 +209,6 @@ async fn run(f: &Figure) -> TestResult {
     assert!(peak > 0 && peak < f.rss_bound, "peak RSS {} MiB, the bound is {} MiB", peak >> 20, f.rss_bound >> 20);
 
     // Raft was not starved: the same leader in the same term.
-    let after = node.client()?.status().await?;
     assert_eq!((after.term, &after.leader_id), (before.term, &before.leader_id), "a leader change under load");
 
     // Every acknowledged write reads back, and the node serves normally again.

@@ -171,13 +171,6 @@ struct Args {
     #[arg(long = "max-client-connections", alias = "max_client_connections", env = "RAFTKV_MAX_CLIENT_CONNECTIONS", default_value_t = engine::DEFAULT_MAX_CLIENT_CONNECTIONS)]
     max_client_connections: usize,
 
-    /// How many nice steps lower than Raft's the client port's threads run (0 to 19). Under
-    /// more load than the CPUs take, the kernel then runs Raft's heartbeats, replication and
-    /// elections first, so client load does not cost leaders. 0: the client port shares
-    /// Raft's threads and priority.
-    #[arg(long = "client-thread-nice", alias = "client_thread_nice", env = "RAFTKV_CLIENT_THREAD_NICE", default_value_t = engine::DEFAULT_CLIENT_THREAD_NICE, value_parser = clap::value_parser!(i32).range(0..=i64::from(engine::priority::MAX_NICE)))]
-    client_thread_nice: i32,
-
     /// The longest a client call may run: a longer caller deadline is lowered to it, and a
     /// call still running 1 s past it is answered DEADLINE_EXCEEDED.
     #[arg(long = "request-timeout", alias = "request_timeout", env = "RAFTKV_REQUEST_TIMEOUT", default_value = "120s", value_parser = duration::parse, value_name = "DURATION")]
@@ -619,30 +612,10 @@ fn run(args: Args) -> Result<()> {
     config.insecure = args.insecure;
     config.metrics_addr = args.metrics_addr;
     config.validate()?;
-    // Raft on the main runtime at the process's priority; the client port on its own,
-    // lower (engine::priority).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name(engine::priority::RAFT_THREAD_NAME)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let client_runtime = match args.client_thread_nice {
-        0 => None,
-        nice => Some(engine::client_runtime(nice).context("starting the client port's runtime")?),
-    };
-    config.client_runtime = client_runtime.as_ref().map(|r| r.handle().clone());
-    let result = runtime.block_on(engine::run(config, shutdown_signal()));
-    // The node has stopped its servers; what is left (a blocking read still running) is not
-    // waited for long.
-    if let Some(r) = client_runtime {
-        r.shutdown_timeout(CLIENT_RUNTIME_SHUTDOWN);
-    }
-    result?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(engine::run(config, shutdown_signal()))?;
     Ok(())
 }
-
-/// How long the client port's runtime is given to end its last tasks once the node stopped.
-const CLIENT_RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

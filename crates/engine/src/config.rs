@@ -47,11 +47,6 @@ pub struct NodeConfig {
     /// The client port's overload limits (`--max-in-flight-requests`,
     /// `--max-in-flight-request-bytes`, `--request-timeout`; [`service::overload`]).
     pub overload: service::overload::OverloadLimits,
-    /// The runtime the client port runs on (`None`: the caller's runtime, as the Raft
-    /// port). `raftkv` gives one whose threads run at a lower CPU priority
-    /// (`--client-thread-nice`; [`crate::priority`]). With one listener for both ports
-    /// (`--grpc_addr` equal to `--raft_addr`) it is not used.
-    pub client_runtime: Option<tokio::runtime::Handle>,
     /// How often to check whether a snapshot is due: one is taken when any entry was applied
     /// since the last one (the seed's `SnapshotInterval`). Zero turns the check off; the
     /// `snapshot_threshold` policy applies either way.
@@ -203,7 +198,6 @@ impl NodeConfig {
             slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,
             auth_token_ttl: service::auth::TOKEN_TTL,
             overload: service::overload::OverloadLimits::default(),
-            client_runtime: None,
             snapshot_interval: Duration::from_secs(120),
             max_append_entries: 300,
             join: Vec::new(),

@@ -29,8 +29,7 @@
 //!    [`compat::leader_health`]) and reflection, with TCP_NODELAY on, over TLS when it is on
 //!    (the Raft port with mutual TLS, through [`rpc::server::serve`]); the whole server's
 //!    health (`""`) follows the node's readiness ([`service::readiness`], a task started
-//!    just before); the client port runs on [`NodeConfig::client_runtime`] when given (its
-//!    threads at a lower CPU priority than Raft's: [`priority`]);
+//!    just before);
 //!    then, with `--metrics-addr`, `start_metrics` installs the metrics recorder and serves
 //!    the metrics port ([`telemetry`]: `/metrics`, `/livez`, `/readyz`, `/status.json`, the
 //!    status page);
@@ -59,7 +58,6 @@ mod background;
 mod config;
 pub mod disk;
 pub mod offline;
-pub mod priority;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,7 +94,6 @@ pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimi
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
 pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
-pub use priority::{DEFAULT_CLIENT_THREAD_NICE, client_runtime};
 /// The cache settings' defaults, as [`NodeConfig::sm_db_cache_bytes`] and
 /// [`NodeConfig::log_caches`] take them.
 pub use raft_storage::{
@@ -654,18 +651,7 @@ async fn start_servers(
         }
         Some(raft_listener) => {
             let client_tls = tls.map(|t| t.client_port.clone());
-            // On the client runtime when there is one: the accept loop, every connection
-            // and every handler then run on its threads (`tokio::spawn` spawns on the
-            // runtime it is called from), and the listener is registered with its reactor.
-            let served = {
-                let _entered = config.client_runtime.as_ref().map(tokio::runtime::Handle::enter);
-                let grpc = grpc.into_std().and_then(TcpListener::from_std).map_err(|source| EngineError::Io {
-                    context: "moving the client listener to its runtime".into(),
-                    source,
-                })?;
-                serve(client_routes, grpc, client_tls, client_limits, stop.subscribe())
-            };
-            handles.push(served);
+            handles.push(serve(client_routes, grpc, client_tls, client_limits, stop.subscribe()));
             let mut raft_routes = RoutesBuilder::default();
             raft_routes.add_service(raft_svc);
             let raft_tls = tls.map(|t| t.raft_port.clone());
