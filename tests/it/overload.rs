@@ -39,9 +39,11 @@ const CI: Figure =
 /// the default limits (1,024 connections, 1,024 calls, 64 MiB):
 /// `cargo build --bins && RAFTKV_BIN_DIR=$PWD/target/debug cargo nextest run -p tests
 /// --run-ignored only --no-capture -E 'test(=overload::the_issue_figure_5000_clients)'`.
-/// On the shared 2-core machine (load average 15 to 19) it does not pass: about 8,000
-/// connections are refused at once and peak RSS is 412 to 462 MiB, but the leader changes
-/// (docs/reference.md, Overload, has the figures and what bounds them).
+/// On the shared 2-core machine (load average 8 to 21) it does not pass: about 8,000
+/// connections are refused at once and peak RSS is 412 to 523 MiB, but the term changes,
+/// with or without the client port's threads at a lower CPU priority (docs/reference.md,
+/// Overload, has the figures and what bounds them). It prints the term and leader before
+/// and after the load before it asserts anything.
 const ISSUE: Figure = Figure { limits: None, small_writers: 5000, small_puts: 2, big_writers: 500, rss_bound: 1 << 30 };
 
 /// The client's deadline per call; shed answers must come far sooner.
@@ -166,6 +168,18 @@ async fn run(f: &Figure) -> TestResult {
     done.store(true, Ordering::Relaxed);
     sampler.await?;
     let peak = peak.load(Ordering::Relaxed);
+    let after = node.client()?.status().await?;
+    let other: Vec<&String> = small.other.iter().chain(&big.other).collect();
+    let timeouts = other.iter().filter(|e| e.contains("Timeout expired")).count();
+    eprintln!(
+        "term {} -> {}, leader {} -> {}; other errors: {} client timeouts, {} else",
+        before.term,
+        after.term,
+        before.leader_id,
+        after.leader_id,
+        timeouts,
+        other.len() - timeouts
+    );
     eprintln!(
         "term {}: 64 KiB: {} acked, {} shed (median {:?}), {} refused connections (median {:?}); 1 MiB: {} acked, {} shed (median {:?}), {} refused (median {:?}); other errors {}; peak RSS {} MiB",
         before.term,
@@ -183,7 +197,7 @@ async fn run(f: &Figure) -> TestResult {
         peak >> 20
     );
 
-    assert!(small.other.is_empty() && big.other.is_empty(), "{:?} {:?}", small.other, big.other);
+    assert!(other.is_empty(), "{} other errors, the first: {:?}", other.len(), other.get(..5.min(other.len())));
     assert!(!small.shed.is_empty(), "{} writers never passed the concurrency limit", f.small_writers);
     assert!(!big.shed.is_empty(), "{} 1 MiB writers never passed the byte budget", f.big_writers);
     assert!(!small.acked.is_empty() && !big.acked.is_empty(), "nothing was accepted");
@@ -195,7 +209,6 @@ async fn run(f: &Figure) -> TestResult {
     assert!(peak > 0 && peak < f.rss_bound, "peak RSS {} MiB, the bound is {} MiB", peak >> 20, f.rss_bound >> 20);
 
     // Raft was not starved: the same leader in the same term.
-    let after = node.client()?.status().await?;
     assert_eq!((after.term, &after.leader_id), (before.term, &before.leader_id), "a leader change under load");
 
     // Every acknowledged write reads back, and the node serves normally again.
