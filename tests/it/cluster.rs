@@ -360,3 +360,34 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads_itself() -> Te
     assert_eq!(status.state, RaftState::Follower as i32);
     Ok(())
 }
+
+/// The established TCP connections process `pid` holds to `addr` (`ss`, from iproute2).
+fn connections_to(pid: u32, addr: &str) -> Result<usize, BoxError> {
+    let out = std::process::Command::new("ss").args(["-Htnp", "state", "established", "dst", addr]).output()?;
+    if !out.status.success() {
+        return Err(format!("ss: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mine = format!("pid={pid},");
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&mine)).count())
+}
+
+/// The leader reaches each follower's Raft port over two connections, one for the log and
+/// one for heartbeats and votes (raft-network's `Lane`), so that a heartbeat never waits
+/// behind a batch of entries on the same HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_sends_heartbeats_on_a_connection_apart_from_the_log() -> TestResult {
+    let cluster = Cluster::start(3, &FAST_TIMING).await?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let client = cluster.client()?;
+    client.put("k", b"v".to_vec()).await?;
+    let pid = cluster.nodes[leader].pid().ok_or("the leader has no pid")?;
+    for (i, follower) in cluster.nodes.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let addr = follower.raft_addr.clone();
+        wait_for(&format!("two connections from the leader to node {i}'s Raft port"), Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move { connections_to(pid, &addr).is_ok_and(|n| n == 2) }
+        })
+        .await?;
+    }
+    Ok(())
+}

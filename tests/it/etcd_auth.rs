@@ -119,6 +119,16 @@ async fn etcdctl_users_roles_and_permissions_work_against_raftkv_as_against_etcd
     assert_eq!(same_error(&ours, &theirs, Some(ALICE), &["get", "b"])?, denied);
     assert_eq!(same_error(&ours, &theirs, Some(ALICE), &["put", "ro", "v"])?, denied);
     assert_eq!(same_error(&ours, &theirs, Some(ALICE), &["get", "a", "--prefix"])?, denied);
+    // A lease as alice: granted with her token; a put with it inside her prefix applies (it
+    // is checked again as hers when applied), outside it is refused. Lease ids differ.
+    for eps in [&ours, &theirs] {
+        let granted = etcdctl(eps, &["--user", ALICE, "lease", "grant", "60"])?;
+        assert!(granted.ends_with(" granted with TTL(60s)\n"), "{granted}");
+        let lease = format!("--lease={}", granted.split_whitespace().nth(1).ok_or("no lease id")?);
+        assert_eq!(etcdctl(eps, &["--user", ALICE, "put", "a/leased", "v", &lease])?, "OK\n");
+        assert_eq!(error_line(&etcdctl_run(eps, &["--user", ALICE, "put", "b", "v", &lease], "")?), denied);
+    }
+    assert_eq!(same(&ours, &theirs, Some(ALICE), &["get", "a/leased", "--print-value-only"])?, "v\n");
     // A txn: read on its compares, write on its puts (etcd's checkTxnAuth).
     let txn = |stdin: &str| -> Result<(Ctl, Ctl), BoxError> { both(&ours, &theirs, Some(ALICE), &["txn"], stdin) };
     let (o, t) = txn("version(\"a/1\") = \"0\"\n\nput a/2 x\n\n\n")?;

@@ -33,7 +33,9 @@ use super::{CONNECT_TIMEOUT, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPS
 use crate::transfer_log::{Direction, TransferLog};
 use fsm::{Snapshot, SnapshotFile};
 
-/// Makes openraft's per-peer clients; peers at the same address share one connection.
+/// Makes openraft's per-peer clients; peers at the same address share two connections: one
+/// for the log (entries, snapshots, leadership transfers) and one for heartbeats and votes
+/// ([`Lane`]).
 ///
 /// A peer's address is looked up through the resolver on every RPC (by node id), and the
 /// address openraft passes in (the membership's) is only the fallback: a peer restarted on
@@ -41,7 +43,29 @@ use fsm::{Snapshot, SnapshotFile};
 #[derive(Clone)]
 pub struct NetworkFactory {
     channels: Pool,
+    /// The connections of [`Lane::Control`].
+    control: Pool,
     resolver: Arc<dyn Resolver>,
+}
+
+/// Which connection to a peer a call takes.
+///
+/// HTTP/2 sends one connection's frames in order, within one flow-control window, so a
+/// heartbeat on the log's connection waits behind the batches of entries queued before it (a
+/// batch can reach [`MAX_RAFT_MESSAGE_BYTES`]); openraft 0.10 gives a heartbeat one heartbeat
+/// interval and drops it after that, and followers that hear nothing for an election timeout
+/// start an election. Under a flood of large writes that is what changed leaders (issue 19:
+/// the term held with batches capped at 8 entries and changed with 300). openraft asks for a
+/// client of its own for heartbeats (`new_heartbeat_client`, which also carries the leader's
+/// lease probes for linearizable reads); it and votes go on a connection of their own. Raft
+/// never relied on the order of messages (the network may reorder them), so splitting them
+/// over two connections changes nothing that is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Replication (entries, unary and streamed), snapshots, leadership transfers.
+    Log,
+    /// Heartbeats and lease probes, votes and pre-votes.
+    Control,
 }
 
 /// How channels to peers connect: lazily, within [`CONNECT_TIMEOUT`], with keepalive pings
@@ -57,11 +81,19 @@ impl NetworkFactory {
     /// verified for its node id.
     #[must_use]
     pub fn new(resolver: Arc<dyn Resolver>, tls: Option<Arc<ClientTls>>) -> Self {
-        Self { channels: Pool::with_tls(CHANNEL_OPTIONS, tls), resolver }
+        Self {
+            channels: Pool::with_tls(CHANNEL_OPTIONS, tls.clone()),
+            control: Pool::with_tls(CHANNEL_OPTIONS, tls),
+            resolver,
+        }
     }
 
-    fn channel(&self, addr: &str, peer: &NodeId) -> Result<Channel, ChannelError> {
-        self.channels.connect_lazy(addr, Some(peer.as_str()))
+    fn channel(&self, addr: &str, peer: &NodeId, lane: Lane) -> Result<Channel, ChannelError> {
+        let pool = match lane {
+            Lane::Log => &self.channels,
+            Lane::Control => &self.control,
+        };
+        pool.connect_lazy(addr, Some(peer.as_str()))
     }
 }
 
@@ -69,7 +101,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer { target, known: node.clone(), factory: self.clone(), last_addr: Mutex::new(String::new()) }
+        Peer::new(target, node, self.clone(), Lane::Log)
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
+        Peer::new(target, node, self.clone(), Lane::Control)
     }
 }
 
@@ -81,6 +117,8 @@ pub struct Peer {
     factory: NetworkFactory,
     /// The address last used, to log a change once.
     last_addr: Mutex<String>,
+    /// The connection its replication calls take (votes always take [`Lane::Control`]).
+    lane: Lane,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +134,13 @@ fn unreachable_or_network(status: &tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
-    /// A client for the peer's current Raft address (resolved now, by node id).
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn new(target: NodeId, known: &NodeInfo, factory: NetworkFactory, lane: Lane) -> Self {
+        Self { target, known: known.clone(), factory, last_addr: Mutex::new(String::new()), lane }
+    }
+
+    /// A client for the peer's current Raft address (resolved now, by node id), on `lane`'s
+    /// connection.
+    fn client(&self, lane: Lane) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         let addr = self
             .factory
             .resolver
@@ -112,7 +155,7 @@ impl Peer {
                 last.clone_from(&addr);
             }
         }
-        let channel = self.factory.channel(&addr, &self.target).map_err(|e| {
+        let channel = self.factory.channel(&addr, &self.target, lane).map_err(|e| {
             RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {} at {addr}: {e}", self.target))))
         })?;
         Ok(RaftClient::new(channel)
@@ -124,6 +167,7 @@ impl Peer {
     /// size, decode.
     async fn unary<Req, Resp, F, Fut>(
         &self,
+        lane: Lane,
         req: &Req,
         ttl: impl FnOnce(usize) -> Duration,
         call: F,
@@ -138,7 +182,7 @@ impl Peer {
         let deadline = ttl(payload.len());
         let mut request = tonic::Request::new(RaftMessage { payload: payload.into() });
         request.set_timeout(deadline);
-        let resp = call(self.client()?, request).await.map_err(|s| unreachable_or_network(&s))?;
+        let resp = call(self.client(lane)?, request).await.map_err(|s| unreachable_or_network(&s))?;
         codec::decode(&resp.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
@@ -153,8 +197,13 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Not openraft's heartbeat-long TTL: see `APPEND_MIN_TIMEOUT`.
         let asked = option.hard_ttl();
-        self.unary(&rpc, |bytes| append_timeout(asked, bytes), |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.unary(
+            self.lane,
+            &rpc,
+            |bytes| append_timeout(asked, bytes),
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
     }
 
     /// Replication, pipelined: every request openraft yields goes out at once on one
@@ -177,7 +226,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             let asked = option.hard_ttl();
             let pending = Arc::new(Pending::default());
             let outgoing = outgoing(input, pending.clone(), asked);
-            let mut client = self.client()?;
+            let mut client = self.client(self.lane)?;
             // Only the answer's headers are awaited here: the follower sends them at once.
             let call = tokio::time::timeout(append_timeout(asked, 0), client.stream_append(outgoing)).await;
             let answers = match call {
@@ -194,7 +243,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, |_| option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
+        self.unary(Lane::Control, &rpc, |_| option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -202,7 +251,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, |_| option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
+        self.unary(Lane::Control, &rpc, |_| option.hard_ttl(), |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn transfer_leader(
@@ -210,7 +259,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&req, |_| option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.unary(self.lane, &req, |_| option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
     }
 
     async fn full_snapshot(
@@ -227,7 +276,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             meta: codec::encode(&snapshot.meta).map_err(|e| to_network(&e))?.into(),
             size: snapshot.snapshot.len(),
         };
-        let mut client = self.client().map_err(|e| to_network(&e))?;
+        let mut client = self.client(self.lane).map_err(|e| to_network(&e))?;
         tracing::info!(target_node = %self.target, size = header.size, last_log_id = ?snapshot.meta.last_log_id, "sending snapshot");
         let log = TransferLog::new(Direction::Sending, self.target.to_string(), header.size);
         let chunks = snapshot_stream(header, Arc::new(snapshot.snapshot), log);
