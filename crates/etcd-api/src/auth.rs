@@ -102,7 +102,7 @@ fn need(path: &str) -> Need {
 }
 
 /// The rule `service::AuthGuard` applies to the etcd services ([`service::auth::GuardRule`]):
-/// hands etcd's `token` on as `authorization`, then checks what the method needs ([`need`])
+/// hands etcd's `token` on as `authorization`, then checks what the method needs (`need`)
 /// with etcd's refusals.
 pub fn guard_rule(state: &AuthState, path: &str, headers: &mut HeaderMap) -> Result<(), Status> {
     if let Some(token) = headers.remove(TOKEN_METADATA) {

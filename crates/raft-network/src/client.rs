@@ -35,7 +35,7 @@ use fsm::{Snapshot, SnapshotFile};
 
 /// Makes openraft's per-peer clients; peers at the same address share two connections: one
 /// for the log (entries, snapshots, leadership transfers) and one for heartbeats and votes
-/// ([`Lane`]).
+/// (`Lane`).
 ///
 /// A peer's address is looked up through the resolver on every RPC (by node id), and the
 /// address openraft passes in (the membership's) is only the fallback: a peer restarted on
