@@ -80,6 +80,18 @@ impl EtcdCluster {
     }
 }
 
+/// A one-member etcd that answers: [`Etcd::start`], then waited for.
+pub(crate) async fn started_etcd() -> Result<Etcd, BoxError> {
+    let etcd = Etcd::start()?;
+    let e = etcd.endpoint.clone();
+    wait_for("etcd to answer", Duration::from_secs(30), || {
+        let e = e.clone();
+        async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
+    })
+    .await?;
+    Ok(etcd)
+}
+
 impl Etcd {
     pub(crate) fn start() -> Result<Self, BoxError> {
         // etcd takes its ports on the command line: two the OS picked, released just before.

@@ -19,19 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::{BoxError, Cluster, FAST_TIMING, TestResult, wait_for};
 
-use crate::etcd::{Etcd, error_line, etcdctl, etcdctl_run, on_path};
-
-/// A one-member etcd that answers.
-async fn started_etcd() -> Result<Etcd, BoxError> {
-    let etcd = Etcd::start()?;
-    let e = etcd.endpoint.clone();
-    wait_for("etcd to answer", Duration::from_secs(30), || {
-        let e = e.clone();
-        async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
-    })
-    .await?;
-    Ok(etcd)
-}
+use crate::etcd::{error_line, etcdctl, etcdctl_run, on_path, started_etcd};
 
 /// `etcdctl lease grant TTL`: the lease id (hex, as etcdctl prints and takes it) and the
 /// output with the id replaced by `ID`.

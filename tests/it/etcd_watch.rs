@@ -17,19 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{BoxError, Cluster, FAST_TIMING, TestResult, wait_for};
 
-use crate::etcd::{Etcd, etcdctl, etcdctl_run, on_path};
-
-/// A one-member etcd that answers (`etcd.rs`'s, waited for).
-async fn started_etcd() -> Result<Etcd, BoxError> {
-    let etcd = Etcd::start()?;
-    let e = etcd.endpoint.clone();
-    wait_for("etcd to answer", Duration::from_secs(30), || {
-        let e = e.clone();
-        async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
-    })
-    .await?;
-    Ok(etcd)
-}
+use crate::etcd::{etcdctl, etcdctl_run, on_path, started_etcd};
 
 /// The header revision of `etcdctl put KEY VALUE -w json`.
 fn put_rev(endpoints: &str, key: &str, value: &str) -> Result<i64, BoxError> {
