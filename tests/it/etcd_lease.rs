@@ -1,6 +1,7 @@
 //! etcd's Lease service through Debian's `etcdctl` (API 3) and `python3-etcd3`, against a
 //! three-node raftkv (`crates/etcd-api`'s `lease`), and, for the outputs, against a real
-//! etcd 3.4 started by the test (lease ids and remaining seconds excepted).
+//! three-member etcd 3.4 started by the test (lease ids and remaining seconds excepted;
+//! expiry and revoke are checked on each of its members too).
 //!
 //! What is proved: grant, put with a lease, time-to-live with keys, list, keep-alive through
 //! a follower past the TTL, then expiry on every member (decided by the leader, applied
@@ -92,8 +93,9 @@ async fn etcdctl_leases_match_etcd_and_expire_on_every_member() -> TestResult {
     let leader = cluster.leader().await.ok_or("no leader")?;
     // Through a follower: grants, revokes and keep-alives go to the leader.
     let ours = cluster.nodes[(leader + 1) % 3].grpc_addr.clone();
-    let theirs = etcd.endpoint.clone();
+    let theirs = etcd.endpoints();
     let members: Vec<String> = cluster.endpoints();
+    let etcd_members: Vec<String> = etcd.members.iter().map(|m| m.endpoint.clone()).collect();
 
     // grant, put --lease, timetolive --keys, list, get -w json: as etcd answers.
     let (our_id, our_grant) = grant(&ours, "3")?;
@@ -149,11 +151,13 @@ async fn etcdctl_leases_match_etcd_and_expire_on_every_member() -> TestResult {
         .await?;
     }
     eprintln!("the lease expired on every member {:?} after its last keep-alive", stopped.elapsed());
-    wait_for("etcd's lease to expire", Duration::from_secs(15), || {
-        let t = theirs.clone();
-        async move { present_on(&t, "l/k").is_ok_and(|p| !p) }
-    })
-    .await?;
+    for m in &etcd_members {
+        wait_for("etcd's lease to expire on each member", Duration::from_secs(15), || {
+            let m = m.clone();
+            async move { present_on(&m, "l/k").is_ok_and(|p| !p) }
+        })
+        .await?;
+    }
     let (o, t) = (ttl(&ours, &our_id)?, ttl(&theirs, &their_id)?);
     assert_eq!(o.replace(&our_id, "ID"), t.replace(&their_id, "ID"));
     assert_eq!(o.replace(&our_id, "ID"), "lease ID already expired\n");
@@ -171,7 +175,7 @@ async fn etcdctl_leases_match_etcd_and_expire_on_every_member() -> TestResult {
     let (o, t) = (etcdctl(&ours, &["lease", "revoke", &id])?, etcdctl(&theirs, &["lease", "revoke", &their_id])?);
     assert_eq!(o.replace(&id, "ID"), t.replace(&their_id, "ID"));
     assert_eq!(o.replace(&id, "ID"), "lease ID revoked\n");
-    for m in members.iter().chain([&theirs]) {
+    for m in members.iter().chain(&etcd_members) {
         assert_eq!(etcdctl(m, &["get", "r/", "--prefix", "--keys-only"])?, "r/3\n\n", "on {m}");
     }
 
@@ -285,7 +289,7 @@ async fn pythons_etcd3_client_uses_a_lease_against_raftkv() -> TestResult {
     if !probe.status.success() {
         return Err("python3-etcd3 is missing: apt-get install python3-etcd3 (.ci/run installs it)".into());
     }
-    for (who, endpoint) in [("etcd", &etcd.endpoint), ("raftkv", &follower.grpc_addr)] {
+    for (who, endpoint) in [("etcd", &etcd.members[0].endpoint), ("raftkv", &follower.grpc_addr)] {
         let out = Command::new(python).args(["-c", PYTHON_LEASE, endpoint]).stdin(Stdio::null()).output()?;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && stdout.trim() == "ok", "python3-etcd3 against {who}: {stdout}\n{stderr}");

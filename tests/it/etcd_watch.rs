@@ -1,6 +1,6 @@
 //! etcd's Watch service and `KV.Compact` through Debian's `etcdctl` (API 3), against a
-//! three-node raftkv (`crates/etcd-api`) and against a real etcd 3.4 started by the test,
-//! outputs compared field by field (revisions excepted: raftkv's revision is its Raft log
+//! three-node raftkv (`crates/etcd-api`) and against a real three-member etcd 3.4 started by the
+//! test, outputs compared field by field (revisions excepted: raftkv's revision is its Raft log
 //! index, which counts entries etcd does not have).
 //!
 //! Ignored by default, as `etcd.rs`: a fresh machine has no etcd. CI runs them with
@@ -157,7 +157,7 @@ async fn etcdctl_watch_and_compact_match_etcd() -> TestResult {
     let leader = cluster.leader().await.ok_or("no leader")?;
     // Through a follower: the watch is served from its own history, writes are forwarded.
     let ours = cluster.nodes[(leader + 1) % 3].grpc_addr.clone();
-    let theirs = etcd.endpoint.clone();
+    let theirs = etcd.endpoints();
     let (wo, wt) = (writes(&ours)?, writes(&theirs)?);
     let revs = [wo[0], wt[0]];
 
