@@ -11,11 +11,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use tests::{BoxError, Cluster, FAST_TIMING, TestResult, raftkvctl, wait_for};
+use tests::{BoxError, Cluster, FAST_TIMING, TestResult, raftkvctl};
 
-use crate::etcd::{Ctl, Etcd, error_line, etcdctl, etcdctl_run, on_path};
+use crate::etcd::{Ctl, error_line, etcdctl, etcdctl_run, on_path, started_etcd};
 
 const ROOT: &str = "root:rootpw";
 const ALICE: &str = "alice:alicepw";
@@ -78,20 +77,11 @@ os._exit(0)
 #[ignore = "needs etcd 3.4 (Debian etcd-server/etcd-client; CI installs it)"]
 async fn etcdctl_users_roles_and_permissions_work_against_raftkv_as_against_etcd() -> TestResult {
     on_path("etcdctl")?;
-    // One etcd member: etcd 3.4's default ("simple") tokens are valid only on the member
-    // that issued them, so etcdctl over three endpoints fails at random with "invalid auth
-    // token" (raftkv's tokens are valid on every node).
-    let etcd = Etcd::start()?;
+    let etcd = started_etcd().await?;
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
     let leader = cluster.leader().await.ok_or("no leader")?;
     let ours = cluster.nodes[(leader + 1) % 3].grpc_addr.clone();
-    let theirs = etcd.endpoint.clone();
-    let e = theirs.clone();
-    wait_for("etcd to answer", Duration::from_secs(30), || {
-        let e = e.clone();
-        async move { etcdctl(&e, &["endpoint", "health"]).is_ok() }
-    })
-    .await?;
+    let theirs = etcd.endpoints();
 
     // Users and roles, then auth on (etcdctl adds the root role on etcd; raftkv's is built in).
     assert_eq!(same(&ours, &theirs, None, &["user", "add", ROOT])?, "User root created\n");
@@ -198,7 +188,7 @@ async fn etcdctl_users_roles_and_permissions_work_against_raftkv_as_against_etcd
     if !probe.status.success() {
         return Err("python3-etcd3 is missing: apt-get install python3-etcd3 (.ci/run installs it)".into());
     }
-    for endpoint in [&ours, &theirs] {
+    for endpoint in [&ours, &etcd.members[0].endpoint] {
         let out = Command::new(python).args(["-c", PYTHON_ETCD3_AUTH, endpoint]).stdin(Stdio::null()).output()?;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && stdout.trim() == "ok", "python3-etcd3 at {endpoint}: {stdout}\n{stderr}");
