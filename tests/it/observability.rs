@@ -166,6 +166,51 @@ async fn metrics_are_all_present_and_move_with_writes_pauses_and_leader_kills() 
 }
 
 /// The status of the whole server (`""`) over gRPC health, or the error.
+/// The bucket counts (upper bound, cumulative count) of the histogram `name` of `s`.
+fn buckets(s: &Scrape, name: &str) -> Option<Vec<(f64, f64)>> {
+    s.samples.iter().find(|x| x.metric == name).and_then(|x| match &x.value {
+        Value::Histogram(h) => Some(h.iter().map(|b| (b.less_than, b.count)).collect()),
+        _ => None,
+    })
+}
+
+/// A follower that comes back after missing 48 writes of 64 KiB catches up in messages no
+/// larger than the leader's `--max_append_bytes` (256 KiB here: three such entries, not
+/// four), not in one message of all 48 (3 MiB), as openraft's 300-entry bound alone would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_in_messages_within_the_byte_bound() -> TestResult {
+    const BOUND: f64 = 262_144.0;
+    let mut extra: Vec<&str> = FAST_TIMING.iter().chain(&METRICS).copied().collect();
+    extra.extend(["--max_append_bytes", "262144"]);
+    let mut cluster = Cluster::start(3, &extra).await?;
+    let client = cluster.client()?;
+    let leader = cluster.leader().await.ok_or("no leader")?;
+    let f = (leader + 1) % 3;
+    assert!(cluster.nodes[f].stop(), "{} did not stop cleanly", cluster.nodes[f].id);
+    let value = vec![b'v'; 64 << 10];
+    let mut last = 0;
+    for i in 0..48 {
+        last = client.put(format!("bound/{i}"), value.clone()).await?.header.ok_or("no header")?.index;
+    }
+    cluster.nodes[f].restart(false)?;
+    let follower = &cluster.nodes[f];
+    let fc = follower.client()?;
+    wait_for(&format!("{} to apply index {last}", follower.id), Duration::from_secs(30), || async {
+        fc.status().await.is_ok_and(|s| s.applied_index >= last)
+    })
+    .await?;
+    let s = scrape(follower).await?;
+    let b = buckets(&s, "raftkv_raft_append_message_bytes").ok_or("no append message histogram")?;
+    let total = b.iter().map(|(_, c)| *c).fold(0.0, f64::max);
+    let within = b.iter().find(|(le, _)| *le == BOUND).map(|(_, c)| *c).ok_or("no 256 KiB bucket")?;
+    let small = b.iter().find(|(le, _)| *le == 65_536.0).map(|(_, c)| *c).ok_or("no 64 KiB bucket")?;
+    eprintln!("{}: {total} append messages, {within} within 256 KiB, {small} within 64 KiB: {b:?}", follower.id);
+    assert_eq!(within, total, "every message the follower received is within the bound: {b:?}");
+    assert!(within - small >= 16.0, "the 48 values came in at least 16 messages of 1 to 3 of them: {b:?}");
+    cluster.stop_all();
+    Ok(())
+}
+
 async fn whole_server_health(n: &NodeProc) -> Result<i32, BoxError> {
     let mut health = HealthClient::new(tests::channel(&n.grpc_addr)?);
     let resp = health.check(HealthCheckRequest { service: String::new() }).await?;

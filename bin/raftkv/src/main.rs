@@ -138,6 +138,16 @@ struct Args {
     )]
     max_append_entries: u64,
 
+    /// The most bytes (encoded) of log entries sent to a follower in one message (1 KiB to
+    /// 256 MiB); a single larger entry still goes, alone.
+    #[arg(
+        long = "max_append_bytes",
+        alias = "max-append-bytes",
+        env = "RAFTKV_MAX_APPEND_BYTES",
+        default_value_t = engine::MAX_APPEND_BYTES
+    )]
+    max_append_bytes: usize,
+
     /// How long shutdown waits for in-flight requests (and, on the leader, for leadership
     /// to pass to another voter first).
     #[arg(long = "shutdown_grace", alias = "shutdown-grace", env = "RAFTKV_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse, value_name = "DURATION")]
@@ -596,6 +606,7 @@ fn run(args: Args) -> Result<()> {
         db_cache_bytes: args.log_db_cache_bytes,
         cache_entries: args.log_cache_entries,
         cache_bytes: args.log_cache_bytes,
+        append_bytes: args.max_append_bytes,
     };
     config.disk =
         engine::DiskLimits { quota_backend_bytes: args.quota_backend_bytes, reserve_bytes: args.disk_reserve_bytes };
@@ -754,15 +765,18 @@ mod tests {
             "--snapshot_interval=30s",
             "--max_append_entries",
             "64",
+            "--max-append-bytes=65536",
             "--join",
             "a:1,b:2",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.snapshot_interval, Duration::from_secs(30));
         assert_eq!(args.max_append_entries, 64);
+        assert_eq!(args.max_append_bytes, 65536);
         assert_eq!(args.join, Some(vec!["a:1".to_string(), "b:2".to_string()]));
         let args = Args::try_parse_from(["raftkv", "--raft_id=n"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.snapshot_interval, Duration::from_secs(120));
+        assert_eq!(args.max_append_bytes, engine::MAX_APPEND_BYTES);
         assert!(args.join.is_none());
         let args = Args::try_parse_from(["raftkv", "--raft_id=n", "--join"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.join, Some(vec![]));

@@ -177,6 +177,9 @@ impl JoinCredentials {
 pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// The largest `max_append_entries` accepted (hashicorp/raft's limit).
 pub const MAX_APPEND_ENTRIES_LIMIT: u64 = 1024;
+/// The range of `max_append_bytes` (`LogOptions::append_bytes`) accepted: from 1 KiB to
+/// half of the Raft port's largest message, which leaves room for the message's framing.
+pub const APPEND_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1 << 10..=raft_network::MAX_RAFT_MESSAGE_BYTES / 2;
 
 impl NodeConfig {
     /// Defaults for `id`: the seed's addresses, timing like etcd's (100 ms heartbeats,
@@ -325,6 +328,11 @@ impl NodeConfig {
         let mae = self.max_append_entries;
         if mae == 0 || mae > MAX_APPEND_ENTRIES_LIMIT {
             return bad(format!("--max_append_entries is {mae}; it must be from 1 to {MAX_APPEND_ENTRIES_LIMIT}"));
+        }
+        let mab = self.log_caches.append_bytes;
+        if !APPEND_BYTES_RANGE.contains(&mab) {
+            let (lo, hi) = (APPEND_BYTES_RANGE.start(), APPEND_BYTES_RANGE.end());
+            return bad(format!("--max_append_bytes is {mab}; it must be from {lo} to {hi}"));
         }
         let ttl = self.auth_token_ttl;
         let (min, max) = (service::auth::MIN_TOKEN_TTL, service::auth::MAX_TOKEN_TTL);
@@ -542,6 +550,21 @@ mod tests {
         c.max_append_entries = 64;
         assert!(c.validate().is_ok());
         assert_eq!(c.raft_config().map(|r| r.max_payload_entries).ok(), Some(64));
+    }
+
+    #[test]
+    fn max_append_bytes_is_bounded() {
+        let mut c = cfg();
+        let (lo, hi) = (*APPEND_BYTES_RANGE.start(), *APPEND_BYTES_RANGE.end());
+        for bad in [0, lo - 1, hi + 1] {
+            c.log_caches.append_bytes = bad;
+            let msg = refused(&c);
+            assert!(msg.contains("--max_append_bytes") && msg.contains("from 1024 to 268435456"), "{msg}");
+        }
+        for good in [lo, hi, raft_storage::MAX_APPEND_BYTES] {
+            c.log_caches.append_bytes = good;
+            assert!(c.validate().is_ok(), "{good}");
+        }
     }
 
     #[test]

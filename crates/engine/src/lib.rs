@@ -89,7 +89,10 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
-pub use config::{JoinCredentials, MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles, TlsFlags};
+pub use config::{
+    APPEND_BYTES_RANGE, JoinCredentials, MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles,
+    TlsFlags,
+};
 pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
 /// The bounds of the watch history, as [`NodeConfig::watch_history`] takes them.
@@ -98,6 +101,7 @@ pub use fsm::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, HistoryLimits};
 /// [`NodeConfig::log_caches`] take them.
 pub use raft_storage::{
     DEFAULT_DB_CACHE_BYTES as DEFAULT_LOG_DB_CACHE_BYTES, LOG_CACHE_BYTES, LOG_CACHE_ENTRIES, LogOptions,
+    MAX_APPEND_BYTES,
 };
 pub use service::overload::{
     DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT_REQUEST_BYTES, DEFAULT_MAX_IN_FLIGHT_REQUESTS, OverloadLimits,

@@ -42,6 +42,9 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub const SNAPSHOT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 /// The largest Raft message accepted (a batch of entries can carry many large values).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 << 20;
+/// The histogram of the size of each AppendEntries message a node receives (its encoded
+/// payload): what the leader's `--max_append_bytes` bounds.
+pub const APPEND_MESSAGE_BYTES_METRIC: &str = "raftkv_raft_append_message_bytes";
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The shortest deadline of an AppendEntries call. openraft asks for one heartbeat interval

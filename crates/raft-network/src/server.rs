@@ -145,6 +145,7 @@ fn checked_requests(
     futures::stream::unfold(state, |(mut inbound, identity, contact, refused, mut checked)| async move {
         // A transport error means the leader went away: the requests end, with no answer due.
         let message = inbound.message().await.ok()??;
+        metrics::histogram!(crate::APPEND_MESSAGE_BYTES_METRIC).record(message.payload.len() as f64);
         let refuse = |status: Status| {
             *refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
         };
@@ -203,6 +204,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        metrics::histogram!(crate::APPEND_MESSAGE_BYTES_METRIC).record(request.get_ref().payload.len() as f64);
         let rpc: AppendEntriesRequest<TypeConfig> = decode("append-entries request", &request.get_ref().payload)?;
         check_identity(&request, "append-entries request", &rpc.vote.leader_id().node_id)?;
         self.leader_contact.touch();

@@ -175,6 +175,13 @@ impl MemLog {
     /// Splits a read of `range` (indexes, end exclusive): the entries found in the cache,
     /// and the part to read from redb (below the cache, above the purged entries).
     pub(crate) fn read(&self, range: Range<u64>) -> (Vec<Entry>, Range<u64>) {
+        let (cached, disk) = self.read_limited(range, usize::MAX);
+        (cached.into_iter().map(|(e, _)| e).collect(), disk)
+    }
+
+    /// [`Self::read`], with the cached entries' encoded sizes, stopping before the cached
+    /// entry that would take them past `budget` bytes (the first one is always taken).
+    pub(crate) fn read_limited(&self, range: Range<u64>, budget: usize) -> (Vec<(Entry, usize)>, Range<u64>) {
         let lowest = next_index(self.last_purged.as_ref());
         let end = range.end.min(next_index(self.last.as_ref()));
         let start = range.start.max(lowest);
@@ -184,7 +191,15 @@ impl MemLog {
         let disk = start..end.min(self.start);
         let skip = start.saturating_sub(self.start);
         let take = end.saturating_sub(self.start.max(start));
-        let cached = self.entries.iter().skip(skip as usize).take(take as usize).map(|c| c.entry.clone()).collect();
+        let mut cached = Vec::new();
+        let mut used = 0usize;
+        for c in self.entries.iter().skip(skip as usize).take(take as usize) {
+            used = used.saturating_add(c.bytes);
+            if used > budget && !cached.is_empty() {
+                break;
+            }
+            cached.push((c.entry.clone(), c.bytes));
+        }
         (cached, disk)
     }
 
@@ -228,6 +243,19 @@ mod tests {
         let (cached, disk) = log.read(12..100);
         assert!(disk.is_empty());
         assert_eq!(indexes(&cached), vec![(1, 12), (1, 13), (1, 14)]);
+    }
+
+    #[test]
+    fn limited_reads_of_the_cache_stop_before_the_entry_past_the_budget() {
+        let mut log = MemLog::new(Some(id(1, 9)), None, None, None);
+        log.append(entries(1, 10..15), 1);
+        let idx = |v: Vec<(Entry, usize)>| v.iter().map(|(e, _)| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(idx(log.read_limited(10..15, 30).0), vec![10, 11, 12], "exactly at the budget");
+        assert_eq!(idx(log.read_limited(10..15, 29).0), vec![10, 11]);
+        assert_eq!(idx(log.read_limited(12..15, 1).0), vec![12], "the first entry always goes");
+        assert_eq!(idx(log.read_limited(10..15, usize::MAX).0), vec![10, 11, 12, 13, 14]);
+        let (cached, disk) = log.read_limited(5..15, 20);
+        assert_eq!((idx(cached), disk), (vec![10, 11], 5..10), "the redb part is the caller's to bound");
     }
 
     #[test]

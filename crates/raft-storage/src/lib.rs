@@ -226,6 +226,8 @@ pub struct LogStore {
     writer: Arc<WriterHandle>,
     /// The node's per-stage clock of writes.
     stages: Arc<WriteStages>,
+    /// [`LogOptions::append_bytes`].
+    append_bytes: usize,
 }
 
 /// The log writer thread and its queue. Dropped with the last [`LogStore`] clone: it then
@@ -256,6 +258,12 @@ impl Debug for LogStore {
 /// little more than the B-tree's upper pages (redb's default is 1 GiB per file).
 pub const DEFAULT_DB_CACHE_BYTES: usize = 16 << 20;
 
+/// The default of [`LogOptions::append_bytes`]: 1 MiB, etcd's `MaxSizePerMsg`. With values
+/// of 64 KiB, openraft's 300 entries would make a 19 MiB message; a follower busy decoding
+/// and appending that answers late and can miss its election deadline. Replication keeps
+/// several messages in flight on its stream, so smaller messages cost little throughput.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
 /// The memory settings of the log store, each bounding one cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOptions {
@@ -265,11 +273,19 @@ pub struct LogOptions {
     pub cache_entries: usize,
     /// The most bytes (encoded) of durable entries it keeps ([`LOG_CACHE_BYTES`]).
     pub cache_bytes: usize,
+    /// The most bytes (encoded) of entries one replication message to a follower carries
+    /// ([`MAX_APPEND_BYTES`]); openraft's `max_payload_entries` bounds their number.
+    pub append_bytes: usize,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        Self { db_cache_bytes: DEFAULT_DB_CACHE_BYTES, cache_entries: LOG_CACHE_ENTRIES, cache_bytes: LOG_CACHE_BYTES }
+        Self {
+            db_cache_bytes: DEFAULT_DB_CACHE_BYTES,
+            cache_entries: LOG_CACHE_ENTRIES,
+            cache_bytes: LOG_CACHE_BYTES,
+            append_bytes: MAX_APPEND_BYTES,
+        }
     }
 }
 
@@ -317,7 +333,13 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer.run(&ops))
             .map_err(|e| Error::Writer(e.to_string()))?;
-        Ok(Self { db, mem, writer: Arc::new(WriterHandle { queue: Some(queue), thread: Some(thread) }), stages })
+        Ok(Self {
+            db,
+            mem,
+            writer: Arc::new(WriterHandle { queue: Some(queue), thread: Some(thread) }),
+            stages,
+            append_bytes: options.append_bytes,
+        })
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -378,16 +400,31 @@ impl LogStore {
 
     /// Reads the entries of `range` from redb, on the blocking pool.
     async fn read_durable(&self, range: std::ops::Range<u64>) -> Result<Vec<Entry>, Error> {
+        Ok(self.read_durable_limited(range, usize::MAX).await?.0)
+    }
+
+    /// Reads the durable entries in `range` from redb, stopping before the entry that would
+    /// take their encoded size past `budget` (the first one is always read); returns them
+    /// and the bytes they take.
+    async fn read_durable_limited(
+        &self,
+        range: std::ops::Range<u64>,
+        budget: usize,
+    ) -> Result<(Vec<Entry>, usize), Error> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read()?;
             let table = txn.open_table(LOGS)?;
-            let mut out = Vec::new();
+            let (mut out, mut used) = (Vec::new(), 0usize);
             for item in table.range::<u64>(range)? {
                 let (_, v) = item?;
+                used = used.saturating_add(v.value().len());
+                if used > budget && !out.is_empty() {
+                    break;
+                }
                 out.push(codec::decode::<Entry>(v.value())?);
             }
-            Ok(out)
+            Ok((out, used.min(budget)))
         })
         .await?
     }
@@ -421,6 +458,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let mut entries = self.read_durable(below).await?;
         entries.extend(cached);
+        Ok(entries)
+    }
+
+    /// What replication sends in one message: the entries from `start` on whose encoded
+    /// size stays within [`LogOptions::append_bytes`] (at least one), so that a batch of
+    /// large values cannot make a follower decode and append tens of MiB before it answers
+    /// (and resets its election timer). Taken under one look at the in-memory log.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let budget = self.append_bytes;
+        let (cached, below) = self.mem().read_limited(start..end, budget);
+        if below.is_empty() {
+            return Ok(cached.into_iter().map(|(e, _)| e).collect());
+        }
+        let len = below.end - below.start;
+        let (mut entries, used) = self.read_durable_limited(below, budget).await?;
+        if (entries.len() as u64) < len {
+            return Ok(entries);
+        }
+        let mut left = budget - used;
+        for (entry, bytes) in cached {
+            if bytes > left {
+                break;
+            }
+            left -= bytes;
+            entries.push(entry);
+        }
         Ok(entries)
     }
 
@@ -635,6 +698,37 @@ mod tests {
 
     fn terms(entries: &[Entry]) -> Vec<(u64, u64)> {
         entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
+    }
+
+    #[tokio::test]
+    async fn replication_reads_stop_at_the_byte_bound_across_redb_and_the_cache()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        // The cache keeps 2 durable entries: 200..=217 are read from redb, 218 and 219 from memory.
+        let options = LogOptions { cache_entries: 2, ..LogOptions::default() };
+        let mut store = LogStore::open_with(&dir.path().join(LOG_FILE), options)?;
+        append(&mut store, blanks(1, 200..=219)).await?.await??;
+        assert_eq!(store.mem().read(200..220).1, 200..218);
+        // Every index here takes two varint bytes, so every entry encodes to the same size.
+        let one = codec::encode(&Entry::new_blank(id(1, 200)))?.len();
+        let indexes = |v: Vec<Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        let cases: [(usize, u64, Vec<u64>); 6] = [
+            (5 * one, 200, (200..=204).collect()),           // redb only
+            (5 * one, 215, (215..=219).collect()),           // redb, then the cache
+            (5 * one + one / 2, 214, (214..=218).collect()), // stops inside the cache
+            (5 * one, 218, vec![218, 219]),                  // the cache only, below the bound
+            (one - 1, 210, vec![210]),                       // one entry past the bound still goes
+            (one - 1, 219, vec![219]),
+        ];
+        for (budget, start, want) in cases {
+            store.append_bytes = budget;
+            assert_eq!(indexes(store.limited_get_log_entries(start, 220).await?), want, "{budget} from {start}");
+        }
+        store.append_bytes = MAX_APPEND_BYTES;
+        assert_eq!(store.limited_get_log_entries(200, 220).await?.len(), 20);
+        store.append_bytes = one;
+        assert_eq!(store.try_get_log_entries(200..220).await?.len(), 20, "the apply's reads have no bound");
+        Ok(())
     }
 
     #[tokio::test]

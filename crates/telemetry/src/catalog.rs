@@ -142,6 +142,13 @@ pub const METRICS: &[Metric] = &[
         "Time of one durable commit of the log writer (write and fsync).",
     ),
     m(
+        "raftkv_raft_append_message_bytes",
+        Histogram,
+        &[],
+        Facade,
+        "Size of each AppendEntries message this node received from a leader (encoded), heartbeats included; --max_append_bytes on the leader bounds it.",
+    ),
+    m(
         WRITE_STAGE_SECONDS,
         Histogram,
         &["stage"],
