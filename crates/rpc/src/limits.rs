@@ -23,7 +23,8 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// `--max-client-connections` times this. A 1 MiB value takes four window updates.
 pub const CLIENT_PORT_WINDOW_BYTES: u32 = 256 << 10;
 /// The most connections refused past a port's connection limit that are answered (a
-/// GOAWAY) at once; past it a refused connection is just closed.
+/// GOAWAY, then a wait for the client to close first) at once; past it a refused connection
+/// gets the GOAWAY only if its socket takes it at once, and is closed.
 pub const MAX_REFUSING_CONNECTIONS: usize = 256;
 /// How long a refused connection is kept, after its GOAWAY, for the client to read it and
 /// close first.

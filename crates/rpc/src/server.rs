@@ -187,12 +187,13 @@ fn goaway_frames(debug: &[u8]) -> bytes::Bytes {
 /// Answers a refused plaintext connection with [`goaway_frames`], then reads what the
 /// client still sends until it closes (so the kernel does not reset the connection before
 /// the client has read the GOAWAY), for at most [`REFUSE_LINGER`]. At most
-/// [`MAX_REFUSING_CONNECTIONS`] at once; past that the connection is simply closed.
+/// [`MAX_REFUSING_CONNECTIONS`] at once; past that, [`refuse_at_once`].
 fn refuse_plain(gate: &Gate, mut tcp: TcpStream) {
+    let frames = gate.goaway.clone();
     let Ok(permit) = gate.refusing.clone().try_acquire_owned() else {
+        refuse_at_once(&tcp, &frames);
         return;
     };
-    let frames = gate.goaway.clone();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REFUSE_LINGER, async {
             if tcp.write_all(&frames).await.is_err() || tcp.shutdown().await.is_err() {
@@ -207,6 +208,29 @@ fn refuse_plain(gate: &Gate, mut tcp: TcpStream) {
         drop(permit);
     });
 }
+
+/// Refuses a plaintext connection without a task or a wait, when [`MAX_REFUSING_CONNECTIONS`]
+/// are lingering already (a flood of thousands of connections at once): the GOAWAY if the
+/// socket takes it at once, then whatever the client has sent so far read and dropped, so
+/// that the close is a FIN. Linux answers the close of a socket with unread data with a
+/// reset, which a client can see before it reads the GOAWAY ("connection reset", outcome
+/// unknown) instead of a refusal it may retry. Data that arrives after the close still
+/// draws a reset: this is the best effort that costs nothing per connection.
+fn refuse_at_once(tcp: &TcpStream, frames: &[u8]) {
+    let _ = tcp.try_write(frames);
+    let mut buf = [0u8; 4096];
+    // More than a client can send before it reads our settings: HTTP/2's default window
+    // (64 KiB) and its headers.
+    for _ in 0..REFUSE_DRAIN_READS {
+        match tcp.try_read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// The most reads of [`refuse_at_once`]: 4 KiB each, 1 MiB in all.
+const REFUSE_DRAIN_READS: usize = 256;
 
 /// A connection holding its place under the port's connection limit until it is dropped.
 #[derive(Debug)]
@@ -382,4 +406,38 @@ fn reword_edge_status<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::
         let _ = tonic::Status::new(code, message).add_header(resp.headers_mut());
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A refused connection whose client had already sent a request body gets the GOAWAY and
+    /// then a clean end of stream, not a reset, even when no task lingers for it.
+    #[tokio::test]
+    async fn a_connection_refused_at_once_ends_with_the_goaway_not_a_reset() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = TcpStream::connect(listener.local_addr()?).await?;
+        let sent = vec![7u8; 64 << 10];
+        client.write_all(&sent).await?;
+        let (server, _) = listener.accept().await?;
+        // Wait until everything the client sent is in the server's receive queue.
+        let mut peek = vec![0u8; sent.len()];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while server.peek(&mut peek).await? < sent.len() {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await??;
+        let frames = goaway_frames(b"past the limit");
+        refuse_at_once(&server, &frames);
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await?;
+        assert_eq!(got, frames.to_vec(), "the client reads the GOAWAY, then the end");
+        Ok(())
+    }
 }
