@@ -25,7 +25,7 @@ pub const CLIENT_PORT_WINDOW_BYTES: u32 = 256 << 10;
 /// The most connections refused past a port's connection limit that are answered (a
 /// GOAWAY, then a wait for the client to close first) at once; past it a refused connection
 /// gets the GOAWAY only if its socket takes it at once, and is closed.
-pub const MAX_REFUSING_CONNECTIONS: usize = 256;
+pub const MAX_REFUSING_CONNECTIONS: usize = 4096;
 /// How long a refused connection is kept, after its GOAWAY, for the client to read it and
 /// close first.
 pub const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
