@@ -471,9 +471,9 @@ impl Data<'_> {
 /// the sweep removes the rows and the entries below the same index, so the map holds no more
 /// ids than the table: at most about 1.25 × [`MAX_REQUEST_IDS`] (81,920). Each costs a
 /// `Box<str>` and a `u64` in the hash table (24 bytes + 1 control byte per bucket, 131,072
-/// buckets ≈ 3.3 MiB at that size) plus the id's own heap allocation (≈ 48 bytes for the
-/// client's ~30-byte ids, ≈ 3.9 MiB; at most 144 bytes for a 128-byte id, the service's
-/// `MAX_REQUEST_ID_BYTES`, ≈ 11.3 MiB): about 7 MiB typically, 15 MiB at worst.
+/// buckets ≈ 3.3 MiB at that size) plus the id's own heap allocation (a 32-byte malloc
+/// chunk for the `client` crate's ~24-byte ids, ≈ 2.6 MiB; 144 bytes for a 128-byte id, the
+/// service's `MAX_REQUEST_ID_BYTES`, ≈ 11.3 MiB): about 6 MiB typically, 15 MiB at worst.
 #[derive(Debug, Default)]
 pub(crate) struct RequestIds {
     by_id: HashMap<Box<str>, u64>,
