@@ -1,5 +1,8 @@
 //! Micro-benchmarks of the state machine: the apply of a batch of 64 puts (one redb write
-//! transaction, not fsynced, as most applies are), and building and installing a snapshot
+//! transaction, not fsynced, as most applies are), with new keys and one client's request
+//! ids, and with 64 clients' request ids over 10,000 keys (what `raftkvctl bench put
+//! --clients 64` sends; past the first 65,536 entries the request-id window is full and
+//! expired ids are swept), and building and installing a snapshot
 //! of 1 MiB of keys and values (4,096 keys of 256 bytes), reported per byte. Run with
 //! `cargo bench -p fsm --bench apply`.
 
@@ -51,6 +54,52 @@ fn apply_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Clients whose writes a batch of [`BATCH`] interleaves, each with its own request-id
+/// prefix (as `client::Client` makes them: `c` and 16 hex digits).
+const CLIENTS: u64 = 64;
+/// The keys the many-client batches write to, chosen at random.
+const KEYS: u64 = 10_000;
+
+/// The `n`th put of `client`, at `index`, to a pseudo-random one of [`KEYS`] keys.
+fn client_put(index: u64, client: u64, n: u64) -> Entry {
+    let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId::from(1) }, index);
+    // splitmix64: a spread of client prefixes and keys that repeats from run to run.
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let key = mix(index) % KEYS;
+    let op =
+        PutOp { key: format!("key-{key:012}").into_bytes(), value: vec![7; VALUE_BYTES], expect: None, prev_kv: false };
+    let request_id = format!("c{:016x}-{n}", mix(client + (1 << 40)));
+    Entry::new_normal(log_id, Command::Write(WriteCommand { request_id: Some(request_id), op: WriteOp::Put(op) }))
+}
+
+fn many_clients_bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut sm = StateMachine::open(dir.path()).expect("the state machine opens");
+    let mut next = 1u64;
+    let batch = |sm: &mut StateMachine, next: &mut u64| {
+        let entries: Vec<Entry> = (*next..*next + BATCH).map(|i| client_put(i, i % CLIENTS, i / CLIENTS)).collect();
+        *next += BATCH;
+        rt.block_on(apply(sm, entries));
+    };
+    // Fill the request-id window first, so every measured batch sees a full table and sweeps.
+    while next <= fsm::MAX_REQUEST_IDS + BATCH {
+        batch(&mut sm, &mut next);
+    }
+    let mut group = c.benchmark_group("fsm apply");
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function(
+        format!("batch of {BATCH} puts of {VALUE_BYTES} B, {CLIENTS} clients' request ids, {KEYS} keys"),
+        |b| b.iter(|| batch(&mut sm, &mut next)),
+    );
+    group.finish();
+}
+
 fn snapshot_bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -81,5 +130,5 @@ fn snapshot_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_bench, snapshot_bench);
+criterion_group!(benches, apply_bench, many_clients_bench, snapshot_bench);
 criterion_main!(benches);

@@ -27,6 +27,10 @@
 //!   aside (`<name>.damaged-<nanos>`, kept) and openraft builds a fresh one from the state,
 //!   which holds at least what the snapshot held. A damaged `state.redb` is set aside too and
 //!   rebuilt from the snapshot and the log.
+//! - At-most-once writes: each write's request id and outcome are one row of table
+//!   `requests_at`, keyed by log index (appended at its right end, swept from its left end),
+//!   found through an in-memory map of id → index that reflects committed applies only
+//!   (`store::RequestIds`); see [`MAX_REQUEST_IDS`].
 //! - [`StateMachine::hash_kv`] hashes the key-value state at its applied index (one read
 //!   transaction), for comparing replicas (`Admin.HashKV`, `raftkvctl check`).
 //! - [`StateMachine::subscribe_applied`] publishes the applied index (a tokio `watch`), so
@@ -85,7 +89,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 use tokio::sync::watch;
 use types::{CommandResult, LogId, SnapshotMeta, StoredMembership, TypeConfig, codec};
 
@@ -133,7 +137,10 @@ macro_rules! fsync_error_point {
 pub use error::Error;
 pub use snapshot::{ReadProgress, SnapshotFile};
 use snapshot::{SnapshotReader, SnapshotWriter};
-use store::{KV, LEASE_KEYS, LEASES, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_BY_INDEX, Record};
+use store::{
+    KV, LEASE_KEYS, LEASES, META, META_LAST_APPLIED, META_MEMBERSHIP, REQUESTS, REQUESTS_AT, REQUESTS_BY_INDEX, Record,
+    RequestIds,
+};
 pub use store::{MAX_REQUEST_IDS, TXN_READ_BUDGET_BYTES};
 pub use types::{Alarm, AlarmAction, AlarmCommand, AlarmKind};
 pub use types::{Command, KeyValue, RangeOp, RangeResult};
@@ -224,6 +231,10 @@ struct Inner {
     /// The active alarms as last applied (a copy of `sm_meta`'s, for the write path's
     /// check without a read transaction).
     alarms: RwLock<Arc<Vec<Alarm>>>,
+    /// Where each remembered request id was applied, as of the last committed apply (see
+    /// [`RequestIds`]). Locked by the apply for its whole batch, and replaced when the
+    /// database is (a snapshot installed); nothing else touches it.
+    requests: Mutex<RequestIds>,
 }
 
 /// A hash of the key-value state at an applied index ([`StateMachine::hash_kv`]).
@@ -317,6 +328,7 @@ impl StateMachine {
                 auth: watch::channel(Arc::default()).0,
                 alarms: RwLock::new(Arc::new(Vec::new())),
                 failed: std::sync::atomic::AtomicBool::new(false),
+                requests: Mutex::new(RequestIds::default()),
             }),
         };
         let (applied, _) = sm.read_applied_state()?;
@@ -335,6 +347,7 @@ impl StateMachine {
         let applied = types::index_of(applied.as_ref());
         sm.reload_auth()?;
         sm.reload_alarms()?;
+        sm.reload_request_ids()?;
         // The history starts empty: only changes applied from now on can be replayed.
         sm.inner.hub.abandon(applied);
         sm.inner.applied.send_replace(applied);
@@ -494,6 +507,15 @@ impl StateMachine {
     }
 
     /// Reads the authentication state from the live database into the published copy.
+    /// Rebuilds the index of remembered request ids from the live database.
+    fn reload_request_ids(&self) -> Result<(), Error> {
+        let mut ids = self.inner.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = self.db();
+        let txn = db.begin_read()?;
+        *ids = RequestIds::load(&txn.open_table(REQUESTS_AT)?)?;
+        Ok(())
+    }
+
     fn reload_auth(&self) -> Result<(), Error> {
         let db = self.db();
         let txn = db.begin_read()?;
@@ -651,8 +673,10 @@ impl StateMachine {
         let mut auth = auth::BatchAuth::new(&self.inner.auth);
         let mut alarms: Option<Vec<Alarm>> = None;
         let mut compact_at: Option<u64> = None;
-        {
-            let mut tables = store::ApplyTables::open(&txn)?;
+        // Held for the whole batch: the index changes only once the transaction commits.
+        let mut ids = self.inner.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let request_change = {
+            let mut tables = store::ApplyTables::open(&txn, &ids)?;
             for entry in entries {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
@@ -704,13 +728,16 @@ impl StateMachine {
             if store::sweep_due(entries[0].log_id.index, last.log_id.index) {
                 tables.forget_old_requests()?;
             }
-        }
+            tables.finish()
+        };
         store::write_applied(&txn, &last.log_id, membership.as_ref(), alarms.as_deref())?;
         auth.write(&txn)?;
         if durable {
             fsync_error_point!("fsm::fsync-fails");
         }
         txn.commit()?;
+        ids.commit(request_change);
+        drop(ids);
         if let Some(a) = alarms {
             self.set_alarms(a);
         }
@@ -766,13 +793,12 @@ impl StateMachine {
             }
             // Only the ids a later write can still honour (expired ones may not be swept yet).
             let oldest = store::oldest_remembered(index + 1);
-            let requests = txn.open_table(REQUESTS)?;
-            for item in requests.iter()? {
-                let (id, outcome) = item?;
-                let decoded: types::WriteOutcome = codec::decode(outcome.value())?;
-                if decoded.index >= oldest {
-                    writer.request(id.value(), outcome.value())?;
-                }
+            // In index order; the stream's (id, outcome) items are the same as when the
+            // table was keyed by id (then in id order), and an installer takes either order.
+            for item in txn.open_table(REQUESTS_AT)?.range(oldest..)? {
+                let (_, row) = item?;
+                let (id, outcome) = row.value();
+                writer.request(id, outcome)?;
             }
             for item in txn.open_table(LEASES)?.iter()? {
                 let (id, ttl) = item?;
@@ -875,7 +901,7 @@ impl StateMachine {
                 txn.set_durability(Durability::None)?;
                 {
                     let mut kv = txn.open_table(KV)?;
-                    let mut requests = txn.open_table(REQUESTS)?;
+                    let mut requests = txn.open_table(REQUESTS_AT)?;
                     let mut leases = txn.open_table(LEASES)?;
                     let mut lease_keys = txn.open_table(LEASE_KEYS)?;
                     let mut bytes = 0;
@@ -890,10 +916,18 @@ impl StateMachine {
                                 kv.insert(k.as_slice(), rec.as_slice())?;
                             }
                             Some(snapshot::Item::Request(id, outcome)) => {
-                                let _: types::WriteOutcome = codec::decode(&outcome)
+                                let decoded: types::WriteOutcome = codec::decode(&outcome)
                                     .map_err(|e| Error::CorruptSnapshot(format!("request {id:?}: {e}")))?;
                                 bytes += id.len() + outcome.len();
-                                requests.insert(id.as_str(), outcome.as_slice())?;
+                                if let Some(other) =
+                                    requests.insert(decoded.index, (id.as_str(), outcome.as_slice()))?
+                                {
+                                    return Err(Error::CorruptSnapshot(format!(
+                                        "request ids {:?} and {id:?} both at log index {}",
+                                        other.value().0,
+                                        decoded.index
+                                    )));
+                                }
                             }
                             Some(snapshot::Item::Auth(body)) => {
                                 auth::check_encoded(&body)?;
@@ -939,6 +973,8 @@ impl StateMachine {
             let _ = fs::remove_file(&new_path);
             return Err(e);
         }
+        // No apply runs while the database is swapped and the request-id index rebuilt.
+        let mut ids = self.inner.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Swap: the rename is atomic, then the directory entry is made durable.
         let mut slot = match self.inner.db.write() {
             Ok(g) => g,
@@ -947,8 +983,11 @@ impl StateMachine {
         let live = dir.join(DB_FILE);
         fs::rename(&new_path, &live).map_err(|e| Error::io("swapping in the installed state", e))?;
         sync_dir(dir)?;
-        *slot = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
+        let db = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
+        *ids = RequestIds::load(&db.begin_read()?.open_table(REQUESTS_AT)?)?;
+        *slot = db;
         drop(slot);
+        drop(ids);
         self.reload_auth()?;
         self.reload_alarms()?;
         self.inner.applied.send_replace(types::index_of(meta.last_log_id.as_ref()));
@@ -1015,12 +1054,34 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     {
         txn.open_table(KV)?;
         txn.open_table(META)?;
-        txn.open_table(REQUESTS)?;
+        let mut requests_at = txn.open_table(REQUESTS_AT)?;
         txn.open_table(LEASES)?;
         txn.open_table(LEASE_KEYS)?;
         // Written by builds before request ids were remembered by log-index window; the
         // `requests` rows it indexed are a superset of the window's, so nothing is lost.
         txn.delete_table(REQUESTS_BY_INDEX)?;
+        // Written by builds before `requests_at`: each row moves to the index its outcome
+        // names (expired ones too; the window rule ignores them until the next sweep).
+        if txn.list_tables()?.any(|t| t.name() == REQUESTS.name()) {
+            let old = txn.open_table(REQUESTS)?;
+            let mut moved = 0u64;
+            for row in old.iter()? {
+                let (id, outcome) = row?;
+                let decoded: types::WriteOutcome = codec::decode(outcome.value())?;
+                if let Some(other) = requests_at.insert(decoded.index, (id.value(), outcome.value()))? {
+                    return Err(Error::Invariant(format!(
+                        "request ids {:?} and {:?} both at log index {}",
+                        other.value().0,
+                        id.value(),
+                        decoded.index
+                    )));
+                }
+                moved += 1;
+            }
+            drop(old);
+            txn.delete_table(REQUESTS)?;
+            tracing::info!(file = %path.display(), moved, "request ids moved to the requests_at table");
+        }
     }
     txn.commit()?;
     Ok(db)

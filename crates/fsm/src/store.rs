@@ -1,6 +1,6 @@
 //! The state machine's redb tables and the pure logic of applying writes to them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use types::{
@@ -23,7 +23,14 @@ pub(crate) const LEASE_KEYS: TableDefinition<'_, &[u8], ()> = TableDefinition::n
 
 /// Named values: [`META_LAST_APPLIED`], [`META_MEMBERSHIP`].
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
-/// Request id → the encoded [`WriteOutcome`] of its first application.
+/// Log index → (request id, the encoded [`WriteOutcome`] of the write that carried it, first
+/// applied at that index). Keyed by index so each apply appends to the table's rightmost leaf
+/// and the sweep of expired ids is one range removal from its left end; [`RequestIds`] finds
+/// an id's index. Rows of expired ids may stay until the next sweep (see [`MAX_REQUEST_IDS`]).
+pub(crate) const REQUESTS_AT: TableDefinition<'_, u64, (&str, &[u8])> = TableDefinition::new("requests_at");
+/// Request id → the encoded [`WriteOutcome`] of its first application: how request ids were
+/// remembered before [`REQUESTS_AT`]. No longer written; [`crate::open_db`] moves its rows
+/// into [`REQUESTS_AT`] and deletes it from older files.
 pub(crate) const REQUESTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("requests");
 /// Log index → request id: what evicted the oldest ids until request ids were remembered
 /// by log-index window. No longer written; [`crate::open_db`] deletes it from older files.
@@ -452,19 +459,90 @@ impl Data<'_> {
     }
 }
 
+/// Where each remembered request id was applied: request id → the log index of the
+/// [`REQUESTS_AT`] row holding its outcome. An in-memory index of that table, so a lookup is
+/// one hash probe plus one `get` by index, and an apply writes one row at the table's right
+/// end instead of one in a table keyed by (random) ids.
+///
+/// It only ever reflects **committed** transactions: it is built from the table when the
+/// state machine is opened and when a snapshot is installed ([`RequestIds::load`]), and an
+/// apply batch changes it only after its transaction commits ([`RequestIds::commit`]); a batch
+/// that fails leaves it as it was. Every entry `(id, i)` has its row at `i` in the table, and
+/// the sweep removes the rows and the entries below the same index, so the map holds no more
+/// ids than the table: at most about 1.25 × [`MAX_REQUEST_IDS`] (81,920). Each costs a
+/// `Box<str>` and a `u64` in the hash table (24 bytes + 1 control byte per bucket, 131,072
+/// buckets ≈ 3.3 MiB at that size) plus the id's own heap allocation (a 32-byte malloc
+/// chunk for the `client` crate's ~24-byte ids, ≈ 2.6 MiB; 144 bytes for a 128-byte id, the
+/// service's `MAX_REQUEST_ID_BYTES`, ≈ 11.3 MiB): about 6 MiB typically, 15 MiB at worst.
+#[derive(Debug, Default)]
+pub(crate) struct RequestIds {
+    by_id: HashMap<Box<str>, u64>,
+}
+
+impl RequestIds {
+    /// Builds the index from the rows of [`REQUESTS_AT`] (read in index order, so an id
+    /// applied again after it expired maps to its newest row).
+    pub(crate) fn load<T: ReadableTable<u64, (&'static str, &'static [u8])>>(table: &T) -> Result<Self, Error> {
+        let mut by_id = HashMap::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
+        for row in table.iter()? {
+            let (index, value) = row?;
+            let (id, _) = value.value();
+            by_id.insert(Box::from(id), index.value());
+        }
+        Ok(Self { by_id })
+    }
+
+    /// The log index whose row holds `id`'s outcome, if the id is remembered.
+    pub(crate) fn get(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The number of ids held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Takes in what a batch did, once its transaction has committed.
+    pub(crate) fn commit(&mut self, change: RequestChange) {
+        self.by_id.extend(change.added);
+        if let Some(oldest) = change.swept_below {
+            self.by_id.retain(|_, index| *index >= oldest);
+        }
+    }
+}
+
+/// What an apply batch did to the remembered request ids, for [`RequestIds::commit`] once
+/// its transaction has committed (dropped unused when it does not).
+#[derive(Debug, Default)]
+pub(crate) struct RequestChange {
+    /// The ids the batch remembered, with the index of their row.
+    added: HashMap<Box<str>, u64>,
+    /// The rows below this index were removed (a sweep).
+    swept_below: Option<u64>,
+}
+
 /// The tables an apply batch writes, opened once per batch rather than once per entry.
-pub(crate) struct ApplyTables<'t> {
+pub(crate) struct ApplyTables<'t, 'r> {
     data: Data<'t>,
-    requests: Table<'t, &'static str, &'static [u8]>,
+    requests: Table<'t, u64, (&'static str, &'static [u8])>,
+    /// The committed index of request ids; this batch's own are in `change`.
+    ids: &'r RequestIds,
+    change: RequestChange,
     /// The newest write index seen, which says which ids have expired.
     newest: u64,
 }
 
-impl<'t> ApplyTables<'t> {
-    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, Error> {
+impl<'t, 'r> ApplyTables<'t, 'r> {
+    pub(crate) fn open(txn: &'t WriteTransaction, ids: &'r RequestIds) -> Result<Self, Error> {
         let data =
             Data { kv: txn.open_table(KV)?, leases: txn.open_table(LEASES)?, lease_keys: txn.open_table(LEASE_KEYS)? };
-        Ok(Self { data, requests: txn.open_table(REQUESTS)?, newest: 0 })
+        Ok(Self { data, requests: txn.open_table(REQUESTS_AT)?, ids, change: RequestChange::default(), newest: 0 })
+    }
+
+    /// What this batch did to the request ids, for [`RequestIds::commit`] after the commit.
+    pub(crate) fn finish(self) -> RequestChange {
+        self.change
     }
 
     /// Applies a lease grant or revoke at log index `index`.
@@ -475,6 +553,25 @@ impl<'t> ApplyTables<'t> {
         events: &mut Vec<Event>,
     ) -> Result<LeaseOutcome, Error> {
         self.data.lease(index, cmd, events)
+    }
+
+    /// The outcome remembered for `id`, if a write at `index` still honours it.
+    fn remembered(&self, id: &str, index: u64) -> Result<Option<WriteOutcome>, Error> {
+        let Some(at) = self.change.added.get(id).copied().or_else(|| self.ids.get(id)) else { return Ok(None) };
+        // An expired row not yet swept is forgotten already: the write applies again.
+        if at < oldest_remembered(index) {
+            return Ok(None);
+        }
+        let row = self.requests.get(at)?.ok_or_else(|| {
+            Error::Invariant(format!("request id {id:?} is indexed at {at} but the requests_at table has no row there"))
+        })?;
+        let (stored_id, outcome) = row.value();
+        if stored_id != id {
+            return Err(Error::Invariant(format!(
+                "request id {id:?} is indexed at {at} but that row holds {stored_id:?}"
+            )));
+        }
+        Ok(Some(codec::decode(outcome)?))
     }
 
     /// Applies one client write at log index `index`: at most once per request id. Every
@@ -489,14 +586,10 @@ impl<'t> ApplyTables<'t> {
     ) -> Result<WriteOutcome, Error> {
         self.newest = self.newest.max(index);
         if let Some(id) = &cmd.request_id
-            && let Some(stored) = self.requests.get(id.as_str())?
+            && let Some(mut outcome) = self.remembered(id, index)?
         {
-            let mut outcome: WriteOutcome = codec::decode(stored.value())?;
-            // An expired row not yet swept is forgotten already: the write applies again.
-            if outcome.index >= oldest_remembered(index) {
-                outcome.duplicate = true;
-                return Ok(outcome);
-            }
+            outcome.duplicate = true;
+            return Ok(outcome);
         }
         let result = match &cmd.op {
             WriteOp::Put(p) => match self.data.missing_lease(std::iter::once(p), leases)? {
@@ -513,21 +606,31 @@ impl<'t> ApplyTables<'t> {
         Ok(outcome)
     }
 
-    /// Stores a request id's outcome (one table write); [`Self::forget_old_requests`]
-    /// removes it once it has expired.
+    /// Stores a request id's outcome: one row appended at its index in [`REQUESTS_AT`];
+    /// [`Self::forget_old_requests`] removes it once it has expired.
     pub(crate) fn remember_request(&mut self, id: &str, outcome: &WriteOutcome) -> Result<(), Error> {
         self.newest = self.newest.max(outcome.index);
-        self.requests.insert(id, codec::encode(outcome)?.as_slice())?;
+        let encoded = codec::encode(outcome)?;
+        if let Some(old) = self.requests.insert(outcome.index, (id, encoded.as_slice()))? {
+            let (old_id, _) = old.value();
+            return Err(Error::Invariant(format!(
+                "two request ids at log index {}: {old_id:?} and {id:?}",
+                outcome.index
+            )));
+        }
+        self.change.added.insert(Box::from(id), outcome.index);
         Ok(())
     }
 
     /// Removes every request id that no write after the newest one seen can honour (see
-    /// [`MAX_REQUEST_IDS`]), in one pass over the table. The apply calls it when
-    /// [`sweep_due`], so the table holds at most about 1.25 × `MAX_REQUEST_IDS` rows.
+    /// [`MAX_REQUEST_IDS`]): one range removal of the rows below the oldest index still
+    /// honoured, from the left end of [`REQUESTS_AT`]. The apply calls it when [`sweep_due`],
+    /// so the table holds at most about 1.25 × `MAX_REQUEST_IDS` rows.
     pub(crate) fn forget_old_requests(&mut self) -> Result<(), Error> {
         let oldest = oldest_remembered(self.newest + 1);
-        // A row that does not decode is kept: the lookup reports it as corrupt.
-        self.requests.retain(|_, outcome| codec::decode::<WriteOutcome>(outcome).is_ok_and(|o| o.index >= oldest))?;
+        self.requests.retain_in(..oldest, |_, _| false)?;
+        self.change.added.retain(|_, index| *index >= oldest);
+        self.change.swept_below = Some(self.change.swept_below.map_or(oldest, |s| s.max(oldest)));
         Ok(())
     }
 }

@@ -367,26 +367,40 @@ async fn a_request_id_is_applied_once_and_survives_snapshots() -> TestResult {
     Ok(())
 }
 
+/// The request-id index of `sm` (as of its last committed apply).
+fn request_ids(sm: &StateMachine) -> std::sync::MutexGuard<'_, RequestIds> {
+    sm.inner.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn request_ids_are_bounded() -> TestResult {
     let dir = tempfile::tempdir()?;
     let sm = StateMachine::open(dir.path())?;
     let db = sm.db();
+    let mut ids = request_ids(&sm);
     let txn = db.begin_write()?;
-    {
-        let mut tables = store::ApplyTables::open(&txn)?;
+    let change = {
+        let mut tables = store::ApplyTables::open(&txn, &ids)?;
         for i in 0..(MAX_REQUEST_IDS + 10) {
             let outcome = WriteOutcome { index: i + 1, duplicate: false, result: WriteResult::Put { prev: None } };
             tables.remember_request(&format!("id-{i}"), &outcome)?;
         }
         tables.forget_old_requests()?;
-    }
+        tables.finish()
+    };
     txn.commit()?;
+    ids.commit(change);
     let read = db.begin_read()?;
-    let requests = read.open_table(REQUESTS)?;
+    let requests = read.open_table(REQUESTS_AT)?;
     assert_eq!(requests.len()?, MAX_REQUEST_IDS);
-    assert!(requests.get("id-0")?.is_none(), "the oldest id is evicted first");
-    assert!(requests.get(format!("id-{}", MAX_REQUEST_IDS + 9).as_str())?.is_some());
+    assert!(requests.get(1)?.is_none(), "the oldest id is evicted first");
+    assert_eq!(requests.first()?.map(|(k, _)| k.value()), Some(11));
+    let newest = requests.get(MAX_REQUEST_IDS + 10)?.ok_or("the newest id is missing")?;
+    assert_eq!(newest.value().0, format!("id-{}", MAX_REQUEST_IDS + 9));
+    assert_eq!(ids.len() as u64, MAX_REQUEST_IDS, "the index holds what the table holds");
+    assert_eq!(ids.get("id-0"), None);
+    assert_eq!(ids.get("id-10"), Some(11));
+    assert_eq!(ids.get(&format!("id-{}", MAX_REQUEST_IDS + 9)), Some(MAX_REQUEST_IDS + 10));
     Ok(())
 }
 
@@ -405,28 +419,149 @@ async fn a_request_id_is_remembered_for_max_request_ids_entries_on_every_node() 
     let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
     let r = apply_results(&sm, &[write(at_edge + 1, Some("old"), WriteOp::Put(put_op(b"k", b"3")))])?;
     assert_eq!((r[0].index, r[0].duplicate), (at_edge + 1, false), "an expired id applies again");
+    // Applied again, the id is remembered at its new index (its old row is not swept yet).
+    assert_eq!(request_ids(&sm).get("old"), Some(at_edge + 1));
+    let r = apply_results(&sm, &[write(at_edge + 2, Some("old"), WriteOp::Put(put_op(b"k", b"4")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (at_edge + 1, true));
     // A node that installs the snapshot taken at the edge agrees on both answers.
     let mut other = StateMachine::open(d2.path())?;
     other.install_snapshot(&snap.meta, snap.snapshot).await?;
     let r = apply_results(&other, &[write(at_edge + 1, Some("old"), WriteOp::Put(put_op(b"k", b"3")))])?;
     assert_eq!((r[0].index, r[0].duplicate), (at_edge + 1, false));
     // Sweeping removes the expired rows and nothing else.
-    let newer = apply_results(&sm, &[write(at_edge + 2, Some(&id(2)), WriteOp::Put(put_op(b"k", b"4")))])?;
+    let newer = apply_results(&sm, &[write(at_edge + 3, Some(&id(2)), WriteOp::Put(put_op(b"k", b"5")))])?;
     assert!(!newer[0].duplicate);
     let db = sm.db();
+    let mut ids = request_ids(&sm);
+    assert_eq!(ids.len(), 2, "old and id-2");
     let txn = db.begin_write()?;
-    {
-        let mut tables = store::ApplyTables::open(&txn)?;
+    let change = {
+        let mut tables = store::ApplyTables::open(&txn, &ids)?;
         let outcome =
             WriteOutcome { index: 3 * MAX_REQUEST_IDS, duplicate: false, result: WriteResult::Put { prev: None } };
         tables.remember_request(&id(3), &outcome)?;
         tables.forget_old_requests()?;
-    }
+        tables.finish()
+    };
     txn.commit()?;
+    ids.commit(change);
     let read = db.begin_read()?;
-    let requests = read.open_table(REQUESTS)?;
+    let requests = read.open_table(REQUESTS_AT)?;
     assert_eq!(requests.len()?, 1, "only the id within the window of the newest index stays");
-    assert!(requests.get(id(3).as_str())?.is_some());
+    assert_eq!(requests.get(3 * MAX_REQUEST_IDS)?.ok_or("id-3 missing")?.value().0, id(3));
+    assert_eq!((ids.len(), ids.get(&id(3))), (1, Some(3 * MAX_REQUEST_IDS)), "the index is swept with the table");
+    Ok(())
+}
+
+#[test]
+fn a_failed_apply_batch_leaves_no_request_id_behind() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sm = StateMachine::open(dir.path())?;
+    apply_results(&sm, &[write(1, Some("kept"), WriteOp::Put(put_op(b"k", b"1")))])?;
+    // A record shorter than its header: a put over it fails, and with it the whole batch.
+    {
+        let db = sm.db();
+        let txn = db.begin_write()?;
+        txn.open_table(KV)?.insert(&b"broken"[..], &b"short"[..])?;
+        txn.commit()?;
+    }
+    let failed = apply_results(
+        &sm,
+        &[
+            write(2, Some("lost"), WriteOp::Put(put_op(b"a", b"2"))),
+            write(3, None, WriteOp::Put(put_op(b"broken", b"3"))),
+        ],
+    );
+    assert!(failed.is_err(), "the put over a corrupt record fails");
+    assert_eq!(request_ids(&sm).get("lost"), None, "the aborted batch's id is not remembered");
+    // Applied again (as openraft would after a restart), the write is not a duplicate.
+    let r = apply_results(&sm, &[write(2, Some("lost"), WriteOp::Put(put_op(b"a", b"2")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (2, false));
+    let r = apply_results(&sm, &[write(3, Some("kept"), WriteOp::Put(put_op(b"k", b"3")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (1, true));
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_ids_of_the_old_table_are_moved_and_still_honoured() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    drop(StateMachine::open(dir.path())?);
+    let put_outcome = |index| WriteOutcome { index, duplicate: false, result: WriteResult::Put { prev: None } };
+    {
+        // A file as builds before `requests_at` left it: ids keyed by name.
+        let db = redb::Database::create(dir.path().join(DB_FILE))?;
+        let txn = db.begin_write()?;
+        {
+            let mut old = txn.open_table(REQUESTS)?;
+            old.insert("b-old", codec::encode(&put_outcome(3))?.as_slice())?;
+            old.insert("a-old", codec::encode(&put_outcome(5))?.as_slice())?;
+            txn.open_table(META)?.insert(META_LAST_APPLIED, codec::encode(&log_id(5))?.as_slice())?;
+        }
+        txn.delete_table(REQUESTS_AT)?;
+        txn.commit()?;
+    }
+    let sm = StateMachine::open(dir.path())?;
+    {
+        let db = sm.db();
+        let read = db.begin_read()?;
+        assert!(!read.list_tables()?.any(|t| t.name() == "requests"), "the old table is deleted");
+        let requests = read.open_table(REQUESTS_AT)?;
+        assert_eq!(requests.get(3)?.ok_or("b-old not moved")?.value().0, "b-old");
+        assert_eq!(requests.get(5)?.ok_or("a-old not moved")?.value().0, "a-old");
+    }
+    let r = apply_results(
+        &sm,
+        &[
+            write(6, Some("a-old"), WriteOp::Put(put_op(b"k", b"6"))),
+            write(7, Some("b-old"), WriteOp::Put(put_op(b"k", b"7"))),
+            write(8, Some("new"), WriteOp::Put(put_op(b"k", b"8"))),
+        ],
+    )?;
+    assert_eq!((r[0].index, r[0].duplicate), (5, true));
+    assert_eq!((r[1].index, r[1].duplicate), (3, true));
+    assert_eq!((r[2].index, r[2].duplicate), (8, false));
+    assert_eq!(r[0].result, WriteResult::Put { prev: None });
+    // Reopened (nothing left to move), the ids still count.
+    drop(sm);
+    let sm = StateMachine::open(dir.path())?;
+    let r = apply_results(&sm, &[write(9, Some("b-old"), WriteOp::Put(put_op(b"k", b"9")))])?;
+    assert_eq!((r[0].index, r[0].duplicate), (3, true));
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshots_carry_request_ids_in_the_unchanged_stream_format() -> TestResult {
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let put_outcome = |index| WriteOutcome { index, duplicate: false, result: WriteResult::Put { prev: None } };
+    // A snapshot as a node keyed by id writes it: requests in id order, not index order.
+    let meta = SnapshotMeta { last_log_id: Some(log_id(10)), last_membership: StoredMembership::default() };
+    let path = d1.path().join("old.rkvs");
+    let mut w = SnapshotWriter::new(File::create(&path)?, &meta)?;
+    w.record(b"k", &store::Record::encode(4, 9, 2, 0, b"v"))?;
+    w.request("a-id", &codec::encode(&put_outcome(9))?)?;
+    w.request("b-id", &codec::encode(&put_outcome(4))?)?;
+    w.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let mut sm = StateMachine::open(d2.path())?;
+    sm.install_snapshot(&meta, SnapshotFile::open(&path)?).await?;
+    let r = apply_results(
+        &sm,
+        &[
+            write(11, Some("a-id"), WriteOp::Put(put_op(b"k", b"11"))),
+            write(12, Some("b-id"), WriteOp::Put(put_op(b"k", b"12"))),
+        ],
+    )?;
+    assert_eq!((r[0].index, r[0].duplicate, r[1].index, r[1].duplicate), (9, true, 4, true));
+    // What this node builds is the same stream of (id, encoded outcome) pairs, which a
+    // node keyed by id installs as it always did.
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+    let mut reader = SnapshotReader::new(snap.snapshot.reader()?)?;
+    let mut requests = Vec::new();
+    while let Some(item) = reader.next_record()? {
+        if let snapshot::Item::Request(id, outcome) = item {
+            requests.push((id, codec::decode::<WriteOutcome>(&outcome)?));
+        }
+    }
+    assert_eq!(requests, vec![("b-id".to_string(), put_outcome(4)), ("a-id".to_string(), put_outcome(9))]);
     Ok(())
 }
 
