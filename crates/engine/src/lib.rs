@@ -239,8 +239,34 @@ fn advertised(configured: &str, bound: SocketAddr) -> String {
     }
 }
 
+/// The accept queue asked for on every listening port. Rust's standard library asks for
+/// 128 and tokio for 1,024; a flood of thousands of connects in under a second (the overload
+/// figure: 5,000) overflows that, and the kernel then drops their handshakes, so the clients
+/// wait for retransmissions instead of getting the node's refusal at once. Go servers such
+/// as etcd ask for `net.core.somaxconn`; Linux caps the value at it (4,096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening port on `addr` (a name is resolved; each address is tried in turn)
+/// with [`LISTEN_BACKLOG`].
 async fn bind(addr: &str) -> Result<TcpListener, EngineError> {
-    TcpListener::bind(addr).await.map_err(|source| EngineError::Bind { addr: addr.to_string(), source })
+    let failed = |source| EngineError::Bind { addr: addr.to_string(), source };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(failed)? {
+        match listen_on(a) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing"))))
+}
+
+/// One listening socket on `addr`, as `TcpListener::bind` makes it (`SO_REUSEADDR` on, so a
+/// restarted node can bind while old connections linger in `TIME_WAIT`), with a longer queue.
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl Node {
@@ -877,5 +903,31 @@ mod tests {
         let bound: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4242));
         assert_eq!(advertised("localhost:0", bound), "localhost:4242");
         assert_eq!(advertised("localhost:40051", bound), "localhost:40051");
+    }
+
+    /// The accept queue the kernel reports for a listening socket (`ss`'s Send-Q).
+    fn backlog_of(port: u16) -> Option<u32> {
+        let out = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(2)?.parse().ok()
+    }
+
+    #[tokio::test]
+    async fn ports_listen_with_the_long_accept_queue_and_a_taken_port_is_named() -> Result<(), EngineError> {
+        let listener = bind("localhost:0").await?;
+        let port = listener.local_addr().map_err(|e| EngineError::Bind { addr: "local".into(), source: e })?.port();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(LISTEN_BACKLOG);
+        assert_eq!(backlog_of(port), Some(LISTEN_BACKLOG.min(somaxconn)), "tokio's own bind asks for 1,024");
+        let taken = format!("127.0.0.1:{port}");
+        match bind(&taken).await {
+            Err(EngineError::Bind { addr, source }) => {
+                assert_eq!(addr, taken);
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+            }
+            other => panic!("binding a taken port: {other:?}"),
+        }
+        Ok(())
     }
 }
