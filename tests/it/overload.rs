@@ -40,10 +40,10 @@ const CI: Figure =
 /// `cargo build --release --bins && RAFTKV_BIN_DIR=$PWD/target/release cargo nextest run
 /// --release -p tests --test it --run-ignored only --no-capture -E
 /// 'test(=overload::the_issue_figure_5000_clients)'`. Since the byte bound on one
-/// AppendEntries (`--max_append_bytes`) the term holds in every run, debug or release; what
-/// still fails some release runs is "connection reset" on refused connections when the
-/// accept queue overflows, and the debug runs time out admitted calls (docs/reference.md,
-/// Overload, has the figures). It prints the term and leader before and after the load
+/// AppendEntries (`--max_append_bytes`) the term holds in every run, debug or release, and
+/// since the longer accept queue (`engine::LISTEN_BACKLOG`) no refused client sees a reset;
+/// release runs pass (4 of 5 at load 7 to 8.5; the fifth had 2 shed answers past 5 s), and
+/// debug runs time out admitted calls (docs/reference.md, Overload, has the figures). It prints the term and leader before and after the load
 /// before it asserts anything.
 const ISSUE: Figure = Figure { limits: None, small_writers: 5000, small_puts: 2, big_writers: 500, rss_bound: 1 << 30 };
 
