@@ -175,32 +175,38 @@ impl MemLog {
     /// Splits a read of `range` (indexes, end exclusive): the entries found in the cache,
     /// and the part to read from redb (below the cache, above the purged entries).
     pub(crate) fn read(&self, range: Range<u64>) -> (Vec<Entry>, Range<u64>) {
-        let (cached, disk) = self.read_limited(range, usize::MAX);
-        (cached.into_iter().map(|(e, _)| e).collect(), disk)
+        let (cached, disk) = self.split(range);
+        (cached.map(|c| c.entry.clone()).collect(), disk)
     }
 
     /// [`Self::read`], with the cached entries' encoded sizes, stopping before the cached
     /// entry that would take them past `budget` bytes (the first one is always taken).
     pub(crate) fn read_limited(&self, range: Range<u64>, budget: usize) -> (Vec<(Entry, usize)>, Range<u64>) {
+        let (cached, disk) = self.split(range);
+        let mut taken = Vec::new();
+        let mut used = 0usize;
+        for c in cached {
+            used = used.saturating_add(c.bytes);
+            if used > budget && !taken.is_empty() {
+                break;
+            }
+            taken.push((c.entry.clone(), c.bytes));
+        }
+        (taken, disk)
+    }
+
+    /// The cached entries of `range` and the part of it below the cache, above the purged
+    /// entries (empty when `range` holds no entry of the log).
+    fn split(&self, range: Range<u64>) -> (impl Iterator<Item = &Cached>, Range<u64>) {
         let lowest = next_index(self.last_purged.as_ref());
         let end = range.end.min(next_index(self.last.as_ref()));
         let start = range.start.max(lowest);
-        if start >= end {
-            return (Vec::new(), 0..0);
-        }
-        let disk = start..end.min(self.start);
-        let skip = start.saturating_sub(self.start);
-        let take = end.saturating_sub(self.start.max(start));
-        let mut cached = Vec::new();
-        let mut used = 0usize;
-        for c in self.entries.iter().skip(skip as usize).take(take as usize) {
-            used = used.saturating_add(c.bytes);
-            if used > budget && !cached.is_empty() {
-                break;
-            }
-            cached.push((c.entry.clone(), c.bytes));
-        }
-        (cached, disk)
+        let (skip, take, disk) = if start >= end {
+            (0, 0, 0..0)
+        } else {
+            (start.saturating_sub(self.start), end.saturating_sub(self.start.max(start)), start..end.min(self.start))
+        };
+        (self.entries.iter().skip(skip as usize).take(take as usize), disk)
     }
 
     /// How many entries the cache holds (for tests).
