@@ -336,14 +336,22 @@ impl Node {
     /// longer vote, replicate or apply, yet its servers would go on answering with the state
     /// it had: it must stop (fail-stop, as etcd does on a storage error), so that a
     /// supervisor restarts it from its durable state and the cluster sees it as down.
+    ///
+    /// It follows the server metrics (role, leader, membership), which change only with an
+    /// election or a membership change, not the full metrics, which change several times per
+    /// write: each change would wake this task. When the core task ends its channels close,
+    /// which wakes the watch; the reason is then in the full metrics' running state.
     pub async fn raft_stopped(&self) -> String {
-        let mut metrics = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         loop {
-            if let Err(fatal) = &metrics.borrow_watched().running_state {
+            if let Err(fatal) = &self.raft.metrics().borrow_watched().running_state {
                 return fatal.to_string();
             }
-            if metrics.changed().await.is_err() {
-                return "the Raft core task ended".to_string();
+            if server.changed().await.is_err() {
+                return match &self.raft.metrics().borrow_watched().running_state {
+                    Err(fatal) => fatal.to_string(),
+                    Ok(()) => "the Raft core task ended".to_string(),
+                };
             }
         }
     }
@@ -869,9 +877,10 @@ fn resolver_chain(gossip: Option<&Gossip>, peers: AddressMap, membership: Arc<Ad
     Arc::new(Chain::new(sources))
 }
 
-/// Keeps `resolver` equal to the membership openraft reports.
+/// Keeps `resolver` equal to the membership openraft reports. Follows the server metrics,
+/// which change only with the role, the leader or the membership (not with every write).
 async fn follow_membership(raft: Raft, resolver: Arc<AddressMap>) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     let mut last_log_id = None;
     loop {
         let membership = metrics.borrow_watched().membership_config.clone();

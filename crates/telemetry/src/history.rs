@@ -105,7 +105,9 @@ pub(crate) fn now_ms() -> u64 {
 /// Keeps `history` until `stop` turns true: follows the Raft metrics for leader changes and
 /// takes a sample every [`SAMPLE_INTERVAL`].
 pub async fn keep(raft: Raft, stages: Arc<WriteStages>, history: Arc<History>, mut stop: watch::Receiver<bool>) {
-    let mut metrics = raft.metrics();
+    // The server metrics change only with the role, the leader or the membership; the full
+    // metrics change several times per write, and each change would wake this task.
+    let mut metrics = raft.server_metrics();
     let mut leader: Option<NodeId> = None;
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,7 +115,7 @@ pub async fn keep(raft: Raft, stages: Arc<WriteStages>, history: Arc<History>, m
     loop {
         let (current, term) = {
             let m = metrics.borrow_watched();
-            (m.current_leader.clone(), m.current_term)
+            (m.current_leader.clone(), m.vote.leader_id().term)
         };
         if let Some(new) = current.filter(|c| leader.as_ref() != Some(c)) {
             metrics::counter!(RAFT_LEADER_CHANGES).increment(1);
