@@ -442,6 +442,15 @@ pub async fn run(config: NodeConfig, signal: impl std::future::Future<Output = (
             Some(reason)
         }
     };
+    if stopped.is_some() {
+        // Join the stopped core first, here, where nothing cancels the wait. openraft's join
+        // of its core task is not cancel-safe (alpha.37, `RaftInner::join_core_task`): a Raft
+        // call that finds the core gone joins it too, and if that call is dropped mid-join (as
+        // the drain below drops in-flight RPCs) every later joiner panics with "RaftCore should
+        // have already quit" and poisons the lock, and the node exits with a panic instead of
+        // naming the storage error. Once joined here, later calls find the core done at once.
+        let _ = node.raft().shutdown().await;
+    }
     let result = node.shutdown().await;
     match stopped {
         Some(reason) => Err(EngineError::RaftStopped(reason)),
