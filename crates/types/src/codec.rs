@@ -28,9 +28,15 @@ pub enum CodecError {
 }
 
 /// Encodes `value` behind the format byte.
+///
+/// The size is computed first, so the buffer is allocated once: grown by doubling, a group
+/// of entries was copied several times over, and each larger buffer faulted in fresh pages.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_V1];
+    let size = postcard::experimental::serialized_size(value)?;
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(FORMAT_V1);
     out = postcard::to_extend(value, out)?;
+    debug_assert_eq!(out.len(), 1 + size, "postcard's size pass and its encoding disagree");
     Ok(out)
 }
 
@@ -85,5 +91,44 @@ mod tests {
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
         assert!(matches!(decode::<u64>(&[9, 1]), Err(CodecError::UnknownFormat(9))));
         assert!(matches!(decode::<Command>(&[FORMAT_V1, 7, 7]), Err(CodecError::Postcard(_))));
+    }
+
+    /// The byte fields are written as byte strings (`serde_bytes`) since the codec was made
+    /// faster; before, they were sequences of `u8`. postcard writes both the same way, so
+    /// logs, outcomes and snapshots written by earlier builds still decode. These mirrors
+    /// are the types as they were declared before.
+    #[test]
+    fn byte_fields_encode_as_earlier_builds_wrote_them() -> Result<(), CodecError> {
+        #[derive(serde::Serialize)]
+        struct PutOpBefore {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            expect: Option<crate::Expect>,
+            prev_kv: bool,
+        }
+        #[derive(serde::Serialize)]
+        enum KeyRangeBefore {
+            #[allow(dead_code, reason = "only the second variant is encoded")]
+            Key(Vec<u8>),
+            Range {
+                start: Vec<u8>,
+                end: Option<Vec<u8>>,
+            },
+        }
+        let value: Vec<u8> = (0..=255).chain(0..50).collect();
+        let now = crate::PutOp { key: b"k\0\xff".to_vec(), value: value.clone(), expect: None, prev_kv: true };
+        let before = PutOpBefore { key: b"k\0\xff".to_vec(), value, expect: None, prev_kv: true };
+        assert_eq!(encode(&now)?, encode(&before)?);
+        let encoded = encode(&now)?;
+        // Format byte, key length and key, value length (306 as a varint) and its first byte.
+        assert_eq!(&encoded[..8], &[FORMAT_V1, 3, b'k', 0, 0xff, 0xb2, 0x02, 0]);
+        assert_eq!(decode::<crate::PutOp>(&encoded)?, now);
+        for end in [None, Some(b"b".to_vec())] {
+            let now = crate::KeyRange::Range { start: b"a".to_vec(), end: end.clone() };
+            let before = KeyRangeBefore::Range { start: b"a".to_vec(), end };
+            assert_eq!(encode(&now)?, encode(&before)?);
+            assert_eq!(decode::<crate::KeyRange>(&encode(&before)?)?, now);
+        }
+        Ok(())
     }
 }

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value (empty when only keys were asked for).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Log index of the put that created the key (since it was last absent).
     pub create_index: u64,
@@ -29,12 +31,14 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRange {
     /// Exactly this key.
-    Key(Vec<u8>),
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Every key `k` with `start <= k < end`; `end: None` means no upper bound.
     Range {
         /// The first key of the range (inclusive).
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// The end of the range (exclusive), or none.
+        #[serde(with = "serde_bytes")]
         end: Option<Vec<u8>>,
     },
 }
@@ -98,8 +102,10 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutOp {
     /// The key; never empty.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The new value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Apply only if this holds.
     pub expect: Option<Expect>,
@@ -135,7 +141,7 @@ pub struct RangeOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The value (a missing key has none: only `NotEqual` holds).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The `modify_index` (0 for a missing key).
     ModifyIndex(u64),
     /// The `create_index` (0 for a missing key).
@@ -165,6 +171,7 @@ pub enum CompareOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key compared.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The comparison.
     pub op: CompareOp,
@@ -283,6 +290,7 @@ pub enum WriteResult {
     /// A precondition did not hold: nothing changed.
     PreconditionFailed {
         /// The key whose precondition failed.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// What was expected.
         expected: Expect,
