@@ -75,7 +75,7 @@ fn flags_beat_environment_beat_file_beat_defaults() -> TestResult {
     // The file's place taken by the environment alone, then by nothing.
     let got = print_config(&["--raft_id=n"], &[("RAFTKV_TRAILING_LOGS", "7")])?;
     assert_eq!(got.get("trailing_logs"), Some(&("7".into(), "env RAFTKV_TRAILING_LOGS".into())));
-    assert_eq!(got.get("snapshot_threshold"), Some(&("8192".into(), "default".into())));
+    assert_eq!(got.get("snapshot_threshold"), Some(&("100000".into(), "default".into())));
     Ok(())
 }
 

@@ -116,7 +116,7 @@ struct Args {
         long = "snapshot_threshold",
         alias = "snapshot-threshold",
         env = "RAFTKV_SNAPSHOT_THRESHOLD",
-        default_value_t = 8192
+        default_value_t = engine::DEFAULT_SNAPSHOT_THRESHOLD
     )]
     snapshot_threshold: u64,
 

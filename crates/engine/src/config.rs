@@ -173,6 +173,14 @@ impl JoinCredentials {
     }
 }
 
+/// The default `snapshot_threshold`: a snapshot after this many log entries since the last
+/// one, etcd's `--snapshot-count` default. A snapshot copies the whole state, so with the
+/// seed's 8192 a node under a steady put load rebuilt it every second or so, and the copy
+/// grows with the state: in `cargo xtask bench`'s matrix (about 670,000 keys written), the
+/// medians of raftkv/etcd for puts with 16 to 256 clients went from 0.78-1.01 to 0.94-1.19
+/// (BENCHMARKS.md). The log kept behind
+/// costs disk (about 35 MB at 256-byte values), not memory: the log cache has its own bound.
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 100_000;
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
 pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// The largest `max_append_entries` accepted (hashicorp/raft's limit).
@@ -183,8 +191,9 @@ pub const APPEND_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1 << 10..=raft_n
 
 impl NodeConfig {
     /// Defaults for `id`: the seed's addresses, timing like etcd's (100 ms heartbeats,
-    /// elections after 1 to 2 s), the seed's snapshot settings (threshold 8192, 10240 trailing
-    /// entries, a check every 120 s), and openraft's 300 entries per AppendEntries message.
+    /// elections after 1 to 2 s), a snapshot every [`DEFAULT_SNAPSHOT_THRESHOLD`] entries, the
+    /// seed's 10240 trailing entries and snapshot check every 120 s, and openraft's 300
+    /// entries per AppendEntries message.
     #[must_use]
     pub fn new(id: NodeId) -> Self {
         Self {
@@ -195,7 +204,7 @@ impl NodeConfig {
             bootstrap: false,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            snapshot_threshold: 8192,
+            snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
             trailing_logs: 10240,
             shutdown_grace: Duration::from_secs(5),
             slow_request_threshold: service::slow::DEFAULT_SLOW_REQUEST_THRESHOLD,

@@ -90,8 +90,8 @@ use tonic::service::RoutesBuilder;
 use types::{NodeId, NodeInfo};
 
 pub use config::{
-    APPEND_BYTES_RANGE, JoinCredentials, MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL, NodeConfig, TlsFiles,
-    TlsFlags,
+    APPEND_BYTES_RANGE, DEFAULT_SNAPSHOT_THRESHOLD, JoinCredentials, MAX_APPEND_ENTRIES_LIMIT, MIN_SNAPSHOT_INTERVAL,
+    NodeConfig, TlsFiles, TlsFlags,
 };
 pub use disk::{DEFAULT_DISK_RESERVE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DiskLimits};
 pub use fsm::DEFAULT_DB_CACHE_BYTES as DEFAULT_SM_DB_CACHE_BYTES;
