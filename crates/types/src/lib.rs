@@ -17,8 +17,8 @@
 //! - [`codec`]: the one binary encoding (postcard behind a format byte) used for the log,
 //!   the state machine's metadata and Raft messages on the wire.
 //!
-//! This crate depends on openraft and serde only. It must never depend on tonic, redb,
-//! chitchat or any other crate of ours: everything else depends on it.
+//! This crate depends on openraft, serde (with serde_bytes) and postcard only. It must never
+//! depend on tonic, redb, chitchat or any other crate of ours: everything else depends on it.
 
 pub mod alarm;
 pub mod auth;
