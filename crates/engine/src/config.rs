@@ -177,9 +177,9 @@ impl JoinCredentials {
 /// one, etcd's `--snapshot-count` default. A snapshot copies the whole state, so with the
 /// seed's 8192 a node under a steady put load rebuilt it every second or so, and the copy
 /// grows with the state: in `cargo xtask bench`'s matrix (about 670,000 keys written), the
-/// medians of raftkv/etcd for puts with 16 to 256 clients went from 0.78-1.01 to 0.94-1.19
-/// (BENCHMARKS.md). The log kept behind
-/// costs disk (about 35 MB at 256-byte values), not memory: the log cache has its own bound.
+/// medians of raftkv/etcd for puts with 16 to 256 clients went from 0.78-1.01 to 0.93-1.23
+/// (BENCHMARKS.md). The log kept between snapshots costs disk (about 35 MB at 256-byte
+/// values), not memory: the log cache has its own bound.
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 100_000;
 /// The smallest `snapshot_interval` accepted (other than zero, which turns it off).
 pub const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
