@@ -893,7 +893,7 @@ impl StateMachine {
                     reader.meta.last_log_id, meta.last_log_id
                 )));
             }
-            let db = open_db(&new_path, self.inner.db_cache_bytes)?;
+            let (db, _) = open_db(&new_path, self.inner.db_cache_bytes)?;
             let mut alarms: Option<Vec<u8>> = None;
             let mut done = false;
             while !done {
@@ -983,7 +983,7 @@ impl StateMachine {
         let live = dir.join(DB_FILE);
         fs::rename(&new_path, &live).map_err(|e| Error::io("swapping in the installed state", e))?;
         sync_dir(dir)?;
-        let db = Arc::new(open_db(&live, self.inner.db_cache_bytes)?);
+        let db = Arc::new(open_db(&live, self.inner.db_cache_bytes)?.0);
         *ids = RequestIds::load(&db.begin_read()?.open_table(REQUESTS_AT)?)?;
         *slot = db;
         drop(slot);
@@ -1048,8 +1048,17 @@ impl Drop for IncomingSnapshot {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
-    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+/// Opens (or creates) the live database and its tables. Returns whether redb's open had to
+/// repair the file (it was not shut down cleanly): that repair verified the checksum of every
+/// page of the committed trees, the same walk as `check_integrity`.
+fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, bool), Error> {
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repaired.clone();
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .set_repair_callback(move |_| seen.store(true, Ordering::Relaxed))
+        .create(path)?;
+    let repaired = repaired.load(Ordering::Relaxed);
     let txn = db.begin_write()?;
     {
         txn.open_table(KV)?;
@@ -1084,19 +1093,33 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         }
     }
     txn.commit()?;
-    Ok(db)
+    Ok((db, repaired))
 }
 
-/// Opens the live database and verifies every page's checksum (redb's `check_integrity`). A
+/// Opens the live database and verifies every page's checksum: redb's repair does it when the
+/// file was not shut down cleanly (a crash, a kill -9), and `check_integrity` when it was, so
+/// each open reads the whole file once, not twice. A
 /// database that fails is **set aside** (renamed `state.redb.damaged-<nanos>`, kept for
 /// inspection) and a fresh one is opened: the state machine is derived data, rebuilt from the
 /// newest snapshot (by [`StateMachine::open`]) and the Raft log (re-applied by openraft), or
 /// from the leader's snapshot. Never served: a damaged value.
 fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
-    let checked = open_db(path, cache_bytes).and_then(|mut db| match db.check_integrity() {
-        Ok(true) => Ok(db),
-        Ok(false) => Err(Error::Invariant("its checksums do not match (it was repaired from an older commit)".into())),
-        Err(e) => Err(Error::Redb(e.into())),
+    let started = Instant::now();
+    let checked = open_db(path, cache_bytes).and_then(|(mut db, repaired)| {
+        if repaired {
+            tracing::info!(file = %path.display(), elapsed = ?started.elapsed(), "verified by redb's repair on open (the file was not shut down cleanly)");
+            return Ok(db);
+        }
+        match db.check_integrity() {
+            Ok(true) => {
+                tracing::debug!(file = %path.display(), elapsed = ?started.elapsed(), "verified");
+                Ok(db)
+            }
+            Ok(false) => {
+                Err(Error::Invariant("its checksums do not match (it was repaired from an older commit)".into()))
+            }
+            Err(e) => Err(Error::Redb(e.into())),
+        }
     });
     match checked {
         Ok(db) => Ok(db),
@@ -1110,7 +1133,7 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
                 error = %e,
                 "the state machine database is damaged: set aside; rebuilding it from the snapshot and the Raft log (remove the damaged copy once the node serves)"
             );
-            open_db(path, cache_bytes)
+            open_db(path, cache_bytes).map(|(db, _)| db)
         }
         Err(e) => Err(e),
     }

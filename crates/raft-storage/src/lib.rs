@@ -161,9 +161,10 @@ fn is_damage(e: &redb::Error) -> bool {
     }
 }
 
-/// Opens the log database at `path` and verifies every page's checksum (redb's
-/// `check_integrity`, which reads the whole file). A file that fails is reported as
-/// [`Error::Damaged`], untouched by this function beyond what redb's own open does.
+/// Opens the log database at `path` and verifies every page's checksum, reading the whole file
+/// once: redb's repair does it when the file was not shut down cleanly (a crash, a kill -9),
+/// and `check_integrity` when it was. A file that fails is reported as [`Error::Damaged`],
+/// untouched by this function beyond what redb's own open does.
 fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
     let existed = path.exists();
     let damaged = |e: redb::Error| -> Error {
@@ -173,7 +174,13 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
             Error::Redb(e)
         }
     };
-    let mut db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| damaged(e.into()))?;
+    let (mut db, repaired) = open_db(path, cache_bytes).map_err(|e| damaged(e.into()))?;
+    if repaired {
+        // The repair verified the checksum of every page of the committed trees, the same walk
+        // as `check_integrity`.
+        tracing::info!(file = %path.display(), "verified by redb's repair on open (the file was not shut down cleanly)");
+        return Ok(db);
+    }
     match db.check_integrity() {
         Ok(true) => Ok(db),
         Ok(false) => Err(Error::Damaged {
@@ -184,6 +191,18 @@ fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, Error> {
         }),
         Err(e) => Err(damaged(e.into())),
     }
+}
+
+/// Opens (or creates) the database at `path`. Returns whether redb's open had to repair the
+/// file (it was not shut down cleanly): that repair verifies every page's checksum.
+fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, bool), redb::DatabaseError> {
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repaired.clone();
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::Relaxed))
+        .create(path)?;
+    Ok((db, repaired.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 macro_rules! from_redb {
@@ -649,6 +668,45 @@ mod tests {
                 Ok(_) => panic!("{how}: a damaged log was opened"),
             }
             assert!(path.exists(), "{how}: the damaged log was removed");
+        }
+        Ok(())
+    }
+
+    /// A copy of the file taken while the store is open is what a kill -9 leaves: redb repairs
+    /// it on open, and that repair is the check (every page's checksum). Damage is still refused.
+    #[test]
+    fn a_log_file_not_shut_down_cleanly_is_verified_by_the_repair() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(LOG_FILE);
+        let pattern = sample_log(&path)?;
+        let open = LogStore::open(&path)?;
+        let crashed = std::fs::read(&path)?;
+        drop(open);
+        let (_, repaired) = open_db(&path, DEFAULT_DB_CACHE_BYTES)?;
+        assert!(!repaired, "a cleanly closed file was repaired");
+
+        let copy = dir.path().join("crashed.redb");
+        std::fs::write(&copy, &crashed)?;
+        let (db, repaired) = open_db(&copy, DEFAULT_DB_CACHE_BYTES)?;
+        assert!(repaired, "the file left open was not repaired");
+        assert_eq!(redb::ReadableTableMetadata::len(&db.begin_read()?.open_table(LOGS)?)?, 65, "the repair lost rows");
+        drop(db);
+        std::fs::write(&copy, &crashed)?;
+        drop(LogStore::open(&copy)?);
+
+        let mut bytes = crashed.clone();
+        let mut at = 0;
+        while let Some(pos) = bytes[at..].windows(64).position(|w| w == &pattern[..64]) {
+            let start = at + pos;
+            bytes[start..start + 64].iter_mut().for_each(|b| *b ^= 0xff);
+            at = start + 64;
+        }
+        assert!(at > 0, "no row found to damage");
+        std::fs::write(&copy, &bytes)?;
+        match LogStore::open(&copy) {
+            Err(Error::Damaged { path: named, .. }) => assert_eq!(named, copy),
+            Err(other) => panic!("not reported as damage: {other}"),
+            Ok(_) => panic!("a damaged log left open by a crash was opened"),
         }
         Ok(())
     }
