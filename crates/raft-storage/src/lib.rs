@@ -615,6 +615,18 @@ mod tests {
 
     use super::*;
 
+    /// Flips every byte of each place `bytes` holds `pattern`; returns how many it flipped.
+    fn flip_every(bytes: &mut [u8], pattern: &[u8]) -> usize {
+        let (mut flipped, mut at) = (0, 0);
+        while let Some(pos) = bytes[at..].windows(pattern.len()).position(|w| w == pattern) {
+            let start = at + pos;
+            bytes[start..start + pattern.len()].iter_mut().for_each(|b| *b ^= 0xff);
+            flipped += 1;
+            at = start + pattern.len();
+        }
+        flipped
+    }
+
     /// A log file with 64 rows of 4 KiB of a recognizable pattern, closed.
     fn sample_log(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         let pattern = b"damage-me-".repeat(410);
@@ -644,15 +656,7 @@ mod tests {
 
         // Bytes of live rows flipped.
         let mut bytes = intact.clone();
-        let mut flipped = 0;
-        let mut at = 0;
-        while let Some(pos) = bytes[at..].windows(64).position(|w| w == &pattern[..64]) {
-            let start = at + pos;
-            bytes[start..start + 64].iter_mut().for_each(|b| *b ^= 0xff);
-            flipped += 1;
-            at = start + 64;
-        }
-        assert!(flipped > 0);
+        assert!(flip_every(&mut bytes, &pattern[..64]) > 0);
         // The file truncated to a third.
         let truncated = intact[..intact.len() / 3].to_vec();
         for (how, damaged) in [("flip", bytes), ("truncate", truncated)] {
@@ -695,13 +699,7 @@ mod tests {
         drop(LogStore::open(&copy)?);
 
         let mut bytes = crashed.clone();
-        let mut at = 0;
-        while let Some(pos) = bytes[at..].windows(64).position(|w| w == &pattern[..64]) {
-            let start = at + pos;
-            bytes[start..start + 64].iter_mut().for_each(|b| *b ^= 0xff);
-            at = start + 64;
-        }
-        assert!(at > 0, "no row found to damage");
+        assert!(flip_every(&mut bytes, &pattern[..64]) > 0, "no row found to damage");
         std::fs::write(&copy, &bytes)?;
         match LogStore::open(&copy) {
             Err(Error::Damaged { path: named, .. }) => assert_eq!(named, copy),
