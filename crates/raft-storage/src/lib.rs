@@ -272,10 +272,11 @@ impl Debug for LogStore {
     }
 }
 
-/// The default of [`LogOptions::db_cache_bytes`]: 16 MiB. The writer appends at the end of
+/// The default of [`LogOptions::db_cache_bytes`]: 4 MiB. The writer appends at the end of
 /// the log and reads of recent entries come from the log cache, so redb's own cache needs
-/// little more than the B-tree's upper pages (redb's default is 1 GiB per file).
-pub const DEFAULT_DB_CACHE_BYTES: usize = 16 << 20;
+/// little more than the B-tree's upper pages and one commit's dirty pages (redb's default
+/// is 1 GiB per file).
+pub const DEFAULT_DB_CACHE_BYTES: usize = 4 << 20;
 
 /// The default of [`LogOptions::append_bytes`]: 1 MiB, etcd's `MaxSizePerMsg`. With values
 /// of 64 KiB, openraft's 300 entries would make a 19 MiB message; a follower busy decoding
