@@ -178,8 +178,9 @@ pub const DURABLE_APPLY_INTERVAL: Duration = Duration::from_millis(500);
 /// The default of [`Options::db_cache_bytes`]: 16 MiB. redb's own default is 1 GiB per
 /// file, which with a large state is most of a node's memory; reads of pages outside the
 /// cache come from the operating system's page cache (one `pread` each). With 1,000,000
-/// keys of 256 bytes, 16 MiB instead of 64 MiB took a node's RSS from 224-238 MiB to
-/// 144-151 MiB, and the load and the gets after it were no slower (BENCHMARKS.md, "The
+/// keys of 256 bytes, 16 MiB instead of 64 MiB (and 4 MiB instead of 16 MiB for the log's
+/// cache) took a node's RSS from 224-238 MiB to 144-157 MiB, and the load and the gets
+/// after it were no slower (BENCHMARKS.md, "The
 /// caches' defaults").
 pub const DEFAULT_DB_CACHE_BYTES: usize = 16 << 20;
 
