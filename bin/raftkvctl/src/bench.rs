@@ -61,10 +61,13 @@ pub(crate) struct BenchArgs {
     /// Key prefix.
     #[arg(long, default_value = "bench")]
     prefix: String,
-    /// `bench put` only: write over this many keys, again and again, rather than a new key
-    /// each time (etcd's `benchmark put --key-space-size`); the keys are shared out among the
+    /// `bench put`: write over this many keys, again and again, rather than a new key each
+    /// time (etcd's `benchmark put --key-space-size`); the keys are shared out among the
     /// clients, each overwriting its own. The data then stays the same size however long the
-    /// run (`cargo xtask soak` relies on it).
+    /// run (`cargo xtask soak` relies on it). `bench get`: write this many keys first (outside
+    /// the measurement), shared out the same way, and read them in a pseudo-random order, so
+    /// that the reads reach well beyond any cache; without it each client reads the same 100
+    /// keys over and over.
     #[arg(long = "key-space-size", value_name = "N")]
     key_space_size: Option<usize>,
     /// `bench watch` only: a pause between writes (e.g. 20ms), so that each write's commit
@@ -217,13 +220,13 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
             ),
         });
     }
+    // `bench get` reads keys written first, outside the measurement: each client's own.
+    let keys_read = match (args.op, args.key_space_size) {
+        (Op::Get, Some(_)) => keys_per_client,
+        _ => per_client.min(HOT_KEYS),
+    };
     if args.op == Op::Get {
-        // The keys read are written first, outside the measurement.
-        for (c, client) in clients.iter_mut().enumerate() {
-            for n in 0..per_client.min(100) {
-                client.put(key(&args.prefix, c, n), value.as_slice()).await?;
-            }
-        }
+        clients = preload(clients, &args.prefix, keys_read, &value).await?;
     }
     let progress = Progress::new(&format!("bench {:?}", args.op).to_lowercase(), args.total as u64, Unit::Requests);
     let start = Instant::now();
@@ -236,12 +239,13 @@ pub(crate) async fn run(endpoints: &[String], options: &ClientOptions, args: &Be
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(count);
+            let mut order = KeyOrder::new(c, keys_read);
             for n in 0..count {
                 let t = Instant::now();
                 match op {
                     Op::Put => client.put(key(&prefix, c, n % keys_per_client), value.as_slice()).await?,
                     // Measured apart, by `watch` above.
-                    Op::Get | Op::Watch => client.get(key(&prefix, c, n % 100), serializable).await?,
+                    Op::Get | Op::Watch => client.get(key(&prefix, c, order.next(n)), serializable).await?,
                 }
                 lat.push(t.elapsed());
                 progress.inc(1);
@@ -324,16 +328,66 @@ async fn watch(endpoints: &[String], options: &ClientOptions, args: &BenchArgs) 
     Ok(Summary { total: latencies.len(), elapsed, latencies })
 }
 
-/// How many keys each client of `bench put` writes over: `--key-space-size` shared out among
-/// the clients (at least one each), or a new key every time without it.
+/// How many keys each client of `bench put` writes over, or of `bench get` reads: `--key-space-size`
+/// shared out among the clients (at least one each), or without it a new key every time
+/// (`usize::MAX`; `bench get` then reads [`HOT_KEYS`]).
 fn keys_per_client(args: &BenchArgs) -> Result<usize> {
     match args.key_space_size {
         None => Ok(usize::MAX),
-        Some(_) if args.op != Op::Put => bail!("--key-space-size applies to bench put only"),
+        Some(_) if args.op == Op::Watch => bail!("--key-space-size applies to bench put and bench get only"),
         Some(n) if n < args.clients => {
             bail!("--key-space-size {n} is smaller than --clients {}: give each client at least one key", args.clients)
         }
         Some(n) => Ok(n / args.clients),
+    }
+}
+
+/// How many keys each client of `bench get` reads without `--key-space-size`: few enough that
+/// they stay in every cache, which is what that shape measures.
+const HOT_KEYS: usize = 100;
+
+/// Writes keys `0..count` of each client, all clients at once, before a `bench get`; hands the
+/// connections back in their order.
+async fn preload(clients: Vec<Conn>, prefix: &str, count: usize, value: &Arc<Vec<u8>>) -> Result<Vec<Conn>> {
+    let mut tasks = Vec::with_capacity(clients.len());
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let (prefix, value) = (prefix.to_owned(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..count {
+                client.put(key(&prefix, c, n), value.as_slice()).await?;
+            }
+            Ok::<_, anyhow::Error>(client)
+        }));
+    }
+    let mut clients = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        clients.push(t.await??);
+    }
+    Ok(clients)
+}
+
+/// The order in which one client of `bench get` reads its keys: in turn when they are the few
+/// [`HOT_KEYS`], otherwise a pseudo-random walk (xorshift64, seeded by the client's number) so
+/// that consecutive reads land far apart.
+struct KeyOrder {
+    keys: usize,
+    state: u64,
+}
+
+impl KeyOrder {
+    fn new(client: usize, keys: usize) -> Self {
+        // Any non-zero seed will do; distinct per client so the clients do not read in step.
+        Self { keys: keys.max(1), state: 0x9E37_79B9_7F4A_7C15 ^ (client as u64 + 1) }
+    }
+
+    fn next(&mut self, n: usize) -> usize {
+        if self.keys <= HOT_KEYS {
+            return n % self.keys;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state % self.keys as u64) as usize
     }
 }
 
@@ -345,7 +399,7 @@ fn key(prefix: &str, client: usize, n: usize) -> String {
 mod tests {
     use clap::Parser;
 
-    use super::{BenchArgs, keys_per_client};
+    use super::{BenchArgs, KeyOrder, keys_per_client};
 
     #[derive(Parser)]
     struct Cli {
@@ -368,11 +422,29 @@ mod tests {
     }
 
     #[test]
-    fn a_key_space_smaller_than_the_clients_or_on_gets_is_refused() {
+    fn a_key_space_smaller_than_the_clients_or_on_watch_is_refused() {
         let err =
             keys_per_client(&args(&["put", "--clients", "4", "--key-space-size", "3"])).expect_err("should be refused");
         assert!(err.to_string().contains("smaller than --clients 4"), "{err}");
-        let err = keys_per_client(&args(&["get", "--key-space-size", "8"])).expect_err("should be refused");
-        assert!(err.to_string().contains("bench put only"), "{err}");
+        let err = keys_per_client(&args(&["watch", "--key-space-size", "8"])).expect_err("should be refused");
+        assert!(err.to_string().contains("bench put and bench get only"), "{err}");
+    }
+
+    #[test]
+    fn gets_share_out_the_key_space_and_read_it_all_in_a_scattered_order() {
+        assert_eq!(keys_per_client(&args(&["get", "--clients", "4", "--key-space-size", "4000"])).ok(), Some(1000));
+        let mut order = KeyOrder::new(0, 1000);
+        let reads: Vec<usize> = (0..20_000).map(|n| order.next(n)).collect();
+        assert!(reads.iter().all(|&k| k < 1000), "a read past the client's keys");
+        let distinct: std::collections::HashSet<_> = reads.iter().collect();
+        assert!(distinct.len() > 990, "only {} of 1000 keys read in 20,000 reads", distinct.len());
+        let far = reads.windows(2).filter(|w| w[0].abs_diff(w[1]) > 10).count();
+        assert!(far > 19_000, "consecutive reads close together: only {far} far apart");
+        // The hot shape reads its keys in turn, as before.
+        let mut hot = KeyOrder::new(3, 100);
+        assert_eq!((0..201).map(|n| hot.next(n)).collect::<Vec<_>>()[198..], [98, 99, 0]);
+        // Two clients do not walk in step.
+        let mut other = KeyOrder::new(1, 1000);
+        assert_ne!((0..10).map(|n| other.next(n)).collect::<Vec<_>>(), reads[..10]);
     }
 }
