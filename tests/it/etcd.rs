@@ -218,8 +218,9 @@ async fn bench_puts_and_reads_through_etcds_own_api() -> TestResult {
 }
 
 /// `raftkvctl bench --target etcd` loads raftkv through its etcd API (what `cargo xtask
-/// bench --etcd-api` measures), and `--no-request-ids` loads raftkv's own API without
-/// request ids; both write what they say, and `--no-request-ids` is refused for etcd.
+/// bench --etcd-api` measures), `bench get --key-space-size` writes the keys it reads, and
+/// `--no-request-ids` loads raftkv's own API without request ids; all write what they say,
+/// and `--no-request-ids` is refused for etcd.
 #[tokio::test]
 async fn bench_loads_raftkv_through_its_etcd_api_and_without_request_ids() -> TestResult {
     let cluster = Cluster::start(3, &FAST_TIMING).await?;
@@ -232,6 +233,11 @@ async fn bench_loads_raftkv_through_its_etcd_api_and_without_request_ids() -> Te
     assert_eq!(puts["requests"], 30, "{puts}");
     let gets = bench(&follower, &["get", "--total", "20", "--clients", "2", "--prefix", "eg"])?;
     assert_eq!(gets["requests"], 20, "{gets}");
+    // Over a key space: every key is written first, then read in a scattered order (a key
+    // not found fails the run).
+    let scattered = ["get", "--total", "60", "--clients", "2", "--key-space-size", "300", "--prefix", "ks"];
+    let gets = bench(&follower, &scattered)?;
+    assert_eq!(gets["requests"], 60, "{gets}");
 
     let native = ["-o", "json", "bench", "put", "--total", "20", "--clients", "2", "--prefix", "n"];
     let out = raftkvctl(&eps, &[&native[..], &["--no-request-ids"]].concat())?;
@@ -240,7 +246,7 @@ async fn bench_loads_raftkv_through_its_etcd_api_and_without_request_ids() -> Te
     assert_eq!(summary["requests"], 20, "{summary}");
 
     // What both wrote, read back through raftkv's own API.
-    for (prefix, count) in [("e/", 30), ("n/", 20)] {
+    for (prefix, count) in [("e/", 30), ("n/", 20), ("ks/", 300)] {
         let out = raftkvctl(&eps, &["-o", "json", "get", prefix, "--prefix"])?;
         let listed: Value = serde_json::from_slice(&out.stdout)?;
         assert_eq!(listed["count"], count, "{listed}");
