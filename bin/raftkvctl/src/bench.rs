@@ -349,12 +349,15 @@ const HOT_KEYS: usize = 100;
 /// Writes keys `0..count` of each client, all clients at once, before a `bench get`; hands the
 /// connections back in their order.
 async fn preload(clients: Vec<Conn>, prefix: &str, count: usize, value: &Arc<Vec<u8>>) -> Result<Vec<Conn>> {
+    let total = (count * clients.len()) as u64;
+    let progress = Progress::new("bench get: writing the keys it reads", total, Unit::Requests);
     let mut tasks = Vec::with_capacity(clients.len());
     for (c, mut client) in clients.into_iter().enumerate() {
-        let (prefix, value) = (prefix.to_owned(), value.clone());
+        let (prefix, value, progress) = (prefix.to_owned(), value.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             for n in 0..count {
                 client.put(key(&prefix, c, n), value.as_slice()).await?;
+                progress.inc(1);
             }
             Ok::<_, anyhow::Error>(client)
         }));
@@ -363,6 +366,7 @@ async fn preload(clients: Vec<Conn>, prefix: &str, count: usize, value: &Arc<Vec
     for t in tasks {
         clients.push(t.await??);
     }
+    progress.finish();
     Ok(clients)
 }
 
